@@ -1,0 +1,665 @@
+//! Applying a peer's records: validate, decide against the local version, fetch missing
+//! content, and change the disk through [`crate::safefs`].
+//!
+//! For each record the local disk is first reconciled with the index (a change not yet seen by
+//! the watcher becomes a local version first, so a hand edit is never silently overwritten).
+//! Then the version vectors decide: the remote descends from ours (take it), ours descends from
+//! the remote (ignore), equal (nothing), or concurrent (a conflict unless the content is the
+//! same; the group's policy picks the winner deterministically on every node and the merged
+//! vector makes all nodes converge).
+//!
+//! Invariants: nothing from a peer is used before [`validate`] accepted it; content is checked
+//! against its BLAKE3 before it is installed; non-deletions are applied parents first and
+//! deletions deepest first after them, so a rename finds its content still in place; directory
+//! mtimes are put back after their children changed; every touched path is re-read into the
+//! index with its new inode and ctime, so the watcher does not take our own writes for local
+//! changes.
+
+use crate::chunk::MAX_CHUNK;
+use crate::config::{ConflictPolicy, Owners};
+use crate::index::{Change, ConflictInfo};
+use crate::node::{GroupRt, Shared};
+use crate::peer::PeerHandle;
+use crate::protocol::{INLINE_MAX, MAX_CHUNKS_PER_REQUEST, WireRecord};
+use crate::record::{Entry, Hash, Kind, Meta, Record};
+use crate::safefs::{Place, SetMeta};
+use crate::version::Causality;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+
+/// Largest file a peer may announce (1 TiB).
+pub const MAX_FILE: u64 = 1 << 40;
+const REQUEST_BYTES: u64 = 4 * 1024 * 1024;
+const WINDOW: usize = 4;
+
+/// Errors applying one record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error(transparent)]
+    Fs(#[from] crate::safefs::FsError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error("{path}: content not available from any peer")]
+    Unavailable { path: String },
+    #[error("{path}: {msg}")]
+    Other { path: String, msg: String },
+}
+
+/// A record the peer should not have sent.
+#[derive(Debug, thiserror::Error)]
+#[error("refused record {path:?}: {reason}")]
+pub struct Refused {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Check a peer's record before anything looks at it.
+pub fn validate(g: &GroupRt, w: &WireRecord, known_nodes: &dyn Fn(&str) -> bool) -> Result<(), Refused> {
+    let r = &w.rec;
+    let refuse = |reason: String| Refused {
+        path: r.path.chars().take(200).collect(),
+        reason,
+    };
+    let gp = crate::paths::validate(&r.path, &g.cfg.paths).map_err(|e| refuse(e.to_string()))?;
+    if !g.filter.accepts(gp, &r.path, r.kind() == Some(Kind::Dir)) {
+        return Err(refuse("path is excluded in this group".into()));
+    }
+    if !known_nodes(&r.origin) {
+        return Err(refuse(format!("unknown origin node {:?}", r.origin)));
+    }
+    if r.version.0.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
+        return Err(refuse("oversized version vector".into()));
+    }
+    if r.version.0.is_empty() {
+        return Err(refuse("empty version vector".into()));
+    }
+    let Some(m) = &r.meta else {
+        if w.inline.is_some() {
+            return Err(refuse("content attached to a deletion".into()));
+        }
+        return Ok(());
+    };
+    if m.mode > 0o7777 {
+        return Err(refuse("bad mode".into()));
+    }
+    if m.mtime_ns >= 1_000_000_000 {
+        return Err(refuse("bad mtime".into()));
+    }
+    if m.owner.user.as_ref().is_some_and(|u| u.len() > 256)
+        || m.owner.group.as_ref().is_some_and(|u| u.len() > 256)
+    {
+        return Err(refuse("bad owner name".into()));
+    }
+    match m.kind {
+        Kind::File => {
+            if m.target.is_some() || m.size > MAX_FILE {
+                return Err(refuse("bad file metadata".into()));
+            }
+            let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
+            if sum != m.size
+                || m.chunks.iter().any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
+                || (m.size == 0) != m.chunks.is_empty()
+            {
+                return Err(refuse("chunk list does not match the size".into()));
+            }
+            if let Some(data) = &w.inline
+                && (m.size > INLINE_MAX
+                    || data.len() as u64 != m.size
+                    || crate::chunk::hash(data) != m.hash)
+            {
+                return Err(refuse("inline content does not match its hash".into()));
+            }
+        }
+        Kind::Symlink => {
+            let ok = m
+                .target
+                .as_ref()
+                .is_some_and(|t| !t.is_empty() && t.len() <= 4096 && !t.contains('\0'));
+            if !ok || !m.chunks.is_empty() || w.inline.is_some() {
+                return Err(refuse("bad symlink".into()));
+            }
+        }
+        Kind::Dir => {
+            if m.target.is_some() || !m.chunks.is_empty() || w.inline.is_some() {
+                return Err(refuse("bad directory".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to do with one remote record.
+#[derive(Debug)]
+enum Decision {
+    Ignore,
+    /// Install this record (content from the peer) with this version.
+    Take(Record),
+    /// Keep our content but adopt the merged version.
+    Keep(Entry),
+}
+
+/// Which of two concurrent live-or-deleted versions wins under `policy`.
+/// Returns true when `remote` wins. Deterministic: every node decides the same.
+pub fn remote_wins(policy: &ConflictPolicy, local: &Record, remote: &Record) -> bool {
+    use std::cmp::Ordering as O;
+    // a deletion loses against a modification
+    match (&local.meta, &remote.meta) {
+        (None, Some(_)) => return true,
+        (Some(_), None) => return false,
+        (None, None) => return remote.origin < local.origin,
+        _ => {}
+    }
+    let (Some(l), Some(r)) = (&local.meta, &remote.meta) else {
+        return false;
+    };
+    let by = match policy {
+        ConflictPolicy::Newest | ConflictPolicy::Manual => {
+            (r.mtime_s, r.mtime_ns).cmp(&(l.mtime_s, l.mtime_ns))
+        }
+        ConflictPolicy::Oldest => (l.mtime_s, l.mtime_ns).cmp(&(r.mtime_s, r.mtime_ns)),
+        ConflictPolicy::Largest => r.size.cmp(&l.size),
+        ConflictPolicy::Smallest => l.size.cmp(&r.size),
+        ConflictPolicy::Prefer(n) => (remote.origin == *n).cmp(&(local.origin == *n)),
+    };
+    match by {
+        O::Greater => true,
+        O::Less => false,
+        // tie: the origin whose name sorts first wins; then the content hash
+        O::Equal => match remote.origin.cmp(&local.origin) {
+            O::Less => true,
+            O::Greater => false,
+            O::Equal => r.hash < l.hash,
+        },
+    }
+}
+
+/// Result of applying one batch.
+#[derive(Default)]
+pub struct Outcome {
+    pub applied: usize,
+    pub failed: Vec<WireRecord>,
+    pub conflicts: usize,
+    pub refused: Option<Refused>,
+}
+
+fn set_meta(m: &Meta, owners: Owners, shared: &Shared) -> SetMeta {
+    SetMeta {
+        mode: m.mode,
+        mtime_s: m.mtime_s,
+        mtime_ns: m.mtime_ns,
+        owner: shared.owners.local_ids(&m.owner, owners),
+    }
+}
+
+/// Apply a batch of records received from `peer` for group `g`.
+pub async fn apply_batch(
+    shared: &Arc<Shared>,
+    peer: Option<&Arc<PeerHandle>>,
+    g: &GroupRt,
+    records: Vec<WireRecord>,
+    dry_run: bool,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let known = |n: &str| shared.cfg.nodes.contains_key(n);
+    for w in &records {
+        if let Err(e) = validate(g, w, &known) {
+            out.refused = Some(e);
+            return out;
+        }
+    }
+    let group = g.cfg.name.as_str();
+    // 1. reconcile the disk for these paths, then decide
+    let mut plan: Vec<(Decision, WireRecord, Option<Entry>)> = Vec::new();
+    for w in records {
+        let local = match shared.reconcile_path(g, &w.rec.path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(group, "{e}");
+                out.failed.push(w);
+                continue;
+            }
+        };
+        let d = decide(shared, g, local.as_ref(), &w.rec);
+        if let Decision::Take(r) = &d
+            && let Some(l) = &local
+            && !l.rec.is_deleted()
+            && !r.is_deleted()
+            && l.rec.version.compare(&w.rec.version) == Causality::Concurrent
+        {
+            let same = l
+                .rec
+                .meta
+                .as_ref()
+                .zip(r.meta.as_ref())
+                .is_some_and(|(a, b)| a.same_content(b, g.cfg.owners != Owners::Ignore));
+            if !same {
+                out.conflicts += 1;
+            }
+        }
+        plan.push((d, w, local));
+    }
+    if dry_run {
+        for (d, w, _) in &plan {
+            match d {
+                Decision::Take(r) if r.is_deleted() => println!("delete   {}", w.rec.path),
+                Decision::Take(_) => println!("update   {}", w.rec.path),
+                _ => {}
+            }
+        }
+        return out;
+    }
+    // 2. execute: non-deletions parents first, then deletions deepest first
+    let mut takes: Vec<(Record, Option<Vec<u8>>, Option<Entry>)> = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
+    for (d, w, local) in plan {
+        match d {
+            Decision::Ignore => {}
+            Decision::Keep(e) => changes.push(Change {
+                entry: e,
+                announce: true,
+            }),
+            Decision::Take(r) => takes.push((r, w.inline, local)),
+        }
+    }
+    takes.sort_by(|a, b| {
+        let ad = a.0.is_deleted();
+        let bd = b.0.is_deleted();
+        ad.cmp(&bd).then_with(|| {
+            if ad {
+                b.0.path.cmp(&a.0.path)
+            } else {
+                a.0.path.cmp(&b.0.path)
+            }
+        })
+    });
+    let mut touched_dirs: BTreeSet<String> = BTreeSet::new();
+    let mut batch_deletes: Vec<String> = takes
+        .iter()
+        .filter(|t| t.0.is_deleted())
+        .map(|t| t.0.path.clone())
+        .collect();
+    for (rec, inline, local) in takes {
+        let path = rec.path.clone();
+        let res = execute(shared, peer, g, &rec, inline.as_deref(), local.as_ref(), &mut batch_deletes).await;
+        match res {
+            Ok(entry) => {
+                touched_dirs.insert(crate::paths::parent(&path).to_string());
+                if rec.kind() == Some(Kind::Dir) {
+                    touched_dirs.insert(path.clone());
+                }
+                shared.audit(group, &path, if rec.is_deleted() { "delete" } else { "apply" }, &rec);
+                changes.push(Change {
+                    entry,
+                    announce: true,
+                });
+                out.applied += 1;
+            }
+            Err(e) => {
+                tracing::warn!(group, "could not apply {path}: {e}");
+                out.failed.push(WireRecord { rec, inline });
+            }
+        }
+    }
+    // 3. put directory mtimes back, deepest first
+    let mut in_batch: HashMap<String, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        in_batch.insert(c.entry.rec.path.clone(), i);
+    }
+    for d in touched_dirs.iter().rev() {
+        let Some(gp) = crate::paths::validate(d, &g.cfg.paths).ok() else {
+            continue;
+        };
+        let entry = match in_batch.get(d) {
+            Some(i) => Some(changes[*i].entry.clone()),
+            None => shared.index.get(group, d).ok().flatten(),
+        };
+        let Some(mut entry) = entry else { continue };
+        let Some(m) = entry.rec.meta.clone() else { continue };
+        if m.kind != Kind::Dir {
+            continue;
+        }
+        let r = if d == gp {
+            crate::safefs::open_group_dir(&shared.root, gp).and_then(|fd| {
+                crate::safefs::set_meta_fd(&fd, &set_meta(&m, g.cfg.owners, shared)).map_err(|e| {
+                    crate::safefs::FsError {
+                        op: "set metadata of",
+                        path: d.clone(),
+                        source: e.into(),
+                    }
+                })
+            })
+        } else {
+            crate::safefs::resolve(&shared.root, gp, d, false).and_then(|p| p.set_dir_mtime(m.mtime_s, m.mtime_ns))
+        };
+        if let Err(e) = r {
+            tracing::debug!("restoring mtime of {d}: {e}");
+            continue;
+        }
+        if let Ok(md) = std::fs::symlink_metadata(crate::paths::real(&shared.root, d)) {
+            entry.ino = md.ino();
+            entry.ctime_s = md.ctime();
+            entry.ctime_ns = md.ctime_nsec() as u32;
+            match in_batch.get(d) {
+                Some(i) => changes[*i].entry = entry,
+                None => changes.push(Change {
+                    entry,
+                    announce: false,
+                }),
+            }
+        }
+    }
+    if !changes.is_empty() {
+        match shared.index.commit(group, changes) {
+            Ok(seq) => shared.publish_seq(seq),
+            Err(e) => {
+                tracing::error!(group, "index commit failed: {e}");
+            }
+        }
+    }
+    out
+}
+
+fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) -> Decision {
+    let Some(local) = local else {
+        return Decision::Take(remote.clone());
+    };
+    match remote.version.compare(&local.rec.version) {
+        Causality::Equal | Causality::Older => Decision::Ignore,
+        Causality::Newer => Decision::Take(remote.clone()),
+        Causality::Concurrent => {
+            let mut merged = local.rec.version.clone();
+            merged.merge(&remote.version);
+            let same = match (&local.rec.meta, &remote.meta) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_content(b, g.cfg.owners != Owners::Ignore),
+                _ => false,
+            };
+            let wins = remote_wins(&g.cfg.conflict, &local.rec, remote);
+            if !same {
+                let loser = if wins { &local.rec.origin } else { &remote.origin };
+                let winner = if wins { &remote.origin } else { &local.rec.origin };
+                tracing::warn!(
+                    group = %g.cfg.name,
+                    "conflict on {}: versions from {} and {}; {} wins under policy {}",
+                    remote.path, local.rec.origin, remote.origin, winner, g.cfg.conflict
+                );
+                let mut nodes = vec![local.rec.origin.clone(), remote.origin.clone()];
+                nodes.sort();
+                let info = ConflictInfo {
+                    nodes,
+                    resolved: true,
+                    winner: winner.clone(),
+                    kept_as: (!wins || !local.rec.is_deleted()).then(|| format!("version from {loser}")),
+                    time: crate::node::unix_now(),
+                };
+                let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
+                shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
+            }
+            if wins {
+                let mut r = remote.clone();
+                r.version = merged;
+                Decision::Take(r)
+            } else {
+                let mut e = local.clone();
+                e.rec.version = merged;
+                Decision::Keep(e)
+            }
+        }
+    }
+}
+
+async fn execute(
+    shared: &Arc<Shared>,
+    peer: Option<&Arc<PeerHandle>>,
+    g: &GroupRt,
+    rec: &Record,
+    inline: Option<&[u8]>,
+    local: Option<&Entry>,
+    batch_deletes: &mut Vec<String>,
+) -> Result<Entry, ApplyError> {
+    let gp = crate::paths::validate(&rec.path, &g.cfg.paths).map_err(|e| ApplyError::Other {
+        path: rec.path.clone(),
+        msg: e.to_string(),
+    })?;
+    let root = &shared.root;
+    let group = g.cfg.name.as_str();
+    let Some(m) = &rec.meta else {
+        // deletion
+        if rec.path == gp {
+            // never remove a configured group path itself
+            return Ok(entry_from(rec.clone(), None));
+        }
+        match crate::safefs::resolve(root, gp, &rec.path, false) {
+            Ok(place) => {
+                if let Some(l) = local
+                    && l.rec.kind() == Some(Kind::File)
+                {
+                    shared.backup_before_change(group, &place, l);
+                }
+                if let Err(e) = place.remove() {
+                    // a directory that still has entries nobody deleted stays
+                    tracing::info!(group, "kept {}: {e}", rec.path);
+                }
+            }
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(entry_from(rec.clone(), None));
+    };
+    let sm = set_meta(m, g.cfg.owners, shared);
+    if rec.path == gp && m.kind == Kind::Dir {
+        let real = crate::paths::real(root, gp);
+        std::fs::create_dir_all(&real).map_err(|e| ApplyError::Other {
+            path: rec.path.clone(),
+            msg: e.to_string(),
+        })?;
+        let fd = crate::safefs::open_group_dir(root, gp)?;
+        crate::safefs::set_meta_fd(&fd, &sm).map_err(|e| ApplyError::Other {
+            path: rec.path.clone(),
+            msg: e.to_string(),
+        })?;
+        return finish(shared, rec, gp);
+    }
+    let place = crate::safefs::resolve(root, gp, &rec.path, true)?;
+    // an existing directory that must become something else: its deleted children go first
+    if m.kind != Kind::Dir
+        && let Some(st) = place.stat()?
+        && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    {
+        let (lo, hi) = crate::paths::subtree_bounds(&rec.path);
+        let mut below: Vec<String> = batch_deletes
+            .iter()
+            .filter(|p| p.as_str() >= lo.as_str() && p.as_str() < hi.as_str())
+            .cloned()
+            .collect();
+        below.sort_by(|a, b| b.cmp(a));
+        for p in below {
+            if let Ok(pl) = crate::safefs::resolve(root, gp, &p, false) {
+                let _ = pl.remove();
+            }
+        }
+    }
+    let same_kind = local.and_then(|l| l.rec.kind()) == Some(m.kind);
+    let content_same = local
+        .and_then(|l| l.rec.meta.as_ref())
+        .is_some_and(|lm| lm.kind == m.kind && lm.hash == m.hash && lm.target == m.target);
+    match m.kind {
+        Kind::Dir => place.make_dir(&sm)?,
+        Kind::Symlink => {
+            if same_kind && content_same {
+                place.set_meta(Kind::Symlink, &sm)?;
+            } else {
+                let t = m.target.as_deref().unwrap_or_default();
+                place.make_symlink(t, &sm)?;
+            }
+        }
+        Kind::File => {
+            if same_kind && content_same {
+                place.set_meta(Kind::File, &sm)?;
+            } else {
+                if let Some(l) = local
+                    && l.rec.kind() == Some(Kind::File)
+                {
+                    shared.backup_before_change(group, &place, l);
+                }
+                let tmp = write_content(shared, peer, g, &place, m, inline, local).await?;
+                place.install(tmp, &sm)?;
+            }
+        }
+    }
+    finish(shared, rec, gp)
+}
+
+fn entry_from(rec: Record, md: Option<&std::fs::Metadata>) -> Entry {
+    Entry {
+        rec,
+        seq: 0,
+        ino: md.map(|m| m.ino()).unwrap_or(0),
+        ctime_s: md.map(|m| m.ctime()).unwrap_or(0),
+        ctime_ns: md.map(|m| m.ctime_nsec() as u32).unwrap_or(0),
+    }
+}
+
+/// Re-read the applied entry so the index matches the disk exactly (inode, ctime, local ids).
+fn finish(shared: &Shared, rec: &Record, _gp: &str) -> Result<Entry, ApplyError> {
+    let real = crate::paths::real(&shared.root, &rec.path);
+    let md = std::fs::symlink_metadata(&real).map_err(|e| ApplyError::Other {
+        path: rec.path.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut rec = rec.clone();
+    if let Some(m) = rec.meta.as_mut() {
+        // local ids may differ from the sender's (by-name mapping); names stay the sender's
+        m.owner.uid = md.uid();
+        m.owner.gid = md.gid();
+        if m.owner.user.is_none() || m.owner.group.is_none() {
+            let local = shared.owners.describe(md.uid(), md.gid());
+            m.owner.user = m.owner.user.take().or(local.user);
+            m.owner.group = m.owner.group.take().or(local.group);
+        }
+    }
+    Ok(entry_from(rec, Some(&md)))
+}
+
+enum Source {
+    Old(u64),
+    Elsewhere,
+    Remote(usize, usize),
+}
+
+async fn write_content(
+    shared: &Arc<Shared>,
+    peer: Option<&Arc<PeerHandle>>,
+    g: &GroupRt,
+    place: &Place,
+    m: &Meta,
+    inline: Option<&[u8]>,
+    local: Option<&Entry>,
+) -> Result<crate::safefs::Temp, ApplyError> {
+    let path = place.path.clone();
+    let mut tmp = place.create_temp()?;
+    let werr = |e: std::io::Error| ApplyError::Other {
+        path: path.clone(),
+        msg: format!("write: {e}"),
+    };
+    if let Some(data) = inline {
+        tmp.file.write_all(data).map_err(werr)?;
+        return Ok(tmp);
+    }
+    // where can each chunk come from?
+    let mut old_offsets: HashMap<Hash, u64> = HashMap::new();
+    let old_file = match local.and_then(|l| l.rec.meta.as_ref()) {
+        Some(lm) if lm.kind == Kind::File => {
+            let mut off = 0;
+            for c in &lm.chunks {
+                old_offsets.entry(c.hash).or_insert(off);
+                off += c.len as u64;
+            }
+            place.open_read().ok()
+        }
+        _ => None,
+    };
+    let mut sources = Vec::with_capacity(m.chunks.len());
+    let mut requests: Vec<Vec<Hash>> = Vec::new();
+    let mut cur_bytes = 0u64;
+    for c in &m.chunks {
+        if let (Some(off), Some(_)) = (old_offsets.get(&c.hash), &old_file) {
+            sources.push(Source::Old(*off));
+            continue;
+        }
+        if shared.index.chunk_location(&c.hash).ok().flatten().is_some() {
+            sources.push(Source::Elsewhere);
+            continue;
+        }
+        let start_new = requests.last().is_none_or(|r| {
+            r.len() >= MAX_CHUNKS_PER_REQUEST || cur_bytes + c.len as u64 > REQUEST_BYTES
+        });
+        if start_new {
+            requests.push(Vec::new());
+            cur_bytes = 0;
+        }
+        let ri = requests.len() - 1;
+        sources.push(Source::Remote(ri, requests[ri].len()));
+        requests[ri].push(c.hash);
+        cur_bytes += c.len as u64;
+    }
+    let group = g.cfg.name.as_str();
+    let mut inflight: VecDeque<(usize, Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>)> =
+        VecDeque::new();
+    let mut next_req = 0usize;
+    let mut replies: HashMap<usize, Vec<Option<Vec<u8>>>> = HashMap::new();
+    let mut buf = Vec::new();
+    for (c, src) in m.chunks.iter().zip(sources) {
+        let mut data: Option<Vec<u8>> = match src {
+            Source::Old(off) => old_file.as_ref().and_then(|f| {
+                buf.resize(c.len as usize, 0);
+                f.read_exact_at(&mut buf, off).ok()?;
+                (crate::chunk::hash(&buf) == c.hash).then(|| buf.clone())
+            }),
+            Source::Elsewhere => {
+                let s = shared.clone();
+                let (gname, h) = (group.to_string(), c.hash);
+                tokio::task::spawn_blocking(move || s.read_local_chunk(&gname, &h))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Source::Remote(ri, k) => {
+                while !replies.contains_key(&ri) {
+                    while inflight.len() < WINDOW && next_req < requests.len() {
+                        let rx = match peer {
+                            Some(p) => p.get_chunks(group, requests[next_req].clone()).await,
+                            None => None,
+                        };
+                        inflight.push_back((next_req, rx));
+                        next_req += 1;
+                    }
+                    let Some((idx, rx)) = inflight.pop_front() else {
+                        break;
+                    };
+                    let reply = match rx {
+                        Some(rx) => rx.await.unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    replies.insert(idx, reply);
+                }
+                let d = replies.get_mut(&ri).and_then(|v| v.get_mut(k)).and_then(|x| x.take());
+                if k + 1 == requests.get(ri).map(|r| r.len()).unwrap_or(0) {
+                    replies.remove(&ri);
+                }
+                d.filter(|d| d.len() == c.len as usize && crate::chunk::hash(d) == c.hash)
+            }
+        };
+        if data.is_none() {
+            data = shared.fetch_chunk_anywhere(group, &c.hash, c.len, peer.map(|p| p.name.as_str())).await;
+        }
+        let Some(d) = data else {
+            return Err(ApplyError::Unavailable { path });
+        };
+        tmp.file.write_all(&d).map_err(werr)?;
+    }
+    Ok(tmp)
+}

@@ -1,0 +1,73 @@
+//! The audit log: one JSON line per change applied, sent, backed up, reverted or refused, in
+//! `<state-dir>/audit.log`, rotated by size (one previous file, `audit.log.1`) so it cannot fill
+//! the disk. Writing is best effort: a full disk must not stop syncing.
+
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Size at which the log is rotated.
+pub const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    group: &'a str,
+    path: &'a str,
+    kind: &'a str,
+    origin: &'a str,
+    version: &'a str,
+}
+
+/// The audit log of a node.
+pub struct Audit {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl Audit {
+    pub fn open(path: &Path) -> Audit {
+        Audit {
+            path: path.into(),
+            file: Mutex::new(None),
+        }
+    }
+
+    /// Append one line.
+    pub fn write(&self, group: &str, path: &str, kind: &str, origin: &str, version: &str) {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            group,
+            path,
+            kind,
+            origin,
+            version,
+        };
+        let Ok(mut text) = serde_json::to_string(&line) else {
+            return;
+        };
+        text.push('\n');
+        let mut g = match self.file.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if g.as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.len() > ROTATE_BYTES)
+        {
+            *g = None;
+            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+        }
+        if g.is_none() {
+            *g = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
+        }
+        if let Some(f) = g.as_mut() {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The command line: parse arguments (clap), turn them into settings the rest trusts, and
+//! dispatch to the library. Thin on purpose: every behaviour lives in a domain module.
+//!
+//! Exit codes (SPEC §4): 0 success; 1 runtime error; 2 usage or configuration error; 3 `sync`
+//! finished with unresolved conflicts; 4 `sync` could not reach every peer.
+
+use crate::config::Config;
+use crate::control::{self, Request};
+use crate::identity::Identity;
+use crate::node::{Node, NodeOptions};
+use anyhow::{Context, Result, anyhow};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Raw command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "clustersync",
+    version,
+    about = "Keep directory trees, files and accounts identical across the servers of a cluster"
+)]
+pub struct Args {
+    /// Config file
+    #[arg(short = 'c', long = "config", global = true, env = "CLUSTERSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name (default: the hostname)
+    #[arg(long = "node", global = true, env = "CLUSTERSYNC_NODE")]
+    pub node: Option<String>,
+    /// State directory (index, key, backups, logs, control socket)
+    #[arg(long = "state-dir", global = true, env = "CLUSTERSYNC_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create this node's key in the state dir (never overwrites one); print the id and a
+    /// [nodes.NAME] snippet
+    Init,
+    /// Print this node's id, alone on one line
+    Id,
+    /// Validate the config; print a summary of groups, paths and peers
+    CheckConfig,
+    /// Run this node: listen, watch, sync continuously (foreground)
+    Daemon,
+    /// Rescan now and reconcile with every reachable peer
+    Sync {
+        /// Groups to sync (default: all of this node's)
+        groups: Vec<String>,
+        /// Print what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up after this long (e.g. 30s, 5m)
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Groups, files, pending work, conflicts, peers, lag
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List unresolved and recently auto-resolved conflicts
+    Conflicts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a conflict by choosing one node's version
+    Resolve {
+        path: String,
+        #[arg(long)]
+        keep: String,
+    },
+    /// Tell the daemon these paths changed
+    Mark {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List kept previous versions of PATH
+    Backups { path: String },
+    /// Put back a kept version (default: the newest)
+    Restore {
+        path: String,
+        #[arg(long)]
+        generation: Option<usize>,
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Translate a csync2.cfg into clustersync TOML on stdout
+    #[command(name = "import-csync2")]
+    ImportCsync2 { file: PathBuf },
+    /// Start a 3-node cluster on this machine under a temp dir and show changes travelling
+    Demo,
+    /// Print a shell completion script
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Settings every command can rely on.
+pub struct Settings {
+    pub config_path: PathBuf,
+    pub node: String,
+    pub state_dir: PathBuf,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Settings {
+    fn from_args(a: &Args) -> Settings {
+        Settings {
+            config_path: a
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH)),
+            node: a.node.clone().unwrap_or_else(hostname),
+            state_dir: a
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/clustersync")),
+        }
+    }
+}
+
+/// An error that maps to a specific exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Exit {
+    pub code: u8,
+    pub msg: String,
+}
+
+fn exit(code: u8, msg: impl Into<String>) -> anyhow::Error {
+    Exit {
+        code,
+        msg: msg.into(),
+    }
+    .into()
+}
+
+fn load_config(s: &Settings) -> Result<Config> {
+    let cfg = Config::load(&s.config_path).map_err(|e| exit(2, e.to_string()))?;
+    cfg.refuse_unsupported().map_err(|e| exit(2, e.to_string()))?;
+    if cfg.node(&s.node).is_none() {
+        return Err(exit(
+            2,
+            format!(
+                "{}: this node {:?} has no [nodes.{}] section (use --node NAME)",
+                s.config_path.display(),
+                s.node,
+                s.node
+            ),
+        ));
+    }
+    Ok(cfg)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "clustersync=debug,info",
+        _ => "clustersync=trace,debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clustersync: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map(|x| x.code).unwrap_or(1);
+            eprintln!("clustersync: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<u8> {
+    let s = Settings::from_args(&args);
+    match args.cmd {
+        Cmd::Init => init(&s),
+        Cmd::Id => {
+            let ident = Identity::load(&key_path(&s)).map_err(|e| exit(1, e.to_string()))?;
+            println!("{}", ident.id());
+            Ok(0)
+        }
+        Cmd::CheckConfig => {
+            let cfg = Config::load(&s.config_path).map_err(|e| exit(2, e.to_string()))?;
+            cfg.refuse_unsupported().map_err(|e| exit(2, e.to_string()))?;
+            print!("{}", cfg.summary(cfg.node(&s.node).map(|_| s.node.as_str())));
+            println!("config OK: {}", s.config_path.display());
+            Ok(0)
+        }
+        Cmd::Daemon => daemon(&s).await,
+        Cmd::Sync {
+            groups,
+            dry_run,
+            timeout,
+        } => sync(&s, groups, dry_run, timeout).await,
+        Cmd::Status { json } => status(&s, json).await,
+        Cmd::Conflicts { json } => conflicts(&s, json).await,
+        Cmd::Resolve { path, keep } => Err(exit(
+            1,
+            format!(
+                "resolve {path} --keep {keep}: not supported yet (conflict = \"manual\" is not built yet; conflicts are resolved automatically by the group's policy)"
+            ),
+        )),
+        Cmd::Mark { paths } => {
+            let _ = load_config(&s)?;
+            let ans = control::call(&s.state_dir, &Request::Mark { paths })
+                .await
+                .map_err(|e| exit(1, format!("{e}; `clustersync sync` rescans without a daemon")))?;
+            let unknown = ans["unknown"].as_array().cloned().unwrap_or_default();
+            if !unknown.is_empty() {
+                return Err(exit(1, format!("not in any group of this node: {unknown:?}")));
+            }
+            Ok(0)
+        }
+        Cmd::Backups { path } => backups(&s, &path),
+        Cmd::Restore {
+            path,
+            generation,
+            to,
+        } => restore(&s, &path, generation, to.as_deref()).await,
+        Cmd::ImportCsync2 { file } => Err(exit(
+            1,
+            format!("import-csync2 {}: not supported yet", file.display()),
+        )),
+        Cmd::Demo => crate::demo::run().await.map(|_| 0),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}
+
+fn key_path(s: &Settings) -> PathBuf {
+    // a config is optional here; use its key path when it names one for this node
+    Config::load(&s.config_path)
+        .ok()
+        .and_then(|c| c.node(&s.node).and_then(|n| n.key.clone()))
+        .unwrap_or_else(|| s.state_dir.join("node.key"))
+}
+
+fn init(s: &Settings) -> Result<u8> {
+    let path = key_path(s);
+    let ident = Identity::create(&path).map_err(|e| exit(1, e.to_string()))?;
+    println!("created node key {} (mode 0600)", path.display());
+    println!("node id: {}", ident.id());
+    println!();
+    println!("Add this node to the config file on every node:");
+    println!();
+    println!("[nodes.{}]", s.node);
+    println!("address = \"{}:7373\"", s.node);
+    println!("id = \"{}\"", ident.id());
+    Ok(0)
+}
+
+async fn daemon(s: &Settings) -> Result<u8> {
+    let cfg = load_config(s)?;
+    if control::daemon_running(&s.state_dir).await {
+        return Err(exit(
+            1,
+            format!("a daemon is already running with state dir {}", s.state_dir.display()),
+        ));
+    }
+    let node = Node::start(NodeOptions {
+        config: cfg,
+        name: s.node.clone(),
+        state_dir: s.state_dir.clone(),
+        listen: true,
+        watch: true,
+        dial_all: false,
+        dry_run: false,
+    })
+    .await
+    .context("cannot start the node")?;
+    let shared = node.shared.clone();
+    let ctl = tokio::spawn(control::serve(shared.clone()));
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("signal handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        r = ctl => {
+            if let Ok(Err(e)) = r {
+                node.stop().await;
+                return Err(exit(1, format!("control socket: {e}")));
+            }
+        }
+    }
+    node.stop().await;
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+fn print_report(rep: &crate::node::SyncReport) -> u8 {
+    for st in &rep.stopped {
+        eprintln!("stopped: {st}");
+    }
+    if !rep.unreachable.is_empty() {
+        eprintln!("could not reach: {}", rep.unreachable.join(", "));
+    }
+    if rep.pending > 0 {
+        eprintln!("{} changes could not be applied yet", rep.pending);
+    }
+    if !rep.unreachable.is_empty() {
+        4
+    } else if rep.conflicts > 0 {
+        3
+    } else if !rep.stopped.is_empty() || rep.pending > 0 {
+        1
+    } else {
+        println!("in sync");
+        0
+    }
+}
+
+async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duration) -> Result<u8> {
+    let cfg = load_config(s)?;
+    for g in &groups {
+        if !cfg.groups.get(g).is_some_and(|gc| gc.has_node(&s.node)) {
+            return Err(exit(2, format!("group {g:?} is not a group of node {}", s.node)));
+        }
+    }
+    if control::daemon_running(&s.state_dir).await {
+        let ans = control::call(
+            &s.state_dir,
+            &Request::Sync {
+                groups,
+                dry_run,
+                timeout_ms: timeout.as_millis() as u64,
+            },
+        )
+        .await?;
+        if let Some(e) = ans.get("error").and_then(|e| e.as_str()) {
+            return Err(exit(1, e.to_string()));
+        }
+        if dry_run {
+            println!("a daemon is running and applies changes continuously; pending work:");
+            println!("{}", serde_json::to_string_pretty(&ans["status"])?);
+            return Ok(0);
+        }
+        let rep: crate::node::SyncReport = serde_json::from_value(ans)?;
+        return Ok(print_report(&rep));
+    }
+    let node = Node::start(NodeOptions {
+        config: cfg,
+        name: s.node.clone(),
+        state_dir: s.state_dir.clone(),
+        listen: false,
+        watch: false,
+        dial_all: true,
+        dry_run,
+    })
+    .await
+    .context("cannot start")?;
+    let rep = node.shared.sync(&groups, timeout).await;
+    node.stop().await;
+    Ok(print_report(&rep))
+}
+
+async fn status(s: &Settings, json: bool) -> Result<u8> {
+    let cfg = load_config(s)?;
+    let st: crate::node::Status = match control::call(&s.state_dir, &Request::Status).await {
+        Ok(v) => {
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(exit(1, e.to_string()));
+            }
+            serde_json::from_value(v)?
+        }
+        Err(control::ControlError::NoDaemon(_)) => {
+            let ix = crate::index::Index::open(&s.state_dir.join("index.redb"))?;
+            crate::node::status_of(&s.node, &cfg, &ix, None)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&st)?);
+        return Ok(0);
+    }
+    println!("node {}", st.node);
+    for g in &st.groups {
+        println!(
+            "group {:<12} {:>8} files {:>12} bytes  pending {:<5} conflicts {:<3} {}{}",
+            g.name,
+            g.files,
+            g.bytes,
+            g.pending,
+            g.conflicts,
+            if g.in_sync { "in sync" } else { "NOT in sync" },
+            g.error.as_ref().map(|e| format!("  STOPPED: {e}")).unwrap_or_default()
+        );
+    }
+    for p in &st.peers {
+        println!(
+            "peer  {:<12} {:<13} behind {:<6} last seen {}",
+            p.name,
+            if p.connected { "connected" } else { "not connected" },
+            p.behind,
+            p.last_seen.as_deref().unwrap_or("never")
+        );
+    }
+    Ok(0)
+}
+
+async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
+    let _cfg = load_config(s)?;
+    let list = match crate::index::Index::open(&s.state_dir.join("index.redb")) {
+        Ok(ix) => ix.conflicts()?,
+        Err(_) if control::daemon_running(&s.state_dir).await => {
+            return Err(exit(
+                1,
+                "the index is held by the running daemon; conflicts are in its log and audit.log (listing through the daemon is not built yet)",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let items: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(g, p, c)| {
+            serde_json::json!({"group": g, "path": p, "nodes": c.nodes, "resolved": c.resolved,
+                "kept_as": c.kept_as, "winner": c.winner, "time": c.time})
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::json!({ "conflicts": items }));
+    } else if items.is_empty() {
+        println!("no conflicts");
+    } else {
+        for (g, p, c) in &list {
+            println!(
+                "{g} {p}: {} ({}), winner {}",
+                c.nodes.join(" vs "),
+                if c.resolved { "resolved" } else { "UNRESOLVED" },
+                c.winner
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn find_group(cfg: &Config, s: &Settings, path: &str) -> Result<(String, String)> {
+    let root = cfg.node(&s.node).map(|n| n.root.clone()).unwrap_or_else(|| "/".into());
+    let root_s = root.to_string_lossy().trim_end_matches('/').to_string();
+    let mut cands = vec![path.to_string()];
+    if !root_s.is_empty()
+        && let Some(r) = path.strip_prefix(&root_s)
+    {
+        cands.push(r.to_string());
+    }
+    for c in cands {
+        for g in cfg.groups_of(&s.node) {
+            if crate::paths::validate(&c, &g.paths).is_ok() {
+                return Ok((g.name.clone(), c));
+            }
+        }
+    }
+    Err(exit(1, format!("{path} is not in any group of node {}", s.node)))
+}
+
+fn backups(s: &Settings, path: &str) -> Result<u8> {
+    let cfg = load_config(s)?;
+    let (group, logical) = find_group(&cfg, s, path)?;
+    let b = crate::backup::Backups::new(&s.state_dir.join("backups"));
+    let list = b.list(&group, &logical);
+    if list.is_empty() {
+        println!("no kept versions of {logical}");
+        return Ok(0);
+    }
+    println!("{:<4} {:<25} {:>12}  {:<10} hash", "gen", "time", "size", "origin");
+    for (i, e) in list.iter().enumerate() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64);
+        println!(
+            "{:<4} {:<25} {:>12}  {:<10} {}",
+            i + 1,
+            humantime::format_rfc3339_seconds(t),
+            e.size,
+            e.origin,
+            &e.hash[..16]
+        );
+    }
+    Ok(0)
+}
+
+async fn restore(s: &Settings, path: &str, generation: Option<usize>, to: Option<&Path>) -> Result<u8> {
+    let cfg = load_config(s)?;
+    let (group, logical) = find_group(&cfg, s, path)?;
+    let b = crate::backup::Backups::new(&s.state_dir.join("backups"));
+    let list = b.list(&group, &logical);
+    let n = generation.unwrap_or(1);
+    let e = list
+        .get(n.saturating_sub(1))
+        .ok_or_else(|| exit(1, format!("{logical} has no kept generation {n} (see `clustersync backups`)")))?;
+    let data = std::fs::read(b.object(&e.hash)).with_context(|| format!("reading backup {}", e.hash))?;
+    let sm = crate::safefs::SetMeta {
+        mode: e.mode,
+        mtime_s: e.mtime_s,
+        mtime_ns: e.mtime_ns,
+        owner: Some((e.uid, e.gid)),
+    };
+    match to {
+        Some(dest) => {
+            std::fs::write(dest, &data).with_context(|| format!("writing {}", dest.display()))?;
+            let f = std::fs::File::open(dest)?;
+            crate::safefs::set_meta_fd(&f, &sm).map_err(|e| anyhow!("{}: {e}", dest.display()))?;
+            println!("restored generation {n} of {logical} to {}", dest.display());
+        }
+        None => {
+            let g = &cfg.groups[&group];
+            let gp = crate::paths::validate(&logical, &g.paths).map_err(|e| anyhow!("{e}"))?;
+            let root = cfg.node(&s.node).map(|n| n.root.clone()).unwrap_or_else(|| "/".into());
+            let place = crate::safefs::resolve(&root, gp, &logical, true)?;
+            let mut tmp = place.create_temp()?;
+            use std::io::Write;
+            tmp.file.write_all(&data)?;
+            place.install(tmp, &sm)?;
+            println!("restored generation {n} of {logical}");
+            // let a running daemon notice at once (the watcher would too)
+            let _ = control::call(&s.state_dir, &Request::Mark { paths: vec![logical] }).await;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,154 @@
+//! Which entries of a group are synced: gitignore-style `exclude` and optional `include`
+//! patterns, relative to each configured path, plus clustersync's own temporary files, which
+//! are never synced.
+//!
+//! Invariants: an excluded directory is not descended into; with `include` set, only entries
+//! that match it (or lie below a matching directory) are synced, while directories are still
+//! traversed to find them; a peer's path is checked with all its ancestors.
+
+use crate::config::GroupConfig;
+use crate::safefs::TEMP_PREFIX;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use std::path::Path;
+
+/// The decision for one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Sync it (and descend if it is a directory).
+    Sync,
+    /// Do not sync the entry itself, but look below it (directories under `include`).
+    Traverse,
+    /// Neither sync nor descend.
+    Skip,
+}
+
+struct PathRules {
+    base: String,
+    exclude: Gitignore,
+    include: Option<Gitignore>,
+}
+
+/// The compiled patterns of one group.
+pub struct Filter {
+    rules: Vec<PathRules>,
+}
+
+fn build(base: &str, pats: &[String]) -> Result<Gitignore, String> {
+    let mut b = GitignoreBuilder::new(Path::new(base));
+    for p in pats {
+        b.add_line(None, p).map_err(|e| format!("pattern {p:?}: {e}"))?;
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+impl Filter {
+    /// Compile a group's patterns.
+    pub fn new(g: &GroupConfig) -> Result<Filter, String> {
+        let mut rules = Vec::new();
+        for base in &g.paths {
+            rules.push(PathRules {
+                base: base.clone(),
+                exclude: build(base, &g.exclude)?,
+                include: if g.include.is_empty() {
+                    None
+                } else {
+                    Some(build(base, &g.include)?)
+                },
+            });
+        }
+        Ok(Filter { rules })
+    }
+
+    fn rules(&self, gp: &str) -> Option<&PathRules> {
+        self.rules.iter().find(|r| r.base == gp)
+    }
+
+    /// Decision for one entry, assuming its ancestors were already accepted (scan order).
+    pub fn want(&self, gp: &str, p: &str, is_dir: bool) -> Want {
+        let rel = crate::paths::relative(p, gp);
+        if rel.is_empty() {
+            return Want::Sync;
+        }
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        if name.starts_with(TEMP_PREFIX) {
+            return Want::Skip;
+        }
+        let Some(r) = self.rules(gp) else {
+            return Want::Skip;
+        };
+        if r.exclude.matched(rel, is_dir).is_ignore() {
+            return Want::Skip;
+        }
+        match &r.include {
+            None => Want::Sync,
+            Some(inc) => {
+                if inc.matched(rel, is_dir).is_ignore() {
+                    Want::Sync
+                } else if is_dir {
+                    Want::Traverse
+                } else {
+                    Want::Skip
+                }
+            }
+        }
+    }
+
+    /// Decision for a path from a peer: checks every ancestor too.
+    pub fn accepts(&self, gp: &str, p: &str, is_dir: bool) -> bool {
+        let rel = crate::paths::relative(p, gp);
+        if rel.is_empty() {
+            return true;
+        }
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut included_above = false;
+        for i in 0..comps.len() {
+            let last = i + 1 == comps.len();
+            let sub = format!("{}/{}", gp.trim_end_matches('/'), comps[..=i].join("/"));
+            match self.want(gp, &sub, if last { is_dir } else { true }) {
+                Want::Skip => return false,
+                Want::Sync => included_above = true,
+                Want::Traverse => {}
+            }
+        }
+        included_above
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(exclude: &[&str], include: &[&str]) -> GroupConfig {
+        let text = format!(
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv/www\"]\nexclude = {:?}\ninclude = {:?}\n",
+            exclude, include
+        );
+        let c = crate::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+        c.groups["g"].clone()
+    }
+
+    #[test]
+    fn excludes_gitignore_style() {
+        let f = Filter::new(&group(&["*.tmp", "cache/", ".git/"], &[])).unwrap();
+        assert_eq!(f.want("/srv/www", "/srv/www/a.tmp", false), Want::Skip);
+        assert_eq!(f.want("/srv/www", "/srv/www/x/cache", true), Want::Skip);
+        assert_eq!(f.want("/srv/www", "/srv/www/x/cache", false), Want::Sync);
+        assert_eq!(f.want("/srv/www", "/srv/www/a.txt", false), Want::Sync);
+        assert_eq!(
+            f.want("/srv/www", "/srv/www/.clustersync.tmp.abc", false),
+            Want::Skip
+        );
+        assert!(!f.accepts("/srv/www", "/srv/www/cache/deep/file", false));
+        assert!(f.accepts("/srv/www", "/srv/www/ok/deep/file", false));
+    }
+
+    #[test]
+    fn include_limits() {
+        let f = Filter::new(&group(&[], &["*.conf"])).unwrap();
+        assert_eq!(f.want("/srv/www", "/srv/www/a.conf", false), Want::Sync);
+        assert_eq!(f.want("/srv/www", "/srv/www/a.txt", false), Want::Skip);
+        assert_eq!(f.want("/srv/www", "/srv/www/sub", true), Want::Traverse);
+        assert!(f.accepts("/srv/www", "/srv/www/sub/x.conf", false));
+        assert!(!f.accepts("/srv/www", "/srv/www/sub/x.txt", false));
+    }
+}

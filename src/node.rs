@@ -1,0 +1,1066 @@
+//! A running node: the shared state of one daemon (or of an in-process `sync`), the engine that
+//! serialises every change to the disk and the index, and the tasks around it (listener,
+//! dialers, watcher, periodic rescans, retries).
+//!
+//! Data flow: the watcher (or a rescan, or `mark`) reports paths → the engine scans them and
+//! commits new versions to the index → each peer link's pump sees the new sequence number and
+//! streams the records → the peer's engine applies them (see `apply`) and acknowledges.
+//!
+//! Invariants: only the engine task writes file entries to the index and changes synced paths,
+//! so a local scan and a remote apply never interleave on one path; a group whose path is
+//! missing or emptied is stopped on this node (no scan results, no applies) until it is back;
+//! the daemon dials only peers whose names sort after its own (both sides accept), so two
+//! daemons keep one link; an in-process `sync` dials everyone.
+
+use crate::apply;
+use crate::config::{Config, GroupConfig, NodeConfig};
+use crate::filter::Filter;
+use crate::identity::Identity;
+use crate::index::{Index, IndexError};
+use crate::owners::OwnerMap;
+use crate::peer::PeerHandle;
+use crate::protocol::WireRecord;
+use crate::record::{Entry, Hash, Record};
+use crate::scan::ScanCtx;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("node {0:?} is not defined in the config (use --node NAME or set the hostname)")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("this node's key has id {actual}, but the config says [nodes.{node}] id = {configured}")]
+    IdMismatch {
+        node: String,
+        actual: String,
+        configured: String,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("group {group}: {msg}")]
+    Group { group: String, msg: String },
+}
+
+/// One group as this node runs it.
+pub struct GroupRt {
+    pub cfg: GroupConfig,
+    pub filter: Filter,
+    /// The other members.
+    pub peers: Vec<String>,
+}
+
+/// Live state of a group on this node.
+#[derive(Debug, Default, Clone)]
+pub struct GroupState {
+    pub stopped: Option<String>,
+    /// Paths reported by the watcher and not scanned yet.
+    pub pending_local: usize,
+    /// Remote records that could not be applied yet.
+    pub retry: usize,
+}
+
+/// Work for the engine.
+pub enum Work {
+    Dirty {
+        group: String,
+        paths: Vec<(String, bool)>,
+    },
+    Rescan {
+        groups: Option<Vec<String>>,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    Remote {
+        peer: Arc<PeerHandle>,
+        group: String,
+        records: Vec<WireRecord>,
+        through: u64,
+    },
+    Retry,
+    Marker {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// How to run a node.
+pub struct NodeOptions {
+    pub config: Config,
+    pub name: String,
+    pub state_dir: PathBuf,
+    /// Accept connections (daemon) or not (in-process sync).
+    pub listen: bool,
+    /// Watch for changes live.
+    pub watch: bool,
+    /// Dial every peer (in-process sync) or only those after us (daemon).
+    pub dial_all: bool,
+    /// Print what would change instead of changing it.
+    pub dry_run: bool,
+}
+
+/// State shared by all tasks of a node.
+pub struct Shared {
+    pub name: String,
+    pub cfg: Config,
+    pub me: NodeConfig,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub ident: Identity,
+    pub index: Index,
+    pub owners: OwnerMap,
+    pub groups: Vec<GroupRt>,
+    pub gstate: Mutex<HashMap<String, GroupState>>,
+    pub(crate) last_seen: Mutex<HashMap<String, SystemTime>>,
+    peers: Mutex<HashMap<String, Arc<PeerHandle>>>,
+    seq_tx: watch::Sender<u64>,
+    engine_tx: mpsc::UnboundedSender<Work>,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+    audit: crate::audit::Audit,
+    pub backups: crate::backup::Backups,
+    pub started: Instant,
+    pub dry_run: bool,
+}
+
+impl Shared {
+    pub fn group(&self, name: &str) -> Option<&GroupRt> {
+        self.groups.iter().find(|g| g.cfg.name == name)
+    }
+
+    /// Groups this node shares with `peer`.
+    pub fn shared_groups(&self, peer: &str) -> Vec<&GroupRt> {
+        self.groups
+            .iter()
+            .filter(|g| g.peers.iter().any(|p| p == peer))
+            .collect()
+    }
+
+    /// Every peer of this node.
+    pub fn all_peers(&self) -> BTreeSet<String> {
+        self.groups.iter().flat_map(|g| g.peers.iter().cloned()).collect()
+    }
+
+    /// The node name whose configured id is `id`.
+    pub fn node_by_id(&self, id: &str) -> Option<String> {
+        self.cfg
+            .nodes
+            .values()
+            .find(|n| n.id.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(id)))
+            .map(|n| n.name.clone())
+    }
+
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_peer(&self, h: Arc<PeerHandle>) -> Option<Arc<PeerHandle>> {
+        lock(&self.peers).insert(h.name.clone(), h)
+    }
+
+    pub(crate) fn unregister_peer(&self, name: &str, conn: u64) {
+        let mut p = lock(&self.peers);
+        if p.get(name).is_some_and(|h| h.conn == conn) {
+            p.remove(name);
+        }
+    }
+
+    pub fn peer(&self, name: &str) -> Option<Arc<PeerHandle>> {
+        lock(&self.peers).get(name).cloned().filter(|h| !h.is_closed())
+    }
+
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn seq_rx(&self) -> watch::Receiver<u64> {
+        self.seq_tx.subscribe()
+    }
+
+    pub fn publish_seq(&self, seq: u64) {
+        self.seq_tx.send_replace(seq);
+    }
+
+    pub fn submit(&self, w: Work) {
+        let _ = self.engine_tx.send(w);
+    }
+
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    pub(crate) fn audit(&self, group: &str, path: &str, kind: &str, rec: &Record) {
+        self.audit.write(group, path, kind, &rec.origin, &rec.version.display());
+    }
+
+    pub(crate) fn audit_refused(&self, peer: &str, msg: &str) {
+        self.audit.write("", msg, "refused", peer, "");
+    }
+
+    fn set_stopped(&self, group: &str, reason: Option<String>) -> bool {
+        let mut gs = lock(&self.gstate);
+        let st = gs.entry(group.to_string()).or_default();
+        let changed = st.stopped != reason;
+        if changed {
+            match &reason {
+                Some(r) => tracing::error!(group, "group stopped on this node: {r}"),
+                None => tracing::warn!(group, "group path is back; group resumed"),
+            }
+        }
+        st.stopped = reason;
+        changed
+    }
+
+    pub fn is_stopped(&self, group: &str) -> bool {
+        lock(&self.gstate).get(group).is_some_and(|s| s.stopped.is_some())
+    }
+
+    fn scan_ctx<'a>(&'a self, g: &'a GroupRt) -> ScanCtx<'a> {
+        ScanCtx {
+            node: &self.name,
+            root: &self.root,
+            group: &g.cfg,
+            filter: &g.filter,
+            index: &self.index,
+            owners: &self.owners,
+        }
+    }
+
+    /// Make the index describe what is on disk at `path` right now; returns the entry.
+    pub fn reconcile_path(&self, g: &GroupRt, path: &str) -> Result<Option<Entry>, IndexError> {
+        let local = self.index.get(&g.cfg.name, path)?;
+        let real = crate::paths::real(&self.root, path);
+        let md = std::fs::symlink_metadata(&real).ok();
+        let fine = match (&local, &md) {
+            (None, None) => true,
+            (Some(e), None) => e.rec.is_deleted(),
+            (Some(e), Some(md)) => crate::scan::quick_match(e, md),
+            (None, Some(_)) => false,
+        };
+        if fine {
+            return Ok(local);
+        }
+        let Ok(gp) = crate::paths::validate(path, &g.cfg.paths) else {
+            return Ok(local);
+        };
+        let res = self.scan_ctx(g).scan(gp, path, false)?;
+        if res.stopped.is_some() {
+            return Ok(local);
+        }
+        if !res.changes.is_empty() {
+            let seq = self.index.commit(&g.cfg.name, res.changes)?;
+            self.publish_seq(seq);
+        }
+        self.index.get(&g.cfg.name, path)
+    }
+
+    /// Read a chunk from this node's own files (any location the index knows), verified.
+    pub fn read_local_chunk(&self, group: &str, hash: &Hash) -> Option<Vec<u8>> {
+        self.read_chunk(group, hash).or_else(|| {
+            let loc = self.index.chunk_location(hash).ok()??;
+            self.read_chunk(&loc.group, hash)
+        })
+    }
+
+    /// Ask every connected peer of `group` (other than `skip`) for one chunk.
+    pub async fn fetch_chunk_anywhere(&self, group: &str, hash: &Hash, len: u32, skip: Option<&str>) -> Option<Vec<u8>> {
+        let g = self.group(group)?;
+        for p in &g.peers {
+            if Some(p.as_str()) == skip {
+                continue;
+            }
+            let Some(h) = self.peer(p) else { continue };
+            let Some(rx) = h.get_chunks(group, vec![*hash]).await else {
+                continue;
+            };
+            if let Ok(Ok(mut v)) = tokio::time::timeout(Duration::from_secs(30), rx).await
+                && let Some(Some(d)) = v.pop()
+                && d.len() == len as usize
+                && crate::chunk::hash(&d) == *hash
+            {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Keep the current content of a file about to be overwritten or deleted.
+    pub fn backup_before_change(&self, group: &str, place: &crate::safefs::Place, local: &Entry) {
+        let Some(g) = self.group(group) else { return };
+        if g.cfg.backup_generations == 0 {
+            return;
+        }
+        if let Err(e) = self.backups.keep(group, place, local, g.cfg.backup_generations) {
+            tracing::warn!(group, "backup of {} failed: {e}", local.rec.path);
+        } else {
+            self.audit.write(group, &local.rec.path, "backup", &local.rec.origin, &local.rec.version.display());
+        }
+    }
+}
+
+/// A started node.
+pub struct Node {
+    pub shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Open the index, scan, and start every task.
+    pub async fn start(opts: NodeOptions) -> Result<Node, NodeError> {
+        let cfg = opts.config;
+        let me = cfg
+            .node(&opts.name)
+            .cloned()
+            .ok_or_else(|| NodeError::UnknownNode(opts.name.clone()))?;
+        std::fs::create_dir_all(&opts.state_dir).map_err(|source| NodeError::StateDir {
+            path: opts.state_dir.clone(),
+            source,
+        })?;
+        let key_path = me.key.clone().unwrap_or_else(|| opts.state_dir.join("node.key"));
+        let ident = Identity::load(&key_path)?;
+        if let Some(id) = &me.id
+            && !id.eq_ignore_ascii_case(&ident.id())
+        {
+            return Err(NodeError::IdMismatch {
+                node: me.name.clone(),
+                actual: ident.id(),
+                configured: id.clone(),
+            });
+        }
+        let index = Index::open(&opts.state_dir.join("index.redb"))?;
+        let mut groups = Vec::new();
+        for g in cfg.groups_of(&opts.name) {
+            let filter = Filter::new(g).map_err(|msg| NodeError::Group {
+                group: g.name.clone(),
+                msg,
+            })?;
+            groups.push(GroupRt {
+                cfg: g.clone(),
+                filter,
+                peers: g.members().filter(|m| *m != opts.name).map(String::from).collect(),
+            });
+        }
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+        let (seq_tx, _) = watch::channel(index.max_seq()?);
+        let (shutdown, _) = watch::channel(false);
+        let audit = crate::audit::Audit::open(&opts.state_dir.join("audit.log"));
+        let backups = crate::backup::Backups::new(&opts.state_dir.join("backups"));
+        let shared = Arc::new(Shared {
+            name: opts.name.clone(),
+            root: me.root.clone(),
+            me: me.clone(),
+            cfg: cfg.clone(),
+            state_dir: opts.state_dir.clone(),
+            ident,
+            index,
+            owners: OwnerMap::default(),
+            groups,
+            gstate: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            seq_tx,
+            engine_tx,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+            audit,
+            backups,
+            started: Instant::now(),
+            dry_run: opts.dry_run,
+        });
+        let mut tasks = Vec::new();
+        // the watcher starts before the initial scan so nothing falls between them
+        if opts.watch {
+            let watched: Vec<&GroupRt> = shared.groups.iter().filter(|g| g.cfg.watch).collect();
+            if !watched.is_empty() {
+                tasks.push(crate::watch::spawn(shared.clone()));
+            }
+        }
+        // initial scan, synchronously, before any peer sees our index
+        {
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || s.full_scan(None))
+                .await
+                .map_err(|e| NodeError::Group {
+                    group: "*".into(),
+                    msg: e.to_string(),
+                })??;
+        }
+        tasks.push(tokio::spawn(engine(shared.clone(), engine_rx)));
+        if opts.listen {
+            let addr = me.listen_addr();
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!("node {} listening on {addr}", shared.name);
+            tasks.push(tokio::spawn(listen(shared.clone(), listener)));
+        }
+        for p in shared.all_peers() {
+            if opts.dial_all || p > shared.name {
+                tasks.push(tokio::spawn(dialer(shared.clone(), p)));
+            }
+        }
+        tasks.push(tokio::spawn(timers(shared.clone())));
+        Ok(Node { shared, tasks })
+    }
+
+    /// Stop every task.
+    pub async fn stop(self) {
+        self.shared.stop();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        for t in self.tasks {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+    }
+}
+
+impl Shared {
+    /// Scan every path of the given groups (all when `None`) and commit what changed.
+    pub fn full_scan(&self, only: Option<&[String]>) -> Result<(), IndexError> {
+        for g in &self.groups {
+            if only.is_some_and(|o| !o.iter().any(|n| n == &g.cfg.name)) {
+                continue;
+            }
+            let mut stopped = None;
+            for gp in &g.cfg.paths {
+                let t0 = Instant::now();
+                let res = self.scan_ctx(g).scan(gp, gp, true)?;
+                for e in &res.errors {
+                    tracing::warn!(group = %g.cfg.name, "scan: {e}");
+                }
+                for s in &res.skipped {
+                    tracing::info!(group = %g.cfg.name, "skipped (not a file, directory or symlink, or unsupported name): {s}");
+                }
+                if let Some(r) = res.stopped {
+                    stopped = Some(r);
+                    continue;
+                }
+                let n = res.announced();
+                if self.dry_run {
+                    for c in res.changes.iter().filter(|c| c.announce) {
+                        let what = if c.entry.rec.is_deleted() { "deleted " } else { "changed " };
+                        println!("local {what} {}", c.entry.rec.path);
+                    }
+                    continue;
+                }
+                if !res.changes.is_empty() {
+                    let seq = self.index.commit(&g.cfg.name, res.changes)?;
+                    self.publish_seq(seq);
+                }
+                for u in res.unstable {
+                    self.submit(Work::Dirty {
+                        group: g.cfg.name.clone(),
+                        paths: vec![(u, false)],
+                    });
+                }
+                tracing::debug!(group = %g.cfg.name, "scanned {gp} in {:?}: {n} changes", t0.elapsed());
+            }
+            if self.set_stopped(&g.cfg.name, stopped.clone()) && stopped.is_none() {
+                // resumed: reconnect so peers resend what we could not apply meanwhile
+                for p in &g.peers {
+                    if let Some(h) = self.peer(p) {
+                        h.close();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_dirty(&self, group: &str, paths: &[(String, bool)]) -> Vec<String> {
+        let Some(g) = self.group(group) else {
+            return vec![];
+        };
+        let mut unstable = Vec::new();
+        let mut changes = Vec::new();
+        let mut stopped = None;
+        for (p, recursive) in paths {
+            let Ok(gp) = crate::paths::validate(p, &g.cfg.paths) else {
+                continue;
+            };
+            match self.scan_ctx(g).scan(gp, p, *recursive) {
+                Ok(res) => {
+                    if let Some(r) = res.stopped {
+                        stopped = Some(r);
+                        continue;
+                    }
+                    changes.extend(res.changes);
+                    unstable.extend(res.unstable);
+                    for e in res.errors {
+                        tracing::warn!(group, "scan: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(group, "scan of {p}: {e}"),
+            }
+        }
+        if stopped.is_some() {
+            self.set_stopped(group, stopped);
+            return vec![];
+        }
+        if self.is_stopped(group) {
+            // a targeted scan found the group path usable again: confirm with a full scan
+            let _ = self.full_scan(Some(&[group.to_string()]));
+            return unstable;
+        }
+        // tombstones and new versions of the same path may repeat: keep the last per path
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(c.entry.rec.path.clone(), i);
+        }
+        let changes: Vec<_> = changes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| last.get(&c.entry.rec.path) == Some(i))
+            .map(|(_, c)| c)
+            .collect();
+        if !changes.is_empty() {
+            // new content first, deletions last: a rename's receiver still finds the old copy
+            let (mut live, dead): (Vec<_>, Vec<_>) =
+                changes.into_iter().partition(|c| !c.entry.rec.is_deleted());
+            live.extend(dead);
+            for c in live.iter().filter(|c| c.announce) {
+                self.audit(group, &c.entry.rec.path, if c.entry.rec.is_deleted() { "local-delete" } else { "local-change" }, &c.entry.rec);
+            }
+            match self.index.commit(group, live) {
+                Ok(seq) => self.publish_seq(seq),
+                Err(e) => tracing::error!(group, "index commit: {e}"),
+            }
+        }
+        unstable
+    }
+}
+
+struct RetryState {
+    records: Vec<WireRecord>,
+    peer: Arc<PeerHandle>,
+    through: u64,
+    attempts: u32,
+}
+
+async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
+    let mut shutdown = shared.shutdown_rx();
+    let mut retry: HashMap<(String, String), RetryState> = HashMap::new();
+    loop {
+        let w = tokio::select! {
+            w = rx.recv() => match w { Some(w) => w, None => return },
+            _ = shutdown.changed() => return,
+        };
+        match w {
+            Work::Dirty { group, paths } => {
+                let s = shared.clone();
+                let g2 = group.clone();
+                let unstable = tokio::task::spawn_blocking(move || s.scan_dirty(&g2, &paths))
+                    .await
+                    .unwrap_or_default();
+                if let Some(st) = lock(&shared.gstate).get_mut(&group) {
+                    st.pending_local = 0;
+                }
+                if !unstable.is_empty() {
+                    let s = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        s.submit(Work::Dirty {
+                            group,
+                            paths: unstable.into_iter().map(|p| (p, false)).collect(),
+                        });
+                    });
+                }
+            }
+            Work::Rescan { groups, reply } => {
+                let s = shared.clone();
+                let r = tokio::task::spawn_blocking(move || s.full_scan(groups.as_deref())).await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!("rescan: {e}");
+                }
+                if let Some(tx) = reply {
+                    let _ = tx.send(());
+                }
+            }
+            Work::Remote {
+                peer,
+                group,
+                records,
+                through,
+            } => {
+                peer.queued_batches.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                let key = (peer.name.clone(), group.clone());
+                let Some(g) = shared.group(&group) else { continue };
+                if shared.is_stopped(&group) {
+                    // not applied: do not remember the position, the peer resends later
+                    let _ = peer.send(crate::protocol::Msg::Ack { group, through }).await;
+                    continue;
+                }
+                let out = apply::apply_batch(&shared, Some(&peer), g, records, shared.dry_run).await;
+                if shared.dry_run {
+                    let _ = peer.send(crate::protocol::Msg::Ack { group, through }).await;
+                    continue;
+                }
+                if let Some(r) = out.refused {
+                    tracing::error!(peer = %peer.name, group = %group, "{r}; closing the link");
+                    shared.audit_refused(&peer.name, &r.to_string());
+                    peer.close();
+                    continue;
+                }
+                let _ = peer
+                    .send(crate::protocol::Msg::Ack {
+                        group: group.clone(),
+                        through,
+                    })
+                    .await;
+                let entry = retry.entry(key.clone());
+                use std::collections::hash_map::Entry as E;
+                match entry {
+                    E::Occupied(mut o) => {
+                        let st = o.get_mut();
+                        st.records.extend(out.failed);
+                        st.through = through;
+                        st.peer = peer.clone();
+                    }
+                    E::Vacant(v) => {
+                        if out.failed.is_empty() {
+                            let _ = shared.index.set_peer_position(&peer.name, &group, peer.remote_index_id, through);
+                        } else {
+                            v.insert(RetryState {
+                                records: out.failed,
+                                peer: peer.clone(),
+                                through,
+                                attempts: 0,
+                            });
+                        }
+                    }
+                }
+                update_retry_counts(&shared, &retry);
+            }
+            Work::Retry => {
+                let keys: Vec<_> = retry.keys().cloned().collect();
+                for key in keys {
+                    let Some(mut st) = retry.remove(&key) else { continue };
+                    let Some(g) = shared.group(&key.1) else { continue };
+                    if st.peer.is_closed() || shared.is_stopped(&key.1) {
+                        // the peer resends from the remembered position when it reconnects
+                        continue;
+                    }
+                    st.attempts += 1;
+                    let recs = std::mem::take(&mut st.records);
+                    let out = apply::apply_batch(&shared, Some(&st.peer), g, recs, false).await;
+                    if out.failed.is_empty() {
+                        let _ = shared.index.set_peer_position(&key.0, &key.1, st.peer.remote_index_id, st.through);
+                    } else if st.attempts < 30 {
+                        st.records = out.failed;
+                        retry.insert(key, st);
+                    } else {
+                        tracing::error!(peer = %key.0, group = %key.1, "giving up on {} records for now; they come again on reconnect", out.failed.len());
+                        st.peer.close();
+                    }
+                }
+                update_retry_counts(&shared, &retry);
+            }
+            Work::Marker { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+fn update_retry_counts(shared: &Shared, retry: &HashMap<(String, String), RetryState>) {
+    let mut gs = lock(&shared.gstate);
+    for st in gs.values_mut() {
+        st.retry = 0;
+    }
+    for ((_, g), st) in retry {
+        gs.entry(g.clone()).or_default().retry += st.records.len();
+    }
+}
+
+async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let mut shutdown = shared.shutdown_rx();
+    // bound the cost of unauthenticated connections
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let allowed = |id: &str| s.node_by_id(id).is_some_and(|n| n != s.name);
+            let link = crate::transport::accept(stream, &s.ident, allowed).await;
+            drop(permit);
+            match link {
+                Ok(link) => {
+                    let Some(peer) = s.node_by_id(&link.remote_id) else { return };
+                    if s.shared_groups(&peer).is_empty() {
+                        tracing::warn!("refused {peer} from {addr}: no group in common");
+                        return;
+                    }
+                    if let Err(e) = crate::peer::run_link(s.clone(), link, peer.clone()).await {
+                        tracing::debug!(peer = %peer, "link ended: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("refused connection from {addr}: {e}");
+                    s.audit.write("", &addr.to_string(), "refused", "", &e.to_string());
+                }
+            }
+        });
+    }
+}
+
+/// Connect to `peer` once; returns when the link ends.
+pub async fn connect_once(shared: &Arc<Shared>, peer: &str) -> Result<crate::transport::Link, String> {
+    let nc = shared.cfg.node(peer).ok_or("unknown peer")?;
+    let id = nc.id.clone().ok_or_else(|| format!("[nodes.{peer}] has no id"))?;
+    let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&nc.address))
+        .await
+        .map_err(|_| format!("connect to {} timed out", nc.address))?
+        .map_err(|e| format!("connect to {}: {e}", nc.address))?;
+    crate::transport::connect(stream, &shared.ident, peer, &id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn dialer(shared: Arc<Shared>, peer: String) {
+    let mut shutdown = shared.shutdown_rx();
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if shared.peer(&peer).is_none() {
+            match connect_once(&shared, &peer).await {
+                Ok(link) => {
+                    backoff = Duration::from_millis(100);
+                    warned = false;
+                    let s = shared.clone();
+                    let p = peer.clone();
+                    let r = crate::peer::run_link(s, link, p).await;
+                    if let Err(e) = r {
+                        tracing::info!(peer = %peer, "link ended: {e}");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(peer = %peer, "cannot reach peer: {e} (retrying)");
+                        warned = true;
+                    } else {
+                        tracing::debug!(peer = %peer, "cannot reach peer: {e}");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn timers(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown_rx();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut last_rescan: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.changed() => return,
+        }
+        shared.submit(Work::Retry);
+        for g in &shared.groups {
+            let due = if shared.is_stopped(&g.cfg.name) {
+                // check every few seconds whether the group path is back
+                Some(Duration::from_secs(4))
+            } else {
+                g.cfg.rescan
+            };
+            let Some(every) = due else { continue };
+            let last = last_rescan.entry(g.cfg.name.clone()).or_insert_with(Instant::now);
+            if last.elapsed() >= every {
+                *last = Instant::now();
+                shared.submit(Work::Rescan {
+                    groups: Some(vec![g.cfg.name.clone()]),
+                    reply: None,
+                });
+            }
+        }
+    }
+}
+
+/// Result of a `sync` run.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct SyncReport {
+    pub unreachable: Vec<String>,
+    pub conflicts: usize,
+    pub stopped: Vec<String>,
+    pub pending: usize,
+}
+
+impl Shared {
+    /// Rescan and reconcile with every reachable peer of `groups` (all when empty).
+    pub async fn sync(self: &Arc<Self>, groups: &[String], timeout: Duration) -> SyncReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let selected: Vec<&GroupRt> = self
+            .groups
+            .iter()
+            .filter(|g| groups.is_empty() || groups.contains(&g.cfg.name))
+            .collect();
+        let names: Vec<String> = selected.iter().map(|g| g.cfg.name.clone()).collect();
+        let (tx, rx) = oneshot::channel();
+        self.submit(Work::Rescan {
+            groups: Some(names.clone()),
+            reply: Some(tx),
+        });
+        let _ = tokio::time::timeout_at(deadline, rx).await;
+        let peers: BTreeSet<String> = selected.iter().flat_map(|g| g.peers.iter().cloned()).collect();
+        let mut report = SyncReport::default();
+        let mut waits = Vec::new();
+        for p in peers {
+            let s = self.clone();
+            let names = names.clone();
+            waits.push(tokio::spawn(async move {
+                let ok = tokio::time::timeout_at(deadline, s.sync_with(&p, &names)).await;
+                (p, matches!(ok, Ok(true)))
+            }));
+        }
+        for w in waits {
+            if let Ok((p, ok)) = w.await
+                && !ok
+            {
+                report.unreachable.push(p);
+            }
+        }
+        // wait for the retry queue to drain within the deadline
+        loop {
+            let pending: usize = {
+                let gs = lock(&self.gstate);
+                names.iter().filter_map(|n| gs.get(n)).map(|s| s.retry).sum()
+            };
+            report.pending = pending;
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let gs = lock(&self.gstate);
+        for n in &names {
+            if let Some(r) = gs.get(n).and_then(|s| s.stopped.clone()) {
+                report.stopped.push(format!("{n}: {r}"));
+            }
+        }
+        report
+    }
+
+    async fn sync_with(self: &Arc<Self>, peer: &str, groups: &[String]) -> bool {
+        // make sure there is a link
+        let mut h = self.peer(peer);
+        if h.is_none() {
+            if let Ok(link) = connect_once(self, peer).await {
+                let s = self.clone();
+                let p = peer.to_string();
+                tokio::spawn(async move {
+                    let _ = crate::peer::run_link(s, link, p).await;
+                });
+            }
+            for _ in 0..100 {
+                h = self.peer(peer);
+                if h.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let Some(h) = h else { return false };
+        let shared_names: Vec<String> = self
+            .shared_groups(peer)
+            .iter()
+            .map(|g| g.cfg.name.clone())
+            .filter(|n| groups.contains(n))
+            .collect();
+        // their side: everything they had is received and applied
+        let Some(pong) = h.ping().await else { return false };
+        if pong.await.is_err() {
+            return false;
+        }
+        // our side: they applied everything we had
+        let target = self.index.max_seq().unwrap_or(0);
+        loop {
+            let notified = h.progress_notify.notified();
+            let done = shared_names.iter().all(|g| {
+                let p = h.progress_of(g);
+                p.scanned >= target && p.unacked.is_empty()
+            });
+            if done {
+                return true;
+            }
+            if h.is_closed() {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+/// `status --json` output.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub groups: Vec<GroupStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub pending: u64,
+    pub conflicts: u64,
+    pub in_sync: bool,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub connected: bool,
+    pub behind: u64,
+    pub last_seen: Option<String>,
+    pub address: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Build the status from an index (daemon or not) and live state (daemon only).
+pub fn status_of(
+    name: &str,
+    cfg: &Config,
+    index: &Index,
+    live: Option<&Shared>,
+) -> Result<Status, IndexError> {
+    let mut groups = Vec::new();
+    let conflicts = index.conflicts()?;
+    let my_groups: Vec<&GroupConfig> = cfg.groups_of(name).collect();
+    for g in &my_groups {
+        let (mut files, mut bytes, mut dirs, mut links) = (0u64, 0u64, 0u64, 0u64);
+        index.for_each(&g.name, |e| match e.rec.meta.as_ref().map(|m| m.kind) {
+            Some(crate::record::Kind::File) => {
+                files += 1;
+                bytes += e.rec.size();
+            }
+            Some(crate::record::Kind::Dir) => dirs += 1,
+            Some(crate::record::Kind::Symlink) => links += 1,
+            None => {}
+        })?;
+        let mut pending = 0u64;
+        for p in g.members().filter(|m| *m != name) {
+            pending += index.count_since(&g.name, index.acked(p, &g.name)?)?;
+        }
+        let (mut error, mut local) = (None, 0u64);
+        if let Some(s) = live {
+            let gs = lock(&s.gstate);
+            if let Some(st) = gs.get(&g.name) {
+                error = st.stopped.clone();
+                local = (st.pending_local + st.retry) as u64;
+            }
+        }
+        pending += local;
+        let unresolved = conflicts
+            .iter()
+            .filter(|(cg, _, c)| cg == &g.name && !c.resolved)
+            .count() as u64;
+        groups.push(GroupStatus {
+            name: g.name.clone(),
+            files,
+            bytes,
+            pending,
+            conflicts: unresolved,
+            in_sync: pending == 0 && unresolved == 0 && error.is_none(),
+            directories: dirs,
+            symlinks: links,
+            error,
+        });
+    }
+    let mut peers = Vec::new();
+    let peer_names: BTreeSet<&str> = my_groups
+        .iter()
+        .flat_map(|g| g.members())
+        .filter(|m| *m != name)
+        .collect();
+    for p in peer_names {
+        let mut behind = 0;
+        for g in my_groups.iter().filter(|g| g.has_node(p)) {
+            behind += index.count_since(&g.name, index.acked(p, &g.name)?)?;
+        }
+        let (connected, last_seen) = match live {
+            Some(s) => (
+                s.peer(p).is_some(),
+                lock(&s.last_seen).get(p).map(|t| rfc3339(*t)),
+            ),
+            None => (false, None),
+        };
+        peers.push(PeerStatus {
+            name: p.to_string(),
+            connected,
+            behind,
+            last_seen,
+            address: cfg.node(p).map(|n| n.address.clone()).unwrap_or_default(),
+        });
+    }
+    Ok(Status {
+        node: name.to_string(),
+        groups,
+        peers,
+    })
+}
