@@ -526,10 +526,18 @@ fn entry_from(rec: Record, md: Option<&std::fs::Metadata>) -> Entry {
 /// Re-read the applied entry so the index matches the disk exactly (inode, ctime, local ids).
 fn finish(shared: &Shared, rec: &Record, _gp: &str) -> Result<Entry, ApplyError> {
     let real = crate::paths::real(&shared.root, &rec.path);
-    let md = std::fs::symlink_metadata(&real).map_err(|e| ApplyError::Other {
-        path: rec.path.clone(),
-        msg: e.to_string(),
-    })?;
+    let md = match std::fs::symlink_metadata(&real) {
+        Ok(md) => md,
+        // removed locally the instant after we installed it: record what we installed; the
+        // watcher's scan of the deletion then makes a tombstone (never a resurrection)
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(entry_from(rec.clone(), None)),
+        Err(e) => {
+            return Err(ApplyError::Other {
+                path: rec.path.clone(),
+                msg: e.to_string(),
+            });
+        }
+    };
     let mut rec = rec.clone();
     if let Some(m) = rec.meta.as_mut() {
         // local ids may differ from the sender's (by-name mapping); names stay the sender's

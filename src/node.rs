@@ -457,8 +457,13 @@ impl Shared {
                 continue;
             }
             let mut stopped = None;
+            let was_stopped = self.is_stopped(&g.cfg.name);
             for gp in &g.cfg.paths {
                 let t0 = Instant::now();
+                if was_stopped && let Some(r) = self.scan_ctx(g).resume_check(gp)? {
+                    stopped = Some(r);
+                    continue;
+                }
                 let res = self.scan_ctx(g).scan(gp, gp, true)?;
                 for e in &res.errors {
                     tracing::warn!(group = %g.cfg.name, "scan: {e}");

@@ -287,6 +287,31 @@ impl<'a> ScanCtx<'a> {
         }
     }
 
+    /// After the group was stopped: is the group path back as it was (a remount), rather than
+    /// refilled after a wipe? Returns the reason to stay stopped.
+    pub fn resume_check(&self, gp: &str) -> Result<Option<String>, IndexError> {
+        let (lo, _) = crate::paths::subtree_bounds(gp);
+        let (mut live, mut present) = (0usize, 0usize);
+        for e in self.index.subtree(&self.group.name, gp)? {
+            if !e.rec.path.starts_with(&lo) || e.rec.is_deleted() {
+                continue;
+            }
+            live += 1;
+            if std::fs::symlink_metadata(crate::paths::real(self.root, &e.rec.path)).is_ok() {
+                present += 1;
+            }
+            if live >= 10_000 {
+                break;
+            }
+        }
+        if live >= 2 && present * 2 < live {
+            return Ok(Some(format!(
+                "group path {gp} is back but holds only {present} of {live} known entries; if it was wiped on purpose, start this node over (stop it, remove its index.redb, start it: it joins as new and receives everything)"
+            )));
+        }
+        Ok(None)
+    }
+
     /// Scan logical path `target` (inside group path `gp`); `recursive` walks below it.
     pub fn scan(&self, gp: &str, target: &str, recursive: bool) -> Result<ScanResult, IndexError> {
         let mut res = ScanResult::default();
