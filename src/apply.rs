@@ -28,6 +28,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Largest file a peer may announce (1 TiB).
 pub const MAX_FILE: u64 = 1 << 40;
@@ -204,6 +205,7 @@ pub async fn apply_batch(
 ) -> Outcome {
     let mut out = Outcome::default();
     let known = |n: &str| shared.cfg.nodes.contains_key(n);
+    shared.counters.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
     for w in &records {
         if let Err(e) = validate(g, w, &known) {
             out.refused = Some(e);
@@ -418,7 +420,7 @@ async fn execute(
     rec: &Record,
     inline: Option<&[u8]>,
     local: Option<&Entry>,
-    batch_deletes: &mut Vec<String>,
+    batch_deletes: &mut [String],
 ) -> Result<Entry, ApplyError> {
     let gp = crate::paths::validate(&rec.path, &g.cfg.paths).map_err(|e| ApplyError::Other {
         path: rec.path.clone(),
@@ -575,6 +577,7 @@ async fn write_content(
     };
     if let Some(data) = inline {
         tmp.file.write_all(data).map_err(werr)?;
+        shared.counters.inline_bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         return Ok(tmp);
     }
     // where can each chunk come from?
@@ -615,12 +618,13 @@ async fn write_content(
         cur_bytes += c.len as u64;
     }
     let group = g.cfg.name.as_str();
-    let mut inflight: VecDeque<(usize, Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>)> =
-        VecDeque::new();
+    type Pending = (usize, Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>);
+    let mut inflight: VecDeque<Pending> = VecDeque::new();
     let mut next_req = 0usize;
     let mut replies: HashMap<usize, Vec<Option<Vec<u8>>>> = HashMap::new();
     let mut buf = Vec::new();
     for (c, src) in m.chunks.iter().zip(sources) {
+        let remote = matches!(src, Source::Remote(..));
         let mut data: Option<Vec<u8>> = match src {
             Source::Old(off) => old_file.as_ref().and_then(|f| {
                 buf.resize(c.len as usize, 0);
@@ -661,8 +665,18 @@ async fn write_content(
                 d.filter(|d| d.len() == c.len as usize && crate::chunk::hash(d) == c.hash)
             }
         };
-        if data.is_none() {
+        let counter = if remote {
+            &shared.counters.chunk_bytes_in
+        } else {
+            &shared.counters.reused_bytes
+        };
+        if data.is_some() {
+            counter.fetch_add(c.len as u64, Ordering::Relaxed);
+        } else {
             data = shared.fetch_chunk_anywhere(group, &c.hash, c.len, peer.map(|p| p.name.as_str())).await;
+            if data.is_some() {
+                shared.counters.chunk_bytes_in.fetch_add(c.len as u64, Ordering::Relaxed);
+            }
         }
         let Some(d) = data else {
             return Err(ApplyError::Unavailable { path });

@@ -154,6 +154,45 @@ pub struct Shared {
     pub backups: crate::backup::Backups,
     pub started: Instant,
     pub dry_run: bool,
+    pub counters: Counters,
+}
+
+/// Transfer counters of this process, for `status --json` and benchmarks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Chunk bytes received from peers.
+    pub chunk_bytes_in: AtomicU64,
+    /// Chunk bytes sent to peers.
+    pub chunk_bytes_out: AtomicU64,
+    /// Small-file content received inside index batches.
+    pub inline_bytes_in: AtomicU64,
+    /// Chunk bytes copied from files this node already had.
+    pub reused_bytes: AtomicU64,
+    /// Records received from peers.
+    pub records_in: AtomicU64,
+}
+
+/// Snapshot of [`Counters`].
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct TransferStats {
+    pub chunk_bytes_in: u64,
+    pub chunk_bytes_out: u64,
+    pub inline_bytes_in: u64,
+    pub reused_bytes: u64,
+    pub records_in: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> TransferStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransferStats {
+            chunk_bytes_in: g(&self.chunk_bytes_in),
+            chunk_bytes_out: g(&self.chunk_bytes_out),
+            inline_bytes_in: g(&self.inline_bytes_in),
+            reused_bytes: g(&self.reused_bytes),
+            records_in: g(&self.records_in),
+        }
+    }
 }
 
 impl Shared {
@@ -399,6 +438,7 @@ impl Node {
             backups,
             started: Instant::now(),
             dry_run: opts.dry_run,
+            counters: Counters::default(),
         });
         let mut tasks = Vec::new();
         // the watcher starts before the initial scan so nothing falls between them
@@ -959,6 +999,8 @@ pub struct Status {
     pub node: String,
     pub groups: Vec<GroupStatus>,
     pub peers: Vec<PeerStatus>,
+    /// Counters of the running daemon (absent without one).
+    pub transfer: Option<TransferStats>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -1067,5 +1109,6 @@ pub fn status_of(
         node: name.to_string(),
         groups,
         peers,
+        transfer: live.map(|s| s.counters.snapshot()),
     })
 }

@@ -375,6 +375,11 @@ async fn dispatch(
                 })
                 .await
                 .unwrap_or_default();
+                let n: usize = data.iter().flatten().map(|d| d.len()).sum();
+                shared
+                    .counters
+                    .chunk_bytes_out
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 let _ = h.send(Msg::Chunks { req, data }).await;
                 drop(permit);
             });

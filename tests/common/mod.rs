@@ -1,0 +1,482 @@
+//! Shared harness of the integration tests: real `clustersync` daemons on 127.0.0.1 (free ports,
+//! temp dirs), an optional TCP proxy in front of each node to cut links, and bounded polling.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clustersync");
+/// Default bound of every wait.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// The group path every test cluster syncs.
+pub const GP: &str = "/srv/www";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `cond` every few ms until it holds; panic with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return t0.elapsed();
+        }
+        if t0.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A TCP proxy that can cut every connection and refuse new ones.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c2, s2, k2) = (cut.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((down, _)) => {
+                        if c2.load(Ordering::Relaxed) {
+                            drop(down);
+                            continue;
+                        }
+                        down.set_nonblocking(false).unwrap();
+                        let Ok(up) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        k2.lock().unwrap().push(down.try_clone().unwrap());
+                        k2.lock().unwrap().push(up.try_clone().unwrap());
+                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap());
+                        pipe(up, down);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            stop,
+        }
+    }
+
+    /// Drop every connection and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+pub struct Node {
+    pub name: String,
+    pub state: PathBuf,
+    pub root: PathBuf,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub proxy: Option<Proxy>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A cluster of test nodes sharing one config file.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub cfg: PathBuf,
+    pub skip: Vec<&'static str>,
+}
+
+/// Options of a test cluster.
+#[derive(Default, Clone)]
+pub struct Opts {
+    /// Extra lines for `[groups.www]`.
+    pub group_extra: String,
+    /// Put a cuttable proxy in front of every node.
+    pub proxies: bool,
+    /// Names left out of tree comparisons (excluded on purpose): `*.ext` or an exact name.
+    pub tree_skip: Vec<&'static str>,
+}
+
+impl Cluster {
+    pub fn new(names: &[&str], opts: Opts) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("cs-test.").tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for n in names {
+            let state = dir.path().join(n).join("state");
+            let root = dir.path().join(n).join("root");
+            std::fs::create_dir_all(root.join(GP.trim_start_matches('/'))).unwrap();
+            let out = Command::new(BIN)
+                .args(["--node", n, "--state-dir"])
+                .arg(&state)
+                .arg("init")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+            let port = free_port();
+            let proxy = opts.proxies.then(|| Proxy::start(port));
+            nodes.push(Node {
+                name: n.to_string(),
+                state,
+                root,
+                port,
+                child: None,
+                proxy,
+                env: vec![],
+            });
+        }
+        let mut cfg = String::new();
+        for n in &nodes {
+            let id = Command::new(BIN)
+                .args(["--node", &n.name, "--state-dir"])
+                .arg(&n.state)
+                .arg("id")
+                .output()
+                .unwrap();
+            let id = String::from_utf8(id.stdout).unwrap();
+            let addr_port = n.proxy.as_ref().map(|p| p.port).unwrap_or(n.port);
+            cfg.push_str(&format!(
+                "[nodes.{}]\naddress = \"127.0.0.1:{addr_port}\"\nlisten = \"127.0.0.1:{}\"\nroot = \"{}\"\nid = \"{}\"\n\n",
+                n.name,
+                n.port,
+                n.root.display(),
+                id.trim()
+            ));
+        }
+        let members: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        cfg.push_str(&format!(
+            "[groups.www]\nnodes = [{}]\npaths = [\"{GP}\"]\n{}\n",
+            members.join(", "),
+            opts.group_extra
+        ));
+        let path = dir.path().join("clustersync.toml");
+        std::fs::write(&path, cfg).unwrap();
+        Cluster {
+            dir,
+            nodes,
+            cfg: path,
+            skip: opts.tree_skip.clone(),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Real path of `rel` (relative to the group path) on node `name`.
+    pub fn path(&self, name: &str, rel: &str) -> PathBuf {
+        let base = self.node(name).root.join(GP.trim_start_matches('/'));
+        if rel.is_empty() { base } else { base.join(rel) }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn set_env(&mut self, name: &str, k: &str, v: &str) {
+        self.node_mut(name).env.push((k.into(), v.into()));
+    }
+
+    pub fn start(&mut self, name: &str) {
+        let cfg = self.cfg.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let n = self.node_mut(name);
+        assert!(n.child.is_none(), "{name} already running");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&cfg)
+            .args(["--node", name, "--state-dir"])
+            .arg(&n.state)
+            .arg("daemon")
+            .env("CLUSTERSYNC_LOG", "clustersync=debug,info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &n.env {
+            cmd.env(k, v);
+        }
+        n.child = Some(cmd.spawn().unwrap());
+        let state = n.state.clone();
+        wait_until(&format!("{name} control socket"), WAIT, || {
+            state.join("control.sock").exists()
+                && std::os::unix::net::UnixStream::connect(state.join("control.sock")).is_ok()
+        });
+    }
+
+    pub fn start_all(&mut self) {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &names {
+            self.start(n);
+        }
+        self.wait_connected();
+    }
+
+    /// Wait until every running node sees every running peer connected.
+    pub fn wait_connected(&self) {
+        let running: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.name.as_str())
+            .collect();
+        for n in &running {
+            wait_until(&format!("{n} connected to its peers"), WAIT, || {
+                let Some(st) = self.status(n) else { return false };
+                st["peers"].as_array().unwrap().iter().all(|p| {
+                    !running.contains(&p["name"].as_str().unwrap()) || p["connected"] == true
+                })
+            });
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self, name: &str) -> std::process::ExitStatus {
+        let n = self.node_mut(name);
+        let mut c = n.child.take().expect("not running");
+        unsafe_free_kill(c.id(), "TERM");
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > WAIT {
+                let _ = c.kill();
+                panic!("{name} did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, name: &str) {
+        let n = self.node_mut(name);
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run a CLI command as node `name`.
+    pub fn cli(&self, name: &str, args: &[&str]) -> Output {
+        let n = self.node(name);
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.cfg)
+            .args(["--node", name, "--state-dir"])
+            .arg(&n.state)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.cli(name, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Snapshot of node `name`'s group tree: path → description of everything synced.
+    pub fn tree(&self, name: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let base = self.path(name, "");
+        walk(&base, &base, &self.skip, &mut out);
+        out
+    }
+
+    /// Wait until all running nodes hold identical trees; returns that tree.
+    pub fn wait_converged(&self, what: &str) -> BTreeMap<String, String> {
+        let running: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.name.as_str())
+            .collect();
+        let mut last = BTreeMap::new();
+        let mut diff = String::new();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, WAIT, || {
+                let first = self.tree(running[0]);
+                for n in &running[1..] {
+                    let t = self.tree(n);
+                    if t != first {
+                        diff = describe_diff(running[0], &first, n, &t);
+                        return false;
+                    }
+                }
+                last = first;
+                true
+            })
+        }));
+        if r.is_err() {
+            panic!("{what}: nodes did not converge:\n{diff}");
+        }
+        last
+    }
+}
+
+fn describe_diff(a: &str, ta: &BTreeMap<String, String>, b: &str, tb: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for (k, v) in ta {
+        if tb.get(k) != Some(v) {
+            s.push_str(&format!("  {k}: {a}={v} {b}={:?}\n", tb.get(k)));
+        }
+    }
+    for (k, v) in tb {
+        if !ta.contains_key(k) {
+            s.push_str(&format!("  {k}: {a}=None {b}={v}\n"));
+        }
+    }
+    s
+}
+
+fn walk(base: &Path, p: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if p != base
+        && skip.iter().any(|s| match s.strip_prefix('*') {
+            Some(suffix) => name.ends_with(suffix),
+            None => name == *s,
+        })
+    {
+        return;
+    }
+    let Ok(md) = std::fs::symlink_metadata(p) else { return };
+    let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
+    let desc = if md.is_dir() {
+        format!("dir {:o} {}.{}", md.mode() & 0o7777, md.mtime(), md.mtime_nsec())
+    } else if md.file_type().is_symlink() {
+        format!("link {}", std::fs::read_link(p).unwrap().display())
+    } else {
+        let data = std::fs::read(p).unwrap_or_default();
+        format!(
+            "file {:o} {}.{} {}:{} {} {}",
+            md.mode() & 0o7777,
+            md.mtime(),
+            md.mtime_nsec(),
+            md.uid(),
+            md.gid(),
+            data.len(),
+            blake3::hash(&data).to_hex()
+        )
+    };
+    out.insert(format!("/{rel}"), desc);
+    if md.is_dir() {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            walk(base, &e.path(), skip, out);
+        }
+    }
+}
+
+/// Send a signal with the `kill` command (no unsafe code in tests).
+pub fn unsafe_free_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // keep logs visible in the test output
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- log of {} (last lines) ----", n.name);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Write a file in one go.
+pub fn write(p: &Path, data: impl AsRef<[u8]>) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, data).unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
