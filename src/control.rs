@@ -154,6 +154,7 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
                     Some((g, logical)) => shared.submit(Work::Dirty {
                         group: g,
                         paths: vec![(logical, true)],
+                        settled: false,
                     }),
                     None => unknown.push(p),
                 }

@@ -97,9 +97,13 @@ pub struct GroupState {
 
 /// Work for the engine.
 pub enum Work {
+    /// Paths to scan: (logical path, recursive). Unless `settled`, deletions found are
+    /// looked at again after [`crate::watch::DELETE_SETTLE`] before they are recorded, so the
+    /// start of an `rm -rf` of a group path is never sent before the guard can see it whole.
     Dirty {
         group: String,
         paths: Vec<(String, bool)>,
+        settled: bool,
     },
     Rescan {
         groups: Option<Vec<String>>,
@@ -305,7 +309,9 @@ impl Shared {
         let md = std::fs::symlink_metadata(&real).ok();
         let fine = match (&local, &md) {
             (None, None) => true,
-            (Some(e), None) => e.rec.is_deleted(),
+            // a local deletion is left to the watcher and the rescans, which see a whole
+            // burst and apply the mass-deletion guard; a remote update of the path simply wins
+            (Some(_), None) => true,
             (Some(e), Some(md)) => crate::scan::quick_match(e, md),
             (None, Some(_)) => false,
         };
@@ -531,6 +537,7 @@ impl Shared {
                     self.submit(Work::Dirty {
                         group: g.cfg.name.clone(),
                         paths: vec![(u, false)],
+                        settled: false,
                     });
                 }
                 tracing::debug!(group = %g.cfg.name, "scanned {gp} in {:?}: {n} changes", t0.elapsed());
@@ -547,9 +554,10 @@ impl Shared {
         Ok(())
     }
 
-    fn scan_dirty(&self, group: &str, paths: &[(String, bool)]) -> Vec<String> {
+    /// Scan paths the watcher reported; returns (unstable paths, deletions deferred).
+    fn scan_dirty(&self, group: &str, paths: &[(String, bool)], settled: bool) -> (Vec<String>, Vec<String>) {
         let Some(g) = self.group(group) else {
-            return vec![];
+            return (vec![], vec![]);
         };
         let mut unstable = Vec::new();
         let mut changes = Vec::new();
@@ -575,12 +583,23 @@ impl Shared {
         }
         if stopped.is_some() {
             self.set_stopped(group, stopped);
-            return vec![];
+            return (vec![], vec![]);
         }
         if self.is_stopped(group) {
             // a targeted scan found the group path usable again: confirm with a full scan
             let _ = self.full_scan(Some(&[group.to_string()]));
-            return unstable;
+            return (unstable, vec![]);
+        }
+        let mut deferred = Vec::new();
+        if !settled {
+            changes.retain(|c| {
+                if c.announce && c.entry.rec.is_deleted() {
+                    deferred.push(c.entry.rec.path.clone());
+                    false
+                } else {
+                    true
+                }
+            });
         }
         // tombstones and new versions of the same path may repeat: keep the last per path
         let mut last: HashMap<String, usize> = HashMap::new();
@@ -606,7 +625,7 @@ impl Shared {
                 Err(e) => tracing::error!(group, "index commit: {e}"),
             }
         }
-        unstable
+        (unstable, deferred)
     }
 }
 
@@ -626,12 +645,29 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
             _ = shutdown.changed() => return,
         };
         match w {
-            Work::Dirty { group, paths } => {
+            Work::Dirty {
+                group,
+                paths,
+                settled,
+            } => {
                 let s = shared.clone();
                 let g2 = group.clone();
-                let unstable = tokio::task::spawn_blocking(move || s.scan_dirty(&g2, &paths))
-                    .await
-                    .unwrap_or_default();
+                let (unstable, deferred) =
+                    tokio::task::spawn_blocking(move || s.scan_dirty(&g2, &paths, settled))
+                        .await
+                        .unwrap_or_default();
+                if !deferred.is_empty() {
+                    let s = shared.clone();
+                    let g = group.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(crate::watch::DELETE_SETTLE).await;
+                        s.submit(Work::Dirty {
+                            group: g,
+                            paths: deferred.into_iter().map(|p| (p, true)).collect(),
+                            settled: true,
+                        });
+                    });
+                }
                 if let Some(st) = lock(&shared.gstate).get_mut(&group) {
                     st.pending_local = 0;
                 }
@@ -642,6 +678,7 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
                         s.submit(Work::Dirty {
                             group,
                             paths: unstable.into_iter().map(|p| (p, false)).collect(),
+                            settled: false,
                         });
                     });
                 }

@@ -43,6 +43,8 @@ struct Target {
 struct Pending {
     recursive: bool,
     writing: bool,
+    /// A deletion: held until no deletion has been seen for [`DELETE_SETTLE`].
+    delete: bool,
     due: Instant,
 }
 
@@ -54,6 +56,40 @@ struct State {
     warned_limit: bool,
     limit: Option<usize>,
     pending: HashMap<(String, String), Pending>,
+    last_delete: Option<Instant>,
+}
+
+impl State {
+    /// Is the directory group path `gp` of `group` currently watched?
+    fn root_watched(&self, group: &str, gp: &str) -> bool {
+        self.wds
+            .values()
+            .flatten()
+            .any(|t| t.group == group && t.dir == gp && t.only.is_none())
+    }
+
+    /// Re-watch group paths that came back (a remount, a recreated directory).
+    fn rewatch_roots(&mut self) {
+        let shared = self.shared.clone();
+        for g in shared.groups.iter().filter(|g| g.cfg.watch) {
+            for gp in &g.cfg.paths {
+                let real = crate::paths::real(&shared.root, gp);
+                if !self.root_watched(&g.cfg.name, gp) && real.is_dir() {
+                    let was_single_file = self
+                        .wds
+                        .values()
+                        .flatten()
+                        .any(|t| t.group == g.cfg.name && t.gp == *gp && t.only.is_some());
+                    if was_single_file {
+                        continue;
+                    }
+                    tracing::info!(group = %g.cfg.name, "watching {gp} again");
+                    self.add_tree(&g.cfg.name, gp, gp);
+                    self.dirty(&g.cfg.name, gp.clone(), true, Some(false), QUIET);
+                }
+            }
+        }
+    }
 }
 
 fn mask() -> WatchMask {
@@ -161,6 +197,7 @@ impl State {
             .or_insert(Pending {
                 recursive,
                 writing: false,
+                delete: false,
                 due,
             });
         p.recursive |= recursive;
@@ -188,7 +225,11 @@ impl State {
             let Some(name) = ev.name.as_ref() else {
                 // the watched directory itself
                 if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
-                    self.dirty(&t.group, t.dir.clone(), true, None, DELETE_SETTLE);
+                    self.last_delete = Some(Instant::now());
+                    self.dirty(&t.group, t.dir.clone(), true, None, QUIET);
+                    if let Some(p) = self.pending.get_mut(&(t.group.clone(), t.dir.clone())) {
+                        p.delete = true;
+                    }
                 } else if ev.mask.contains(EventMask::ATTRIB) {
                     self.dirty(&t.group, t.dir.clone(), false, None, QUIET);
                 }
@@ -211,7 +252,11 @@ impl State {
             }
             let parent_in_group = crate::paths::is_within(&t.dir, &t.gp);
             if ev.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
-                self.dirty(&t.group, path, true, Some(false), DELETE_SETTLE);
+                self.last_delete = Some(Instant::now());
+                self.dirty(&t.group, path.clone(), true, Some(false), QUIET);
+                if let Some(p) = self.pending.get_mut(&(t.group.clone(), path)) {
+                    p.delete = true;
+                }
             } else if is_dir && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
                 self.add_tree(&t.group, &t.gp, &path);
                 self.dirty(&t.group, path, true, Some(false), QUIET);
@@ -235,12 +280,23 @@ impl State {
     /// Hand ready paths to the engine; returns when the next one is due.
     fn flush(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        let mut ready: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        // (group, settled) -> paths; deletions have waited for the burst to end already
+        let mut ready: HashMap<(String, bool), Vec<(String, bool)>> = HashMap::new();
         let mut next: Option<Instant> = None;
+        let deletes_due = self.last_delete.map(|t| t + DELETE_SETTLE);
         self.pending.retain(|(g, p), st| {
-            let due = if st.writing { st.due + WRITE_QUIET } else { st.due };
+            let mut due = if st.writing { st.due + WRITE_QUIET } else { st.due };
+            if st.delete
+                && let Some(d) = deletes_due
+            {
+                // a burst of deletions (rm -rf) goes to the engine as one batch
+                due = due.max(d);
+            }
             if due <= now {
-                ready.entry(g.clone()).or_default().push((p.clone(), st.recursive));
+                ready
+                    .entry((g.clone(), st.delete))
+                    .or_default()
+                    .push((p.clone(), st.recursive));
                 false
             } else {
                 next = Some(next.map_or(due, |n: Instant| n.min(due)));
@@ -253,12 +309,21 @@ impl State {
         }
         if let Ok(mut gs) = self.shared.gstate.lock() {
             for g in &self.shared.groups {
-                let n = counts.get(&g.cfg.name).copied().unwrap_or(0) + ready.get(&g.cfg.name).map_or(0, |v| v.len());
+                let n = counts.get(&g.cfg.name).copied().unwrap_or(0)
+                    + ready
+                        .iter()
+                        .filter(|((gn, _), _)| *gn == g.cfg.name)
+                        .map(|(_, v)| v.len())
+                        .sum::<usize>();
                 gs.entry(g.cfg.name.clone()).or_default().pending_local = n;
             }
         }
-        for (group, paths) in ready {
-            self.shared.submit(Work::Dirty { group, paths });
+        for ((group, settled), paths) in ready {
+            self.shared.submit(Work::Dirty {
+                group,
+                paths,
+                settled,
+            });
         }
         next
     }
@@ -279,6 +344,7 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
         warned_limit: false,
         limit,
         pending: HashMap::new(),
+        last_delete: None,
     };
     for g in &shared.groups {
         if !g.cfg.watch {
@@ -318,12 +384,13 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
             },
             _ = tokio::time::sleep_until(sleep_until) => {},
             _ = unwatched_tick.tick() => {
+                st.rewatch_roots();
                 let mut by_group: HashMap<String, Vec<(String, bool)>> = HashMap::new();
                 for (g, d) in &st.unwatched {
                     by_group.entry(g.clone()).or_default().push((d.clone(), true));
                 }
                 for (group, paths) in by_group {
-                    shared.submit(Work::Dirty { group, paths });
+                    shared.submit(Work::Dirty { group, paths, settled: false });
                 }
             }
             _ = shutdown.changed() => return Ok(()),

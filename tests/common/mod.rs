@@ -445,7 +445,10 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() && std::env::var_os("CS_TEST_KEEP").is_some() {
+            let d = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept test directory {}", d.keep().display());
+        } else if std::thread::panicking() {
             // keep logs visible in the test output
             for n in &self.nodes {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name))).unwrap_or_default();

@@ -1,0 +1,113 @@
+//! No mass deletion, nothing written through symlinks, new nodes receive everything
+//! (SPEC §5.3, §5.6).
+
+mod common;
+use common::*;
+use std::os::unix::fs::symlink;
+
+#[test]
+fn removed_or_emptied_group_path_stops_the_group_and_peers_lose_nothing() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    for i in 0..20 {
+        write(&c.path("a", &format!("f{i}")), format!("{i}"));
+    }
+    write(&c.path("a", "sub/deep"), "deep");
+    c.start_all();
+    let before = files(&c.wait_converged("start"));
+
+    // a wiped directory: rm -rf of the group path itself
+    std::fs::remove_dir_all(c.path("b", "")).unwrap();
+    wait_until("b to report the group stopped", WAIT, || {
+        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_string() && s["groups"][0]["in_sync"] == false)
+    });
+    assert!(c.log("b").contains("missing"), "no clear error in the log");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(files(&c.tree("a")), before, "a lost files because b's group path vanished");
+
+    // the disk comes back (remount): the group resumes, nothing was deleted anywhere
+    std::fs::create_dir_all(c.path("b", "")).unwrap();
+    for k in before.keys() {
+        let src = c.path("a", k.trim_start_matches('/'));
+        let dst = c.path("b", k.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, dst).unwrap();
+    }
+    wait_until("b to resume", WAIT, || {
+        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_null())
+    });
+    c.wait_converged("after remount");
+    assert_eq!(files(&c.tree("a")).len(), before.len());
+
+    // emptied (an unmounted disk leaves an empty mount point)
+    for e in std::fs::read_dir(c.path("b", "")).unwrap().flatten() {
+        if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        } else {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    wait_until("b to stop the group again", WAIT, || {
+        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_string())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(files(&c.tree("a")).len(), before.len(), "a lost files because b's group path was emptied");
+    // b does not resume just because something new appears in the wiped directory
+    write(&c.path("b", "new-after-wipe"), "x");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(c.path("a", "f1").exists(), "refilling a wiped directory deleted files everywhere");
+}
+
+/// The regular files of a tree (directory mtimes change with their children).
+fn files(t: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    t.iter()
+        .filter(|(_, v)| v.starts_with("file"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn new_empty_node_receives_everything_and_deletes_nothing() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    for i in 0..50 {
+        write(&c.path("a", &format!("d{}/f{i}", i % 5)), bytes(1000 + i * 300, i as u64));
+    }
+    write(&c.path("b", "only-on-b"), "b");
+    c.start("a");
+    c.start("b");
+    c.wait_connected();
+    let t = c.wait_converged("a and b");
+    // c joins later with an empty directory and an empty index
+    c.start("c");
+    c.wait_connected();
+    let t2 = c.wait_converged("c joined");
+    assert_eq!(t.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+    assert!(t2.contains_key("/only-on-b"));
+}
+
+#[test]
+fn receiver_never_writes_through_a_planted_symlink() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    write(&c.path("a", "dir/old"), "x");
+    c.start_all();
+    c.wait_converged("start");
+    let outside = c.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // on b, while it is down, a local user swaps the directory for a symlink to elsewhere
+    c.stop("b");
+    std::fs::remove_dir_all(c.path("b", "dir")).unwrap();
+    symlink(&outside, c.path("b", "dir")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // meanwhile the cluster writes into that directory
+    write(&c.path("a", "dir/new"), "must not land outside");
+    write(&c.path("a", "dir/old"), "changed");
+    c.start("b");
+    c.wait_connected();
+    let t = c.wait_converged("after the swap");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "a file was written through the symlink"
+    );
+    assert!(t["/dir"].starts_with("dir"), "{}", t["/dir"]);
+    assert_eq!(std::fs::read_to_string(c.path("b", "dir/new")).unwrap(), "must not land outside");
+}
