@@ -981,31 +981,52 @@ impl Shared {
     }
 
     async fn sync_with(self: &Arc<Self>, peer: &str, groups: &[String]) -> bool {
-        // make sure there is a link
-        let mut h = self.peer(peer);
-        if h.is_none() {
-            if let Ok(link) = connect_once(self, peer).await {
-                let s = self.clone();
-                let p = peer.to_string();
-                tokio::spawn(async move {
-                    let _ = crate::peer::run_link(s, link, p).await;
-                });
-            }
-            for _ in 0..100 {
-                h = self.peer(peer);
-                if h.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let Some(h) = h else { return false };
         let shared_names: Vec<String> = self
             .shared_groups(peer)
             .iter()
             .map(|g| g.cfg.name.clone())
             .filter(|n| groups.contains(n))
             .collect();
+        // a link may be replaced while we use it (both sides dialing): try again on a new one
+        for _ in 0..5 {
+            let h = match self.peer(peer) {
+                Some(h) => h,
+                None => {
+                    let Ok(link) = connect_once(self, peer).await else {
+                        return false;
+                    };
+                    let s = self.clone();
+                    let p = peer.to_string();
+                    tokio::spawn(async move {
+                        let _ = crate::peer::run_link(s, link, p).await;
+                    });
+                    let mut h = None;
+                    for _ in 0..200 {
+                        h = self.peer(peer);
+                        if h.is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    match h {
+                        Some(h) => h,
+                        None => return false,
+                    }
+                }
+            };
+            if self.sync_over(&h, &shared_names).await {
+                return true;
+            }
+            if !h.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Exchange everything with the peer over one link: false if the link went away.
+    async fn sync_over(&self, h: &Arc<PeerHandle>, groups: &[String]) -> bool {
         // their side: everything they had is received and applied
         let Some(pong) = h.ping().await else { return false };
         if pong.await.is_err() {
@@ -1015,7 +1036,7 @@ impl Shared {
         let target = self.index.max_seq().unwrap_or(0);
         loop {
             let notified = h.progress_notify.notified();
-            let done = shared_names.iter().all(|g| {
+            let done = groups.iter().all(|g| {
                 let p = h.progress_of(g);
                 p.scanned >= target && p.unacked.is_empty()
             });
