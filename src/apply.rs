@@ -58,7 +58,11 @@ pub struct Refused {
 }
 
 /// Check a peer's record before anything looks at it.
-pub fn validate(g: &GroupRt, w: &WireRecord, known_nodes: &dyn Fn(&str) -> bool) -> Result<(), Refused> {
+pub fn validate(
+    g: &GroupRt,
+    w: &WireRecord,
+    known_nodes: &dyn Fn(&str) -> bool,
+) -> Result<(), Refused> {
     let r = &w.rec;
     let refuse = |reason: String| Refused {
         path: r.path.chars().take(200).collect(),
@@ -101,7 +105,9 @@ pub fn validate(g: &GroupRt, w: &WireRecord, known_nodes: &dyn Fn(&str) -> bool)
             }
             let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
             if sum != m.size
-                || m.chunks.iter().any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
+                || m.chunks
+                    .iter()
+                    .any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
                 || (m.size == 0) != m.chunks.is_empty()
             {
                 return Err(refuse("chunk list does not match the size".into()));
@@ -205,7 +211,10 @@ pub async fn apply_batch(
 ) -> Outcome {
     let mut out = Outcome::default();
     let known = |n: &str| shared.cfg.nodes.contains_key(n);
-    shared.counters.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+    shared
+        .counters
+        .records_in
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
     for w in &records {
         if let Err(e) = validate(g, w, &known) {
             out.refused = Some(e);
@@ -285,14 +294,28 @@ pub async fn apply_batch(
         .collect();
     for (rec, inline, local) in takes {
         let path = rec.path.clone();
-        let res = execute(shared, peer, g, &rec, inline.as_deref(), local.as_ref(), &mut batch_deletes).await;
+        let res = execute(
+            shared,
+            peer,
+            g,
+            &rec,
+            inline.as_deref(),
+            local.as_ref(),
+            &mut batch_deletes,
+        )
+        .await;
         match res {
             Ok(entry) => {
                 touched_dirs.insert(crate::paths::parent(&path).to_string());
                 if rec.kind() == Some(Kind::Dir) {
                     touched_dirs.insert(path.clone());
                 }
-                shared.audit(group, &path, if rec.is_deleted() { "delete" } else { "apply" }, &rec);
+                shared.audit(
+                    group,
+                    &path,
+                    if rec.is_deleted() { "delete" } else { "apply" },
+                    &rec,
+                );
                 changes.push(Change {
                     entry,
                     announce: true,
@@ -319,7 +342,9 @@ pub async fn apply_batch(
             None => shared.index.get(group, d).ok().flatten(),
         };
         let Some(mut entry) = entry else { continue };
-        let Some(m) = entry.rec.meta.clone() else { continue };
+        let Some(m) = entry.rec.meta.clone() else {
+            continue;
+        };
         if m.kind != Kind::Dir {
             continue;
         }
@@ -334,7 +359,8 @@ pub async fn apply_batch(
                 })
             })
         } else {
-            crate::safefs::resolve(&shared.root, gp, d, false).and_then(|p| p.set_dir_mtime(m.mtime_s, m.mtime_ns))
+            crate::safefs::resolve(&shared.root, gp, d, false)
+                .and_then(|p| p.set_dir_mtime(m.mtime_s, m.mtime_ns))
         };
         if let Err(e) = r {
             tracing::debug!("restoring mtime of {d}: {e}");
@@ -381,8 +407,16 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
             };
             let wins = remote_wins(&g.cfg.conflict, &local.rec, remote);
             if !same {
-                let loser = if wins { &local.rec.origin } else { &remote.origin };
-                let winner = if wins { &remote.origin } else { &local.rec.origin };
+                let loser = if wins {
+                    &local.rec.origin
+                } else {
+                    &remote.origin
+                };
+                let winner = if wins {
+                    &remote.origin
+                } else {
+                    &local.rec.origin
+                };
                 tracing::warn!(
                     group = %g.cfg.name,
                     "conflict on {}: versions from {} and {}; {} wins under policy {}",
@@ -394,7 +428,8 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                     nodes,
                     resolved: true,
                     winner: winner.clone(),
-                    kept_as: (!wins || !local.rec.is_deleted()).then(|| format!("version from {loser}")),
+                    kept_as: (!wins || !local.rec.is_deleted())
+                        .then(|| format!("version from {loser}")),
                     time: crate::node::unix_now(),
                 };
                 let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
@@ -532,7 +567,9 @@ fn finish(shared: &Shared, rec: &Record, _gp: &str) -> Result<Entry, ApplyError>
         Ok(md) => md,
         // removed locally the instant after we installed it: record what we installed; the
         // watcher's scan of the deletion then makes a tombstone (never a resurrection)
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(entry_from(rec.clone(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(entry_from(rec.clone(), None));
+        }
         Err(e) => {
             return Err(ApplyError::Other {
                 path: rec.path.clone(),
@@ -577,7 +614,10 @@ async fn write_content(
     };
     if let Some(data) = inline {
         tmp.file.write_all(data).map_err(werr)?;
-        shared.counters.inline_bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        shared
+            .counters
+            .inline_bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         return Ok(tmp);
     }
     // where can each chunk come from?
@@ -601,7 +641,13 @@ async fn write_content(
             sources.push(Source::Old(*off));
             continue;
         }
-        if shared.index.chunk_location(&c.hash).ok().flatten().is_some() {
+        if shared
+            .index
+            .chunk_location(&c.hash)
+            .ok()
+            .flatten()
+            .is_some()
+        {
             sources.push(Source::Elsewhere);
             continue;
         }
@@ -618,7 +664,10 @@ async fn write_content(
         cur_bytes += c.len as u64;
     }
     let group = g.cfg.name.as_str();
-    type Pending = (usize, Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>);
+    type Pending = (
+        usize,
+        Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>,
+    );
     let mut inflight: VecDeque<Pending> = VecDeque::new();
     let mut next_req = 0usize;
     let mut replies: HashMap<usize, Vec<Option<Vec<u8>>>> = HashMap::new();
@@ -658,7 +707,10 @@ async fn write_content(
                     };
                     replies.insert(idx, reply);
                 }
-                let d = replies.get_mut(&ri).and_then(|v| v.get_mut(k)).and_then(|x| x.take());
+                let d = replies
+                    .get_mut(&ri)
+                    .and_then(|v| v.get_mut(k))
+                    .and_then(|x| x.take());
                 if k + 1 == requests.get(ri).map(|r| r.len()).unwrap_or(0) {
                     replies.remove(&ri);
                 }
@@ -673,9 +725,14 @@ async fn write_content(
         if data.is_some() {
             counter.fetch_add(c.len as u64, Ordering::Relaxed);
         } else {
-            data = shared.fetch_chunk_anywhere(group, &c.hash, c.len, peer.map(|p| p.name.as_str())).await;
+            data = shared
+                .fetch_chunk_anywhere(group, &c.hash, c.len, peer.map(|p| p.name.as_str()))
+                .await;
             if data.is_some() {
-                shared.counters.chunk_bytes_in.fetch_add(c.len as u64, Ordering::Relaxed);
+                shared
+                    .counters
+                    .chunk_bytes_in
+                    .fetch_add(c.len as u64, Ordering::Relaxed);
             }
         }
         let Some(d) = data else {

@@ -61,9 +61,10 @@ impl Backups {
     }
 
     fn list_path(&self, group: &str, path: &str) -> PathBuf {
-        self.dir
-            .join(group)
-            .join(format!("{}.json", hex(&crate::chunk::hash(path.as_bytes()))))
+        self.dir.join(group).join(format!(
+            "{}.json",
+            hex(&crate::chunk::hash(path.as_bytes()))
+        ))
     }
 
     /// Path of a stored object.
@@ -80,7 +81,13 @@ impl Backups {
     }
 
     /// Keep the current content of the file at `place` (described by `e`).
-    pub fn keep(&self, group: &str, place: &Place, e: &Entry, generations: u32) -> Result<(), BackupError> {
+    pub fn keep(
+        &self,
+        group: &str,
+        place: &Place,
+        e: &Entry,
+        generations: u32,
+    ) -> Result<(), BackupError> {
         let Some(m) = &e.rec.meta else { return Ok(()) };
         let mut f = place.open_read()?;
         let objects = self.dir.join("objects");

@@ -23,7 +23,12 @@ use std::time::Duration;
 )]
 pub struct Args {
     /// Config file
-    #[arg(short = 'c', long = "config", global = true, env = "CLUSTERSYNC_CONFIG")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "CLUSTERSYNC_CONFIG"
+    )]
     pub config: Option<PathBuf>,
     /// This node's name (default: the hostname)
     #[arg(long = "node", global = true, env = "CLUSTERSYNC_NODE")]
@@ -150,7 +155,8 @@ fn exit(code: u8, msg: impl Into<String>) -> anyhow::Error {
 
 fn load_config(s: &Settings) -> Result<Config> {
     let cfg = Config::load(&s.config_path).map_err(|e| exit(2, e.to_string()))?;
-    cfg.refuse_unsupported().map_err(|e| exit(2, e.to_string()))?;
+    cfg.refuse_unsupported()
+        .map_err(|e| exit(2, e.to_string()))?;
     if cfg.node(&s.node).is_none() {
         return Err(exit(
             2,
@@ -183,7 +189,10 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clustersync: cannot start the runtime: {e}");
@@ -211,8 +220,12 @@ async fn run(args: Args) -> Result<u8> {
         }
         Cmd::CheckConfig => {
             let cfg = Config::load(&s.config_path).map_err(|e| exit(2, e.to_string()))?;
-            cfg.refuse_unsupported().map_err(|e| exit(2, e.to_string()))?;
-            print!("{}", cfg.summary(cfg.node(&s.node).map(|_| s.node.as_str())));
+            cfg.refuse_unsupported()
+                .map_err(|e| exit(2, e.to_string()))?;
+            print!(
+                "{}",
+                cfg.summary(cfg.node(&s.node).map(|_| s.node.as_str()))
+            );
             println!("config OK: {}", s.config_path.display());
             Ok(0)
         }
@@ -234,10 +247,18 @@ async fn run(args: Args) -> Result<u8> {
             let _ = load_config(&s)?;
             let ans = control::call(&s.state_dir, &Request::Mark { paths })
                 .await
-                .map_err(|e| exit(1, format!("{e}; `clustersync sync` rescans without a daemon")))?;
+                .map_err(|e| {
+                    exit(
+                        1,
+                        format!("{e}; `clustersync sync` rescans without a daemon"),
+                    )
+                })?;
             let unknown = ans["unknown"].as_array().cloned().unwrap_or_default();
             if !unknown.is_empty() {
-                return Err(exit(1, format!("not in any group of this node: {unknown:?}")));
+                return Err(exit(
+                    1,
+                    format!("not in any group of this node: {unknown:?}"),
+                ));
             }
             Ok(0)
         }
@@ -253,7 +274,12 @@ async fn run(args: Args) -> Result<u8> {
         )),
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "clustersync",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
     }
@@ -286,7 +312,10 @@ async fn daemon(s: &Settings) -> Result<u8> {
     if control::daemon_running(&s.state_dir).await {
         return Err(exit(
             1,
-            format!("a daemon is already running with state dir {}", s.state_dir.display()),
+            format!(
+                "a daemon is already running with state dir {}",
+                s.state_dir.display()
+            ),
         ));
     }
     let node = Node::start(NodeOptions {
@@ -346,7 +375,10 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
     let cfg = load_config(s)?;
     for g in &groups {
         if !cfg.groups.get(g).is_some_and(|gc| gc.has_node(&s.node)) {
-            return Err(exit(2, format!("group {g:?} is not a group of node {}", s.node)));
+            return Err(exit(
+                2,
+                format!("group {g:?} is not a group of node {}", s.node),
+            ));
         }
     }
     if control::daemon_running(&s.state_dir).await {
@@ -415,14 +447,21 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
             g.pending,
             g.conflicts,
             if g.in_sync { "in sync" } else { "NOT in sync" },
-            g.error.as_ref().map(|e| format!("  STOPPED: {e}")).unwrap_or_default()
+            g.error
+                .as_ref()
+                .map(|e| format!("  STOPPED: {e}"))
+                .unwrap_or_default()
         );
     }
     for p in &st.peers {
         println!(
             "peer  {:<12} {:<13} behind {:<6} last seen {}",
             p.name,
-            if p.connected { "connected" } else { "not connected" },
+            if p.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
             p.behind,
             p.last_seen.as_deref().unwrap_or("never")
         );
@@ -467,7 +506,10 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
 }
 
 fn find_group(cfg: &Config, s: &Settings, path: &str) -> Result<(String, String)> {
-    let root = cfg.node(&s.node).map(|n| n.root.clone()).unwrap_or_else(|| "/".into());
+    let root = cfg
+        .node(&s.node)
+        .map(|n| n.root.clone())
+        .unwrap_or_else(|| "/".into());
     let root_s = root.to_string_lossy().trim_end_matches('/').to_string();
     let mut cands = vec![path.to_string()];
     if !root_s.is_empty()
@@ -482,7 +524,10 @@ fn find_group(cfg: &Config, s: &Settings, path: &str) -> Result<(String, String)
             }
         }
     }
-    Err(exit(1, format!("{path} is not in any group of node {}", s.node)))
+    Err(exit(
+        1,
+        format!("{path} is not in any group of node {}", s.node),
+    ))
 }
 
 fn backups(s: &Settings, path: &str) -> Result<u8> {
@@ -494,7 +539,10 @@ fn backups(s: &Settings, path: &str) -> Result<u8> {
         println!("no kept versions of {logical}");
         return Ok(0);
     }
-    println!("{:<4} {:<25} {:>12}  {:<10} hash", "gen", "time", "size", "origin");
+    println!(
+        "{:<4} {:<25} {:>12}  {:<10} hash",
+        "gen", "time", "size", "origin"
+    );
     for (i, e) in list.iter().enumerate() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64);
         println!(
@@ -509,16 +557,25 @@ fn backups(s: &Settings, path: &str) -> Result<u8> {
     Ok(0)
 }
 
-async fn restore(s: &Settings, path: &str, generation: Option<usize>, to: Option<&Path>) -> Result<u8> {
+async fn restore(
+    s: &Settings,
+    path: &str,
+    generation: Option<usize>,
+    to: Option<&Path>,
+) -> Result<u8> {
     let cfg = load_config(s)?;
     let (group, logical) = find_group(&cfg, s, path)?;
     let b = crate::backup::Backups::new(&s.state_dir.join("backups"));
     let list = b.list(&group, &logical);
     let n = generation.unwrap_or(1);
-    let e = list
-        .get(n.saturating_sub(1))
-        .ok_or_else(|| exit(1, format!("{logical} has no kept generation {n} (see `clustersync backups`)")))?;
-    let data = std::fs::read(b.object(&e.hash)).with_context(|| format!("reading backup {}", e.hash))?;
+    let e = list.get(n.saturating_sub(1)).ok_or_else(|| {
+        exit(
+            1,
+            format!("{logical} has no kept generation {n} (see `clustersync backups`)"),
+        )
+    })?;
+    let data =
+        std::fs::read(b.object(&e.hash)).with_context(|| format!("reading backup {}", e.hash))?;
     let sm = crate::safefs::SetMeta {
         mode: e.mode,
         mtime_s: e.mtime_s,
@@ -535,7 +592,10 @@ async fn restore(s: &Settings, path: &str, generation: Option<usize>, to: Option
         None => {
             let g = &cfg.groups[&group];
             let gp = crate::paths::validate(&logical, &g.paths).map_err(|e| anyhow!("{e}"))?;
-            let root = cfg.node(&s.node).map(|n| n.root.clone()).unwrap_or_else(|| "/".into());
+            let root = cfg
+                .node(&s.node)
+                .map(|n| n.root.clone())
+                .unwrap_or_else(|| "/".into());
             let place = crate::safefs::resolve(&root, gp, &logical, true)?;
             let mut tmp = place.create_temp()?;
             use std::io::Write;
@@ -543,7 +603,13 @@ async fn restore(s: &Settings, path: &str, generation: Option<usize>, to: Option
             place.install(tmp, &sm)?;
             println!("restored generation {n} of {logical}");
             // let a running daemon notice at once (the watcher would too)
-            let _ = control::call(&s.state_dir, &Request::Mark { paths: vec![logical] }).await;
+            let _ = control::call(
+                &s.state_dir,
+                &Request::Mark {
+                    paths: vec![logical],
+                },
+            )
+            .await;
         }
     }
     Ok(0)

@@ -69,7 +69,8 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<serde_json::Value, 
         path: path.clone(),
         source,
     };
-    let mut line = serde_json::to_string(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes()).await.map_err(io)?;
     let mut answer = String::new();
@@ -120,7 +121,10 @@ pub async fn serve(shared: Arc<Shared>) -> std::io::Result<()> {
 async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = s.into_split();
     let mut line = String::new();
-    BufReader::new(r).take(MAX_REQUEST).read_line(&mut line).await?;
+    BufReader::new(r)
+        .take(MAX_REQUEST)
+        .read_line(&mut line)
+        .await?;
     let answer = match serde_json::from_str::<Request>(&line) {
         Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
         Ok(Request::Status) => {
@@ -136,7 +140,12 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
         }) => {
             if dry_run {
                 // the daemon applies continuously; what is left is what is pending
-                match crate::node::status_of(&shared.name, &shared.cfg, &shared.index, Some(&shared)) {
+                match crate::node::status_of(
+                    &shared.name,
+                    &shared.cfg,
+                    &shared.index,
+                    Some(&shared),
+                ) {
                     Ok(st) => serde_json::json!({"dry_run": true, "status": st}),
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 }
@@ -179,7 +188,11 @@ impl Shared {
                 .flatten(),
         ];
         for c in candidates.into_iter().flatten() {
-            let c = if c.len() > 1 { c.trim_end_matches('/').to_string() } else { c };
+            let c = if c.len() > 1 {
+                c.trim_end_matches('/').to_string()
+            } else {
+                c
+            };
             for g in &self.groups {
                 if crate::paths::validate(&c, &g.cfg.paths).is_ok() {
                     return Some((g.cfg.name.clone(), c));

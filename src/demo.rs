@@ -59,7 +59,9 @@ impl Cluster {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Poll `cond` until it holds or [`WAIT`] passes; returns the time it took.
@@ -89,8 +91,13 @@ pub async fn run() -> Result<()> {
 
 fn run_blocking() -> Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
-    let dir = tempfile::Builder::new().prefix("clustersync-demo.").tempdir()?;
-    println!("== clustersync demo: 3 nodes on 127.0.0.1 under {}", dir.path().display());
+    let dir = tempfile::Builder::new()
+        .prefix("clustersync-demo.")
+        .tempdir()?;
+    println!(
+        "== clustersync demo: 3 nodes on 127.0.0.1 under {}",
+        dir.path().display()
+    );
     let mut cfg = String::from("# written by `clustersync demo`\n");
     for n in NAMES {
         let state = dir.path().join(n).join("state");
@@ -120,7 +127,10 @@ fn run_blocking() -> Result<()> {
         return r;
     }
     r?;
-    println!("\nstopping the daemons and removing {}", cl.dir.path().display());
+    println!(
+        "\nstopping the daemons and removing {}",
+        cl.dir.path().display()
+    );
     drop(cl);
     println!("demo finished");
     Ok(())
@@ -143,45 +153,89 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
         cl.children.push(child);
     }
     // wait until every node has its control socket up and sees both peers
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     for n in NAMES {
         let state = cl.dir.path().join(n).join("state");
         wait_for(&format!("{n} to connect to its peers"), || {
-            rt.block_on(crate::control::call(&state, &crate::control::Request::Status))
-                .ok()
-                .and_then(|v| v["peers"].as_array().cloned())
-                .is_some_and(|p| p.iter().all(|x| x["connected"] == true))
+            rt.block_on(crate::control::call(
+                &state,
+                &crate::control::Request::Status,
+            ))
+            .ok()
+            .and_then(|v| v["peers"].as_array().cloned())
+            .is_some_and(|p| p.iter().all(|x| x["connected"] == true))
         })?;
     }
-    println!("   3 daemons running and connected (logs: {}/web*.log)\n", cl.dir.path().display());
+    println!(
+        "   3 daemons running and connected (logs: {}/web*.log)\n",
+        cl.dir.path().display()
+    );
 
-    std::fs::write(cl.www("web1").join("style.css"), "body { font-family: sans-serif }\n")?;
+    std::fs::write(
+        cl.www("web1").join("style.css"),
+        "body { font-family: sans-serif }\n",
+    )?;
     // 1. create
     let content = "<h1>hello from web1</h1>\n";
     std::fs::write(cl.www("web1").join("index.html"), content)?;
-    let t2 = wait_for("index.html on web2", || read(&cl.www("web2").join("index.html")).as_deref() == Some(content))?;
-    let t3 = wait_for("index.html on web3", || read(&cl.www("web3").join("index.html")).as_deref() == Some(content))?;
-    println!("1. create  index.html on web1      -> web2 {}, web3 {}", ms(t2), ms(t3.max(t2)));
+    let t2 = wait_for("index.html on web2", || {
+        read(&cl.www("web2").join("index.html")).as_deref() == Some(content)
+    })?;
+    let t3 = wait_for("index.html on web3", || {
+        read(&cl.www("web3").join("index.html")).as_deref() == Some(content)
+    })?;
+    println!(
+        "1. create  index.html on web1      -> web2 {}, web3 {}",
+        ms(t2),
+        ms(t3.max(t2))
+    );
 
     // 2. edit
     let content = "<h1>edited on web2</h1>\n";
     std::fs::write(cl.www("web2").join("index.html"), content)?;
-    let t1 = wait_for("edit on web1", || read(&cl.www("web1").join("index.html")).as_deref() == Some(content))?;
-    let t3 = wait_for("edit on web3", || read(&cl.www("web3").join("index.html")).as_deref() == Some(content))?;
-    println!("2. edit    index.html on web2      -> web1 {}, web3 {}", ms(t1), ms(t3.max(t1)));
+    let t1 = wait_for("edit on web1", || {
+        read(&cl.www("web1").join("index.html")).as_deref() == Some(content)
+    })?;
+    let t3 = wait_for("edit on web3", || {
+        read(&cl.www("web3").join("index.html")).as_deref() == Some(content)
+    })?;
+    println!(
+        "2. edit    index.html on web2      -> web1 {}, web3 {}",
+        ms(t1),
+        ms(t3.max(t1))
+    );
 
     // 3. rename
-    std::fs::rename(cl.www("web3").join("index.html"), cl.www("web3").join("home.html"))?;
+    std::fs::rename(
+        cl.www("web3").join("index.html"),
+        cl.www("web3").join("home.html"),
+    )?;
     let gone = |n: &str, f: &str| !cl.www(n).join(f).exists();
-    let t1 = wait_for("rename on web1", || gone("web1", "index.html") && read(&cl.www("web1").join("home.html")).as_deref() == Some(content))?;
-    let t2 = wait_for("rename on web2", || gone("web2", "index.html") && read(&cl.www("web2").join("home.html")).as_deref() == Some(content))?;
-    println!("3. rename  index.html -> home.html on web3 -> web1 {}, web2 {} (content reused, not re-sent)", ms(t1), ms(t2.max(t1)));
+    let t1 = wait_for("rename on web1", || {
+        gone("web1", "index.html")
+            && read(&cl.www("web1").join("home.html")).as_deref() == Some(content)
+    })?;
+    let t2 = wait_for("rename on web2", || {
+        gone("web2", "index.html")
+            && read(&cl.www("web2").join("home.html")).as_deref() == Some(content)
+    })?;
+    println!(
+        "3. rename  index.html -> home.html on web3 -> web1 {}, web2 {} (content reused, not re-sent)",
+        ms(t1),
+        ms(t2.max(t1))
+    );
 
     // 4. delete
     std::fs::remove_file(cl.www("web1").join("home.html"))?;
     let t2 = wait_for("delete on web2", || gone("web2", "home.html"))?;
     let t3 = wait_for("delete on web3", || gone("web3", "home.html"))?;
-    println!("4. delete  home.html on web1       -> web2 {}, web3 {}", ms(t2), ms(t3.max(t2)));
+    println!(
+        "4. delete  home.html on web1       -> web2 {}, web3 {}",
+        ms(t2),
+        ms(t3.max(t2))
+    );
 
     // 5. concurrent edit: both nodes write before either has seen the other
     let p1 = cl.www("web1").join("motd.txt");
@@ -193,17 +247,29 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
         a.is_some() && a == read(&p2) && a == read(&cl.www("web3").join("motd.txt"))
     })?;
     let winner = read(&p1).unwrap_or_default();
-    println!("5. conflict motd.txt written on web1 and web2 at once -> all nodes agree in {}", ms(t));
-    println!("   winner (policy newest: latest mtime, ties by node name): {}", winner.trim());
-    let conflicts = std::fs::read_to_string(cl.dir.path().join("web1/state/audit.log")).unwrap_or_default();
-    let n = conflicts.lines().filter(|l| l.contains("\"conflict\"")).count()
+    println!(
+        "5. conflict motd.txt written on web1 and web2 at once -> all nodes agree in {}",
+        ms(t)
+    );
+    println!(
+        "   winner (policy newest: latest mtime, ties by node name): {}",
+        winner.trim()
+    );
+    let conflicts =
+        std::fs::read_to_string(cl.dir.path().join("web1/state/audit.log")).unwrap_or_default();
+    let n = conflicts
+        .lines()
+        .filter(|l| l.contains("\"conflict\""))
+        .count()
         + std::fs::read_to_string(cl.dir.path().join("web2/state/audit.log"))
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("\"conflict\""))
             .count();
     if n > 0 {
-        println!("   the conflict is in the audit logs; the losing version is kept as a backup (`clustersync backups PATH`)");
+        println!(
+            "   the conflict is in the audit logs; the losing version is kept as a backup (`clustersync backups PATH`)"
+        );
     } else {
         println!("   (the two writes were ordered this time, so there was no conflict to resolve)");
     }

@@ -36,7 +36,8 @@ pub struct Filter {
 fn build(base: &str, pats: &[String]) -> Result<Gitignore, String> {
     let mut b = GitignoreBuilder::new(Path::new(base));
     for p in pats {
-        b.add_line(None, p).map_err(|e| format!("pattern {p:?}: {e}"))?;
+        b.add_line(None, p)
+            .map_err(|e| format!("pattern {p:?}: {e}"))?;
     }
     b.build().map_err(|e| e.to_string())
 }

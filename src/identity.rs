@@ -137,7 +137,10 @@ mod tests {
         assert_eq!(a.id().len(), 64);
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(Identity::create(&p), Err(IdentityError::Exists { .. })));
+        assert!(matches!(
+            Identity::create(&p),
+            Err(IdentityError::Exists { .. })
+        ));
         let b = Identity::load(&p).unwrap();
         assert_eq!(a.id(), b.id());
     }

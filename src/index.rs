@@ -51,9 +51,7 @@ pub enum IndexError {
         key: String,
         msg: String,
     },
-    #[error(
-        "index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION}"
-    )]
+    #[error("index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION}")]
     Schema { path: PathBuf, found: u64 },
 }
 
@@ -128,7 +126,10 @@ impl Index {
         let id;
         {
             let mut meta = tx.open_table(META).map_err(|e| ix.err(e))?;
-            let schema = meta.get("schema").map_err(|e| ix.err(e))?.map(|v| v.value());
+            let schema = meta
+                .get("schema")
+                .map_err(|e| ix.err(e))?
+                .map(|v| v.value());
             match schema {
                 Some(v) if v != SCHEMA_VERSION => {
                     return Err(IndexError::Schema {
@@ -138,10 +139,14 @@ impl Index {
                 }
                 Some(_) => {}
                 None => {
-                    meta.insert("schema", SCHEMA_VERSION).map_err(|e| ix.err(e))?;
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| ix.err(e))?;
                 }
             }
-            let cur = meta.get("index_id").map_err(|e| ix.err(e))?.map(|v| v.value());
+            let cur = meta
+                .get("index_id")
+                .map_err(|e| ix.err(e))?
+                .map(|v| v.value());
             id = match cur {
                 Some(v) => v,
                 None => {
@@ -219,7 +224,10 @@ impl Index {
     pub fn for_each(&self, group: &str, mut f: impl FnMut(&Entry)) -> Result<(), IndexError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(FILES).map_err(|e| self.err(e))?;
-        for item in t.range((group, "")..(group, "\u{10FFFF}")).map_err(|e| self.err(e))? {
+        for item in t
+            .range((group, "")..(group, "\u{10FFFF}"))
+            .map_err(|e| self.err(e))?
+        {
             let (k, v) = item.map_err(|e| self.err(e))?;
             f(&self.decode(k.value().1, v.value())?);
         }
@@ -403,7 +411,12 @@ impl Index {
     }
 
     /// Record (or update) a conflict.
-    pub fn put_conflict(&self, group: &str, path: &str, c: &ConflictInfo) -> Result<(), IndexError> {
+    pub fn put_conflict(
+        &self,
+        group: &str,
+        path: &str,
+        c: &ConflictInfo,
+    ) -> Result<(), IndexError> {
         let bytes = postcard::to_allocvec(c).map_err(|e| IndexError::Corrupt {
             path: self.path.clone(),
             key: path.into(),
@@ -484,9 +497,18 @@ mod tests {
                 .commit(
                     "g",
                     vec![
-                        Change { entry: entry("/r/a", 1), announce: true },
-                        Change { entry: entry("/r/a/b", 2), announce: true },
-                        Change { entry: entry("/r/a-c", 3), announce: true },
+                        Change {
+                            entry: entry("/r/a", 1),
+                            announce: true,
+                        },
+                        Change {
+                            entry: entry("/r/a/b", 2),
+                            announce: true,
+                        },
+                        Change {
+                            entry: entry("/r/a-c", 3),
+                            announce: true,
+                        },
                     ],
                 )
                 .unwrap();
@@ -495,7 +517,14 @@ mod tests {
             assert_eq!(sub.len(), 2);
             assert_eq!(ix.since("g", 1, 10).unwrap().len(), 2);
             // re-announcing moves the entry to the end of the sequence
-            ix.commit("g", vec![Change { entry: entry("/r/a", 4), announce: true }]).unwrap();
+            ix.commit(
+                "g",
+                vec![Change {
+                    entry: entry("/r/a", 4),
+                    announce: true,
+                }],
+            )
+            .unwrap();
             let s = ix.since("g", 3, 10).unwrap();
             assert_eq!(s.len(), 1);
             assert_eq!(s[0].rec.path, "/r/a");
@@ -513,7 +542,14 @@ mod tests {
             // a local-only refresh keeps the seq
             let mut e = entry("/r/a", 4);
             e.ino = 99;
-            ix.commit("g", vec![Change { entry: e, announce: false }]).unwrap();
+            ix.commit(
+                "g",
+                vec![Change {
+                    entry: e,
+                    announce: false,
+                }],
+            )
+            .unwrap();
             assert_eq!(ix.get("g", "/r/a").unwrap().unwrap().seq, 4);
             ix.set_peer_position("b", "g", 7, 3).unwrap();
         }

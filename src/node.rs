@@ -53,7 +53,9 @@ pub enum NodeError {
     UnknownNode(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
-    #[error("this node's key has id {actual}, but the config says [nodes.{node}] id = {configured}")]
+    #[error(
+        "this node's key has id {actual}, but the config says [nodes.{node}] id = {configured}"
+    )]
     IdMismatch {
         node: String,
         actual: String,
@@ -214,7 +216,10 @@ impl Shared {
 
     /// Every peer of this node.
     pub fn all_peers(&self) -> BTreeSet<String> {
-        self.groups.iter().flat_map(|g| g.peers.iter().cloned()).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| g.peers.iter().cloned())
+            .collect()
     }
 
     /// The node name whose configured id is `id`.
@@ -242,7 +247,10 @@ impl Shared {
     }
 
     pub fn peer(&self, name: &str) -> Option<Arc<PeerHandle>> {
-        lock(&self.peers).get(name).cloned().filter(|h| !h.is_closed())
+        lock(&self.peers)
+            .get(name)
+            .cloned()
+            .filter(|h| !h.is_closed())
     }
 
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
@@ -266,7 +274,8 @@ impl Shared {
     }
 
     pub(crate) fn audit(&self, group: &str, path: &str, kind: &str, rec: &Record) {
-        self.audit.write(group, path, kind, &rec.origin, &rec.version.display());
+        self.audit
+            .write(group, path, kind, &rec.origin, &rec.version.display());
     }
 
     pub(crate) fn audit_refused(&self, peer: &str, msg: &str) {
@@ -288,7 +297,9 @@ impl Shared {
     }
 
     pub fn is_stopped(&self, group: &str) -> bool {
-        lock(&self.gstate).get(group).is_some_and(|s| s.stopped.is_some())
+        lock(&self.gstate)
+            .get(group)
+            .is_some_and(|s| s.stopped.is_some())
     }
 
     fn scan_ctx<'a>(&'a self, g: &'a GroupRt) -> ScanCtx<'a> {
@@ -341,7 +352,13 @@ impl Shared {
     }
 
     /// Ask every connected peer of `group` (other than `skip`) for one chunk.
-    pub async fn fetch_chunk_anywhere(&self, group: &str, hash: &Hash, len: u32, skip: Option<&str>) -> Option<Vec<u8>> {
+    pub async fn fetch_chunk_anywhere(
+        &self,
+        group: &str,
+        hash: &Hash,
+        len: u32,
+        skip: Option<&str>,
+    ) -> Option<Vec<u8>> {
         let g = self.group(group)?;
         for p in &g.peers {
             if Some(p.as_str()) == skip {
@@ -368,10 +385,19 @@ impl Shared {
         if g.cfg.backup_generations == 0 {
             return;
         }
-        if let Err(e) = self.backups.keep(group, place, local, g.cfg.backup_generations) {
+        if let Err(e) = self
+            .backups
+            .keep(group, place, local, g.cfg.backup_generations)
+        {
             tracing::warn!(group, "backup of {} failed: {e}", local.rec.path);
         } else {
-            self.audit.write(group, &local.rec.path, "backup", &local.rec.origin, &local.rec.version.display());
+            self.audit.write(
+                group,
+                &local.rec.path,
+                "backup",
+                &local.rec.origin,
+                &local.rec.version.display(),
+            );
         }
     }
 }
@@ -394,7 +420,10 @@ impl Node {
             path: opts.state_dir.clone(),
             source,
         })?;
-        let key_path = me.key.clone().unwrap_or_else(|| opts.state_dir.join("node.key"));
+        let key_path = me
+            .key
+            .clone()
+            .unwrap_or_else(|| opts.state_dir.join("node.key"));
         let ident = Identity::load(&key_path)?;
         if let Some(id) = &me.id
             && !id.eq_ignore_ascii_case(&ident.id())
@@ -415,7 +444,11 @@ impl Node {
             groups.push(GroupRt {
                 cfg: g.clone(),
                 filter,
-                peers: g.members().filter(|m| *m != opts.name).map(String::from).collect(),
+                peers: g
+                    .members()
+                    .filter(|m| *m != opts.name)
+                    .map(String::from)
+                    .collect(),
             });
         }
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
@@ -524,7 +557,11 @@ impl Shared {
                 let n = res.announced();
                 if self.dry_run {
                     for c in res.changes.iter().filter(|c| c.announce) {
-                        let what = if c.entry.rec.is_deleted() { "deleted " } else { "changed " };
+                        let what = if c.entry.rec.is_deleted() {
+                            "deleted "
+                        } else {
+                            "changed "
+                        };
                         println!("local {what} {}", c.entry.rec.path);
                     }
                     continue;
@@ -555,7 +592,12 @@ impl Shared {
     }
 
     /// Scan paths the watcher reported; returns (unstable paths, deletions deferred).
-    fn scan_dirty(&self, group: &str, paths: &[(String, bool)], settled: bool) -> (Vec<String>, Vec<String>) {
+    fn scan_dirty(
+        &self,
+        group: &str,
+        paths: &[(String, bool)],
+        settled: bool,
+    ) -> (Vec<String>, Vec<String>) {
         let Some(g) = self.group(group) else {
             return (vec![], vec![]);
         };
@@ -618,7 +660,16 @@ impl Shared {
                 changes.into_iter().partition(|c| !c.entry.rec.is_deleted());
             live.extend(dead);
             for c in live.iter().filter(|c| c.announce) {
-                self.audit(group, &c.entry.rec.path, if c.entry.rec.is_deleted() { "local-delete" } else { "local-change" }, &c.entry.rec);
+                self.audit(
+                    group,
+                    &c.entry.rec.path,
+                    if c.entry.rec.is_deleted() {
+                        "local-delete"
+                    } else {
+                        "local-change"
+                    },
+                    &c.entry.rec,
+                );
             }
             match self.index.commit(group, live) {
                 Ok(seq) => self.publish_seq(seq),
@@ -699,17 +750,25 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
                 records,
                 through,
             } => {
-                peer.queued_batches.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                peer.queued_batches
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 let key = (peer.name.clone(), group.clone());
-                let Some(g) = shared.group(&group) else { continue };
+                let Some(g) = shared.group(&group) else {
+                    continue;
+                };
                 if shared.is_stopped(&group) {
                     // not applied: do not remember the position, the peer resends later
-                    let _ = peer.send(crate::protocol::Msg::Ack { group, through }).await;
+                    let _ = peer
+                        .send(crate::protocol::Msg::Ack { group, through })
+                        .await;
                     continue;
                 }
-                let out = apply::apply_batch(&shared, Some(&peer), g, records, shared.dry_run).await;
+                let out =
+                    apply::apply_batch(&shared, Some(&peer), g, records, shared.dry_run).await;
                 if shared.dry_run {
-                    let _ = peer.send(crate::protocol::Msg::Ack { group, through }).await;
+                    let _ = peer
+                        .send(crate::protocol::Msg::Ack { group, through })
+                        .await;
                     continue;
                 }
                 if let Some(r) = out.refused {
@@ -735,7 +794,12 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
                     }
                     E::Vacant(v) => {
                         if out.failed.is_empty() {
-                            let _ = shared.index.set_peer_position(&peer.name, &group, peer.remote_index_id, through);
+                            let _ = shared.index.set_peer_position(
+                                &peer.name,
+                                &group,
+                                peer.remote_index_id,
+                                through,
+                            );
                         } else {
                             v.insert(RetryState {
                                 records: out.failed,
@@ -751,8 +815,12 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
             Work::Retry => {
                 let keys: Vec<_> = retry.keys().cloned().collect();
                 for key in keys {
-                    let Some(mut st) = retry.remove(&key) else { continue };
-                    let Some(g) = shared.group(&key.1) else { continue };
+                    let Some(mut st) = retry.remove(&key) else {
+                        continue;
+                    };
+                    let Some(g) = shared.group(&key.1) else {
+                        continue;
+                    };
                     if st.peer.is_closed() || shared.is_stopped(&key.1) {
                         // the peer resends from the remembered position when it reconnects
                         continue;
@@ -761,7 +829,12 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
                     let recs = std::mem::take(&mut st.records);
                     let out = apply::apply_batch(&shared, Some(&st.peer), g, recs, false).await;
                     if out.failed.is_empty() {
-                        let _ = shared.index.set_peer_position(&key.0, &key.1, st.peer.remote_index_id, st.through);
+                        let _ = shared.index.set_peer_position(
+                            &key.0,
+                            &key.1,
+                            st.peer.remote_index_id,
+                            st.through,
+                        );
                     } else if st.attempts < 30 {
                         st.records = out.failed;
                         retry.insert(key, st);
@@ -816,7 +889,9 @@ async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
             drop(permit);
             match link {
                 Ok(link) => {
-                    let Some(peer) = s.node_by_id(&link.remote_id) else { return };
+                    let Some(peer) = s.node_by_id(&link.remote_id) else {
+                        return;
+                    };
                     if s.shared_groups(&peer).is_empty() {
                         tracing::warn!("refused {peer} from {addr}: no group in common");
                         return;
@@ -827,7 +902,8 @@ async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
                 }
                 Err(e) => {
                     tracing::warn!("refused connection from {addr}: {e}");
-                    s.audit.write("", &addr.to_string(), "refused", "", &e.to_string());
+                    s.audit
+                        .write("", &addr.to_string(), "refused", "", &e.to_string());
                 }
             }
         });
@@ -835,13 +911,22 @@ async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
 }
 
 /// Connect to `peer` once; returns when the link ends.
-pub async fn connect_once(shared: &Arc<Shared>, peer: &str) -> Result<crate::transport::Link, String> {
+pub async fn connect_once(
+    shared: &Arc<Shared>,
+    peer: &str,
+) -> Result<crate::transport::Link, String> {
     let nc = shared.cfg.node(peer).ok_or("unknown peer")?;
-    let id = nc.id.clone().ok_or_else(|| format!("[nodes.{peer}] has no id"))?;
-    let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&nc.address))
-        .await
-        .map_err(|_| format!("connect to {} timed out", nc.address))?
-        .map_err(|e| format!("connect to {}: {e}", nc.address))?;
+    let id = nc
+        .id
+        .clone()
+        .ok_or_else(|| format!("[nodes.{peer}] has no id"))?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&nc.address),
+    )
+    .await
+    .map_err(|_| format!("connect to {} timed out", nc.address))?
+    .map_err(|e| format!("connect to {}: {e}", nc.address))?;
     crate::transport::connect(stream, &shared.ident, peer, &id)
         .await
         .map_err(|e| e.to_string())
@@ -904,7 +989,9 @@ async fn timers(shared: Arc<Shared>) {
                 g.cfg.rescan
             };
             let Some(every) = due else { continue };
-            let last = last_rescan.entry(g.cfg.name.clone()).or_insert_with(Instant::now);
+            let last = last_rescan
+                .entry(g.cfg.name.clone())
+                .or_insert_with(Instant::now);
             if last.elapsed() >= every {
                 *last = Instant::now();
                 shared.submit(Work::Rescan {
@@ -941,7 +1028,10 @@ impl Shared {
             reply: Some(tx),
         });
         let _ = tokio::time::timeout_at(deadline, rx).await;
-        let peers: BTreeSet<String> = selected.iter().flat_map(|g| g.peers.iter().cloned()).collect();
+        let peers: BTreeSet<String> = selected
+            .iter()
+            .flat_map(|g| g.peers.iter().cloned())
+            .collect();
         let mut report = SyncReport::default();
         let mut waits = Vec::new();
         for p in peers {
@@ -963,7 +1053,11 @@ impl Shared {
         loop {
             let pending: usize = {
                 let gs = lock(&self.gstate);
-                names.iter().filter_map(|n| gs.get(n)).map(|s| s.retry).sum()
+                names
+                    .iter()
+                    .filter_map(|n| gs.get(n))
+                    .map(|s| s.retry)
+                    .sum()
             };
             report.pending = pending;
             if pending == 0 || tokio::time::Instant::now() >= deadline {
@@ -1028,7 +1122,9 @@ impl Shared {
     /// Exchange everything with the peer over one link: false if the link went away.
     async fn sync_over(&self, h: &Arc<PeerHandle>, groups: &[String]) -> bool {
         // their side: everything they had is received and applied
-        let Some(pong) = h.ping().await else { return false };
+        let Some(pong) = h.ping().await else {
+            return false;
+        };
         if pong.await.is_err() {
             return false;
         }

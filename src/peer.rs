@@ -71,7 +71,11 @@ impl PeerHandle {
     }
 
     /// Ask the peer for chunks; the receiver yields `None` if the link drops.
-    pub async fn get_chunks(&self, group: &str, hashes: Vec<Hash>) -> Option<oneshot::Receiver<ChunkReply>> {
+    pub async fn get_chunks(
+        &self,
+        group: &str,
+        hashes: Vec<Hash>,
+    ) -> Option<oneshot::Receiver<ChunkReply>> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.chunk_waiters).insert(req, tx);
@@ -195,10 +199,15 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
             if version != PROTOCOL_VERSION {
                 let _ = out_tx
                     .send(Msg::Bye {
-                        reason: format!("protocol version {version} not supported (we speak {PROTOCOL_VERSION})"),
+                        reason: format!(
+                            "protocol version {version} not supported (we speak {PROTOCOL_VERSION})"
+                        ),
                     })
                     .await;
-                return Err(violation(&peer, format!("speaks protocol version {version}")));
+                return Err(violation(
+                    &peer,
+                    format!("speaks protocol version {version}"),
+                ));
             }
             if node != peer {
                 return Err(violation(&peer, format!("introduced itself as {node:?}")));
@@ -209,7 +218,12 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
             (index_id, groups)
         }
         Msg::Bye { reason } => return Err(LinkError::Bye { peer, reason }),
-        other => return Err(violation(&peer, format!("sent {} before Hello", other.kind()))),
+        other => {
+            return Err(violation(
+                &peer,
+                format!("sent {} before Hello", other.kind()),
+            ));
+        }
     };
 
     let conn = shared.next_conn();
@@ -274,7 +288,9 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
         }
     };
     if let Err(LinkError::Violation { msg, .. }) = &result {
-        let _ = out_tx.try_send(Msg::Bye { reason: msg.clone() });
+        let _ = out_tx.try_send(Msg::Bye {
+            reason: msg.clone(),
+        });
         shared.audit_refused(&peer, msg);
     }
     handle.close();
@@ -307,7 +323,10 @@ async fn dispatch(
         if groups.iter().any(|x| x == g) {
             Ok(())
         } else {
-            Err(violation(peer, format!("named group {g:?}, which it does not share with us")))
+            Err(violation(
+                peer,
+                format!("named group {g:?}, which it does not share with us"),
+            ))
         }
     };
     match m {
@@ -503,7 +522,11 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
 
 impl Shared {
     /// Read our records of `group` after `pos` into a batch: (records, through, more-pending).
-    pub fn build_batch(&self, group: &str, pos: u64) -> Result<(Vec<WireRecord>, u64, bool), crate::index::IndexError> {
+    pub fn build_batch(
+        &self,
+        group: &str,
+        pos: u64,
+    ) -> Result<(Vec<WireRecord>, u64, bool), crate::index::IndexError> {
         let snapshot = self.index.max_seq()?;
         let entries = self.index.since(group, pos, MAX_BATCH_RECORDS)?;
         let full = entries.len() >= MAX_BATCH_RECORDS;
@@ -551,7 +574,8 @@ impl Shared {
         }
         let g = self.group(group)?;
         let gp = crate::paths::validate(&loc.path, &g.cfg.paths).ok()?;
-        let data = crate::safefs::read_at(&self.root, gp, &loc.path, loc.offset, loc.len as usize).ok()?;
+        let data =
+            crate::safefs::read_at(&self.root, gp, &loc.path, loc.offset, loc.len as usize).ok()?;
         (crate::chunk::hash(&data) == *hash).then_some(data)
     }
 

@@ -65,7 +65,10 @@ pub enum Msg {
         through: u64,
     },
     /// The receiver applied the sender's records of `group` up to `through`.
-    Ack { group: String, through: u64 },
+    Ack {
+        group: String,
+        through: u64,
+    },
     /// Ask for chunk contents by hash.
     GetChunks {
         req: u64,
@@ -78,10 +81,16 @@ pub enum Msg {
         data: Vec<Option<Vec<u8>>>,
     },
     /// Mark a point: answer `SyncPong` once everything indexed before it has been sent.
-    SyncPing { token: u64 },
-    SyncPong { token: u64 },
+    SyncPing {
+        token: u64,
+    },
+    SyncPong {
+        token: u64,
+    },
     /// The sender is closing the link because of an error.
-    Bye { reason: String },
+    Bye {
+        reason: String,
+    },
 }
 
 /// Errors decoding a peer's bytes.

@@ -147,7 +147,9 @@ pub fn resolve(root: &Path, gp: &str, p: &str, create: bool) -> Result<Place, Fs
                 return Err(fe(
                     "resolve",
                     p,
-                    std::io::Error::other(format!("component {c:?} is not a directory (symlinks are never followed)")),
+                    std::io::Error::other(format!(
+                        "component {c:?} is not a directory (symlinks are never followed)"
+                    )),
                 ));
             }
             Err(e) => return Err(fe("open", p, e)),
@@ -221,10 +223,7 @@ impl Place {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| fe("create temp for", &self.path, e))?;
-        let dir = self
-            .dir
-            .try_clone()
-            .map_err(|e| fe("dup", &self.path, e))?;
+        let dir = self.dir.try_clone().map_err(|e| fe("dup", &self.path, e))?;
         Ok(Temp {
             file: File::from(fd),
             name,
@@ -397,14 +396,24 @@ impl Place {
         .map_err(|e| fe("open", &self.path, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| fe("stat", &self.path, e))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(fe("open", &self.path, std::io::Error::other("not a regular file")));
+            return Err(fe(
+                "open",
+                &self.path,
+                std::io::Error::other("not a regular file"),
+            ));
         }
         Ok(File::from(fd))
     }
 }
 
 /// Read `len` bytes at `offset` of logical path `p`, safely resolved.
-pub fn read_at(root: &Path, gp: &str, p: &str, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+pub fn read_at(
+    root: &Path,
+    gp: &str,
+    p: &str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, FsError> {
     use std::os::unix::fs::FileExt;
     let f = resolve(root, gp, p, false)?.open_read()?;
     let mut buf = vec![0u8; len];
@@ -467,6 +476,9 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert!(names.iter().all(|n| !n.starts_with(TEMP_PREFIX)), "{names:?}");
+        assert!(
+            names.iter().all(|n| !n.starts_with(TEMP_PREFIX)),
+            "{names:?}"
+        );
     }
 }

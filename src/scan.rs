@@ -101,7 +101,11 @@ pub enum ObserveError {
 }
 
 /// Observe the entry at real path `real` with lstat metadata `md`.
-pub fn observe(real: &Path, md: &Metadata, owners: &OwnerMap) -> Result<Option<Observed>, ObserveError> {
+pub fn observe(
+    real: &Path,
+    md: &Metadata,
+    owners: &OwnerMap,
+) -> Result<Option<Observed>, ObserveError> {
     let Some(kind) = kind_of(md) else {
         return Ok(None);
     };
@@ -440,7 +444,10 @@ impl<'a> ScanCtx<'a> {
         for de in rd.flatten() {
             let name = de.file_name();
             let Some(name) = name.to_str() else {
-                res.skipped.push(format!("{p}/{} (name is not UTF-8)", name.to_string_lossy()));
+                res.skipped.push(format!(
+                    "{p}/{} (name is not UTF-8)",
+                    name.to_string_lossy()
+                ));
                 continue;
             };
             if name.starts_with(TEMP_PREFIX) {

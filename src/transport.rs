@@ -71,17 +71,23 @@ pub struct Link {
 }
 
 async fn write_raw(io: &mut OwnedWriteHalf, data: &[u8]) -> Result<(), TransportError> {
-    let len = u16::try_from(data.len()).map_err(|_| TransportError::Noise("packet too big".into()))?;
+    let len =
+        u16::try_from(data.len()).map_err(|_| TransportError::Noise("packet too big".into()))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(data).await?;
     Ok(())
 }
 
-async fn read_raw<R: AsyncReadExt + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> Result<(), TransportError> {
+async fn read_raw<R: AsyncReadExt + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), TransportError> {
     let mut l = [0u8; 2];
     match io.read_exact(&mut l).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(TransportError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(TransportError::Closed);
+        }
         Err(e) => return Err(e.into()),
     }
     let len = u16::from_be_bytes(l) as usize;

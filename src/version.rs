@@ -96,8 +96,14 @@ mod tests {
     fn ordering() {
         assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1)])), Causality::Equal);
         assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1)])), Causality::Newer);
-        assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::Older);
-        assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::Concurrent);
+        assert_eq!(
+            vv(&[("a", 1)]).compare(&vv(&[("a", 1), ("b", 1)])),
+            Causality::Older
+        );
+        assert_eq!(
+            vv(&[("a", 2)]).compare(&vv(&[("a", 1), ("b", 1)])),
+            Causality::Concurrent
+        );
         assert_eq!(vv(&[("a", 0)]).compare(&vv(&[])), Causality::Equal);
     }
 

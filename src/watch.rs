@@ -110,7 +110,9 @@ fn mask() -> WatchMask {
 pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(e) = run(shared.clone()).await {
-            tracing::error!("inotify unavailable ({e}); relying on periodic rescans and `clustersync mark`");
+            tracing::error!(
+                "inotify unavailable ({e}); relying on periodic rescans and `clustersync mark`"
+            );
         }
     })
 }
@@ -175,12 +177,16 @@ impl State {
                 // not watched: it and everything below are rescanned instead
                 continue;
             }
-            let Ok(rd) = std::fs::read_dir(&real) else { continue };
+            let Ok(rd) = std::fs::read_dir(&real) else {
+                continue;
+            };
             for de in rd.flatten() {
                 if !de.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     continue;
                 }
-                let Some(name) = de.file_name().to_str().map(String::from) else { continue };
+                let Some(name) = de.file_name().to_str().map(String::from) else {
+                    continue;
+                };
                 let child = crate::paths::join(&d, &name);
                 if g.filter.want(gp, &child, true) != Want::Skip {
                     stack.push(child);
@@ -189,7 +195,14 @@ impl State {
         }
     }
 
-    fn dirty(&mut self, group: &str, path: String, recursive: bool, writing: Option<bool>, wait: Duration) {
+    fn dirty(
+        &mut self,
+        group: &str,
+        path: String,
+        recursive: bool,
+        writing: Option<bool>,
+        wait: Duration,
+    ) {
         let due = Instant::now() + wait;
         let p = self
             .pending
@@ -209,14 +222,18 @@ impl State {
 
     fn handle(&mut self, ev: inotify::EventOwned) {
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
-            tracing::warn!("inotify queue overflowed; rescanning the watched groups (a compare with the index, nothing is reset)");
+            tracing::warn!(
+                "inotify queue overflowed; rescanning the watched groups (a compare with the index, nothing is reset)"
+            );
             self.shared.submit(Work::Rescan {
                 groups: None,
                 reply: None,
             });
             return;
         }
-        let Some(targets) = self.wds.get(&ev.wd).cloned() else { return };
+        let Some(targets) = self.wds.get(&ev.wd).cloned() else {
+            return;
+        };
         if ev.mask.contains(EventMask::IGNORED) {
             self.wds.remove(&ev.wd);
             return;
@@ -224,7 +241,10 @@ impl State {
         for t in targets {
             let Some(name) = ev.name.as_ref() else {
                 // the watched directory itself
-                if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                if ev
+                    .mask
+                    .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                {
                     self.last_delete = Some(Instant::now());
                     self.dirty(&t.group, t.dir.clone(), true, None, QUIET);
                     if let Some(p) = self.pending.get_mut(&(t.group.clone(), t.dir.clone())) {
@@ -246,12 +266,19 @@ impl State {
             }
             let path = crate::paths::join(&t.dir, name);
             let is_dir = ev.mask.contains(EventMask::ISDIR);
-            let Some(g) = self.shared.group(&t.group) else { continue };
-            if !crate::paths::is_within(&path, &t.gp) || g.filter.want(&t.gp, &path, is_dir) == Want::Skip {
+            let Some(g) = self.shared.group(&t.group) else {
+                continue;
+            };
+            if !crate::paths::is_within(&path, &t.gp)
+                || g.filter.want(&t.gp, &path, is_dir) == Want::Skip
+            {
                 continue;
             }
             let parent_in_group = crate::paths::is_within(&t.dir, &t.gp);
-            if ev.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            if ev
+                .mask
+                .intersects(EventMask::DELETE | EventMask::MOVED_FROM)
+            {
                 self.last_delete = Some(Instant::now());
                 self.dirty(&t.group, path.clone(), true, Some(false), QUIET);
                 if let Some(p) = self.pending.get_mut(&(t.group.clone(), path)) {
@@ -262,11 +289,16 @@ impl State {
                 self.dirty(&t.group, path, true, Some(false), QUIET);
             } else if ev.mask.contains(EventMask::CREATE) {
                 let real = crate::paths::real(&self.shared.root, &path);
-                let regular = std::fs::symlink_metadata(real).map(|m| m.is_file()).unwrap_or(false);
+                let regular = std::fs::symlink_metadata(real)
+                    .map(|m| m.is_file())
+                    .unwrap_or(false);
                 self.dirty(&t.group, path, false, Some(regular), QUIET);
             } else if ev.mask.contains(EventMask::MODIFY) {
                 self.dirty(&t.group, path, false, Some(true), QUIET);
-            } else if ev.mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO) {
+            } else if ev
+                .mask
+                .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+            {
                 self.dirty(&t.group, path, false, Some(false), QUIET);
             } else if ev.mask.contains(EventMask::ATTRIB) {
                 self.dirty(&t.group, path, false, None, QUIET);
@@ -285,7 +317,11 @@ impl State {
         let mut next: Option<Instant> = None;
         let deletes_due = self.last_delete.map(|t| t + DELETE_SETTLE);
         self.pending.retain(|(g, p), st| {
-            let mut due = if st.writing { st.due + WRITE_QUIET } else { st.due };
+            let mut due = if st.writing {
+                st.due + WRITE_QUIET
+            } else {
+                st.due
+            };
             if st.delete
                 && let Some(d) = deletes_due
             {

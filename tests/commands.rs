@@ -20,7 +20,11 @@ fn init_creates_a_private_key_once_and_id_prints_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[nodes.web9]"), "{text}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(sd.join("node.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(sd.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let key = std::fs::read(sd.join("node.key")).unwrap();
     let id = run(&["--state-dir", sds, "id"]);
@@ -46,13 +50,37 @@ fn init_creates_a_private_key_once_and_id_prints_it() {
 fn config_errors_name_file_line_and_key_and_exit_2() {
     let d = tempfile::tempdir().unwrap();
     let cases = [
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\", \"zz\"]\npaths = [\"/srv\"]\n", 4, "groups.g.nodes"),
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"relative/path\"]\n", 5, "groups.g.paths"),
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nconflcit = \"newest\"\n", 6, "conflcit"),
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nrescan = \"soon\"\n", 6, "groups.g.rescan"),
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\n[groups.h]\nnodes = [\"a\"]\npaths = [\"/srv\"]\n", 8, "groups.h.paths"),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\", \"zz\"]\npaths = [\"/srv\"]\n",
+            4,
+            "groups.g.nodes",
+        ),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"relative/path\"]\n",
+            5,
+            "groups.g.paths",
+        ),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nconflcit = \"newest\"\n",
+            6,
+            "conflcit",
+        ),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nrescan = \"soon\"\n",
+            6,
+            "groups.g.rescan",
+        ),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\n[groups.h]\nnodes = [\"a\"]\npaths = [\"/srv\"]\n",
+            8,
+            "groups.h.paths",
+        ),
         // a feature not built yet is refused, never silently ignored
-        ("[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nxattrs = true\n", 6, "groups.g.xattrs"),
+        (
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nxattrs = true\n",
+            6,
+            "groups.g.xattrs",
+        ),
     ];
     for (i, (text, line, key)) in cases.iter().enumerate() {
         let f = d.path().join(format!("c{i}.toml"));
@@ -60,15 +88,33 @@ fn config_errors_name_file_line_and_key_and_exit_2() {
         let out = run(&["check-config", "-c", f.to_str().unwrap(), "--node", "a"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
-        assert!(err.contains(&format!("c{i}.toml:{line}")), "case {i}: no file:line in {err}");
+        assert!(
+            err.contains(&format!("c{i}.toml:{line}")),
+            "case {i}: no file:line in {err}"
+        );
         assert!(err.contains(key), "case {i}: no key {key} in {err}");
         // the daemon refuses it the same way, before touching anything
         let sd = d.path().join(format!("s{i}"));
-        let out = run(&["daemon", "-c", f.to_str().unwrap(), "--node", "a", "--state-dir", sd.to_str().unwrap()]);
+        let out = run(&[
+            "daemon",
+            "-c",
+            f.to_str().unwrap(),
+            "--node",
+            "a",
+            "--state-dir",
+            sd.to_str().unwrap(),
+        ]);
         assert_eq!(out.status.code(), Some(2), "case {i}");
-        assert!(!sd.exists(), "case {i}: state dir created despite a config error");
+        assert!(
+            !sd.exists(),
+            "case {i}: state dir created despite a config error"
+        );
     }
-    let out = run(&["check-config", "-c", d.path().join("missing.toml").to_str().unwrap()]);
+    let out = run(&[
+        "check-config",
+        "-c",
+        d.path().join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -81,26 +127,54 @@ fn sync_status_and_exit_codes_with_and_without_a_daemon() {
     c.wait_connected();
     // c is not running: sync on a reaches b but not c -> exit 4
     let out = c.cli("a", &["sync", "--timeout", "5s"]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains('c'));
-    assert!(c.path("b", "one").exists(), "what was reachable must be synced");
+    assert!(
+        c.path("b", "one").exists(),
+        "what was reachable must be synced"
+    );
     // c's own sync without a daemon: done in-process against the running peers -> exit 0
     write(&c.path("c", "from-c-offline"), "c");
     let out = c.cli("c", &["sync", "--timeout", "20s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(c.path("c", "one").exists());
-    wait_until("a to have c's file", WAIT, || c.path("a", "from-c-offline").exists());
+    wait_until("a to have c's file", WAIT, || {
+        c.path("a", "from-c-offline").exists()
+    });
     // dry run changes nothing
     write(&c.path("a", "two"), "2");
     wait_until("b to have two", WAIT, || c.path("b", "two").exists());
     let out = c.cli("c", &["sync", "--dry-run", "--timeout", "20s"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("two"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("two"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!c.path("c", "two").exists(), "dry run changed something");
     c.start("c");
     c.wait_connected();
     let out = c.cli("a", &["sync", "--timeout", "20s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(c.path("c", "two").exists());
     // unknown group: usage error
     assert_eq!(c.cli("a", &["sync", "nosuchgroup"]).status.code(), Some(2));
@@ -154,5 +228,8 @@ fn a_key_that_is_not_configured_is_refused_before_any_data() {
     let out = c.cli("b", &["sync", "--timeout", "3s"]);
     assert_ne!(out.status.code(), Some(0));
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(!c.path("b", "secret").exists(), "data reached an unknown key");
+    assert!(
+        !c.path("b", "secret").exists(),
+        "data reached an unknown key"
+    );
 }

@@ -17,10 +17,11 @@ fn sigkill_mid_transfer_leaves_no_partial_file_and_converges_after_restart() {
     let dir = c.path("b", "");
     let mut mid = false;
     wait_until("b to start receiving", WAIT, || {
-        mid = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(".clustersync.tmp."));
+        mid = std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".clustersync.tmp.")
+        });
         mid || c.path("b", "big.bin").exists()
     });
     c.kill("b");
@@ -54,7 +55,11 @@ fn cut_off_node_catches_up_when_the_link_returns() {
     c.node("c").proxy.as_ref().unwrap().cut();
     wait_until("a to see c disconnected", WAIT, || {
         c.status("a").is_some_and(|s| {
-            s["peers"].as_array().unwrap().iter().any(|p| p["name"] == "c" && p["connected"] == false)
+            s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "c" && p["connected"] == false)
         })
     });
     write(&c.path("a", "while-cut-a"), "from a");
@@ -65,9 +70,18 @@ fn cut_off_node_catches_up_when_the_link_returns() {
         c.path("a", "while-cut-b").exists() && !c.path("a", "keep").exists()
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!c.path("c", "while-cut-a").exists(), "the proxy did not cut the link");
+    assert!(
+        !c.path("c", "while-cut-a").exists(),
+        "the proxy did not cut the link"
+    );
     let st = c.status("a").unwrap();
-    let peer_c = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "c").unwrap().clone();
+    let peer_c = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "c")
+        .unwrap()
+        .clone();
     assert!(peer_c["behind"].as_u64().unwrap() > 0, "{peer_c}");
     assert_eq!(st["groups"][0]["in_sync"], false);
     c.node("c").proxy.as_ref().unwrap().heal();
@@ -77,7 +91,8 @@ fn cut_off_node_catches_up_when_the_link_returns() {
     }
     assert!(!t.contains_key("/keep"));
     wait_until("a in sync again", WAIT, || {
-        c.status("a").is_some_and(|s| s["groups"][0]["in_sync"] == true)
+        c.status("a")
+            .is_some_and(|s| s["groups"][0]["in_sync"] == true)
     });
 }
 
@@ -102,8 +117,17 @@ fn stopped_node_catches_up_on_start_and_its_offline_deletes_are_not_resurrected(
     c.wait_connected();
     let t = c.wait_converged("after b restarts");
     assert!(t.contains_key("/new-on-a") && t.contains_key("/new-on-b"));
-    assert!(!t.contains_key("/one"), "delete made while b was down must reach b");
-    assert!(!t.contains_key("/two"), "b's offline delete was resurrected");
-    assert!(!t.contains_key("/dir"), "b's offline directory delete was resurrected");
+    assert!(
+        !t.contains_key("/one"),
+        "delete made while b was down must reach b"
+    );
+    assert!(
+        !t.contains_key("/two"),
+        "b's offline delete was resurrected"
+    );
+    assert!(
+        !t.contains_key("/dir"),
+        "b's offline directory delete was resurrected"
+    );
     assert!(t.contains_key("/three"));
 }

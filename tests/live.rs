@@ -32,7 +32,9 @@ fn a_file_being_written_is_never_sent_half_written() {
         }
     }
     drop(f);
-    wait_until("the complete file on b", WAIT, || std::fs::read(&peer).is_ok_and(|d| d == full));
+    wait_until("the complete file on b", WAIT, || {
+        std::fs::read(&peer).is_ok_and(|d| d == full)
+    });
     assert_eq!(observed_partial, None, "b saw a half-written file");
 }
 
@@ -45,14 +47,26 @@ fn watch_limit_degrades_to_rescans_with_one_warning() {
     c.set_env("b", "CLUSTERSYNC_TEST_MAX_WATCHES", "2");
     c.start_all();
     c.wait_converged("start");
-    write(&c.path("b", "d1/d2/d3/f"), "changed in an unwatched directory");
+    write(
+        &c.path("b", "d1/d2/d3/f"),
+        "changed in an unwatched directory",
+    );
     write(&c.path("b", "e1/g"), "changed too");
-    wait_until("the change to reach a by rescan", Duration::from_secs(20), || {
-        std::fs::read_to_string(c.path("a", "d1/d2/d3/f")).unwrap() == "changed in an unwatched directory"
-            && std::fs::read_to_string(c.path("a", "e1/g")).unwrap() == "changed too"
-    });
+    wait_until(
+        "the change to reach a by rescan",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(c.path("a", "d1/d2/d3/f")).unwrap()
+                == "changed in an unwatched directory"
+                && std::fs::read_to_string(c.path("a", "e1/g")).unwrap() == "changed too"
+        },
+    );
     let log = c.log("b");
-    assert_eq!(log.matches("inotify watch limit reached").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("inotify watch limit reached").count(),
+        1,
+        "{log}"
+    );
     assert!(log.contains("max_user_watches"));
     assert!(!log.contains("panicked"));
 }
@@ -75,12 +89,24 @@ fn without_watching_changes_wait_for_mark_or_sync() {
     assert!(!c.path("b", "marked").exists(), "watch = false was ignored");
     let real = c.path("a", "marked");
     let out = c.cli("a", &["mark", real.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until("marked file on b", WAIT, || c.path("b", "marked").exists());
     assert!(!c.path("b", "synced").exists());
     let out = c.cli("a", &["sync", "--timeout", "20s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(c.path("b", "synced").exists(), "sync returned before b had the change");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.path("b", "synced").exists(),
+        "sync returned before b had the change"
+    );
     // a path outside every group is refused
     let out = c.cli("a", &["mark", "/etc/passwd"]);
     assert!(!out.status.success());

@@ -14,7 +14,10 @@ fn every_kind_of_change_propagates_between_three_nodes() {
             ..Default::default()
         },
     );
-    write(&c.path("a", "keep.txt"), "anchor so the group path is never empty\n");
+    write(
+        &c.path("a", "keep.txt"),
+        "anchor so the group path is never empty\n",
+    );
     c.start_all();
     c.wait_converged("initial sync");
 
@@ -32,10 +35,16 @@ fn every_kind_of_change_propagates_between_three_nodes() {
     assert!(t.contains_key("/empty/dir"));
     assert!(t.contains_key(&format!("/{deep}bottom.txt")));
     assert!(!c.path("b", "x.tmp").exists(), "excluded file synced");
-    assert!(!c.path("b", "sub/cache").exists(), "excluded directory synced");
+    assert!(
+        !c.path("b", "sub/cache").exists(),
+        "excluded directory synced"
+    );
 
     // modify on another node; mtime to the nanosecond; chmod on a third
-    write(&c.path("b", "dir one/ünïcødé ☃.txt"), "hello, edited on b\n");
+    write(
+        &c.path("b", "dir one/ünïcødé ☃.txt"),
+        "hello, edited on b\n",
+    );
     c.wait_converged("modify");
     let f = c.path("c", "-leading-dash");
     let st = std::process::Command::new("touch")
@@ -44,10 +53,18 @@ fn every_kind_of_change_propagates_between_three_nodes() {
         .status()
         .unwrap();
     assert!(st.success());
-    std::fs::set_permissions(c.path("c", "keep.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(
+        c.path("c", "keep.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
     std::fs::set_permissions(c.path("c", "empty"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let t = c.wait_converged("mtime and chmod");
-    assert!(t["/-leading-dash"].contains(" 981173106.123456789 "), "{}", t["/-leading-dash"]);
+    assert!(
+        t["/-leading-dash"].contains(" 981173106.123456789 "),
+        "{}",
+        t["/-leading-dash"]
+    );
     assert!(t["/keep.txt"].starts_with("file 640"));
     assert!(t["/empty"].starts_with("dir 700"));
 
@@ -61,7 +78,10 @@ fn every_kind_of_change_propagates_between_three_nodes() {
     c.wait_converged("chown");
     use std::os::unix::fs::MetadataExt;
     let uid = nix_uid("daemon");
-    assert_eq!(std::fs::metadata(c.path("b", "keep.txt")).unwrap().uid(), uid);
+    assert_eq!(
+        std::fs::metadata(c.path("b", "keep.txt")).unwrap().uid(),
+        uid
+    );
 
     // symlinks are synced as links, never followed; retargeting one
     symlink("../../etc/passwd", c.path("a", "link")).unwrap();
@@ -73,7 +93,10 @@ fn every_kind_of_change_propagates_between_three_nodes() {
     std::fs::remove_file(c.path("b", "link")).unwrap();
     symlink("keep.txt", c.path("b", "link")).unwrap();
     c.wait_converged("symlink retarget");
-    assert_eq!(std::fs::read_link(c.path("c", "link")).unwrap().to_str(), Some("keep.txt"));
+    assert_eq!(
+        std::fs::read_link(c.path("c", "link")).unwrap().to_str(),
+        Some("keep.txt")
+    );
 
     // rename a file and a directory
     std::fs::rename(c.path("c", "dir one"), c.path("c", "dir two")).unwrap();

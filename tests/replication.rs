@@ -25,7 +25,11 @@ fn cut_c(c: &Cluster) {
     c.node("c").proxy.as_ref().unwrap().cut();
     wait_until("c cut off", WAIT, || {
         c.status("a").is_some_and(|s| {
-            s["peers"].as_array().unwrap().iter().any(|p| p["name"] == "c" && p["connected"] == false)
+            s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "c" && p["connected"] == false)
         })
     });
 }
@@ -42,13 +46,20 @@ fn concurrent_edits_during_a_partition_converge_to_the_newest_and_the_loser_is_k
     cut_c(&c);
     write(&c.path("c", "doc.txt"), "edited on c first\n");
     std::thread::sleep(std::time::Duration::from_millis(50));
-    write(&c.path("a", "doc.txt"), "edited on a later (newest mtime)\n");
+    write(
+        &c.path("a", "doc.txt"),
+        "edited on a later (newest mtime)\n",
+    );
     wait_until("b has a's edit", WAIT, || {
-        std::fs::read_to_string(c.path("b", "doc.txt")).unwrap() == "edited on a later (newest mtime)\n"
+        std::fs::read_to_string(c.path("b", "doc.txt")).unwrap()
+            == "edited on a later (newest mtime)\n"
     });
     // and a delete on one side against an edit on the other: the edit survives
     std::fs::remove_file(c.path("a", "gone-or-edited")).unwrap();
-    write(&c.path("c", "gone-or-edited"), "v2 edited while a deleted it\n");
+    write(
+        &c.path("c", "gone-or-edited"),
+        "v2 edited while a deleted it\n",
+    );
     std::thread::sleep(std::time::Duration::from_millis(400));
     c.node("c").proxy.as_ref().unwrap().heal();
     let t = c.wait_converged("after heal");
@@ -56,7 +67,10 @@ fn concurrent_edits_during_a_partition_converge_to_the_newest_and_the_loser_is_k
         std::fs::read_to_string(c.path("c", "doc.txt")).unwrap(),
         "edited on a later (newest mtime)\n"
     );
-    assert!(t.contains_key("/gone-or-edited"), "delete won against a modify");
+    assert!(
+        t.contains_key("/gone-or-edited"),
+        "delete won against a modify"
+    );
     assert_eq!(
         std::fs::read_to_string(c.path("a", "gone-or-edited")).unwrap(),
         "v2 edited while a deleted it\n"
@@ -64,19 +78,42 @@ fn concurrent_edits_during_a_partition_converge_to_the_newest_and_the_loser_is_k
     // the losing version of doc.txt was kept on c, where it was overwritten
     let out = c.cli("c", &["backups", c.path("c", "doc.txt").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.lines().count() >= 2, "no backup listed: {text}");
     let dest = c.dir.path().join("restored");
-    let out = c.cli("c", &["restore", "/srv/www/doc.txt", "--to", dest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "edited on c first\n");
+    let out = c.cli(
+        "c",
+        &[
+            "restore",
+            "/srv/www/doc.txt",
+            "--to",
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "edited on c first\n"
+    );
     for n in ["a", "b", "c"] {
         c.stop(n);
     }
     let all: Vec<serde_json::Value> = ["a", "c"].iter().map(|n| conflicts(&c, n)).collect();
     let found = all.iter().any(|v| {
         v["conflicts"].as_array().is_some_and(|l| {
-            l.iter().any(|x| x["path"] == "/srv/www/doc.txt" && x["resolved"] == true && x["nodes"].as_array().unwrap().len() == 2)
+            l.iter().any(|x| {
+                x["path"] == "/srv/www/doc.txt"
+                    && x["resolved"] == true
+                    && x["nodes"].as_array().unwrap().len() == 2
+            })
         })
     });
     assert!(found, "conflict not listed: {all:?}");
@@ -92,10 +129,16 @@ fn the_same_change_on_two_nodes_is_not_a_conflict() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     c.node("c").proxy.as_ref().unwrap().heal();
     c.wait_converged("after heal");
-    assert_eq!(std::fs::read_to_string(c.path("b", "doc.txt")).unwrap(), same);
+    assert_eq!(
+        std::fs::read_to_string(c.path("b", "doc.txt")).unwrap(),
+        same
+    );
     for n in ["a", "c"] {
         let log = c.log(n);
-        assert!(!log.contains("conflict on /srv/www/doc.txt"), "{n} reported a conflict");
+        assert!(
+            !log.contains("conflict on /srv/www/doc.txt"),
+            "{n} reported a conflict"
+        );
     }
 }
 
@@ -110,7 +153,10 @@ fn renames_send_no_content_and_small_edits_send_little() {
     write(&c.path("a", "big.bin"), &big);
     c.wait_converged("big file");
     let before = stats("b")["chunk_bytes_in"].as_u64().unwrap();
-    assert!(before >= 32 << 20, "the big file did not come as chunks: {before}");
+    assert!(
+        before >= 32 << 20,
+        "the big file did not come as chunks: {before}"
+    );
 
     // rename: metadata only
     std::fs::rename(c.path("a", "big.bin"), c.path("a", "moved.bin")).unwrap();
@@ -121,19 +167,29 @@ fn renames_send_no_content_and_small_edits_send_little() {
     // a copy of existing content: reused locally too
     std::fs::copy(c.path("a", "moved.bin"), c.path("a", "copy.bin")).unwrap();
     c.wait_converged("copy");
-    assert_eq!(stats("b")["chunk_bytes_in"].as_u64().unwrap(), after, "a copy sent content");
+    assert_eq!(
+        stats("b")["chunk_bytes_in"].as_u64().unwrap(),
+        after,
+        "a copy sent content"
+    );
 
     // a 1 MiB edit in the middle sends about 1 MiB
     let mut edited = big.clone();
     edited[10 << 20..11 << 20].copy_from_slice(&bytes(1 << 20, 99));
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(c.path("a", "moved.bin")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.path("a", "moved.bin"))
+        .unwrap();
     f.seek(SeekFrom::Start(10 << 20)).unwrap();
     f.write_all(&edited[10 << 20..11 << 20]).unwrap();
     drop(f);
     c.wait_converged("edit");
     let sent = stats("b")["chunk_bytes_in"].as_u64().unwrap() - after;
     assert!(sent >= 1 << 20, "edit not transferred? {sent}");
-    assert!(sent < (1 << 20) + 1024 * 1024, "a 1 MiB edit sent {sent} bytes");
+    assert!(
+        sent < (1 << 20) + 1024 * 1024,
+        "a 1 MiB edit sent {sent} bytes"
+    );
     assert_eq!(std::fs::read(c.path("b", "moved.bin")).unwrap(), edited);
 }

@@ -18,11 +18,17 @@ fn removed_or_emptied_group_path_stops_the_group_and_peers_lose_nothing() {
     // a wiped directory: rm -rf of the group path itself
     std::fs::remove_dir_all(c.path("b", "")).unwrap();
     wait_until("b to report the group stopped", WAIT, || {
-        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_string() && s["groups"][0]["in_sync"] == false)
+        c.status("b").is_some_and(|s| {
+            s["groups"][0]["error"].is_string() && s["groups"][0]["in_sync"] == false
+        })
     });
     assert!(c.log("b").contains("missing"), "no clear error in the log");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(files(&c.tree("a")), before, "a lost files because b's group path vanished");
+    assert_eq!(
+        files(&c.tree("a")),
+        before,
+        "a lost files because b's group path vanished"
+    );
 
     // the disk comes back (remount): the group resumes, nothing was deleted anywhere
     std::fs::create_dir_all(c.path("b", "")).unwrap();
@@ -33,7 +39,8 @@ fn removed_or_emptied_group_path_stops_the_group_and_peers_lose_nothing() {
         std::fs::copy(src, dst).unwrap();
     }
     wait_until("b to resume", WAIT, || {
-        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_null())
+        c.status("b")
+            .is_some_and(|s| s["groups"][0]["error"].is_null())
     });
     c.wait_converged("after remount");
     assert_eq!(files(&c.tree("a")).len(), before.len());
@@ -47,18 +54,28 @@ fn removed_or_emptied_group_path_stops_the_group_and_peers_lose_nothing() {
         }
     }
     wait_until("b to stop the group again", WAIT, || {
-        c.status("b").is_some_and(|s| s["groups"][0]["error"].is_string())
+        c.status("b")
+            .is_some_and(|s| s["groups"][0]["error"].is_string())
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(files(&c.tree("a")).len(), before.len(), "a lost files because b's group path was emptied");
+    assert_eq!(
+        files(&c.tree("a")).len(),
+        before.len(),
+        "a lost files because b's group path was emptied"
+    );
     // b does not resume just because something new appears in the wiped directory
     write(&c.path("b", "new-after-wipe"), "x");
     std::thread::sleep(std::time::Duration::from_secs(5));
-    assert!(c.path("a", "f1").exists(), "refilling a wiped directory deleted files everywhere");
+    assert!(
+        c.path("a", "f1").exists(),
+        "refilling a wiped directory deleted files everywhere"
+    );
 }
 
 /// The regular files of a tree (directory mtimes change with their children).
-fn files(t: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+fn files(
+    t: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
     t.iter()
         .filter(|(_, v)| v.starts_with("file"))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -69,7 +86,10 @@ fn files(t: &std::collections::BTreeMap<String, String>) -> std::collections::BT
 fn new_empty_node_receives_everything_and_deletes_nothing() {
     let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
     for i in 0..50 {
-        write(&c.path("a", &format!("d{}/f{i}", i % 5)), bytes(1000 + i * 300, i as u64));
+        write(
+            &c.path("a", &format!("d{}/f{i}", i % 5)),
+            bytes(1000 + i * 300, i as u64),
+        );
     }
     write(&c.path("b", "only-on-b"), "b");
     c.start("a");
@@ -109,5 +129,8 @@ fn receiver_never_writes_through_a_planted_symlink() {
         "a file was written through the symlink"
     );
     assert!(t["/dir"].starts_with("dir"), "{}", t["/dir"]);
-    assert_eq!(std::fs::read_to_string(c.path("b", "dir/new")).unwrap(), "must not land outside");
+    assert_eq!(
+        std::fs::read_to_string(c.path("b", "dir/new")).unwrap(),
+        "must not land outside"
+    );
 }

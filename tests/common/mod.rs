@@ -154,7 +154,10 @@ pub struct Opts {
 
 impl Cluster {
     pub fn new(names: &[&str], opts: Opts) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("cs-test.").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cs-test.")
+            .tempdir()
+            .unwrap();
         let mut nodes = Vec::new();
         for n in names {
             let state = dir.path().join(n).join("state");
@@ -166,7 +169,11 @@ impl Cluster {
                 .arg("init")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let port = free_port();
             let proxy = opts.proxies.then(|| Proxy::start(port));
             nodes.push(Node {
@@ -284,7 +291,9 @@ impl Cluster {
             .collect();
         for n in &running {
             wait_until(&format!("{n} connected to its peers"), WAIT, || {
-                let Some(st) = self.status(n) else { return false };
+                let Some(st) = self.status(n) else {
+                    return false;
+                };
                 st["peers"].as_array().unwrap().iter().all(|p| {
                     !running.contains(&p["name"].as_str().unwrap()) || p["connected"] == true
                 })
@@ -380,7 +389,12 @@ impl Cluster {
     }
 }
 
-fn describe_diff(a: &str, ta: &BTreeMap<String, String>, b: &str, tb: &BTreeMap<String, String>) -> String {
+fn describe_diff(
+    a: &str,
+    ta: &BTreeMap<String, String>,
+    b: &str,
+    tb: &BTreeMap<String, String>,
+) -> String {
     let mut s = String::new();
     for (k, v) in ta {
         if tb.get(k) != Some(v) {
@@ -405,10 +419,17 @@ fn walk(base: &Path, p: &Path, skip: &[&str], out: &mut BTreeMap<String, String>
     {
         return;
     }
-    let Ok(md) = std::fs::symlink_metadata(p) else { return };
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return;
+    };
     let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
     let desc = if md.is_dir() {
-        format!("dir {:o} {}.{}", md.mode() & 0o7777, md.mtime(), md.mtime_nsec())
+        format!(
+            "dir {:o} {}.{}",
+            md.mode() & 0o7777,
+            md.mtime(),
+            md.mtime_nsec()
+        )
     } else if md.file_type().is_symlink() {
         format!("link {}", std::fs::read_link(p).unwrap().display())
     } else {
@@ -434,7 +455,9 @@ fn walk(base: &Path, p: &Path, skip: &[&str], out: &mut BTreeMap<String, String>
 
 /// Send a signal with the `kill` command (no unsafe code in tests).
 pub fn unsafe_free_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
 }
 
 impl Drop for Cluster {
@@ -451,7 +474,8 @@ impl Drop for Cluster {
         } else if std::thread::panicking() {
             // keep logs visible in the test output
             for n in &self.nodes {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name))).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name)))
+                    .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("---- log of {} (last lines) ----", n.name);
                 for l in tail.iter().rev() {
