@@ -107,7 +107,7 @@ cleanup() {
     cp -a "$T/logs/." "$KEEP/" 2>/dev/null
     [[ -f $T/cluster.toml ]] && cp "$T/cluster.toml" "$KEEP/"
     for n in a b; do
-        [[ -f $T/state-$n/audit.log ]] && tail -n 2000 "$T/state-$n/audit.log" >"$KEEP/audit-$n.tail.log"
+        [[ -f $T/state-$n/audit.log ]] && gzip -c "$T/state-$n/audit.log" >"$KEEP/audit-$n.log.gz"
     done
     rm -rf "$T"
     say "bench: logs kept in $KEEP"
@@ -164,21 +164,26 @@ def status(bin_, cfg, node, state):
 
 def wait_converged(bin_, cfg, node, state, group, nfiles, t0, timeout, log):
     """Poll `status --json` until the group has nfiles files and in_sync; print elapsed."""
-    t0 = float(t0); deadline = time.time() + float(timeout)
+    t0 = float(t0); deadline = time.time() + float(timeout); nfiles = int(nfiles)
     sock = os.path.join(state, "control.sock")
-    last = None
+    last = None; next_log = 0
     while time.time() < deadline:
         # never open the index behind a starting daemon's back: wait for its control socket
         if os.path.exists(sock):
             st = status(bin_, cfg, node, state)
             if st is not None:
                 last = st
+                if time.time() >= next_log:
+                    next_log = time.time() + 2
+                    with open(log, "a") as f:
+                        f.write(f"{node} +{time.time() - t0:.1f}s {json.dumps(st['groups'])} {json.dumps(st.get('transfer'))}\n")
                 g = next((g for g in st["groups"] if g["name"] == group), None)
                 if g and g["files"] == nfiles and g["in_sync"]:
                     t = time.time()
                     print(f"{t - t0:.3f}")
                     return 0
-        time.sleep(0.1)
+        # each status walks B's whole index: poll gently (resolution ~1% of elapsed, 0.1-1 s)
+        time.sleep(min(1.0, max(0.1, (time.time() - t0) / 100)))
     with open(log, "a") as f:
         f.write(f"wait_converged timeout; last status: {json.dumps(last)}\n")
     print(f"timed out after {timeout}s waiting for {node} to hold {nfiles} files and be in sync; "
@@ -242,6 +247,18 @@ def wait_region(path, offset, patch, t0, timeout):
     print(f"timed out after {timeout}s waiting for the edit to reach {path}", file=sys.stderr)
     return 1
 
+def cpu(*pids):
+    """Print user+system CPU seconds of each pid."""
+    tck = os.sysconf("SC_CLK_TCK"); out = []
+    for p in pids:
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            out.append(f"{(int(f[11]) + int(f[12])) / tck:.1f}")
+        except OSError:
+            out.append("?")
+    print(" ".join(out))
+    return 0
+
 def ratio(a, b):
     a, b = float(a), float(b)
     print(f"{a / b:.2f}" if b > 0 else "n/a")
@@ -263,6 +280,7 @@ if __name__ == "__main__":
               "counters": lambda: counters(*args),
               "tcpbytes": lambda: tcpbytes(*args),
               "wait-region": lambda: wait_region(*args),
+              "cpu": lambda: cpu(*args),
               "ratio": lambda: ratio(*args)}[cmd]())
 EOF
 py() { python3 "$PY" "$@"; }
@@ -336,11 +354,13 @@ cat >"$CFG" <<EOF
 # written by bench/run.sh
 [nodes.A]
 address = "127.0.0.1:$PORT_A"
+listen = "127.0.0.1:$PORT_A"
 root = "$T/a"
 id = "$ID_A"
 
 [nodes.B]
 address = "127.0.0.1:$PORT_B"
+listen = "127.0.0.1:$PORT_B"
 root = "$T/b"
 id = "$ID_B"
 
@@ -388,6 +408,8 @@ R[cs1_wire]=$wire_ab
 say "   clustersync: ${R[cs1_t]} s (both daemons started -> B holds $NTOTAL files, in_sync)"
 say "                payload to B $(human "${R[cs1_b]}") (chunk $cin + inline $iin, $rin records); TCP A->B $(human "$wire_ab"), B->A $(human "$wire_ba")"
 R[cs1_ratio]=$(py ratio "${R[cs1_t]}" "${R[rs1_t]}")
+read -r ca cb < <(py cpu "$PID_A" "$PID_B")
+say "                CPU used so far: A ${ca} s, B ${cb} s (2 cores)"
 d=$(verify_tree "$T/b/data" cs-initial); R[cs1_diff]=$d
 d2=$(verify_tree "$T/r/data" rsync-initial)
 say "   check: rsync -anic src vs B: $d differing entries (dir mtimes ignored); vs rsync dest: $d2"

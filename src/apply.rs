@@ -396,7 +396,10 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
     };
     match remote.version.compare(&local.rec.version) {
         Causality::Equal | Causality::Older => Decision::Ignore,
-        Causality::Newer => Decision::Take(remote.clone()),
+        Causality::Newer => {
+            settle_conflict(shared, g, remote);
+            Decision::Take(remote.clone())
+        }
         Causality::Concurrent => {
             let mut merged = local.rec.version.clone();
             merged.merge(&remote.version);
@@ -405,6 +408,35 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                 (Some(a), Some(b)) => a.same_content(b, g.cfg.owners != Owners::Ignore),
                 _ => false,
             };
+            if !same && g.cfg.conflict == ConflictPolicy::Manual {
+                // each node keeps its own version until `clustersync resolve`
+                let existing = shared
+                    .index
+                    .conflict(&g.cfg.name, &remote.path)
+                    .ok()
+                    .flatten()
+                    .filter(|c| !c.resolved);
+                let new = existing.is_none();
+                let mut info = existing.unwrap_or_else(|| ConflictInfo {
+                    nodes: vec![local.rec.origin.clone()],
+                    resolved: false,
+                    winner: String::new(),
+                    kept_as: None,
+                    time: crate::node::unix_now(),
+                    versions: vec![],
+                });
+                info.add_version(remote);
+                let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
+                if new {
+                    tracing::warn!(
+                        group = %g.cfg.name,
+                        "conflict on {}: versions from {} and {}; left unresolved (policy manual): run `clustersync resolve {} --keep NODE`",
+                        remote.path, local.rec.origin, remote.origin, remote.path
+                    );
+                    shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
+                }
+                return Decision::Ignore;
+            }
             let wins = remote_wins(&g.cfg.conflict, &local.rec, remote);
             if !same {
                 let loser = if wins {
@@ -424,13 +456,17 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                 );
                 let mut nodes = vec![local.rec.origin.clone(), remote.origin.clone()];
                 nodes.sort();
+                let kept = g.cfg.backup_generations > 0
+                    && !(if wins { &local.rec } else { remote }).is_deleted();
                 let info = ConflictInfo {
                     nodes,
                     resolved: true,
                     winner: winner.clone(),
-                    kept_as: (!wins || !local.rec.is_deleted())
-                        .then(|| format!("version from {loser}")),
+                    kept_as: kept.then(|| {
+                        format!("backup on {loser} (clustersync backups {})", remote.path)
+                    }),
                     time: crate::node::unix_now(),
+                    versions: vec![],
                 };
                 let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
                 shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
@@ -446,6 +482,87 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
             }
         }
     }
+}
+
+/// A version that descends from every competing one ends an unresolved conflict.
+fn settle_conflict(shared: &Shared, g: &GroupRt, newer: &Record) {
+    let Ok(Some(mut c)) = shared.index.conflict(&g.cfg.name, &newer.path) else {
+        return;
+    };
+    if c.resolved {
+        return;
+    }
+    if c
+        .versions
+        .iter()
+        .all(|v| newer.version.compare(&v.version) == Causality::Newer)
+    {
+        c.resolved = true;
+        c.winner = newer.origin.clone();
+        c.versions.clear();
+        let _ = shared.index.put_conflict(&g.cfg.name, &newer.path, &c);
+    }
+}
+
+/// `clustersync resolve PATH --keep NODE`: end an unresolved conflict with one node's version.
+///
+/// The chosen version gets a version vector that descends from every competing one (their
+/// merge, plus one change by this node), so every node takes it; the versions it replaces are
+/// kept as backups where they are overwritten.
+pub async fn resolve(shared: &Arc<Shared>, g: &GroupRt, path: &str, keep: &str) -> Result<String, String> {
+    let group = g.cfg.name.as_str();
+    let mut info = shared
+        .index
+        .conflict(group, path)
+        .map_err(|e| e.to_string())?
+        .filter(|c| !c.resolved)
+        .ok_or_else(|| format!("no unresolved conflict on {path} in group {group}"))?;
+    let local = shared
+        .reconcile_path(g, path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{path} is not in the index"))?;
+    let mut vv = local.rec.version.clone();
+    for v in &info.versions {
+        vv.merge(&v.version);
+    }
+    vv.bump(&shared.name);
+    let entry = if keep == shared.name || keep == local.rec.origin {
+        let mut e = local.clone();
+        e.rec.version = vv;
+        e
+    } else {
+        let v = info.versions.iter().find(|v| v.origin == keep).ok_or_else(|| {
+            let mut have: Vec<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
+            have.push(&local.rec.origin);
+            format!("no version from {keep} in this conflict (versions from: {})", have.join(", "))
+        })?;
+        let mut rec = v.clone();
+        rec.version = vv;
+        let peer = shared.peer(keep);
+        execute(shared, peer.as_ref(), g, &rec, None, Some(&local), &mut [])
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    shared.audit(group, path, "resolve", &entry.rec);
+    let seq = shared
+        .index
+        .commit(
+            group,
+            vec![Change {
+                entry,
+                announce: true,
+            }],
+        )
+        .map_err(|e| e.to_string())?;
+    shared.publish_seq(seq);
+    info.resolved = true;
+    info.winner = keep.to_string();
+    info.versions.clear();
+    shared
+        .index
+        .put_conflict(group, path, &info)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{path}: kept the version of {keep}; it now travels to every node"))
 }
 
 async fn execute(

@@ -237,12 +237,7 @@ async fn run(args: Args) -> Result<u8> {
         } => sync(&s, groups, dry_run, timeout).await,
         Cmd::Status { json } => status(&s, json).await,
         Cmd::Conflicts { json } => conflicts(&s, json).await,
-        Cmd::Resolve { path, keep } => Err(exit(
-            1,
-            format!(
-                "resolve {path} --keep {keep}: not supported yet (conflict = \"manual\" is not built yet; conflicts are resolved automatically by the group's policy)"
-            ),
-        )),
+        Cmd::Resolve { path, keep } => resolve(&s, &path, &keep).await,
         Cmd::Mark { paths } => {
             let _ = load_config(&s)?;
             let ans = control::call(&s.state_dir, &Request::Mark { paths })
@@ -355,6 +350,9 @@ fn print_report(rep: &crate::node::SyncReport) -> u8 {
     }
     if !rep.unreachable.is_empty() {
         eprintln!("could not reach: {}", rep.unreachable.join(", "));
+    }
+    for p in &rep.unresolved {
+        eprintln!("unresolved conflict: {p} (clustersync resolve {p} --keep NODE)");
     }
     if rep.pending > 0 {
         eprintln!("{} changes could not be applied yet", rep.pending);
@@ -471,38 +469,101 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
 
 async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
     let _cfg = load_config(s)?;
-    let list = match crate::index::Index::open(&s.state_dir.join("index.redb")) {
-        Ok(ix) => ix.conflicts()?,
-        Err(_) if control::daemon_running(&s.state_dir).await => {
-            return Err(exit(
-                1,
-                "the index is held by the running daemon; conflicts are in its log and audit.log (listing through the daemon is not built yet)",
-            ));
+    let doc = match control::call(&s.state_dir, &Request::Conflicts).await {
+        Ok(v) => v,
+        Err(control::ControlError::NoDaemon(_)) => {
+            let ix = crate::index::Index::open(&s.state_dir.join("index.redb"))?;
+            control::conflicts_json(&ix.conflicts()?)
         }
         Err(e) => return Err(e.into()),
     };
-    let items: Vec<serde_json::Value> = list
-        .iter()
-        .map(|(g, p, c)| {
-            serde_json::json!({"group": g, "path": p, "nodes": c.nodes, "resolved": c.resolved,
-                "kept_as": c.kept_as, "winner": c.winner, "time": c.time})
-        })
-        .collect();
+    if let Some(e) = doc.get("error").and_then(|e| e.as_str()) {
+        return Err(exit(1, e.to_string()));
+    }
     if json {
-        println!("{}", serde_json::json!({ "conflicts": items }));
-    } else if items.is_empty() {
+        println!("{doc}");
+        return Ok(0);
+    }
+    let list = doc["conflicts"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
         println!("no conflicts");
-    } else {
-        for (g, p, c) in &list {
+    }
+    for c in list {
+        let nodes: Vec<String> = c["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if c["resolved"] == true {
             println!(
-                "{g} {p}: {} ({}), winner {}",
-                c.nodes.join(" vs "),
-                if c.resolved { "resolved" } else { "UNRESOLVED" },
-                c.winner
+                "{} {}: {} -> kept {}{}",
+                c["group"].as_str().unwrap_or_default(),
+                c["path"].as_str().unwrap_or_default(),
+                nodes.join(" vs "),
+                c["winner"].as_str().unwrap_or_default(),
+                c["kept_as"].as_str().map(|k| format!("; loser: {k}")).unwrap_or_default()
+            );
+        } else {
+            println!(
+                "{} {}: {} UNRESOLVED (clustersync resolve {} --keep NODE)",
+                c["group"].as_str().unwrap_or_default(),
+                c["path"].as_str().unwrap_or_default(),
+                nodes.join(" vs "),
+                c["path"].as_str().unwrap_or_default()
             );
         }
     }
     Ok(0)
+}
+
+async fn resolve(s: &Settings, path: &str, keep: &str) -> Result<u8> {
+    let cfg = load_config(s)?;
+    if cfg.node(keep).is_none() {
+        return Err(exit(2, format!("--keep {keep}: no such node in the config")));
+    }
+    let (_, logical) = find_group(&cfg, s, path)?;
+    let req = Request::Resolve {
+        path: logical.clone(),
+        keep: keep.to_string(),
+    };
+    let ans = match control::call(&s.state_dir, &req).await {
+        Ok(v) => v,
+        Err(control::ControlError::NoDaemon(_)) => {
+            // no daemon: do it in-process, connected to the peers, then push the result
+            let node = Node::start(NodeOptions {
+                config: cfg,
+                name: s.node.clone(),
+                state_dir: s.state_dir.clone(),
+                listen: false,
+                watch: false,
+                dial_all: true,
+                dry_run: false,
+            })
+            .await
+            .context("cannot start")?;
+            let _ = node.shared.sync(&[], Duration::from_secs(30)).await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            node.shared.submit(crate::node::Work::Resolve {
+                path: logical,
+                keep: keep.to_string(),
+                reply: tx,
+            });
+            let r = rx.await.unwrap_or_else(|_| Err("stopped".into()));
+            let _ = node.shared.sync(&[], Duration::from_secs(30)).await;
+            node.stop().await;
+            match r {
+                Ok(m) => serde_json::json!({ "ok": m }),
+                Err(e) => serde_json::json!({ "error": e }),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match ans.get("error").and_then(|e| e.as_str()) {
+        Some(e) => Err(exit(1, e.to_string())),
+        None => {
+            println!("{}", ans["ok"].as_str().unwrap_or("resolved"));
+            Ok(0)
+        }
+    }
 }
 
 fn find_group(cfg: &Config, s: &Settings, path: &str) -> Result<(String, String)> {

@@ -250,9 +250,6 @@ impl Config {
             if g.on_drift_set {
                 used.push((key("on_drift"), "on_drift (replicas)"));
             }
-            if g.conflict == ConflictPolicy::Manual {
-                used.push((key("conflict"), "conflict = \"manual\""));
-            }
             if g.xattrs {
                 used.push((key("xattrs"), "xattrs = true"));
             }
@@ -2783,12 +2780,6 @@ address = "10.0.0.3"
                 10,
                 "groups.g.on_drift",
                 "on_drift (replicas)",
-            ),
-            (
-                format!("{head}conflict = \"manual\"\n"),
-                10,
-                "groups.g.conflict",
-                "conflict = \"manual\"",
             ),
             (
                 format!("{head}xattrs = true\n"),

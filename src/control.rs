@@ -28,6 +28,11 @@ pub enum Request {
     Mark {
         paths: Vec<String>,
     },
+    Conflicts,
+    Resolve {
+        path: String,
+        keep: String,
+    },
 }
 
 /// Errors talking to the daemon.
@@ -156,6 +161,23 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
                 serde_json::to_value(rep).unwrap_or_default()
             }
         }
+        Ok(Request::Conflicts) => match shared.index.conflicts() {
+            Ok(list) => conflicts_json(&list),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+        Ok(Request::Resolve { path, keep }) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            shared.submit(Work::Resolve {
+                path,
+                keep,
+                reply: tx,
+            });
+            match rx.await {
+                Ok(Ok(msg)) => serde_json::json!({ "ok": msg }),
+                Ok(Err(e)) => serde_json::json!({ "error": e }),
+                Err(_) => serde_json::json!({"error": "the daemon is stopping"}),
+            }
+        }
         Ok(Request::Mark { paths }) => {
             let mut unknown = Vec::new();
             for p in paths {
@@ -175,6 +197,19 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
     text.push('\n');
     w.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// The `conflicts --json` document.
+pub fn conflicts_json(list: &[(String, String, crate::index::ConflictInfo)]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(g, p, c)| {
+            serde_json::json!({"group": g, "path": p, "nodes": c.nodes, "resolved": c.resolved,
+                "kept_as": c.kept_as, "winner": if c.resolved { Some(&c.winner) } else { None },
+                "time": c.time})
+        })
+        .collect();
+    serde_json::json!({ "conflicts": items })
 }
 
 impl Shared {

@@ -64,6 +64,20 @@ pub struct ConflictInfo {
     /// Where the losing version was kept (a backup id), if anywhere.
     pub kept_as: Option<String>,
     pub time: i64,
+    /// For an unresolved (`manual`) conflict: the competing versions of other nodes.
+    pub versions: Vec<crate::record::Record>,
+}
+
+impl ConflictInfo {
+    /// Record one more competing version (replacing an older one of the same origin).
+    pub fn add_version(&mut self, r: &crate::record::Record) {
+        self.versions.retain(|v| v.origin != r.origin);
+        self.versions.push(r.clone());
+        if !self.nodes.contains(&r.origin) {
+            self.nodes.push(r.origin.clone());
+            self.nodes.sort();
+        }
+    }
 }
 
 /// Where a chunk's bytes can be read on this node (a hint: verify the hash).
@@ -429,6 +443,22 @@ impl Index {
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The recorded conflict of one path, if any.
+    pub fn conflict(&self, group: &str, path: &str) -> Result<Option<ConflictInfo>, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        match t.get((group, path)).map_err(|e| self.err(e))? {
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| IndexError::Corrupt {
+                    path: self.path.clone(),
+                    key: path.into(),
+                    msg: e.to_string(),
+                }),
+            None => Ok(None),
+        }
     }
 
     /// All recorded conflicts: (group, path, info).

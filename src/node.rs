@@ -121,6 +121,11 @@ pub enum Work {
     Marker {
         reply: oneshot::Sender<()>,
     },
+    Resolve {
+        path: String,
+        keep: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// How to run a node.
@@ -848,6 +853,16 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
             Work::Marker { reply } => {
                 let _ = reply.send(());
             }
+            Work::Resolve { path, keep, reply } => {
+                let r = match shared.group_of_path(&path) {
+                    None => Err(format!("{path} is not in any group of this node")),
+                    Some((gname, logical)) => match shared.group(&gname) {
+                        Some(g) => apply::resolve(&shared, g, &logical, &keep).await,
+                        None => Err(format!("unknown group {gname}")),
+                    },
+                };
+                let _ = reply.send(r);
+            }
         }
     }
 }
@@ -1010,6 +1025,9 @@ pub struct SyncReport {
     pub conflicts: usize,
     pub stopped: Vec<String>,
     pub pending: usize,
+    /// Unresolved conflicts that remain.
+    #[serde(default)]
+    pub unresolved: Vec<String>,
 }
 
 impl Shared {
@@ -1065,6 +1083,17 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        report.unresolved = self
+            .index
+            .conflicts()
+            .map(|l| {
+                l.into_iter()
+                    .filter(|(g, _, c)| !c.resolved && names.contains(g))
+                    .map(|(_, p, _)| p)
+                    .collect()
+            })
+            .unwrap_or_default();
+        report.conflicts = report.unresolved.len();
         let gs = lock(&self.gstate);
         for n in &names {
             if let Some(r) = gs.get(n).and_then(|s| s.stopped.clone()) {

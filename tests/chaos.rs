@@ -1,0 +1,590 @@
+//! Chaos: a randomized, seeded fault-injection run on a 3-node cluster with proxies. Random
+//! writes (small and chunked), deletes, renames, chmods and offline changes interleave with
+//! link cuts, SIGKILLs and SIGTERMs; afterwards every node must converge to a tree whose every
+//! file holds content somebody wrote (whole, at a path it was written or renamed to), with no
+//! temp file left, and a final round of writes must reach every node exactly (SPEC §5.2–§5.4).
+//!
+//! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m cargo test --test chaos -- --nocapture`
+//! (`CHAOS_SEED` also takes `a,b,c` or `a-b`; `CS_TEST_KEEP=1` keeps the test directory).
+
+mod common;
+use common::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+/// Seeds run when `CHAOS_SEED` is not set.
+const DEFAULT_SEEDS: &[u64] = &[1, 2, 3];
+/// Steps per seed when `CHAOS_STEPS` is not set.
+const DEFAULT_STEPS: u64 = 40;
+const NODES: [&str; 3] = ["a", "b", "c"];
+/// The files every action picks from (2–3 levels of directories; no path is a prefix of
+/// another, so a file never has to become a directory).
+const PATHS: [&str; 15] = [
+    "top-1",
+    "top-2",
+    "top-3",
+    "d1/one",
+    "d1/two",
+    "d1/three",
+    "d1/four",
+    "d2/x.txt",
+    "d2/y.txt",
+    "d2/sub/p",
+    "d2/sub/q",
+    "d2/sub/r",
+    "d3/deep/er/m",
+    "d3/deep/er/n",
+    "d3/o",
+];
+/// Never touched by the chaos, so the group path is never empty (the mass-deletion guard has
+/// its own tests).
+const ANCHOR: &str = "anchor";
+const ANCHOR_DATA: &str = "anchor: never touched\n";
+/// Bound of the final convergence after the chaos (restarted nodes back off up to 2 s, and
+/// every node may have a queue of work).
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// splitmix64: small, seedable, good enough for picking actions.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+fn env_u64(k: &str) -> Option<u64> {
+    std::env::var(k).ok().map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{k}={v}: not a number"))
+    })
+}
+
+/// `CHAOS_SEED`: `n`, `a,b,c` or `a-b`.
+fn seeds() -> Vec<u64> {
+    let Ok(v) = std::env::var("CHAOS_SEED") else {
+        return DEFAULT_SEEDS.to_vec();
+    };
+    let num = |s: &str| -> u64 {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CHAOS_SEED={v}: bad seed {s:?}"))
+    };
+    let mut out = Vec::new();
+    for part in v.split(',').filter(|p| !p.trim().is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(num(a)..=num(b)),
+            None => out.push(num(part)),
+        }
+    }
+    out
+}
+
+/// The unique id of a content: its first line.
+fn id_of(data: &[u8]) -> String {
+    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// Prints how to reproduce a run if it panics.
+struct OnFailure {
+    seed: u64,
+    steps: u64,
+}
+
+impl Drop for OnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\nchaos: FAILED with seed {} and {} steps; reproduce with\n  \
+                 CHAOS_SEED={} CHAOS_STEPS={} CS_TEST_KEEP=1 cargo test --test chaos -- --nocapture\n",
+                self.seed, self.steps, self.seed, self.steps
+            );
+        }
+    }
+}
+
+struct Chaos {
+    c: Cluster,
+    rng: Rng,
+    seed: u64,
+    step: u64,
+    counter: u64,
+    /// id → blake3 of the whole content written under that id.
+    written: HashMap<String, blake3::Hash>,
+    /// path → every id that was written or renamed to it, on any node.
+    history: HashMap<&'static str, HashSet<String>>,
+    cut: HashMap<&'static str, bool>,
+    /// Stopped nodes and the step at which they are started again.
+    down: HashMap<&'static str, u64>,
+    t0: Instant,
+}
+
+impl Chaos {
+    fn new(seed: u64) -> Chaos {
+        let c = Cluster::new(
+            &NODES,
+            Opts {
+                proxies: true,
+                ..Default::default()
+            },
+        );
+        Chaos {
+            c,
+            rng: Rng(seed ^ 0xC1A0_5EED),
+            seed,
+            step: 0,
+            counter: 0,
+            written: HashMap::new(),
+            history: HashMap::new(),
+            cut: NODES.iter().map(|n| (*n, false)).collect(),
+            down: HashMap::new(),
+            t0: Instant::now(),
+        }
+    }
+
+    fn log(&self, node: &str, what: impl std::fmt::Display) {
+        println!(
+            "[seed {} step {:>3} {:>7.2}s] {node}: {what}",
+            self.seed,
+            self.step,
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    fn running(&self, node: &str) -> bool {
+        self.c.node(node).child.is_some()
+    }
+
+    /// A fresh unique content: "node:step:counter" then padding, sometimes large enough for
+    /// chunked transfer.
+    fn content(&mut self, node: &str) -> (String, Vec<u8>) {
+        self.counter += 1;
+        let id = format!("{node}:{}:{}", self.step, self.counter);
+        let pad = match self.rng.below(100) {
+            0..60 => self.rng.range(0, 200),
+            60..85 => self.rng.range(1 << 10, 16 << 10),
+            _ => self.rng.range(64 << 10, 300 << 10),
+        } as usize;
+        let mut data = format!("{id}\n").into_bytes();
+        data.extend(bytes(pad, self.seed << 32 ^ self.counter));
+        self.written.insert(id.clone(), blake3::hash(&data));
+        (id, data)
+    }
+
+    fn remember(&mut self, path: &'static str, id: String) {
+        self.history.entry(path).or_default().insert(id);
+    }
+
+    /// Existing chaos files on `node`'s disk.
+    fn existing(&self, node: &str) -> Vec<&'static str> {
+        PATHS
+            .iter()
+            .copied()
+            .filter(|p| self.c.path(node, p).is_file())
+            .collect()
+    }
+
+    fn write(&mut self, node: &'static str, atomic: bool) {
+        let path = *self.rng.pick(&PATHS);
+        let (id, data) = self.content(node);
+        self.remember(path, id.clone());
+        let p = self.c.path(node, path);
+        let how = if atomic { "atomic write" } else { "write" };
+        self.log(
+            node,
+            format_args!("{how} {path} = {id} ({} bytes)", data.len()),
+        );
+        if atomic {
+            // like an editor: a sibling written in full, then renamed over the file
+            let tmp = p.with_file_name(format!(
+                ".{}.chaos-new",
+                p.file_name().unwrap().to_string_lossy()
+            ));
+            write(&tmp, &data);
+            if let Err(e) = std::fs::rename(&tmp, &p) {
+                self.log(node, format_args!("  rename failed: {e}"));
+                let _ = std::fs::remove_file(&tmp);
+            }
+        } else if let Err(e) =
+            std::fs::create_dir_all(p.parent().unwrap()).and_then(|_| std::fs::write(&p, &data))
+        {
+            // the daemon may be replacing the directory structure under us
+            self.log(node, format_args!("  write failed: {e}"));
+        }
+    }
+
+    fn delete(&mut self, node: &'static str) {
+        let have = self.existing(node);
+        if have.is_empty() {
+            return self.write(node, false);
+        }
+        let path = *self.rng.pick(&have);
+        self.log(node, format_args!("delete {path}"));
+        if let Err(e) = std::fs::remove_file(self.c.path(node, path)) {
+            self.log(node, format_args!("  delete failed: {e}"));
+        }
+    }
+
+    fn rename(&mut self, node: &'static str) {
+        let have = self.existing(node);
+        if have.is_empty() {
+            return self.write(node, false);
+        }
+        let from = *self.rng.pick(&have);
+        let to = loop {
+            let to = *self.rng.pick(&PATHS);
+            if to != from {
+                break to;
+            }
+        };
+        let (pf, pt) = (self.c.path(node, from), self.c.path(node, to));
+        // the content moved: read before and after, as the daemon may replace a file meanwhile
+        if let Ok(d) = std::fs::read(&pf) {
+            self.remember(to, id_of(&d));
+        }
+        self.log(node, format_args!("rename {from} -> {to}"));
+        let r =
+            std::fs::create_dir_all(pt.parent().unwrap()).and_then(|_| std::fs::rename(&pf, &pt));
+        if let Err(e) = r {
+            self.log(node, format_args!("  rename failed: {e}"));
+        }
+        if let Ok(d) = std::fs::read(&pt) {
+            self.remember(to, id_of(&d));
+        }
+    }
+
+    fn chmod(&mut self, node: &'static str) {
+        let have = self.existing(node);
+        if have.is_empty() {
+            return self.write(node, false);
+        }
+        let path = *self.rng.pick(&have);
+        let mode = *self.rng.pick(&[0o644, 0o600, 0o640, 0o664, 0o755]);
+        self.log(node, format_args!("chmod {mode:o} {path}"));
+        let _ = std::fs::set_permissions(
+            self.c.path(node, path),
+            std::fs::Permissions::from_mode(mode),
+        );
+    }
+
+    fn toggle_cut(&mut self, node: &'static str) {
+        let now = !self.cut[node];
+        self.cut.insert(node, now);
+        let proxy = self.c.node(node).proxy.as_ref().unwrap();
+        if now {
+            self.log(node, "cut proxy");
+            proxy.cut();
+        } else {
+            self.log(node, "heal proxy");
+            proxy.heal();
+        }
+    }
+
+    fn start(&mut self, node: &'static str) {
+        self.log(node, "start");
+        self.down.remove(node);
+        self.c.start(node);
+    }
+
+    fn kill(&mut self, node: &'static str) {
+        if !self.running(node) {
+            return self.start(node);
+        }
+        self.log(node, "SIGKILL");
+        self.c.kill(node);
+        if self.rng.chance(40) {
+            self.start(node);
+        } else {
+            let at = self.step + self.rng.range(1, 6);
+            self.down.insert(node, at);
+        }
+    }
+
+    fn stop(&mut self, node: &'static str) {
+        if !self.running(node) {
+            return self.start(node);
+        }
+        self.log(node, "SIGTERM");
+        let st = self.c.stop(node);
+        assert!(
+            st.success(),
+            "{node} did not exit cleanly on SIGTERM: {st:?}"
+        );
+        let at = self.step + self.rng.range(1, 8);
+        self.down.insert(node, at);
+    }
+
+    fn step(&mut self) {
+        let due: Vec<&'static str> = NODES
+            .iter()
+            .copied()
+            .filter(|n| self.down.get(n).is_some_and(|&at| at <= self.step))
+            .collect();
+        for n in due {
+            self.start(n);
+        }
+        let node = *self.rng.pick(&NODES);
+        match self.rng.below(100) {
+            0..35 => self.write(node, false),
+            35..42 => self.write(node, true),
+            42..54 => self.delete(node),
+            54..64 => self.rename(node),
+            64..69 => self.chmod(node),
+            69..82 => self.toggle_cut(node),
+            82..92 => self.kill(node),
+            _ => self.stop(node),
+        }
+        let pause = self.rng.range(0, 200);
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+
+    /// A daemon that exited on its own is a crash.
+    fn assert_alive(&mut self) {
+        for n in &mut self.c.nodes {
+            if let Some(ch) = n.child.as_mut()
+                && let Some(st) = ch.try_wait().unwrap()
+            {
+                panic!("daemon {} exited on its own: {st:?}", n.name);
+            }
+        }
+    }
+
+    fn assert_no_panics(&self) {
+        for n in NODES {
+            let log = self.c.log(n);
+            let bad: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("panicked") || l.contains("RUST_BACKTRACE"))
+                .collect();
+            assert!(bad.is_empty(), "{n} panicked:\n{}", bad.join("\n"));
+        }
+    }
+
+    /// Converged, every node in sync, and still the same tree afterwards.
+    fn settle(&self, what: &str) -> BTreeMap<String, String> {
+        let t0 = Instant::now();
+        let mut tree = BTreeMap::new();
+        let mut last_diff = String::new();
+        let ok = wait_until_soft(SETTLE, || {
+            let first = self.c.tree(NODES[0]);
+            for n in &NODES[1..] {
+                let t = self.c.tree(n);
+                if t != first {
+                    last_diff = diff(NODES[0], &first, n, &t);
+                    return false;
+                }
+            }
+            let in_sync = NODES.iter().all(|n| {
+                self.c
+                    .status(n)
+                    .is_some_and(|s| s["groups"][0]["in_sync"] == true)
+            });
+            if !in_sync {
+                last_diff = format!("trees agree but not every node reports in_sync: {}", {
+                    let v: Vec<String> = NODES
+                        .iter()
+                        .map(|n| {
+                            let s = self.c.status(n).unwrap_or_default();
+                            format!("{n}: {}", s["groups"][0])
+                        })
+                        .collect();
+                    v.join("; ")
+                });
+                return false;
+            }
+            // and it stays so
+            std::thread::sleep(Duration::from_millis(300));
+            if NODES.iter().any(|n| self.c.tree(n) != first) {
+                last_diff = "trees changed after agreeing".into();
+                return false;
+            }
+            tree = first;
+            true
+        });
+        assert!(ok, "{what}: no convergence within {SETTLE:?}:\n{last_diff}");
+        println!(
+            "[seed {}] {what}: converged in {:.2}s, {} entries",
+            self.seed,
+            t0.elapsed().as_secs_f64(),
+            tree.len()
+        );
+        tree
+    }
+
+    fn check_contents(&self, tree: &BTreeMap<String, String>) {
+        for n in NODES {
+            for (k, v) in tree {
+                assert!(
+                    !k.contains(".clustersync.tmp"),
+                    "temp file left on {n}: {k}"
+                );
+                assert!(!k.contains(".chaos-new"), "stray sibling on {n}: {k}");
+                if !v.starts_with("file ") {
+                    continue;
+                }
+                let rel = k.trim_start_matches('/');
+                let data = std::fs::read(self.c.path(n, rel)).unwrap();
+                if rel == ANCHOR {
+                    assert_eq!(data, ANCHOR_DATA.as_bytes(), "anchor changed on {n}");
+                    continue;
+                }
+                let id = id_of(&data);
+                let Some(hash) = self.written.get(&id) else {
+                    panic!(
+                        "{n}:{k} holds content nobody wrote (first line {id:?}, {} bytes)",
+                        data.len()
+                    );
+                };
+                assert_eq!(
+                    *hash,
+                    blake3::hash(&data),
+                    "{n}:{k} holds a torn or partial version of {id} ({} bytes)",
+                    data.len()
+                );
+                let path = PATHS.iter().find(|p| **p == rel);
+                let Some(path) = path else {
+                    panic!("{n}:{k} is not a path the test ever used (holds {id})");
+                };
+                assert!(
+                    self.history.get(path).is_some_and(|h| h.contains(&id)),
+                    "{n}:{k} holds {id}, which was never written or renamed to that path"
+                );
+            }
+        }
+    }
+
+    fn run(&mut self, steps: u64) {
+        write(&self.c.path("a", ANCHOR), ANCHOR_DATA);
+        for p in &PATHS[..5] {
+            let (id, data) = self.content("a");
+            self.remember(p, id);
+            write(&self.c.path("a", p), data);
+        }
+        self.c.start_all();
+        self.c.wait_converged("start");
+
+        for s in 1..=steps {
+            self.step = s;
+            self.step();
+            self.assert_alive();
+        }
+        self.step = steps + 1;
+
+        // heal everything and bring every node back
+        for n in NODES {
+            if self.cut[n] {
+                self.toggle_cut(n);
+            }
+        }
+        for n in NODES {
+            if !self.running(n) {
+                self.start(n);
+            }
+        }
+        self.c.wait_connected();
+        self.log("*", "all healed, running and connected");
+        let tree = self.settle("after the chaos");
+        self.assert_alive();
+        self.check_contents(&tree);
+        self.assert_no_panics();
+
+        // a last round: every path written (or deleted) once, on a random node each
+        let mut expect: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
+        for p in PATHS {
+            let node = *self.rng.pick(&NODES);
+            let exists = self.c.path(node, p).is_file();
+            if exists && self.rng.chance(25) {
+                self.log(node, format_args!("final delete {p}"));
+                std::fs::remove_file(self.c.path(node, p)).unwrap();
+                expect.insert(p, None);
+            } else {
+                let (id, data) = self.content(node);
+                self.log(node, format_args!("final write {p} = {id}"));
+                self.remember(p, id);
+                write(&self.c.path(node, p), &data);
+                expect.insert(p, Some(data));
+            }
+        }
+        let tree = self.settle("after the final round");
+        self.assert_alive();
+        self.check_contents(&tree);
+        for n in NODES {
+            for (p, want) in &expect {
+                let got = std::fs::read(self.c.path(n, p)).ok();
+                assert!(
+                    got == *want,
+                    "final round: {n}:/{p} holds {:?}, expected {:?}",
+                    got.as_deref().map(id_of),
+                    want.as_deref().map(id_of)
+                );
+            }
+        }
+        self.assert_no_panics();
+        println!(
+            "[seed {}] passed: {steps} steps, {} contents written, {:.1}s",
+            self.seed,
+            self.written.len(),
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Like `wait_until`, but returns false instead of panicking at the limit.
+fn wait_until_soft(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn diff(a: &str, ta: &BTreeMap<String, String>, b: &str, tb: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for (k, v) in ta {
+        if tb.get(k) != Some(v) {
+            s.push_str(&format!("  {k}: {a}={v} {b}={:?}\n", tb.get(k)));
+        }
+    }
+    for (k, v) in tb {
+        if !ta.contains_key(k) {
+            s.push_str(&format!("  {k}: {a}=None {b}={v}\n"));
+        }
+    }
+    s
+}
+
+#[test]
+fn random_faults_converge_without_losing_or_inventing_content() {
+    let steps = env_u64("CHAOS_STEPS").unwrap_or(DEFAULT_STEPS);
+    for seed in seeds() {
+        println!("chaos: seed {seed}, {steps} steps");
+        let _guard = OnFailure { seed, steps };
+        Chaos::new(seed).run(steps);
+    }
+}
