@@ -75,6 +75,12 @@ pub fn validate(
     if !known_nodes(&r.origin) {
         return Err(refuse(format!("unknown origin node {:?}", r.origin)));
     }
+    if g.is_replica(&r.origin) {
+        return Err(refuse(format!(
+            "origin {:?} is a replica: it cannot make versions",
+            r.origin
+        )));
+    }
     if r.version.0.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
         return Err(refuse("oversized version vector".into()));
     }
@@ -224,7 +230,30 @@ pub async fn apply_batch(
     let group = g.cfg.name.as_str();
     // 1. reconcile the disk for these paths, then decide
     let mut plan: Vec<(Decision, WireRecord, Option<Entry>)> = Vec::new();
+    let drifted = if g.replica && g.cfg.on_drift == crate::config::OnDrift::Keep {
+        shared.drifted(group)
+    } else {
+        Vec::new()
+    };
+    let mut index_only: Vec<Change> = Vec::new();
     for w in records {
+        if drifted.contains(&w.rec.path) {
+            // on_drift = keep: the local file stays until the drift is resolved, but the
+            // index learns the group's version, which `resolve` then puts back
+            let newer = shared
+                .index
+                .get(group, &w.rec.path)
+                .ok()
+                .flatten()
+                .is_none_or(|l| w.rec.version.compare(&l.rec.version) == Causality::Newer);
+            if newer {
+                index_only.push(Change {
+                    entry: entry_from(w.rec, None),
+                    announce: true,
+                });
+            }
+            continue;
+        }
         let local = match shared.reconcile_path(g, &w.rec.path) {
             Ok(l) => l,
             Err(e) => {
@@ -286,6 +315,7 @@ pub async fn apply_batch(
             }
         })
     });
+    changes.extend(index_only);
     let mut touched_dirs: BTreeSet<String> = BTreeSet::new();
     let mut batch_deletes: Vec<String> = takes
         .iter()
@@ -329,6 +359,27 @@ pub async fn apply_batch(
         }
     }
     // 3. put directory mtimes back, deepest first
+    restore_dir_mtimes(shared, g, &touched_dirs, &mut changes);
+    if !changes.is_empty() {
+        match shared.index.commit(group, changes) {
+            Ok(seq) => shared.publish_seq(seq),
+            Err(e) => {
+                tracing::error!(group, "index commit failed: {e}");
+            }
+        }
+    }
+    out
+}
+
+/// Put back the mtime of directories whose children we changed (deepest first) and refresh
+/// their index entries, so our own writes are not taken for local changes.
+fn restore_dir_mtimes(
+    shared: &Shared,
+    g: &GroupRt,
+    touched_dirs: &BTreeSet<String>,
+    changes: &mut Vec<Change>,
+) {
+    let group = g.cfg.name.as_str();
     let mut in_batch: HashMap<String, usize> = HashMap::new();
     for (i, c) in changes.iter().enumerate() {
         in_batch.insert(c.entry.rec.path.clone(), i);
@@ -379,15 +430,6 @@ pub async fn apply_batch(
             }
         }
     }
-    if !changes.is_empty() {
-        match shared.index.commit(group, changes) {
-            Ok(seq) => shared.publish_seq(seq),
-            Err(e) => {
-                tracing::error!(group, "index commit failed: {e}");
-            }
-        }
-    }
-    out
 }
 
 fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) -> Decision {
@@ -398,6 +440,30 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
         Causality::Equal | Causality::Older => Decision::Ignore,
         Causality::Newer => {
             settle_conflict(shared, g, remote);
+            let lost = remote.beat.contains(&local.rec.origin)
+                && local.rec.origin != remote.origin
+                && !match (&local.rec.meta, &remote.meta) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.same_content(b, g.cfg.owners != Owners::Ignore),
+                    _ => false,
+                };
+            if lost {
+                // our version lost a conflict decided on another node: list it here too
+                let mut nodes = vec![local.rec.origin.clone(), remote.origin.clone()];
+                nodes.sort();
+                let info = ConflictInfo {
+                    nodes,
+                    resolved: true,
+                    winner: remote.origin.clone(),
+                    kept_as: (g.cfg.backup_generations > 0 && !local.rec.is_deleted()).then(|| {
+                        format!("backup on {} (clustersync backups {})", shared.name, remote.path)
+                    }),
+                    time: crate::node::unix_now(),
+                    versions: vec![],
+                };
+                let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
+                shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
+            }
             Decision::Take(remote.clone())
         }
         Causality::Concurrent => {
@@ -471,15 +537,85 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                 let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
                 shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
             }
+            let loser = if wins { &local.rec.origin } else { &remote.origin }.clone();
             if wins {
                 let mut r = remote.clone();
                 r.version = merged;
+                if !same && !r.beat.contains(&loser) {
+                    r.beat.push(loser);
+                }
                 Decision::Take(r)
             } else {
                 let mut e = local.clone();
                 e.rec.version = merged;
+                if !same && !e.rec.beat.contains(&loser) {
+                    e.rec.beat.push(loser);
+                }
                 Decision::Keep(e)
             }
+        }
+    }
+}
+
+/// Put the group's version back over drift on a replica (`on_drift = "revert"`).
+pub async fn revert(shared: &Arc<Shared>, g: &GroupRt, paths: Vec<String>) {
+    let group = g.cfg.name.as_str();
+    let mut items: Vec<(String, Option<Entry>)> = paths
+        .into_iter()
+        .map(|p| {
+            let e = shared
+                .index
+                .get(group, &p)
+                .ok()
+                .flatten()
+                .filter(|e| !e.rec.is_deleted());
+            (p, e)
+        })
+        .collect();
+    // restorations parents first, removals deepest first after them
+    items.sort_by(|a, b| match (&a.1, &b.1) {
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (Some(_), Some(_)) => a.0.cmp(&b.0),
+        (None, None) => b.0.cmp(&a.0),
+    });
+    let mut changes = Vec::new();
+    let mut touched = BTreeSet::new();
+    for (path, entry) in items {
+        let Ok(gp) = crate::paths::validate(&path, &g.cfg.paths) else {
+            continue;
+        };
+        let r = match &entry {
+            Some(e) => execute(shared, None, g, &e.rec, None, None, &mut [])
+                .await
+                .map(|mut fresh| {
+                    fresh.rec = e.rec.clone();
+                    changes.push(Change {
+                        entry: fresh,
+                        announce: false,
+                    });
+                }),
+            None => match crate::safefs::resolve(&shared.root, gp, &path, false) {
+                Ok(place) => place.remove().map_err(ApplyError::from),
+                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        };
+        touched.insert(crate::paths::parent(&path).to_string());
+        match r {
+            Ok(()) => {
+                shared.clear_drift(group, &path);
+                shared.audit_line(group, &path, "revert");
+                tracing::info!(group, "reverted drift on {path}");
+            }
+            Err(e) => tracing::warn!(group, "cannot revert drift on {path} yet: {e}"),
+        }
+    }
+    restore_dir_mtimes(shared, g, &touched, &mut changes);
+    if !changes.is_empty() {
+        match shared.index.commit(group, changes) {
+            Ok(seq) => shared.publish_seq(seq),
+            Err(e) => tracing::error!(group, "index commit: {e}"),
         }
     }
 }
@@ -492,8 +628,7 @@ fn settle_conflict(shared: &Shared, g: &GroupRt, newer: &Record) {
     if c.resolved {
         return;
     }
-    if c
-        .versions
+    if c.versions
         .iter()
         .all(|v| newer.version.compare(&v.version) == Causality::Newer)
     {
@@ -509,8 +644,31 @@ fn settle_conflict(shared: &Shared, g: &GroupRt, newer: &Record) {
 /// The chosen version gets a version vector that descends from every competing one (their
 /// merge, plus one change by this node), so every node takes it; the versions it replaces are
 /// kept as backups where they are overwritten.
-pub async fn resolve(shared: &Arc<Shared>, g: &GroupRt, path: &str, keep: &str) -> Result<String, String> {
+pub async fn resolve(
+    shared: &Arc<Shared>,
+    g: &GroupRt,
+    path: &str,
+    keep: &str,
+) -> Result<String, String> {
     let group = g.cfg.name.as_str();
+    if g.replica && shared.drifted(group).iter().any(|p| p == path) {
+        if keep == shared.name {
+            return Err(format!(
+                "{} is a replica of group {group}: its version cannot become the group's (copy it to a full member instead)",
+                shared.name
+            ));
+        }
+        revert(shared, g, vec![path.to_string()]).await;
+        return if shared.drifted(group).iter().any(|p| p == path) {
+            Err(format!(
+                "{path}: could not put the group's version back yet (see the log)"
+            ))
+        } else {
+            Ok(format!(
+                "{path}: drift resolved, the group's version is back"
+            ))
+        };
+    }
     let mut info = shared
         .index
         .conflict(group, path)
@@ -531,11 +689,18 @@ pub async fn resolve(shared: &Arc<Shared>, g: &GroupRt, path: &str, keep: &str) 
         e.rec.version = vv;
         e
     } else {
-        let v = info.versions.iter().find(|v| v.origin == keep).ok_or_else(|| {
-            let mut have: Vec<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
-            have.push(&local.rec.origin);
-            format!("no version from {keep} in this conflict (versions from: {})", have.join(", "))
-        })?;
+        let v = info
+            .versions
+            .iter()
+            .find(|v| v.origin == keep)
+            .ok_or_else(|| {
+                let mut have: Vec<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
+                have.push(&local.rec.origin);
+                format!(
+                    "no version from {keep} in this conflict (versions from: {})",
+                    have.join(", ")
+                )
+            })?;
         let mut rec = v.clone();
         rec.version = vv;
         let peer = shared.peer(keep);
@@ -544,15 +709,15 @@ pub async fn resolve(shared: &Arc<Shared>, g: &GroupRt, path: &str, keep: &str) 
             .map_err(|e| e.to_string())?
     };
     shared.audit(group, path, "resolve", &entry.rec);
+    let mut changes = vec![Change {
+        entry,
+        announce: true,
+    }];
+    let touched = BTreeSet::from([crate::paths::parent(path).to_string()]);
+    restore_dir_mtimes(shared, g, &touched, &mut changes);
     let seq = shared
         .index
-        .commit(
-            group,
-            vec![Change {
-                entry,
-                announce: true,
-            }],
-        )
+        .commit(group, changes)
         .map_err(|e| e.to_string())?;
     shared.publish_seq(seq);
     info.resolved = true;
@@ -562,7 +727,9 @@ pub async fn resolve(shared: &Arc<Shared>, g: &GroupRt, path: &str, keep: &str) 
         .index
         .put_conflict(group, path, &info)
         .map_err(|e| e.to_string())?;
-    Ok(format!("{path}: kept the version of {keep}; it now travels to every node"))
+    Ok(format!(
+        "{path}: kept the version of {keep}; it now travels to every node"
+    ))
 }
 
 async fn execute(

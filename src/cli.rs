@@ -491,7 +491,11 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
     for c in list {
         let nodes: Vec<String> = c["nodes"]
             .as_array()
-            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if c["resolved"] == true {
             println!(
@@ -500,7 +504,10 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
                 c["path"].as_str().unwrap_or_default(),
                 nodes.join(" vs "),
                 c["winner"].as_str().unwrap_or_default(),
-                c["kept_as"].as_str().map(|k| format!("; loser: {k}")).unwrap_or_default()
+                c["kept_as"]
+                    .as_str()
+                    .map(|k| format!("; loser: {k}"))
+                    .unwrap_or_default()
             );
         } else {
             println!(
@@ -518,7 +525,10 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
 async fn resolve(s: &Settings, path: &str, keep: &str) -> Result<u8> {
     let cfg = load_config(s)?;
     if cfg.node(keep).is_none() {
-        return Err(exit(2, format!("--keep {keep}: no such node in the config")));
+        return Err(exit(
+            2,
+            format!("--keep {keep}: no such node in the config"),
+        ));
     }
     let (_, logical) = find_group(&cfg, s, path)?;
     let req = Request::Resolve {

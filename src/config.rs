@@ -244,12 +244,6 @@ impl Config {
         let mut used: Vec<(String, &str)> = Vec::new();
         for g in self.groups.values() {
             let key = |k: &str| format!("groups.{}.{k}", g.name);
-            if !g.replicas.is_empty() {
-                used.push((key("replicas"), "replicas (receive-only members)"));
-            }
-            if g.on_drift_set {
-                used.push((key("on_drift"), "on_drift (replicas)"));
-            }
             if g.xattrs {
                 used.push((key("xattrs"), "xattrs = true"));
             }
@@ -1944,15 +1938,15 @@ address = "10.0.0.3"
         else {
             panic!("the SPEC example uses unsupported features");
         };
-        // The earliest unsupported feature in the file is `replicas`.
+        // The earliest unsupported feature in the file is the actions block.
         assert_eq!(
             (line, key.as_str()),
-            (line_of(&text, "replicas ="), "groups.www.replicas")
+            (
+                line_of(&text, "[[groups.www.actions]]"),
+                "groups.www.actions"
+            )
         );
-        assert_eq!(
-            message,
-            "not supported yet: replicas (receive-only members)"
-        );
+        assert_eq!(message, "not supported yet: actions");
     }
 
     #[test]
@@ -2769,18 +2763,6 @@ address = "10.0.0.3"
     fn refuse_unsupported_each_feature() {
         let head = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n";
         let cases = [
-            (
-                format!("{head}replicas = [\"web2\"]\n"),
-                10,
-                "groups.g.replicas",
-                "replicas (receive-only members)",
-            ),
-            (
-                format!("{head}on_drift = \"revert\"\n"),
-                10,
-                "groups.g.on_drift",
-                "on_drift (replicas)",
-            ),
             (
                 format!("{head}xattrs = true\n"),
                 10,

@@ -493,6 +493,7 @@ mod tests {
                 path: path.into(),
                 version: VersionVector::default(),
                 origin: "a".into(),
+                beat: vec![],
                 meta: Some(Meta {
                     kind: Kind::File,
                     mode: 0o644,

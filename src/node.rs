@@ -85,6 +85,18 @@ pub struct GroupRt {
     pub filter: Filter,
     /// The other members.
     pub peers: Vec<String>,
+    /// This node is a receive-only member (replica) of the group.
+    pub replica: bool,
+    /// A replica's first scan: what is already there is adopted (with an empty version, so
+    /// the group's versions replace it), not reported as drift.
+    pub adopt: std::sync::atomic::AtomicBool,
+}
+
+impl GroupRt {
+    /// Does `node` only receive in this group?
+    pub fn is_replica(&self, node: &str) -> bool {
+        self.cfg.replicas.iter().any(|r| r == node)
+    }
 }
 
 /// Live state of a group on this node.
@@ -95,6 +107,8 @@ pub struct GroupState {
     pub pending_local: usize,
     /// Remote records that could not be applied yet.
     pub retry: usize,
+    /// Local changes on a replica (drift) not resolved yet: path -> what happened.
+    pub drift: std::collections::BTreeMap<String, String>,
 }
 
 /// Work for the engine.
@@ -125,6 +139,11 @@ pub enum Work {
         path: String,
         keep: String,
         reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Put the group's version back over drift on a replica.
+    Revert {
+        group: String,
+        paths: Vec<String>,
     },
 }
 
@@ -283,6 +302,10 @@ impl Shared {
             .write(group, path, kind, &rec.origin, &rec.version.display());
     }
 
+    pub(crate) fn audit_line(&self, group: &str, path: &str, kind: &str) {
+        self.audit.write(group, path, kind, &self.name, "");
+    }
+
     pub(crate) fn audit_refused(&self, peer: &str, msg: &str) {
         self.audit.write("", msg, "refused", peer, "");
     }
@@ -341,10 +364,7 @@ impl Shared {
         if res.stopped.is_some() {
             return Ok(local);
         }
-        if !res.changes.is_empty() {
-            let seq = self.index.commit(&g.cfg.name, res.changes)?;
-            self.publish_seq(seq);
-        }
+        self.commit_local(g, res.changes)?;
         self.index.get(&g.cfg.name, path)
     }
 
@@ -454,7 +474,18 @@ impl Node {
                     .filter(|m| *m != opts.name)
                     .map(String::from)
                     .collect(),
+                replica: g.replicas.contains(&opts.name),
+                adopt: std::sync::atomic::AtomicBool::new(false),
             });
+        }
+        for g in groups.iter().filter(|g| g.replica) {
+            let mut fresh = true;
+            for gp in &g.cfg.paths {
+                if index.get(&g.cfg.name, gp)?.is_some() {
+                    fresh = false;
+                }
+            }
+            g.adopt.store(fresh, Ordering::Relaxed);
         }
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let (seq_tx, _) = watch::channel(index.max_seq()?);
@@ -501,6 +532,9 @@ impl Node {
                     group: "*".into(),
                     msg: e.to_string(),
                 })??;
+            for g in &shared.groups {
+                g.adopt.store(false, Ordering::Relaxed);
+            }
         }
         tasks.push(tokio::spawn(engine(shared.clone(), engine_rx)));
         if opts.listen {
@@ -571,10 +605,7 @@ impl Shared {
                     }
                     continue;
                 }
-                if !res.changes.is_empty() {
-                    let seq = self.index.commit(&g.cfg.name, res.changes)?;
-                    self.publish_seq(seq);
-                }
+                self.commit_local(g, res.changes)?;
                 for u in res.unstable {
                     self.submit(Work::Dirty {
                         group: g.cfg.name.clone(),
@@ -676,12 +707,117 @@ impl Shared {
                     &c.entry.rec,
                 );
             }
-            match self.index.commit(group, live) {
-                Ok(seq) => self.publish_seq(seq),
-                Err(e) => tracing::error!(group, "index commit: {e}"),
+            if let Err(e) = self.commit_local(g, live) {
+                tracing::error!(group, "index commit: {e}");
             }
         }
         (unstable, deferred)
+    }
+}
+
+impl Shared {
+    /// Store what a local scan found. On a replica, new versions are drift instead: they are
+    /// reported, their content kept, and (with `on_drift = "revert"`) the group's version is
+    /// put back; nothing of them is ever announced.
+    pub fn commit_local(
+        &self,
+        g: &GroupRt,
+        changes: Vec<crate::index::Change>,
+    ) -> Result<(), IndexError> {
+        let (drift, mut store): (Vec<_>, Vec<_>) = if g.replica {
+            let adopt = g.adopt.load(Ordering::Relaxed);
+            changes.into_iter().partition(|c| {
+                let root = g.cfg.paths.contains(&c.entry.rec.path);
+                let unknown = self
+                    .index
+                    .get(&g.cfg.name, &c.entry.rec.path)
+                    .ok()
+                    .flatten()
+                    .is_none();
+                c.announce && !((adopt || root) && unknown)
+            })
+        } else {
+            (Vec::new(), changes)
+        };
+        if g.replica {
+            for c in store.iter_mut().filter(|c| c.announce) {
+                // adopted: known to be here, but no version of ours
+                c.entry.rec.version = crate::version::VersionVector::default();
+                c.announce = false;
+            }
+        }
+        if !store.is_empty() {
+            let seq = self.index.commit(&g.cfg.name, store)?;
+            self.publish_seq(seq);
+        }
+        if !drift.is_empty() {
+            self.record_drift(g, drift);
+        }
+        Ok(())
+    }
+
+    fn record_drift(&self, g: &GroupRt, drift: Vec<crate::index::Change>) {
+        use crate::config::OnDrift;
+        let group = g.cfg.name.as_str();
+        let mut revert = Vec::new();
+        for c in drift {
+            let path = c.entry.rec.path.clone();
+            let known = self.index.get(group, &path).ok().flatten();
+            let what = if c.entry.rec.is_deleted() {
+                "deleted locally"
+            } else if known.as_ref().is_none_or(|e| e.rec.is_deleted()) {
+                "added locally"
+            } else {
+                "changed locally"
+            };
+            let new = {
+                let mut gs = lock(&self.gstate);
+                let st = gs.entry(group.to_string()).or_default();
+                st.drift.insert(path.clone(), what.to_string()).as_deref() != Some(what)
+            };
+            if new {
+                let action = match g.cfg.on_drift {
+                    OnDrift::Revert => "putting the group's version back",
+                    OnDrift::Keep => "left alone until resolved (on_drift = keep)",
+                };
+                tracing::warn!(group, "drift on this replica: {path} {what}; {action}");
+                self.audit.write(group, &path, "drift", &self.name, what);
+                if c.entry.rec.kind() == Some(crate::record::Kind::File)
+                    && g.cfg.backup_generations > 0
+                    && let Ok(gp) = crate::paths::validate(&path, &g.cfg.paths)
+                    && let Ok(place) = crate::safefs::resolve(&self.root, gp, &path, false)
+                    && let Err(e) =
+                        self.backups
+                            .keep(group, &place, &c.entry, g.cfg.backup_generations)
+                {
+                    tracing::warn!(group, "keeping the drifted content of {path}: {e}");
+                }
+            }
+            if g.cfg.on_drift == OnDrift::Revert {
+                revert.push(path);
+            }
+        }
+        if !revert.is_empty() {
+            self.submit(Work::Revert {
+                group: group.to_string(),
+                paths: revert,
+            });
+        }
+    }
+
+    /// Paths of `group` with unresolved drift.
+    pub fn drifted(&self, group: &str) -> Vec<String> {
+        lock(&self.gstate)
+            .get(group)
+            .map(|s| s.drift.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Drift on `path` is resolved (reverted or accepted).
+    pub fn clear_drift(&self, group: &str, path: &str) {
+        if let Some(st) = lock(&self.gstate).get_mut(group) {
+            st.drift.remove(path);
+        }
     }
 }
 
@@ -853,6 +989,11 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
             Work::Marker { reply } => {
                 let _ = reply.send(());
             }
+            Work::Revert { group, paths } => {
+                if let Some(g) = shared.group(&group) {
+                    apply::revert(&shared, g, paths).await;
+                }
+            }
             Work::Resolve { path, keep, reply } => {
                 let r = match shared.group_of_path(&path) {
                     None => Err(format!("{path} is not in any group of this node")),
@@ -996,6 +1137,19 @@ async fn timers(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         }
         shared.submit(Work::Retry);
+        for g in shared
+            .groups
+            .iter()
+            .filter(|g| g.replica && g.cfg.on_drift == crate::config::OnDrift::Revert)
+        {
+            let paths = shared.drifted(&g.cfg.name);
+            if !paths.is_empty() {
+                shared.submit(Work::Revert {
+                    group: g.cfg.name.clone(),
+                    paths,
+                });
+            }
+        }
         for g in &shared.groups {
             let due = if shared.is_stopped(&g.cfg.name) {
                 // check every few seconds whether the group path is back
@@ -1107,6 +1261,7 @@ impl Shared {
         let shared_names: Vec<String> = self
             .shared_groups(peer)
             .iter()
+            .filter(|g| !g.replica)
             .map(|g| g.cfg.name.clone())
             .filter(|n| groups.contains(n))
             .collect();
@@ -1197,6 +1352,10 @@ pub struct GroupStatus {
     pub directories: u64,
     pub symlinks: u64,
     pub error: Option<String>,
+    /// This node only receives in this group.
+    pub replica: bool,
+    /// Paths with unresolved drift (replicas).
+    pub drift: Vec<String>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -1234,15 +1393,18 @@ pub fn status_of(
             None => {}
         })?;
         let mut pending = 0u64;
-        for p in g.members().filter(|m| *m != name) {
+        let replica = g.replicas.iter().any(|r| r == name);
+        // a replica sends nothing: what it has not "sent" is not pending
+        for p in g.members().filter(|m| *m != name && !replica) {
             pending += index.count_since(&g.name, index.acked(p, &g.name)?)?;
         }
-        let (mut error, mut local) = (None, 0u64);
+        let (mut error, mut local, mut drift) = (None, 0u64, Vec::new());
         if let Some(s) = live {
             let gs = lock(&s.gstate);
             if let Some(st) = gs.get(&g.name) {
                 error = st.stopped.clone();
                 local = (st.pending_local + st.retry) as u64;
+                drift = st.drift.keys().cloned().collect();
             }
         }
         pending += local;
@@ -1256,10 +1418,12 @@ pub fn status_of(
             bytes,
             pending,
             conflicts: unresolved,
-            in_sync: pending == 0 && unresolved == 0 && error.is_none(),
+            in_sync: pending == 0 && unresolved == 0 && error.is_none() && drift.is_empty(),
             directories: dirs,
             symlinks: links,
             error,
+            replica,
+            drift,
         });
     }
     let mut peers = Vec::new();
@@ -1270,7 +1434,10 @@ pub fn status_of(
         .collect();
     for p in peer_names {
         let mut behind = 0;
-        for g in my_groups.iter().filter(|g| g.has_node(p)) {
+        for g in my_groups
+            .iter()
+            .filter(|g| g.has_node(p) && !g.replicas.iter().any(|r| r == name))
+        {
             behind += index.count_since(&g.name, index.acked(p, &g.name)?)?;
         }
         let (connected, last_seen) = match live {

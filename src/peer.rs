@@ -248,6 +248,10 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
     // pumps
     let mut pumps = Vec::new();
     for g in &shared_groups {
+        if shared.group(g).is_some_and(|g| g.replica) {
+            // a replica only receives
+            continue;
+        }
         let start = their_resume
             .iter()
             .find(|r| &r.group == g)
@@ -343,6 +347,12 @@ async fn dispatch(
             through,
         } => {
             check_group(&group)?;
+            if shared.group(&group).is_some_and(|g| g.is_replica(peer)) {
+                return Err(violation(
+                    peer,
+                    format!("is a replica of group {group} but sent changes"),
+                ));
+            }
             if records.len() > MAX_BATCH_RECORDS {
                 return Err(violation(peer, "index batch too large"));
             }
@@ -416,7 +426,12 @@ async fn dispatch(
             if token != 0 {
                 let target = shared.index.max_seq().unwrap_or(0);
                 let h = h.clone();
-                let groups = groups.to_vec();
+                // only groups we pump (a replica sends nothing)
+                let groups: Vec<String> = groups
+                    .iter()
+                    .filter(|g| !shared.group(g).is_some_and(|x| x.replica))
+                    .cloned()
+                    .collect();
                 tokio::spawn(async move {
                     // answer once every pump has read our index up to `target`
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);

@@ -156,6 +156,7 @@ mod tests {
             path: "/srv/x y/ü".into(),
             version: vv,
             origin: "a".into(),
+            beat: vec![],
             meta: Some(Meta {
                 kind: Kind::File,
                 mode: 0o644,

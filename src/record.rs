@@ -94,6 +94,9 @@ pub struct Record {
     pub origin: String,
     /// `None` for a deletion (tombstone).
     pub meta: Option<Meta>,
+    /// Nodes whose concurrent versions this version won against in an automatic conflict
+    /// resolution (empty for an ordinary change); lets the losing nodes list the conflict.
+    pub beat: Vec<String>,
 }
 
 impl Record {

@@ -150,6 +150,8 @@ pub struct Opts {
     pub proxies: bool,
     /// Names left out of tree comparisons (excluded on purpose): `*.ext` or an exact name.
     pub tree_skip: Vec<&'static str>,
+    /// Nodes that are receive-only members (`replicas`) instead of full members.
+    pub replicas: Vec<&'static str>,
 }
 
 impl Cluster {
@@ -204,10 +206,16 @@ impl Cluster {
                 id.trim()
             ));
         }
-        let members: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        let members: Vec<String> = names
+            .iter()
+            .filter(|n| !opts.replicas.contains(n))
+            .map(|n| format!("\"{n}\""))
+            .collect();
+        let replicas: Vec<String> = opts.replicas.iter().map(|n| format!("\"{n}\"")).collect();
         cfg.push_str(&format!(
-            "[groups.www]\nnodes = [{}]\npaths = [\"{GP}\"]\n{}\n",
+            "[groups.www]\nnodes = [{}]\nreplicas = [{}]\npaths = [\"{GP}\"]\n{}\n",
             members.join(", "),
+            replicas.join(", "),
             opts.group_extra
         ));
         let path = dir.path().join("clustersync.toml");
