@@ -456,7 +456,10 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                     resolved: true,
                     winner: remote.origin.clone(),
                     kept_as: (g.cfg.backup_generations > 0 && !local.rec.is_deleted()).then(|| {
-                        format!("backup on {} (clustersync backups {})", shared.name, remote.path)
+                        format!(
+                            "backup on {} (clustersync backups {})",
+                            shared.name, remote.path
+                        )
                     }),
                     time: crate::node::unix_now(),
                     versions: vec![],
@@ -537,7 +540,12 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
                 let _ = shared.index.put_conflict(&g.cfg.name, &remote.path, &info);
                 shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
             }
-            let loser = if wins { &local.rec.origin } else { &remote.origin }.clone();
+            let loser = if wins {
+                &local.rec.origin
+            } else {
+                &remote.origin
+            }
+            .clone();
             if wins {
                 let mut r = remote.clone();
                 r.version = merged;

@@ -18,6 +18,8 @@ struct Line<'a> {
     kind: &'a str,
     origin: &'a str,
     version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
 }
 
 /// The audit log of a node.
@@ -36,6 +38,19 @@ impl Audit {
 
     /// Append one line.
     pub fn write(&self, group: &str, path: &str, kind: &str, origin: &str, version: &str) {
+        self.write_to(group, path, kind, origin, version, None);
+    }
+
+    /// Append one line about an exchange with `peer`.
+    pub fn write_to(
+        &self,
+        group: &str,
+        path: &str,
+        kind: &str,
+        origin: &str,
+        version: &str,
+        peer: Option<&str>,
+    ) {
         let line = Line {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             group,
@@ -43,6 +58,7 @@ impl Audit {
             kind,
             origin,
             version,
+            peer,
         };
         let Ok(mut text) = serde_json::to_string(&line) else {
             return;

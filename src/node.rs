@@ -307,7 +307,18 @@ impl Shared {
     }
 
     pub(crate) fn audit_refused(&self, peer: &str, msg: &str) {
-        self.audit.write("", msg, "refused", peer, "");
+        self.audit.write_to("", msg, "refused", "", "", Some(peer));
+    }
+
+    pub(crate) fn audit_sent(&self, group: &str, rec: &Record, peer: &str) {
+        self.audit.write_to(
+            group,
+            &rec.path,
+            "sent",
+            &rec.origin,
+            &rec.version.display(),
+            Some(peer),
+        );
     }
 
     fn set_stopped(&self, group: &str, reason: Option<String>) -> bool {

@@ -499,6 +499,9 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
         };
         if !records.is_empty() {
             let n = records.len();
+            for r in &records {
+                shared.audit_sent(&group, &r.rec, &h.name);
+            }
             {
                 let mut p = lock(&h.progress);
                 let e = p.entry(group.clone()).or_default();
