@@ -87,3 +87,26 @@ impl Audit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_by_size() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Audit::open(&d.path().join("audit.log"));
+        let long = "p".repeat(4000);
+        for _ in 0..(ROTATE_BYTES / 4000 + 10) {
+            a.write("g", &long, "apply", "n", "n:1");
+        }
+        let cur = std::fs::metadata(d.path().join("audit.log")).unwrap().len();
+        let old = std::fs::metadata(d.path().join("audit.log.1")).unwrap().len();
+        assert!(cur < ROTATE_BYTES && old > ROTATE_BYTES, "{cur} {old}");
+        let last = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(last.lines().next().unwrap()).unwrap();
+        for k in ["time", "group", "path", "kind", "origin", "version"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+    }
+}

@@ -547,7 +547,18 @@ impl Node {
                 g.adopt.store(false, Ordering::Relaxed);
             }
         }
-        tasks.push(tokio::spawn(engine(shared.clone(), engine_rx)));
+        let engine_task = tokio::spawn(engine(shared.clone(), engine_rx));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = engine_task.await
+                && e.is_panic()
+            {
+                // the engine owns every change to disk and index: without it the node would
+                // silently stop syncing, so stop the process and let the service manager
+                // restart it (the index is transactional, the disk is rescanned on start)
+                tracing::error!("internal error: the engine crashed ({e}); exiting");
+                std::process::exit(70);
+            }
+        }));
         if opts.listen {
             let addr = me.listen_addr();
             let listener = tokio::net::TcpListener::bind(&addr)
@@ -1029,10 +1040,13 @@ fn update_retry_counts(shared: &Shared, retry: &HashMap<(String, String), RetryS
     }
 }
 
+/// Handshakes in progress at most; more connections are closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
 async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let mut shutdown = shared.shutdown_rx();
     // bound the cost of unauthenticated connections
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {

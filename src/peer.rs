@@ -119,6 +119,19 @@ impl PeerHandle {
     }
 }
 
+/// Keeps a link registered as the peer's current one while it lives.
+struct Registered {
+    shared: Arc<Shared>,
+    handle: Arc<PeerHandle>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.handle.close();
+        self.shared.unregister_peer(&self.handle.name, self.handle.conn);
+    }
+}
+
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -243,6 +256,11 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
     if let Some(old) = shared.register_peer(handle.clone()) {
         old.close();
     }
+    // unregister however this function ends, a panic included
+    let _registered = Registered {
+        shared: shared.clone(),
+        handle: handle.clone(),
+    };
     tracing::info!(peer = %peer, "connected");
 
     // pumps
@@ -303,7 +321,6 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
     }
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
-    shared.unregister_peer(&peer, conn);
     lock(&handle.chunk_waiters).clear();
     lock(&handle.pong_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });

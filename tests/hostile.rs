@@ -12,7 +12,10 @@ use common::*;
 use std::time::Duration;
 
 fn id_of(c: &Cluster, n: &str) -> String {
-    String::from_utf8(c.cli(n, &["id"]).stdout).unwrap().trim().to_string()
+    String::from_utf8(c.cli(n, &["id"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn record(path: &str, content: &[u8]) -> WireRecord {
@@ -48,8 +51,12 @@ fn record(path: &str, content: &[u8]) -> WireRecord {
 /// `a` closed the link within a few seconds.
 async fn attack(c: &Cluster, msgs: Vec<Msg>, hello: bool) -> bool {
     let ident = Identity::load(&c.node("b").state.join("node.key")).unwrap();
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port)).await.unwrap();
-    let mut link = transport::connect(stream, &ident, "a", &id_of(c, "a")).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port))
+        .await
+        .unwrap();
+    let mut link = transport::connect(stream, &ident, "a", &id_of(c, "a"))
+        .await
+        .unwrap();
     if hello {
         link.writer
             .send(&Msg::Hello {
@@ -103,14 +110,49 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
     let mut from_stranger = record("/srv/www/ok-but-stranger", b"x");
     from_stranger.rec.origin = "mallory".into();
     let cases: Vec<(&str, Vec<Msg>, bool)> = vec![
-        ("absolute path outside the group", bad(index("www", record("/etc/passwd", b"root::0:0::/:/bin/sh\n"))), true),
-        ("dot-dot", bad(index("www", record("/srv/www/../../etc/passwd", b"x"))), true),
-        ("NUL in a name", bad(index("www", record("/srv/www/a\0b", b"x"))), true),
-        ("empty component", bad(index("www", record("/srv/www//x", b"x"))), true),
-        ("relative path", bad(index("www", record("srv/www/x", b"x"))), true),
-        ("excluded path", bad(index("www", record("/srv/www/evil.tmp", b"x"))), true),
-        ("group not shared", bad(index("secret", record("/srv/www/x", b"x"))), true),
-        ("content not matching its hash", bad(index("www", tampered)), true),
+        (
+            "absolute path outside the group",
+            bad(index(
+                "www",
+                record("/etc/passwd", b"root::0:0::/:/bin/sh\n"),
+            )),
+            true,
+        ),
+        (
+            "dot-dot",
+            bad(index("www", record("/srv/www/../../etc/passwd", b"x"))),
+            true,
+        ),
+        (
+            "NUL in a name",
+            bad(index("www", record("/srv/www/a\0b", b"x"))),
+            true,
+        ),
+        (
+            "empty component",
+            bad(index("www", record("/srv/www//x", b"x"))),
+            true,
+        ),
+        (
+            "relative path",
+            bad(index("www", record("srv/www/x", b"x"))),
+            true,
+        ),
+        (
+            "excluded path",
+            bad(index("www", record("/srv/www/evil.tmp", b"x"))),
+            true,
+        ),
+        (
+            "group not shared",
+            bad(index("secret", record("/srv/www/x", b"x"))),
+            true,
+        ),
+        (
+            "content not matching its hash",
+            bad(index("www", tampered)),
+            true,
+        ),
         ("unknown origin", bad(index("www", from_stranger)), true),
         (
             "too many chunks requested",
@@ -121,12 +163,57 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
             }),
             true,
         ),
-        ("ack of what was never sent", bad(Msg::Ack { group: "www".into(), through: 1 << 40 }), true),
-        ("second hello", bad(Msg::Hello { version: PROTOCOL_VERSION, node: "b".into(), index_id: 1, groups: vec![] }), true),
-        ("answer to no request", bad(Msg::Chunks { req: 999, data: vec![] }), true),
-        ("index before hello", bad(index("www", record("/srv/www/early", b"x"))), false),
-        ("wrong protocol version", bad(Msg::Hello { version: 999, node: "b".into(), index_id: 1, groups: vec![] }), false),
-        ("another node's name", bad(Msg::Hello { version: PROTOCOL_VERSION, node: "a".into(), index_id: 1, groups: vec![] }), false),
+        (
+            "ack of what was never sent",
+            bad(Msg::Ack {
+                group: "www".into(),
+                through: 1 << 40,
+            }),
+            true,
+        ),
+        (
+            "second hello",
+            bad(Msg::Hello {
+                version: PROTOCOL_VERSION,
+                node: "b".into(),
+                index_id: 1,
+                groups: vec![],
+            }),
+            true,
+        ),
+        (
+            "answer to no request",
+            bad(Msg::Chunks {
+                req: 999,
+                data: vec![],
+            }),
+            true,
+        ),
+        (
+            "index before hello",
+            bad(index("www", record("/srv/www/early", b"x"))),
+            false,
+        ),
+        (
+            "wrong protocol version",
+            bad(Msg::Hello {
+                version: 999,
+                node: "b".into(),
+                index_id: 1,
+                groups: vec![],
+            }),
+            false,
+        ),
+        (
+            "another node's name",
+            bad(Msg::Hello {
+                version: PROTOCOL_VERSION,
+                node: "a".into(),
+                index_id: 1,
+                groups: vec![],
+            }),
+            false,
+        ),
     ];
     for (what, msgs, hello) in cases {
         assert!(attack(&c, msgs, hello).await, "{what}: link not closed");
@@ -134,22 +221,33 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
     }
     // garbage and strangers cost little and are refused before any data
     for _ in 0..50 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port))
+            .await
+            .unwrap();
         use tokio::io::AsyncWriteExt;
         let _ = s.write_all(&bytes(3000, 9)).await;
     }
     let stranger = Identity::generate().unwrap();
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port))
+        .await
+        .unwrap();
     let r = transport::connect(stream, &stranger, "a", &id_of(&c, "a")).await;
     if let Ok(mut l) = r {
         let got = tokio::time::timeout(Duration::from_secs(5), l.reader.recv()).await;
-        assert!(!matches!(got, Ok(Ok(Msg::Hello { .. }))), "a stranger got a Hello");
+        assert!(
+            !matches!(got, Ok(Ok(Msg::Hello { .. }))),
+            "a stranger got a Hello"
+        );
     }
 
     // nothing landed anywhere
     assert!(!outside.exists(), "something was written outside the group");
     let t = c.tree("a");
-    assert_eq!(t.keys().filter(|k| *k != "/").collect::<Vec<_>>(), vec!["/keep"], "{t:?}");
+    assert_eq!(
+        t.keys().filter(|k| *k != "/").collect::<Vec<_>>(),
+        vec!["/keep"],
+        "{t:?}"
+    );
     let audit = std::fs::read_to_string(c.node("a").state.join("audit.log")).unwrap();
     assert!(audit.matches("\"refused\"").count() >= 10, "{audit}");
     assert!(!c.log("a").contains("panicked"));
@@ -160,4 +258,22 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
     c.wait_connected();
     c.wait_converged("real peer");
     assert!(c.path("a", "legit").exists());
+}
+
+#[test]
+fn idle_and_flooding_connections_do_not_starve_real_peers() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    c.start("a");
+    // 150 connections that never speak (slowloris) and 150 that connect and vanish
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(std::net::TcpStream::connect(("127.0.0.1", c.node("a").port)).unwrap());
+        drop(std::net::TcpStream::connect(("127.0.0.1", c.node("a").port)).unwrap());
+    }
+    c.start("b");
+    c.wait_connected();
+    c.wait_converged("real peer despite the flood");
+    assert!(c.status("a").is_some());
+    drop(idle);
 }
