@@ -691,7 +691,7 @@ pub async fn resolve(
     for v in &info.versions {
         vv.merge(&v.version);
     }
-    vv.bump(&shared.name);
+    vv.bump(&shared.vv_key);
     let entry = if keep == shared.name || keep == local.rec.origin {
         let mut e = local.clone();
         e.rec.version = vv;

@@ -101,7 +101,9 @@ mod tests {
             a.write("g", &long, "apply", "n", "n:1");
         }
         let cur = std::fs::metadata(d.path().join("audit.log")).unwrap().len();
-        let old = std::fs::metadata(d.path().join("audit.log.1")).unwrap().len();
+        let old = std::fs::metadata(d.path().join("audit.log.1"))
+            .unwrap()
+            .len();
         assert!(cur < ROTATE_BYTES && old > ROTATE_BYTES, "{cur} {old}");
         let last = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
         let v: serde_json::Value = serde_json::from_str(last.lines().next().unwrap()).unwrap();

@@ -80,6 +80,41 @@ impl Backups {
             .unwrap_or_default()
     }
 
+    /// Remove stored objects that no generation list refers to any more (run at start-up).
+    pub fn gc(&self) -> Result<usize, BackupError> {
+        let objects = self.dir.join("objects");
+        let Ok(rd) = std::fs::read_dir(&objects) else {
+            return Ok(0);
+        };
+        let mut used = std::collections::HashSet::new();
+        for g in std::fs::read_dir(&self.dir)
+            .map_err(Self::io(&self.dir))?
+            .flatten()
+        {
+            if g.file_name() == "objects" || !g.path().is_dir() {
+                continue;
+            }
+            for l in std::fs::read_dir(g.path())
+                .map_err(Self::io(&self.dir))?
+                .flatten()
+            {
+                let list: Vec<BackupInfo> = std::fs::read(l.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                used.extend(list.into_iter().map(|b| b.hash));
+            }
+        }
+        let mut removed = 0;
+        for o in rd.flatten() {
+            let name = o.file_name().to_string_lossy().to_string();
+            if !used.contains(&name) && std::fs::remove_file(o.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Keep the current content of the file at `place` (described by `e`).
     pub fn keep(
         &self,
@@ -147,5 +182,63 @@ impl Backups {
         std::fs::write(&tmpl, text).map_err(Self::io(&tmpl))?;
         std::fs::rename(&tmpl, &lp).map_err(Self::io(&lp))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Kind, Meta, Owner, Record};
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            rec: Record {
+                path: path.into(),
+                version: Default::default(),
+                origin: "a".into(),
+                meta: Some(Meta {
+                    kind: Kind::File,
+                    mode: 0o644,
+                    mtime_s: 0,
+                    mtime_ns: 0,
+                    size: 0,
+                    owner: Owner::default(),
+                    hash: [0; 32],
+                    target: None,
+                    chunks: vec![],
+                }),
+                beat: vec![],
+            },
+            seq: 0,
+            ino: 0,
+            ctime_s: 0,
+            ctime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_newest_generations_once_and_collects_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("g")).unwrap();
+        let b = Backups::new(&d.path().join("backups"));
+        let place = crate::safefs::resolve(&root, "/g", "/g/f", false).unwrap();
+        for v in ["one", "two", "two", "three", "four"] {
+            std::fs::write(root.join("g/f"), v).unwrap();
+            b.keep("grp", &place, &entry("/g/f"), 3).unwrap();
+        }
+        let list = b.list("grp", "/g/f");
+        assert_eq!(list.len(), 3, "{list:?}");
+        let contents: Vec<String> = list
+            .iter()
+            .map(|e| std::fs::read_to_string(b.object(&e.hash)).unwrap())
+            .collect();
+        assert_eq!(contents, ["four", "three", "two"]);
+        // "one" fell out of the list: its object goes at the next collection
+        assert_eq!(b.gc().unwrap(), 1);
+        assert_eq!(b.gc().unwrap(), 0);
+        for e in &list {
+            assert!(b.object(&e.hash).exists());
+        }
     }
 }

@@ -11,7 +11,22 @@ use std::io::Read;
 
 pub const MIN_CHUNK: usize = 16 * 1024;
 pub const AVG_CHUNK: usize = 64 * 1024;
-pub const MAX_CHUNK: usize = 256 * 1024;
+/// Largest chunk of a file up to [`LARGE_FILE`].
+pub const SMALL_MAX_CHUNK: usize = 256 * 1024;
+/// Files above this size use 16x larger chunks, so that their chunk list stays well inside
+/// one protocol message (a 400 GiB file still lists under 16 MiB of chunk references).
+pub const LARGE_FILE: u64 = 1 << 30;
+/// Largest chunk of any file: what a receiver accepts.
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+
+/// FastCDC (min, avg, max) for a file of `size` bytes.
+pub fn params_for(size: u64) -> (usize, usize, usize) {
+    if size > LARGE_FILE {
+        (MIN_CHUNK * 16, AVG_CHUNK * 16, MAX_CHUNK)
+    } else {
+        (MIN_CHUNK, AVG_CHUNK, SMALL_MAX_CHUNK)
+    }
+}
 
 /// The identity of some content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,12 +36,13 @@ pub struct Content {
     pub chunks: Vec<ChunkRef>,
 }
 
-/// Hash and chunk everything `r` yields.
-pub fn identify(r: impl Read) -> std::io::Result<Content> {
+/// Hash and chunk everything `r` yields; `size_hint` (the expected size) picks the chunk sizes.
+pub fn identify(r: impl Read, size_hint: u64) -> std::io::Result<Content> {
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
     let mut size = 0u64;
-    for c in fastcdc::v2020::StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+    let (min, avg, max) = params_for(size_hint);
+    for c in fastcdc::v2020::StreamCDC::new(r, min, avg, max) {
         let c = c.map_err(|e| match e {
             fastcdc::v2020::Error::IoError(io) => io,
             other => std::io::Error::other(other.to_string()),
@@ -48,7 +64,7 @@ pub fn identify(r: impl Read) -> std::io::Result<Content> {
 /// Identity of bytes in memory.
 pub fn identify_bytes(b: &[u8]) -> Content {
     // Reading from a slice cannot fail.
-    identify(b).unwrap_or_else(|_| Content {
+    identify(b, b.len() as u64).unwrap_or_else(|_| Content {
         hash: *blake3::hash(b).as_bytes(),
         size: b.len() as u64,
         chunks: vec![],
@@ -95,7 +111,8 @@ mod tests {
             .filter(|c| !known.contains(&c.hash))
             .map(|c| c.len as u64)
             .sum();
-        assert!(new_bytes <= 2 * MAX_CHUNK as u64, "{new_bytes}");
+        assert!(new_bytes <= 2 * SMALL_MAX_CHUNK as u64, "{new_bytes}");
+        assert_eq!(params_for(2 << 30).2, MAX_CHUNK);
         assert!(identify_bytes(b"").chunks.is_empty());
     }
 }

@@ -668,6 +668,29 @@ async fn restore(
                 .map(|n| n.root.clone())
                 .unwrap_or_else(|| "/".into());
             let place = crate::safefs::resolve(&root, gp, &logical, true)?;
+            // what the restore replaces is kept too
+            let real = crate::paths::real(&root, &logical);
+            if let Ok(md) = std::fs::symlink_metadata(&real)
+                && md.is_file()
+                && g.backup_generations > 0
+                && let Ok(Some(obs)) =
+                    crate::scan::observe(&real, &md, &crate::owners::OwnerMap::default())
+            {
+                let cur = crate::record::Entry {
+                    rec: crate::record::Record {
+                        path: logical.clone(),
+                        version: Default::default(),
+                        origin: s.node.clone(),
+                        meta: Some(obs.meta),
+                        beat: vec![],
+                    },
+                    seq: 0,
+                    ino: obs.ino,
+                    ctime_s: obs.ctime_s,
+                    ctime_ns: obs.ctime_ns,
+                };
+                b.keep(&group, &place, &cur, g.backup_generations)?;
+            }
             let mut tmp = place.create_temp()?;
             use std::io::Write;
             tmp.file.write_all(&data)?;

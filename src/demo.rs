@@ -222,7 +222,7 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
             && read(&cl.www("web2").join("home.html")).as_deref() == Some(content)
     })?;
     println!(
-        "3. rename  index.html -> home.html on web3 -> web1 {}, web2 {} (content reused, not re-sent)",
+        "3. rename  index.html -> home.html on web3 -> web1 {}, web2 {} (a delete + create; content a receiver already holds is copied from its own disk, not re-sent)",
         ms(t1),
         ms(t2.max(t1))
     );

@@ -185,6 +185,8 @@ pub struct Shared {
     pub started: Instant,
     pub dry_run: bool,
     pub counters: Counters,
+    /// This node's key in version vectors (see [`ScanCtx::vv_key`]).
+    pub vv_key: String,
 }
 
 /// Transfer counters of this process, for `status --json` and benchmarks.
@@ -344,6 +346,7 @@ impl Shared {
     fn scan_ctx<'a>(&'a self, g: &'a GroupRt) -> ScanCtx<'a> {
         ScanCtx {
             node: &self.name,
+            vv_key: &self.vv_key,
             root: &self.root,
             group: &g.cfg,
             filter: &g.filter,
@@ -471,6 +474,7 @@ impl Node {
             });
         }
         let index = Index::open(&opts.state_dir.join("index.redb"))?;
+        let index_id = index.index_id();
         let mut groups = Vec::new();
         for g in cfg.groups_of(&opts.name) {
             let filter = Filter::new(g).map_err(|msg| NodeError::Group {
@@ -503,6 +507,11 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let audit = crate::audit::Audit::open(&opts.state_dir.join("audit.log"));
         let backups = crate::backup::Backups::new(&opts.state_dir.join("backups"));
+        match backups.gc() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} backup objects no generation refers to"),
+            Err(e) => tracing::warn!("backup store: {e}"),
+        }
         let shared = Arc::new(Shared {
             name: opts.name.clone(),
             root: me.root.clone(),
@@ -525,6 +534,7 @@ impl Node {
             started: Instant::now(),
             dry_run: opts.dry_run,
             counters: Counters::default(),
+            vv_key: format!("{}.{:08x}", opts.name, index_id as u32),
         });
         let mut tasks = Vec::new();
         // the watcher starts before the initial scan so nothing falls between them

@@ -25,6 +25,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keep-alive interval.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 const MAX_SERVING: usize = 4;
+/// Chunk bytes in one `Chunks` answer at most (well under the frame limit).
+const MAX_CHUNKS_REPLY_BYTES: usize = 8 * 1024 * 1024;
+/// Encoded bytes of records in one `Index` batch at most (well under the frame limit).
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// What our pump has sent and the peer has acknowledged, for one group.
 #[derive(Debug, Default, Clone)]
@@ -128,7 +132,8 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.handle.close();
-        self.shared.unregister_peer(&self.handle.name, self.handle.conn);
+        self.shared
+            .unregister_peer(&self.handle.name, self.handle.conn);
     }
 }
 
@@ -414,9 +419,20 @@ async fn dispatch(
                 let s2 = shared.clone();
                 let g2 = group.clone();
                 let data = tokio::task::spawn_blocking(move || {
+                    // the answer must fit one message: past the budget, answer "not here"
+                    // and the requester asks again
+                    let mut budget = MAX_CHUNKS_REPLY_BYTES;
                     hashes
                         .iter()
-                        .map(|hash| s2.read_chunk(&g2, hash))
+                        .map(|hash| {
+                            let d = s2.read_chunk(&g2, hash)?;
+                            if d.len() > budget {
+                                budget = 0;
+                                return None;
+                            }
+                            budget -= d.len();
+                            Some(d)
+                        })
                         .collect::<Vec<_>>()
                 })
                 .await
@@ -569,7 +585,18 @@ impl Shared {
         let mut inline_bytes = 0usize;
         let mut cut = false;
         let mut last_seq = pos;
+        let mut encoded = 0usize;
         for e in entries {
+            // rough encoded size: path, vector, chunk list
+            let est = 128
+                + e.rec.path.len()
+                + e.rec.version.0.len() * 24
+                + e.rec.meta.as_ref().map_or(0, |m| m.chunks.len() * 40);
+            if encoded + est > MAX_BATCH_BYTES && !records.is_empty() {
+                cut = true;
+                break;
+            }
+            encoded += est;
             let mut inline = None;
             if let Some(m) = &e.rec.meta
                 && m.kind == Kind::File

@@ -26,7 +26,11 @@ use std::path::Path;
 
 /// Everything a scan needs to know about its group and node.
 pub struct ScanCtx<'a> {
+    /// This node's name (the origin of the versions it makes).
     pub node: &'a str,
+    /// This node's key in version vectors: its name plus the id of its index, so a node that
+    /// starts over with a new index never reuses counters it gave out before.
+    pub vv_key: &'a str,
     pub root: &'a Path,
     pub group: &'a GroupConfig,
     pub filter: &'a Filter,
@@ -125,8 +129,11 @@ pub fn observe(
             if before.ino() != md.ino() || !before.is_file() {
                 return Err(ObserveError::Unstable);
             }
-            let c = chunk::identify(std::io::BufReader::with_capacity(256 * 1024, &f))
-                .map_err(ObserveError::Io)?;
+            let c = chunk::identify(
+                std::io::BufReader::with_capacity(256 * 1024, &f),
+                before.len(),
+            )
+            .map_err(ObserveError::Io)?;
             let after = f.metadata().map_err(ObserveError::Io)?;
             if after.len() != before.len()
                 || after.mtime() != before.mtime()
@@ -206,7 +213,7 @@ impl<'a> ScanCtx<'a> {
             });
         }
         let mut version = old.map(|o| o.rec.version.clone()).unwrap_or_default();
-        version.bump(self.node);
+        version.bump(self.vv_key);
         Some(Change {
             entry: Entry {
                 rec: Record {
@@ -228,7 +235,7 @@ impl<'a> ScanCtx<'a> {
     /// A tombstone for a live entry that is gone from disk.
     pub fn tombstone(&self, old: &Entry) -> Change {
         let mut version = old.rec.version.clone();
-        version.bump(self.node);
+        version.bump(self.vv_key);
         Change {
             entry: Entry {
                 rec: Record {
@@ -364,11 +371,15 @@ impl<'a> ScanCtx<'a> {
         }
         // a whole-path scan that would delete every live entry is the emptied-root case
         if target == gp && recursive {
-            let live_before = known.values().filter(|e| !e.rec.is_deleted()).count();
+            // the group path's own entry is not counted: it stays while its content goes
+            let live_before = known
+                .values()
+                .filter(|e| !e.rec.is_deleted() && e.rec.path != gp)
+                .count();
             let tomb = res
                 .changes
                 .iter()
-                .filter(|c| c.announce && c.entry.rec.is_deleted())
+                .filter(|c| c.announce && c.entry.rec.is_deleted() && c.entry.rec.path != gp)
                 .count();
             if live_before > 1 && tomb >= live_before {
                 res.changes.clear();

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-const PROLOGUE: &[u8] = b"clustersync/1";
+const PROLOGUE: &[u8] = b"clustersync";
 const MAX_PACKET: usize = 65535;
 const TAG: usize = 16;
 const MAX_PLAIN: usize = MAX_PACKET - TAG;

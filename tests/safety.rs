@@ -134,3 +134,30 @@ fn receiver_never_writes_through_a_planted_symlink() {
         "must not land outside"
     );
 }
+
+#[test]
+fn a_group_path_wiped_and_refilled_while_the_daemon_was_down_stops_the_group() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    for i in 0..5 {
+        write(&c.path("a", &format!("f{i}")), format!("{i}"));
+    }
+    c.start_all();
+    c.wait_converged("start");
+    c.stop("b");
+    for i in 0..5 {
+        std::fs::remove_file(c.path("b", &format!("f{i}"))).unwrap();
+    }
+    write(&c.path("b", "fresh"), "new");
+    c.start("b");
+    wait_until("b to stop the group", WAIT, || {
+        c.status("b")
+            .is_some_and(|s| s["groups"][0]["error"].is_string())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for i in 0..5 {
+        assert!(
+            c.path("a", &format!("f{i}")).exists(),
+            "f{i} deleted everywhere"
+        );
+    }
+}
