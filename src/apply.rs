@@ -322,8 +322,19 @@ pub async fn apply_batch(
         .filter(|t| t.0.is_deleted())
         .map(|t| t.0.path.clone())
         .collect();
+    let mut pending: Vec<PendingInstall> = Vec::new();
+    let mut inlines: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    type Applied = (Record, Option<Vec<u8>>, Result<Entry, ApplyError>);
+    let mut results: Vec<Applied> = Vec::new();
     for (rec, inline, local) in takes {
-        let path = rec.path.clone();
+        // deletions come last: files waiting to be installed go first, so a rename's
+        // receiver still finds the old copy, and installs never pile up unbounded
+        if (rec.is_deleted() && !pending.is_empty()) || pending.len() >= INSTALL_BATCH {
+            for (r, res) in flush_installs(shared, &mut pending) {
+                let inl = inlines.remove(&r.path).flatten();
+                results.push((r, inl, res));
+            }
+        }
         let res = execute(
             shared,
             peer,
@@ -332,8 +343,23 @@ pub async fn apply_batch(
             inline.as_deref(),
             local.as_ref(),
             &mut batch_deletes,
+            Some(&mut pending),
         )
         .await;
+        match res {
+            Ok(None) => {
+                inlines.insert(rec.path.clone(), inline);
+            }
+            Ok(Some(e)) => results.push((rec, inline, Ok(e))),
+            Err(e) => results.push((rec, inline, Err(e))),
+        }
+    }
+    for (r, res) in flush_installs(shared, &mut pending) {
+        let inl = inlines.remove(&r.path).flatten();
+        results.push((r, inl, res));
+    }
+    for (rec, inline, res) in results {
+        let path = rec.path.clone();
         match res {
             Ok(entry) => {
                 touched_dirs.insert(crate::paths::parent(&path).to_string());
@@ -594,14 +620,16 @@ pub async fn revert(shared: &Arc<Shared>, g: &GroupRt, paths: Vec<String>) {
             continue;
         };
         let r = match &entry {
-            Some(e) => execute(shared, None, g, &e.rec, None, None, &mut [])
+            Some(e) => execute(shared, None, g, &e.rec, None, None, &mut [], None)
                 .await
-                .map(|mut fresh| {
-                    fresh.rec = e.rec.clone();
-                    changes.push(Change {
-                        entry: fresh,
-                        announce: false,
-                    });
+                .map(|fresh| {
+                    if let Some(mut fresh) = fresh {
+                        fresh.rec = e.rec.clone();
+                        changes.push(Change {
+                            entry: fresh,
+                            announce: false,
+                        });
+                    }
                 }),
             None => match crate::safefs::resolve(&shared.root, gp, &path, false) {
                 Ok(place) => place.remove().map_err(ApplyError::from),
@@ -712,9 +740,19 @@ pub async fn resolve(
         let mut rec = v.clone();
         rec.version = vv;
         let peer = shared.peer(keep);
-        execute(shared, peer.as_ref(), g, &rec, None, Some(&local), &mut [])
-            .await
-            .map_err(|e| e.to_string())?
+        execute(
+            shared,
+            peer.as_ref(),
+            g,
+            &rec,
+            None,
+            Some(&local),
+            &mut [],
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{path}: not installed"))?
     };
     shared.audit(group, path, "resolve", &entry.rec);
     let mut changes = vec![Change {
@@ -740,6 +778,8 @@ pub async fn resolve(
     ))
 }
 
+// one record's whole context; bundling it in a struct would only move the list
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     shared: &Arc<Shared>,
     peer: Option<&Arc<PeerHandle>>,
@@ -748,7 +788,8 @@ async fn execute(
     inline: Option<&[u8]>,
     local: Option<&Entry>,
     batch_deletes: &mut [String],
-) -> Result<Entry, ApplyError> {
+    defer: Option<&mut Vec<PendingInstall>>,
+) -> Result<Option<Entry>, ApplyError> {
     let gp = crate::paths::validate(&rec.path, &g.cfg.paths).map_err(|e| ApplyError::Other {
         path: rec.path.clone(),
         msg: e.to_string(),
@@ -759,7 +800,7 @@ async fn execute(
         // deletion
         if rec.path == gp {
             // never remove a configured group path itself
-            return Ok(entry_from(rec.clone(), None));
+            return Ok(Some(entry_from(rec.clone(), None)));
         }
         match crate::safefs::resolve(root, gp, &rec.path, false) {
             Ok(place) => {
@@ -776,7 +817,7 @@ async fn execute(
             Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        return Ok(entry_from(rec.clone(), None));
+        return Ok(Some(entry_from(rec.clone(), None)));
     };
     let sm = set_meta(m, g.cfg.owners, shared);
     if rec.path == gp && m.kind == Kind::Dir {
@@ -790,7 +831,7 @@ async fn execute(
             path: rec.path.clone(),
             msg: e.to_string(),
         })?;
-        return finish(shared, rec, gp);
+        return finish(shared, rec).map(Some);
     }
     let place = crate::safefs::resolve(root, gp, &rec.path, true)?;
     // an existing directory that must become something else: its deleted children go first
@@ -835,11 +876,83 @@ async fn execute(
                     shared.backup_before_change(group, &place, l);
                 }
                 let tmp = write_content(shared, peer, g, &place, m, inline, local).await?;
-                place.install(tmp, &sm)?;
+                match defer {
+                    Some(pending) => {
+                        pending.push(PendingInstall {
+                            place,
+                            tmp,
+                            sm,
+                            rec: rec.clone(),
+                        });
+                        return Ok(None);
+                    }
+                    None => place.install(tmp, &sm)?,
+                }
             }
         }
     }
-    finish(shared, rec, gp)
+    finish(shared, rec).map(Some)
+}
+
+/// A file whose content is written to its temp file, waiting to be renamed into place.
+pub struct PendingInstall {
+    place: Place,
+    tmp: crate::safefs::Temp,
+    sm: SetMeta,
+    rec: Record,
+}
+
+/// Files installed per flush at most (each holds an open descriptor until then).
+const INSTALL_BATCH: usize = 256;
+
+/// Install deferred files: metadata on every temp file, one sync of the filesystem, the
+/// renames, and one more sync so the renames are durable before the index says so.
+fn flush_installs(
+    shared: &Shared,
+    pending: &mut Vec<PendingInstall>,
+) -> Vec<(Record, Result<Entry, ApplyError>)> {
+    let items: Vec<PendingInstall> = std::mem::take(pending);
+    let mut ready = Vec::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for p in items {
+        match crate::safefs::set_meta_fd(&p.tmp.file, &p.sm) {
+            Ok(()) => ready.push(p),
+            Err(e) => {
+                let err = ApplyError::Other {
+                    path: p.rec.path.clone(),
+                    msg: format!("set metadata: {e}"),
+                };
+                out.push((p.rec, Err(err)));
+            }
+        }
+    }
+    if let Some(first) = ready.first()
+        && let Err(e) = crate::safefs::sync_filesystem(&first.tmp.file)
+    {
+        for p in ready {
+            let err = ApplyError::Other {
+                path: p.rec.path.clone(),
+                msg: format!("sync: {e}"),
+            };
+            out.push((p.rec, Err(err)));
+        }
+        return out;
+    }
+    let mut sync_on = None;
+    for p in ready {
+        let r = p.place.install_synced(p.tmp);
+        if sync_on.is_none() {
+            sync_on = p.place.dir_fd().try_clone().ok();
+        }
+        let r = r
+            .map_err(ApplyError::from)
+            .and_then(|()| finish(shared, &p.rec));
+        out.push((p.rec, r));
+    }
+    if let Some(fd) = sync_on {
+        let _ = crate::safefs::sync_filesystem(&fd);
+    }
+    out
 }
 
 fn entry_from(rec: Record, md: Option<&std::fs::Metadata>) -> Entry {
@@ -853,7 +966,7 @@ fn entry_from(rec: Record, md: Option<&std::fs::Metadata>) -> Entry {
 }
 
 /// Re-read the applied entry so the index matches the disk exactly (inode, ctime, local ids).
-fn finish(shared: &Shared, rec: &Record, _gp: &str) -> Result<Entry, ApplyError> {
+fn finish(shared: &Shared, rec: &Record) -> Result<Entry, ApplyError> {
     let real = crate::paths::real(&shared.root, &rec.path);
     let md = match std::fs::symlink_metadata(&real) {
         Ok(md) => md,

@@ -411,7 +411,8 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
     })
     .await
     .context("cannot start")?;
-    let rep = node.shared.sync(&groups, timeout).await;
+    // the node scanned everything as it started: no second scan
+    let rep = node.shared.sync_opts(&groups, timeout, false).await;
     node.stop().await;
     Ok(print_report(&rep))
 }

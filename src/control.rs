@@ -109,7 +109,7 @@ pub async fn serve(shared: Arc<Shared>) -> std::io::Result<()> {
     loop {
         let (s, _) = tokio::select! {
             r = listener.accept() => r?,
-            _ = shutdown.changed() => {
+            _ = crate::node::until_set(&mut shutdown) => {
                 let _ = std::fs::remove_file(&path);
                 return Ok(());
             }

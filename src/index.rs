@@ -8,7 +8,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | name (`schema`, `index_id`, `seq`) | u64 |
-//! | `files` | (group, logical path) | postcard [`Entry`] |
+//! | `files` | (group, logical path) | postcard [`QuickStat`] then postcard [`Entry`] |
 //! | `by_seq` | (group, seq) | logical path |
 //! | `peers` | (peer, group) | (peer's index id, last applied seq) |
 //! | `chunks` | BLAKE3 of a chunk | (group, logical path, offset, length) where it was last seen |
@@ -19,10 +19,13 @@
 //! `by_seq` row with its current seq; a commit is one transaction, so a crash leaves either
 //! the old or the new state. `chunks` rows are hints: readers verify the hash before use.
 
-use crate::record::{Entry, Hash};
+use crate::record::{Entry, Hash, QuickStat};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// Page cache of the index database.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -127,10 +130,14 @@ impl Index {
 
     /// Open (or create) the index at `path`.
     pub fn open(path: &Path) -> Result<Index, IndexError> {
-        let db = Database::create(path).map_err(|e| IndexError::Db {
-            path: path.into(),
-            source: e.into(),
-        })?;
+        // a bounded page cache keeps memory per indexed file small (SPEC §7)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| IndexError::Db {
+                path: path.into(),
+                source: e.into(),
+            })?;
         let mut ix = Index {
             db,
             path: path.into(),
@@ -197,12 +204,72 @@ impl Index {
             .unwrap_or(0))
     }
 
-    fn decode(&self, key: &str, bytes: &[u8]) -> Result<Entry, IndexError> {
-        postcard::from_bytes(bytes).map_err(|e| IndexError::Corrupt {
+    fn corrupt(&self, key: &str, e: postcard::Error) -> IndexError {
+        IndexError::Corrupt {
             path: self.path.clone(),
             key: key.into(),
             msg: e.to_string(),
-        })
+        }
+    }
+
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<Entry, IndexError> {
+        let (_, rest) =
+            postcard::take_from_bytes::<QuickStat>(bytes).map_err(|e| self.corrupt(key, e))?;
+        postcard::from_bytes(rest).map_err(|e| self.corrupt(key, e))
+    }
+
+    fn decode_quick(&self, key: &str, bytes: &[u8]) -> Result<QuickStat, IndexError> {
+        postcard::take_from_bytes::<QuickStat>(bytes)
+            .map(|(q, _)| q)
+            .map_err(|e| self.corrupt(key, e))
+    }
+
+    fn encode(&self, e: &Entry) -> Result<Vec<u8>, IndexError> {
+        let mut v = postcard::to_allocvec(&e.quick()).map_err(|x| self.corrupt(&e.rec.path, x))?;
+        let body = postcard::to_allocvec(e).map_err(|x| self.corrupt(&e.rec.path, x))?;
+        v.extend_from_slice(&body);
+        Ok(v)
+    }
+
+    /// Is there a live entry strictly below `path`? Stops at the first one.
+    pub fn any_live_below(&self, group: &str, path: &str) -> Result<bool, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(FILES).map_err(|e| self.err(e))?;
+        let (lo, hi) = crate::paths::subtree_bounds(path);
+        for item in t
+            .range((group, lo.as_str())..(group, hi.as_str()))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if self.decode_quick(k.value().1, v.value())?.live {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The quick-check view of `path` and of every path below it.
+    pub fn subtree_quick(
+        &self,
+        group: &str,
+        path: &str,
+    ) -> Result<Vec<(String, QuickStat)>, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(FILES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        if let Some(v) = t.get((group, path)).map_err(|e| self.err(e))? {
+            out.push((path.to_string(), self.decode_quick(path, v.value())?));
+        }
+        let (lo, hi) = crate::paths::subtree_bounds(path);
+        for item in t
+            .range((group, lo.as_str())..(group, hi.as_str()))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let p = k.value().1;
+            out.push((p.to_string(), self.decode_quick(p, v.value())?));
+        }
+        Ok(out)
     }
 
     /// The entry of one path.
@@ -340,11 +407,7 @@ impl Index {
                         off += c.len as u64;
                     }
                 }
-                let bytes = postcard::to_allocvec(&ch.entry).map_err(|e| IndexError::Corrupt {
-                    path: self.path.clone(),
-                    key: path.clone(),
-                    msg: e.to_string(),
-                })?;
+                let bytes = self.encode(&ch.entry)?;
                 files
                     .insert((group, path.as_str()), bytes.as_slice())
                     .map_err(|e| self.err(e))?;

@@ -147,6 +147,20 @@ pub enum Work {
     },
 }
 
+impl Work {
+    fn name(&self) -> &'static str {
+        match self {
+            Work::Dirty { .. } => "dirty",
+            Work::Rescan { .. } => "rescan",
+            Work::Remote { .. } => "remote",
+            Work::Retry => "retry",
+            Work::Marker { .. } => "marker",
+            Work::Resolve { .. } => "resolve",
+            Work::Revert { .. } => "revert",
+        }
+    }
+}
+
 /// How to run a node.
 pub struct NodeOptions {
     pub config: Config,
@@ -296,7 +310,7 @@ impl Shared {
     }
 
     pub fn stop(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
     }
 
     pub(crate) fn audit(&self, group: &str, path: &str, kind: &str, rec: &Record) {
@@ -593,8 +607,14 @@ impl Node {
     pub async fn stop(self) {
         self.shared.stop();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        for t in self.tasks {
-            let _ = tokio::time::timeout_at(deadline, t).await;
+        for (i, t) in self.tasks.into_iter().enumerate() {
+            let t0 = Instant::now();
+            let r = tokio::time::timeout_at(deadline, t).await;
+            tracing::trace!(
+                "task {i} stopped in {:?} ({})",
+                t0.elapsed(),
+                if r.is_ok() { "done" } else { "timed out" }
+            );
         }
     }
 }
@@ -866,8 +886,9 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
     loop {
         let w = tokio::select! {
             w = rx.recv() => match w { Some(w) => w, None => return },
-            _ = shutdown.changed() => return,
+            _ = crate::node::until_set(&mut shutdown) => return,
         };
+        tracing::trace!("engine: {}", w.name());
         match w {
             Work::Dirty {
                 group,
@@ -1067,7 +1088,7 @@ async fn listen(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = crate::node::until_set(&mut shutdown) => return,
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             drop(stream);
@@ -1156,7 +1177,7 @@ async fn dialer(shared: Arc<Shared>, peer: String) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {},
-            _ = shutdown.changed() => return,
+            _ = crate::node::until_set(&mut shutdown) => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
@@ -1169,7 +1190,7 @@ async fn timers(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {},
-            _ = shutdown.changed() => return,
+            _ = crate::node::until_set(&mut shutdown) => return,
         }
         shared.submit(Work::Retry);
         for g in shared
@@ -1222,6 +1243,17 @@ pub struct SyncReport {
 impl Shared {
     /// Rescan and reconcile with every reachable peer of `groups` (all when empty).
     pub async fn sync(self: &Arc<Self>, groups: &[String], timeout: Duration) -> SyncReport {
+        self.sync_opts(groups, timeout, true).await
+    }
+
+    /// As [`Shared::sync`]; `rescan` false when the caller has just scanned (a node started
+    /// in-process for one `sync` scans at start).
+    pub async fn sync_opts(
+        self: &Arc<Self>,
+        groups: &[String],
+        timeout: Duration,
+        rescan: bool,
+    ) -> SyncReport {
         let deadline = tokio::time::Instant::now() + timeout;
         let selected: Vec<&GroupRt> = self
             .groups
@@ -1229,12 +1261,14 @@ impl Shared {
             .filter(|g| groups.is_empty() || groups.contains(&g.cfg.name))
             .collect();
         let names: Vec<String> = selected.iter().map(|g| g.cfg.name.clone()).collect();
-        let (tx, rx) = oneshot::channel();
-        self.submit(Work::Rescan {
-            groups: Some(names.clone()),
-            reply: Some(tx),
-        });
-        let _ = tokio::time::timeout_at(deadline, rx).await;
+        if rescan {
+            let (tx, rx) = oneshot::channel();
+            self.submit(Work::Rescan {
+                groups: Some(names.clone()),
+                reply: Some(tx),
+            });
+            let _ = tokio::time::timeout_at(deadline, rx).await;
+        }
         let peers: BTreeSet<String> = selected
             .iter()
             .flat_map(|g| g.peers.iter().cloned())
@@ -1496,4 +1530,10 @@ pub fn status_of(
         peers,
         transfer: live.map(|s| s.counters.snapshot()),
     })
+}
+
+/// Resolve once the flag is set, also when it was set before this was called (a receiver
+/// made after `stop()` would otherwise wait for a change that already happened).
+pub async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }

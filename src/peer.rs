@@ -110,7 +110,7 @@ impl PeerHandle {
 
     /// Close the link.
     pub fn close(&self) {
-        let _ = self.closed.send(true);
+        self.closed.send_replace(true);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -185,7 +185,7 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
             }
         }
         writer.shutdown().await;
-        let _ = writer_closed.send(true);
+        writer_closed.send_replace(true);
     });
 
     let mut resume = Vec::new();
@@ -294,9 +294,9 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     let result = loop {
         tokio::select! {
-            _ = closed_rx.changed() => break Ok(()),
-            _ = shutdown.changed() => {
-                let _ = out_tx.send(Msg::Bye { reason: "shutting down".into() }).await;
+            _ = crate::node::until_set(&mut closed_rx) => break Ok(()),
+            _ = crate::node::until_set(&mut shutdown) => {
+                let _ = out_tx.try_send(Msg::Bye { reason: "shutting down".into() });
                 break Ok(());
             }
             _ = keepalive.tick() => {
@@ -566,7 +566,7 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
         let mut closed = h.closed.subscribe();
         tokio::select! {
             r = seq_rx.changed() => if r.is_err() { return },
-            _ = closed.changed() => return,
+            _ = crate::node::until_set(&mut closed) => return,
         }
     }
 }

@@ -125,6 +125,43 @@ pub struct Entry {
     pub ctime_ns: u32,
 }
 
+/// What the quick check of a scan compares, stored ahead of each index entry so a scan can
+/// read it without decoding the whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuickStat {
+    pub live: bool,
+    pub kind: Option<Kind>,
+    pub size: u64,
+    pub mtime_s: i64,
+    pub mtime_ns: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ino: u64,
+    pub ctime_s: i64,
+    pub ctime_ns: u32,
+}
+
+impl Entry {
+    /// The quick-check view of this entry.
+    pub fn quick(&self) -> QuickStat {
+        let m = self.rec.meta.as_ref();
+        QuickStat {
+            live: m.is_some(),
+            kind: m.map(|m| m.kind),
+            size: m.map_or(0, |m| m.size),
+            mtime_s: m.map_or(0, |m| m.mtime_s),
+            mtime_ns: m.map_or(0, |m| m.mtime_ns),
+            mode: m.map_or(0, |m| m.mode),
+            uid: m.map_or(0, |m| m.owner.uid),
+            gid: m.map_or(0, |m| m.owner.gid),
+            ino: self.ino,
+            ctime_s: self.ctime_s,
+            ctime_ns: self.ctime_ns,
+        }
+    }
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const D: &[u8; 16] = b"0123456789abcdef";

@@ -261,6 +261,22 @@ impl Place {
         Ok(())
     }
 
+    /// Rename a filled temp file into place without syncing: for batches, where the caller
+    /// gave the temp files their metadata and flushed them with [`sync_filesystem`] first,
+    /// and syncs the renames the same way afterwards.
+    pub fn install_synced(&self, mut tmp: Temp) -> Result<(), FsError> {
+        self.clear_for(false)?;
+        rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_str())
+            .map_err(|e| fe("rename", &self.path, e))?;
+        tmp.done = true;
+        Ok(())
+    }
+
+    /// The open parent directory, e.g. for [`sync_filesystem`].
+    pub fn dir_fd(&self) -> &OwnedFd {
+        &self.dir
+    }
+
     /// Make the target a directory with this metadata (mtime is set again later by the caller
     /// once its children are in place).
     pub fn make_dir(&self, m: &SetMeta) -> Result<(), FsError> {
@@ -404,6 +420,12 @@ impl Place {
         }
         Ok(File::from(fd))
     }
+}
+
+/// Make everything written to the filesystem holding `fd` durable (one `syncfs` for a whole
+/// batch instead of one `fsync` per file).
+pub fn sync_filesystem(fd: impl AsFd) -> std::io::Result<()> {
+    rustix::fs::syncfs(fd).map_err(std::io::Error::from)
 }
 
 /// Read `len` bytes at `offset` of logical path `p`, safely resolved.

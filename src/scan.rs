@@ -17,9 +17,9 @@ use crate::config::{GroupConfig, Owners};
 use crate::filter::{Filter, Want};
 use crate::index::{Change, Index, IndexError};
 use crate::owners::OwnerMap;
-use crate::record::{Entry, Kind, Meta, Record};
+use crate::record::{Entry, Kind, Meta, QuickStat, Record};
 use crate::safefs::TEMP_PREFIX;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -78,6 +78,27 @@ fn kind_of(md: &Metadata) -> Option<Kind> {
     } else {
         None
     }
+}
+
+/// What a scan knows of an indexed path: its quick-check view and whether it was seen.
+pub struct Known {
+    q: QuickStat,
+    seen: bool,
+}
+
+/// Does the quick-check view still describe what `md` shows, without reading content?
+pub fn quick_match_stat(q: &QuickStat, md: &Metadata) -> bool {
+    q.live
+        && q.kind == kind_of(md)
+        && q.ino == md.ino()
+        && q.ctime_s == md.ctime()
+        && q.ctime_ns == md.ctime_nsec() as u32
+        && q.mtime_s == md.mtime()
+        && q.mtime_ns == md.mtime_nsec() as u32
+        && (q.kind != Some(Kind::File) || q.size == md.len())
+        && (q.kind == Some(Kind::Symlink) || q.mode == md.mode() & 0o7777)
+        && q.uid == md.uid()
+        && q.gid == md.gid()
 }
 
 /// Does the index entry still describe what `md` shows, without reading content?
@@ -263,14 +284,7 @@ impl<'a> ScanCtx<'a> {
         if root_entry.rec.kind() != Some(Kind::Dir) {
             return Ok(None);
         }
-        let mut live_below = false;
-        let (lo, _) = crate::paths::subtree_bounds(gp);
-        for e in self.index.subtree(&self.group.name, gp)? {
-            if e.rec.path.starts_with(&lo) && !e.rec.is_deleted() {
-                live_below = true;
-                break;
-            }
-        }
+        let live_below = self.index.any_live_below(&self.group.name, gp)?;
         match std::fs::metadata(&real) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(format!(
                 "group path {gp} ({}) is missing; refusing to treat that as deleting everything",
@@ -333,20 +347,20 @@ impl<'a> ScanCtx<'a> {
             return Ok(res);
         }
         let group = self.group.name.as_str();
-        let known: HashMap<String, Entry> = if recursive {
-            self.index
-                .subtree(group, target)?
-                .into_iter()
-                .map(|e| (e.rec.path.clone(), e))
-                .collect()
+        // only the quick-check view of what the index knows: full entries are read for the
+        // few paths that differ
+        let mut known: HashMap<String, Known> = if recursive {
+            self.index.subtree_quick(group, target)?
         } else {
             self.index
                 .get(group, target)?
+                .map(|e| (e.rec.path.clone(), e.quick()))
                 .into_iter()
-                .map(|e| (e.rec.path.clone(), e))
                 .collect()
-        };
-        let mut seen: HashSet<String> = HashSet::new();
+        }
+        .into_iter()
+        .map(|(p, q)| (p, Known { q, seen: false }))
+        .collect();
         let want = if target == gp {
             Want::Sync
         } else {
@@ -362,83 +376,98 @@ impl<'a> ScanCtx<'a> {
             }
         };
         if want != Want::Skip {
-            self.visit(gp, target, recursive, want, &known, &mut seen, &mut res);
+            self.visit(gp, target, recursive, want, &mut known, &mut res)?;
         }
-        for (p, e) in &known {
-            if !seen.contains(p) && !e.rec.is_deleted() {
-                res.changes.push(self.tombstone(e));
+        let mut live_before = 0usize;
+        let mut tomb = 0usize;
+        for (p, k) in &known {
+            if !k.q.live {
+                continue;
+            }
+            if p != gp {
+                live_before += 1;
+            }
+            if !k.seen
+                && let Some(e) = self.index.get(group, p)?
+            {
+                res.changes.push(self.tombstone(&e));
+                if p != gp {
+                    tomb += 1;
+                }
             }
         }
-        // a whole-path scan that would delete every live entry is the emptied-root case
-        if target == gp && recursive {
-            // the group path's own entry is not counted: it stays while its content goes
-            let live_before = known
-                .values()
-                .filter(|e| !e.rec.is_deleted() && e.rec.path != gp)
-                .count();
-            let tomb = res
-                .changes
-                .iter()
-                .filter(|c| c.announce && c.entry.rec.is_deleted() && c.entry.rec.path != gp)
-                .count();
-            if live_before > 1 && tomb >= live_before {
-                res.changes.clear();
-                res.stopped = Some(format!(
-                    "every entry of group path {gp} vanished; refusing to delete them everywhere"
-                ));
-            }
+        // a whole-path scan that would delete every live entry below the group path is the
+        // emptied (or wiped and refilled) case; the group path's own entry stays meanwhile
+        if target == gp && recursive && live_before > 1 && tomb >= live_before {
+            res.changes.clear();
+            res.stopped = Some(format!(
+                "every entry of group path {gp} vanished; refusing to delete them everywhere"
+            ));
         }
         Ok(res)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn visit(
         &self,
         gp: &str,
         p: &str,
         recursive: bool,
         want: Want,
-        known: &HashMap<String, Entry>,
-        seen: &mut HashSet<String>,
+        known: &mut HashMap<String, Known>,
         res: &mut ScanResult,
-    ) {
+    ) -> Result<(), IndexError> {
         let real = crate::paths::real(self.root, p);
         let md = match std::fs::symlink_metadata(&real) {
             Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 // unreadable: keep what we knew rather than announcing a delete
-                seen.insert(p.to_string());
+                if let Some(k) = known.get_mut(p) {
+                    k.seen = true;
+                }
                 res.errors.push(format!("{p}: {e}"));
-                return;
+                return Ok(());
             }
         };
         if want == Want::Sync {
-            seen.insert(p.to_string());
-            let old = known.get(p);
-            let unchanged = old.is_some_and(|e| quick_match(e, &md));
+            let unchanged = match known.get_mut(p) {
+                Some(k) => {
+                    k.seen = true;
+                    quick_match_stat(&k.q, &md)
+                }
+                None => false,
+            };
             if !unchanged {
+                let old = if known.contains_key(p) {
+                    self.index.get(&self.group.name, p)?
+                } else {
+                    None
+                };
+                let mut not_here = false;
                 match observe(&real, &md, self.owners) {
                     Ok(Some(obs)) => {
-                        if let Some(c) = self.change_for(p, old, obs) {
+                        if let Some(c) = self.change_for(p, old.as_ref(), obs) {
                             res.changes.push(c);
                         }
                     }
                     Ok(None) => {
-                        seen.remove(p);
+                        not_here = true;
                         res.skipped.push(p.to_string());
                     }
                     Err(ObserveError::Unstable) => res.unstable.push(p.to_string()),
                     Err(ObserveError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        seen.remove(p);
+                        not_here = true;
                         res.unstable.push(p.to_string());
                     }
                     Err(ObserveError::Io(e)) => res.errors.push(format!("{p}: {e}")),
                 }
+                if not_here && let Some(k) = known.get_mut(p) {
+                    k.seen = false;
+                }
             }
         }
         if !(recursive && md.is_dir()) {
-            return;
+            return Ok(());
         }
         let rd = match std::fs::read_dir(&real) {
             Ok(rd) => rd,
@@ -446,12 +475,12 @@ impl<'a> ScanCtx<'a> {
                 res.errors.push(format!("{p}: {e}"));
                 // do not turn an unreadable directory into deletions of its children
                 let (lo, hi) = crate::paths::subtree_bounds(p);
-                for k in known.keys() {
+                for (k, v) in known.iter_mut() {
                     if k.as_str() >= lo.as_str() && k.as_str() < hi.as_str() {
-                        seen.insert(k.clone());
+                        v.seen = true;
                     }
                 }
-                return;
+                return Ok(());
             }
         };
         for de in rd.flatten() {
@@ -472,8 +501,9 @@ impl<'a> ScanCtx<'a> {
             let is_dir = de.file_type().map(|t| t.is_dir()).unwrap_or(false);
             let w = self.filter.want(gp, &child, is_dir);
             if w != Want::Skip {
-                self.visit(gp, &child, true, w, known, seen, res);
+                self.visit(gp, &child, true, w, known, res)?;
             }
         }
+        Ok(())
     }
 }

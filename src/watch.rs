@@ -429,7 +429,7 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
                     shared.submit(Work::Dirty { group, paths, settled: false });
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = crate::node::until_set(&mut shutdown) => return Ok(()),
         }
         next = st.flush();
     }
