@@ -236,6 +236,10 @@ pub async fn apply_batch(
         Vec::new()
     };
     let mut index_only: Vec<Change> = Vec::new();
+    let sent: HashMap<String, crate::version::VersionVector> = records
+        .iter()
+        .map(|w| (w.rec.path.clone(), w.rec.version.clone()))
+        .collect();
     for w in records {
         if drifted.contains(&w.rec.path) {
             // on_drift = keep: the local file stays until the drift is resolved, but the
@@ -361,7 +365,13 @@ pub async fn apply_batch(
     for (rec, inline, res) in results {
         let path = rec.path.clone();
         match res {
-            Ok(entry) => {
+            Ok(mut entry) => {
+                // the exact version the peer sent is not sent back to it
+                if let Some(p) = peer
+                    && sent.get(&path) == Some(&entry.rec.version)
+                {
+                    entry.from = Some(p.name.clone());
+                }
                 touched_dirs.insert(crate::paths::parent(&path).to_string());
                 if rec.kind() == Some(Kind::Dir) {
                     touched_dirs.insert(path.clone());
@@ -962,6 +972,7 @@ fn entry_from(rec: Record, md: Option<&std::fs::Metadata>) -> Entry {
         ino: md.map(|m| m.ino()).unwrap_or(0),
         ctime_s: md.map(|m| m.ctime()).unwrap_or(0),
         ctime_ns: md.map(|m| m.ctime_nsec() as u32).unwrap_or(0),
+        from: None,
     }
 }
 

@@ -213,6 +213,8 @@ mod tests {
             ino: 0,
             ctime_s: 0,
             ctime_ns: 0,
+
+            from: None,
         }
     }
 

@@ -689,6 +689,8 @@ async fn restore(
                     ino: obs.ino,
                     ctime_s: obs.ctime_s,
                     ctime_ns: obs.ctime_ns,
+
+                    from: None,
                 };
                 b.keep(&group, &place, &cur, g.backup_generations)?;
             }

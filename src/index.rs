@@ -576,6 +576,8 @@ mod tests {
             ino: 1,
             ctime_s: 0,
             ctime_ns: 0,
+
+            from: None,
         }
     }
 

@@ -289,6 +289,7 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
         )));
     }
 
+    let (mut in_rx, reader_task) = spawn_reader(reader);
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut shutdown = shared.shutdown_rx();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -302,11 +303,11 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
             _ = keepalive.tick() => {
                 let _ = out_tx.try_send(Msg::SyncPing { token: 0 });
             }
-            m = tokio::time::timeout(IDLE_TIMEOUT, recv(&mut reader)) => {
+            m = in_rx.recv() => {
                 let m = match m {
-                    Err(_) => break Err(LinkError::Idle),
-                    Ok(Err(e)) => break Err(e.into()),
-                    Ok(Ok(m)) => m,
+                    None => break Err(LinkError::Idle),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(m)) => m,
                 };
                 if let Err(e) = dispatch(&shared, &handle, &shared_groups, &serving, m).await {
                     break Err(e);
@@ -321,6 +322,7 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
         shared.audit_refused(&peer, msg);
     }
     handle.close();
+    reader_task.abort();
     for p in pumps {
         p.abort();
     }
@@ -332,8 +334,29 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
     result
 }
 
-async fn recv(r: &mut LinkReader) -> Result<Msg, crate::transport::TransportError> {
-    r.recv().await
+/// Read messages in a task of their own: a read must never be cancelled half-way through a
+/// packet (the rest of the stream would be undecryptable), which a `select!` would do.
+fn spawn_reader(
+    mut reader: LinkReader,
+) -> (
+    mpsc::Receiver<Result<Msg, LinkError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        loop {
+            let r = match tokio::time::timeout(IDLE_TIMEOUT, reader.recv()).await {
+                Err(_) => Err(LinkError::Idle),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(m)) => Ok(m),
+            };
+            let stop = r.is_err();
+            if tx.send(r).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }
 
 async fn dispatch(
@@ -391,7 +414,7 @@ async fn dispatch(
         }
         Msg::Ack { group, through } => {
             check_group(&group)?;
-            {
+            let acked = {
                 let mut p = lock(&h.progress);
                 let e = p.entry(group.clone()).or_default();
                 if through > e.last_sent {
@@ -401,8 +424,14 @@ async fn dispatch(
                 while e.unacked.front().is_some_and(|t| *t <= through) {
                     e.unacked.pop_front();
                 }
-            }
-            let _ = shared.index.set_acked(peer, &group, through);
+                if e.unacked.is_empty() {
+                    // what the pump read after the last batch was skipped (it came from
+                    // this peer): the peer has it
+                    e.acked = e.acked.max(e.scanned);
+                }
+                e.acked
+            };
+            let _ = shared.index.set_acked(peer, &group, acked);
             h.progress_notify.notify_waiters();
         }
         Msg::GetChunks { req, group, hashes } => {
@@ -520,7 +549,8 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
         seq_rx.borrow_and_update();
         let s2 = shared.clone();
         let g2 = group.clone();
-        let batch = tokio::task::spawn_blocking(move || s2.build_batch(&g2, pos)).await;
+        let to = h.name.clone();
+        let batch = tokio::task::spawn_blocking(move || s2.build_batch(&g2, pos, &to)).await;
         let (records, through, full) = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -554,10 +584,20 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
             tracing::debug!(peer = %h.name, group = %group, "sent {n} records through {through}");
         }
         pos = through;
-        {
+        let caught_up = {
             let mut p = lock(&h.progress);
             let e = p.entry(group.clone()).or_default();
             e.scanned = through;
+            if e.unacked.is_empty() && e.acked < through {
+                // nothing in flight: everything read was either acknowledged or skipped
+                e.acked = through;
+                Some(through)
+            } else {
+                None
+            }
+        };
+        if let Some(t) = caught_up {
+            let _ = shared.index.set_acked(&h.name, &group, t);
         }
         h.progress_notify.notify_waiters();
         if full {
@@ -572,11 +612,13 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
 }
 
 impl Shared {
-    /// Read our records of `group` after `pos` into a batch: (records, through, more-pending).
+    /// Read our records of `group` after `pos` into a batch for peer `to`: (records, through,
+    /// more-pending). Versions that came from `to` itself are skipped.
     pub fn build_batch(
         &self,
         group: &str,
         pos: u64,
+        to: &str,
     ) -> Result<(Vec<WireRecord>, u64, bool), crate::index::IndexError> {
         let snapshot = self.index.max_seq()?;
         let entries = self.index.since(group, pos, MAX_BATCH_RECORDS)?;
@@ -587,6 +629,11 @@ impl Shared {
         let mut last_seq = pos;
         let mut encoded = 0usize;
         for e in entries {
+            if e.from.as_deref() == Some(to) {
+                // it came from that peer as it is: do not echo it back
+                last_seq = last_seq.max(e.seq);
+                continue;
+            }
             // rough encoded size: path, vector, chunk list
             let est = 128
                 + e.rec.path.len()

@@ -123,6 +123,8 @@ pub struct Entry {
     pub ino: u64,
     pub ctime_s: i64,
     pub ctime_ns: u32,
+    /// The peer this exact version came from (it is not sent back there).
+    pub from: Option<String>,
 }
 
 /// What the quick check of a scan compares, stored ahead of each index entry so a scan can

@@ -248,6 +248,8 @@ impl<'a> ScanCtx<'a> {
                 ino: obs.ino,
                 ctime_s: obs.ctime_s,
                 ctime_ns: obs.ctime_ns,
+
+                from: None,
             },
             announce: true,
         })
@@ -270,6 +272,8 @@ impl<'a> ScanCtx<'a> {
                 ino: 0,
                 ctime_s: 0,
                 ctime_ns: 0,
+
+                from: None,
             },
             announce: true,
         }

@@ -4,9 +4,14 @@
 //!
 //! Failing cases proptest finds are kept in `tests/roundtrip.proptest-regressions`, which is
 //! committed so they are replayed first on every run.
+//!
+//! The seeds of the fuzz targets (`fuzz/corpus/`) are generated from the samples at the end of
+//! this file; `fuzz_seeds_are_current` fails when a format change made them stale, and
+//! `cargo test --test roundtrip -- --ignored write_fuzz_seeds` writes them again.
 
+use clustersync::index::ConflictInfo;
 use clustersync::protocol::{GroupResume, Msg, PROTOCOL_VERSION, WireRecord};
-use clustersync::record::{ChunkRef, Entry, Hash, Kind, Meta, Owner, Record};
+use clustersync::record::{ChunkRef, Entry, Hash, Kind, Meta, Owner, QuickStat, Record};
 use clustersync::version::VersionVector;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -145,12 +150,34 @@ fn entry() -> impl Strategy<Value = Entry> {
         any::<u32>(),
     )
         .prop_map(|(rec, seq, ino, ctime_s, ctime_ns)| Entry {
+            from: None,
             rec,
             seq,
             ino,
             ctime_s,
             ctime_ns,
         })
+}
+
+fn conflict_info() -> impl Strategy<Value = ConflictInfo> {
+    (
+        vec(node_name(), 0..3),
+        any::<bool>(),
+        node_name(),
+        proptest::option::of(text()),
+        any::<i64>(),
+        vec(record(), 0..3),
+    )
+        .prop_map(
+            |(nodes, resolved, winner, kept_as, time, versions)| ConflictInfo {
+                nodes,
+                resolved,
+                winner,
+                kept_as,
+                time,
+                versions,
+            },
+        )
 }
 
 /// Every variant of [`Msg`], equally often.
@@ -270,5 +297,310 @@ proptest! {
     #[test]
     fn arbitrary_entry_bytes_never_panic(bytes in vec(any::<u8>(), 0..256)) {
         let _ = postcard::from_bytes::<Entry>(&bytes);
+    }
+
+    /// The `files` table's value (the quick-check view, then the entry) decodes back to both,
+    /// and damaged values never panic either decoder.
+    #[test]
+    fn stored_entry_layout_roundtrips(e in entry(), damage in vec((any::<Index>(), any::<u8>()), 0..3)) {
+        let mut bytes = postcard::to_allocvec(&e.quick()).expect("encode quick");
+        bytes.extend_from_slice(&postcard::to_allocvec(&e).expect("encode entry"));
+        let (q, rest) = postcard::take_from_bytes::<QuickStat>(&bytes).expect("decode quick");
+        prop_assert_eq!(q, e.quick());
+        prop_assert_eq!(&postcard::from_bytes::<Entry>(rest).expect("decode entry"), &e);
+        for (at, value) in damage {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if let Ok((_, rest)) = postcard::take_from_bytes::<QuickStat>(&bytes) {
+            let _ = postcard::from_bytes::<Entry>(rest);
+        }
+    }
+
+    /// A stored conflict (`conflicts` table) round-trips.
+    #[test]
+    fn conflict_info_roundtrips(c in conflict_info()) {
+        let bytes = postcard::to_allocvec(&c).expect("encode");
+        prop_assert_eq!(&postcard::from_bytes::<ConflictInfo>(&bytes).expect("decode"), &c);
+    }
+}
+
+/// Fixed samples of every message and stored value: the seeds of the fuzz targets.
+mod seeds {
+    use super::*;
+    use clustersync::chunk::hash;
+
+    fn vv(pairs: &[(&str, u64)]) -> VersionVector {
+        VersionVector(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+    }
+
+    fn meta(
+        kind: Kind,
+        size: u64,
+        hash: Hash,
+        target: Option<&str>,
+        chunks: &[(Hash, u32)],
+    ) -> Meta {
+        Meta {
+            kind,
+            mode: if kind == Kind::Symlink { 0 } else { 0o644 },
+            mtime_s: 1_700_000_000,
+            mtime_ns: 123_456_789,
+            size,
+            owner: Owner {
+                uid: 0,
+                gid: 0,
+                user: Some("root".into()),
+                group: Some("root".into()),
+            },
+            hash,
+            target: target.map(String::from),
+            chunks: chunks
+                .iter()
+                .map(|&(hash, len)| ChunkRef { hash, len })
+                .collect(),
+        }
+    }
+
+    fn record(path: &str, origin: &str, meta: Option<Meta>) -> Record {
+        Record {
+            path: path.into(),
+            version: vv(&[("a", 3), ("b", 1)]),
+            origin: origin.into(),
+            meta,
+            beat: vec![],
+        }
+    }
+
+    fn small_file(path: &str, data: &[u8]) -> WireRecord {
+        let h = hash(data);
+        let chunks: &[(Hash, u32)] = if data.is_empty() {
+            &[]
+        } else {
+            &[(h, data.len() as u32)]
+        };
+        WireRecord {
+            rec: record(
+                path,
+                "a",
+                Some(meta(Kind::File, data.len() as u64, h, None, chunks)),
+            ),
+            inline: Some(data.to_vec()),
+        }
+    }
+
+    /// Records of the group of the `validate_record` target (paths `/srv/www` and
+    /// `/etc/hosts`, nodes `a` and `b`): the first seven are accepted, the others each
+    /// refused by a different check.
+    pub fn records() -> Vec<WireRecord> {
+        let mut gone = record("/srv/www/gone.txt", "b", None);
+        gone.beat = vec!["a".into()];
+        let mut v = vec![
+            small_file("/srv/www/index.html", b"<h1>hi</h1>\n"),
+            small_file("/etc/hosts", b"127.0.0.1 localhost\n"),
+            small_file("/srv/www/empty", b""),
+            WireRecord {
+                rec: record(
+                    "/srv/www/big.bin",
+                    "b",
+                    Some(meta(
+                        Kind::File,
+                        300_000,
+                        [3; 32],
+                        None,
+                        &[([1; 32], 100_000), ([2; 32], 200_000)],
+                    )),
+                ),
+                inline: None,
+            },
+            WireRecord {
+                rec: record(
+                    "/srv/www/sub",
+                    "b",
+                    Some(meta(Kind::Dir, 0, [0; 32], None, &[])),
+                ),
+                inline: None,
+            },
+            WireRecord {
+                rec: record(
+                    "/srv/www/sub/link",
+                    "a",
+                    Some(meta(
+                        Kind::Symlink,
+                        9,
+                        hash(b"../target"),
+                        Some("../target"),
+                        &[],
+                    )),
+                ),
+                inline: None,
+            },
+            WireRecord {
+                rec: gone,
+                inline: None,
+            },
+        ];
+        let mut bad = small_file("/srv/www/a.tmp", b"x");
+        v.push(bad.clone());
+        bad.rec.path = "/srv/www/../etc/shadow".into();
+        v.push(bad.clone());
+        bad.rec.path = "/srv/www/x".into();
+        bad.rec.origin = "z".into();
+        v.push(bad.clone());
+        bad.rec.origin = "a".into();
+        bad.inline = Some(b"y".to_vec());
+        v.push(bad);
+        v
+    }
+
+    pub fn messages() -> Vec<Msg> {
+        vec![
+            Msg::Hello {
+                version: PROTOCOL_VERSION,
+                node: "a".into(),
+                index_id: 0x1234_5678_9abc_def0,
+                groups: vec![
+                    GroupResume {
+                        group: "www".into(),
+                        index_id: 7,
+                        seq: 9,
+                    },
+                    GroupResume {
+                        group: "etc".into(),
+                        index_id: 0,
+                        seq: 0,
+                    },
+                ],
+            },
+            Msg::Index {
+                group: "www".into(),
+                records: records()[..7].to_vec(),
+                through: 12,
+            },
+            Msg::Index {
+                group: "www".into(),
+                records: vec![],
+                through: 0,
+            },
+            Msg::Ack {
+                group: "www".into(),
+                through: 12,
+            },
+            Msg::GetChunks {
+                req: 1,
+                group: "www".into(),
+                hashes: vec![[1; 32], [2; 32]],
+            },
+            Msg::Chunks {
+                req: 1,
+                data: vec![None, Some(vec![1, 2, 3])],
+            },
+            Msg::SyncPing { token: 5 },
+            Msg::SyncPong { token: u64::MAX },
+            Msg::Bye {
+                reason: "protocol version 2 not supported".into(),
+            },
+        ]
+    }
+
+    /// Stored values: entries alone, entries as the `files` table holds them (quick-check view
+    /// first), and a conflict.
+    pub fn stored() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (i, w) in records().into_iter().take(7).enumerate() {
+            let e = Entry {
+                rec: w.rec,
+                seq: 1000 + i as u64,
+                ino: 123_456 + i as u64,
+                ctime_s: 1_700_000_100,
+                ctime_ns: 42,
+                from: (i % 2 == 1).then(|| "b".to_string()),
+            };
+            let body = postcard::to_allocvec(&e).unwrap();
+            let mut row = postcard::to_allocvec(&e.quick()).unwrap();
+            row.extend_from_slice(&body);
+            out.push(body);
+            out.push(row);
+        }
+        let c = ConflictInfo {
+            nodes: vec!["a".into(), "b".into()],
+            resolved: false,
+            winner: "a".into(),
+            kept_as: Some("20240101T000000-b".into()),
+            time: 1_700_000_200,
+            versions: records().into_iter().take(2).map(|w| w.rec).collect(),
+        };
+        out.push(postcard::to_allocvec(&c).unwrap());
+        out
+    }
+
+    /// The seed files, by target and name.
+    pub fn files() -> Vec<(&'static str, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (i, m) in messages().iter().enumerate() {
+            out.push((
+                "decode_msg",
+                format!("seed-{i:02}-{}", m.kind()),
+                m.encode().unwrap(),
+            ));
+        }
+        for (i, b) in stored().into_iter().enumerate() {
+            out.push(("decode_entry", format!("seed-{i:02}"), b));
+        }
+        for (i, w) in records().iter().enumerate() {
+            out.push((
+                "validate_record",
+                format!("seed-{i:02}"),
+                postcard::to_allocvec(w).unwrap(),
+            ));
+        }
+        out
+    }
+}
+
+fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// The committed fuzz seeds are what the samples encode to today (a format change makes them
+/// stale: the fuzzers would start from inputs the decoders refuse), and the seed configs parse.
+#[test]
+fn fuzz_seeds_are_current() {
+    for (target, name, bytes) in seeds::files() {
+        let file = corpus_dir(target).join(&name);
+        let on_disk = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            on_disk == bytes,
+            "{} is stale or missing; run `cargo test --test roundtrip -- --ignored write_fuzz_seeds`",
+            file.display()
+        );
+    }
+    for f in std::fs::read_dir(corpus_dir("config")).expect("fuzz/corpus/config") {
+        let f = f.unwrap().path();
+        let text = std::fs::read_to_string(&f).unwrap();
+        if let Err(e) = clustersync::config::Config::parse(&text, &f) {
+            panic!("seed config no longer parses: {e}");
+        }
+    }
+}
+
+/// Write the fuzz seeds again (after a change of the wire or index format).
+#[test]
+#[ignore = "writes fuzz/corpus/; run by hand after a format change"]
+fn write_fuzz_seeds() {
+    for target in ["decode_msg", "decode_entry", "validate_record"] {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap();
+            if f.file_name().to_string_lossy().starts_with("seed-") {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
+    }
+    for (target, name, bytes) in seeds::files() {
+        std::fs::write(corpus_dir(target).join(name), bytes).unwrap();
     }
 }
