@@ -337,6 +337,19 @@ impl Index {
         Ok(out)
     }
 
+    /// The highest sequence number of an entry of `group` (0 when it has none).
+    pub fn group_head(&self, group: &str) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+        let mut r = bs
+            .range((group, 0u64)..=(group, u64::MAX))
+            .map_err(|e| self.err(e))?;
+        match r.next_back() {
+            Some(item) => Ok(item.map_err(|e| self.err(e))?.0.value().1),
+            None => Ok(0),
+        }
+    }
+
     /// Number of entries of `group` with a sequence number above `after`.
     pub fn count_since(&self, group: &str, after: u64) -> Result<u64, IndexError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;

@@ -977,6 +977,11 @@ async fn engine(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Work>) {
                         through,
                     })
                     .await;
+                if out.failed.is_empty() {
+                    let mut r = lock(&peer.remote);
+                    let e = r.entry(group.clone()).or_default();
+                    e.1 = e.1.max(through);
+                }
                 let entry = retry.entry(key.clone());
                 use std::collections::hash_map::Entry as E;
                 match entry {
@@ -1477,6 +1482,16 @@ pub fn status_of(
             }
         }
         pending += local;
+        if let Some(s) = live {
+            // what connected peers have and we have not applied yet (an upper bound)
+            for p in g.members().filter(|m| *m != name) {
+                if let Some(h) = s.peer(p)
+                    && let Some((head, applied)) = lock(&h.remote).get(&g.name).copied()
+                {
+                    pending += head.saturating_sub(applied);
+                }
+            }
+        }
         let unresolved = conflicts
             .iter()
             .filter(|(cg, _, c)| cg == &g.name && !c.resolved)

@@ -65,6 +65,8 @@ pub struct PeerHandle {
     pub progress_notify: Notify,
     /// Index batches handed to the engine and not yet applied.
     pub queued_batches: AtomicUsize,
+    /// Per group: (the peer's head, how far we applied its records).
+    pub remote: Mutex<HashMap<String, (u64, u64)>>,
     closed: watch::Sender<bool>,
 }
 
@@ -195,6 +197,7 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
             group: g.clone(),
             index_id,
             seq,
+            head: shared.index.group_head(g).unwrap_or(0),
         });
     }
     let hello = Msg::Hello {
@@ -256,6 +259,20 @@ pub async fn run_link(shared: Arc<Shared>, link: Link, peer: String) -> Result<(
         progress: Mutex::new(HashMap::new()),
         progress_notify: Notify::new(),
         queued_batches: AtomicUsize::new(0),
+        remote: Mutex::new(
+            their_resume
+                .iter()
+                .filter(|r| shared_groups.contains(&r.group))
+                .map(|r| {
+                    let applied = shared
+                        .index
+                        .peer_position(&peer, &r.group)
+                        .map(|p| p.1)
+                        .unwrap_or(0);
+                    (r.group.clone(), (r.head, applied))
+                })
+                .collect(),
+        ),
         closed: closed_tx.clone(),
     });
     if let Some(old) = shared.register_peer(handle.clone()) {
@@ -390,8 +407,14 @@ async fn dispatch(
             group,
             records,
             through,
+            head,
         } => {
             check_group(&group)?;
+            {
+                let mut r = lock(&h.remote);
+                let e = r.entry(group.clone()).or_default();
+                e.0 = e.0.max(head);
+            }
             if shared.group(&group).is_some_and(|g| g.is_replica(peer)) {
                 return Err(violation(
                     peer,
@@ -551,7 +574,7 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
         let g2 = group.clone();
         let to = h.name.clone();
         let batch = tokio::task::spawn_blocking(move || s2.build_batch(&g2, pos, &to)).await;
-        let (records, through, full) = match batch {
+        let (records, through, full, head) = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!(group = %group, "reading index for peer {}: {e}", h.name);
@@ -560,7 +583,14 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
             }
             Err(_) => return,
         };
-        if !records.is_empty() {
+        // nothing to send, but the peer should learn it is caught up (what we skipped came
+        // from it): move its `through` with an empty batch
+        let announce_empty = records.is_empty() && {
+            let p = lock(&h.progress);
+            let e = p.get(&group).cloned().unwrap_or_default();
+            head > e.last_sent && through > e.last_sent
+        };
+        if !records.is_empty() || announce_empty {
             let n = records.len();
             for r in &records {
                 shared.audit_sent(&group, &r.rec, &h.name);
@@ -576,6 +606,7 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
                     group: group.clone(),
                     records,
                     through,
+                    head,
                 })
                 .await
             {
@@ -619,8 +650,9 @@ impl Shared {
         group: &str,
         pos: u64,
         to: &str,
-    ) -> Result<(Vec<WireRecord>, u64, bool), crate::index::IndexError> {
+    ) -> Result<(Vec<WireRecord>, u64, bool, u64), crate::index::IndexError> {
         let snapshot = self.index.max_seq()?;
+        let head = self.index.group_head(group)?;
         let entries = self.index.since(group, pos, MAX_BATCH_RECORDS)?;
         let full = entries.len() >= MAX_BATCH_RECORDS;
         let mut records = Vec::with_capacity(entries.len());
@@ -665,7 +697,7 @@ impl Shared {
         } else {
             snapshot.max(last_seq).max(pos)
         };
-        Ok((records, through, more))
+        Ok((records, through, more, head))
     }
 
     fn read_inline(&self, group: &str, path: &str, size: u64, hash: &Hash) -> Option<Vec<u8>> {

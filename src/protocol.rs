@@ -40,6 +40,9 @@ pub struct GroupResume {
     pub index_id: u64,
     /// Last applied sequence number of that index.
     pub seq: u64,
+    /// The sender's own head for this group: the highest sequence number of its records of
+    /// the group, so the receiver knows how far behind it is.
+    pub head: u64,
 }
 
 /// A record with, for small files, its content.
@@ -58,11 +61,13 @@ pub enum Msg {
         index_id: u64,
         groups: Vec<GroupResume>,
     },
-    /// Records of `group` changed on the sender up to its sequence `through`.
+    /// Records of `group` changed on the sender up to its sequence `through` (possibly none:
+    /// then it only moves `through`); `head` is the sender's head for the group.
     Index {
         group: String,
         records: Vec<WireRecord>,
         through: u64,
+        head: u64,
     },
     /// The receiver applied the sender's records of `group` up to `through`.
     Ack {
@@ -186,6 +191,7 @@ mod tests {
                     group: "www".into(),
                     index_id: 7,
                     seq: 9,
+                    head: 11,
                 }],
             },
             Msg::Index {
@@ -195,6 +201,7 @@ mod tests {
                     inline: Some(b"abc".to_vec()),
                 }],
                 through: 12,
+                head: 12,
             },
             Msg::Ack {
                 group: "www".into(),

@@ -67,6 +67,7 @@ async fn attack(c: &Cluster, msgs: Vec<Msg>, hello: bool) -> bool {
                     group: "www".into(),
                     index_id: 0,
                     seq: 0,
+                    head: 0,
                 }],
             })
             .await
@@ -104,6 +105,7 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
         group: group.into(),
         records: vec![w],
         through: 1,
+        head: 1,
     };
     let mut tampered = record("/srv/www/tampered", b"real content");
     tampered.inline = Some(b"other content".to_vec());

@@ -138,6 +138,7 @@ fn group_resume() -> impl Strategy<Value = GroupResume> {
         group,
         index_id,
         seq,
+        head: seq,
     })
 }
 
@@ -200,6 +201,7 @@ fn msg() -> impl Strategy<Value = Msg> {
                 group,
                 records,
                 through,
+                head: through,
             }
         }),
         (text(), any::<u64>()).prop_map(|(group, through)| Msg::Ack { group, through }),
@@ -464,11 +466,13 @@ mod seeds {
                         group: "www".into(),
                         index_id: 7,
                         seq: 9,
+                        head: 11,
                     },
                     GroupResume {
                         group: "etc".into(),
                         index_id: 0,
                         seq: 0,
+                        head: 0,
                     },
                 ],
             },
@@ -476,11 +480,13 @@ mod seeds {
                 group: "www".into(),
                 records: records()[..7].to_vec(),
                 through: 12,
+                head: 12,
             },
             Msg::Index {
                 group: "www".into(),
                 records: vec![],
                 through: 0,
+                head: 0,
             },
             Msg::Ack {
                 group: "www".into(),

@@ -96,9 +96,22 @@ fn new_empty_node_receives_everything_and_deletes_nothing() {
     c.start("b");
     c.wait_connected();
     let t = c.wait_converged("a and b");
-    // c joins later with an empty directory and an empty index
+    // c joins later with an empty directory and an empty index; while it is behind it must
+    // not claim to be in sync (a load balancer relies on that)
+    for i in 0..400 {
+        write(&c.path("a", &format!("bulk/f{i}")), bytes(2000, i as u64));
+    }
+    let t = c.wait_converged("a and b with the bulk");
     c.start("c");
-    c.wait_connected();
+    wait_until("c in sync", WAIT, || {
+        let Some(st) = c.status("c") else { return false };
+        let claims = st["groups"][0]["in_sync"] == true
+            && st["peers"].as_array().unwrap().iter().all(|p| p["connected"] == true);
+        if claims {
+            assert_eq!(c.tree("c").len(), t.len(), "c claimed in_sync while behind");
+        }
+        claims
+    });
     let t2 = c.wait_converged("c joined");
     assert_eq!(t.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
     assert!(t2.contains_key("/only-on-b"));
