@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("files");

@@ -18,7 +18,7 @@ use crate::record::{Hash, Record};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol; a peer speaking another version is refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest accepted message, encoded.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Records per `Index` batch at most.
