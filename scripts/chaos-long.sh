@@ -27,7 +27,7 @@ mkdir -p "$logs"
 echo "chaos-long: seeds $first..$last, $steps steps each; logs in $logs"
 echo "chaos-long: building (target dir $CARGO_TARGET_DIR)"
 bin=$(cargo test --test chaos --no-run --message-format=json 2>"$logs/build.log" |
-    grep -o '"executable":"[^"]*chaos-[^"]*"' | tail -n1 | cut -d'"' -f4) || true
+    grep -o '"executable":"[^"]*/deps/chaos-[^"]*"' | tail -n1 | cut -d'"' -f4) || true
 if [[ -z "$bin" || ! -x "$bin" ]]; then
     echo "chaos-long: build failed:" >&2
     tail -n 40 "$logs/build.log" >&2

@@ -450,31 +450,32 @@ impl Chaos {
         let mut last_diff = String::new();
         let ok = wait_until_soft(SETTLE, || {
             let first = self.c.tree(NODES[0]);
+            let mut d = String::new();
             for n in &NODES[1..] {
                 let t = self.c.tree(n);
                 if t != first {
-                    last_diff = diff(NODES[0], &first, n, &t);
-                    return false;
+                    d.push_str(&diff(NODES[0], &first, n, &t));
                 }
             }
-            let in_sync = !self.check_in_sync
-                || NODES.iter().all(|n| {
-                    self.c
-                        .status(n)
-                        .is_some_and(|s| s["groups"][0]["in_sync"] == true)
-                });
-            if !in_sync {
-                last_diff = format!("trees agree but not every node reports in_sync: {}", {
-                    let v: Vec<String> = NODES
-                        .iter()
-                        .map(|n| {
-                            let s = self.c.status(n).unwrap_or_default();
-                            format!("{n}: {} peers {}", s["groups"][0], s["peers"])
-                        })
-                        .collect();
-                    v.join("; ")
-                });
+            if !d.is_empty() {
+                last_diff = d;
                 return false;
+            }
+            if self.check_in_sync {
+                let st: Vec<Option<serde_json::Value>> =
+                    NODES.iter().map(|n| self.status(n)).collect();
+                if !st.iter().all(|s| {
+                    s.as_ref()
+                        .is_some_and(|s| s["groups"][0]["in_sync"] == true)
+                }) {
+                    last_diff = "trees agree but not every node reports in_sync:\n".into();
+                    for (n, s) in NODES.iter().zip(&st) {
+                        let s = s.clone().unwrap_or_default();
+                        last_diff
+                            .push_str(&format!("  {n}: {} peers {}\n", s["groups"][0], s["peers"]));
+                    }
+                    return false;
+                }
             }
             // and it stays so
             std::thread::sleep(Duration::from_millis(300));
@@ -485,7 +486,10 @@ impl Chaos {
             tree = first;
             true
         });
-        assert!(ok, "{what}: no convergence within {SETTLE:?}:\n{last_diff}");
+        if !ok {
+            let diag = self.diagnose();
+            panic!("{what}: no convergence within {SETTLE:?}:\n{last_diff}\n{diag}");
+        }
         println!(
             "[seed {}] {what}: converged in {:.2}s, {} entries",
             self.seed,
@@ -493,6 +497,86 @@ impl Chaos {
             tree.len()
         );
         tree
+    }
+
+    /// `status --json` of a node, or None if it does not answer within a few seconds (the
+    /// harness's `status` would wait forever on a hung daemon).
+    fn status(&self, node: &str) -> Option<serde_json::Value> {
+        let out = cli_bounded(
+            &self.c,
+            node,
+            &["status", "--json"],
+            Duration::from_secs(10),
+        )?;
+        serde_json::from_slice(&out).ok()
+    }
+
+    /// `Cluster::wait_connected`, bounded even if a daemon stops answering.
+    fn wait_connected(&self) {
+        for n in NODES {
+            let mut last = None;
+            let ok = wait_until_soft(SETTLE, || {
+                last = self.status(n);
+                last.as_ref().is_some_and(|st| {
+                    st["peers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|p| p["connected"] == true)
+                })
+            });
+            if !ok {
+                let diag = self.diagnose();
+                panic!("{n} not connected to its peers within {SETTLE:?}: {last:?}\n{diag}");
+            }
+        }
+    }
+
+    /// What every daemon says and does: its status, and with gdb on the machine, the
+    /// backtraces of its threads (written next to the logs).
+    fn diagnose(&self) -> String {
+        let mut s = String::from("diagnosis:\n");
+        for n in &self.c.nodes {
+            let st = self.status(&n.name);
+            s.push_str(&format!(
+                "  {} status: {}\n",
+                n.name,
+                st.map(|v| v.to_string())
+                    .unwrap_or("(no answer within 10s)".into())
+            ));
+            let Some(pid) = n.child.as_ref().map(|c| c.id()) else {
+                continue;
+            };
+            if std::env::var_os("CHAOS_NO_GDB").is_some() {
+                continue;
+            }
+            let dest = self.c.dir.path().join(format!("{}.backtrace.txt", n.name));
+            let Ok(f) = std::fs::File::create(&dest) else {
+                continue;
+            };
+            let child = std::process::Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(f)
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            if let Ok(mut child) = child {
+                let t0 = Instant::now();
+                while child.try_wait().ok().flatten().is_none() && t0.elapsed() < WAIT {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                s.push_str(&format!("  {} threads: {}\n", n.name, dest.display()));
+            }
+        }
+        s
     }
 
     fn check_contents(&self, tree: &BTreeMap<String, String>) {
@@ -552,7 +636,7 @@ impl Chaos {
                 self.start(n);
             }
         }
-        self.c.wait_connected();
+        self.wait_connected();
         let tree = self.settle(what);
         self.assert_alive();
         self.check_contents(&tree);
@@ -607,7 +691,7 @@ impl Chaos {
         for n in NODES {
             self.start(n);
         }
-        self.c.wait_connected();
+        self.wait_connected();
         self.c.wait_converged("start");
 
         for s in 1..=steps {
@@ -684,6 +768,44 @@ fn start_retrying(c: &mut Cluster, name: &str) -> Result<(), String> {
         return Err(format!("the daemon exited at once ({exited}):\n{tail}"));
     }
     unreachable!()
+}
+
+/// Run a CLI command as `node` with a time limit; its stdout, or None on failure or timeout.
+fn cli_bounded(c: &Cluster, node: &str, args: &[&str], limit: Duration) -> Option<Vec<u8>> {
+    let out = tempfile::tempfile().ok()?;
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&c.cfg)
+        .args(["--node", node, "--state-dir"])
+        .arg(&c.node(node).state)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().ok()?)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().ok()? {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if !st.success() {
+        return None;
+    }
+    use std::io::{Read, Seek};
+    let mut out = out;
+    out.seek(std::io::SeekFrom::Start(0)).ok()?;
+    let mut v = Vec::new();
+    out.read_to_end(&mut v).ok()?;
+    Some(v)
 }
 
 /// Like `wait_until`, but returns false instead of panicking at the limit.

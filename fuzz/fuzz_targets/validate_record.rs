@@ -11,6 +11,7 @@ use clustersync::protocol::WireRecord;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::LazyLock;
+use std::sync::atomic::AtomicBool;
 
 const CONFIG: &str = r#"
 [nodes.a]
@@ -32,6 +33,8 @@ static GROUP: LazyLock<GroupRt> = LazyLock::new(|| {
         filter: Filter::new(&cfg).expect("the fixed patterns compile"),
         cfg,
         peers: vec!["b".into()],
+        replica: false,
+        adopt: AtomicBool::new(false),
     }
 });
 
