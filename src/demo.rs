@@ -241,6 +241,8 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
     let p1 = cl.www("web1").join("motd.txt");
     let p2 = cl.www("web2").join("motd.txt");
     std::fs::write(&p1, "motd written on web1\n")?;
+    // a few ms later (file mtimes have a coarse clock), still before either node saw the other
+    std::thread::sleep(Duration::from_millis(8));
     std::fs::write(&p2, "motd written on web2, a little later\n")?;
     let t = wait_for("the conflict to converge", || {
         let a = read(&p1);
@@ -248,7 +250,7 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
     })?;
     let winner = read(&p1).unwrap_or_default();
     println!(
-        "5. conflict motd.txt written on web1 and web2 at once -> all nodes agree in {}",
+        "5. conflict motd.txt written on web1 and web2 8 ms apart -> all nodes agree in {}",
         ms(t)
     );
     println!(
