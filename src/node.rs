@@ -93,6 +93,21 @@ pub struct GroupRt {
 }
 
 impl GroupRt {
+    /// A group as node `this_node` runs it.
+    pub fn new(cfg: &GroupConfig, this_node: &str) -> Result<GroupRt, String> {
+        Ok(GroupRt {
+            filter: Filter::new(cfg)?,
+            peers: cfg
+                .members()
+                .filter(|m| *m != this_node)
+                .map(String::from)
+                .collect(),
+            replica: cfg.replicas.iter().any(|r| r == this_node),
+            adopt: std::sync::atomic::AtomicBool::new(false),
+            cfg: cfg.clone(),
+        })
+    }
+
     /// Does `node` only receive in this group?
     pub fn is_replica(&self, node: &str) -> bool {
         self.cfg.replicas.iter().any(|r| r == node)
@@ -491,21 +506,10 @@ impl Node {
         let index_id = index.index_id();
         let mut groups = Vec::new();
         for g in cfg.groups_of(&opts.name) {
-            let filter = Filter::new(g).map_err(|msg| NodeError::Group {
+            groups.push(GroupRt::new(g, &opts.name).map_err(|msg| NodeError::Group {
                 group: g.name.clone(),
                 msg,
-            })?;
-            groups.push(GroupRt {
-                cfg: g.clone(),
-                filter,
-                peers: g
-                    .members()
-                    .filter(|m| *m != opts.name)
-                    .map(String::from)
-                    .collect(),
-                replica: g.replicas.contains(&opts.name),
-                adopt: std::sync::atomic::AtomicBool::new(false),
-            });
+            })?);
         }
         for g in groups.iter().filter(|g| g.replica) {
             let mut fresh = true;

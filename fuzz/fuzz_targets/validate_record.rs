@@ -4,14 +4,12 @@
 
 use clustersync::apply::validate;
 use clustersync::config::Config;
-use clustersync::filter::Filter;
 use clustersync::node::GroupRt;
 use clustersync::paths::check_shape;
 use clustersync::protocol::WireRecord;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::LazyLock;
-use std::sync::atomic::AtomicBool;
 
 const CONFIG: &str = r#"
 [nodes.a]
@@ -29,13 +27,7 @@ exclude = ["*.tmp", "cache/", ".git/", "/private", "**/*.bak"]
 static GROUP: LazyLock<GroupRt> = LazyLock::new(|| {
     let cfg = Config::parse(CONFIG, Path::new("fuzz.toml")).expect("the fixed config parses");
     let cfg = cfg.groups["www"].clone();
-    GroupRt {
-        filter: Filter::new(&cfg).expect("the fixed patterns compile"),
-        cfg,
-        peers: vec!["b".into()],
-        replica: false,
-        adopt: AtomicBool::new(false),
-    }
+    GroupRt::new(&cfg, "a").expect("the fixed patterns compile")
 });
 
 fuzz_target!(|data: &[u8]| {
