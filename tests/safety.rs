@@ -104,9 +104,15 @@ fn new_empty_node_receives_everything_and_deletes_nothing() {
     let t = c.wait_converged("a and b with the bulk");
     c.start("c");
     wait_until("c in sync", WAIT, || {
-        let Some(st) = c.status("c") else { return false };
+        let Some(st) = c.status("c") else {
+            return false;
+        };
         let claims = st["groups"][0]["in_sync"] == true
-            && st["peers"].as_array().unwrap().iter().all(|p| p["connected"] == true);
+            && st["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["connected"] == true);
         if claims {
             assert_eq!(c.tree("c").len(), t.len(), "c claimed in_sync while behind");
         }
@@ -173,4 +179,51 @@ fn a_group_path_wiped_and_refilled_while_the_daemon_was_down_stops_the_group() {
             "f{i} deleted everywhere"
         );
     }
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_during_transfers_is_never_written_through() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    write(&c.path("a", "target/seed"), "x");
+    c.start_all();
+    c.wait_converged("start");
+    let outside = c.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let dir_b = c.path("b", "target");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // on b, a hostile local user keeps swapping the directory for a symlink to outside
+    let swapper = {
+        let stop = stop.clone();
+        let dir_b = dir_b.clone();
+        let outside = outside.clone();
+        std::thread::spawn(move || {
+            let aside = dir_b.with_file_name("target.aside");
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                n += 1;
+                if std::fs::rename(&dir_b, &aside).is_ok() {
+                    let _ = symlink(&outside, &dir_b);
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    let _ = std::fs::remove_file(&dir_b);
+                    let _ = std::fs::rename(&aside, &dir_b);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        })
+    };
+    for i in 0..60 {
+        write(
+            &c.path("a", &format!("target/f{i}")),
+            bytes(5000 + i * 1000, i as u64),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "something was written through the swapped-in symlink"
+    );
 }
