@@ -411,7 +411,14 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
         let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             ev = stream.next() => match ev {
-                Some(Ok(ev)) => st.handle(ev),
+                Some(Ok(ev)) => {
+                    st.handle(ev);
+                    // the earliest a path touched now can be due; the pending set is only
+                    // walked when something is due (walking it per event is quadratic)
+                    let soon = Instant::now() + QUIET;
+                    next = Some(next.map_or(soon, |n| n.min(soon)));
+                    continue;
+                }
                 Some(Err(e)) => {
                     tracing::warn!("inotify read: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
