@@ -37,7 +37,35 @@ pub struct Content {
 }
 
 /// Hash and chunk everything `r` yields; `size_hint` (the expected size) picks the chunk sizes.
-pub fn identify(r: impl Read, size_hint: u64) -> std::io::Result<Content> {
+pub fn identify(mut r: impl Read, size_hint: u64) -> std::io::Result<Content> {
+    if size_hint < MIN_CHUNK as u64 {
+        // below the minimum chunk size FastCDC yields the whole content as one chunk: do the
+        // same without its 256 KiB buffer per file (most files of a web tree are this small)
+        let mut buf = Vec::with_capacity(size_hint as usize + 1);
+        r.by_ref().take(MIN_CHUNK as u64).read_to_end(&mut buf)?;
+        if buf.len() < MIN_CHUNK {
+            let h = hash(&buf);
+            let chunks = if buf.is_empty() {
+                vec![]
+            } else {
+                vec![ChunkRef {
+                    hash: h,
+                    len: buf.len() as u32,
+                }]
+            };
+            return Ok(Content {
+                hash: h,
+                size: buf.len() as u64,
+                chunks,
+            });
+        }
+        // it grew meanwhile: chunk what was read and the rest normally
+        return identify_stream(std::io::Cursor::new(buf).chain(r), MIN_CHUNK as u64 * 2);
+    }
+    identify_stream(r, size_hint)
+}
+
+fn identify_stream(r: impl Read, size_hint: u64) -> std::io::Result<Content> {
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
     let mut size = 0u64;
@@ -114,5 +142,27 @@ mod tests {
         assert!(new_bytes <= 2 * SMALL_MAX_CHUNK as u64, "{new_bytes}");
         assert_eq!(params_for(2 << 30).2, MAX_CHUNK);
         assert!(identify_bytes(b"").chunks.is_empty());
+        // the small-file shortcut gives what FastCDC gives
+        for n in [
+            1usize,
+            100,
+            MIN_CHUNK - 1,
+            MIN_CHUNK,
+            MIN_CHUNK + 1,
+            3 * MIN_CHUNK,
+        ] {
+            let d = data(n, n as u64);
+            assert_eq!(
+                identify(&d[..], n as u64).unwrap(),
+                identify_stream(&d[..], n as u64).unwrap(),
+                "{n}"
+            );
+            // and a wrong size hint changes nothing
+            assert_eq!(
+                identify(&d[..], 10).unwrap(),
+                identify_stream(&d[..], n as u64).unwrap(),
+                "{n}"
+            );
+        }
     }
 }

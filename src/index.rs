@@ -231,6 +231,16 @@ impl Index {
         Ok(v)
     }
 
+    /// The quick-check view of one path.
+    pub fn get_quick(&self, group: &str, path: &str) -> Result<Option<QuickStat>, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(FILES).map_err(|e| self.err(e))?;
+        match t.get((group, path)).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode_quick(path, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Is there a live entry strictly below `path`? Stops at the first one.
     pub fn any_live_below(&self, group: &str, path: &str) -> Result<bool, IndexError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;

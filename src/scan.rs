@@ -357,8 +357,8 @@ impl<'a> ScanCtx<'a> {
             self.index.subtree_quick(group, target)?
         } else {
             self.index
-                .get(group, target)?
-                .map(|e| (e.rec.path.clone(), e.quick()))
+                .get_quick(group, target)?
+                .map(|q| (target.to_string(), q))
                 .into_iter()
                 .collect()
         }
