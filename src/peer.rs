@@ -554,6 +554,11 @@ async fn pump(shared: Arc<Shared>, h: Arc<PeerHandle>, group: String, start: u64
         e.last_sent = pos;
         e.acked = pos;
     }
+    // the peer's Hello says it applied our records up to `pos`: that is an acknowledgement
+    // (ours may have been lost in a crash, acks are stored without a sync)
+    if shared.index.acked(&h.name, &group).unwrap_or(0) < pos {
+        let _ = shared.index.set_acked(&h.name, &group, pos);
+    }
     loop {
         // flow control
         loop {
