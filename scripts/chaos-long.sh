@@ -9,6 +9,7 @@
 #   CHAOS_TARGET_DIR  cargo target dir of the run (default: target/chaos-long), separate from the
 #                     usual one so that a rebuild elsewhere cannot swap the binaries mid-run
 #   CHAOS_LOG_DIR     where each seed's output goes (default: a new temp dir)
+#   CHAOS_NO_IN_SYNC=1, CHAOS_NO_GDB=1 are passed on to the test (see tests/chaos.rs)
 #
 # The binaries are built once at the start; a failing seed's output (actions, the daemons' last
 # log lines) is kept in CHAOS_LOG_DIR and its test directory is kept (CS_TEST_KEEP=1).
