@@ -473,7 +473,27 @@ fn decide(shared: &Shared, g: &GroupRt, local: Option<&Entry>, remote: &Record) 
         return Decision::Take(remote.clone());
     };
     match remote.version.compare(&local.rec.version) {
-        Causality::Equal | Causality::Older => Decision::Ignore,
+        Causality::Equal => {
+            // Equal versions normally mean equal content. They can differ when concurrent
+            // versions were merged pairwise in different orders on different nodes: settle it
+            // with the group's policy, deterministically, so every node ends with one content.
+            let same = match (&local.rec.meta, &remote.meta) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_all(b, g.cfg.owners != Owners::Ignore),
+                _ => false,
+            };
+            if same || !remote_wins(&g.cfg.conflict, &local.rec, remote) {
+                return Decision::Ignore;
+            }
+            tracing::warn!(
+                group = %g.cfg.name,
+                "{}: same version, different content ({} vs {}); taking {}'s by policy {}",
+                remote.path, local.rec.origin, remote.origin, remote.origin, g.cfg.conflict
+            );
+            shared.audit(&g.cfg.name, &remote.path, "conflict", remote);
+            Decision::Take(remote.clone())
+        }
+        Causality::Older => Decision::Ignore,
         Causality::Newer => {
             settle_conflict(shared, g, remote);
             let lost = remote.beat.contains(&local.rec.origin)
