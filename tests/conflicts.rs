@@ -18,16 +18,7 @@ fn cluster(policy: &str) -> Cluster {
     write(&c.path("a", "doc.txt"), "original\n");
     c.start_all();
     c.wait_converged("start");
-    c.node("c").proxy.as_ref().unwrap().cut();
-    wait_until("c cut off", WAIT, || {
-        c.status("a").is_some_and(|s| {
-            s["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == "c" && p["connected"] == false)
-        })
-    });
+    c.cut_off("c", "a");
     c
 }
 

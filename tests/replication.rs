@@ -22,16 +22,7 @@ fn partitioned() -> Cluster {
 }
 
 fn cut_c(c: &Cluster) {
-    c.node("c").proxy.as_ref().unwrap().cut();
-    wait_until("c cut off", WAIT, || {
-        c.status("a").is_some_and(|s| {
-            s["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == "c" && p["connected"] == false)
-        })
-    });
+    c.cut_off("c", "a");
 }
 
 fn conflicts(c: &Cluster, n: &str) -> serde_json::Value {

@@ -309,6 +309,23 @@ impl Cluster {
         }
     }
 
+    /// Cut every link to `name` at its proxy and wait until `seen_by` notices.
+    pub fn cut_off(&self, name: &str, seen_by: &str) {
+        self.node(name)
+            .proxy
+            .as_ref()
+            .expect("cluster made with proxies")
+            .cut();
+        wait_until(&format!("{seen_by} to see {name} cut off"), WAIT, || {
+            self.status(seen_by).is_some_and(|s| {
+                s["peers"].as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|p| p["name"] == name && p["connected"] == false)
+                })
+            })
+        });
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self, name: &str) -> std::process::ExitStatus {
         let n = self.node_mut(name);
