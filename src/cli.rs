@@ -369,6 +369,22 @@ fn print_report(rep: &crate::node::SyncReport) -> u8 {
     }
 }
 
+/// Run this node in-process for one command (no daemon here): no listener, no watcher, and
+/// it dials every peer.
+async fn start_in_process(s: &Settings, cfg: Config, dry_run: bool) -> Result<Node> {
+    Node::start(NodeOptions {
+        config: cfg,
+        name: s.node.clone(),
+        state_dir: s.state_dir.clone(),
+        listen: false,
+        watch: false,
+        dial_all: true,
+        dry_run,
+    })
+    .await
+    .context("cannot start")
+}
+
 async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duration) -> Result<u8> {
     let cfg = load_config(s)?;
     for g in &groups {
@@ -400,17 +416,7 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
         let rep: crate::node::SyncReport = serde_json::from_value(ans)?;
         return Ok(print_report(&rep));
     }
-    let node = Node::start(NodeOptions {
-        config: cfg,
-        name: s.node.clone(),
-        state_dir: s.state_dir.clone(),
-        listen: false,
-        watch: false,
-        dial_all: true,
-        dry_run,
-    })
-    .await
-    .context("cannot start")?;
+    let node = start_in_process(s, cfg, dry_run).await?;
     // the node scanned everything as it started: no second scan
     let rep = node.shared.sync_opts(&groups, timeout, false).await;
     node.stop().await;
@@ -540,17 +546,7 @@ async fn resolve(s: &Settings, path: &str, keep: &str) -> Result<u8> {
         Ok(v) => v,
         Err(control::ControlError::NoDaemon(_)) => {
             // no daemon: do it in-process, connected to the peers, then push the result
-            let node = Node::start(NodeOptions {
-                config: cfg,
-                name: s.node.clone(),
-                state_dir: s.state_dir.clone(),
-                listen: false,
-                watch: false,
-                dial_all: true,
-                dry_run: false,
-            })
-            .await
-            .context("cannot start")?;
+            let node = start_in_process(s, cfg, false).await?;
             let _ = node.shared.sync(&[], Duration::from_secs(30)).await;
             let (tx, rx) = tokio::sync::oneshot::channel();
             node.shared.submit(crate::node::Work::Resolve {
