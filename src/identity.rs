@@ -4,7 +4,7 @@
 //! lowercase hex characters: the `id` of `[nodes.NAME]`. The key file holds the private key and
 //! the public key, one hex line each, and is created with mode 0600 and never overwritten.
 
-use crate::record::{hex, unhex};
+use crate::item::{hex, unhex};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

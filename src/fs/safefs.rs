@@ -13,13 +13,16 @@
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
+use crate::item::name::{self, show};
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Prefix of temporary files; such names are never scanned nor synced.
 pub const TEMP_PREFIX: &str = ".clustersync.tmp.";
 
-/// A filesystem operation that failed, with the path it was about.
+/// A filesystem operation that failed, with the path it was about (escaped, see
+/// [`crate::item::name::show`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]
 pub struct FsError {
@@ -29,10 +32,17 @@ pub struct FsError {
     pub source: std::io::Error,
 }
 
-fn fe(op: &'static str, path: &str, e: impl Into<std::io::Error>) -> FsError {
+impl FsError {
+    /// The OS error behind it.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+fn fe(op: &'static str, path: &[u8], e: impl Into<std::io::Error>) -> FsError {
     FsError {
         op,
-        path: path.to_string(),
+        path: show(path).into_owned(),
         source: e.into(),
     }
 }
@@ -50,9 +60,9 @@ pub struct SetMeta {
 /// A resolved location: an open parent directory and the final name in it.
 pub struct Place {
     dir: OwnedFd,
-    name: String,
-    /// Logical path, for messages.
-    pub path: String,
+    name: Vec<u8>,
+    /// Logical path.
+    pub path: Vec<u8>,
 }
 
 /// A temporary file being filled before it is installed.
@@ -74,10 +84,10 @@ impl Drop for Temp {
 fn random_name() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
-    format!("{TEMP_PREFIX}{}", crate::record::hex(&b))
+    format!("{TEMP_PREFIX}{}", crate::item::hex(&b))
 }
 
-fn open_dir_nofollow(dir: impl AsFd, name: &str) -> Result<OwnedFd, Errno> {
+fn open_dir_nofollow(dir: impl AsFd, name: &[u8]) -> Result<OwnedFd, Errno> {
     rustix::fs::openat(
         dir,
         name,
@@ -98,26 +108,26 @@ fn open_trusted_dir(p: &Path) -> Result<OwnedFd, Errno> {
 ///
 /// With `create`, missing intermediate directories are created (mode 0755; their own records
 /// set the real metadata). A non-directory in the way is an error, never followed.
-pub fn resolve(root: &Path, gp: &str, p: &str, create: bool) -> Result<Place, FsError> {
-    let real_gp = crate::paths::real(root, gp);
-    if p == gp {
+pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, FsError> {
+    let real_gp = name::real(root, gp.as_bytes());
+    if p == gp.as_bytes() {
         let parent = real_gp.parent().unwrap_or(Path::new("/"));
         if create {
-            std::fs::create_dir_all(parent).map_err(|e| fe("create", gp, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| fe("create", p, e))?;
         }
-        let dir = open_trusted_dir(parent).map_err(|e| fe("open", gp, e))?;
-        let name = real_gp
+        let dir = open_trusted_dir(parent).map_err(|e| fe("open", p, e))?;
+        let last = real_gp
             .file_name()
-            .and_then(|n| n.to_str())
             .ok_or_else(|| fe("resolve", p, std::io::Error::other("no file name")))?
-            .to_string();
+            .as_bytes()
+            .to_vec();
         return Ok(Place {
             dir,
-            name,
+            name: last,
             path: p.into(),
         });
     }
-    let rel = crate::paths::relative(p, gp);
+    let rel = name::relative(p, gp);
     if rel.is_empty() {
         return Err(fe(
             "resolve",
@@ -126,10 +136,10 @@ pub fn resolve(root: &Path, gp: &str, p: &str, create: bool) -> Result<Place, Fs
         ));
     }
     if create && !real_gp.exists() {
-        std::fs::create_dir_all(&real_gp).map_err(|e| fe("create", gp, e))?;
+        std::fs::create_dir_all(&real_gp).map_err(|e| fe("create", p, e))?;
     }
-    let mut cur = open_trusted_dir(&real_gp).map_err(|e| fe("open", gp, e))?;
-    let comps: Vec<&str> = rel.split('/').collect();
+    let mut cur = open_trusted_dir(&real_gp).map_err(|e| fe("open", gp.as_bytes(), e))?;
+    let comps: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
     let (last, mids) = comps
         .split_last()
         .ok_or_else(|| fe("resolve", p, std::io::Error::other("empty path")))?;
@@ -148,7 +158,8 @@ pub fn resolve(root: &Path, gp: &str, p: &str, create: bool) -> Result<Place, Fs
                     "resolve",
                     p,
                     std::io::Error::other(format!(
-                        "component {c:?} is not a directory (symlinks are never followed)"
+                        "component {} is not a directory (symlinks are never followed)",
+                        show(c)
                     )),
                 ));
             }
@@ -158,14 +169,14 @@ pub fn resolve(root: &Path, gp: &str, p: &str, create: bool) -> Result<Place, Fs
     }
     Ok(Place {
         dir: cur,
-        name: (*last).to_string(),
+        name: last.to_vec(),
         path: p.into(),
     })
 }
 
 /// Open the configured group path itself (following a symlink there, the admin's choice).
 pub fn open_group_dir(root: &Path, gp: &str) -> Result<OwnedFd, FsError> {
-    open_trusted_dir(&crate::paths::real(root, gp)).map_err(|e| fe("open", gp, e))
+    open_trusted_dir(&name::real(root, gp.as_bytes())).map_err(|e| fe("open", gp.as_bytes(), e))
 }
 
 fn ts(s: i64, ns: u32) -> Timestamps {
@@ -206,7 +217,7 @@ pub fn set_meta_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
 impl Place {
     /// lstat of the final component; `None` when absent.
     pub fn stat(&self) -> Result<Option<Stat>, FsError> {
-        match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(&self.dir, self.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(s) => Ok(Some(s)),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(fe("stat", &self.path, e)),
@@ -237,10 +248,10 @@ impl Place {
         if let Some(st) = self.stat()? {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if is_dir && !want_dir {
-                rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::REMOVEDIR)
+                rustix::fs::unlinkat(&self.dir, self.name.as_slice(), AtFlags::REMOVEDIR)
                     .map_err(|e| fe("rmdir", &self.path, e))?;
             } else if !is_dir && want_dir {
-                rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty())
+                rustix::fs::unlinkat(&self.dir, self.name.as_slice(), AtFlags::empty())
                     .map_err(|e| fe("unlink", &self.path, e))?;
             }
         }
@@ -254,7 +265,7 @@ impl Place {
             .sync_all()
             .map_err(|e| fe("fsync", &self.path, e))?;
         self.clear_for(false)?;
-        rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_str())
+        rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_slice())
             .map_err(|e| fe("rename", &self.path, e))?;
         tmp.done = true;
         let _ = rustix::fs::fsync(&self.dir);
@@ -266,7 +277,7 @@ impl Place {
     /// and syncs the renames the same way afterwards.
     pub fn install_synced(&self, mut tmp: Temp) -> Result<(), FsError> {
         self.clear_for(false)?;
-        rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_str())
+        rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_slice())
             .map_err(|e| fe("rename", &self.path, e))?;
         tmp.done = true;
         Ok(())
@@ -281,15 +292,15 @@ impl Place {
     /// once its children are in place).
     pub fn make_dir(&self, m: &SetMeta) -> Result<(), FsError> {
         self.clear_for(true)?;
-        match rustix::fs::mkdirat(&self.dir, self.name.as_str(), Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdirat(&self.dir, self.name.as_slice(), Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(fe("mkdir", &self.path, e)),
         }
-        self.set_meta(crate::record::Kind::Dir, m)
+        self.set_meta(crate::item::Kind::Dir, m)
     }
 
     /// Make the target a symlink with this link text.
-    pub fn make_symlink(&self, target: &str, m: &SetMeta) -> Result<(), FsError> {
+    pub fn make_symlink(&self, target: &[u8], m: &SetMeta) -> Result<(), FsError> {
         let tmp = random_name();
         rustix::fs::symlinkat(target, &self.dir, tmp.as_str())
             .map_err(|e| fe("symlink", &self.path, e))?;
@@ -314,7 +325,7 @@ impl Place {
             )
             .map_err(|e| fe("set mtime of", &self.path, e))?;
             self.clear_for(false)?;
-            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, self.name.as_str())
+            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, self.name.as_slice())
                 .map_err(|e| fe("rename", &self.path, e))
         })();
         if r.is_err() {
@@ -324,14 +335,14 @@ impl Place {
     }
 
     /// Set owner, mode and mtime of the existing target, which must be of `kind`.
-    pub fn set_meta(&self, kind: crate::record::Kind, m: &SetMeta) -> Result<(), FsError> {
-        use crate::record::Kind;
+    pub fn set_meta(&self, kind: crate::item::Kind, m: &SetMeta) -> Result<(), FsError> {
+        use crate::item::Kind;
         match kind {
             Kind::Symlink => {
                 if let Some((u, g)) = m.owner {
                     match rustix::fs::chownat(
                         &self.dir,
-                        self.name.as_str(),
+                        self.name.as_slice(),
                         Some(rustix::fs::Uid::from_raw_unchecked(u)),
                         Some(rustix::fs::Gid::from_raw_unchecked(g)),
                         AtFlags::SYMLINK_NOFOLLOW,
@@ -342,7 +353,7 @@ impl Place {
                 }
                 rustix::fs::utimensat(
                     &self.dir,
-                    self.name.as_str(),
+                    self.name.as_slice(),
                     &ts(m.mtime_s, m.mtime_ns),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
@@ -356,7 +367,7 @@ impl Place {
                 };
                 let fd = rustix::fs::openat(
                     &self.dir,
-                    self.name.as_str(),
+                    self.name.as_slice(),
                     flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
@@ -395,17 +406,31 @@ impl Place {
         } else {
             AtFlags::empty()
         };
-        match rustix::fs::unlinkat(&self.dir, self.name.as_str(), flags) {
+        match rustix::fs::unlinkat(&self.dir, self.name.as_slice(), flags) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(fe("remove", &self.path, e)),
         }
+    }
+
+    /// Hard-link the target (a regular file, never followed) as `dst` (an absolute path in the
+    /// state dir): the zero-copy backup of a file about to be replaced or deleted. Fails with
+    /// `EXDEV` when `dst` is on another filesystem (the caller copies instead).
+    pub fn link_to(&self, dst: &Path) -> Result<(), FsError> {
+        rustix::fs::linkat(
+            &self.dir,
+            self.name.as_slice(),
+            rustix::fs::CWD,
+            dst,
+            AtFlags::empty(),
+        )
+        .map_err(|e| fe("link", &self.path, e))
     }
 
     /// Open the target for reading; it must be a regular file.
     pub fn open_read(&self) -> Result<File, FsError> {
         let fd = rustix::fs::openat(
             &self.dir,
-            self.name.as_str(),
+            self.name.as_slice(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -432,7 +457,7 @@ pub fn sync_filesystem(fd: impl AsFd) -> std::io::Result<()> {
 pub fn read_at(
     root: &Path,
     gp: &str,
-    p: &str,
+    p: &[u8],
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, FsError> {
@@ -446,7 +471,7 @@ pub fn read_at(
 
 /// Path of a group path on this node, for messages.
 pub fn display_real(root: &Path, gp: &str) -> PathBuf {
-    crate::paths::real(root, gp)
+    name::real(root, gp.as_bytes())
 }
 
 #[cfg(test)]
@@ -470,7 +495,7 @@ mod tests {
         let outside = d.path().join("outside");
         std::fs::create_dir_all(root.join("g/sub")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
-        let place = resolve(&root, "/g", "/g/sub/new dir/f", true).unwrap();
+        let place = resolve(&root, "/g", b"/g/sub/new dir/f", true).unwrap();
         let mut t = place.create_temp().unwrap();
         t.file.write_all(b"hello").unwrap();
         place.install(t, &meta()).unwrap();
@@ -483,11 +508,11 @@ mod tests {
         // plant a symlink to outside in place of a directory: never written through
         std::fs::remove_dir_all(root.join("g/sub")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("g/sub")).unwrap();
-        assert!(resolve(&root, "/g", "/g/sub/x", true).is_err());
+        assert!(resolve(&root, "/g", b"/g/sub/x", true).is_err());
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
         // a symlink as the final component is replaced, not followed
         std::os::unix::fs::symlink(outside.join("victim"), root.join("g/link")).unwrap();
-        let place = resolve(&root, "/g", "/g/link", true).unwrap();
+        let place = resolve(&root, "/g", b"/g/link", true).unwrap();
         let mut t = place.create_temp().unwrap();
         t.file.write_all(b"x").unwrap();
         place.install(t, &meta()).unwrap();

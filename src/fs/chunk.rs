@@ -6,7 +6,7 @@
 //! [`MIN_CHUNK`] and [`MAX_CHUNK`] bytes except the last; the whole-file hash is the BLAKE3 of
 //! the concatenated chunks, so a file's identity does not depend on the chunking.
 
-use crate::record::{ChunkRef, Hash};
+use crate::item::{ChunkRef, Hash};
 use std::io::Read;
 
 pub const MIN_CHUNK: usize = 16 * 1024;

@@ -6,6 +6,14 @@
 //!
 //! Invariants: counters only grow; a node bumps only its own counter; merging takes the
 //! element-wise maximum, so a merged vector dominates both inputs.
+//!
+//! **Counters never repeat.** A node's key is its name, and a bump sets its counter to at least
+//! the node's clock (milliseconds since the epoch, see [`clock_ms`]), not just one more than
+//! before. So a node that lost its index (started over, or restored from a VM snapshot) and
+//! changes a path again never produces a vector it produced before for other content: its new
+//! counters are above every counter it gave out in the past (as long as its clock does not go
+//! back by more than the time since). Wall clocks still never decide *ordering*: only the
+//! comparison of vectors does.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,10 +41,21 @@ impl VersionVector {
         self.0.get(node).copied().unwrap_or(0)
     }
 
-    /// Record one more change made by `node`.
-    pub fn bump(&mut self, node: &str) {
+    /// Record one more change made by `node`, whose clock reads `clock` (see the module doc:
+    /// the counter becomes at least `clock`, so a node that lost its index never reuses one).
+    pub fn bump(&mut self, node: &str, clock: u64) {
         let c = self.0.entry(node.to_string()).or_insert(0);
-        *c = c.saturating_add(1);
+        *c = c.saturating_add(1).max(clock);
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No entry at all (an adopted, unversioned entry on a replica).
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(|v| *v == 0)
     }
 
     /// Element-wise maximum with `other`.
@@ -84,6 +103,14 @@ impl VersionVector {
     }
 }
 
+/// Milliseconds since the Unix epoch: the floor of a version counter.
+pub fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +135,15 @@ mod tests {
     }
 
     #[test]
+    fn bump_takes_the_clock_as_floor() {
+        let mut v = vv(&[("a", 5)]);
+        v.bump("a", 3);
+        assert_eq!(v.get("a"), 6);
+        v.bump("a", 1000);
+        assert_eq!(v.get("a"), 1000);
+    }
+
+    #[test]
     fn merge_dominates_both() {
         let x = vv(&[("a", 2), ("b", 1)]);
         let y = vv(&[("a", 1), ("c", 4)]);
@@ -116,7 +152,7 @@ mod tests {
         assert_eq!(m.compare(&x), Causality::Newer);
         assert_eq!(m.compare(&y), Causality::Newer);
         let mut b = x.clone();
-        b.bump("b");
+        b.bump("b", 0);
         assert_eq!(b.get("b"), 2);
     }
 }

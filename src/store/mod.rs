@@ -1,0 +1,1213 @@
+//! The persistent index: every key of every group this node is in, with its item, version
+//! vector and this node's sequence number for it; what each peer has applied from us and we
+//! from it; where known chunks live; conflicts; items set aside; counters per group.
+//!
+//! Storage is one redb database (`<state-dir>/index.redb`, ACID, crash-safe), mode 0600.
+//! **Schema version [`SCHEMA_VERSION`]** (4). Tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>` | u64 |
+//! | `items` | (group, [`enc`]oded key) | postcard [`QuickStat`] then postcard [`Entry`] |
+//! | `by_seq4` | (group, seq) | encoded key |
+//! | `tombs` | (group, seq) | encoded key (tombstones only, for collection) |
+//! | `peers` | (peer, group) | (peer's incarnation of the group, last seq of it applied here) |
+//! | `acked` | (peer, group) | highest seq of ours the peer confirmed |
+//! | `chunks4` | BLAKE3 of a chunk | (group, encoded key, offset, length) where last seen |
+//! | `conflicts4` | (group, encoded key) | postcard [`ConflictInfo`] |
+//! | `aside` | (group, encoded key) | postcard [`Aside`]: a peer's item not applied yet |
+//! | `stats` | group | (files, directories, symlinks, bytes, tombstones) |
+//!
+//! **Keys** are stored with every `/` replaced by a NUL byte ([`enc`]); NUL never occurs in a
+//! name, so the mapping is one to one, and the byte order of encoded keys is the order of a
+//! depth-first walk that visits each directory's entries sorted by name. A scan can therefore
+//! merge a sorted walk of the disk with a range of the index without holding either in memory.
+//!
+//! **Sequence numbers** are unique per index and strictly increasing: the next one is the
+//! larger of the last plus one and the clock in microseconds, so an index restored from an old
+//! snapshot never hands out a number that peers already saw.
+//!
+//! **Incarnations.** Each group has a random incarnation number on this node (`inc:<group>`),
+//! renewed when the group is reset or a rollback is detected; a peer resumes from its saved
+//! position only if that position refers to the current incarnation, otherwise it sends
+//! everything again (items that came from us included).
+//!
+//! Invariants: every entry in `items` has exactly one `by_seq4` row at its current seq, and a
+//! `tombs` row too when it is a tombstone; `stats` always equals the sum over `items`; a commit
+//! is one transaction, so a crash leaves either the old or the new state; `chunks4` rows are
+//! hints: readers verify the hash.
+//!
+//! **Compatibility.** [`Store::open`] migrates an index of schema 3 (the previous release) in
+//! place, in one transaction (`migrate`); a schema newer than this binary is refused with
+//! [`StoreError::Schema`] and nothing is touched.
+
+mod migrate;
+
+use crate::item::{Entry, Hash, Item, Kind, QuickStat};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Page cache of the index database.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// On-disk schema version of the index.
+pub const SCHEMA_VERSION: u64 = 4;
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const ITEMS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("items");
+pub(crate) const BY_SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("by_seq4");
+pub(crate) const TOMBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tombs");
+pub(crate) const PEERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("peers");
+pub(crate) const ACKED: TableDefinition<(&str, &str), u64> = TableDefinition::new("acked");
+pub(crate) const CHUNKS: TableDefinition<&[u8; 32], (&str, &[u8], u64, u64)> =
+    TableDefinition::new("chunks4");
+pub(crate) const CONFLICTS: TableDefinition<(&str, &[u8]), &[u8]> =
+    TableDefinition::new("conflicts4");
+pub(crate) const ASIDE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("aside");
+pub(crate) const STATS: TableDefinition<&str, (u64, u64, u64, u64, u64)> =
+    TableDefinition::new("stats");
+
+/// Errors of the index store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("index {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("index {path}: corrupt entry for {key}: {msg}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
+    #[error(
+        "index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION} and older; a newer release wrote it"
+    )]
+    Schema { path: PathBuf, found: u64 },
+}
+
+/// A conflict this node detected, for `conflicts` and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub nodes: Vec<String>,
+    pub resolved: bool,
+    pub winner: String,
+    /// Where the losing version was kept, if anywhere.
+    pub kept_as: Option<String>,
+    pub time: i64,
+    /// For an unresolved (`manual`) conflict: the competing versions of other nodes.
+    pub versions: Vec<Item>,
+}
+
+impl ConflictInfo {
+    /// Record one more competing version (replacing an older one of the same origin).
+    pub fn add_version(&mut self, r: &Item) {
+        self.versions.retain(|v| v.origin != r.origin);
+        self.versions.push(r.clone());
+        if !self.nodes.contains(&r.origin) {
+            self.nodes.push(r.origin.clone());
+            self.nodes.sort();
+        }
+    }
+}
+
+/// A peer's item that could not be applied yet: kept here (the peer's position moved on) and
+/// tried again until it applies or a newer version of the key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aside {
+    pub item: Item,
+    /// The peer it came from.
+    pub peer: String,
+    /// That peer's incarnation of the group then.
+    pub peer_inc: u64,
+    /// Why it failed last.
+    pub error: String,
+    pub attempts: u32,
+    /// Unix seconds of the first failure.
+    pub since: i64,
+}
+
+/// Where a chunk's bytes can be read on this node (a hint: verify the hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub group: String,
+    pub key: Vec<u8>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Counters of one group, kept by every commit (O(1) `status` and `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GroupStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub tombstones: u64,
+}
+
+impl GroupStats {
+    fn add(&mut self, e: &Entry, sign: i8) {
+        let f = |x: &mut u64, by: u64| {
+            *x = if sign > 0 {
+                x.saturating_add(by)
+            } else {
+                x.saturating_sub(by)
+            }
+        };
+        match e.item.kind() {
+            Some(Kind::File) => {
+                f(&mut self.files, 1);
+                f(&mut self.bytes, e.item.size());
+            }
+            Some(Kind::Dir) => f(&mut self.dirs, 1),
+            Some(Kind::Symlink) => f(&mut self.symlinks, 1),
+            None => f(&mut self.tombstones, 1),
+        }
+    }
+
+    fn tuple(&self) -> (u64, u64, u64, u64, u64) {
+        (
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.bytes,
+            self.tombstones,
+        )
+    }
+
+    fn from_tuple(t: (u64, u64, u64, u64, u64)) -> GroupStats {
+        GroupStats {
+            files: t.0,
+            dirs: t.1,
+            symlinks: t.2,
+            bytes: t.3,
+            tombstones: t.4,
+        }
+    }
+
+    /// Live entries of every kind.
+    pub fn live(&self) -> u64 {
+        self.files + self.dirs + self.symlinks
+    }
+}
+
+/// One change to store.
+#[derive(Debug)]
+pub struct Change {
+    pub entry: Entry,
+    /// Give it a new sequence number (a new version to announce) or keep the current one
+    /// (a local-only refresh such as a new inode number).
+    pub announce: bool,
+}
+
+/// Everything else a commit of one group may carry, in the same transaction.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// How far we applied a peer's items: (peer, its incarnation, seq).
+    pub position: Option<(String, u64, u64)>,
+    /// Items set aside (or updated), by key.
+    pub aside_put: Vec<Aside>,
+    /// Keys no longer set aside.
+    pub aside_remove: Vec<Vec<u8>>,
+    /// Conflicts to record (`Some`) or forget (`None`), by key.
+    pub conflicts: Vec<(Vec<u8>, Option<ConflictInfo>)>,
+}
+
+impl Extras {
+    pub fn is_empty(&self) -> bool {
+        self.position.is_none()
+            && self.aside_put.is_empty()
+            && self.aside_remove.is_empty()
+            && self.conflicts.is_empty()
+    }
+}
+
+/// Encode a key for storage: `/` becomes NUL (see the module doc).
+pub fn enc(key: &[u8]) -> Vec<u8> {
+    key.iter().map(|b| if *b == b'/' { 0 } else { *b }).collect()
+}
+
+/// Decode a stored key.
+pub fn dec(k: &[u8]) -> Vec<u8> {
+    k.iter().map(|b| if *b == 0 { b'/' } else { *b }).collect()
+}
+
+/// Bounds of the encoded keys strictly below the (decoded) path `p`: `lo..hi`.
+pub fn subtree_range(p: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    if p == b"/" {
+        return (vec![0, 1], vec![1]);
+    }
+    let mut lo = enc(p);
+    let mut hi = lo.clone();
+    lo.push(0);
+    hi.push(1);
+    (lo, hi)
+}
+
+/// The index database.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    index_id: u64,
+}
+
+/// A random non-zero u64.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b).max(1)
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A range of quick-check views, in key order, holding its own read snapshot.
+pub struct QuickRange {
+    range: redb::Range<'static, (&'static str, &'static [u8]), &'static [u8]>,
+    path: PathBuf,
+}
+
+impl Iterator for QuickRange {
+    type Item = Result<(Vec<u8>, QuickStat), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.range.next()?;
+        Some(match item {
+            Err(e) => Err(StoreError::Db {
+                path: self.path.clone(),
+                source: e.into(),
+            }),
+            Ok((k, v)) => {
+                let key = dec(k.value().1);
+                decode_quick(&self.path, &key, v.value()).map(|q| (key, q))
+            }
+        })
+    }
+}
+
+fn corrupt(path: &Path, key: &[u8], e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.into(),
+        key: crate::item::name::show(key).into_owned(),
+        msg: e.to_string(),
+    }
+}
+
+fn decode_entry(path: &Path, key: &[u8], bytes: &[u8]) -> Result<Entry, StoreError> {
+    let (_, rest) =
+        postcard::take_from_bytes::<QuickStat>(bytes).map_err(|e| corrupt(path, key, e))?;
+    postcard::from_bytes(rest).map_err(|e| corrupt(path, key, e))
+}
+
+fn decode_quick(path: &Path, key: &[u8], bytes: &[u8]) -> Result<QuickStat, StoreError> {
+    postcard::take_from_bytes::<QuickStat>(bytes)
+        .map(|(q, _)| q)
+        .map_err(|e| corrupt(path, key, e))
+}
+
+pub(crate) fn encode_entry(path: &Path, e: &Entry) -> Result<Vec<u8>, StoreError> {
+    let mut v = postcard::to_allocvec(&e.quick()).map_err(|x| corrupt(path, &e.item.key, x))?;
+    let body = postcard::to_allocvec(e).map_err(|x| corrupt(path, &e.item.key, x))?;
+    v.extend_from_slice(&body);
+    Ok(v)
+}
+
+impl Store {
+    fn err<E: Into<redb::Error>>(&self, e: E) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            source: e.into(),
+        }
+    }
+
+    /// Open (or create, or migrate) the index at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let dberr = |e: redb::Error| StoreError::Db {
+            path: path.into(),
+            source: e,
+        };
+        // a bounded page cache keeps memory per indexed file small (SPEC §7)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| dberr(e.into()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        let mut st = Store {
+            db,
+            path: path.into(),
+            index_id: 0,
+        };
+        let schema = {
+            let tx = st.db.begin_read().map_err(|e| st.err(e))?;
+            match tx.open_table(META) {
+                Ok(meta) => meta
+                    .get("schema")
+                    .map_err(|e| st.err(e))?
+                    .map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(st.err(e)),
+            }
+        };
+        match schema {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Schema {
+                    path: path.into(),
+                    found: v,
+                });
+            }
+            Some(3) => migrate::v3_to_v4(&st.db, path)?,
+            Some(v) if v < 3 => {
+                return Err(StoreError::Schema {
+                    path: path.into(),
+                    found: v,
+                });
+            }
+            _ => {}
+        }
+        let tx = st.db.begin_write().map_err(|e| st.err(e))?;
+        let id;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| st.err(e))?;
+            if meta.get("schema").map_err(|e| st.err(e))?.is_none() {
+                meta.insert("schema", SCHEMA_VERSION)
+                    .map_err(|e| st.err(e))?;
+            }
+            let cur = meta
+                .get("index_id")
+                .map_err(|e| st.err(e))?
+                .map(|v| v.value());
+            id = match cur {
+                Some(v) => v,
+                None => {
+                    let v = random_u64();
+                    meta.insert("index_id", v).map_err(|e| st.err(e))?;
+                    v
+                }
+            };
+            tx.open_table(ITEMS).map_err(|e| st.err(e))?;
+            tx.open_table(BY_SEQ).map_err(|e| st.err(e))?;
+            tx.open_table(TOMBS).map_err(|e| st.err(e))?;
+            tx.open_table(PEERS).map_err(|e| st.err(e))?;
+            tx.open_table(ACKED).map_err(|e| st.err(e))?;
+            tx.open_table(CHUNKS).map_err(|e| st.err(e))?;
+            tx.open_table(CONFLICTS).map_err(|e| st.err(e))?;
+            tx.open_table(ASIDE).map_err(|e| st.err(e))?;
+            tx.open_table(STATS).map_err(|e| st.err(e))?;
+        }
+        tx.commit().map_err(|e| st.err(e))?;
+        st.index_id = id;
+        Ok(st)
+    }
+
+    /// This index's random identity; changes when the index is recreated.
+    pub fn index_id(&self) -> u64 {
+        self.index_id
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        Ok(meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value()))
+    }
+
+    /// Highest sequence number given out so far.
+    pub fn max_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_get("seq")?.unwrap_or(0))
+    }
+
+    /// This node's incarnation of `group` (created on first use).
+    pub fn incarnation(&self, group: &str) -> Result<u64, StoreError> {
+        let k = format!("inc:{group}");
+        if let Some(v) = self.meta_get(&k)? {
+            return Ok(v);
+        }
+        self.renew_incarnation(group)
+    }
+
+    /// Give `group` a new incarnation: every peer sends us everything of it again and we send
+    /// them everything (reset, rollback).
+    pub fn renew_incarnation(&self, group: &str) -> Result<u64, StoreError> {
+        let k = format!("inc:{group}");
+        let v = random_u64();
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(k.as_str(), v).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(v)
+    }
+
+    /// The quick-check view of one key.
+    pub fn get_quick(&self, group: &str, key: &[u8]) -> Result<Option<QuickStat>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let k = enc(key);
+        match t.get((group, k.as_slice())).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode_quick(&self.path, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The entry of one key.
+    pub fn get(&self, group: &str, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let k = enc(key);
+        match t.get((group, k.as_slice())).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode_entry(&self.path, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Is there a live entry strictly below `path`? Stops at the first one.
+    pub fn any_live_below(&self, group: &str, path: &[u8]) -> Result<bool, StoreError> {
+        for r in self.quick_below(group, path)? {
+            if r?.1.live {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The quick-check views strictly below `path`, in walk order, from one snapshot.
+    pub fn quick_below(&self, group: &str, path: &[u8]) -> Result<QuickRange, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let (lo, hi) = subtree_range(path);
+        // the range keeps the snapshot alive; keys are copied out as it goes
+        let range = t
+            .range((group, lo.as_slice())..(group, hi.as_slice()))
+            .map_err(|e| self.err(e))?;
+        Ok(QuickRange {
+            range,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The entry of `path` (if any) and of every key below it, in walk order.
+    pub fn subtree(&self, group: &str, path: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        if let Some(e) = self.get(group, path)? {
+            out.push(e);
+        }
+        let (lo, hi) = subtree_range(path);
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        for item in t
+            .range((group, lo.as_slice())..(group, hi.as_slice()))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push(decode_entry(&self.path, &dec(k.value().1), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Visit every entry of a group.
+    pub fn for_each(
+        &self,
+        group: &str,
+        mut f: impl FnMut(&Entry) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let lo: &[u8] = &[];
+        for item in t.range((group, lo)..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k.value().0 != group {
+                break;
+            }
+            if !f(&decode_entry(&self.path, &dec(k.value().1), v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries of `group` with a sequence number above `after`, in sequence order.
+    pub fn since(&self, group: &str, after: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+        let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in bs
+            .range((group, after.saturating_add(1))..=(group, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, k) = item.map_err(|e| self.err(e))?;
+            let k = k.value();
+            if let Some(v) = items.get((group, k)).map_err(|e| self.err(e))? {
+                out.push(decode_entry(&self.path, &dec(k), v.value())?);
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest sequence number of an entry of `group` (0 when it has none).
+    pub fn group_head(&self, group: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+        let mut r = bs
+            .range((group, 0u64)..=(group, u64::MAX))
+            .map_err(|e| self.err(e))?;
+        match r.next_back() {
+            Some(item) => Ok(item.map_err(|e| self.err(e))?.0.value().1),
+            None => Ok(0),
+        }
+    }
+
+    /// Number of entries of `group` with a sequence number above `after` (O(that number)).
+    pub fn count_since(&self, group: &str, after: u64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+        let mut n = 0;
+        for item in bs
+            .range((group, after.saturating_add(1))..=(group, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            item.map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The counters of `group`.
+    pub fn stats(&self, group: &str) -> Result<GroupStats, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+        Ok(t.get(group)
+            .map_err(|e| self.err(e))?
+            .map(|v| GroupStats::from_tuple(v.value()))
+            .unwrap_or_default())
+    }
+
+    /// Store changes and extras of one group in one transaction (made durable before it
+    /// returns); returns the highest seq afterwards.
+    pub fn commit(
+        &self,
+        group: &str,
+        changes: Vec<Change>,
+        extras: Extras,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let seq;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+            let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
+            let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+            let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+            let mut stats = stats_t
+                .get(group)
+                .map_err(|e| self.err(e))?
+                .map(|v| GroupStats::from_tuple(v.value()))
+                .unwrap_or_default();
+            let mut next = meta
+                .get("seq")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let now = now_micros();
+            for mut ch in changes {
+                let key = enc(&ch.entry.item.key);
+                let old = match items
+                    .get((group, key.as_slice()))
+                    .map_err(|e| self.err(e))?
+                {
+                    Some(v) => Some(decode_entry(&self.path, &ch.entry.item.key, v.value())?),
+                    None => None,
+                };
+                if ch.announce || old.is_none() {
+                    if let Some(o) = &old {
+                        bs.remove((group, o.seq)).map_err(|e| self.err(e))?;
+                        if o.item.is_deleted() {
+                            tombs.remove((group, o.seq)).map_err(|e| self.err(e))?;
+                        }
+                    }
+                    next = (next + 1).max(now);
+                    ch.entry.seq = next;
+                    bs.insert((group, next), key.as_slice())
+                        .map_err(|e| self.err(e))?;
+                    if ch.entry.item.is_deleted() {
+                        tombs
+                            .insert((group, next), key.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                } else if let Some(o) = &old {
+                    ch.entry.seq = o.seq;
+                    if o.item.is_deleted() != ch.entry.item.is_deleted() {
+                        if ch.entry.item.is_deleted() {
+                            tombs
+                                .insert((group, o.seq), key.as_slice())
+                                .map_err(|e| self.err(e))?;
+                        } else {
+                            tombs.remove((group, o.seq)).map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+                if let Some(o) = &old {
+                    stats.add(o, -1);
+                    // chunk locations that pointed here are forgotten
+                    if let Some(m) = o.item.meta() {
+                        for c in &m.chunks {
+                            let here = match chunks.get(&c.hash).map_err(|e| self.err(e))? {
+                                Some(v) => {
+                                    let (g, p, _, _) = v.value();
+                                    g == group && p == key.as_slice()
+                                }
+                                None => false,
+                            };
+                            if here {
+                                chunks.remove(&c.hash).map_err(|e| self.err(e))?;
+                            }
+                        }
+                    }
+                }
+                stats.add(&ch.entry, 1);
+                if let Some(m) = ch.entry.item.meta() {
+                    let mut off = 0u64;
+                    for c in &m.chunks {
+                        chunks
+                            .insert(&c.hash, (group, key.as_slice(), off, c.len as u64))
+                            .map_err(|e| self.err(e))?;
+                        off += c.len as u64;
+                    }
+                }
+                let bytes = encode_entry(&self.path, &ch.entry)?;
+                items
+                    .insert((group, key.as_slice()), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            meta.insert("seq", next).map_err(|e| self.err(e))?;
+            stats_t
+                .insert(group, stats.tuple())
+                .map_err(|e| self.err(e))?;
+            seq = next;
+            self.write_extras(&tx, group, extras)?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(seq)
+    }
+
+    fn write_extras(
+        &self,
+        tx: &redb::WriteTransaction,
+        group: &str,
+        x: Extras,
+    ) -> Result<(), StoreError> {
+        if let Some((peer, inc, seq)) = x.position {
+            let mut t = tx.open_table(PEERS).map_err(|e| self.err(e))?;
+            t.insert((peer.as_str(), group), (inc, seq))
+                .map_err(|e| self.err(e))?;
+        }
+        if !x.aside_put.is_empty() || !x.aside_remove.is_empty() {
+            let mut t = tx.open_table(ASIDE).map_err(|e| self.err(e))?;
+            for k in &x.aside_remove {
+                t.remove((group, enc(k).as_slice()))
+                    .map_err(|e| self.err(e))?;
+            }
+            for a in &x.aside_put {
+                let b = postcard::to_allocvec(a).map_err(|e| corrupt(&self.path, &a.item.key, e))?;
+                t.insert((group, enc(&a.item.key).as_slice()), b.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        if !x.conflicts.is_empty() {
+            let mut t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+            for (k, c) in &x.conflicts {
+                let ek = enc(k);
+                match c {
+                    Some(c) => {
+                        let b = postcard::to_allocvec(c).map_err(|e| corrupt(&self.path, k, e))?;
+                        t.insert((group, ek.as_slice()), b.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        t.remove((group, ek.as_slice())).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store only extras (a position, aside changes, conflicts) of one group.
+    pub fn commit_extras(&self, group: &str, extras: Extras) -> Result<(), StoreError> {
+        if extras.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.write_extras(&tx, group, extras)?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Where a chunk was last seen.
+    pub fn chunk_location(&self, hash: &Hash) -> Result<Option<ChunkLocation>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+        Ok(t.get(hash).map_err(|e| self.err(e))?.map(|v| {
+            let (g, p, o, l) = v.value();
+            ChunkLocation {
+                group: g.to_string(),
+                key: dec(p),
+                offset: o,
+                len: l,
+            }
+        }))
+    }
+
+    /// Highest seq of ours that `peer` confirmed for `group`.
+    pub fn acked(&self, peer: &str, group: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
+        Ok(t.get((peer, group))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Remember that `peer` confirmed our items of `group` up to `seq` (not fsynced: a crash
+    /// may lose the latest, which only makes `status` count some items as pending again).
+    pub fn set_acked(&self, peer: &str, group: &str, seq: u64) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
+            t.insert((peer, group), seq).map_err(|e| self.err(e))?;
+        }
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| corrupt(&self.path, b"acked", e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// What we have applied of `peer`'s items of `group`: (its incarnation then, seq).
+    pub fn peer_position(&self, peer: &str, group: &str) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(PEERS).map_err(|e| self.err(e))?;
+        Ok(t.get((peer, group))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or((0, 0)))
+    }
+
+    /// The recorded conflict of one key, if any.
+    pub fn conflict(&self, group: &str, key: &[u8]) -> Result<Option<ConflictInfo>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        match t
+            .get((group, enc(key).as_slice()))
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| corrupt(&self.path, key, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// All recorded conflicts: (group, key, info).
+    pub fn conflicts(&self) -> Result<Vec<(String, Vec<u8>, ConflictInfo)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let (g, p) = k.value();
+            let key = dec(p);
+            let c: ConflictInfo =
+                postcard::from_bytes(v.value()).map_err(|e| corrupt(&self.path, &key, e))?;
+            out.push((g.to_string(), key, c));
+        }
+        Ok(out)
+    }
+
+    /// Items of `group` set aside.
+    pub fn aside(&self, group: &str) -> Result<Vec<Aside>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ASIDE).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let lo: &[u8] = &[];
+        for item in t.range((group, lo)..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k.value().0 != group {
+                break;
+            }
+            let key = dec(k.value().1);
+            out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt(&self.path, &key, e))?);
+        }
+        Ok(out)
+    }
+
+    /// Remove tombstones of `group` with a sequence number at most `upto` (every member has
+    /// confirmed them). Returns how many went.
+    pub fn collect_tombstones(&self, group: &str, upto: u64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut n = 0u64;
+        {
+            let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
+            let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+            let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+            let mut stats = stats_t
+                .get(group)
+                .map_err(|e| self.err(e))?
+                .map(|v| GroupStats::from_tuple(v.value()))
+                .unwrap_or_default();
+            let mut gone: Vec<(u64, Vec<u8>)> = Vec::new();
+            for item in tombs
+                .range((group, 0u64)..=(group, upto))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                gone.push((k.value().1, v.value().to_vec()));
+                if gone.len() >= 100_000 {
+                    break;
+                }
+            }
+            for (seq, key) in gone {
+                tombs.remove((group, seq)).map_err(|e| self.err(e))?;
+                bs.remove((group, seq)).map_err(|e| self.err(e))?;
+                let live = match items.get((group, key.as_slice())).map_err(|e| self.err(e))? {
+                    Some(v) => decode_quick(&self.path, &key, v.value())?.live,
+                    None => true,
+                };
+                if !live {
+                    items
+                        .remove((group, key.as_slice()))
+                        .map_err(|e| self.err(e))?;
+                    stats.tombstones = stats.tombstones.saturating_sub(1);
+                    n += 1;
+                }
+            }
+            stats_t
+                .insert(group, stats.tuple())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Forget everything of `group` on this node (`clustersync reset`): its items, positions,
+    /// acknowledgements, conflicts, set-aside items and counters, and renew its incarnation.
+    /// Files on disk are not touched.
+    pub fn reset_group(&self, group: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut n = 0u64;
+        {
+            let lo: &[u8] = &[];
+            let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let keys: Vec<Vec<u8>> = items
+                .range((group, lo)..)
+                .map_err(|e| self.err(e))?
+                .map_while(|r| r.ok())
+                .take_while(|(k, _)| k.value().0 == group)
+                .map(|(k, _)| k.value().1.to_vec())
+                .collect();
+            for k in &keys {
+                items.remove((group, k.as_slice())).map_err(|e| self.err(e))?;
+                n += 1;
+            }
+            for def in [BY_SEQ, TOMBS] {
+                let mut t = tx.open_table(def).map_err(|e| self.err(e))?;
+                let seqs: Vec<u64> = t
+                    .range((group, 0u64)..=(group, u64::MAX))
+                    .map_err(|e| self.err(e))?
+                    .map_while(|r| r.ok())
+                    .map(|(k, _)| k.value().1)
+                    .collect();
+                for s in seqs {
+                    t.remove((group, s)).map_err(|e| self.err(e))?;
+                }
+            }
+            for def in [CONFLICTS, ASIDE] {
+                let mut t = tx.open_table(def).map_err(|e| self.err(e))?;
+                let ks: Vec<Vec<u8>> = t
+                    .range((group, lo)..)
+                    .map_err(|e| self.err(e))?
+                    .map_while(|r| r.ok())
+                    .take_while(|(k, _)| k.value().0 == group)
+                    .map(|(k, _)| k.value().1.to_vec())
+                    .collect();
+                for k in ks {
+                    t.remove((group, k.as_slice())).map_err(|e| self.err(e))?;
+                }
+            }
+            {
+                let mut t = tx.open_table(PEERS).map_err(|e| self.err(e))?;
+                let ks: Vec<String> = t
+                    .iter()
+                    .map_err(|e| self.err(e))?
+                    .map_while(|r| r.ok())
+                    .filter(|(k, _)| k.value().1 == group)
+                    .map(|(k, _)| k.value().0.to_string())
+                    .collect();
+                for p in ks {
+                    t.remove((p.as_str(), group)).map_err(|e| self.err(e))?;
+                }
+            }
+            {
+                let mut t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
+                let ks: Vec<String> = t
+                    .iter()
+                    .map_err(|e| self.err(e))?
+                    .map_while(|r| r.ok())
+                    .filter(|(k, _)| k.value().1 == group)
+                    .map(|(k, _)| k.value().0.to_string())
+                    .collect();
+                for p in ks {
+                    t.remove((p.as_str(), group)).map_err(|e| self.err(e))?;
+                }
+            }
+            {
+                let mut t = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+                let ks: Vec<[u8; 32]> = t
+                    .iter()
+                    .map_err(|e| self.err(e))?
+                    .map_while(|r| r.ok())
+                    .filter(|(_, v)| v.value().0 == group)
+                    .map(|(k, _)| *k.value())
+                    .collect();
+                for h in ks {
+                    t.remove(&h).map_err(|e| self.err(e))?;
+                }
+            }
+            let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+            stats_t.remove(group).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(format!("inc:{group}").as_str(), random_u64())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Groups that have entries in this index.
+    pub fn groups(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::{Body, ChunkRef, Meta, Owner, VersionVector};
+
+    fn entry(path: &[u8], hash: u8) -> Entry {
+        Entry::new(Item {
+            key: path.into(),
+            version: VersionVector::default(),
+            origin: "a".into(),
+            beat: vec![],
+            body: Some(Body::Fs(Meta {
+                kind: Kind::File,
+                mode: 0o644,
+                mtime_s: 1,
+                mtime_ns: 2,
+                size: 5,
+                owner: Owner::default(),
+                hash: [hash; 32],
+                target: None,
+                chunks: vec![ChunkRef {
+                    hash: [hash; 32],
+                    len: 5,
+                }],
+                xattrs: vec![],
+            })),
+        })
+    }
+
+    fn ch(e: Entry) -> Change {
+        Change {
+            entry: e,
+            announce: true,
+        }
+    }
+
+    #[test]
+    fn key_order_is_walk_order() {
+        let mut keys: Vec<Vec<u8>> = [&b"/r/a-c"[..], b"/r/a", b"/r/a/b", b"/r/a/b/c", b"/r/b"]
+            .iter()
+            .map(|k| enc(k))
+            .collect();
+        keys.sort();
+        let back: Vec<Vec<u8>> = keys.iter().map(|k| dec(k)).collect();
+        assert_eq!(
+            back,
+            vec![
+                b"/r/a".to_vec(),
+                b"/r/a/b".to_vec(),
+                b"/r/a/b/c".to_vec(),
+                b"/r/a-c".to_vec(),
+                b"/r/b".to_vec()
+            ]
+        );
+        let (lo, hi) = subtree_range(b"/r/a");
+        assert!(lo.as_slice() < enc(b"/r/a/b").as_slice() && enc(b"/r/a/b").as_slice() < hi.as_slice());
+        assert!(enc(b"/r/a-c").as_slice() >= hi.as_slice());
+        let (lo, hi) = subtree_range(b"/");
+        assert!(lo.as_slice() <= enc(b"/a").as_slice() && enc(b"/a").as_slice() < hi.as_slice());
+        assert!(enc(b"/").as_slice() < lo.as_slice());
+    }
+
+    #[test]
+    fn seq_subtree_chunks_stats_tombstones_persist() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.redb");
+        let id;
+        let inc;
+        {
+            let ix = Store::open(&p).unwrap();
+            id = ix.index_id();
+            inc = ix.incarnation("g").unwrap();
+            let s1 = ix
+                .commit(
+                    "g",
+                    vec![
+                        ch(entry(b"/r/a", 1)),
+                        ch(entry(b"/r/a/b", 2)),
+                        ch(entry(b"/r/a-c\xe9", 3)),
+                    ],
+                    Extras::default(),
+                )
+                .unwrap();
+            assert!(s1 > 1_000_000, "seqs follow the clock: {s1}");
+            let sub = ix.subtree("g", b"/r/a").unwrap();
+            assert_eq!(sub.len(), 2);
+            let st = ix.stats("g").unwrap();
+            assert_eq!((st.files, st.bytes), (3, 15));
+            let first = ix.since("g", 0, 1).unwrap()[0].seq;
+            assert_eq!(ix.since("g", first, 10).unwrap().len(), 2);
+            // re-announcing moves the entry to the end of the sequence
+            ix.commit("g", vec![ch(entry(b"/r/a", 4))], Extras::default())
+                .unwrap();
+            let head = ix.group_head("g").unwrap();
+            assert_eq!(ix.get("g", b"/r/a").unwrap().unwrap().seq, head);
+            assert_eq!(ix.count_since("g", 0).unwrap(), 3);
+            assert_eq!(ix.chunk_location(&[1; 32]).unwrap(), None);
+            assert_eq!(
+                ix.chunk_location(&[4; 32]).unwrap(),
+                Some(ChunkLocation {
+                    group: "g".into(),
+                    key: b"/r/a".to_vec(),
+                    offset: 0,
+                    len: 5
+                })
+            );
+            // a local-only refresh keeps the seq
+            let mut e = entry(b"/r/a", 4);
+            e.ino = 99;
+            ix.commit(
+                "g",
+                vec![Change {
+                    entry: e,
+                    announce: false,
+                }],
+                Extras {
+                    position: Some(("b".into(), 7, 3)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(ix.get("g", b"/r/a").unwrap().unwrap().seq, head);
+            // a tombstone, then its collection
+            let mut t = entry(b"/r/a/b", 2);
+            t.item.body = None;
+            let s = ix.commit("g", vec![ch(t)], Extras::default()).unwrap();
+            assert_eq!(ix.stats("g").unwrap().tombstones, 1);
+            assert_eq!(ix.stats("g").unwrap().files, 2);
+            assert_eq!(ix.collect_tombstones("g", s - 1).unwrap(), 0);
+            assert_eq!(ix.collect_tombstones("g", s).unwrap(), 1);
+            assert!(ix.get("g", b"/r/a/b").unwrap().is_none());
+            assert_eq!(ix.stats("g").unwrap().tombstones, 0);
+            let q: Vec<Vec<u8>> = ix
+                .quick_below("g", b"/r")
+                .unwrap()
+                .map(|r| r.unwrap().0)
+                .collect();
+            assert_eq!(q, vec![b"/r/a".to_vec(), b"/r/a-c\xe9".to_vec()]);
+        }
+        let ix = Store::open(&p).unwrap();
+        assert_eq!(ix.index_id(), id);
+        assert_eq!(ix.incarnation("g").unwrap(), inc);
+        assert_eq!(ix.peer_position("b", "g").unwrap(), (7, 3));
+        assert_eq!(ix.peer_position("c", "g").unwrap(), (0, 0));
+        assert_eq!(ix.reset_group("g").unwrap(), 2);
+        assert_ne!(ix.incarnation("g").unwrap(), inc);
+        assert_eq!(ix.stats("g").unwrap(), GroupStats::default());
+        assert_eq!(ix.peer_position("b", "g").unwrap(), (0, 0));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn previous_release_index_is_migrated() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.redb");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3/index.redb"),
+            &p,
+        )
+        .unwrap();
+        let ix = Store::open(&p).unwrap();
+        let st = ix.stats("www").unwrap();
+        assert_eq!((st.files, st.dirs, st.symlinks, st.tombstones), (3, 4, 1, 1));
+        assert_eq!(st.bytes, 100_018);
+        let link = ix.get("www", b"/srv/www/dir/link").unwrap().unwrap();
+        assert_eq!(
+            link.item.meta().unwrap().target.as_deref(),
+            Some(&b"../hello.txt"[..])
+        );
+        let gone = ix.get("www", b"/srv/www/gone.txt").unwrap().unwrap();
+        assert!(gone.item.is_deleted());
+        let big = ix.get("www", b"/srv/www/dir/big.bin").unwrap().unwrap();
+        let c = &big.item.meta().unwrap().chunks[0];
+        assert_eq!(
+            ix.chunk_location(&c.hash).unwrap().map(|l| l.key),
+            Some(b"/srv/www/dir/big.bin".to_vec())
+        );
+        assert_eq!(ix.count_since("www", 0).unwrap(), 9);
+        // the peer's position survives
+        assert_ne!(ix.peer_position("b", "www").unwrap().1, 0);
+        drop(ix);
+        // a second open does nothing more
+        let ix = Store::open(&p).unwrap();
+        assert_eq!(ix.stats("www").unwrap().files, 3);
+    }
+}
