@@ -7,7 +7,8 @@
 //! traversed to find them; a peer's path is checked with all its ancestors.
 
 use crate::config::GroupConfig;
-use crate::safefs::TEMP_PREFIX;
+use crate::fs::safefs::TEMP_PREFIX;
+use crate::item::name;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::path::Path;
 
@@ -65,18 +66,18 @@ impl Filter {
     }
 
     /// Decision for one entry, assuming its ancestors were already accepted (scan order).
-    pub fn want(&self, gp: &str, p: &str, is_dir: bool) -> Want {
-        let rel = crate::paths::relative(p, gp);
+    pub fn want(&self, gp: &str, p: &[u8], is_dir: bool) -> Want {
+        let rel = name::relative(p, gp);
         if rel.is_empty() {
             return Want::Sync;
         }
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        if name.starts_with(TEMP_PREFIX) {
+        if name::file_name(rel).starts_with(TEMP_PREFIX.as_bytes()) {
             return Want::Skip;
         }
         let Some(r) = self.rules(gp) else {
             return Want::Skip;
         };
+        let rel = name::os(rel);
         if r.exclude.matched(rel, is_dir).is_ignore() {
             return Want::Skip;
         }
@@ -95,16 +96,17 @@ impl Filter {
     }
 
     /// Decision for a path from a peer: checks every ancestor too.
-    pub fn accepts(&self, gp: &str, p: &str, is_dir: bool) -> bool {
-        let rel = crate::paths::relative(p, gp);
+    pub fn accepts(&self, gp: &str, p: &[u8], is_dir: bool) -> bool {
+        let rel = name::relative(p, gp);
         if rel.is_empty() {
             return true;
         }
-        let comps: Vec<&str> = rel.split('/').collect();
+        let comps: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
         let mut included_above = false;
-        for i in 0..comps.len() {
+        let mut sub = gp.as_bytes().to_vec();
+        for (i, c) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
-            let sub = format!("{}/{}", gp.trim_end_matches('/'), comps[..=i].join("/"));
+            sub = name::join(&sub, c);
             match self.want(gp, &sub, if last { is_dir } else { true }) {
                 Want::Skip => return false,
                 Want::Sync => included_above = true,
@@ -131,25 +133,29 @@ mod tests {
     #[test]
     fn excludes_gitignore_style() {
         let f = Filter::new(&group(&["*.tmp", "cache/", ".git/"], &[])).unwrap();
-        assert_eq!(f.want("/srv/www", "/srv/www/a.tmp", false), Want::Skip);
-        assert_eq!(f.want("/srv/www", "/srv/www/x/cache", true), Want::Skip);
-        assert_eq!(f.want("/srv/www", "/srv/www/x/cache", false), Want::Sync);
-        assert_eq!(f.want("/srv/www", "/srv/www/a.txt", false), Want::Sync);
+        assert_eq!(f.want("/srv/www", b"/srv/www/a.tmp", false), Want::Skip);
+        assert_eq!(f.want("/srv/www", b"/srv/www/x/cache", true), Want::Skip);
+        assert_eq!(f.want("/srv/www", b"/srv/www/x/cache", false), Want::Sync);
+        assert_eq!(f.want("/srv/www", b"/srv/www/a.txt", false), Want::Sync);
         assert_eq!(
-            f.want("/srv/www", "/srv/www/.clustersync.tmp.abc", false),
+            f.want("/srv/www", b"/srv/www/.clustersync.tmp.abc", false),
             Want::Skip
         );
-        assert!(!f.accepts("/srv/www", "/srv/www/cache/deep/file", false));
-        assert!(f.accepts("/srv/www", "/srv/www/ok/deep/file", false));
+        assert!(!f.accepts("/srv/www", b"/srv/www/cache/deep/file", false));
+        assert!(f.accepts("/srv/www", b"/srv/www/ok/deep/file", false));
+        // names that are not UTF-8 match like any other
+        let f = Filter::new(&group(&["*.jpg"], &[])).unwrap();
+        assert_eq!(f.want("/srv/www", b"/srv/www/caf\xe9.jpg", false), Want::Skip);
+        assert_eq!(f.want("/srv/www", b"/srv/www/caf\xe9.txt", false), Want::Sync);
     }
 
     #[test]
     fn include_limits() {
         let f = Filter::new(&group(&[], &["*.conf"])).unwrap();
-        assert_eq!(f.want("/srv/www", "/srv/www/a.conf", false), Want::Sync);
-        assert_eq!(f.want("/srv/www", "/srv/www/a.txt", false), Want::Skip);
-        assert_eq!(f.want("/srv/www", "/srv/www/sub", true), Want::Traverse);
-        assert!(f.accepts("/srv/www", "/srv/www/sub/x.conf", false));
-        assert!(!f.accepts("/srv/www", "/srv/www/sub/x.txt", false));
+        assert_eq!(f.want("/srv/www", b"/srv/www/a.conf", false), Want::Sync);
+        assert_eq!(f.want("/srv/www", b"/srv/www/a.txt", false), Want::Skip);
+        assert_eq!(f.want("/srv/www", b"/srv/www/sub", true), Want::Traverse);
+        assert!(f.accepts("/srv/www", b"/srv/www/sub/x.conf", false));
+        assert!(!f.accepts("/srv/www", b"/srv/www/sub/x.txt", false));
     }
 }

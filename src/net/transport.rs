@@ -1,14 +1,22 @@
 //! Authenticated, encrypted links between nodes: the Noise XX handshake (snow) over TCP, then
-//! length-prefixed protocol messages inside encrypted packets.
+//! length-prefixed frames inside encrypted packets. What a frame holds is `protocol`'s
+//! business (and which protocol version is spoken).
+//!
+//! **Version negotiation.** The handshake's second message (responder) and third message
+//! (initiator) carry, encrypted, the range of protocol versions the sender speaks
+//! ([`Versions`]). The previous release sent empty payloads and ignored them, so an empty
+//! payload means "protocol 3 only". Both sides then speak the highest version both know
+//! ([`Link::version`]); none in common fails the handshake with a clear error.
 //!
 //! Invariants: the remote static key is checked against the configured node ids as soon as the
 //! handshake reveals it, before any application data is sent or accepted; the handshake has a
 //! deadline; every length read from the wire is checked against a limit before allocation;
-//! nonces are counters that never repeat (a link is dropped rather than reuse one).
+//! nonces are counters that never repeat (a link is dropped rather than reuse one); a link with
+//! no packet for the idle time given to [`LinkReader::recv_frame`] is dead.
 
 use crate::identity::{Identity, NOISE_PARAMS};
-use crate::protocol::{MAX_FRAME, Msg, ProtocolError};
-use crate::record::hex;
+use crate::item::hex;
+use crate::net::protocol::{MAX_FRAME, MAX_VERSION, MIN_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -36,10 +44,51 @@ pub enum TransportError {
     UnknownKey(String),
     #[error("peer key {got} is not the id configured for node {expected_node}")]
     WrongKey { expected_node: String, got: String },
-    #[error("protocol: {0}")]
-    Protocol(#[from] ProtocolError),
+    #[error("message of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, the peer {0}..={1}")]
+    NoCommonVersion(u32, u32),
     #[error("connection closed")]
     Closed,
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+}
+
+/// The protocol versions one side speaks (a handshake payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Versions {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Versions {
+    /// What this build speaks.
+    pub const OURS: Versions = Versions {
+        min: MIN_VERSION,
+        max: MAX_VERSION,
+    };
+
+    fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// An empty payload is the previous release (protocol 3 only); anything unreadable is
+    /// treated the same way.
+    fn decode(payload: &[u8]) -> Versions {
+        if payload.is_empty() {
+            return Versions { min: 3, max: 3 };
+        }
+        postcard::from_bytes(payload).unwrap_or(Versions { min: 3, max: 3 })
+    }
+
+    /// The version both speak.
+    fn common(&self, other: &Versions) -> Result<u32, TransportError> {
+        let v = self.max.min(other.max);
+        if v < self.min.max(other.min) {
+            return Err(TransportError::NoCommonVersion(other.min, other.max));
+        }
+        Ok(v)
+    }
 }
 
 fn noise(e: snow::Error) -> TransportError {
@@ -68,6 +117,8 @@ pub struct Link {
     pub reader: LinkReader,
     pub writer: LinkWriter,
     pub remote_id: String,
+    /// The protocol version both sides speak on this link.
+    pub version: u32,
 }
 
 async fn write_raw(io: &mut OwnedWriteHalf, data: &[u8]) -> Result<(), TransportError> {
@@ -111,6 +162,7 @@ fn finish(
     stream_r: OwnedReadHalf,
     stream_w: OwnedWriteHalf,
     remote_id: String,
+    version: u32,
 ) -> Result<Link, TransportError> {
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(noise)?);
     Ok(Link {
@@ -128,6 +180,7 @@ fn finish(
             buf: vec![0u8; MAX_PACKET],
         },
         remote_id,
+        version,
     })
 }
 
@@ -147,7 +200,8 @@ pub async fn connect(
         write_raw(&mut w, &buf[..n]).await?;
         let mut msg = Vec::new();
         read_raw(&mut r, &mut msg).await?;
-        hs.read_message(&msg, &mut buf).map_err(noise)?;
+        let plen = hs.read_message(&msg, &mut buf).map_err(noise)?;
+        let theirs = Versions::decode(&buf[..plen]);
         let remote = hs
             .get_remote_static()
             .map(hex)
@@ -158,9 +212,12 @@ pub async fn connect(
                 got: remote,
             });
         }
-        let n = hs.write_message(&[], &mut buf).map_err(noise)?;
+        let n = hs
+            .write_message(&Versions::OURS.encode(), &mut buf)
+            .map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
-        finish(hs, r, w, remote)
+        let version = Versions::OURS.common(&theirs)?;
+        finish(hs, r, w, remote, version)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
@@ -181,10 +238,13 @@ pub async fn accept(
         let mut msg = Vec::new();
         read_raw(&mut r, &mut msg).await?;
         hs.read_message(&msg, &mut buf).map_err(noise)?;
-        let n = hs.write_message(&[], &mut buf).map_err(noise)?;
+        let n = hs
+            .write_message(&Versions::OURS.encode(), &mut buf)
+            .map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
         read_raw(&mut r, &mut msg).await?;
-        hs.read_message(&msg, &mut buf).map_err(noise)?;
+        let plen = hs.read_message(&msg, &mut buf).map_err(noise)?;
+        let theirs = Versions::decode(&buf[..plen]);
         let remote = hs
             .get_remote_static()
             .map(hex)
@@ -192,7 +252,8 @@ pub async fn accept(
         if !allowed(&remote) {
             return Err(TransportError::UnknownKey(remote));
         }
-        finish(hs, r, w, remote)
+        let version = Versions::OURS.common(&theirs)?;
+        finish(hs, r, w, remote, version)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
@@ -200,12 +261,14 @@ pub async fn accept(
 }
 
 impl LinkWriter {
-    /// Encrypt and send one message.
-    pub async fn send(&mut self, msg: &Msg) -> Result<(), TransportError> {
-        let body = msg.encode()?;
+    /// Encrypt and send one frame.
+    pub async fn send_frame(&mut self, body: &[u8]) -> Result<(), TransportError> {
+        if body.len() > MAX_FRAME {
+            return Err(TransportError::TooLarge(body.len()));
+        }
         let mut framed = Vec::with_capacity(body.len() + 4);
         framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&body);
+        framed.extend_from_slice(body);
         for piece in framed.chunks(MAX_PLAIN) {
             let n = self
                 .state
@@ -248,25 +311,33 @@ impl LinkReader {
         Ok(())
     }
 
-    /// Receive and decode the next message.
-    pub async fn recv(&mut self) -> Result<Msg, TransportError> {
+    async fn fill_within(&mut self, idle: Duration) -> Result<(), TransportError> {
+        tokio::time::timeout(idle, self.fill())
+            .await
+            .map_err(|_| TransportError::Idle(idle))?
+    }
+
+    /// Receive the next frame; fails when no packet came for `idle` (a peer that vanished
+    /// without closing), or the frame is larger than [`MAX_FRAME`] (checked before it is
+    /// buffered).
+    pub async fn recv_frame(&mut self, idle: Duration) -> Result<Vec<u8>, TransportError> {
         while self.plain.len() < 4 {
-            self.fill().await?;
+            self.fill_within(idle).await?;
         }
         let len = u32::from_be_bytes([self.plain[0], self.plain[1], self.plain[2], self.plain[3]])
             as usize;
         if len > MAX_FRAME {
-            return Err(ProtocolError::TooLarge(len).into());
+            return Err(TransportError::TooLarge(len));
         }
         while self.plain.len() < 4 + len {
-            self.fill().await?;
+            self.fill_within(idle).await?;
         }
-        let msg = Msg::decode(&self.plain[4..4 + len]);
+        let frame = self.plain[4..4 + len].to_vec();
         self.plain.drain(..4 + len);
         if self.plain.capacity() > 4 * MAX_PLAIN && self.plain.len() < MAX_PLAIN {
             self.plain.shrink_to(MAX_PLAIN);
         }
-        Ok(msg?)
+        Ok(frame)
     }
 }
 
@@ -274,6 +345,19 @@ impl LinkReader {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    const IDLE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn versions_negotiate() {
+        let old = Versions::decode(&[]);
+        assert_eq!(old, Versions { min: 3, max: 3 });
+        assert_eq!(Versions::OURS.common(&old).unwrap(), 3);
+        assert_eq!(Versions::OURS.common(&Versions::OURS).unwrap(), MAX_VERSION);
+        let future = Versions { min: 99, max: 100 };
+        assert!(Versions::OURS.common(&future).is_err());
+        assert_eq!(Versions::decode(&Versions::OURS.encode()), Versions::OURS);
+    }
 
     #[tokio::test]
     async fn handshake_and_messages() {
@@ -285,8 +369,8 @@ mod tests {
         let srv = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
             let mut link = accept(s, &b, |id| id == a_id).await.unwrap();
-            let m = link.reader.recv().await.unwrap();
-            link.writer.send(&m).await.unwrap();
+            let m = link.reader.recv_frame(IDLE).await.unwrap();
+            link.writer.send_frame(&m).await.unwrap();
             b.id()
         });
         let s = TcpStream::connect(addr).await.unwrap();
@@ -307,8 +391,9 @@ mod tests {
         let srv = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
             let mut link = accept(s, &b2, |id| id == a_id).await.unwrap();
-            let m = link.reader.recv().await.unwrap();
-            link.writer.send(&m).await.unwrap();
+            assert_eq!(link.version, MAX_VERSION);
+            let m = link.reader.recv_frame(IDLE).await.unwrap();
+            link.writer.send_frame(&m).await.unwrap();
             // second connection, from an unknown key
             let (s, _) = l.accept().await.unwrap();
             let a_id2 = link.remote_id.clone();
@@ -316,12 +401,9 @@ mod tests {
         });
         let s = TcpStream::connect(addr).await.unwrap();
         let mut link = connect(s, &a, "b", &b.id()).await.unwrap();
-        let big = Msg::Chunks {
-            req: 3,
-            data: vec![Some(vec![9u8; 1_000_000]), None],
-        };
-        link.writer.send(&big).await.unwrap();
-        assert_eq!(link.reader.recv().await.unwrap(), big);
+        let big = vec![9u8; 1_000_000];
+        link.writer.send_frame(&big).await.unwrap();
+        assert_eq!(link.reader.recv_frame(IDLE).await.unwrap(), big);
         let stranger = Identity::generate().unwrap();
         let s = TcpStream::connect(addr).await.unwrap();
         let _ = connect(s, &stranger, "b", &b.id()).await;

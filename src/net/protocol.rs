@@ -1,0 +1,345 @@
+//! The peer wire protocol: every message two nodes exchange, and its version.
+//!
+//! **Version [`MAX_VERSION`] (4)**; this build also speaks [`MIN_VERSION`] (3, the previous
+//! release) through `net::v3`, so a rolling upgrade keeps syncing. The version of a link is
+//! agreed in the transport handshake (`transport::Versions`).
+//!
+//! A message is one frame: a codec byte ([`CODEC_PLAIN`]; compressed codecs are reserved)
+//! followed by the postcard encoding of [`Msg`]. Decoding is strict: a frame larger than
+//! [`MAX_FRAME`] is rejected before anything is allocated, trailing bytes are an error, and
+//! every item, path, name and list in a message is checked by the receiver before use.
+//!
+//! Conversation (symmetric after the handshake):
+//! 1. both send `Hello`: the node's name and, per group it shares with the peer, the group's
+//!    incarnation here, how far this node applied the peer's items (the peer's incarnation
+//!    and seq), this node's head, how many items it holds above the peer's position, and the
+//!    settings both must agree on ([`SharedSettings`]);
+//! 2. each side streams `Index` batches of its items above that position, and keeps streaming
+//!    new ones as they happen; at most [`MAX_UNACKED`] batches per group are unacknowledged;
+//! 3. the receiver applies a batch (content comes inline for small files the sender changed
+//!    itself, otherwise by `GetChunks`/`Chunks` from any peer that has it) and answers `Ack`;
+//! 4. `Ping`/`Pong` mark a point in the stream for `clustersync sync` (token 0 is a
+//!    keep-alive and gets no answer).
+
+use crate::item::{Hash, Item};
+use serde::{Deserialize, Serialize};
+
+/// Highest protocol version this build speaks.
+pub const MAX_VERSION: u32 = 4;
+/// Lowest protocol version this build speaks (the previous release).
+pub const MIN_VERSION: u32 = 3;
+/// Largest accepted message, encoded.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Items per `Index` batch at most.
+pub const MAX_BATCH_ITEMS: usize = 2000;
+/// Inline bytes per `Index` batch at most (the sender stops adding inline data beyond this).
+pub const MAX_BATCH_INLINE: usize = 4 * 1024 * 1024;
+/// Files up to this size may travel inside the `Index` batch.
+pub const INLINE_MAX: u64 = 64 * 1024;
+/// Chunks per `GetChunks` at most.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 64;
+/// Unacknowledged `Index` batches a sender may have in flight per group.
+pub const MAX_UNACKED: usize = 4;
+/// Groups in one `Hello` at most.
+pub const MAX_GROUPS: usize = 4096;
+/// A frame of plain postcard.
+pub const CODEC_PLAIN: u8 = 0;
+
+/// The settings of a group that every member must agree on (SPEC §5.11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SharedSettings {
+    /// Full members, sorted.
+    pub nodes: Vec<String>,
+    /// Receive-only members, sorted.
+    pub replicas: Vec<String>,
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub include: Vec<String>,
+    pub conflict: String,
+    pub owners: String,
+    pub xattrs: bool,
+    pub xattrs_include: Vec<String>,
+    pub xattrs_exclude: Vec<String>,
+}
+
+impl SharedSettings {
+    /// The first setting that differs, named as in the config: `(key, ours, theirs)`.
+    pub fn diff(&self, theirs: &SharedSettings) -> Option<(&'static str, String, String)> {
+        let l = |v: &[String]| format!("{v:?}");
+        let checks: [(&'static str, String, String); 10] = [
+            ("nodes", l(&self.nodes), l(&theirs.nodes)),
+            ("replicas", l(&self.replicas), l(&theirs.replicas)),
+            ("paths", l(&self.paths), l(&theirs.paths)),
+            ("exclude", l(&self.exclude), l(&theirs.exclude)),
+            ("include", l(&self.include), l(&theirs.include)),
+            ("conflict", self.conflict.clone(), theirs.conflict.clone()),
+            ("owners", self.owners.clone(), theirs.owners.clone()),
+            ("xattrs", self.xattrs.to_string(), theirs.xattrs.to_string()),
+            (
+                "xattrs_include",
+                l(&self.xattrs_include),
+                l(&theirs.xattrs_include),
+            ),
+            (
+                "xattrs_exclude",
+                l(&self.xattrs_exclude),
+                l(&theirs.xattrs_exclude),
+            ),
+        ];
+        checks.into_iter().find(|(_, a, b)| a != b)
+    }
+}
+
+/// Per group, what the sender of `Hello` tells the receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHello {
+    pub group: String,
+    /// The sender's incarnation of the group.
+    pub inc: u64,
+    /// The receiver's incarnation the position below refers to (0 = none).
+    pub resume_inc: u64,
+    /// The receiver's last seq the sender applied.
+    pub resume_seq: u64,
+    /// The sender's own head for the group.
+    pub head: u64,
+    /// Items the sender holds above the receiver's resume position (for progress).
+    pub pending: u64,
+    pub settings: SharedSettings,
+}
+
+/// An item with, for a small file the sender changed itself, its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireItem {
+    pub item: Item,
+    pub inline: Option<Vec<u8>>,
+}
+
+/// Every message of protocol 4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    Hello {
+        node: String,
+        groups: Vec<GroupHello>,
+    },
+    /// Items of `group` changed on the sender up to its sequence `through` (possibly none:
+    /// then it only moves `through`); `head` is the sender's head for the group.
+    Index {
+        group: String,
+        items: Vec<WireItem>,
+        through: u64,
+        head: u64,
+    },
+    /// The receiver applied (or set aside) the sender's items of `group` up to `through`.
+    Ack {
+        group: String,
+        through: u64,
+    },
+    /// Ask for chunk contents by hash.
+    GetChunks {
+        req: u64,
+        group: String,
+        hashes: Vec<Hash>,
+    },
+    /// Answer to `GetChunks`, in the same order; `None` when not available.
+    Chunks {
+        req: u64,
+        data: Vec<Option<Vec<u8>>>,
+    },
+    /// Mark a point: answer `Pong` once everything indexed before it has been sent.
+    Ping {
+        token: u64,
+    },
+    Pong {
+        token: u64,
+    },
+    /// The sender is closing the link, and why.
+    Bye {
+        reason: String,
+    },
+}
+
+/// Errors decoding a peer's bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error("message of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("trailing bytes after message")]
+    Trailing,
+    #[error("unknown codec {0}")]
+    Codec(u8),
+}
+
+impl Msg {
+    /// Encode a message as one frame.
+    pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        let v = postcard::to_extend(self, vec![CODEC_PLAIN])
+            .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        if v.len() > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(v.len()));
+        }
+        Ok(v)
+    }
+
+    /// Decode exactly one message from a frame.
+    pub fn decode(bytes: &[u8]) -> Result<Msg, ProtocolError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(bytes.len()));
+        }
+        let Some((&codec, body)) = bytes.split_first() else {
+            return Err(ProtocolError::Malformed("empty frame".into()));
+        };
+        if codec != CODEC_PLAIN {
+            return Err(ProtocolError::Codec(codec));
+        }
+        let (m, rest) = postcard::take_from_bytes::<Msg>(body)
+            .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(ProtocolError::Trailing);
+        }
+        Ok(m)
+    }
+
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::Index { .. } => "Index",
+            Msg::Ack { .. } => "Ack",
+            Msg::GetChunks { .. } => "GetChunks",
+            Msg::Chunks { .. } => "Chunks",
+            Msg::Ping { .. } => "Ping",
+            Msg::Pong { .. } => "Pong",
+            Msg::Bye { .. } => "Bye",
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::item::{Body, ChunkRef, Kind, Meta, Owner, VersionVector};
+
+    pub(crate) fn sample() -> Vec<Msg> {
+        let mut vv = VersionVector::default();
+        vv.bump("a", 1);
+        let item = Item {
+            key: b"/srv/x y/caf\xe9".to_vec(),
+            version: vv,
+            origin: "a".into(),
+            beat: vec![],
+            body: Some(Body::Fs(Meta {
+                kind: Kind::File,
+                mode: 0o644,
+                mtime_s: 1_700_000_000,
+                mtime_ns: 123_456_789,
+                size: 3,
+                owner: Owner {
+                    uid: 0,
+                    gid: 0,
+                    user: Some("root".into()),
+                    group: Some("root".into()),
+                },
+                hash: [7; 32],
+                target: None,
+                chunks: vec![ChunkRef {
+                    hash: [7; 32],
+                    len: 3,
+                }],
+                xattrs: vec![],
+            })),
+        };
+        vec![
+            Msg::Hello {
+                node: "a".into(),
+                groups: vec![GroupHello {
+                    group: "www".into(),
+                    inc: 5,
+                    resume_inc: 7,
+                    resume_seq: 9,
+                    head: 11,
+                    pending: 2,
+                    settings: SharedSettings::default(),
+                }],
+            },
+            Msg::Index {
+                group: "www".into(),
+                items: vec![WireItem {
+                    item,
+                    inline: Some(b"abc".to_vec()),
+                }],
+                through: 12,
+                head: 12,
+            },
+            Msg::Ack {
+                group: "www".into(),
+                through: 12,
+            },
+            Msg::GetChunks {
+                req: 1,
+                group: "www".into(),
+                hashes: vec![[1; 32]],
+            },
+            Msg::Chunks {
+                req: 1,
+                data: vec![None, Some(vec![1, 2])],
+            },
+            Msg::Ping { token: 5 },
+            Msg::Pong { token: 5 },
+            Msg::Bye { reason: "x".into() },
+        ]
+    }
+
+    #[test]
+    fn roundtrip_every_message() {
+        for m in sample() {
+            let b = m.encode().unwrap();
+            assert_eq!(b[0], CODEC_PLAIN);
+            assert_eq!(Msg::decode(&b).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn rejects_trailing_truncated_and_unknown_codec() {
+        for m in sample() {
+            let mut b = m.encode().unwrap();
+            b.push(0);
+            assert!(Msg::decode(&b).is_err());
+            b.pop();
+            b.pop();
+            assert!(Msg::decode(&b).is_err());
+            let mut c = m.encode().unwrap();
+            c[0] = 9;
+            assert!(matches!(Msg::decode(&c), Err(ProtocolError::Codec(9))));
+        }
+        assert!(Msg::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn settings_diff_names_the_setting() {
+        let a = SharedSettings {
+            exclude: vec!["*.tmp".into()],
+            ..Default::default()
+        };
+        let b = SharedSettings::default();
+        assert_eq!(a.diff(&b).map(|d| d.0), Some("exclude"));
+        assert_eq!(a.diff(&a), None);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for len in 0..2000usize {
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(x as u8);
+            }
+            let _ = Msg::decode(&buf);
+        }
+    }
+}
