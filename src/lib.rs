@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod filter;
+pub mod fs;
 pub mod identity;
 pub mod index;
 pub mod node;
