@@ -161,6 +161,21 @@ impl OwnerMap {
     }
 }
 
+impl crate::fs::xattr::Accounts for OwnerMap {
+    fn user_name(&self, uid: u32) -> Option<String> {
+        OwnerMap::user_name(self, uid)
+    }
+    fn group_name(&self, gid: u32) -> Option<String> {
+        OwnerMap::group_name(self, gid)
+    }
+    fn uid_of(&self, name: &str) -> Option<u32> {
+        OwnerMap::uid_of(self, name)
+    }
+    fn gid_of(&self, name: &str) -> Option<u32> {
+        OwnerMap::gid_of(self, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

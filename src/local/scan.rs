@@ -120,6 +120,10 @@ pub enum ObserveError {
     Io(std::io::Error),
 }
 
+fn xerr(e: xattr::XattrError) -> ObserveError {
+    ObserveError::Io(std::io::Error::other(e.to_string()))
+}
+
 /// Observe the entry at real path `real` with lstat metadata `md`. `Ok(None)`: an unsupported
 /// type (socket, FIFO, device). `reuse`: the previous metadata, whose content identity is kept
 /// when inode, size and mtime did not change.
@@ -151,7 +155,7 @@ pub fn observe(
                 return Err(ObserveError::Unstable);
             }
             if let Some(filter) = xattrs {
-                attrs = xattr::read_fd(&f, filter).map_err(|e| ObserveError::Io(e.into()))?;
+                attrs = xattr::read_fd(&f, filter, owners).map_err(xerr)?;
             }
             let same_content = reuse.filter(|(m, ino)| {
                 m.kind == Kind::File
@@ -192,8 +196,7 @@ pub fn observe(
             size = t.len() as u64;
             target = Some(t);
             if let Some(filter) = xattrs {
-                attrs = xattr::read_path_nofollow(real, filter)
-                    .map_err(|e| ObserveError::Io(e.into()))?;
+                attrs = xattr::read_path_nofollow(real, filter, owners).map_err(xerr)?;
             }
         }
         Kind::Dir => {
@@ -203,7 +206,7 @@ pub fn observe(
                     .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
                     .open(real)
                     .map_err(ObserveError::Io)?;
-                attrs = xattr::read_fd(&d, filter).map_err(|e| ObserveError::Io(e.into()))?;
+                attrs = xattr::read_fd(&d, filter, owners).map_err(xerr)?;
             }
         }
     }
