@@ -1,17 +1,26 @@
-//! The command line: parse arguments (clap), turn them into settings the rest trusts, and
-//! dispatch to the library. Thin on purpose: every behaviour lives in a domain module.
+//! The command line: parse arguments (clap), turn them into settings the rest trusts, call the
+//! library, print, and choose the exit status. Thin on purpose: every behaviour lives in a
+//! domain module; this is the only place that talks to the terminal or exits.
 //!
 //! Exit codes (SPEC §4): 0 success; 1 runtime error; 2 usage or configuration error; 3 `sync`
-//! finished with unresolved conflicts; 4 `sync` could not reach every peer.
+//! finished with unresolved conflicts (and `status` with conflicts); 4 `sync` could not reach
+//! every peer. `status`: 0 in sync and every peer connected, 1 behind, stopped, unreachable or
+//! no daemon, 3 unresolved conflicts.
 
 use crate::config::Config;
-use crate::control::{self, Request};
+use crate::engine::node::{Node, Opts};
+use crate::engine::status::Status;
+use crate::engine::sync::SyncReport;
 use crate::identity::Identity;
-use crate::node::{Node, NodeOptions};
+use crate::item::name;
+use crate::ops::control::{self, ConflictList, Request, Response};
 use anyhow::{Context, Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Raw command line.
@@ -22,7 +31,7 @@ use std::time::Duration;
     about = "Keep directory trees, files and accounts identical across the servers of a cluster"
 )]
 pub struct Args {
-    /// Config file
+    /// Config file [default: /etc/clustersync/clustersync.toml]
     #[arg(
         short = 'c',
         long = "config",
@@ -30,10 +39,10 @@ pub struct Args {
         env = "CLUSTERSYNC_CONFIG"
     )]
     pub config: Option<PathBuf>,
-    /// This node's name (default: the hostname)
+    /// This node's name [default: the hostname]
     #[arg(long = "node", global = true, env = "CLUSTERSYNC_NODE")]
     pub node: Option<String>,
-    /// State directory (index, key, backups, logs, control socket)
+    /// State directory: index, key, backups, audit log, control socket [default: /var/lib/clustersync]
     #[arg(long = "state-dir", global = true, env = "CLUSTERSYNC_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// More log output (-v: debug, -vv: trace)
@@ -45,20 +54,20 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Create this node's key in the state dir (never overwrites one); print the id and a
+    /// Create this node's key in the state dir (an existing key is kept); print the id and a
     /// [nodes.NAME] snippet
     Init,
     /// Print this node's id, alone on one line
     Id,
-    /// Validate the config; print a summary of groups, paths and peers
+    /// Check the config as the daemon would; print a summary of groups, paths and peers
     CheckConfig,
-    /// Run this node: listen, watch, sync continuously (foreground)
+    /// Run this node: listen, watch, sync continuously (foreground; SIGHUP reloads the config)
     Daemon,
-    /// Rescan now and reconcile with every reachable peer
+    /// Rescan now and reconcile with every reachable peer; return when in sync
     Sync {
-        /// Groups to sync (default: all of this node's)
+        /// Groups to sync [default: all of this node's]
         groups: Vec<String>,
-        /// Print what would change, change nothing
+        /// Print what would change (one line per path: send, receive, delete, conflict), change nothing
         #[arg(long)]
         dry_run: bool,
         /// Give up after this long (e.g. 30s, 5m)
@@ -67,42 +76,68 @@ pub enum Cmd {
     },
     /// Groups, files, pending work, conflicts, peers, lag
     Status {
+        /// Print one JSON object (SPEC §4) instead of text
         #[arg(long)]
         json: bool,
     },
     /// List unresolved and recently auto-resolved conflicts
     Conflicts {
+        /// Print {"conflicts": [...]} as JSON instead of text
         #[arg(long)]
         json: bool,
     },
-    /// Resolve a conflict by choosing one node's version
+    /// Resolve a conflict (or drift on a replica) by choosing one node's version
     Resolve {
-        path: String,
+        /// The conflicting path (as in the config, or with this node's root prefix; escaped
+        /// bytes like \xe9 are accepted)
+        path: OsString,
+        /// The node whose version becomes everyone's
         #[arg(long)]
         keep: String,
     },
-    /// Tell the daemon these paths changed
+    /// Tell the daemon these paths changed (for filesystems without inotify)
     Mark {
+        /// Paths to look at (absolute, or relative to the current directory)
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<OsString>,
     },
-    /// List kept previous versions of PATH
-    Backups { path: String },
-    /// Put back a kept version (default: the newest)
+    /// List kept previous versions of PATH (root only)
+    Backups {
+        /// The path (as in the config, or with this node's root prefix)
+        path: OsString,
+    },
+    /// Put back a kept version of PATH (root only); without --to it is a normal change that
+    /// reaches every node
     Restore {
-        path: String,
+        /// The path (as in the config, or with this node's root prefix)
+        path: OsString,
+        /// Which kept version, as numbered by `backups` (1 = the newest) [default: 1]
         #[arg(long)]
         generation: Option<usize>,
+        /// Write the kept version to this file instead of putting it in place
         #[arg(long)]
         to: Option<PathBuf>,
     },
-    /// Translate a csync2.cfg into clustersync TOML on stdout
+    /// Forget this node's index of GROUP (daemon stopped): the node then joins the group as
+    /// new, receives everything and deletes nothing
+    Reset {
+        /// The group to start over on this node
+        group: String,
+    },
+    /// Translate a csync2.cfg into clustersync TOML on stdout (what cannot be carried over is
+    /// listed on stderr)
     #[command(name = "import-csync2")]
-    ImportCsync2 { file: PathBuf },
+    ImportCsync2 {
+        /// The csync2 configuration file
+        file: PathBuf,
+    },
     /// Start a 3-node cluster on this machine under a temp dir and show changes travelling
     Demo,
     /// Print a shell completion script
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Settings every command can rely on.
@@ -179,9 +214,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -218,17 +256,7 @@ async fn run(args: Args) -> Result<u8> {
             println!("{}", ident.id());
             Ok(0)
         }
-        Cmd::CheckConfig => {
-            let cfg = Config::load(&s.config_path).map_err(|e| exit(2, e.to_string()))?;
-            cfg.refuse_unsupported()
-                .map_err(|e| exit(2, e.to_string()))?;
-            print!(
-                "{}",
-                cfg.summary(cfg.node(&s.node).map(|_| s.node.as_str()))
-            );
-            println!("config OK: {}", s.config_path.display());
-            Ok(0)
-        }
+        Cmd::CheckConfig => check_config(&s),
         Cmd::Daemon => daemon(&s).await,
         Cmd::Sync {
             groups,
@@ -238,43 +266,24 @@ async fn run(args: Args) -> Result<u8> {
         Cmd::Status { json } => status(&s, json).await,
         Cmd::Conflicts { json } => conflicts(&s, json).await,
         Cmd::Resolve { path, keep } => resolve(&s, &path, &keep).await,
-        Cmd::Mark { paths } => {
-            let _ = load_config(&s)?;
-            let ans = control::call(&s.state_dir, &Request::Mark { paths })
-                .await
-                .map_err(|e| {
-                    exit(
-                        1,
-                        format!("{e}; `clustersync sync` rescans without a daemon"),
-                    )
-                })?;
-            let unknown = ans["unknown"].as_array().cloned().unwrap_or_default();
-            if !unknown.is_empty() {
-                return Err(exit(
-                    1,
-                    format!("not in any group of this node: {unknown:?}"),
-                ));
-            }
-            Ok(0)
-        }
+        Cmd::Mark { paths } => mark(&s, paths).await,
         Cmd::Backups { path } => backups(&s, &path),
         Cmd::Restore {
             path,
             generation,
             to,
         } => restore(&s, &path, generation, to.as_deref()).await,
+        Cmd::Reset { group } => reset(&s, &group).await,
         Cmd::ImportCsync2 { file } => Err(exit(
             1,
             format!("import-csync2 {}: not supported yet", file.display()),
         )),
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
         Cmd::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Args::command(),
-                "clustersync",
-                &mut std::io::stdout(),
-            );
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut buf);
+            // a closed pipe (`| head`) is not an error
+            let _ = std::io::stdout().write_all(&buf);
             Ok(0)
         }
     }
@@ -290,8 +299,18 @@ fn key_path(s: &Settings) -> PathBuf {
 
 fn init(s: &Settings) -> Result<u8> {
     let path = key_path(s);
-    let ident = Identity::create(&path).map_err(|e| exit(1, e.to_string()))?;
-    println!("created node key {} (mode 0600)", path.display());
+    let ident = match Identity::load(&path) {
+        Ok(ident) => {
+            println!("node key {} exists already (kept)", path.display());
+            ident
+        }
+        Err(crate::identity::IdentityError::Missing { .. }) => {
+            let ident = Identity::create(&path).map_err(|e| exit(1, e.to_string()))?;
+            println!("created node key {} (mode 0600)", path.display());
+            ident
+        }
+        Err(e) => return Err(exit(1, e.to_string())),
+    };
     println!("node id: {}", ident.id());
     println!();
     println!("Add this node to the config file on every node:");
@@ -299,6 +318,67 @@ fn init(s: &Settings) -> Result<u8> {
     println!("[nodes.{}]", s.node);
     println!("address = \"{}:7373\"", s.node);
     println!("id = \"{}\"", ident.id());
+    Ok(0)
+}
+
+/// What `daemon` checks before it starts, for `check-config` (exit 2 on a problem).
+fn check_config(s: &Settings) -> Result<u8> {
+    let cfg = load_config(s)?;
+    let me = cfg
+        .node(&s.node)
+        .ok_or_else(|| exit(2, "no section for this node"))?;
+    let key = me.key.clone().unwrap_or_else(|| s.state_dir.join("node.key"));
+    match Identity::load(&key) {
+        Ok(ident) => {
+            if let Some(id) = &me.id
+                && !id.eq_ignore_ascii_case(&ident.id())
+            {
+                return Err(exit(
+                    2,
+                    format!(
+                        "{}: [nodes.{}] id = {id}, but this node's key {} has id {} (fix the config, or use --state-dir/--node for the right node)",
+                        s.config_path.display(),
+                        s.node,
+                        key.display(),
+                        ident.id()
+                    ),
+                ));
+            }
+        }
+        Err(e) => return Err(exit(2, e.to_string())),
+    }
+    let mut warnings = Vec::new();
+    for g in cfg.groups_of(&s.node) {
+        for gp in &g.paths {
+            let real = name::real(&me.root, gp.as_bytes());
+            if real.exists() {
+                continue;
+            }
+            let parent_ok = real.parent().is_some_and(|p| p.is_dir());
+            if parent_ok {
+                warnings.push(format!(
+                    "warning: group {} path {gp} ({}) does not exist on this node yet (it is created when the first files arrive)",
+                    g.name,
+                    real.display()
+                ));
+            } else {
+                return Err(exit(
+                    2,
+                    format!(
+                        "{}: group {} path {gp}: neither {} nor its parent exists on this node",
+                        s.config_path.display(),
+                        g.name,
+                        real.display()
+                    ),
+                ));
+            }
+        }
+    }
+    print!("{}", cfg.summary(Some(s.node.as_str())));
+    for w in warnings {
+        println!("{w}");
+    }
+    println!("config OK: {}", s.config_path.display());
     Ok(0)
 }
 
@@ -313,76 +393,91 @@ async fn daemon(s: &Settings) -> Result<u8> {
             ),
         ));
     }
-    let node = Node::start(NodeOptions {
-        config: cfg,
-        name: s.node.clone(),
-        state_dir: s.state_dir.clone(),
+    let opts = Opts {
         listen: true,
         watch: true,
         dial_all: false,
         dry_run: false,
-    })
-    .await
-    .context("cannot start the node")?;
-    let shared = node.shared.clone();
-    let ctl = tokio::spawn(control::serve(shared.clone()));
+    };
+    let mut node = Node::start(cfg, &s.node, s.state_dir.clone(), opts)
+        .await
+        .map_err(|e| match e {
+            crate::engine::node::NodeError::IdMismatch { .. }
+            | crate::engine::node::NodeError::UnknownNode(_) => exit(2, e.to_string()),
+            e => anyhow!(e).context("cannot start the node"),
+        })?;
+    let current = Arc::new(std::sync::RwLock::new(node.ctx.clone()));
+    let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
+    let mut ctl = tokio::spawn(control::serve(s.state_dir.clone(), current.clone(), stop_rx));
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("signal handler")?;
     let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        r = ctl => {
-            if let Ok(Err(e)) = r {
-                node.stop().await;
-                return Err(exit(1, format!("control socket: {e}")));
+    let mut hup = signal(SignalKind::hangup()).context("signal handler")?;
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0 }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0 }
+            _ = hup.recv() => {
+                match Config::load(&s.config_path).and_then(|c| c.refuse_unsupported().map(|_| c)) {
+                    Err(e) => tracing::error!("SIGHUP: the new config is refused, the running one is kept: {e}"),
+                    Ok(c) if c.node(&s.node).is_none() => tracing::error!("SIGHUP: the new config has no [nodes.{}] section; the running one is kept", s.node),
+                    Ok(c) => {
+                        tracing::info!("SIGHUP: reloading {}", s.config_path.display());
+                        node.stop().await;
+                        match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
+                            Ok(n) => {
+                                node = n;
+                                if let Ok(mut w) = current.write() {
+                                    *w = node.ctx.clone();
+                                }
+                                tracing::info!("config reloaded");
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot start with the new config: {e}; exiting");
+                                let _ = stop_ctl.send(true);
+                                return Err(exit(1, e.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+            r = &mut ctl => {
+                if let Ok(Err(e)) = r {
+                    node.stop().await;
+                    return Err(exit(1, format!("control socket: {e}")));
+                }
+                break 0;
             }
         }
-    }
+    };
+    let _ = stop_ctl.send(true);
     node.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ctl).await;
     tracing::info!("stopped");
-    Ok(0)
+    Ok(code)
 }
 
-fn print_report(rep: &crate::node::SyncReport) -> u8 {
+fn print_report(rep: &SyncReport, dry_run: bool) -> u8 {
     for st in &rep.stopped {
         eprintln!("stopped: {st}");
     }
-    if !rep.unreachable.is_empty() {
-        eprintln!("could not reach: {}", rep.unreachable.join(", "));
+    for (p, why) in &rep.unreachable {
+        eprintln!("could not reach {p}: {why}");
     }
     for p in &rep.unresolved {
         eprintln!("unresolved conflict: {p} (clustersync resolve {p} --keep NODE)");
     }
     if rep.pending > 0 {
-        eprintln!("{} changes could not be applied yet", rep.pending);
+        eprintln!("{} changes could not be applied yet:", rep.pending);
+        for w in &rep.pending_what {
+            eprintln!("  {w}");
+        }
     }
-    if !rep.unreachable.is_empty() {
-        4
-    } else if rep.conflicts > 0 {
-        3
-    } else if !rep.stopped.is_empty() || rep.pending > 0 {
-        1
-    } else {
+    let code = rep.exit_code();
+    if code == 0 && !dry_run {
         println!("in sync");
-        0
     }
-}
-
-/// Run this node in-process for one command (no daemon here): no listener, no watcher, and
-/// it dials every peer.
-async fn start_in_process(s: &Settings, cfg: Config, dry_run: bool) -> Result<Node> {
-    Node::start(NodeOptions {
-        config: cfg,
-        name: s.node.clone(),
-        state_dir: s.state_dir.clone(),
-        listen: false,
-        watch: false,
-        dial_all: true,
-        dry_run,
-    })
-    .await
-    .context("cannot start")
+    code
 }
 
 async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duration) -> Result<u8> {
@@ -395,72 +490,149 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
             ));
         }
     }
-    if control::daemon_running(&s.state_dir).await {
-        let ans = control::call(
-            &s.state_dir,
-            &Request::Sync {
-                groups,
-                dry_run,
-                timeout_ms: timeout.as_millis() as u64,
-            },
-        )
-        .await?;
-        if let Some(e) = ans.get("error").and_then(|e| e.as_str()) {
-            return Err(exit(1, e.to_string()));
+    let req = Request::Sync {
+        groups: groups.clone(),
+        dry_run,
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    match control::call(&s.state_dir, &req).await {
+        Ok(Response::Sync(rep)) => return Ok(print_report(&rep, false)),
+        Ok(Response::DryRun { lines, report }) => {
+            for (what, path) in lines {
+                println!("{what:<9} {path}");
+            }
+            return Ok(print_report(&report, true));
         }
-        if dry_run {
-            println!("a daemon is running and applies changes continuously; pending work:");
-            println!("{}", serde_json::to_string_pretty(&ans["status"])?);
-            return Ok(0);
-        }
-        let rep: crate::node::SyncReport = serde_json::from_value(ans)?;
-        return Ok(print_report(&rep));
+        Ok(Response::Error { message }) => return Err(exit(1, message)),
+        Ok(other) => return Err(exit(1, format!("unexpected answer: {other:?}"))),
+        Err(control::ControlError::NoDaemon(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     let node = start_in_process(s, cfg, dry_run).await?;
     // the node scanned everything as it started: no second scan
-    let rep = node.shared.sync_opts(&groups, timeout, false).await;
+    let rep = crate::engine::sync::sync(&node.ctx, &groups, timeout, false).await;
     node.stop().await;
-    Ok(print_report(&rep))
+    Ok(print_report(&rep, dry_run))
+}
+
+/// Run this node in-process for one command (no daemon here): no listener, no watcher, and
+/// it dials every peer.
+async fn start_in_process(s: &Settings, cfg: Config, dry_run: bool) -> Result<Node> {
+    Node::start(
+        cfg,
+        &s.node,
+        s.state_dir.clone(),
+        Opts {
+            listen: false,
+            watch: false,
+            dial_all: true,
+            dry_run,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        crate::engine::node::NodeError::IdMismatch { .. }
+        | crate::engine::node::NodeError::UnknownNode(_) => exit(2, e.to_string()),
+        e => anyhow!(e).context("cannot start"),
+    })
+}
+
+/// `1.0 GiB`, `12 B`.
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 async fn status(s: &Settings, json: bool) -> Result<u8> {
     let cfg = load_config(s)?;
-    let st: crate::node::Status = match control::call(&s.state_dir, &Request::Status).await {
-        Ok(v) => {
-            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                return Err(exit(1, e.to_string()));
-            }
-            serde_json::from_value(v)?
-        }
+    let st: Status = match control::call(&s.state_dir, &Request::Status).await {
+        Ok(Response::Status(st)) => *st,
+        Ok(Response::Error { message }) => return Err(exit(1, message)),
+        Ok(other) => return Err(exit(1, format!("unexpected answer: {other:?}"))),
         Err(control::ControlError::NoDaemon(_)) => {
-            let ix = crate::index::Index::open(&s.state_dir.join("index.redb"))?;
-            crate::node::status_of(&s.node, &cfg, &ix, None)?
+            let path = s.state_dir.join("index.redb");
+            if !path.exists() {
+                return Err(exit(
+                    1,
+                    format!(
+                        "no daemon running, and no index at {} (this node never ran)",
+                        path.display()
+                    ),
+                ));
+            }
+            let ix = crate::store::Store::open(&path)?;
+            crate::engine::status::offline(&s.node, &cfg, &ix)?
         }
         Err(e) => return Err(e.into()),
     };
+    let code = st.exit_code();
     if json {
         println!("{}", serde_json::to_string(&st)?);
-        return Ok(0);
+        return Ok(code);
     }
-    println!("node {}", st.node);
-    for g in &st.groups {
+    if st.daemon {
+        println!("node {}", st.node);
+    } else {
         println!(
-            "group {:<12} {:>8} files {:>12} bytes  pending {:<5} conflicts {:<3} {}{}",
+            "node {}: no daemon running (state as of {})",
+            st.node,
+            st.as_of.as_deref().unwrap_or("unknown")
+        );
+    }
+    for g in &st.groups {
+        let state = if g.error.is_some() {
+            "STOPPED"
+        } else if g.in_sync {
+            "in sync"
+        } else {
+            "NOT in sync"
+        };
+        println!(
+            "group {:<12} {}, {}, {}  pending {}  conflicts {}  {}",
             g.name,
-            g.files,
-            g.bytes,
+            plural(g.files, "file", "files"),
+            plural(g.directories, "directory", "directories"),
+            human_bytes(g.bytes),
             g.pending,
             g.conflicts,
-            if g.in_sync { "in sync" } else { "NOT in sync" },
-            g.error
-                .as_ref()
-                .map(|e| format!("  STOPPED: {e}"))
-                .unwrap_or_default()
+            state
         );
+        if let Some(e) = &g.error {
+            println!("      {e}");
+        }
+        if let Some(w) = &g.warning {
+            println!("      warning: {w}");
+        }
+        if g.backup_bytes > 0 {
+            println!("      backups: {}", human_bytes(g.backup_bytes));
+        }
+        for d in &g.drift {
+            println!("      drift: {d}");
+        }
+        for a in &g.set_aside {
+            println!("      not applied yet: {a}");
+        }
     }
     for p in &st.peers {
         println!(
-            "peer  {:<12} {:<13} behind {:<6} last seen {}",
+            "peer  {:<12} {:<13} behind {:<6} last seen {}{}",
             p.name,
             if p.connected {
                 "connected"
@@ -468,68 +640,109 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
                 "not connected"
             },
             p.behind,
-            p.last_seen.as_deref().unwrap_or("never")
+            p.last_seen.as_deref().unwrap_or("never"),
+            p.error
+                .as_ref()
+                .map(|e| format!("\n      {e}"))
+                .unwrap_or_default()
         );
     }
-    Ok(0)
+    Ok(code)
 }
 
 async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
     let _cfg = load_config(s)?;
-    let doc = match control::call(&s.state_dir, &Request::Conflicts).await {
-        Ok(v) => v,
+    let list = match control::call(&s.state_dir, &Request::Conflicts).await {
+        Ok(Response::Conflicts(l)) => l,
+        Ok(Response::Error { message }) => return Err(exit(1, message)),
+        Ok(other) => return Err(exit(1, format!("unexpected answer: {other:?}"))),
         Err(control::ControlError::NoDaemon(_)) => {
-            let ix = crate::index::Index::open(&s.state_dir.join("index.redb"))?;
-            control::conflicts_json(&ix.conflicts()?)
+            let ix = crate::store::Store::open(&s.state_dir.join("index.redb"))?;
+            ConflictList::from_store(&ix.conflicts()?)
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(e) = doc.get("error").and_then(|e| e.as_str()) {
-        return Err(exit(1, e.to_string()));
-    }
     if json {
-        println!("{doc}");
+        println!("{}", serde_json::to_string(&list)?);
         return Ok(0);
     }
-    let list = doc["conflicts"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if list.conflicts.is_empty() {
         println!("no conflicts");
     }
-    for c in list {
-        let nodes: Vec<String> = c["nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if c["resolved"] == true {
+    for c in list.conflicts {
+        if c.resolved {
             println!(
                 "{} {}: {} -> kept {}{}",
-                c["group"].as_str().unwrap_or_default(),
-                c["path"].as_str().unwrap_or_default(),
-                nodes.join(" vs "),
-                c["winner"].as_str().unwrap_or_default(),
-                c["kept_as"]
-                    .as_str()
+                c.group,
+                c.path,
+                c.nodes.join(" vs "),
+                c.winner.as_deref().unwrap_or_default(),
+                c.kept_as
                     .map(|k| format!("; loser: {k}"))
                     .unwrap_or_default()
             );
         } else {
             println!(
                 "{} {}: {} UNRESOLVED (clustersync resolve {} --keep NODE)",
-                c["group"].as_str().unwrap_or_default(),
-                c["path"].as_str().unwrap_or_default(),
-                nodes.join(" vs "),
-                c["path"].as_str().unwrap_or_default()
+                c.group,
+                c.path,
+                c.nodes.join(" vs "),
+                c.path
             );
         }
     }
     Ok(0)
 }
 
-async fn resolve(s: &Settings, path: &str, keep: &str) -> Result<u8> {
+/// A path argument as bytes: raw or escaped, absolute or relative to the working directory.
+fn path_arg(p: &std::ffi::OsStr) -> Vec<u8> {
+    let b = name::from_arg(p);
+    if b.starts_with(b"/") {
+        return b;
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    use std::os::unix::ffi::OsStrExt;
+    let mut full = cwd.as_os_str().as_bytes().to_vec();
+    // normalise `.` and `..` lexically
+    let mut parts: Vec<&[u8]> = full
+        .split(|c| *c == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    for c in b.split(|c| *c == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::new();
+    for c in parts {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    full.clear();
+    out
+}
+
+fn find_group(cfg: &Config, s: &Settings, path: &[u8]) -> Result<(String, Vec<u8>)> {
+    let root = cfg
+        .node(&s.node)
+        .map(|n| n.root.clone())
+        .unwrap_or_else(|| "/".into());
+    crate::engine::node::group_of_path(cfg, &s.node, &root, path).ok_or_else(|| {
+        exit(
+            1,
+            format!("{} is not in any group of node {}", name::show(path), s.node),
+        )
+    })
+}
+
+async fn resolve(s: &Settings, path: &std::ffi::OsStr, keep: &str) -> Result<u8> {
     let cfg = load_config(s)?;
     if cfg.node(keep).is_none() {
         return Err(exit(
@@ -537,89 +750,100 @@ async fn resolve(s: &Settings, path: &str, keep: &str) -> Result<u8> {
             format!("--keep {keep}: no such node in the config"),
         ));
     }
-    let (_, logical) = find_group(&cfg, s, path)?;
+    let path = path_arg(path);
+    let (group, logical) = find_group(&cfg, s, &path)?;
     let req = Request::Resolve {
         path: logical.clone(),
         keep: keep.to_string(),
     };
-    let ans = match control::call(&s.state_dir, &req).await {
-        Ok(v) => v,
+    let r = match control::call(&s.state_dir, &req).await {
+        Ok(Response::Resolved { message }) => Ok(message),
+        Ok(Response::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer: {other:?}")),
         Err(control::ControlError::NoDaemon(_)) => {
             // no daemon: do it in-process, connected to the peers, then push the result
             let node = start_in_process(s, cfg, false).await?;
-            let _ = node.shared.sync(&[], Duration::from_secs(30)).await;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            node.shared.submit(crate::node::Work::Resolve {
-                path: logical,
-                keep: keep.to_string(),
-                reply: tx,
-            });
-            let r = rx.await.unwrap_or_else(|_| Err("stopped".into()));
-            let _ = node.shared.sync(&[], Duration::from_secs(30)).await;
+            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
+            let r = match node.ctx.lane(&group) {
+                Some(l) => l.resolve(logical, keep.to_string()).await,
+                None => Err(format!("unknown group {group}")),
+            };
+            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
             node.stop().await;
-            match r {
-                Ok(m) => serde_json::json!({ "ok": m }),
-                Err(e) => serde_json::json!({ "error": e }),
-            }
+            r
         }
         Err(e) => return Err(e.into()),
     };
-    match ans.get("error").and_then(|e| e.as_str()) {
-        Some(e) => Err(exit(1, e.to_string())),
-        None => {
-            println!("{}", ans["ok"].as_str().unwrap_or("resolved"));
+    match r {
+        Ok(m) => {
+            println!("{m}");
             Ok(0)
         }
+        Err(e) => Err(exit(1, e)),
     }
 }
 
-fn find_group(cfg: &Config, s: &Settings, path: &str) -> Result<(String, String)> {
-    let root = cfg
-        .node(&s.node)
-        .map(|n| n.root.clone())
-        .unwrap_or_else(|| "/".into());
-    let root_s = root.to_string_lossy().trim_end_matches('/').to_string();
-    let mut cands = vec![path.to_string()];
-    if !root_s.is_empty()
-        && let Some(r) = path.strip_prefix(&root_s)
-    {
-        cands.push(r.to_string());
+async fn mark(s: &Settings, paths: Vec<OsString>) -> Result<u8> {
+    let _ = load_config(s)?;
+    let paths: Vec<Vec<u8>> = paths.iter().map(|p| path_arg(p)).collect();
+    match control::call(&s.state_dir, &Request::Mark { paths }).await {
+        Ok(Response::Marked { unknown }) if unknown.is_empty() => Ok(0),
+        Ok(Response::Marked { unknown }) => Err(exit(
+            1,
+            format!("not in any group of this node: {}", unknown.join(", ")),
+        )),
+        Ok(Response::Error { message }) => Err(exit(1, message)),
+        Ok(other) => Err(exit(1, format!("unexpected answer: {other:?}"))),
+        Err(e @ control::ControlError::NoDaemon(_)) => Err(exit(
+            1,
+            format!("{e}; `clustersync sync` rescans without a daemon"),
+        )),
+        Err(e) => Err(e.into()),
     }
-    for c in cands {
-        for g in cfg.groups_of(&s.node) {
-            if crate::paths::validate(&c, &g.paths).is_ok() {
-                return Ok((g.name.clone(), c));
-            }
-        }
-    }
-    Err(exit(
-        1,
-        format!("{path} is not in any group of node {}", s.node),
-    ))
 }
 
-fn backups(s: &Settings, path: &str) -> Result<u8> {
+fn require_root(what: &str) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(exit(
+            1,
+            format!("only root may {what}: kept versions can hold private files (run it as root)"),
+        ));
+    }
+    Ok(())
+}
+
+fn backups(s: &Settings, path: &std::ffi::OsStr) -> Result<u8> {
+    require_root("list backups")?;
     let cfg = load_config(s)?;
-    let (group, logical) = find_group(&cfg, s, path)?;
-    let b = crate::backup::Backups::new(&s.state_dir.join("backups"));
+    let path = path_arg(path);
+    let (group, logical) = find_group(&cfg, s, &path)?;
+    let b = crate::fs::backup::Backups::new(&s.state_dir.join("backups"));
     let list = b.list(&group, &logical);
     if list.is_empty() {
-        println!("no kept versions of {logical}");
+        println!(
+            "no kept versions of {} on this node (a version is kept by the node that overwrites or deletes it: if the change came from here, look on the other nodes with `clustersync backups` there)",
+            name::show(&logical)
+        );
         return Ok(0);
     }
     println!(
-        "{:<4} {:<25} {:>12}  {:<10} hash",
+        "{:<4} {:<25} {:>10}  {:<10} hash",
         "gen", "time", "size", "origin"
     );
     for (i, e) in list.iter().enumerate() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64);
         println!(
-            "{:<4} {:<25} {:>12}  {:<10} {}",
+            "{:<4} {:<25} {:>10}  {:<10} {}{}",
             i + 1,
             humantime::format_rfc3339_seconds(t),
-            e.size,
+            human_bytes(e.size),
             e.origin,
-            &e.hash[..16]
+            &e.hash[..16.min(e.hash.len())],
+            if e.by_restore {
+                "  (replaced by a restore)"
+            } else {
+                ""
+            }
         );
     }
     Ok(0)
@@ -627,74 +851,86 @@ fn backups(s: &Settings, path: &str) -> Result<u8> {
 
 async fn restore(
     s: &Settings,
-    path: &str,
+    path: &std::ffi::OsStr,
     generation: Option<usize>,
     to: Option<&Path>,
 ) -> Result<u8> {
+    require_root("restore backups")?;
     let cfg = load_config(s)?;
-    let (group, logical) = find_group(&cfg, s, path)?;
-    let b = crate::backup::Backups::new(&s.state_dir.join("backups"));
+    let path = path_arg(path);
+    let (group, logical) = find_group(&cfg, s, &path)?;
+    let b = crate::fs::backup::Backups::new(&s.state_dir.join("backups"));
     let list = b.list(&group, &logical);
     let n = generation.unwrap_or(1);
-    let e = list.get(n.saturating_sub(1)).ok_or_else(|| {
+    if n == 0 {
+        return Err(exit(
+            2,
+            "--generation counts from 1 (the newest kept version); see `clustersync backups`",
+        ));
+    }
+    let e = list.get(n - 1).ok_or_else(|| {
         exit(
             1,
-            format!("{logical} has no kept generation {n} (see `clustersync backups`)"),
+            format!(
+                "{} has no kept generation {n} (it has {}; see `clustersync backups`)",
+                name::show(&logical),
+                list.len()
+            ),
         )
     })?;
-    let data =
-        std::fs::read(b.object(&e.hash)).with_context(|| format!("reading backup {}", e.hash))?;
-    let sm = crate::safefs::SetMeta {
+    let data = std::fs::read(b.object(&group, &e.hash))
+        .with_context(|| format!("reading kept version {}", e.hash))?;
+    let sm = crate::fs::safefs::SetMeta {
         mode: e.mode,
         mtime_s: e.mtime_s,
         mtime_ns: e.mtime_ns,
         owner: Some((e.uid, e.gid)),
     };
+    let shown = name::show(&logical).into_owned();
     match to {
         Some(dest) => {
             std::fs::write(dest, &data).with_context(|| format!("writing {}", dest.display()))?;
             let f = std::fs::File::open(dest)?;
-            crate::safefs::set_meta_fd(&f, &sm).map_err(|e| anyhow!("{}: {e}", dest.display()))?;
-            println!("restored generation {n} of {logical} to {}", dest.display());
+            crate::fs::safefs::set_meta_fd(&f, &sm).map_err(|e| anyhow!("{}: {e}", dest.display()))?;
+            println!("restored generation {n} of {shown} to {}", dest.display());
         }
         None => {
             let g = &cfg.groups[&group];
-            let gp = crate::paths::validate(&logical, &g.paths).map_err(|e| anyhow!("{e}"))?;
+            let gp = name::validate(&logical, &g.paths).map_err(|e| anyhow!("{e}"))?;
             let root = cfg
                 .node(&s.node)
                 .map(|n| n.root.clone())
                 .unwrap_or_else(|| "/".into());
-            let place = crate::safefs::resolve(&root, gp, &logical, true)?;
-            // what the restore replaces is kept too
-            let real = crate::paths::real(&root, &logical);
-            if let Ok(md) = std::fs::symlink_metadata(&real)
-                && md.is_file()
-                && g.backup_generations > 0
-                && let Ok(Some(obs)) =
-                    crate::scan::observe(&real, &md, &crate::owners::OwnerMap::default())
-            {
-                let cur = crate::record::Entry {
-                    rec: crate::record::Record {
-                        path: logical.clone(),
-                        version: Default::default(),
-                        origin: s.node.clone(),
-                        meta: Some(obs.meta),
-                        beat: vec![],
-                    },
-                    seq: 0,
-                    ino: obs.ino,
-                    ctime_s: obs.ctime_s,
-                    ctime_ns: obs.ctime_ns,
-
-                    from: None,
+            let place = crate::fs::safefs::resolve(&root, gp, &logical, true)?;
+            // what the restore replaces is kept too, as the last generation
+            if let Ok(cur) = place.open_read() {
+                let hash = b.store_file(&group, &cur)?;
+                if hash == e.hash {
+                    println!("{shown} already holds generation {n}; nothing to do");
+                    return Ok(0);
+                }
+                use std::os::unix::fs::MetadataExt;
+                let md = cur.metadata()?;
+                let info = crate::fs::backup::BackupInfo {
+                    path: shown.clone(),
+                    time: crate::engine::node::unix_now(),
+                    hash,
+                    size: md.len(),
+                    mode: md.mode() & 0o7777,
+                    mtime_s: md.mtime(),
+                    mtime_ns: md.mtime_nsec() as u32,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    origin: s.node.clone(),
+                    version: String::new(),
+                    by_restore: true,
                 };
-                b.keep(&group, &place, &cur, g.backup_generations)?;
+                b.keep_replaced_by_restore(&group, &logical, info)?;
             }
             let mut tmp = place.create_temp()?;
-            use std::io::Write;
             tmp.file.write_all(&data)?;
             place.install(tmp, &sm)?;
-            println!("restored generation {n} of {logical}");
+            println!("restored generation {n} of {shown}");
             // let a running daemon notice at once (the watcher would too)
             let _ = control::call(
                 &s.state_dir,
@@ -705,5 +941,29 @@ async fn restore(
             .await;
         }
     }
+    Ok(0)
+}
+
+async fn reset(s: &Settings, group: &str) -> Result<u8> {
+    let cfg = load_config(s)?;
+    if !cfg.groups.get(group).is_some_and(|g| g.has_node(&s.node)) {
+        return Err(exit(
+            2,
+            format!("group {group:?} is not a group of node {}", s.node),
+        ));
+    }
+    if control::daemon_running(&s.state_dir).await {
+        return Err(exit(
+            1,
+            "the daemon is running: stop it first (systemctl stop clustersync), then run reset, then start it",
+        ));
+    }
+    let ix = crate::store::Store::open(&s.state_dir.join("index.redb"))?;
+    let n = ix.reset_group(group)?;
+    println!(
+        "forgot {} of group {group} on node {}; no file was touched. Start the daemon: this node then joins {group} as new (it receives everything and deletes nothing; files it has that the others lack are sent to them).",
+        plural(n, "index entry", "index entries"),
+        s.node
+    );
     Ok(0)
 }

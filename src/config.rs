@@ -171,6 +171,12 @@ pub struct GroupConfig {
     pub rescan: Option<Duration>,
     /// `[[groups.NAME.actions]]`, in the order written.
     pub actions: Vec<ActionConfig>,
+    /// Attribute name patterns synced with `xattrs = true` (empty: all not excluded).
+    pub xattrs_include: Vec<String>,
+    /// Attribute name patterns never synced; default `["security.selinux"]`.
+    pub xattrs_exclude: Vec<String>,
+    /// Bound of the group's backup store in bytes (`None`: unbounded).
+    pub backup_max_bytes: Option<u64>,
 }
 
 /// The `[accounts]` section.
@@ -1210,6 +1216,9 @@ impl<'a> Parser<'a> {
             watch,
             rescan,
             actions,
+            xattrs_include: Vec::new(),
+            xattrs_exclude: vec!["security.selinux".to_string()],
+            backup_max_bytes: None,
         })
     }
 

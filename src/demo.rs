@@ -159,13 +159,15 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
     for n in NAMES {
         let state = cl.dir.path().join(n).join("state");
         wait_for(&format!("{n} to connect to its peers"), || {
-            rt.block_on(crate::control::call(
+            match rt.block_on(crate::ops::control::call(
                 &state,
-                &crate::control::Request::Status,
-            ))
-            .ok()
-            .and_then(|v| v["peers"].as_array().cloned())
-            .is_some_and(|p| p.iter().all(|x| x["connected"] == true))
+                &crate::ops::control::Request::Status,
+            )) {
+                Ok(crate::ops::control::Response::Status(st)) => {
+                    st.peers.iter().all(|p| p.connected)
+                }
+                _ => false,
+            }
         })?;
     }
     println!(

@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 pub enum IdentityError {
     #[error("node key {path} already exists; refusing to overwrite it")]
     Exists { path: PathBuf },
-    #[error("cannot read node key {path}: {source} (run `clustersync init` first)")]
+    #[error("no node key at {path} (run `clustersync init` first)")]
+    Missing { path: PathBuf },
+    #[error("cannot read node key {path}: permission denied (the key is root's: run clustersync as root)")]
+    Denied { path: PathBuf },
+    #[error("cannot read node key {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
@@ -82,10 +86,15 @@ impl Identity {
             return Err(IdentityError::Exists { path: path.into() });
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
-                path: path.into(),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| IdentityError::Write {
+                    path: path.into(),
+                    source,
+                })?;
         }
         let ident = Identity::generate()?;
         let mut f = std::fs::OpenOptions::new()
@@ -112,9 +121,13 @@ impl Identity {
 
     /// Load the key file at `path`.
     pub fn load(path: &Path) -> Result<Identity, IdentityError> {
-        let text = std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
-            path: path.into(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => IdentityError::Missing { path: path.into() },
+            std::io::ErrorKind::PermissionDenied => IdentityError::Denied { path: path.into() },
+            _ => IdentityError::Read {
+                path: path.into(),
+                source,
+            },
         })?;
         let mut lines = text.lines();
         let bad = || IdentityError::Malformed { path: path.into() };

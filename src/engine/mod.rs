@@ -1,5 +1,13 @@
 //! The sync engine: one lane per group (`lane`), the decisions (`decide`, pure) and their
-//! effects on disk (`apply`), the links to peers (`link`), content fetching (`fetch`) and the
-//! node that wires them (`node`).
+//! effects on disk (`apply`), the links to peers (`link`), content fetching (`fetch`), the
+//! node that wires them (`node`), and what `status` and `sync` report (`status`, `sync`).
 
+pub mod apply;
 pub mod decide;
+pub mod fetch;
+pub mod group;
+pub mod lane;
+pub mod link;
+pub mod node;
+pub mod status;
+pub mod sync;

@@ -412,6 +412,42 @@ impl Place {
         }
     }
 
+    /// The final component's name.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// Open the existing target (a directory when `dir`, else a regular file), never following
+    /// a symlink, and check its kind.
+    pub fn open_nofollow(&self, dir: bool) -> Result<OwnedFd, FsError> {
+        let flags = if dir {
+            OFlags::RDONLY | OFlags::DIRECTORY
+        } else {
+            OFlags::RDONLY | OFlags::NONBLOCK
+        };
+        let fd = rustix::fs::openat(
+            &self.dir,
+            self.name.as_slice(),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fe("open", &self.path, e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| fe("stat", &self.path, e))?;
+        let want = if dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        };
+        if FileType::from_raw_mode(st.st_mode) != want {
+            return Err(fe(
+                "open",
+                &self.path,
+                std::io::Error::other("entry changed kind"),
+            ));
+        }
+        Ok(fd)
+    }
+
     /// Hard-link the target (a regular file, never followed) as `dst` (an absolute path in the
     /// state dir): the zero-copy backup of a file about to be replaced or deleted. Fails with
     /// `EXDEV` when `dst` is on another filesystem (the caller copies instead).

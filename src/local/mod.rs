@@ -5,4 +5,5 @@
 pub mod filter;
 pub mod owners;
 pub mod scan;
+pub mod watch;
 pub mod window;

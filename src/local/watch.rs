@@ -1,33 +1,30 @@
-//! Live change detection with inotify, and the short coalescing window in front of the engine.
+//! Live change detection with inotify, in front of the groups' lanes.
 //!
 //! One watch per directory of every group with `watch = true` (the parent directory for a
-//! group path that is a single file). Events become dirty paths; a path is handed to the engine
-//! once it has been quiet for [`QUIET`] — or, for a file being written (modified and not yet
-//! closed), once it is closed or has been quiet for [`WRITE_QUIET`], so a growing file is never
-//! sent half-written. Deletions wait [`DELETE_SETTLE`] so that a `rm -rf` of a group path is
-//! seen whole and stopped by the mass-deletion guard rather than sent file by file.
+//! group path that is a single file). Events go through the coalescing windows of
+//! [`crate::local::window`] (finished writes and single deletions at once, files being written
+//! when quiet or at the latest every few seconds, bursts of deletions together); due paths go
+//! to their group's lane.
 //!
 //! Invariants: a directory that cannot be watched (the `fs.inotify.max_user_watches` limit) is
-//! rescanned every [`UNWATCHED_RESCAN`] instead, with one clear warning; a queue overflow
-//! triggers a rescan (compare with the index, not a reset) of the watched groups; no event is
-//! ever a reason to exit.
+//! rescanned every [`UNWATCHED_RESCAN`] instead, with one clear warning naming the setting to
+//! raise; a queue overflow makes every watched group rescan (a compare with the index, nothing
+//! is reset); no event is ever a reason to exit.
 
-use crate::filter::Want;
-use crate::node::{Shared, Work};
+use crate::engine::node::Ctx;
+use crate::item::name;
+use crate::local::filter::Want;
+use crate::local::window::{Event, Params, Windows};
 use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Quiet time before a changed path is scanned.
-pub const QUIET: Duration = Duration::from_millis(20);
-/// Quiet time for a file that was modified but not closed.
-pub const WRITE_QUIET: Duration = Duration::from_millis(1500);
-/// Extra wait for deletions.
-pub const DELETE_SETTLE: Duration = Duration::from_millis(150);
 /// Rescan period of directories that could not be watched.
 pub const UNWATCHED_RESCAN: Duration = Duration::from_secs(5);
 
@@ -35,61 +32,19 @@ pub const UNWATCHED_RESCAN: Duration = Duration::from_secs(5);
 struct Target {
     group: String,
     gp: String,
-    dir: String,
+    dir: Vec<u8>,
     /// For a single-file group path: the only name of interest in `dir`.
-    only: Option<String>,
-}
-
-struct Pending {
-    recursive: bool,
-    writing: bool,
-    /// A deletion: held until no deletion has been seen for [`DELETE_SETTLE`].
-    delete: bool,
-    due: Instant,
+    only: Option<Vec<u8>>,
 }
 
 struct State {
-    shared: Arc<Shared>,
+    ctx: Arc<Ctx>,
     watches: Watches,
     wds: HashMap<WatchDescriptor, Vec<Target>>,
-    unwatched: Vec<(String, String)>,
+    unwatched: Vec<(String, Vec<u8>)>,
     warned_limit: bool,
     limit: Option<usize>,
-    pending: HashMap<(String, String), Pending>,
-    last_delete: Option<Instant>,
-}
-
-impl State {
-    /// Is the directory group path `gp` of `group` currently watched?
-    fn root_watched(&self, group: &str, gp: &str) -> bool {
-        self.wds
-            .values()
-            .flatten()
-            .any(|t| t.group == group && t.dir == gp && t.only.is_none())
-    }
-
-    /// Re-watch group paths that came back (a remount, a recreated directory).
-    fn rewatch_roots(&mut self) {
-        let shared = self.shared.clone();
-        for g in shared.groups.iter().filter(|g| g.cfg.watch) {
-            for gp in &g.cfg.paths {
-                let real = crate::paths::real(&shared.root, gp);
-                if !self.root_watched(&g.cfg.name, gp) && real.is_dir() {
-                    let was_single_file = self
-                        .wds
-                        .values()
-                        .flatten()
-                        .any(|t| t.group == g.cfg.name && t.gp == *gp && t.only.is_some());
-                    if was_single_file {
-                        continue;
-                    }
-                    tracing::info!(group = %g.cfg.name, "watching {gp} again");
-                    self.add_tree(&g.cfg.name, gp, gp);
-                    self.dirty(&g.cfg.name, gp.clone(), true, Some(false), QUIET);
-                }
-            }
-        }
-    }
+    windows: Windows,
 }
 
 fn mask() -> WatchMask {
@@ -107,9 +62,9 @@ fn mask() -> WatchMask {
 }
 
 /// Start the watcher task.
-pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = run(shared.clone()).await {
+        if let Err(e) = run(ctx.clone()).await {
             tracing::error!(
                 "inotify unavailable ({e}); relying on periodic rescans and `clustersync mark`"
             );
@@ -144,9 +99,13 @@ impl State {
 
     fn limit_reached(&mut self, t: &Target) {
         if !self.warned_limit {
+            let cur = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
             tracing::warn!(
-                "inotify watch limit reached (raise fs.inotify.max_user_watches); directories that cannot be watched, starting with {}, are rescanned every {}s instead",
-                t.dir,
+                "inotify watch limit reached ({} directories watched; fs.inotify.max_user_watches = {cur}): raise it, e.g. `sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d/); meanwhile directories that cannot be watched, starting with {}, are rescanned every {}s",
+                self.wds.len(),
+                name::show(&t.dir),
                 UNWATCHED_RESCAN.as_secs()
             );
             self.warned_limit = true;
@@ -155,18 +114,17 @@ impl State {
     }
 
     /// Watch directory `dir` (logical) and every directory below it that is synced.
-    fn add_tree(&mut self, group: &str, gp: &str, dir: &str) {
-        let shared = self.shared.clone();
-        let Some(g) = shared.group(group) else { return };
-        let root = shared.root.clone();
-        let mut stack = vec![dir.to_string()];
-        let mut budget = 1_000_000usize;
+    fn add_tree(&mut self, group: &str, gp: &str, dir: &[u8]) {
+        let ctx = self.ctx.clone();
+        let Some(g) = ctx.group(group) else { return };
+        let mut stack = vec![dir.to_vec()];
+        let mut budget = 10_000_000usize;
         while let Some(d) = stack.pop() {
             budget = budget.saturating_sub(1);
             if budget == 0 {
                 break;
             }
-            let real = crate::paths::real(&root, &d);
+            let real = name::real(&ctx.root, &d);
             let t = Target {
                 group: group.to_string(),
                 gp: gp.to_string(),
@@ -184,10 +142,7 @@ impl State {
                 if !de.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     continue;
                 }
-                let Some(name) = de.file_name().to_str().map(String::from) else {
-                    continue;
-                };
-                let child = crate::paths::join(&d, &name);
+                let child = name::join(&d, de.file_name().as_bytes());
                 if g.filter.want(gp, &child, true) != Want::Skip {
                     stack.push(child);
                 }
@@ -195,40 +150,50 @@ impl State {
         }
     }
 
-    fn dirty(
-        &mut self,
-        group: &str,
-        path: String,
-        recursive: bool,
-        writing: Option<bool>,
-        wait: Duration,
-    ) {
-        let due = Instant::now() + wait;
-        let p = self
-            .pending
-            .entry((group.to_string(), path))
-            .or_insert(Pending {
-                recursive,
-                writing: false,
-                delete: false,
-                due,
-            });
-        p.recursive |= recursive;
-        if let Some(w) = writing {
-            p.writing = w;
+    fn root_watched(&self, group: &str, gp: &str) -> bool {
+        self.wds
+            .values()
+            .flatten()
+            .any(|t| t.group == group && t.dir == gp.as_bytes() && t.only.is_none())
+    }
+
+    /// Re-watch group paths that came back (a remount, a recreated directory).
+    fn rewatch_roots(&mut self) {
+        let ctx = self.ctx.clone();
+        for g in ctx.groups.values().filter(|g| g.cfg.watch) {
+            for gp in &g.cfg.paths {
+                let real = name::real(&ctx.root, gp.as_bytes());
+                let single = self
+                    .wds
+                    .values()
+                    .flatten()
+                    .any(|t| t.group == g.name() && t.gp == *gp && t.only.is_some());
+                if !single && !self.root_watched(g.name(), gp) && real.is_dir() {
+                    tracing::info!(group = %g.name(), "watching {gp} again");
+                    self.add_tree(g.name(), gp, gp.as_bytes());
+                    self.windows.event(
+                        g.name(),
+                        gp.as_bytes().to_vec(),
+                        Event::Done,
+                        true,
+                        Instant::now().into_std(),
+                    );
+                }
+            }
         }
-        p.due = due;
     }
 
     fn handle(&mut self, ev: inotify::EventOwned) {
+        let now = Instant::now().into_std();
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             tracing::warn!(
                 "inotify queue overflowed; rescanning the watched groups (a compare with the index, nothing is reset)"
             );
-            self.shared.submit(Work::Rescan {
-                groups: None,
-                reply: None,
-            });
+            for l in self.ctx.lanes() {
+                if l.group.cfg.watch {
+                    l.rescan_later();
+                }
+            }
             return;
         }
         let Some(targets) = self.wds.get(&ev.wd).cloned() else {
@@ -239,133 +204,87 @@ impl State {
             return;
         }
         for t in targets {
-            let Some(name) = ev.name.as_ref() else {
+            let Some(n) = ev.name.as_ref() else {
                 // the watched directory itself
                 if ev
                     .mask
                     .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
                 {
-                    self.last_delete = Some(Instant::now());
-                    self.dirty(&t.group, t.dir.clone(), true, None, QUIET);
-                    if let Some(p) = self.pending.get_mut(&(t.group.clone(), t.dir.clone())) {
-                        p.delete = true;
-                    }
+                    self.windows
+                        .event(&t.group, t.dir.clone(), Event::Deleted, true, now);
                 } else if ev.mask.contains(EventMask::ATTRIB) {
-                    self.dirty(&t.group, t.dir.clone(), false, None, QUIET);
+                    self.windows
+                        .event(&t.group, t.dir.clone(), Event::Done, false, now);
                 }
                 continue;
             };
-            let Some(name) = name.to_str() else {
-                tracing::info!("skipping a name that is not UTF-8 in {}", t.dir);
-                continue;
-            };
+            let n = n.as_bytes();
             if let Some(only) = &t.only
-                && only != name
+                && only.as_slice() != n
             {
                 continue;
             }
-            let path = crate::paths::join(&t.dir, name);
+            let path = name::join(&t.dir, n);
             let is_dir = ev.mask.contains(EventMask::ISDIR);
-            let Some(g) = self.shared.group(&t.group) else {
+            let Some(g) = self.ctx.group(&t.group) else {
                 continue;
             };
-            if !crate::paths::is_within(&path, &t.gp)
+            if !name::is_within(&path, t.gp.as_bytes())
                 || g.filter.want(&t.gp, &path, is_dir) == Want::Skip
             {
                 continue;
             }
-            let parent_in_group = crate::paths::is_within(&t.dir, &t.gp);
+            let parent_in_group = name::is_within(&t.dir, t.gp.as_bytes());
+            let group = t.group.clone();
             if ev
                 .mask
                 .intersects(EventMask::DELETE | EventMask::MOVED_FROM)
             {
-                self.last_delete = Some(Instant::now());
-                self.dirty(&t.group, path.clone(), true, Some(false), QUIET);
-                if let Some(p) = self.pending.get_mut(&(t.group.clone(), path)) {
-                    p.delete = true;
-                }
+                self.windows.event(&group, path, Event::Deleted, true, now);
             } else if is_dir && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                self.add_tree(&t.group, &t.gp, &path);
-                self.dirty(&t.group, path, true, Some(false), QUIET);
+                self.add_tree(&group, &t.gp, &path);
+                self.windows.event(&group, path, Event::Done, true, now);
             } else if ev.mask.contains(EventMask::CREATE) {
-                let real = crate::paths::real(&self.shared.root, &path);
+                let real = name::real(&self.ctx.root, &path);
                 let regular = std::fs::symlink_metadata(real)
                     .map(|m| m.is_file())
                     .unwrap_or(false);
-                self.dirty(&t.group, path, false, Some(regular), QUIET);
+                let e = if regular { Event::Writing } else { Event::Done };
+                self.windows.event(&group, path, e, false, now);
             } else if ev.mask.contains(EventMask::MODIFY) {
-                self.dirty(&t.group, path, false, Some(true), QUIET);
+                self.windows.event(&group, path, Event::Writing, false, now);
             } else if ev
                 .mask
-                .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+                .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO | EventMask::ATTRIB)
             {
-                self.dirty(&t.group, path, false, Some(false), QUIET);
-            } else if ev.mask.contains(EventMask::ATTRIB) {
-                self.dirty(&t.group, path, false, None, QUIET);
+                self.windows.event(&group, path, Event::Done, false, now);
             }
             if parent_in_group {
-                self.dirty(&t.group, t.dir.clone(), false, None, QUIET);
+                self.windows
+                    .event(&group, t.dir.clone(), Event::Done, false, now);
             }
         }
     }
 
-    /// Hand ready paths to the engine; returns when the next one is due.
+    /// Hand due paths to the lanes; returns when the next one is due.
     fn flush(&mut self) -> Option<Instant> {
-        let now = Instant::now();
-        // (group, settled) -> paths; deletions have waited for the burst to end already
-        let mut ready: HashMap<(String, bool), Vec<(String, bool)>> = HashMap::new();
-        let mut next: Option<Instant> = None;
-        let deletes_due = self.last_delete.map(|t| t + DELETE_SETTLE);
-        self.pending.retain(|(g, p), st| {
-            let mut due = if st.writing {
-                st.due + WRITE_QUIET
-            } else {
-                st.due
-            };
-            if st.delete
-                && let Some(d) = deletes_due
-            {
-                // a burst of deletions (rm -rf) goes to the engine as one batch
-                due = due.max(d);
-            }
-            if due <= now {
-                ready
-                    .entry((g.clone(), st.delete))
-                    .or_default()
-                    .push((p.clone(), st.recursive));
-                false
-            } else {
-                next = Some(next.map_or(due, |n: Instant| n.min(due)));
-                true
-            }
-        });
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for (g, _) in self.pending.keys() {
-            *counts.entry(g.clone()).or_default() += 1;
-        }
-        if let Ok(mut gs) = self.shared.gstate.lock() {
-            for g in &self.shared.groups {
-                let n = counts.get(&g.cfg.name).copied().unwrap_or(0)
-                    + ready
-                        .iter()
-                        .filter(|((gn, _), _)| *gn == g.cfg.name)
-                        .map(|(_, v)| v.len())
-                        .sum::<usize>();
-                gs.entry(g.cfg.name.clone()).or_default().pending_local = n;
+        let now = Instant::now().into_std();
+        let (ready, next) = self.windows.take_due(now);
+        for r in ready {
+            if let Some(l) = self.ctx.lane(&r.group) {
+                l.local(r.paths, r.burst);
             }
         }
-        for ((group, settled), paths) in ready {
-            self.shared.submit(Work::Dirty {
-                group,
-                paths,
-                settled,
-            });
+        for l in self.ctx.lanes() {
+            l.state
+                .waiting_local
+                .store(self.windows.waiting(l.group.name()), Ordering::Relaxed);
         }
-        next
+        next.map(Instant::from_std)
     }
 }
 
-async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
+async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
     let inotify = Inotify::init()?;
     let watches = inotify.watches();
     let mut stream = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
@@ -373,38 +292,36 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok());
     let mut st = State {
-        shared: shared.clone(),
+        ctx: ctx.clone(),
         watches,
         wds: HashMap::new(),
         unwatched: Vec::new(),
         warned_limit: false,
         limit,
-        pending: HashMap::new(),
-        last_delete: None,
+        windows: Windows::new(Params::default()),
     };
-    for g in &shared.groups {
+    for g in ctx.groups.values() {
         if !g.cfg.watch {
             continue;
         }
         for gp in &g.cfg.paths {
-            let real = crate::paths::real(&shared.root, gp);
+            let real = name::real(&ctx.root, gp.as_bytes());
             if real.is_dir() {
-                st.add_tree(&g.cfg.name, gp, gp);
+                st.add_tree(g.name(), gp, gp.as_bytes());
             } else {
-                let parent = crate::paths::parent(gp).to_string();
-                let name = gp.rsplit('/').next().unwrap_or_default().to_string();
+                let parent = name::parent(gp.as_bytes()).to_vec();
                 let t = Target {
-                    group: g.cfg.name.clone(),
+                    group: g.name().to_string(),
                     gp: gp.clone(),
                     dir: parent.clone(),
-                    only: Some(name),
+                    only: Some(name::file_name(gp.as_bytes()).to_vec()),
                 };
-                st.add_watch(&crate::paths::real(&shared.root, &parent), t);
+                st.add_watch(&name::real(&ctx.root, &parent), t);
             }
         }
     }
     tracing::debug!("watching {} directories", st.wds.len());
-    let mut shutdown = shared.shutdown_rx();
+    let mut shutdown = ctx.shutdown_rx();
     let mut unwatched_tick = tokio::time::interval(UNWATCHED_RESCAN);
     let mut next: Option<Instant> = None;
     loop {
@@ -413,11 +330,15 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
             ev = stream.next() => match ev {
                 Some(Ok(ev)) => {
                     st.handle(ev);
-                    // the earliest a path touched now can be due; the pending set is only
-                    // walked when something is due (walking it per event is quadratic)
-                    let soon = Instant::now() + QUIET;
-                    next = Some(next.map_or(soon, |n| n.min(soon)));
-                    continue;
+                    // drain what the kernel queued already, then hand over what is due
+                    let mut n = 0;
+                    while n < 4096 {
+                        match futures_util::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(Ok(ev))) => st.handle(ev),
+                            _ => break,
+                        }
+                        n += 1;
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!("inotify read: {e}");
@@ -428,15 +349,17 @@ async fn run(shared: Arc<Shared>) -> std::io::Result<()> {
             _ = tokio::time::sleep_until(sleep_until) => {},
             _ = unwatched_tick.tick() => {
                 st.rewatch_roots();
-                let mut by_group: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+                let mut by_group: HashMap<String, Vec<(Vec<u8>, bool)>> = HashMap::new();
                 for (g, d) in &st.unwatched {
                     by_group.entry(g.clone()).or_default().push((d.clone(), true));
                 }
                 for (group, paths) in by_group {
-                    shared.submit(Work::Dirty { group, paths, settled: false });
+                    if let Some(l) = ctx.lane(&group) {
+                        l.local(paths, false);
+                    }
                 }
             }
-            _ = crate::node::until_set(&mut shutdown) => return Ok(()),
+            _ = crate::engine::node::until_set(&mut shutdown) => return Ok(()),
         }
         next = st.flush();
     }

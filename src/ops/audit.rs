@@ -1,9 +1,17 @@
-//! The audit log: one JSON line per change applied, sent, backed up, reverted or refused, in
-//! `<state-dir>/audit.log`, rotated by size (one previous file, `audit.log.1`) so it cannot fill
-//! the disk. Writing is best effort: a full disk must not stop syncing.
+//! The audit log: one JSON line per change applied, sent, backed up, reverted, refused, per
+//! conflict and per action run, in `<state-dir>/audit.log` (mode 0600), rotated by size (one
+//! previous file, `audit.log.1`) so it cannot fill the disk. Writing is best effort: a full
+//! disk must not stop syncing.
+//!
+//! Fields: `time`, `group`, `path` (escaped, see `item::name::show`; empty when the line is
+//! not about a path), `kind`, `origin`, `version`, and when they apply `peer` (the other node)
+//! and `detail` (a reason, a duration, a count). Password hashes and file contents never
+//! appear.
 
+use crate::item::name;
 use serde::Serialize;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -20,6 +28,20 @@ struct Line<'a> {
     version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+/// One line to write.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rec<'a> {
+    pub group: &'a str,
+    pub path: &'a [u8],
+    pub kind: &'a str,
+    pub origin: &'a str,
+    pub version: &'a str,
+    pub peer: Option<&'a str>,
+    pub detail: Option<&'a str>,
 }
 
 /// The audit log of a node.
@@ -30,6 +52,11 @@ pub struct Audit {
 
 impl Audit {
     pub fn open(path: &Path) -> Audit {
+        if let Ok(md) = std::fs::metadata(path)
+            && md.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         Audit {
             path: path.into(),
             file: Mutex::new(None),
@@ -37,28 +64,17 @@ impl Audit {
     }
 
     /// Append one line.
-    pub fn write(&self, group: &str, path: &str, kind: &str, origin: &str, version: &str) {
-        self.write_to(group, path, kind, origin, version, None);
-    }
-
-    /// Append one line about an exchange with `peer`.
-    pub fn write_to(
-        &self,
-        group: &str,
-        path: &str,
-        kind: &str,
-        origin: &str,
-        version: &str,
-        peer: Option<&str>,
-    ) {
+    pub fn log(&self, r: Rec) {
+        let shown = name::show(r.path);
         let line = Line {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            group,
-            path,
-            kind,
-            origin,
-            version,
-            peer,
+            group: r.group,
+            path: &shown,
+            kind: r.kind,
+            origin: r.origin,
+            version: r.version,
+            peer: r.peer,
+            detail: r.detail,
         };
         let Ok(mut text) = serde_json::to_string(&line) else {
             return;
@@ -79,6 +95,7 @@ impl Audit {
             *g = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)
                 .ok();
         }
@@ -93,20 +110,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotates_by_size() {
+    fn rotates_by_size_and_is_private() {
         let d = tempfile::tempdir().unwrap();
         let a = Audit::open(&d.path().join("audit.log"));
-        let long = "p".repeat(4000);
+        let long = vec![b'p'; 4000];
         for _ in 0..(ROTATE_BYTES / 4000 + 10) {
-            a.write("g", &long, "apply", "n", "n:1");
+            a.log(Rec {
+                group: "g",
+                path: &long,
+                kind: "apply",
+                origin: "n",
+                version: "n:1",
+                ..Default::default()
+            });
         }
-        let cur = std::fs::metadata(d.path().join("audit.log")).unwrap().len();
-        let old = std::fs::metadata(d.path().join("audit.log.1"))
-            .unwrap()
-            .len();
-        assert!(cur < ROTATE_BYTES && old > ROTATE_BYTES, "{cur} {old}");
-        let last = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
-        let v: serde_json::Value = serde_json::from_str(last.lines().next().unwrap()).unwrap();
+        let cur = std::fs::metadata(d.path().join("audit.log")).unwrap();
+        let old = std::fs::metadata(d.path().join("audit.log.1")).unwrap().len();
+        assert!(cur.len() < ROTATE_BYTES && old > ROTATE_BYTES, "{} {old}", cur.len());
+        assert_eq!(cur.permissions().mode() & 0o777, 0o600);
+        a.log(Rec {
+            group: "g",
+            path: b"/caf\xe9",
+            kind: "apply",
+            ..Default::default()
+        });
+        let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(v["path"], "/caf\\xe9");
         for k in ["time", "group", "path", "kind", "origin", "version"] {
             assert!(v.get(k).is_some(), "{k}");
         }

@@ -1,10 +1,15 @@
 //! The local control socket: how the command line talks to a running daemon.
 //!
-//! `<state-dir>/control.sock`, mode 0600 (root only by default), one JSON request per
-//! connection and one JSON answer. Requests are small and bounded; the socket is never exposed
-//! to the network.
+//! `<state-dir>/control.sock`, mode 0600 (root only by default), one JSON [`Request`] per
+//! connection and one JSON [`Response`]; both sides use these types, so a field renamed on one
+//! side is a compile error, not a silent `null`. Requests are small and bounded; the socket is
+//! never exposed to the network.
 
-use crate::node::{Shared, Work};
+use crate::engine::node::Ctx;
+use crate::engine::status::Status;
+use crate::engine::sync::SyncReport;
+use crate::item::name;
+use crate::store::ConflictInfo;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +19,11 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// Largest accepted request.
 const MAX_REQUEST: u64 = 1024 * 1024;
+/// Largest accepted answer.
+const MAX_ANSWER: u64 = 256 * 1024 * 1024;
 
 /// A request to the daemon.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     Status,
@@ -25,18 +32,82 @@ pub enum Request {
         dry_run: bool,
         timeout_ms: u64,
     },
+    /// Paths as bytes (logical, or real with this node's root).
     Mark {
-        paths: Vec<String>,
+        paths: Vec<Vec<u8>>,
     },
     Conflicts,
     Resolve {
-        path: String,
+        path: Vec<u8>,
         keep: String,
+    },
+}
+
+/// One conflict as `conflicts --json` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictEntry {
+    pub group: String,
+    /// Escaped path (see `item::name::show`).
+    pub path: String,
+    pub nodes: Vec<String>,
+    pub resolved: bool,
+    pub kept_as: Option<String>,
+    pub winner: Option<String>,
+    pub time: i64,
+}
+
+/// `conflicts --json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConflictList {
+    pub conflicts: Vec<ConflictEntry>,
+}
+
+impl ConflictList {
+    pub fn from_store(list: &[(String, Vec<u8>, ConflictInfo)]) -> ConflictList {
+        ConflictList {
+            conflicts: list
+                .iter()
+                .map(|(g, p, c)| ConflictEntry {
+                    group: g.clone(),
+                    path: name::show(p).into_owned(),
+                    nodes: c.nodes.clone(),
+                    resolved: c.resolved,
+                    kept_as: c.kept_as.clone(),
+                    winner: c.resolved.then(|| c.winner.clone()),
+                    time: c.time,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Response {
+    Status(Box<Status>),
+    Sync(SyncReport),
+    /// What `sync --dry-run` would do: (action, escaped path) lines.
+    DryRun {
+        lines: Vec<(String, String)>,
+        report: SyncReport,
+    },
+    Marked {
+        /// Paths that are in no group of this node (escaped).
+        unknown: Vec<String>,
+    },
+    Conflicts(ConflictList),
+    Resolved {
+        message: String,
+    },
+    Error {
+        message: String,
     },
 }
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ControlError {
     #[error("no daemon is running (no control socket at {0})")]
     NoDaemon(PathBuf),
@@ -56,7 +127,7 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Send one request to the daemon and read its answer.
-pub async fn call(state_dir: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlError> {
     let path = socket_path(state_dir);
     let mut s = match UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -80,7 +151,7 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<serde_json::Value, 
     s.write_all(line.as_bytes()).await.map_err(io)?;
     let mut answer = String::new();
     BufReader::new(s)
-        .take(64 * 1024 * 1024)
+        .take(MAX_ANSWER)
         .read_line(&mut answer)
         .await
         .map_err(io)?;
@@ -92,38 +163,45 @@ pub async fn daemon_running(state_dir: &Path) -> bool {
     UnixStream::connect(socket_path(state_dir)).await.is_ok()
 }
 
-/// Serve the control socket until shutdown.
-pub async fn serve(shared: Arc<Shared>) -> std::io::Result<()> {
-    let path = socket_path(&shared.state_dir);
-    if daemon_running(&shared.state_dir).await {
+/// Serve the control socket until shutdown; `ctx` is read for each request, so a reloaded
+/// node is served as soon as it is in place.
+pub async fn serve(
+    state_dir: PathBuf,
+    current: Arc<std::sync::RwLock<Arc<Ctx>>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let path = socket_path(&state_dir);
+    if daemon_running(&state_dir).await {
         return Err(std::io::Error::other(format!(
             "another daemon is already running with state dir {}",
-            shared.state_dir.display()
+            state_dir.display()
         )));
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let mut shutdown = shared.shutdown_rx();
     loop {
         let (s, _) = tokio::select! {
             r = listener.accept() => r?,
-            _ = crate::node::until_set(&mut shutdown) => {
+            _ = crate::engine::node::until_set(&mut shutdown) => {
                 let _ = std::fs::remove_file(&path);
                 return Ok(());
             }
         };
-        let sh = shared.clone();
+        let ctx = match current.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = handle(sh, s).await {
+            if let Err(e) = handle(ctx, s).await {
                 tracing::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
+async fn handle(ctx: Arc<Ctx>, s: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = s.into_split();
     let mut line = String::new();
     BufReader::new(r)
@@ -131,67 +209,10 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
         .read_line(&mut line)
         .await?;
     let answer = match serde_json::from_str::<Request>(&line) {
-        Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
-        Ok(Request::Status) => {
-            match crate::node::status_of(&shared.name, &shared.cfg, &shared.index, Some(&shared)) {
-                Ok(st) => serde_json::to_value(st).unwrap_or_default(),
-                Err(e) => serde_json::json!({"error": e.to_string()}),
-            }
-        }
-        Ok(Request::Sync {
-            groups,
-            dry_run,
-            timeout_ms,
-        }) => {
-            if dry_run {
-                // the daemon applies continuously; what is left is what is pending
-                match crate::node::status_of(
-                    &shared.name,
-                    &shared.cfg,
-                    &shared.index,
-                    Some(&shared),
-                ) {
-                    Ok(st) => serde_json::json!({"dry_run": true, "status": st}),
-                    Err(e) => serde_json::json!({"error": e.to_string()}),
-                }
-            } else {
-                let rep = shared
-                    .sync(&groups, Duration::from_millis(timeout_ms.max(1)))
-                    .await;
-                serde_json::to_value(rep).unwrap_or_default()
-            }
-        }
-        Ok(Request::Conflicts) => match shared.index.conflicts() {
-            Ok(list) => conflicts_json(&list),
-            Err(e) => serde_json::json!({"error": e.to_string()}),
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
         },
-        Ok(Request::Resolve { path, keep }) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            shared.submit(Work::Resolve {
-                path,
-                keep,
-                reply: tx,
-            });
-            match rx.await {
-                Ok(Ok(msg)) => serde_json::json!({ "ok": msg }),
-                Ok(Err(e)) => serde_json::json!({ "error": e }),
-                Err(_) => serde_json::json!({"error": "the daemon is stopping"}),
-            }
-        }
-        Ok(Request::Mark { paths }) => {
-            let mut unknown = Vec::new();
-            for p in paths {
-                match shared.group_of_path(&p) {
-                    Some((g, logical)) => shared.submit(Work::Dirty {
-                        group: g,
-                        paths: vec![(logical, true)],
-                        settled: false,
-                    }),
-                    None => unknown.push(p),
-                }
-            }
-            serde_json::json!({"unknown": unknown})
-        }
+        Ok(req) => answer(&ctx, req).await,
     };
     let mut text = serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into());
     text.push('\n');
@@ -199,41 +220,97 @@ async fn handle(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The `conflicts --json` document.
-pub fn conflicts_json(list: &[(String, String, crate::index::ConflictInfo)]) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = list
-        .iter()
-        .map(|(g, p, c)| {
-            serde_json::json!({"group": g, "path": p, "nodes": c.nodes, "resolved": c.resolved,
-                "kept_as": c.kept_as, "winner": if c.resolved { Some(&c.winner) } else { None },
-                "time": c.time})
-        })
-        .collect();
-    serde_json::json!({ "conflicts": items })
+fn err(e: impl std::fmt::Display) -> Response {
+    Response::Error {
+        message: e.to_string(),
+    }
 }
 
-impl Shared {
-    /// Which group a path (logical, or real with this node's root prefix) belongs to.
-    pub fn group_of_path(&self, p: &str) -> Option<(String, String)> {
-        let root = self.root.to_string_lossy();
-        let candidates = [
-            Some(p.to_string()),
-            (root != "/")
-                .then(|| p.strip_prefix(root.trim_end_matches('/')).map(String::from))
-                .flatten(),
-        ];
-        for c in candidates.into_iter().flatten() {
-            let c = if c.len() > 1 {
-                c.trim_end_matches('/').to_string()
+async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
+    match req {
+        Request::Status => match crate::engine::status::live(ctx) {
+            Ok(st) => Response::Status(Box::new(st)),
+            Err(e) => err(e),
+        },
+        Request::Sync {
+            groups,
+            dry_run,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms.max(1));
+            if dry_run {
+                let report = crate::engine::sync::sync(ctx, &groups, timeout, false).await;
+                let lines = pending_lines(ctx, &groups);
+                Response::DryRun { lines, report }
             } else {
-                c
-            };
-            for g in &self.groups {
-                if crate::paths::validate(&c, &g.cfg.paths).is_ok() {
-                    return Some((g.cfg.name.clone(), c));
+                Response::Sync(crate::engine::sync::sync(ctx, &groups, timeout, false).await)
+            }
+        }
+        Request::Conflicts => match ctx.store.conflicts() {
+            Ok(list) => Response::Conflicts(ConflictList::from_store(&list)),
+            Err(e) => err(e),
+        },
+        Request::Resolve { path, keep } => match ctx.group_of_path(&path) {
+            None => err(format!("{} is not in any group of this node", name::show(&path))),
+            Some((g, key)) => match ctx.lane(&g) {
+                Some(l) => match l.resolve(key, keep).await {
+                    Ok(message) => Response::Resolved { message },
+                    Err(e) => err(e),
+                },
+                None => err(format!("unknown group {g}")),
+            },
+        },
+        Request::Mark { paths } => {
+            let mut unknown = Vec::new();
+            for p in paths {
+                match ctx.group_of_path(&p) {
+                    Some((g, key)) => {
+                        if let Some(l) = ctx.lane(&g) {
+                            l.local(vec![(key, true)], false);
+                        }
+                    }
+                    None => unknown.push(name::show(&p).into_owned()),
+                }
+            }
+            Response::Marked { unknown }
+        }
+    }
+}
+
+/// With a daemon, `sync --dry-run` lists what is still on its way: our changes some peer has
+/// not confirmed (`send`), peers' items not applied yet (`receive`), unresolved conflicts.
+fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for g in ctx.groups.values() {
+        if !groups.is_empty() && !groups.iter().any(|n| n == g.name()) {
+            continue;
+        }
+        if !g.replica {
+            let mut from = u64::MAX;
+            for p in &g.peers {
+                from = from.min(ctx.store.acked(p, g.name()).unwrap_or(0));
+            }
+            if from != u64::MAX
+                && let Ok(items) = ctx.store.since(g.name(), from, 10_000)
+            {
+                for e in items {
+                    out.push(("send".to_string(), e.item.show().into_owned()));
                 }
             }
         }
-        None
+        if let Ok(aside) = ctx.store.aside(g.name()) {
+            for a in aside {
+                let what = if a.item.is_deleted() { "delete" } else { "receive" };
+                out.push((what.to_string(), a.item.show().into_owned()));
+            }
+        }
     }
+    if let Ok(list) = ctx.store.conflicts() {
+        for (g, p, c) in list {
+            if !c.resolved && (groups.is_empty() || groups.contains(&g)) {
+                out.push(("conflict".to_string(), name::show(&p).into_owned()));
+            }
+        }
+    }
+    out
 }

@@ -216,6 +216,8 @@ pub struct Extras {
     pub aside_remove: Vec<Vec<u8>>,
     /// Conflicts to record (`Some`) or forget (`None`), by key.
     pub conflicts: Vec<(Vec<u8>, Option<ConflictInfo>)>,
+    /// Keys to forget without a tombstone (the group's filter excludes them now).
+    pub forget: Vec<Vec<u8>>,
 }
 
 impl Extras {
@@ -224,6 +226,7 @@ impl Extras {
             && self.aside_put.is_empty()
             && self.aside_remove.is_empty()
             && self.conflicts.is_empty()
+            && self.forget.is_empty()
     }
 }
 
@@ -711,8 +714,8 @@ impl Store {
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;
             seq = next;
-            self.write_extras(&tx, group, extras)?;
         }
+        self.write_extras(&tx, group, extras)?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(seq)
     }
@@ -723,6 +726,45 @@ impl Store {
         group: &str,
         x: Extras,
     ) -> Result<(), StoreError> {
+        if !x.forget.is_empty() {
+            let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+            let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
+            let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+            let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+            let mut stats = stats_t
+                .get(group)
+                .map_err(|e| self.err(e))?
+                .map(|v| GroupStats::from_tuple(v.value()))
+                .unwrap_or_default();
+            for k in &x.forget {
+                let ek = enc(k);
+                let old = match items.remove((group, ek.as_slice())).map_err(|e| self.err(e))? {
+                    Some(v) => decode_entry(&self.path, k, v.value())?,
+                    None => continue,
+                };
+                bs.remove((group, old.seq)).map_err(|e| self.err(e))?;
+                tombs.remove((group, old.seq)).map_err(|e| self.err(e))?;
+                stats.add(&old, -1);
+                if let Some(m) = old.item.meta() {
+                    for c in &m.chunks {
+                        let here = chunks
+                            .get(&c.hash)
+                            .map_err(|e| self.err(e))?
+                            .is_some_and(|v| {
+                                let (g, p, _, _) = v.value();
+                                g == group && p == ek.as_slice()
+                            });
+                        if here {
+                            chunks.remove(&c.hash).map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+            }
+            stats_t
+                .insert(group, stats.tuple())
+                .map_err(|e| self.err(e))?;
+        }
         if let Some((peer, inc, seq)) = x.position {
             let mut t = tx.open_table(PEERS).map_err(|e| self.err(e))?;
             t.insert((peer.as_str(), group), (inc, seq))

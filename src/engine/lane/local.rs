@@ -1,0 +1,332 @@
+//! Local changes in a lane: scans of reported paths and of whole group paths, the
+//! mass-deletion guard, commits of new versions (deletions numbered deepest first), and on a
+//! replica, drift instead of new versions.
+
+use super::{Lane, UNSTABLE_RETRY};
+use crate::config::OnDrift;
+use crate::engine::group::GroupRt;
+use crate::engine::link::lock;
+use crate::engine::node::Ctx;
+use crate::item::{Entry, Kind, VersionVector, name};
+use crate::local::scan::Scanner;
+use crate::store::{Change, Extras, StoreError};
+use std::time::Instant;
+
+/// What a scan of some paths did.
+#[derive(Default)]
+pub(super) struct Scanned {
+    pub unstable: Vec<Vec<u8>>,
+    pub stopped: Option<String>,
+    pub head: u64,
+    /// Drift found on a replica: key -> what happened.
+    pub drift: Vec<(Vec<u8>, String, Option<Entry>)>,
+}
+
+pub(super) fn scanner<'a>(ctx: &'a Ctx, g: &'a GroupRt) -> Scanner<'a> {
+    Scanner {
+        node: &ctx.name,
+        clock: crate::item::version::clock_ms(),
+        root: &ctx.root,
+        group: &g.cfg,
+        filter: &g.filter,
+        store: &ctx.store,
+        owners: &ctx.owners,
+        xattrs: g.xattrs.as_ref(),
+    }
+}
+
+/// Store what a local scan found; on a replica, new versions are drift instead (returned).
+pub(super) fn commit_local(
+    ctx: &Ctx,
+    g: &GroupRt,
+    changes: Vec<Change>,
+    extras: Extras,
+    adopt: bool,
+) -> Result<(u64, Vec<(Vec<u8>, String, Option<Entry>)>), StoreError> {
+    let name = g.name();
+    let (drift, mut store): (Vec<_>, Vec<_>) = if g.replica {
+        changes.into_iter().partition(|c| {
+            let root = g.cfg.paths.iter().any(|p| p.as_bytes() == c.entry.item.key);
+            let unknown = ctx
+                .store
+                .get_quick(name, &c.entry.item.key)
+                .ok()
+                .flatten()
+                .is_none();
+            c.announce && !((adopt || root) && unknown)
+        })
+    } else {
+        (Vec::new(), changes)
+    };
+    if g.replica {
+        for c in store.iter_mut().filter(|c| c.announce) {
+            // adopted: known to be here, but no version of ours
+            c.entry.item.version = VersionVector::default();
+            c.announce = false;
+        }
+    }
+    for c in store.iter().filter(|c| c.announce) {
+        let kind = if c.entry.item.is_deleted() {
+            "local-delete"
+        } else {
+            "local-change"
+        };
+        ctx.audit_item(name, kind, &c.entry.item, None);
+    }
+    let mut head = 0;
+    if !store.is_empty() || !extras.is_empty() {
+        head = ctx.store.commit(name, store, extras)?;
+    }
+    let mut out = Vec::new();
+    for c in drift {
+        let key = c.entry.item.key.clone();
+        let known = ctx.store.get(name, &key).ok().flatten();
+        let what = if c.entry.item.is_deleted() {
+            "deleted locally"
+        } else if known.as_ref().is_none_or(|e| e.item.is_deleted()) {
+            "added locally"
+        } else {
+            "changed locally"
+        };
+        out.push((key, what.to_string(), Some(c.entry)));
+    }
+    Ok((head, out))
+}
+
+/// Scan `targets` and commit what changed (blocking). `whole` marks full scans of group
+/// paths (start-up, rescans, `sync`).
+pub(super) fn scan_and_commit(
+    ctx: &Ctx,
+    g: &GroupRt,
+    targets: &[(Vec<u8>, bool)],
+    adopt: bool,
+    was_stopped: bool,
+) -> Result<Scanned, StoreError> {
+    let s = scanner(ctx, g);
+    let mut res = Scanned::default();
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    let mut forget: Vec<Vec<u8>> = Vec::new();
+    for (p, recursive) in targets {
+        let Ok(gp) = name::validate(p, &g.cfg.paths) else {
+            continue;
+        };
+        if was_stopped && p.as_slice() == gp.as_bytes()
+            && let Some(r) = s.resume_check(gp)?
+        {
+            res.stopped = Some(r);
+            continue;
+        }
+        let t0 = Instant::now();
+        let mut flushed_drift = Vec::new();
+        let out = s.scan(gp, p, *recursive, &mut |batch| {
+            let (h, d) = commit_local(ctx, g, batch, Extras::default(), adopt)?;
+            res.head = res.head.max(h);
+            flushed_drift.extend(d);
+            Ok(())
+        })?;
+        res.drift.extend(flushed_drift);
+        for e in &out.errors {
+            tracing::warn!(group = %g.name(), "scan: {e}");
+        }
+        for k in &out.skipped {
+            tracing::info!(group = %g.name(), "skipped {} (not a file, directory or symlink)", name::show(k));
+        }
+        if let Some(r) = out.stopped {
+            res.stopped = Some(r);
+            continue;
+        }
+        // a whole-path scan that would delete every live entry below the group path is the
+        // emptied (or wiped and refilled) case; nothing of it is recorded
+        let below_gp = out.gone.iter().filter(|k| k.as_slice() != gp.as_bytes()).count();
+        if p.as_slice() == gp.as_bytes() && *recursive && out.live_known > 1 && below_gp >= out.live_known {
+            res.stopped = Some(format!(
+                "every entry of group path {gp} vanished; refusing to delete them everywhere (if that was meant, stop the daemon and run `clustersync reset {}`)",
+                g.name()
+            ));
+            continue;
+        }
+        let (h, d) = commit_local(ctx, g, out.changes, Extras::default(), adopt)?;
+        res.head = res.head.max(h);
+        res.drift.extend(d);
+        gone.extend(out.gone);
+        forget.extend(out.forget);
+        res.unstable.extend(out.unstable);
+        tracing::debug!(group = %g.name(), "scanned {} in {:?}", name::show(p), t0.elapsed());
+    }
+    if res.stopped.is_some() {
+        return Ok(res);
+    }
+    if !gone.is_empty() || !forget.is_empty() {
+        let tombs = s.tombstones(&gone)?;
+        let extras = Extras {
+            forget,
+            ..Default::default()
+        };
+        let (h, d) = commit_local(ctx, g, tombs, extras, adopt)?;
+        res.head = res.head.max(h);
+        res.drift.extend(d);
+    }
+    Ok(res)
+}
+
+impl Lane {
+    /// Scan the paths the watcher (or `mark`) reported.
+    pub(super) async fn local(&mut self, paths: Vec<(Vec<u8>, bool)>, _burst: bool) {
+        if self.state.is_stopped() {
+            // a stopped group is checked as a whole, on the timer
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let g = self.g.clone();
+        let adopt = self.adopt;
+        let r = tokio::task::spawn_blocking(move || scan_and_commit(&ctx, &g, &paths, adopt, false))
+            .await;
+        self.after_scan(r);
+    }
+
+    /// The scan at start-up, before peers connect.
+    pub(crate) async fn initial_scan(&mut self) {
+        self.full_scan().await;
+    }
+
+    /// Scan every path of the group (start-up, periodic rescan, `sync`, stopped-group check).
+    pub(super) async fn full_scan(&mut self) {
+        self.last_rescan = Instant::now();
+        let ctx = self.ctx.clone();
+        let g = self.g.clone();
+        let adopt = self.adopt;
+        let was_stopped = self.state.is_stopped();
+        let targets: Vec<(Vec<u8>, bool)> = g
+            .cfg
+            .paths
+            .iter()
+            .map(|p| (p.as_bytes().to_vec(), true))
+            .collect();
+        let r = tokio::task::spawn_blocking(move || {
+            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped)
+        })
+        .await;
+        let resumed = match &r {
+            Ok(Ok(s)) => was_stopped && s.stopped.is_none(),
+            _ => false,
+        };
+        self.after_scan(r);
+        self.adopt = false;
+        if resumed {
+            // peers resend what was acknowledged but not applied while stopped
+            for p in &self.g.peers {
+                if let Some(l) = self.ctx.links.get(p) {
+                    l.close();
+                }
+            }
+        }
+    }
+
+    fn after_scan(&mut self, r: Result<Result<Scanned, StoreError>, tokio::task::JoinError>) {
+        let s = match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(group = %self.name(), "scan: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(group = %self.name(), "scan task: {e}");
+                return;
+            }
+        };
+        self.set_stopped(s.stopped);
+        self.publish(s.head);
+        let due = Instant::now() + UNSTABLE_RETRY;
+        for u in s.unstable {
+            if !self.unstable.iter().any(|(_, p)| *p == u) {
+                self.unstable.push((due, u));
+            }
+        }
+        if !s.drift.is_empty() {
+            self.record_drift(s.drift);
+        }
+    }
+
+    /// Local changes on a replica: reported, audited, kept as a backup, and (with `on_drift =
+    /// "revert"`) put back on the next tick.
+    fn record_drift(&self, drift: Vec<(Vec<u8>, String, Option<Entry>)>) {
+        let group = self.name().to_string();
+        for (key, what, entry) in drift {
+            let new = lock(&self.state.drift).insert(key.clone(), what.clone()).as_deref()
+                != Some(what.as_str());
+            if !new {
+                continue;
+            }
+            let action = match self.g.cfg.on_drift {
+                OnDrift::Revert => "putting the group's version back",
+                OnDrift::Keep => "left alone until resolved (on_drift = keep)",
+            };
+            tracing::warn!(group = %group, "drift on this replica: {} {what}; {action}", name::show(&key));
+            self.ctx.audit.log(crate::ops::audit::Rec {
+                group: &group,
+                path: &key,
+                kind: "drift",
+                origin: &self.ctx.name,
+                detail: Some(&what),
+                ..Default::default()
+            });
+            if let Some(e) = entry
+                && e.item.kind() == Some(Kind::File)
+                && self.g.cfg.backup_generations > 0
+            {
+                let fs = crate::engine::apply::Fs {
+                    ctx: &self.ctx,
+                    g: &self.g,
+                };
+                if let Ok(place) = fs.place(&key, false) {
+                    fs.backup(&place, &e);
+                }
+            }
+        }
+    }
+
+    /// File owners given by name that did not resolve when their files arrived may resolve
+    /// now (account sync created the users): set them again.
+    pub(super) async fn owners_changed(&mut self) {
+        if self.g.cfg.owners != crate::config::Owners::ByName {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let g = self.g.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            ctx.owners.invalidate();
+            let mut fix: Vec<Entry> = Vec::new();
+            ctx.store.for_each(g.name(), |e| {
+                if let Some(m) = e.item.meta()
+                    && let Some((u, gi)) = ctx.owners.local_ids(&m.owner, g.cfg.owners)
+                    && (u != m.owner.uid || gi != m.owner.gid)
+                {
+                    fix.push(e.clone());
+                }
+                true
+            })?;
+            let fs = crate::engine::apply::Fs { ctx: &ctx, g: &g };
+            let mut changes = Vec::new();
+            for e in fix {
+                if let Ok(fresh) = fs.make(&e.item, Some(&e)) {
+                    let mut fresh = fresh;
+                    fresh.seq = e.seq;
+                    fresh.from = e.from.clone();
+                    fresh.item.version = e.item.version.clone();
+                    changes.push(Change {
+                        entry: fresh,
+                        announce: false,
+                    });
+                }
+            }
+            if changes.is_empty() {
+                return Ok(0);
+            }
+            ctx.store.commit(g.name(), changes, Extras::default())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(group = %self.name(), "fixing owners: {e}");
+        }
+    }
+}

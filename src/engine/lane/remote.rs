@@ -1,0 +1,661 @@
+//! A peer's batch in a lane: validate it, reconcile the disk for its keys, decide each item
+//! (`decide`), fetch missing content for several files at once, install in order (parents
+//! first, deletions last and deepest first), commit everything with the peer's new position
+//! in one transaction, acknowledge. An item that cannot be applied yet is set aside in the
+//! index (the position moves on, so one bad item never blocks its peer) and tried again with
+//! a growing delay until it applies or a newer version replaces it; `status` and the audit
+//! log show it.
+
+use super::{Lane, local};
+use crate::engine::apply::{ApplyError, Fs, needs_content, validate};
+use crate::engine::decide::{Conflict, Decision, Policy, decide};
+use crate::engine::group::GroupRt;
+use crate::engine::link::{Link, lock};
+use crate::engine::node::{Ctx, unix_now};
+use crate::fs::safefs::{Place, Temp};
+use crate::item::{Entry, Item, Kind, name};
+use crate::net::protocol::{Msg, WireItem};
+use crate::store::{Aside, Change, ConflictInfo, Extras, StoreError, enc};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Files of one batch whose content is fetched at once.
+pub const FETCH_FILES: usize = 8;
+/// Files installed per durability flush at most (each holds an open descriptor until then).
+const INSTALL_BATCH: usize = 256;
+/// Attempts after which an item counts as set aside for good (it is still retried, slowly).
+pub const ASIDE_AFTER: u32 = 10;
+
+/// An item to put on disk.
+struct Step {
+    item: Item,
+    inline: Option<Vec<u8>>,
+    local: Option<Entry>,
+    /// The peer (and its incarnation) it came from.
+    from: (String, u64),
+    /// The item is exactly what that peer sent (not a merge): it is not echoed back there.
+    as_sent: bool,
+    attempts: u32,
+}
+
+/// What planning a batch produced.
+#[derive(Default)]
+struct Plan {
+    steps: Vec<Step>,
+    /// Index-only changes (merged vectors, our version winning a conflict).
+    keeps: Vec<Change>,
+    extras: Extras,
+}
+
+/// Make the index describe what is on disk at `key` right now (a change the watcher has not
+/// reported yet becomes a local version first); returns the entry.
+fn reconcile(ctx: &Ctx, g: &GroupRt, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+    let local = ctx.store.get(g.name(), key)?;
+    let real = name::real(&ctx.root, key);
+    let md = std::fs::symlink_metadata(&real).ok();
+    let fine = match (&local, &md) {
+        (None, None) => true,
+        // a local deletion is left to the watcher and the rescans, which see a whole burst
+        // and apply the mass-deletion guard
+        (Some(_), None) => true,
+        (Some(e), Some(md)) => crate::local::scan::quick_match(&e.quick(), md),
+        (None, Some(_)) => false,
+    };
+    if fine {
+        return Ok(local);
+    }
+    let targets = vec![(key.to_vec(), false)];
+    let s = local::scan_and_commit(ctx, g, &targets, false, false)?;
+    if s.stopped.is_some() {
+        return Ok(local);
+    }
+    ctx.store.get(g.name(), key)
+}
+
+fn conflict_info(c: &Conflict, ctx: &Ctx, g: &GroupRt, key: &[u8]) -> ConflictInfo {
+    let kept = c.we_lost && g.cfg.backup_generations > 0;
+    ConflictInfo {
+        nodes: c.nodes.clone(),
+        resolved: c.winner.is_some(),
+        winner: c.winner.clone().unwrap_or_default(),
+        kept_as: kept.then(|| {
+            format!(
+                "backup on {} (clustersync backups {})",
+                ctx.name,
+                name::show(key)
+            )
+        }),
+        time: unix_now(),
+        versions: vec![],
+    }
+}
+
+/// Decide every item of a batch (blocking).
+fn plan(
+    ctx: &Ctx,
+    g: &GroupRt,
+    items: Vec<(WireItem, (String, u64), u32)>,
+    drift_keep: &BTreeSet<Vec<u8>>,
+) -> Result<Plan, StoreError> {
+    let name = g.name();
+    let mut plan = Plan::default();
+    let policy = Policy {
+        conflict: &g.cfg.conflict,
+        compare_owner: g.compare_owner(),
+        me: &ctx.name,
+    };
+    for (w, from, attempts) in items {
+        let key = w.item.key.clone();
+        if drift_keep.contains(&key) {
+            // on_drift = keep: the local file stays until the drift is resolved, but the
+            // index learns the group's version, which `resolve` then puts back
+            let newer = ctx.store.get(name, &key)?.is_none_or(|l| {
+                w.item.version.compare(&l.item.version) == crate::item::Causality::Newer
+            });
+            if newer {
+                plan.keeps.push(Change {
+                    entry: Entry::new(w.item),
+                    announce: true,
+                });
+            }
+            continue;
+        }
+        let local = reconcile(ctx, g, &key)?;
+        let d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
+        // a version that descends from every competing one ends an unresolved conflict
+        if let Some(mut c) = ctx.store.conflict(name, &key)?
+            && !c.resolved
+            && matches!(d, Decision::Take { .. })
+            && c.versions
+                .iter()
+                .all(|v| w.item.version.compare(&v.version) == crate::item::Causality::Newer)
+        {
+            c.resolved = true;
+            c.winner = w.item.origin.clone();
+            c.versions.clear();
+            plan.extras.conflicts.push((key.clone(), Some(c)));
+        }
+        match d {
+            Decision::Ignore => {
+                plan.extras.aside_remove.push(key);
+            }
+            Decision::Take { item, conflict } => {
+                if let Some(c) = &conflict {
+                    note_conflict(ctx, g, &key, c, &item);
+                    plan.extras
+                        .conflicts
+                        .push((key.clone(), Some(conflict_info(c, ctx, g, &key))));
+                }
+                let as_sent = item.version == w.item.version;
+                plan.steps.push(Step {
+                    item,
+                    inline: w.inline,
+                    local,
+                    from,
+                    as_sent,
+                    attempts,
+                });
+            }
+            Decision::Keep { item, conflict } => {
+                if let Some(c) = &conflict {
+                    note_conflict(ctx, g, &key, c, &item);
+                    plan.extras
+                        .conflicts
+                        .push((key.clone(), Some(conflict_info(c, ctx, g, &key))));
+                }
+                if let Some(mut e) = local {
+                    e.item = item;
+                    e.from = None;
+                    plan.keeps.push(Change {
+                        entry: e,
+                        announce: true,
+                    });
+                }
+                plan.extras.aside_remove.push(key);
+            }
+            Decision::Unresolved { conflict } => {
+                let existing = ctx.store.conflict(name, &key)?.filter(|c| !c.resolved);
+                let first = existing.is_none();
+                let mut info = existing.unwrap_or_else(|| ConflictInfo {
+                    nodes: vec![],
+                    resolved: false,
+                    winner: String::new(),
+                    kept_as: None,
+                    time: unix_now(),
+                    versions: vec![],
+                });
+                for n in &conflict.nodes {
+                    if !info.nodes.contains(n) {
+                        info.nodes.push(n.clone());
+                    }
+                }
+                info.nodes.sort();
+                info.add_version(&w.item);
+                if first {
+                    tracing::warn!(
+                        group = %name,
+                        "conflict on {}: versions from {}; left unresolved (policy manual): run `clustersync resolve {} --keep NODE`",
+                        name::show(&key),
+                        conflict.nodes.join(" and "),
+                        name::show(&key)
+                    );
+                    ctx.audit_item(name, "conflict", &w.item, None);
+                }
+                plan.extras.conflicts.push((key.clone(), Some(info)));
+                plan.extras.aside_remove.push(key);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn note_conflict(ctx: &Ctx, g: &GroupRt, key: &[u8], c: &Conflict, winner: &Item) {
+    tracing::warn!(
+        group = %g.name(),
+        "conflict on {}: versions from {}; {} wins under policy {}{}",
+        name::show(key),
+        c.nodes.join(" and "),
+        c.winner.as_deref().unwrap_or("?"),
+        g.cfg.conflict,
+        if c.we_lost && g.cfg.backup_generations > 0 {
+            " (this node's version is kept as a backup)"
+        } else {
+            ""
+        }
+    );
+    ctx.audit_item(g.name(), "conflict", winner, None);
+}
+
+/// Fetch and write the content of one file into a temporary file next to its target.
+pub(super) async fn prepare(
+    ctx: Arc<Ctx>,
+    g: Arc<GroupRt>,
+    item: Item,
+    inline: Option<Vec<u8>>,
+    local: Option<Entry>,
+    prefer: Option<String>,
+) -> Result<(Place, Temp), ApplyError> {
+    let (c2, g2, i2, l2) = (ctx.clone(), g.clone(), item.clone(), local.clone());
+    let has_inline = inline.is_some();
+    let (place, sources, remote) = tokio::task::spawn_blocking(move || {
+        let fs = Fs { ctx: &c2, g: &g2 };
+        let place = fs.place(&i2.key, true)?;
+        let m = i2.meta().ok_or_else(|| ApplyError::Other {
+            path: i2.show().into_owned(),
+            msg: "not a file".into(),
+        })?;
+        let (sources, remote) = if has_inline {
+            (vec![], vec![])
+        } else {
+            fs.plan(m, l2.as_ref())
+        };
+        Ok::<_, ApplyError>((place, sources, remote))
+    })
+    .await
+    .map_err(|e| ApplyError::Other {
+        path: item.show().into_owned(),
+        msg: e.to_string(),
+    })??;
+    let rx = if remote.is_empty() {
+        None
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(crate::engine::fetch::fetch(
+            ctx.clone(),
+            g.name().to_string(),
+            remote,
+            prefer,
+            tx,
+        ));
+        Some(rx)
+    };
+    let path = item.show().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let fs = Fs { ctx: &ctx, g: &g };
+        let m = item.meta().ok_or_else(|| ApplyError::Other {
+            path: item.show().into_owned(),
+            msg: "not a file".into(),
+        })?;
+        let tmp = fs.assemble(&place, m, inline.as_deref(), local.as_ref(), &sources, rx)?;
+        fs.prepare_meta(&tmp, &item)?;
+        Ok((place, tmp))
+    })
+    .await
+    .map_err(|e| ApplyError::Other {
+        path,
+        msg: e.to_string(),
+    })?
+}
+
+/// What executing steps produced.
+#[derive(Default)]
+struct Done {
+    changes: Vec<Change>,
+    failed: Vec<(Step, ApplyError)>,
+    touched: BTreeSet<Vec<u8>>,
+    bytes: u64,
+}
+
+impl Done {
+    fn ok(&mut self, step: &Step, mut e: Entry) {
+        if step.as_sent {
+            e.from = Some(step.from.clone());
+        }
+        let key = e.item.key.clone();
+        self.touched.insert(name::parent(&key).to_vec());
+        if e.item.kind() == Some(Kind::Dir) {
+            self.touched.insert(key);
+        }
+        self.bytes += e.item.size();
+        self.changes.push(Change {
+            entry: e,
+            announce: true,
+        });
+    }
+}
+
+impl Lane {
+    /// A batch from `link`.
+    pub(super) async fn remote(&mut self, link: Arc<Link>, items: Vec<WireItem>, through: u64) {
+        let group = self.name().to_string();
+        if self.state.is_stopped() {
+            self.ack_only(&link, through).await;
+            return;
+        }
+        let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
+        self.ctx
+            .counters
+            .items_in
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        for w in &items {
+            if let Err(e) = validate(&self.g, w, &known) {
+                tracing::error!(peer = %link.peer, group = %group, "{e}; closing the link");
+                self.ctx.audit_refused(&link.peer, &e.to_string());
+                link.close();
+                return;
+            }
+        }
+        if self.ctx.opts.dry_run {
+            self.dry_run(&items).await;
+            self.ack_only(&link, through).await;
+            return;
+        }
+        let inc = link.peer_inc(&group);
+        let batch = items
+            .into_iter()
+            .map(|w| (w, (link.peer.clone(), inc), 0))
+            .collect();
+        let position = Some((link.peer.clone(), inc, through));
+        self.apply_items(batch, Some(link.peer.clone()), position).await;
+        {
+            let mut r = lock(&link.remote);
+            let e = r.entry(group.clone()).or_default();
+            e.applied = e.applied.max(through);
+        }
+        let _ = link.send(Msg::Ack { group, through }).await;
+    }
+
+    /// `sync --dry-run`: say what would change, change nothing.
+    async fn dry_run(&self, items: &[WireItem]) {
+        let ctx = self.ctx.clone();
+        let g = self.g.clone();
+        let items = items.to_vec();
+        let _ = tokio::task::spawn_blocking(move || {
+            let policy = Policy {
+                conflict: &g.cfg.conflict,
+                compare_owner: g.compare_owner(),
+                me: &ctx.name,
+            };
+            for w in items {
+                let local = ctx.store.get(g.name(), &w.item.key).ok().flatten();
+                let d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
+                let what = match d {
+                    Decision::Take { ref item, .. } if item.is_deleted() => "delete",
+                    Decision::Take { conflict: Some(_), .. }
+                    | Decision::Keep {
+                        conflict: Some(_), ..
+                    }
+                    | Decision::Unresolved { .. } => "conflict",
+                    Decision::Take { .. } => "receive",
+                    _ => continue,
+                };
+                ctx.dry_run_line(what, &w.item.key);
+            }
+        })
+        .await;
+    }
+
+    /// Items set aside earlier whose next try is due.
+    pub(super) async fn retry_aside(&mut self) {
+        let ctx = self.ctx.clone();
+        let name = self.name().to_string();
+        let all = match tokio::task::spawn_blocking(move || ctx.store.aside(&name)).await {
+            Ok(Ok(a)) => a,
+            _ => return,
+        };
+        let now = unix_now();
+        let due: Vec<Aside> = all
+            .into_iter()
+            .filter(|a| {
+                let wait = if a.attempts >= ASIDE_AFTER {
+                    300
+                } else {
+                    1i64 << a.attempts.min(8)
+                };
+                a.since + wait <= now || a.attempts < 3
+            })
+            .take(crate::net::protocol::MAX_BATCH_ITEMS)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let batch = due
+            .into_iter()
+            .map(|a| {
+                (
+                    WireItem {
+                        item: a.item,
+                        inline: None,
+                    },
+                    (a.peer, a.peer_inc),
+                    a.attempts,
+                )
+            })
+            .collect();
+        self.apply_items(batch, None, None).await;
+    }
+
+    /// Decide, fetch, install, commit. `position`: the peer position to save with it.
+    async fn apply_items(
+        &mut self,
+        items: Vec<(WireItem, (String, u64), u32)>,
+        prefer: Option<String>,
+        position: Option<(String, u64, u64)>,
+    ) {
+        let group = self.name().to_string();
+        let drift_keep: BTreeSet<Vec<u8>> =
+            if self.g.replica && self.g.cfg.on_drift == crate::config::OnDrift::Keep {
+                lock(&self.state.drift).keys().cloned().collect()
+            } else {
+                BTreeSet::new()
+            };
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let planned =
+            tokio::task::spawn_blocking(move || plan(&ctx, &g, items, &drift_keep)).await;
+        let mut plan = match planned {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!(group = %group, "planning a batch: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(group = %group, "planning task: {e}");
+                return;
+            }
+        };
+        // non-deletions parents first, then deletions deepest first
+        let (mut live, mut dels): (Vec<Step>, Vec<Step>) = std::mem::take(&mut plan.steps)
+            .into_iter()
+            .partition(|s| !s.item.is_deleted());
+        live.sort_by_key(|s| enc(&s.item.key));
+        dels.sort_by_key(|s| std::cmp::Reverse(enc(&s.item.key)));
+        let mut done = Done::default();
+        while !live.is_empty() {
+            let rest = live.split_off(live.len().min(INSTALL_BATCH));
+            let chunk = std::mem::replace(&mut live, rest);
+            self.install_chunk(chunk, prefer.clone(), &mut done).await;
+        }
+        if !dels.is_empty() {
+            let (ctx, g) = (self.ctx.clone(), self.g.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let fs = Fs { ctx: &ctx, g: &g };
+                let mut d = Done::default();
+                for s in dels {
+                    match fs.delete(&s.item, s.local.as_ref()) {
+                        Ok(e) => d.ok(&s, e),
+                        Err(e) => d.failed.push((s, e)),
+                    }
+                }
+                d
+            })
+            .await;
+            if let Ok(d) = r {
+                done.changes.extend(d.changes);
+                done.failed.extend(d.failed);
+                done.touched.extend(d.touched);
+            }
+        }
+        self.finish_batch(plan, done, position).await;
+    }
+
+    /// Fetch the content of a chunk of steps at once, then install them in order with one
+    /// durability flush before and after the renames.
+    async fn install_chunk(&mut self, chunk: Vec<Step>, prefer: Option<String>, done: &mut Done) {
+        let sem = Arc::new(tokio::sync::Semaphore::new(FETCH_FILES));
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for s in &chunk {
+            if needs_content(&s.item, s.local.as_ref()) {
+                let (ctx, g) = (self.ctx.clone(), self.g.clone());
+                let (item, inline, local) = (s.item.clone(), s.inline.clone(), s.local.clone());
+                let prefer = prefer.clone().or_else(|| Some(s.from.0.clone()));
+                let sem = sem.clone();
+                jobs.push(Some(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    prepare(ctx, g, item, inline, local, prefer).await
+                })));
+            } else {
+                jobs.push(None);
+            }
+        }
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            prepared.push(match j {
+                None => None,
+                Some(h) => Some(h.await.unwrap_or_else(|e| {
+                    Err(ApplyError::Other {
+                        path: String::new(),
+                        msg: e.to_string(),
+                    })
+                })),
+            });
+        }
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let fs = Fs { ctx: &ctx, g: &g };
+            let mut d = Done::default();
+            // the temp files' data and metadata reach the disk before any rename
+            let any = prepared.iter().flatten().find_map(|p| p.as_ref().ok());
+            if let Some((_, t)) = any
+                && let Err(e) = crate::fs::safefs::sync_filesystem(&t.file)
+            {
+                tracing::warn!(group = %g.name(), "sync before installing: {e}");
+            }
+            let mut sync_on = None;
+            for (s, p) in chunk.into_iter().zip(prepared) {
+                let r = match p {
+                    Some(Ok((place, tmp))) => {
+                        if sync_on.is_none() {
+                            sync_on = place.dir_fd().try_clone().ok();
+                        }
+                        fs.install_file(&place, &s.item, s.local.as_ref(), tmp)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => fs.make(&s.item, s.local.as_ref()),
+                };
+                match r {
+                    Ok(e) => d.ok(&s, e),
+                    Err(e) => d.failed.push((s, e)),
+                }
+            }
+            if let Some(fd) = sync_on {
+                let _ = crate::fs::safefs::sync_filesystem(&fd);
+            }
+            d
+        })
+        .await;
+        if let Ok(d) = r {
+            done.changes.extend(d.changes);
+            done.failed.extend(d.failed);
+            done.touched.extend(d.touched);
+            done.bytes += d.bytes;
+        }
+    }
+
+    /// Directory mtimes, set-aside items, one commit, audit lines, the head.
+    async fn finish_batch(
+        &mut self,
+        mut plan: Plan,
+        done: Done,
+        position: Option<(String, u64, u64)>,
+    ) {
+        let group = self.name().to_string();
+        let Done {
+            mut changes,
+            failed,
+            touched,
+            bytes,
+        } = done;
+        for c in &changes {
+            let kind = if c.entry.item.is_deleted() {
+                "delete"
+            } else {
+                "apply"
+            };
+            self.ctx.audit_item(&group, kind, &c.entry.item, c.entry.from.as_ref().map(|f| f.0.as_str()));
+            plan.extras.aside_remove.push(c.entry.item.key.clone());
+        }
+        let applied = changes.len() as u64;
+        let mut rescan = Vec::new();
+        for (s, e) in failed {
+            if e.unsupported_xattrs() {
+                let msg = format!(
+                    "the filesystem under this group's paths cannot store extended attributes ({e}); files still sync, without them: mount with xattr/acl support or set xattrs = false"
+                );
+                let mut w = lock(&self.state.warning);
+                if w.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(group = %group, "{msg}");
+                }
+                *w = Some(msg);
+            }
+            if matches!(e, ApplyError::Changed { .. }) {
+                rescan.push(s.item.key.clone());
+            }
+            let attempts = s.attempts + 1;
+            if attempts == ASIDE_AFTER {
+                tracing::error!(group = %group, "set aside after {attempts} attempts: {e} (clustersync status lists it; it is still retried)");
+                self.ctx.audit.log(crate::ops::audit::Rec {
+                    group: &group,
+                    path: &s.item.key,
+                    kind: "set-aside",
+                    origin: &s.item.origin,
+                    version: &s.item.version.display(),
+                    peer: Some(&s.from.0),
+                    detail: Some(&e.to_string()),
+                });
+            } else {
+                tracing::warn!(group = %group, "could not apply yet: {e}");
+            }
+            plan.extras.aside_remove.retain(|k| *k != s.item.key);
+            plan.extras.aside_put.push(Aside {
+                item: s.item,
+                peer: s.from.0,
+                peer_inc: s.from.1,
+                error: e.to_string(),
+                attempts,
+                since: unix_now(),
+            });
+        }
+        plan.extras.position = position;
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let keeps = std::mem::take(&mut plan.keeps);
+        let extras = std::mem::take(&mut plan.extras);
+        let r = tokio::task::spawn_blocking(move || {
+            let fs = Fs { ctx: &ctx, g: &g };
+            changes.extend(keeps);
+            fs.restore_dir_mtimes(&touched, &mut changes);
+            let n = ctx.store.commit(g.name(), changes, extras)?;
+            let aside = ctx.store.aside(g.name())?.len();
+            Ok::<_, StoreError>((n, aside))
+        })
+        .await;
+        match r {
+            Ok(Ok((head, aside))) => {
+                self.publish(head);
+                self.state.aside.store(aside as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::error!(group = %group, "index commit: {e}"),
+            Err(e) => tracing::error!(group = %group, "commit task: {e}"),
+        }
+        self.state.applied.fetch_add(applied, Ordering::Relaxed);
+        self.state.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if !rescan.is_empty() {
+            let due = Instant::now();
+            for k in rescan {
+                self.unstable.push((due, k));
+            }
+            self.aside_due = Instant::now() + Duration::from_millis(500);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `clustersync sync`: reconcile with every reachable peer now, and return when this node is in
+//! sync with them (or say why not).
+//!
+//! For each peer, over its one link: send `Ping`; the peer answers `Pong` once its pumps have
+//! sent everything it had; the batches sent before the `Pong` are then queued in our lanes, so
+//! a marker through each lane resolves once they are applied. Our side is done when our pumps
+//! to that peer have read our whole index and the peer acknowledged every batch. No step waits
+//! on a timer: a sync with nothing to do takes a round trip per peer.
+
+use crate::engine::link::Link;
+use crate::engine::node::Ctx;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Result of a `sync` run.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Peers that could not be reached, with why.
+    pub unreachable: Vec<(String, String)>,
+    pub conflicts: usize,
+    pub stopped: Vec<String>,
+    /// Items not applied yet (set aside), and what.
+    pub pending: usize,
+    #[serde(default)]
+    pub pending_what: Vec<String>,
+    /// Unresolved conflicts that remain (escaped paths).
+    #[serde(default)]
+    pub unresolved: Vec<String>,
+}
+
+impl SyncReport {
+    /// Exit status (SPEC §4): 4 a peer unreachable, 3 conflicts, 1 stopped or pending, 0.
+    pub fn exit_code(&self) -> u8 {
+        if !self.unreachable.is_empty() {
+            4
+        } else if self.conflicts > 0 {
+            3
+        } else if !self.stopped.is_empty() || self.pending > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Is this dial error a refusal (no point waiting for it to go away by itself)?
+fn refusal(e: &str) -> bool {
+    e.contains("key mismatch")
+        || e.contains("refused")
+        || e.contains("closed the connection")
+        || e.contains("has no id")
+        || e.contains("config differs")
+}
+
+/// Reconcile `groups` (all of this node's when empty) with every peer, within `timeout`.
+/// `rescan`: scan the groups first (groups not watched live always are).
+pub async fn sync(ctx: &Arc<Ctx>, groups: &[String], timeout: Duration, rescan: bool) -> SyncReport {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let selected: Vec<_> = ctx
+        .groups
+        .values()
+        .filter(|g| groups.is_empty() || groups.iter().any(|n| n == g.name()))
+        .cloned()
+        .collect();
+    let names: Vec<String> = selected.iter().map(|g| g.name().to_string()).collect();
+    let mut scans = Vec::new();
+    for g in &selected {
+        if (rescan || !g.cfg.watch)
+            && let Some(l) = ctx.lane(g.name())
+        {
+            let l = l.clone();
+            scans.push(tokio::spawn(async move { l.rescan().await }));
+        }
+    }
+    for s in scans {
+        let _ = tokio::time::timeout_at(deadline, s).await;
+    }
+    // the peers that matter: members we send to, and the full members we receive from
+    let peers: BTreeSet<String> = selected
+        .iter()
+        .flat_map(|g| {
+            g.peers
+                .iter()
+                .filter(|p| !g.replica || !g.is_replica(p))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut report = SyncReport::default();
+    let mut waits = Vec::new();
+    for p in peers {
+        let ctx = ctx.clone();
+        let names = names.clone();
+        waits.push(tokio::spawn(async move {
+            let r = tokio::time::timeout_at(deadline, with_peer(&ctx, &p, &names, deadline)).await;
+            (p, r.unwrap_or_else(|_| Err("timed out".into())))
+        }));
+    }
+    for w in waits {
+        if let Ok((p, Err(why))) = w.await {
+            report.unreachable.push((p, why));
+        }
+    }
+    for g in &selected {
+        if let Ok(aside) = ctx.store.aside(g.name()) {
+            report.pending += aside.len();
+            report.pending_what.extend(aside.iter().take(20).map(|a| {
+                format!("{}: {}", crate::item::name::show(&a.item.key), a.error)
+            }));
+        }
+        if let Some(l) = ctx.lane(g.name())
+            && let Some(r) = crate::engine::link::lock(&l.state.stopped).clone()
+        {
+            report.stopped.push(format!("{}: {r}", g.name()));
+        }
+    }
+    report.unresolved = ctx
+        .store
+        .conflicts()
+        .map(|l| {
+            l.into_iter()
+                .filter(|(g, _, c)| !c.resolved && names.contains(g))
+                .map(|(_, p, _)| crate::item::name::show(&p).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    report.conflicts = report.unresolved.len();
+    report
+}
+
+async fn with_peer(
+    ctx: &Arc<Ctx>,
+    peer: &str,
+    groups: &[String],
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    // a link may be replaced while we use it (the peer restarted): try again on the new one
+    for _ in 0..5 {
+        let link = wait_link(ctx, peer, deadline).await?;
+        let shared: Vec<String> = groups
+            .iter()
+            .filter(|g| link.active(g))
+            .cloned()
+            .collect();
+        if let Some(why) = groups
+            .iter()
+            .filter(|g| ctx.shared_groups(peer).iter().any(|s| s.name() == g.as_str()))
+            .find_map(|g| link.groups.get(g).and_then(|lg| lg.paused.clone()))
+        {
+            return Err(why);
+        }
+        if over(ctx, &link, &shared).await {
+            return Ok(());
+        }
+        if !link.is_closed() {
+            return Err("the link stalled".into());
+        }
+    }
+    Err("the link kept being replaced".into())
+}
+
+async fn wait_link(
+    ctx: &Arc<Ctx>,
+    peer: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Arc<Link>, String> {
+    if let Some(l) = ctx.links.get(peer) {
+        return Ok(l);
+    }
+    if !ctx.opts.dial_all && peer < ctx.name.as_str() {
+        // the daemon does not dial peers that sort before it: try once now
+        match crate::engine::node::connect_once(ctx, peer).await {
+            Ok(wire) => {
+                let (c, p) = (ctx.clone(), peer.to_string());
+                tokio::spawn(async move {
+                    let _ = crate::engine::link::run(c, wire, p).await;
+                });
+            }
+            Err(e) if refusal(&e) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    loop {
+        match ctx.links.wait_for(peer, deadline, false).await {
+            Ok(l) => return Ok(l),
+            Err(e) if refusal(&e) || tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+        let st = ctx.links.state(peer);
+        if let Some(e) = st.error
+            && (refusal(&e) || ctx.opts.dial_all)
+        {
+            // an in-process sync does not wait out a down peer: one failed attempt says it
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Exchange everything with the peer over one link: false if the link went away.
+async fn over(ctx: &Arc<Ctx>, link: &Arc<Link>, groups: &[String]) -> bool {
+    // their side: everything they had is received and applied
+    let Some(pong) = link.ping().await else {
+        return false;
+    };
+    if pong.await.is_err() {
+        return false;
+    }
+    for g in groups {
+        if let Some(l) = ctx.lane(g) {
+            l.marker().await;
+        }
+    }
+    // our side: they applied everything we had
+    let ours: Vec<(&String, u64)> = groups
+        .iter()
+        .filter(|g| ctx.group(g).is_some_and(|gr| !gr.replica))
+        .map(|g| (g, ctx.store.group_head(g).unwrap_or(0)))
+        .collect();
+    loop {
+        let notified = link.pump_notify.notified();
+        let done = ours.iter().all(|(g, target)| {
+            let p = link.pump(g);
+            p.scanned >= *target && p.unacked.is_empty()
+        });
+        if done {
+            return true;
+        }
+        if link.is_closed() {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+    }
+}
