@@ -91,7 +91,7 @@ fn three_successive_versions_and_a_delete_are_kept_and_restored() {
     });
     c.wait_converged("after restore");
     // identical content is stored once
-    let objects = std::fs::read_dir(c.node("b").state.join("backups/objects"))
+    let objects = std::fs::read_dir(c.node("b").state.join("backups/www/objects"))
         .unwrap()
         .count();
     assert!(objects <= 4, "{objects} objects for 4 distinct contents");

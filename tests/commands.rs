@@ -33,9 +33,10 @@ fn init_creates_a_private_key_once_and_id_prints_it() {
     assert_eq!(id.trim().len(), 64);
     assert_eq!(id.lines().count(), 1);
     assert!(text.contains(id.trim()));
-    // never overwrites
+    // run again: idempotent (exit 0, the same id), never overwrites
     let again = run(&["--state-dir", sds, "init"]);
-    assert!(!again.status.success());
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains(id.trim()));
     assert_eq!(std::fs::read(sd.join("node.key")).unwrap(), key);
     // the options are accepted after the subcommand too, and from the environment
     let env = Command::new(BIN)
@@ -220,10 +221,13 @@ fn a_key_that_is_not_configured_is_refused_before_any_data() {
     std::fs::remove_file(c.node("b").state.join("node.key")).unwrap();
     let out = c.cli("b", &["init"]);
     assert!(out.status.success());
-    // the daemon itself notices its key does not match the config
+    // the daemon itself notices its key does not match the config (a configuration error,
+    // as check-config says)
     let out = c.cli("b", &["daemon"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("id"));
+    let out = c.cli("b", &["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
     // an in-process sync with the wrong key is refused by a
     let out = c.cli("b", &["sync", "--timeout", "3s"]);
     assert_ne!(out.status.code(), Some(0));

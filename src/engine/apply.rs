@@ -372,7 +372,14 @@ impl<'a> Fs<'a> {
                     }
                     d
                 }
-                // a local source that moved on: no peer was asked for it
+                // a local source that moved on: ask the peers for that chunk
+                None if !matches!(src, Source::Remote) => {
+                    crate::engine::fetch::one_blocking(self.ctx, self.g.name(), c).ok_or_else(
+                        || ApplyError::Unavailable {
+                            path: name::show(&place.path).into_owned(),
+                        },
+                    )?
+                }
                 None => {
                     return Err(ApplyError::Unavailable {
                         path: name::show(&place.path).into_owned(),

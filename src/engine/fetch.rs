@@ -48,6 +48,16 @@ fn valid(d: &[u8], c: &ChunkRef) -> bool {
     d.len() == c.len as usize && crate::fs::chunk::hash(d) == c.hash
 }
 
+/// Fetch one chunk from any peer, from a blocking thread (a local source turned out stale).
+pub fn one_blocking(ctx: &Ctx, group: &str, c: &ChunkRef) -> Option<Vec<u8>> {
+    let h = tokio::runtime::Handle::try_current().ok()?;
+    let d = h.block_on(one_anywhere(ctx, group, c, 0))?;
+    ctx.counters
+        .chunk_bytes_in
+        .fetch_add(d.len() as u64, Ordering::Relaxed);
+    Some(d)
+}
+
 /// Ask one chunk of every source in turn.
 async fn one_anywhere(ctx: &Ctx, group: &str, c: &ChunkRef, skip: usize) -> Option<Vec<u8>> {
     for l in sources(ctx, group, None).into_iter().skip(skip) {

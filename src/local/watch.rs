@@ -272,7 +272,7 @@ impl State {
         let (ready, next) = self.windows.take_due(now);
         for r in ready {
             if let Some(l) = self.ctx.lane(&r.group) {
-                l.local(r.paths, r.burst);
+                l.local(r.paths, r.deletes);
             }
         }
         for l in self.ctx.lanes() {

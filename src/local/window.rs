@@ -10,11 +10,12 @@
 //!   when it has been quiet for [`Params::write_quiet`], and at the latest
 //!   [`Params::write_max`] after its first unsent write, so a file that never stays still (a log
 //!   appended every second) is still sent, as a consistent snapshot, every few seconds;
-//! - a deletion: due at once, unless it is part of a burst (at least [`Params::burst_count`]
+//! - a deletion: due after [`Params::delete_peek`] (3 ms), the time it takes an `rm -rf` to
+//!   delete many more entries, unless it is part of a burst (at least [`Params::burst_count`]
 //!   deletions in the group within [`Params::burst_window`]): then the group's deletions are
 //!   held until none came for [`Params::delete_settle`], at most [`Params::delete_max`] after
 //!   the burst began, and handed over together, so the mass-deletion guard sees an `rm -rf`
-//!   whole;
+//!   of a group path whole and not one file of it is deleted elsewhere;
 //! - every wait has a maximum; windows are per group: a burst in one group never holds back
 //!   another group, and a stream of single deletions is never a reason to wait.
 
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 /// The window lengths.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
+    pub delete_peek: Duration,
     pub write_quiet: Duration,
     pub write_max: Duration,
     pub burst_count: usize,
@@ -35,6 +37,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Params {
         Params {
+            delete_peek: Duration::from_millis(3),
             write_quiet: Duration::from_millis(1000),
             write_max: Duration::from_secs(3),
             burst_count: 3,
@@ -79,6 +82,11 @@ pub struct Ready {
     pub group: String,
     /// (logical path, recursive).
     pub paths: Vec<(Vec<u8>, bool)>,
+    /// Deletions that went through the deletion window (single, or a settled burst): what
+    /// their scan finds gone may be recorded at once. Other paths' scans hold what they find
+    /// gone for a settle time first (a directory's change event can come before the events of
+    /// the deletions in it).
+    pub deletes: bool,
     /// The deletions of a burst that has settled (or reached its maximum).
     pub burst: bool,
 }
@@ -150,10 +158,11 @@ impl Windows {
     }
 
     fn due_of(&self, group: &str, p: &Pending) -> Instant {
-        if p.delete
-            && let Some((start, last)) = self.deletes.get(group).and_then(|d| d.burst)
-        {
-            return (last + self.params.delete_settle).min(start + self.params.delete_max);
+        if p.delete {
+            if let Some((start, last)) = self.deletes.get(group).and_then(|d| d.burst) {
+                return (last + self.params.delete_settle).min(start + self.params.delete_max);
+            }
+            return p.last + self.params.delete_peek;
         }
         if p.writing {
             let quiet = p.last + self.params.write_quiet;
@@ -176,7 +185,7 @@ impl Windows {
                 ended.push(g.clone());
             }
         }
-        let mut ready: HashMap<(String, bool), Vec<(Vec<u8>, bool)>> = HashMap::new();
+        let mut ready: HashMap<(String, bool, bool), Vec<(Vec<u8>, bool)>> = HashMap::new();
         let mut next: Option<Instant> = None;
         let keys: Vec<(String, Vec<u8>)> = self.pending.keys().cloned().collect();
         for k in keys {
@@ -186,10 +195,10 @@ impl Windows {
             let due = self.due_of(&k.0, p);
             if due <= now {
                 let burst = p.delete && ended.contains(&k.0);
-                let recursive = p.recursive;
+                let (recursive, delete) = (p.recursive, p.delete);
                 self.pending.remove(&k);
                 ready
-                    .entry((k.0.clone(), burst))
+                    .entry((k.0.clone(), delete, burst))
                     .or_default()
                     .push((k.1, recursive));
             } else {
@@ -204,16 +213,17 @@ impl Windows {
         }
         let mut out: Vec<Ready> = ready
             .into_iter()
-            .map(|((group, burst), mut paths)| {
+            .map(|((group, deletes, burst), mut paths)| {
                 paths.sort();
                 Ready {
                     group,
                     paths,
+                    deletes,
                     burst,
                 }
             })
             .collect();
-        out.sort_by(|a, b| (&a.group, a.burst).cmp(&(&b.group, b.burst)));
+        out.sort_by(|a, b| (&a.group, a.deletes, a.burst).cmp(&(&b.group, b.deletes, b.burst)));
         (out, next)
     }
 }
@@ -241,8 +251,10 @@ mod tests {
         w.event("g", b"/a".to_vec(), Event::Done, false, t0 + ms(1));
         w.event("g", b"/b".to_vec(), Event::Deleted, true, t0 + ms(1));
         let (r, next) = w.take_due(t0 + ms(1));
-        assert_eq!(paths(&r, "g"), vec![b"/a".to_vec(), b"/b".to_vec()]);
-        assert!(next.is_none());
+        assert_eq!(paths(&r, "g"), vec![b"/a".to_vec()]);
+        assert_eq!(next, Some(t0 + ms(4)));
+        let (r, _) = w.take_due(t0 + ms(4));
+        assert_eq!(paths(&r, "g"), vec![b"/b".to_vec()]);
     }
 
     #[test]
@@ -287,8 +299,8 @@ mod tests {
             );
         }
         let (r, next) = w.take_due(t0 + ms(11));
-        // the first two came before the burst was recognised; the rest wait
-        assert!(paths(&r, "g").len() <= 2, "{}", paths(&r, "g").len());
+        // not one goes before the burst is over
+        assert!(paths(&r, "g").is_empty(), "{}", paths(&r, "g").len());
         let next = next.unwrap();
         assert!(next <= t0 + ms(11) + p.delete_settle);
         let (r, _) = w.take_due(next);
@@ -300,14 +312,14 @@ mod tests {
             w.event("g", format!("/d/{i}").into_bytes(), Event::Deleted, true, t0 + ms(i));
         }
         w.event("h", b"/x".to_vec(), Event::Deleted, true, t0 + ms(100));
-        let (r, _) = w.take_due(t0 + ms(100));
+        let (r, _) = w.take_due(t0 + ms(103));
         assert_eq!(paths(&r, "h"), vec![b"/x".to_vec()]);
         // one deletion every 100 ms is never a burst: each goes at once
         let mut w = Windows::new(p);
         for i in 0..50u64 {
             let t = t0 + ms(100 * i);
             w.event("g", format!("/s/{i}").into_bytes(), Event::Deleted, true, t);
-            let (r, _) = w.take_due(t);
+            let (r, _) = w.take_due(t + p.delete_peek);
             assert_eq!(paths(&r, "g").len(), 1, "deletion {i} waited");
         }
     }
@@ -324,7 +336,7 @@ mod tests {
             w.event("g", format!("/d/{i}").into_bytes(), Event::Deleted, true, t);
             let (r, _) = w.take_due(t);
             let n = paths(&r, "g").len();
-            if n > 2 && first_out.is_none() {
+            if n > 0 && first_out.is_none() {
                 first_out = Some(t);
             }
             got += n;

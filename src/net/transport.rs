@@ -191,6 +191,20 @@ pub async fn connect(
     expect_node: &str,
     expect_id: &str,
 ) -> Result<Link, TransportError> {
+    connect_speaking(stream, ident, expect_node, expect_id, Some(Versions::OURS)).await
+}
+
+/// [`connect`], announcing `speak` as this side's versions; `None` sends an empty payload as
+/// the previous release did (for tests of a rolling upgrade).
+pub async fn connect_speaking(
+    stream: TcpStream,
+    ident: &Identity,
+    expect_node: &str,
+    expect_id: &str,
+    speak: Option<Versions>,
+) -> Result<Link, TransportError> {
+    let ours = speak.unwrap_or(Versions { min: 3, max: 3 });
+    let payload = speak.map(|v| v.encode()).unwrap_or_default();
     let fut = async {
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
@@ -212,11 +226,9 @@ pub async fn connect(
                 got: remote,
             });
         }
-        let n = hs
-            .write_message(&Versions::OURS.encode(), &mut buf)
-            .map_err(noise)?;
+        let n = hs.write_message(&payload, &mut buf).map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
-        let version = Versions::OURS.common(&theirs)?;
+        let version = ours.common(&theirs)?;
         finish(hs, r, w, remote, version)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)

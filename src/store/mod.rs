@@ -311,19 +311,27 @@ fn corrupt(path: &Path, key: &[u8], e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-fn decode_entry(path: &Path, key: &[u8], bytes: &[u8]) -> Result<Entry, StoreError> {
+/// Decode a stored `items` value (the quick-check view, then the entry); strict.
+pub fn decode_entry(path: &Path, key: &[u8], bytes: &[u8]) -> Result<Entry, StoreError> {
     let (_, rest) =
         postcard::take_from_bytes::<QuickStat>(bytes).map_err(|e| corrupt(path, key, e))?;
-    postcard::from_bytes(rest).map_err(|e| corrupt(path, key, e))
+    let (e, rest) =
+        postcard::take_from_bytes::<Entry>(rest).map_err(|e| corrupt(path, key, e))?;
+    if !rest.is_empty() {
+        return Err(corrupt(path, key, "trailing bytes"));
+    }
+    Ok(e)
 }
 
-fn decode_quick(path: &Path, key: &[u8], bytes: &[u8]) -> Result<QuickStat, StoreError> {
+/// Decode only the quick-check view of a stored `items` value.
+pub fn decode_quick(path: &Path, key: &[u8], bytes: &[u8]) -> Result<QuickStat, StoreError> {
     postcard::take_from_bytes::<QuickStat>(bytes)
         .map(|(q, _)| q)
         .map_err(|e| corrupt(path, key, e))
 }
 
-pub(crate) fn encode_entry(path: &Path, e: &Entry) -> Result<Vec<u8>, StoreError> {
+/// Encode an entry as the `items` table stores it.
+pub fn encode_entry(path: &Path, e: &Entry) -> Result<Vec<u8>, StoreError> {
     let mut v = postcard::to_allocvec(&e.quick()).map_err(|x| corrupt(path, &e.item.key, x))?;
     let body = postcard::to_allocvec(e).map_err(|x| corrupt(path, &e.item.key, x))?;
     v.extend_from_slice(&body);

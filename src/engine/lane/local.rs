@@ -20,6 +20,8 @@ pub(super) struct Scanned {
     pub head: u64,
     /// Drift found on a replica: key -> what happened.
     pub drift: Vec<(Vec<u8>, String, Option<Entry>)>,
+    /// Entries found gone by a scan that was not about a deletion: not recorded yet.
+    pub deferred: Vec<Vec<u8>>,
 }
 
 pub(super) fn scanner<'a>(ctx: &'a Ctx, g: &'a GroupRt) -> Scanner<'a> {
@@ -93,14 +95,15 @@ pub(super) fn commit_local(
     Ok((head, out))
 }
 
-/// Scan `targets` and commit what changed (blocking). `whole` marks full scans of group
-/// paths (start-up, rescans, `sync`).
+/// Scan `targets` and commit what changed (blocking). With `deletes_ok` false, entries found
+/// gone are returned in [`Scanned::deferred`] instead of being recorded.
 pub(super) fn scan_and_commit(
     ctx: &Ctx,
     g: &GroupRt,
     targets: &[(Vec<u8>, bool)],
     adopt: bool,
     was_stopped: bool,
+    deletes_ok: bool,
 ) -> Result<Scanned, StoreError> {
     let s = scanner(ctx, g);
     let mut res = Scanned::default();
@@ -156,6 +159,9 @@ pub(super) fn scan_and_commit(
     if res.stopped.is_some() {
         return Ok(res);
     }
+    if !deletes_ok {
+        res.deferred = std::mem::take(&mut gone);
+    }
     if !gone.is_empty() || !forget.is_empty() {
         let tombs = s.tombstones(&gone)?;
         let extras = Extras {
@@ -171,7 +177,7 @@ pub(super) fn scan_and_commit(
 
 impl Lane {
     /// Scan the paths the watcher (or `mark`) reported.
-    pub(super) async fn local(&mut self, paths: Vec<(Vec<u8>, bool)>, _burst: bool) {
+    pub(super) async fn local(&mut self, paths: Vec<(Vec<u8>, bool)>, deletes: bool) {
         if self.state.is_stopped() {
             // a stopped group is checked as a whole, on the timer
             return;
@@ -179,8 +185,10 @@ impl Lane {
         let ctx = self.ctx.clone();
         let g = self.g.clone();
         let adopt = self.adopt;
-        let r = tokio::task::spawn_blocking(move || scan_and_commit(&ctx, &g, &paths, adopt, false))
-            .await;
+        let r = tokio::task::spawn_blocking(move || {
+            scan_and_commit(&ctx, &g, &paths, adopt, false, deletes)
+        })
+        .await;
         self.after_scan(r);
     }
 
@@ -203,7 +211,7 @@ impl Lane {
             .map(|p| (p.as_bytes().to_vec(), true))
             .collect();
         let r = tokio::task::spawn_blocking(move || {
-            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped)
+            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped, true)
         })
         .await;
         let resumed = match &r {
@@ -240,6 +248,12 @@ impl Lane {
         for u in s.unstable {
             if !self.unstable.iter().any(|(_, p)| *p == u) {
                 self.unstable.push((due, u));
+            }
+        }
+        let due = Instant::now() + super::DELETE_SETTLE;
+        for d in s.deferred {
+            if !self.deferred.iter().any(|(_, p)| *p == d) {
+                self.deferred.push((due, d));
             }
         }
         if !s.drift.is_empty() {

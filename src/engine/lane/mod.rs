@@ -30,14 +30,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const TICK: Duration = Duration::from_secs(1);
 /// A path that changed while being read is looked at again after this.
 pub const UNSTABLE_RETRY: Duration = Duration::from_millis(300);
+/// Entries found gone by a scan that was not about a deletion (a directory's change event, a
+/// `mark`) are looked at again after this before they are recorded as deleted, so the
+/// mass-deletion guard sees an `rm -rf` whole.
+pub const DELETE_SETTLE: Duration = Duration::from_millis(150);
 
 /// Work for a lane.
 pub enum LaneMsg {
-    /// Paths the watcher (or `mark`) reported: (logical path, recursive). `burst`: the
-    /// deletions of a burst that settled.
+    /// Paths the watcher (or `mark`) reported: (logical path, recursive). `deletes`: they
+    /// are deletions that went through the watcher's deletion window, so what their scan
+    /// finds gone is recorded at once; otherwise it is looked at again after
+    /// [`DELETE_SETTLE`] first.
     Local {
         paths: Vec<(Vec<u8>, bool)>,
-        burst: bool,
+        deletes: bool,
     },
     /// Scan every path of the group.
     Rescan { reply: Option<oneshot::Sender<()>> },
@@ -118,8 +124,8 @@ impl LaneHandle {
     }
 
     /// Paths changed locally.
-    pub fn local(&self, paths: Vec<(Vec<u8>, bool)>, burst: bool) {
-        let _ = self.tx.send(LaneMsg::Local { paths, burst });
+    pub fn local(&self, paths: Vec<(Vec<u8>, bool)>, deletes: bool) {
+        let _ = self.tx.send(LaneMsg::Local { paths, deletes });
     }
 
     /// Scan the whole group now and wait for it.
@@ -174,6 +180,8 @@ pub(crate) struct Lane {
     head: watch::Sender<u64>,
     /// Paths to look at again, and when.
     unstable: Vec<(Instant, Vec<u8>)>,
+    /// Entries found gone outside a deletion, to look at again (as deletions), and when.
+    deferred: Vec<(Instant, Vec<u8>)>,
     /// A replica's first scan adopts what is there.
     adopt: bool,
     last_rescan: Instant,
@@ -206,6 +214,7 @@ pub(crate) fn new(ctx: &Arc<Ctx>, g: Arc<GroupRt>) -> (LaneHandle, Lane, mpsc::U
         state: state.clone(),
         head: head_tx,
         unstable: Vec::new(),
+        deferred: Vec::new(),
         adopt,
         last_rescan: now,
         last_gc: now,
@@ -256,16 +265,21 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let next = lane.next_timer();
         let msg = tokio::select! {
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = tick.tick() => {
                 lane.tick().await;
                 continue;
             }
+            _ = tokio::time::sleep_until(next.into()) => {
+                lane.timers().await;
+                continue;
+            }
             _ = crate::engine::node::until_set(&mut shutdown) => return,
         };
         match msg {
-            LaneMsg::Local { paths, burst } => lane.local(paths, burst).await,
+            LaneMsg::Local { paths, deletes } => lane.local(paths, deletes).await,
             LaneMsg::Rescan { reply } => {
                 lane.full_scan().await;
                 if let Some(tx) = reply {
@@ -296,19 +310,40 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
 }
 
 impl Lane {
-    /// Timers: paths to look at again, set-aside items, drift, periodic rescans, tombstone
-    /// collection, the backup bound.
-    async fn tick(&mut self) {
+    /// When the next path to look at again is due (far away when none).
+    fn next_timer(&self) -> Instant {
+        self.unstable
+            .iter()
+            .chain(self.deferred.iter())
+            .map(|(t, _)| *t)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Paths to look at again: unstable ones, and entries found gone outside a deletion.
+    async fn timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<Vec<u8>> = {
-            let (due, keep): (Vec<_>, Vec<_>) = self.unstable.drain(..).partition(|(t, _)| *t <= now);
-            self.unstable = keep;
+        let take = |v: &mut Vec<(Instant, Vec<u8>)>| -> Vec<Vec<u8>> {
+            let (due, keep): (Vec<_>, Vec<_>) = v.drain(..).partition(|(t, _)| *t <= now);
+            *v = keep;
             due.into_iter().map(|(_, p)| p).collect()
         };
-        if !due.is_empty() {
-            self.local(due.into_iter().map(|p| (p, false)).collect(), false)
+        let unstable = take(&mut self.unstable);
+        let deferred = take(&mut self.deferred);
+        if !unstable.is_empty() {
+            self.local(unstable.into_iter().map(|p| (p, false)).collect(), false)
                 .await;
         }
+        if !deferred.is_empty() {
+            self.local(deferred.into_iter().map(|p| (p, true)).collect(), true)
+                .await;
+        }
+    }
+
+    /// Timers: set-aside items, drift, periodic rescans, tombstone collection, the backup
+    /// bound.
+    async fn tick(&mut self) {
+        let now = Instant::now();
         if self.state.is_stopped() {
             if now >= self.stopped_check {
                 self.stopped_check = now + Duration::from_secs(4);

@@ -67,7 +67,7 @@ fn reconcile(ctx: &Ctx, g: &GroupRt, key: &[u8]) -> Result<Option<Entry>, StoreE
         return Ok(local);
     }
     let targets = vec![(key.to_vec(), false)];
-    let s = local::scan_and_commit(ctx, g, &targets, false, false)?;
+    let s = local::scan_and_commit(ctx, g, &targets, false, false, false)?;
     if s.stopped.is_some() {
         return Ok(local);
     }
