@@ -65,11 +65,8 @@ impl<'s> Checker<'s> {
         } else {
             format!("[{table}]")
         };
-        self.err_at_key(
-            table,
-            format!("{place} needs {name:?}: {hint}"),
-        )
-        .with_key(&format!("{table}.{name}"))
+        self.err_at_key(table, format!("{place} needs {name:?}: {hint}"))
+            .with_key(&format!("{table}.{name}"))
     }
 
     pub fn config(&self, raw: RawConfig) -> Result<Config> {
@@ -144,7 +141,11 @@ impl<'s> Checker<'s> {
         let port = match &c.port {
             None => DEFAULT_PORT,
             Some(p) if *p.get_ref() == 0 => {
-                return Err(self.err(&p.span(), "cluster.port", "port 0 is not a port; use 1 to 65535"));
+                return Err(self.err(
+                    &p.span(),
+                    "cluster.port",
+                    "port 0 is not a port; use 1 to 65535",
+                ));
             }
             Some(p) => *p.get_ref(),
         };
@@ -207,7 +208,11 @@ impl<'s> Checker<'s> {
         };
         let raw = a.get_ref();
         let address = normalise_address(raw, Some(cluster_port)).map_err(|why| {
-            self.err(&a.span(), &format!("{key}.address"), format!("bad address {raw:?}: {why}"))
+            self.err(
+                &a.span(),
+                &format!("{key}.address"),
+                format!("bad address {raw:?}: {why}"),
+            )
         })?;
         let port = address
             .rsplit_once(':')
@@ -259,7 +264,11 @@ impl<'s> Checker<'s> {
             Some(r) => {
                 let raw = r.get_ref();
                 PathBuf::from(normalise_path(raw).map_err(|why| {
-                    self.err(&r.span(), &format!("{key}.root"), format!("bad root {raw:?}: {why}"))
+                    self.err(
+                        &r.span(),
+                        &format!("{key}.root"),
+                        format!("bad root {raw:?}: {why}"),
+                    )
                 })?)
             }
         };
@@ -337,7 +346,11 @@ impl<'s> Checker<'s> {
     fn patterns(&self, list: &Spanned<Strings>, key: &str) -> Result<Vec<String>> {
         for p in &list.get_ref().0 {
             check_pattern(p.get_ref()).map_err(|why| {
-                self.err(&p.span(), key, format!("bad pattern {:?}: {why}", p.get_ref()))
+                self.err(
+                    &p.span(),
+                    key,
+                    format!("bad pattern {:?}: {why}", p.get_ref()),
+                )
             })?;
         }
         Ok(strings(list))
@@ -398,7 +411,11 @@ impl<'s> Checker<'s> {
         let mut paths = Vec::new();
         for raw in &p.get_ref().0 {
             let path = normalise_path(raw.get_ref()).map_err(|why| {
-                self.err(&raw.span(), &k("paths"), format!("bad path {:?}: {why}", raw.get_ref()))
+                self.err(
+                    &raw.span(),
+                    &k("paths"),
+                    format!("bad path {:?}: {why}", raw.get_ref()),
+                )
             })?;
             seen.push(PathSeen {
                 group: name.to_owned(),
@@ -464,7 +481,10 @@ impl<'s> Checker<'s> {
         let xattrs_include = g.xattrs_include.as_ref().map(strings).unwrap_or_default();
         let xattrs_exclude = match &g.xattrs_exclude {
             Some(list) => strings(list),
-            None => DEFAULT_XATTRS_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            None => DEFAULT_XATTRS_EXCLUDE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         };
         let on_drift = match &g.on_drift {
             Some(d) => match d.get_ref().as_str() {
@@ -495,7 +515,9 @@ impl<'s> Checker<'s> {
             None => None,
             Some(b) => {
                 let parsed = match b.get_ref() {
-                    Scalar::Str(s) => parse_limit(s).map_err(|why| format!("bad size {s:?}: {why}")),
+                    Scalar::Str(s) => {
+                        parse_limit(s).map_err(|why| format!("bad size {s:?}: {why}"))
+                    }
                     Scalar::Int(i) => u64::try_from(*i)
                         .map(|n| (n > 0).then_some(n))
                         .map_err(|_| format!("{i} is out of range (0 to {})", u64::MAX)),
@@ -618,14 +640,26 @@ impl<'s> Checker<'s> {
     fn action(&self, key: &str, a: &RawAction) -> Result<ActionConfig> {
         let k = |field: &str| format!("{key}.{field}");
         let Some(p) = &a.pattern else {
-            return Err(self.missing(key, "pattern", "the globs of paths that trigger the command"));
+            return Err(self.missing(
+                key,
+                "pattern",
+                "the globs of paths that trigger the command",
+            ));
         };
         let pattern = self.patterns(p, &k("pattern"))?;
         if pattern.is_empty() {
-            return Err(self.err(&p.span(), &k("pattern"), "no patterns: the action would never run"));
+            return Err(self.err(
+                &p.span(),
+                &k("pattern"),
+                "no patterns: the action would never run",
+            ));
         }
         let Some(r) = &a.run else {
-            return Err(self.missing(key, "run", "the command to run, e.g. \"systemctl reload nginx\""));
+            return Err(self.missing(
+                key,
+                "run",
+                "the command to run, e.g. \"systemctl reload nginx\"",
+            ));
         };
         let run = r.get_ref().clone();
         if run.trim().is_empty() {
@@ -649,7 +683,11 @@ impl<'s> Checker<'s> {
             Some(l) => {
                 let raw = l.get_ref();
                 Some(PathBuf::from(normalise_path(raw).map_err(|why| {
-                    self.err(&l.span(), &k("logfile"), format!("bad logfile path {raw:?}: {why}"))
+                    self.err(
+                        &l.span(),
+                        &k("logfile"),
+                        format!("bad logfile path {raw:?}: {why}"),
+                    )
                 })?))
             }
         };
@@ -680,7 +718,11 @@ impl<'s> Checker<'s> {
         Ok(())
     }
 
-    fn accounts(&self, a: RawAccounts, nodes: &BTreeMap<String, NodeConfig>) -> Result<AccountsConfig> {
+    fn accounts(
+        &self,
+        a: RawAccounts,
+        nodes: &BTreeMap<String, NodeConfig>,
+    ) -> Result<AccountsConfig> {
         let members = match &a.nodes {
             Some(n) => Some(self.node_list(n, "accounts.nodes", nodes)?),
             None => None,
@@ -738,15 +780,19 @@ impl<'s> Checker<'s> {
         let key = "accounts.uid_range";
         let mut ends = Vec::new();
         for item in &r.get_ref().0 {
-            match item.get_ref() {
-                Scalar::Int(i) if u32::try_from(*i).is_ok() => ends.push(*i as u32),
-                other => {
+            let uid = match item.get_ref() {
+                Scalar::Int(i) => u32::try_from(*i).ok(),
+                _ => None,
+            };
+            match uid {
+                Some(uid) => ends.push(uid),
+                None => {
                     return Err(self.err(
                         &item.span(),
                         key,
                         format!(
                             "expected {expected}, found {} (uids are 0 to {})",
-                            other.describe(),
+                            item.get_ref().describe(),
                             u32::MAX
                         ),
                     ));
@@ -796,12 +842,19 @@ impl<'s> Checker<'s> {
                 .unwrap_or(DEFAULT_STALE_AFTER),
             None => DEFAULT_STALE_AFTER,
         };
-        Ok(MetricsConfig { listen, stale_after })
+        Ok(MetricsConfig {
+            listen,
+            stale_after,
+        })
     }
 }
 
 fn strings(list: &Spanned<Strings>) -> Vec<String> {
-    list.get_ref().0.iter().map(|s| s.get_ref().clone()).collect()
+    list.get_ref()
+        .0
+        .iter()
+        .map(|s| s.get_ref().clone())
+        .collect()
 }
 
 impl ConfigError {
@@ -809,7 +862,10 @@ impl ConfigError {
     fn with_key(self, key: &str) -> ConfigError {
         match self {
             ConfigError::Invalid {
-                file, line, message, ..
+                file,
+                line,
+                message,
+                ..
             } => ConfigError::Invalid {
                 file,
                 line,

@@ -143,11 +143,17 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
-        DeError::Loose(format!("expected {exp}, found {}", describe_unexpected(&unexp)))
+        DeError::Loose(format!(
+            "expected {exp}, found {}",
+            describe_unexpected(&unexp)
+        ))
     }
 
     fn invalid_value(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
-        DeError::Loose(format!("expected {exp}, found {}", describe_unexpected(&unexp)))
+        DeError::Loose(format!(
+            "expected {exp}, found {}",
+            describe_unexpected(&unexp)
+        ))
     }
 }
 
@@ -207,7 +213,10 @@ impl<'s, 'v, 'i> ValueDe<'s, 'v, 'i> {
     }
 
     fn wrong_type(&self, expected: &str) -> DeError {
-        let expected = expected.replace(KEY_PLACEHOLDER, self.element_of.as_ref().unwrap_or(&self.key));
+        let expected = expected.replace(
+            KEY_PLACEHOLDER,
+            self.element_of.as_ref().unwrap_or(&self.key),
+        );
         let within = if self.element_of.is_some() {
             " in the array"
         } else {
@@ -487,7 +496,9 @@ where
 
     fn next_value_seed<V: DeserializeSeed<'i>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         let Some((name, value)) = self.pending.take() else {
-            return Err(DeError::Loose("a table value was read before its key".into()));
+            return Err(DeError::Loose(
+                "a table value was read before its key".into(),
+            ));
         };
         seed.deserialize(ValueDe {
             src: self.src,

@@ -377,7 +377,10 @@ impl Feature {
             Feature::BackupMaxBytes => {
                 for g in config.groups.values() {
                     if g.backup_max_bytes.is_some() {
-                        used.push((format!("groups.{}.backup_max_bytes", g.name), "backup_max_bytes"));
+                        used.push((
+                            format!("groups.{}.backup_max_bytes", g.name),
+                            "backup_max_bytes",
+                        ));
                     }
                 }
             }
@@ -562,7 +565,10 @@ impl GroupConfig {
             owners: Owners::ByName,
             xattrs: false,
             xattrs_include: Vec::new(),
-            xattrs_exclude: DEFAULT_XATTRS_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            xattrs_exclude: DEFAULT_XATTRS_EXCLUDE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             on_drift: OnDrift::Revert,
             on_drift_set: false,
             watch: true,

@@ -177,7 +177,8 @@ impl<'de> Deserialize<'de> for Scalar {
                 Ok(Scalar::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(i64::try_from(v).map_or_else(|_| Scalar::Other(format!("the number {v}")), Scalar::Int))
+                Ok(i64::try_from(v)
+                    .map_or_else(|_| Scalar::Other(format!("the number {v}")), Scalar::Int))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
                 Ok(Scalar::Other(format!("the number {v}")))

@@ -476,9 +476,8 @@ fn cluster_port() {
 
 #[test]
 fn unknown_keys() {
-    let text = with_nodes(
-        "[groups.www]\nnodes = [\"web1\"]\npaths = [\"/a\"]\nconflcit = \"newest\"\n",
-    );
+    let text =
+        with_nodes("[groups.www]\nnodes = [\"web1\"]\npaths = [\"/a\"]\nconflcit = \"newest\"\n");
     let (line, key, message) = invalid(&text);
     assert_eq!((line, key.as_str()), (10, "groups.www.conflcit"));
     assert_eq!(
@@ -566,9 +565,7 @@ fn group_nodes_must_be_defined() {
         "node \"web9\" is listed in groups.www.nodes but not defined under [nodes]"
     );
     assert_invalid(
-        &with_nodes(
-            "[groups.www]\nnodes = [\"web1\"]\nreplicas = [\"web7\"]\npaths = [\"/a\"]\n",
-        ),
+        &with_nodes("[groups.www]\nnodes = [\"web1\"]\nreplicas = [\"web7\"]\npaths = [\"/a\"]\n"),
         9,
         "groups.www.replicas",
         "node \"web7\" is listed in groups.www.replicas but not defined under [nodes]",
@@ -629,9 +626,7 @@ fn group_paths() {
     assert_eq!(c.groups["g"].paths, ["/"]);
 
     assert_invalid(
-        &with_nodes(
-            "[groups.g]\nnodes = [\"web1\"]\npaths = [\n  \"/a\",\n  \"var/www\",\n]\n",
-        ),
+        &with_nodes("[groups.g]\nnodes = [\"web1\"]\npaths = [\n  \"/a\",\n  \"var/www\",\n]\n"),
         11,
         "groups.g.paths",
         "bad path \"var/www\": not an absolute path",
@@ -1095,9 +1090,8 @@ fn error_display() {
     .unwrap_err();
     let shown = e.to_string();
     assert!(
-        shown.starts_with(
-            "/etc/clustersync/clustersync.toml:2: cluster.prot: unknown key \"prot\""
-        ),
+        shown
+            .starts_with("/etc/clustersync/clustersync.toml:2: cluster.prot: unknown key \"prot\""),
         "{shown}"
     );
     let e = Config::load(Path::new("/nonexistent/clustersync.toml")).unwrap_err();
@@ -1111,8 +1105,7 @@ fn error_display() {
 
 #[test]
 fn load_reads_the_file() {
-    let dir =
-        std::env::temp_dir().join(format!("clustersync-config-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("clustersync-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("clustersync.toml");
     std::fs::write(&path, spec_example()).unwrap();
@@ -1176,4 +1169,661 @@ fn helpers() {
             && !valid_name(".x")
             && !valid_name("")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The keys added with the serde model, writing, and the data-driven refusal.
+
+#[test]
+fn fields_of_the_serde_types_are_the_valid_keys() {
+    assert_eq!(
+        de::fields_of::<raw::RawConfig>(),
+        ["cluster", "nodes", "groups", "accounts", "metrics"]
+    );
+    assert_eq!(
+        de::fields_of::<raw::RawCluster>(),
+        ["port", "bwlimit", "compress"]
+    );
+    assert_eq!(
+        de::fields_of::<raw::RawAction>(),
+        ["pattern", "run", "local", "timeout", "logfile"]
+    );
+    assert_eq!(
+        de::fields_of::<raw::RawMetrics>(),
+        ["listen", "stale_after"]
+    );
+}
+
+#[test]
+fn cluster_bwlimit_and_compress() {
+    let c = parse(&format!(
+        "[cluster]\nbwlimit = \"20MiB/s\"\ncompress = \"off\"\n{NODES}[nodes.web4]\naddress = \"10.0.0.4\"\nbwlimit = \"0\"\n[nodes.web5]\naddress = \"10.0.0.5\"\nbwlimit = \"500KiB/s\"\n"
+    ));
+    assert_eq!(c.bwlimit, Some(20 << 20));
+    assert_eq!(c.compress, Compress::Off);
+    assert_eq!(c.node("web1").unwrap().bwlimit, None);
+    assert_eq!(c.node("web4").unwrap().bwlimit, Some(None));
+    assert_eq!(c.node("web5").unwrap().bwlimit, Some(Some(500 << 10)));
+    assert_eq!(c.bwlimit_to("web1"), Some(20 << 20));
+    assert_eq!(c.bwlimit_to("web4"), None);
+    assert_eq!(c.bwlimit_to("web5"), Some(500 << 10));
+    let d = parse(NODES);
+    assert_eq!((d.bwlimit, d.compress), (None, Compress::Auto));
+    for (raw, want) in [
+        ("\"0\"", None),
+        ("0", None),
+        ("\"10MB/s\"", Some(10_000_000)),
+        ("\"1GiB/s\"", Some(1 << 30)),
+    ] {
+        let c = parse(&format!("[cluster]\nbwlimit = {raw}\n{NODES}"));
+        assert_eq!(c.bwlimit, want, "{raw}");
+    }
+    assert_invalid(
+        &format!("[cluster]\nbwlimit = \"20MiB\"\n{NODES}"),
+        2,
+        "cluster.bwlimit",
+        "bad rate \"20MiB\": a rate is a size per second",
+    );
+    assert_invalid(
+        &format!("[cluster]\nbwlimit = \"20Mb/s\"\n{NODES}"),
+        2,
+        "cluster.bwlimit",
+        "bits",
+    );
+    assert_invalid(
+        &format!("[cluster]\nbwlimit = true\n{NODES}"),
+        2,
+        "cluster.bwlimit",
+        "expected a rate such as \"20MiB/s\" (or \"0\" for no limit), found true",
+    );
+    assert_invalid(
+        &format!("[cluster]\ncompress = \"zstd\"\n{NODES}"),
+        2,
+        "cluster.compress",
+        "unknown compress mode \"zstd\"; valid: auto, off",
+    );
+    assert_invalid(
+        "[nodes.a]\naddress = \"h\"\nbwlimit = \"fast\"\n",
+        3,
+        "nodes.a.bwlimit",
+        "bad rate",
+    );
+    assert_invalid(
+        &format!("[cluster]\nbwlimt = \"1MiB/s\"\n{NODES}"),
+        2,
+        "cluster.bwlimt",
+        "did you mean \"bwlimit\"",
+    );
+}
+
+#[test]
+fn xattr_lists() {
+    let head = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n";
+    let c = parse(&with_nodes(&format!(
+        "{head}xattrs = true\nxattrs_include = [\"user.*\"]\n"
+    )));
+    let g = &c.groups["g"];
+    assert_eq!(g.xattrs_include, ["user.*"]);
+    assert_eq!(g.xattrs_exclude, ["security.selinux"]);
+    let c = parse(&with_nodes(&format!(
+        "{head}xattrs = true\nxattrs_exclude = []\n"
+    )));
+    assert!(c.groups["g"].xattrs_exclude.is_empty());
+    let c = parse(&with_nodes(head));
+    assert_eq!(c.groups["g"].xattrs_exclude, DEFAULT_XATTRS_EXCLUDE);
+    assert!(c.groups["g"].xattrs_include.is_empty());
+    // Only meaningful with xattrs = true: the first such key is named.
+    assert_invalid(
+        &with_nodes(&format!(
+            "{head}xattrs_exclude = [\"security.*\"]\nxattrs_include = [\"user.*\"]\n"
+        )),
+        10,
+        "groups.g.xattrs_exclude",
+        "xattrs_exclude only applies with xattrs = true",
+    );
+    assert_invalid(
+        &with_nodes(&format!(
+            "{head}xattrs = false\nxattrs_include = [\"user.*\"]\n"
+        )),
+        11,
+        "groups.g.xattrs_include",
+        "set xattrs = true in [groups.g]",
+    );
+    assert_invalid(
+        &with_nodes(&format!(
+            "{head}xattrs = true\nxattrs_include = [\"user.[\"]\n"
+        )),
+        11,
+        "groups.g.xattrs_include",
+        "bad pattern \"user.[\"",
+    );
+    assert_invalid(
+        &with_nodes(&format!(
+            "{head}xattrs = true\nxattrs_include = \"user.*\"\n"
+        )),
+        11,
+        "groups.g.xattrs_include",
+        "expected an array of strings",
+    );
+}
+
+#[test]
+fn backup_max_bytes() {
+    let head = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n";
+    let one = |line: &str| with_nodes(&format!("{head}{line}\n"));
+    assert_eq!(parse(&one("")).groups["g"].backup_max_bytes, None);
+    for (raw, want) in [
+        ("\"0\"", None),
+        ("0", None),
+        ("\"10GiB\"", Some(10 << 30)),
+        ("\"500MB\"", Some(500_000_000)),
+        ("4096", Some(4096)),
+    ] {
+        assert_eq!(
+            parse(&one(&format!("backup_max_bytes = {raw}"))).groups["g"].backup_max_bytes,
+            want,
+            "{raw}"
+        );
+    }
+    assert_invalid(
+        &one("backup_max_bytes = \"lots\""),
+        10,
+        "groups.g.backup_max_bytes",
+        "bad size \"lots\"",
+    );
+    assert_invalid(
+        &one("backup_max_bytes = -1"),
+        10,
+        "groups.g.backup_max_bytes",
+        "out of range",
+    );
+    assert_invalid(
+        &one("backup_max_bytes = [1]"),
+        10,
+        "groups.g.backup_max_bytes",
+        "expected a size such as \"10GiB\" or \"500MB\" (or \"0\" for no limit), found an array",
+    );
+}
+
+#[test]
+fn action_timeout_and_logfile() {
+    let head = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/etc\"]\n[[groups.g.actions]]\npattern = [\"*\"]\nrun = \"x\"\n";
+    let c = parse(&with_nodes(head));
+    let a = &c.groups["g"].actions[0];
+    assert_eq!(a.timeout, Duration::from_secs(60));
+    assert_eq!(a.logfile, None);
+    let c = parse(&with_nodes(&format!(
+        "{head}timeout = \"5m\"\nlogfile = \"/var/log/reload.log\"\n"
+    )));
+    let a = &c.groups["g"].actions[0];
+    assert_eq!(a.timeout, Duration::from_secs(300));
+    assert_eq!(a.logfile.as_deref(), Some(Path::new("/var/log/reload.log")));
+    assert_invalid(
+        &with_nodes(&format!("{head}timeout = \"0s\"\n")),
+        13,
+        "groups.g.actions[0].timeout",
+        "more than 0",
+    );
+    assert_invalid(
+        &with_nodes(&format!("{head}timeout = 60\n")),
+        13,
+        "groups.g.actions[0].timeout",
+        "expected a duration string such as \"60s\", found the number 60",
+    );
+    assert_invalid(
+        &with_nodes(&format!("{head}logfile = \"reload.log\"\n")),
+        13,
+        "groups.g.actions[0].logfile",
+        "bad logfile path \"reload.log\": not an absolute path",
+    );
+    assert_invalid(
+        &with_nodes(&format!("{head}logfle = \"/x\"\n")),
+        13,
+        "groups.g.actions[0].logfle",
+        "did you mean \"logfile\"",
+    );
+}
+
+#[test]
+fn metrics_stale_after() {
+    let c = parse(&format!(
+        "{NODES}[metrics]\nlisten = \"127.0.0.1:9373\"\nstale_after = \"30s\"\n"
+    ));
+    assert_eq!(c.metrics.unwrap().stale_after, Duration::from_secs(30));
+    assert_invalid(
+        &format!("{NODES}[metrics]\nlisten = \"127.0.0.1:9373\"\nstale_after = \"0\"\n"),
+        9,
+        "metrics.stale_after",
+        "bad duration \"0\"",
+    );
+    assert_invalid(
+        &format!("{NODES}[metrics]\nlisten = \"127.0.0.1:9373\"\nstale_after = \"soon\"\n"),
+        9,
+        "metrics.stale_after",
+        "bad duration \"soon\"",
+    );
+}
+
+#[test]
+fn id_placeholder_says_what_to_do() {
+    assert_invalid(
+        "[nodes.web1]\naddress = \"h\"\nid = \"FILL-IN-web1\"\n",
+        3,
+        "nodes.web1.id",
+        "the id of node \"web1\" is not filled in yet (\"FILL-IN-web1\"): run `clustersync --node web1 init` on web1",
+    );
+}
+
+#[test]
+fn type_errors_in_arrays_and_tables() {
+    // An element of the wrong type is reported at its own line.
+    assert_invalid(
+        &with_nodes("[groups.www]\nnodes = [\"web1\",\n 2]\npaths = [\"/a\"]\n"),
+        9,
+        "groups.www.nodes",
+        "expected a string, found the number 2 in the array",
+    );
+    assert_invalid(
+        &format!("groups = 3\n{NODES}"),
+        1,
+        "groups",
+        "expected a table ([groups]), found the number 3",
+    );
+    assert_invalid(
+        &with_nodes("[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\nwatch = 1979-05-27\n"),
+        10,
+        "groups.g.watch",
+        "found the date 1979-05-27",
+    );
+    assert_invalid(
+        &format!("[cluster]\nport = 99999999999999999999999\n{NODES}"),
+        2,
+        "cluster.port",
+        "99999999999999999999999 is out of range (0 to 65535)",
+    );
+}
+
+#[test]
+fn refuse_unsupported_new_features() {
+    let head = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n";
+    let cases = [
+        (
+            format!("{head}backup_max_bytes = \"1GiB\"\n"),
+            10,
+            "groups.g.backup_max_bytes",
+            "backup_max_bytes",
+        ),
+        (
+            format!("{head}xattrs_include = [\"user.*\"]\nxattrs = true\n"),
+            10,
+            "groups.g.xattrs_include",
+            "xattrs_include",
+        ),
+        (
+            "[cluster]\nbwlimit = \"1MiB/s\"\n".to_owned(),
+            2,
+            "cluster.bwlimit",
+            "bwlimit",
+        ),
+    ];
+    for (text, want_line, want_key, what) in cases {
+        let text = if text.starts_with("[cluster]") {
+            format!("{text}{NODES}")
+        } else {
+            with_nodes(&text)
+        };
+        let Err(ConfigError::Invalid {
+            line, key, message, ..
+        }) = parse(&text).refuse_unsupported()
+        else {
+            panic!("{want_key} should be refused");
+        };
+        assert_eq!((line, key.as_str()), (want_line, want_key));
+        assert_eq!(message, format!("not supported yet: {what}"));
+    }
+    let text = format!("{NODES}bwlimit = \"2MiB/s\"\n");
+    let Err(ConfigError::Invalid { line, key, .. }) = parse(&text).refuse_unsupported() else {
+        panic!("node bwlimit should be refused");
+    };
+    assert_eq!((line, key.as_str()), (7, "nodes.web3.bwlimit"));
+    // Zero limits and compress are supported.
+    let c = parse(&format!(
+        "[cluster]\nbwlimit = \"0\"\ncompress = \"off\"\n{NODES}bwlimit = \"0\"\n{head}backup_max_bytes = \"0\"\n"
+    ));
+    assert!(c.refuse_unsupported().is_ok());
+    // Every feature in UNSUPPORTED is refused by one of the cases above or the older tests.
+    assert_eq!(UNSUPPORTED.len(), 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing.
+
+#[track_caller]
+fn assert_round_trip(c: &Config) {
+    let text = c.to_toml();
+    let back = match Config::parse(&text, &c.file) {
+        Ok(b) => b,
+        Err(e) => panic!("written config does not parse: {e}\n--- written:\n{text}"),
+    };
+    assert_eq!(&back, c, "--- written:\n{text}");
+    // Writing is stable: what was read back writes the same text.
+    assert_eq!(back.to_toml(), text);
+}
+
+#[test]
+fn spec_example_round_trips() {
+    let c = parse(&spec_example());
+    assert_round_trip(&c);
+    let text = c.to_toml();
+    assert!(text.contains("[nodes.web1]\n"), "{text}");
+    assert!(text.contains("[[groups.www.actions]]\n"), "{text}");
+    assert!(!text.contains("[nodes]\n"), "{text}");
+}
+
+#[test]
+fn every_setting_round_trips() {
+    let text = format!(
+        "[cluster]\nport = 7000\nbwlimit = \"1.5MiB/s\"\ncompress = \"off\"\n\
+         [nodes.\"web1.example.com\"]\naddress = \"[::1]\"\nlisten = \"[::]:7100\"\nid = \"{ID1}\"\nroot = \"/srv/one\"\nkey = \"/etc/k\"\nmetrics = \"127.0.0.1:9000\"\nbwlimit = \"0\"\n\
+         [nodes.b]\naddress = \"b\"\nbwlimit = \"10MB/s\"\n\
+         [groups.g]\nnodes = [\"b\"]\nreplicas = [\"web1.example.com\"]\npaths = [\"/a\", \"/b/c\"]\nexclude = [\"*.tmp\", \"!keep.tmp\"]\ninclude = [\"*.php\"]\nconflict = \"prefer:b\"\nbackup_generations = 0\nbackup_max_bytes = \"3GiB\"\nowners = \"numeric\"\nxattrs = true\nxattrs_include = [\"user.*\"]\nxattrs_exclude = []\non_drift = \"keep\"\nwatch = false\nrescan = \"0\"\n\
+         [[groups.g.actions]]\npattern = [\"/a/**\"]\nrun = \"printf '%s\\\\n' \\\"$CLUSTERSYNC_PATHS\\\" | xargs -d '\\\\n' touch\"\nlocal = true\ntimeout = \"1m 30s\"\nlogfile = \"/var/log/a.log\"\n\
+         [[groups.g.actions]]\npattern = [\"*\"]\nrun = \"true\"\n\
+         [groups.h]\nnodes = [\"b\"]\npaths = [\"/h\"]\nrescan = \"15m\"\nxattrs = true\n\
+         [accounts]\nnodes = [\"b\"]\nusers = [\"niden\"]\nuid_range = [0, 4294967295]\npasswords = false\ncreate_home = false\n\
+         [metrics]\nlisten = \"127.0.0.1:9373\"\nstale_after = \"500ms\"\n"
+    );
+    let c = parse(&text);
+    assert_eq!(
+        c.groups["g"].actions[0].run,
+        "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' touch"
+    );
+    assert_round_trip(&c);
+    assert_round_trip(&parse(NODES));
+}
+
+#[test]
+fn annotations_add_comments_and_placeholders() {
+    let c = parse(&with_nodes(
+        "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n[[groups.g.actions]]\npattern = [\"*\"]\nrun = \"x\"\n",
+    ));
+    let mut notes = Annotations {
+        header: vec!["made by a test".into(), String::new(), "second line".into()],
+        id_placeholders: true,
+        ..Annotations::default()
+    };
+    notes.note("groups.g", "about g");
+    notes.note("groups.g.actions[0]", "about the action\nover two lines");
+    notes.note("nodes.web2", "about web2");
+    let text = c.to_toml_annotated(&notes);
+    assert!(
+        text.starts_with("# made by a test\n#\n# second line\n\n"),
+        "{text}"
+    );
+    assert!(text.contains("# about g\n[groups.g]\n"), "{text}");
+    assert!(
+        text.contains("# about the action\n# over two lines\n[[groups.g.actions]]\n"),
+        "{text}"
+    );
+    assert!(text.contains("# about web2\n[nodes.web2]\n"), "{text}");
+    assert!(text.contains("id = \"FILL-IN-web3\"\n"), "{text}");
+    // The placeholders are refused, naming the first node.
+    let (line, key, message) = invalid(&text);
+    assert_eq!(key, "nodes.web1.id");
+    assert_eq!(
+        line,
+        text[..text.find("FILL-IN-web1").unwrap()]
+            .matches('\n')
+            .count()
+            + 1
+    );
+    assert!(message.contains("not filled in yet"), "{message}");
+    // With the ids filled in, it is the same config.
+    let filled = text
+        .replace("FILL-IN-web1", &"1".repeat(64))
+        .replace("FILL-IN-web2", &"2".repeat(64))
+        .replace("FILL-IN-web3", &"3".repeat(64));
+    let mut back = parse(&filled);
+    for n in back.nodes.values_mut() {
+        n.id = None;
+    }
+    assert_eq!(back, c);
+}
+
+#[test]
+fn check_validates_a_built_config() {
+    let mut c = Config::new("/etc/cs.toml");
+    c.nodes
+        .insert("a".into(), NodeConfig::new("a", "10.0.0.1:7373"));
+    let mut g = GroupConfig::new("g");
+    g.nodes.push("a".into());
+    g.paths.push("/srv".into());
+    g.actions
+        .push(ActionConfig::new(vec!["/srv/**".into()], "true"));
+    c.groups.insert("g".into(), g);
+    assert_eq!(c.check().unwrap(), c);
+    c.groups.get_mut("g").unwrap().nodes.push("b".into());
+    let Err(ConfigError::Invalid { key, message, .. }) = c.check() else {
+        panic!("b is not defined");
+    };
+    assert_eq!(key, "groups.g.nodes");
+    assert!(message.contains("\"b\" is listed in groups.g.nodes but not defined"));
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9._-]{0,6}"
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*.tmp".to_owned()),
+            Just("cache/".to_owned()),
+            Just("!keep.tmp".to_owned()),
+            Just("/x/**".to_owned()),
+            "[a-z]{1,5}",
+            "[a-z]{1,3}/[a-z]{1,3}",
+        ]
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        (1u64..10_000_000).prop_map(Duration::from_millis)
+    }
+
+    fn limit() -> impl Strategy<Value = Option<u64>> {
+        prop_oneof![Just(None), (1u64..u64::MAX / 2).prop_map(Some)]
+    }
+
+    prop_compose! {
+        fn node(name: String, i: usize)(
+            listen in proptest::option::of(Just(format!("10.1.0.{i}:8000"))),
+            id in proptest::option::of("[0-9a-f]{64}"),
+            root in prop_oneof![Just("/".to_owned()), "/[a-z]{1,5}(/[a-z]{1,5})?"],
+            metrics in proptest::option::of(Just("127.0.0.1:9100".to_owned())),
+            bwlimit in proptest::option::of(limit()),
+        ) -> NodeConfig {
+            NodeConfig {
+                name: name.clone(),
+                address: format!("10.0.0.{i}:7373"),
+                listen,
+                // Ids must differ between nodes: make them so.
+                id: id.map(|id| format!("{:02x}{}", i, &id[2..])),
+                root: PathBuf::from(root),
+                key: None,
+                metrics,
+                bwlimit,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn action()(
+            pattern in proptest::collection::vec(pattern(), 1..3),
+            run in "[a-z $'\"\\\\%|]{1,20}",
+            local in any::<bool>(),
+            timeout in duration(),
+            logfile in proptest::option::of("/var/log/[a-z]{1,5}"),
+        ) -> ActionConfig {
+            ActionConfig {
+                pattern,
+                run: format!("x{run}"),
+                local,
+                timeout,
+                logfile: logfile.map(PathBuf::from),
+            }
+        }
+    }
+
+    prop_compose! {
+        fn settings()(
+            exclude in proptest::collection::vec(pattern(), 0..3),
+            include in proptest::collection::vec(pattern(), 0..2),
+            conflict in 0usize..6,
+            backup_generations in 0u32..100,
+            backup_max_bytes in limit(),
+            owners in prop_oneof![Just(Owners::ByName), Just(Owners::Numeric), Just(Owners::Ignore)],
+            xattrs in any::<bool>(),
+            xattrs_include in proptest::collection::vec("user\\.[a-z*]{1,4}", 0..2),
+            xattrs_exclude in proptest::option::of(proptest::collection::vec("security\\.[a-z*]{1,4}", 0..2)),
+            on_drift in proptest::option::of(prop_oneof![Just(OnDrift::Revert), Just(OnDrift::Keep)]),
+            watch in any::<bool>(),
+            rescan in proptest::option::of(duration()),
+            actions in proptest::collection::vec(action(), 0..3),
+        ) -> GroupConfig {
+            let mut g = GroupConfig::new("x");
+            g.exclude = exclude;
+            g.include = include;
+            g.conflict = match conflict {
+                0 => ConflictPolicy::Newest,
+                1 => ConflictPolicy::Oldest,
+                2 => ConflictPolicy::Largest,
+                3 => ConflictPolicy::Smallest,
+                4 => ConflictPolicy::Manual,
+                _ => ConflictPolicy::Prefer(String::new()),
+            };
+            g.backup_generations = backup_generations;
+            g.backup_max_bytes = backup_max_bytes;
+            g.owners = owners;
+            g.xattrs = xattrs;
+            if xattrs {
+                g.xattrs_include = xattrs_include;
+                if let Some(x) = xattrs_exclude {
+                    g.xattrs_exclude = x;
+                }
+            }
+            g.on_drift_set = on_drift.is_some();
+            g.on_drift = on_drift.unwrap_or(OnDrift::Revert);
+            g.watch = watch;
+            g.rescan = rescan;
+            g.actions = actions;
+            g
+        }
+    }
+
+    /// A valid config: 1-4 nodes, 0-3 groups over disjoint paths.
+    fn config() -> impl Strategy<Value = Config> {
+        (
+            proptest::collection::btree_set(name(), 1..5),
+            1u16..u16::MAX,
+            limit(),
+            any::<bool>(),
+        )
+            .prop_flat_map(|(names, port, bwlimit, compress_off)| {
+                let names: Vec<String> = names.into_iter().collect();
+                let nodes: Vec<_> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| node(n.clone(), i + 1))
+                    .collect();
+                let n = names.len();
+                let groups = proptest::collection::vec(
+                    (
+                        settings(),
+                        proptest::collection::vec(any::<bool>(), n),
+                        0..n,
+                    ),
+                    0..4,
+                );
+                (
+                    nodes,
+                    groups,
+                    proptest::option::of((
+                        proptest::collection::vec(any::<bool>(), n),
+                        0u32..5000,
+                        0u32..5000,
+                        any::<bool>(),
+                        any::<bool>(),
+                    )),
+                    proptest::option::of((duration(), 1u16..u16::MAX)),
+                    Just((names, port, bwlimit, compress_off)),
+                )
+            })
+            .prop_map(
+                |(nodes, groups, accounts, metrics, (names, port, bwlimit, compress_off))| {
+                    let mut c = Config::new("/etc/cs.toml");
+                    c.port = port;
+                    c.bwlimit = bwlimit;
+                    c.compress = if compress_off {
+                        Compress::Off
+                    } else {
+                        Compress::Auto
+                    };
+                    for n in nodes {
+                        c.nodes.insert(n.name.clone(), n);
+                    }
+                    for (i, (mut g, members, full_one)) in groups.into_iter().enumerate() {
+                        g.name = format!("g{i}");
+                        // The node at `full_one` is always a full member; the others are full
+                        // members or replicas by `members`.
+                        for (j, name) in names.iter().enumerate() {
+                            if j == full_one || members[j] {
+                                g.nodes.push(name.clone());
+                            } else if j % 2 == 0 {
+                                g.replicas.push(name.clone());
+                            }
+                        }
+                        if let ConflictPolicy::Prefer(_) = g.conflict {
+                            g.conflict = ConflictPolicy::Prefer(g.nodes[0].clone());
+                        }
+                        g.paths = vec![format!("/srv/g{i}"), format!("/etc/g{i}.conf")];
+                        c.groups.insert(g.name.clone(), g);
+                    }
+                    c.accounts = accounts.map(|(members, lo, span, passwords, create_home)| {
+                        AccountsConfig {
+                            nodes: members.iter().any(|m| *m).then(|| {
+                                names
+                                    .iter()
+                                    .zip(&members)
+                                    .filter(|(_, m)| **m)
+                                    .map(|(n, _)| n.clone())
+                                    .collect()
+                            }),
+                            users: vec!["niden".into()],
+                            uid_range: Some((lo, lo + span)),
+                            passwords,
+                            create_home,
+                        }
+                    });
+                    c.metrics = metrics.map(|(stale_after, port)| MetricsConfig {
+                        listen: format!("127.0.0.1:{port}"),
+                        stale_after,
+                    });
+                    c
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn written_configs_read_back_equal(c in config()) {
+            let text = c.to_toml();
+            let back = Config::parse(&text, &c.file);
+            prop_assert!(back.is_ok(), "{:?}\n--- written:\n{}", back.err(), text);
+            prop_assert_eq!(back.ok(), Some(c));
+        }
+    }
 }

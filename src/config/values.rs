@@ -217,8 +217,7 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
         }
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty())
-    {
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
         return Err(format!("{number:?} is not a number"));
     }
     let too_large = || "it is too large".to_owned();
@@ -237,8 +236,13 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
 /// A size written so that [`parse_size`] reads it back exactly: in the largest binary unit
 /// that divides it, else in bytes.
 pub fn format_size(bytes: u64) -> String {
-    for (unit, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= factor && bytes % factor == 0 {
+    for (unit, factor) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }
@@ -379,7 +383,11 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("0", true), Ok(None));
         assert_eq!(parse_duration("0s", true), Ok(None));
-        assert!(parse_duration("0s", false).unwrap_err().contains("more than 0"));
+        assert!(
+            parse_duration("0s", false)
+                .unwrap_err()
+                .contains("more than 0")
+        );
         assert_eq!(
             parse_duration("1m 30s", false),
             Ok(Some(Duration::from_secs(90)))

@@ -52,7 +52,9 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
     }
     let cluster = RawCluster {
         port: Some(unplaced(c.port)),
-        bwlimit: c.bwlimit.map(|b| unplaced(Scalar::Str(format_rate(Some(b))))),
+        bwlimit: c
+            .bwlimit
+            .map(|b| unplaced(Scalar::Str(format_rate(Some(b))))),
         compress: (c.compress != Compress::Auto).then(|| unplaced(c.compress.to_string())),
     };
     section(
@@ -149,6 +151,9 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
 
 fn comment(out: &mut String, lines: &[String]) {
     for line in lines {
+        if line.is_empty() {
+            out.push_str("#\n");
+        }
         for l in line.lines() {
             if l.is_empty() {
                 out.push_str("#\n");
@@ -197,7 +202,11 @@ fn raw_node(n: &NodeConfig) -> RawNode {
 
 fn raw_group(g: &GroupConfig) -> RawGroup {
     let listed = |v: &Vec<String>| (!v.is_empty()).then(|| strings(v));
-    let default_xattrs_exclude = g.xattrs_exclude.iter().map(String::as_str).eq(DEFAULT_XATTRS_EXCLUDE.iter().copied());
+    let default_xattrs_exclude = g
+        .xattrs_exclude
+        .iter()
+        .map(String::as_str)
+        .eq(DEFAULT_XATTRS_EXCLUDE.iter().copied());
     RawGroup {
         nodes: Some(strings(&g.nodes)),
         replicas: listed(&g.replicas),
@@ -217,9 +226,15 @@ fn raw_group(g: &GroupConfig) -> RawGroup {
             }))
         }),
         actions: None,
-        xattrs_include: if g.xattrs { listed(&g.xattrs_include) } else { None },
+        xattrs_include: if g.xattrs {
+            listed(&g.xattrs_include)
+        } else {
+            None
+        },
         xattrs_exclude: (g.xattrs && !default_xattrs_exclude).then(|| strings(&g.xattrs_exclude)),
-        backup_max_bytes: g.backup_max_bytes.map(|b| unplaced(Scalar::Str(format_size(b)))),
+        backup_max_bytes: g
+            .backup_max_bytes
+            .map(|b| unplaced(Scalar::Str(format_size(b)))),
     }
 }
 
