@@ -97,8 +97,24 @@ pub enum Cmd {
         to: Option<PathBuf>,
     },
     /// Translate a csync2.cfg into clustersync TOML on stdout
-    #[command(name = "import-csync2")]
-    ImportCsync2 { file: PathBuf },
+    #[command(
+        name = "import-csync2",
+        long_about = "Translate a csync2 configuration (csync2.cfg, with the files its `config` \
+                      statements include) into a clustersync configuration, printed on stdout.\n\n\
+                      Every csync2 host becomes a [nodes.NAME] section with address HOST:7373 and \
+                      the id placeholder \"FILL-IN-NAME\": run `clustersync --node NAME init` on \
+                      each node and put the id it prints there. Groups keep their hosts (hosts in \
+                      parentheses become replicas), include/exclude patterns, auto conflict \
+                      method, backup generations and actions. What has no equivalent (group keys, \
+                      nossl, backup-directory, compare, ...) is kept as a comment saying why, and \
+                      listed on stderr. Nothing is written to disk.\n\n\
+                      Exit status 2, with FILE:LINE: message, when the file cannot be read or \
+                      parsed."
+    )]
+    ImportCsync2 {
+        /// The csync2 configuration to translate, e.g. /etc/csync2.cfg
+        file: PathBuf,
+    },
     /// Start a 3-node cluster on this machine under a temp dir and show changes travelling
     Demo,
     /// Print a shell completion script
@@ -263,10 +279,13 @@ async fn run(args: Args) -> Result<u8> {
             generation,
             to,
         } => restore(&s, &path, generation, to.as_deref()).await,
-        Cmd::ImportCsync2 { file } => Err(exit(
-            1,
-            format!("import-csync2 {}: not supported yet", file.display()),
-        )),
+        Cmd::ImportCsync2 { file } => {
+            let imported =
+                crate::import::import_csync2(&file).map_err(|e| exit(2, e.to_string()))?;
+            print!("{}", imported.to_toml());
+            eprint!("{}", imported.report());
+            Ok(0)
+        }
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
         Cmd::Completions { shell } => {
             clap_complete::generate(

@@ -16,6 +16,7 @@ pub mod control;
 pub mod demo;
 pub mod filter;
 pub mod identity;
+pub mod import;
 pub mod index;
 pub mod node;
 pub mod owners;

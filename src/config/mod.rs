@@ -72,7 +72,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use values::{check_pattern, normalise_path, valid_name};
+pub use values::{check_host, check_pattern, normalise_path, valid_name};
 pub use write::Annotations;
 
 /// Where the configuration file is read from unless `-c/--config` or `CLUSTERSYNC_CONFIG`
