@@ -273,7 +273,6 @@ pub struct MetricsConfig {
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable, not UTF-8).
     #[error("cannot read config file {file}: {source}")]
