@@ -1140,17 +1140,19 @@ fn common_tail<'a>(paths: impl Iterator<Item = &'a String>) -> String {
     let split: Vec<Vec<&str>> = paths
         .map(|p| p.split('/').filter(|c| !c.is_empty()).collect())
         .collect();
+    let Some(first) = split.first() else {
+        return "/".to_owned();
+    };
     let shortest = split.iter().map(Vec::len).min().unwrap_or(0);
     let mut n = 0;
     while n < shortest {
-        let c = split[0][split[0].len() - 1 - n];
+        let c = first[first.len() - 1 - n];
         if split.iter().all(|s| s[s.len() - 1 - n] == c) {
             n += 1;
         } else {
             break;
         }
     }
-    let first = &split[0];
     format!("/{}", first[first.len() - n..].join("/"))
 }
 
@@ -1230,50 +1232,83 @@ fn escape_name(p: &str) -> String {
     s
 }
 
-/// fnmatch(3): `*`, `?`, `[...]` (with `!`/`^` negation and ranges) and `\` escapes; with
-/// `pathname` (`FNM_PATHNAME`), wildcards do not match `/`.
+/// fnmatch(3): `*`, `?`, `[...]` (with `!`/`^` negation and ranges) and `\\` escapes; with
+/// `pathname` (`FNM_PATHNAME`), wildcards do not match `/`. Linear in the product of the
+/// lengths (no backtracking blow-up on patterns with many stars).
 pub fn fnmatch(pattern: &str, text: &str, pathname: bool) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
+    let tokens = glob_tokens(pattern);
     let t: Vec<char> = text.chars().collect();
-    fnmatch_chars(&p, &t, pathname)
-}
-
-fn fnmatch_chars(p: &[char], t: &[char], pathname: bool) -> bool {
     let one = |c: char| !(pathname && c == '/');
-    match p.first() {
-        None => t.is_empty(),
-        Some('*') => {
-            let rest = &p[1..];
-            for i in 0..=t.len() {
-                if fnmatch_chars(rest, &t[i..], pathname) {
-                    return true;
+    // dp[j]: tokens[i..] match t[j..], for the current i, computed from the end.
+    let mut dp = vec![false; t.len() + 1];
+    dp[t.len()] = true;
+    for tok in tokens.iter().rev() {
+        let mut next = vec![false; t.len() + 1];
+        for j in (0..=t.len()).rev() {
+            next[j] = match tok {
+                GlobToken::Star => dp[j] || (j < t.len() && one(t[j]) && next[j + 1]),
+                GlobToken::Any => j < t.len() && one(t[j]) && dp[j + 1],
+                GlobToken::Set(negate, ranges) => {
+                    j < t.len()
+                        && one(t[j])
+                        && ranges.iter().any(|&(lo, hi)| lo <= t[j] && t[j] <= hi) != *negate
+                        && dp[j + 1]
                 }
-                if i < t.len() && !one(t[i]) {
-                    return false;
-                }
-            }
-            false
+                GlobToken::Lit(c) => j < t.len() && t[j] == *c && dp[j + 1],
+            };
         }
-        Some('?') => !t.is_empty() && one(t[0]) && fnmatch_chars(&p[1..], &t[1..], pathname),
-        Some('[') => match bracket(p) {
-            Some((len, set)) => {
-                !t.is_empty()
-                    && one(t[0])
-                    && set(t[0])
-                    && fnmatch_chars(&p[len..], &t[1..], pathname)
-            }
-            None => !t.is_empty() && t[0] == '[' && fnmatch_chars(&p[1..], &t[1..], pathname),
-        },
-        Some('\\') if p.len() > 1 => {
-            !t.is_empty() && t[0] == p[1] && fnmatch_chars(&p[2..], &t[1..], pathname)
-        }
-        Some(&c) => !t.is_empty() && t[0] == c && fnmatch_chars(&p[1..], &t[1..], pathname),
+        dp = next;
     }
+    dp[0]
 }
 
-/// A bracket expression at the start of `p`: its length and its test, or `None` if unclosed.
-#[allow(clippy::type_complexity)]
-fn bracket(p: &[char]) -> Option<(usize, Box<dyn Fn(char) -> bool>)> {
+enum GlobToken {
+    Star,
+    Any,
+    /// Negated, and the ranges of characters (a single character is a range of one).
+    Set(bool, Vec<(char, char)>),
+    Lit(char),
+}
+
+fn glob_tokens(pattern: &str) -> Vec<GlobToken> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '*' => {
+                out.push(GlobToken::Star);
+                i += 1;
+            }
+            '?' => {
+                out.push(GlobToken::Any);
+                i += 1;
+            }
+            '\\' if i + 1 < p.len() => {
+                out.push(GlobToken::Lit(p[i + 1]));
+                i += 2;
+            }
+            '[' => match bracket(&p[i..]) {
+                Some((len, set)) => {
+                    out.push(set);
+                    i += len;
+                }
+                None => {
+                    out.push(GlobToken::Lit('['));
+                    i += 1;
+                }
+            },
+            c => {
+                out.push(GlobToken::Lit(c));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A bracket expression at the start of `p`: its length and its set, or `None` if unclosed.
+fn bracket(p: &[char]) -> Option<(usize, GlobToken)> {
     let mut i = 1;
     let negate = matches!(p.get(i), Some('!' | '^'));
     if negate {
@@ -1294,10 +1329,7 @@ fn bracket(p: &[char]) -> Option<(usize, Box<dyn Fn(char) -> bool>)> {
             i += 1;
         }
     }
-    Some((
-        i + 1,
-        Box::new(move |ch| ranges.iter().any(|&(lo, hi)| lo <= ch && ch <= hi) != negate),
-    ))
+    Some((i + 1, GlobToken::Set(negate, ranges)))
 }
 
 /// csync2's path match: `pattern` matches `path` or a directory above it (`FNM_LEADING_DIR`),
@@ -1737,6 +1769,10 @@ mod tests {
         assert!(fnmatch_leading("/a/*", "/a/b/c"));
         assert!(!fnmatch_leading("/a/b", "/a/bc"));
         assert!(fnmatch_leading("/**/x", "/a/b/x/y"));
+        // Many stars do not blow up.
+        let long = "a".repeat(200);
+        assert!(!fnmatch(&format!("{}b", "*a".repeat(30)), &long, false));
+        assert!(fnmatch(&"*a".repeat(30), &long, true));
     }
 
     #[test]
