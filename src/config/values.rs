@@ -168,7 +168,15 @@ pub fn parse_duration(raw: &str, zero_disables: bool) -> Result<Option<Duration>
 
 /// A duration written so that [`parse_duration`] reads it back exactly.
 pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    let human = humantime::format_duration(d).to_string();
+    if humantime::parse_duration(&human).ok() == Some(d) {
+        return human;
+    }
+    // Very long durations: humantime's years and months do not always read back exactly.
+    match d.subsec_nanos() {
+        0 => format!("{}s", d.as_secs()),
+        n => format!("{}s {n}ns", d.as_secs()),
+    }
 }
 
 /// Byte units: name, factor. Decimal units take a `k`/`K`, `M`, `G` or `T` before `B`;
@@ -396,5 +404,17 @@ mod tests {
             let d = Duration::from_millis(d);
             assert_eq!(parse_duration(&format_duration(d), false), Ok(Some(d)));
         }
+        for d in [
+            Duration::new(u64::MAX, 999_999_999),
+            Duration::new(u64::MAX / 3, 1),
+            Duration::from_secs(400 * 365 * 86400 + 7),
+        ] {
+            assert_eq!(
+                parse_duration(&format_duration(d), false),
+                Ok(Some(d)),
+                "{d:?}"
+            );
+        }
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
     }
 }
