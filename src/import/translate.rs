@@ -856,7 +856,10 @@ impl Translation<'_> {
                 // A later include wins over the earlier excludes it covers.
                 excludes.retain(|(e, _)| !inside(&path, &literal_prefix(e)));
                 if paths.iter().any(|q| inside(q, &path)) {
-                    if let Some((e, _)) = excludes.iter().find(|(e, _)| fnmatch_leading(e, &path)) {
+                    let takes_back = |e: &String| {
+                        fnmatch_leading(e, &path) || relative_pattern(e, &path).is_some()
+                    };
+                    if let Some((e, _)) = excludes.iter().find(|(e, _)| takes_back(e)) {
                         self.note(
                             &p.loc,
                             sec(),
@@ -1500,7 +1503,16 @@ mod tests {
         let g = &i.config.groups["g"];
         assert_eq!(g.paths, ["/a"]);
         assert!(g.exclude.is_empty(), "{:?}", g.exclude);
-        // Taking back part of an excluded directory cannot be said: noted.
+        // Taking back what an exclude left out cannot be said: noted.
+        let i = import(&group(
+            "include /var;\nexclude /var/*/cache;\ninclude /var/www;\n",
+        ));
+        assert_eq!(i.config.groups["g"].exclude, ["/*/cache"]);
+        assert_noted(
+            &i,
+            5,
+            "takes back part of what exclude /var/*/cache left out",
+        );
         let i = import(&group("include /a;\nexclude /a/b;\ninclude /a/b/c;\n"));
         let g = &i.config.groups["g"];
         assert_eq!(
