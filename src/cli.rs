@@ -124,11 +124,23 @@ pub enum Cmd {
         /// The group to start over on this node
         group: String,
     },
-    /// Translate a csync2.cfg into clustersync TOML on stdout (what cannot be carried over is
-    /// listed on stderr)
-    #[command(name = "import-csync2")]
+    /// Translate a csync2.cfg into clustersync TOML on stdout
+    #[command(
+        name = "import-csync2",
+        long_about = "Translate a csync2 configuration (csync2.cfg, with the files its `config` \
+                      statements include) into a clustersync configuration, printed on stdout.\n\n\
+                      Every csync2 host becomes a [nodes.NAME] section with address HOST:7373 and \
+                      the id placeholder \"FILL-IN-NAME\": run `clustersync --node NAME init` on \
+                      each node and put the id it prints there. Groups keep their hosts (hosts in \
+                      parentheses become replicas), include/exclude patterns, auto conflict \
+                      method, backup generations and actions. What has no equivalent (group keys, \
+                      nossl, backup-directory, compare, ...) is kept as a comment saying why, and \
+                      listed on stderr. Nothing is written to disk.\n\n\
+                      Exit status 2, with FILE:LINE: message, when the file cannot be read or \
+                      parsed."
+    )]
     ImportCsync2 {
-        /// The csync2 configuration file
+        /// The csync2 configuration to translate, e.g. /etc/csync2.cfg
         file: PathBuf,
     },
     /// Start a 3-node cluster on this machine under a temp dir and show changes travelling
@@ -274,10 +286,13 @@ async fn run(args: Args) -> Result<u8> {
             to,
         } => restore(&s, &path, generation, to.as_deref()).await,
         Cmd::Reset { group } => reset(&s, &group).await,
-        Cmd::ImportCsync2 { file } => Err(exit(
-            1,
-            format!("import-csync2 {}: not supported yet", file.display()),
-        )),
+        Cmd::ImportCsync2 { file } => {
+            let imported =
+                crate::import::import_csync2(&file).map_err(|e| exit(2, e.to_string()))?;
+            print!("{}", imported.to_toml());
+            eprint!("{}", imported.report());
+            Ok(0)
+        }
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod engine;
 pub mod fs;
 pub mod identity;
+pub mod import;
 pub mod item;
 pub mod local;
 pub mod net;
