@@ -67,33 +67,47 @@ pub enum Cmd {
     },
     /// Groups, files, pending work, conflicts, peers, lag
     Status {
+        /// Print one JSON object (node, groups, peers) for scripts instead of the table
         #[arg(long)]
         json: bool,
     },
     /// List unresolved and recently auto-resolved conflicts
     Conflicts {
+        /// Print {"conflicts": [...]} as JSON for scripts instead of one line per conflict
         #[arg(long)]
         json: bool,
     },
     /// Resolve a conflict by choosing one node's version
     Resolve {
+        /// The conflicting path, as in the config (or with this node's root prefix)
+        #[arg(value_name = "PATH")]
         path: String,
-        #[arg(long)]
+        /// The node whose version every node keeps; the other versions are kept as backups
+        #[arg(long, value_name = "NODE")]
         keep: String,
     },
     /// Tell the daemon these paths changed
     Mark {
-        #[arg(required = true)]
+        /// Changed files or directories inside this node's groups
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
     /// List kept previous versions of PATH
-    Backups { path: String },
+    Backups {
+        /// A path inside one of this node's groups (it may be deleted)
+        #[arg(value_name = "PATH")]
+        path: String,
+    },
     /// Put back a kept version (default: the newest)
     Restore {
+        /// A path inside one of this node's groups (it may be deleted)
+        #[arg(value_name = "PATH")]
         path: String,
-        #[arg(long)]
+        /// Which kept version: 1 is the newest, as numbered by `clustersync backups PATH`
+        #[arg(long, value_name = "N")]
         generation: Option<usize>,
-        #[arg(long)]
+        /// Write the version to DEST instead, a local copy that is not synced
+        #[arg(long, value_name = "DEST")]
         to: Option<PathBuf>,
     },
     /// Translate a csync2.cfg into clustersync TOML on stdout
@@ -103,6 +117,34 @@ pub enum Cmd {
     Demo,
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), for packaging
+    #[command(hide = true)]
+    Man,
+}
+
+/// The manual page clustersync(1), generated from these definitions.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// The completion script for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut out);
+    out
+}
+
+/// Write `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> Result<u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(exit(1, format!("writing to stdout: {e}"))),
+    }
 }
 
 /// Settings every command can rely on.
@@ -268,15 +310,8 @@ async fn run(args: Args) -> Result<u8> {
             format!("import-csync2 {}: not supported yet", file.display()),
         )),
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
-        Cmd::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Args::command(),
-                "clustersync",
-                &mut std::io::stdout(),
-            );
-            Ok(0)
-        }
+        Cmd::Completions { shell } => print_bytes(&completion_script(shell)),
+        Cmd::Man => print_bytes(&man_page().map_err(|e| exit(1, format!("man page: {e}")))?),
     }
 }
 

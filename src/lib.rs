@@ -18,6 +18,7 @@ pub mod filter;
 pub mod identity;
 pub mod index;
 pub mod node;
+pub mod ops;
 pub mod owners;
 pub mod paths;
 pub mod peer;
