@@ -5,7 +5,8 @@
 #
 #   scripts/package-deb.sh [extra cargo-deb arguments]
 #
-# The package lands in $CARGO_TARGET_DIR/debian/ (default target/debian/); check it with
+# The package (and clustersync-dbgsym_*.ddeb) land in $CARGO_TARGET_DIR/debian/ (default
+# target/debian/); check it with
 #   dpkg -c target/debian/clustersync_*.deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,7 @@ echo "== man page and completions into $dist"
 "$bin" completions zsh > "$dist/completions/_clustersync"
 "$bin" completions fish > "$dist/completions/clustersync.fish"
 
+# --dbgsym: the binary in the package is stripped; its debug info (line tables, for
+# backtraces) goes into a separate clustersync-dbgsym .ddeb beside it.
 echo "== cargo deb"
-cargo deb --no-build --locked "$@"
+cargo deb --no-build --locked --dbgsym "$@"

@@ -278,3 +278,51 @@ fn every_option_and_argument_has_help_text() {
         }
     }
 }
+
+#[test]
+fn metrics_and_monitoring_examples_pass_promtool() {
+    let Some(promtool) = tool("promtool") else {
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    use clustersync::ops::metrics::{GroupGauges, Metrics};
+    let m = Metrics::new();
+    m.set_group("www", GroupGauges::default());
+    m.set_peer("web2", true, 0);
+    m.add_peer_bytes("web2", 1, 1);
+    m.changes_applied("www", 1);
+    m.changes_sent("www", 1);
+    m.observe_apply_latency("www", std::time::Duration::from_millis(4));
+    m.observe_scan("www", std::time::Duration::from_secs(1));
+    m.action_finished("www", 0, false);
+    let text = m.encode().unwrap();
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(repo("dist/monitoring/clustersync-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
