@@ -32,9 +32,13 @@
 //!
 //! The command runs as `/bin/sh -c RUN` in its own process group, working directory `/`,
 //! stdin from /dev/null, with `CLUSTERSYNC_PATHS` (the matched paths, sorted, de-duplicated,
-//! newline-separated), `CLUSTERSYNC_NODE`, `CLUSTERSYNC_GROUP`, `CLUSTERSYNC_PATHS_COUNT` (how
-//! many paths matched in all) and `CLUSTERSYNC_PATHS_TRUNCATED=1` when the list is not complete
-//! (over `max_paths`, or over [`ENV_PATHS_MAX_BYTES`]: Linux refuses a larger single variable).
+//! newline-separated), `CLUSTERSYNC_NODE`, `CLUSTERSYNC_GROUP` and `CLUSTERSYNC_PATHS_COUNT`
+//! (how many paths matched in all). Linux refuses a single variable over 128 KiB, so a list
+//! longer than [`ENV_PATHS_MAX_BYTES`] is cut there (at a whole path), and then
+//! `CLUSTERSYNC_PATHS_TRUNCATED=1` is set and `CLUSTERSYNC_PATHS_FILE` names a private temporary
+//! file with the whole list, one path per line, removed after the run. Over `max_paths` the
+//! paths beyond it are not kept at all: the result says `truncated` and the count tells how many
+//! there were.
 //! systemd's `NOTIFY_SOCKET`, `WATCHDOG_*` and `LISTEN_*` are removed from its environment.
 //! Its stdout lines are logged at INFO and stderr lines at WARN (at most
 //! `max_log_lines` per run), and all of them are appended to `logfile` when one is set.
@@ -138,6 +142,8 @@ pub struct RunnerOptions {
     pub output_drain: Duration,
     /// The shell; `/bin/sh`.
     pub shell: PathBuf,
+    /// Where `CLUSTERSYNC_PATHS_FILE` lists are written (the system's temp dir).
+    pub tmp_dir: PathBuf,
 }
 
 impl RunnerOptions {
@@ -152,6 +158,7 @@ impl RunnerOptions {
             max_log_lines: 200,
             output_drain: Duration::from_secs(1),
             shell: PathBuf::from("/bin/sh"),
+            tmp_dir: std::env::temp_dir(),
         }
     }
 }
@@ -211,9 +218,9 @@ pub struct ActionResult {
     /// How long it ran.
     #[serde(rename = "duration_ms", serialize_with = "ser_millis")]
     pub duration: Duration,
-    /// How many distinct paths matched (also those left out of the list).
+    /// How many distinct paths matched (also those over the cap).
     pub paths: usize,
-    /// Not every matched path is in `CLUSTERSYNC_PATHS`.
+    /// Not every matched path was given to the command (over `max_paths`).
     pub truncated: bool,
     pub outcome: Outcome,
 }
@@ -576,6 +583,21 @@ fn join_paths(paths: &[String], max_bytes: usize) -> (String, usize) {
     (s, 0)
 }
 
+/// The whole list, one path per line, in a new private file in `dir`.
+async fn write_list(dir: &Path, paths: &[String]) -> std::io::Result<tempfile::NamedTempFile> {
+    let f = tempfile::Builder::new()
+        .prefix("clustersync-action-")
+        .suffix(".paths")
+        .tempfile_in(dir)?;
+    let mut w = tokio::io::BufWriter::new(tokio::fs::File::from_std(f.reopen()?));
+    for p in paths {
+        w.write_all(p.as_bytes()).await?;
+        w.write_all(b"\n").await?;
+    }
+    w.flush().await?;
+    Ok(f)
+}
+
 /// Where a run's output goes.
 struct OutputSink {
     label: String,
@@ -716,12 +738,32 @@ async fn execute(inner: &Inner, i: usize, batch: Batch) -> ActionResult {
     let t0 = Instant::now();
     let total = batch.paths.len() + batch.dropped;
     let (env_paths, omitted) = join_paths(&batch.paths, ENV_PATHS_MAX_BYTES);
-    let truncated = batch.dropped > 0 || omitted > 0;
+    // removed when dropped, at the end of the run
+    let list_file = if omitted > 0 {
+        match write_list(&opts.tmp_dir, &batch.paths).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(
+                    "action {}: cannot write the list of paths in {}: {e}",
+                    spec.label(),
+                    opts.tmp_dir.display()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let truncated = batch.dropped > 0 || (omitted > 0 && list_file.is_none());
     if truncated {
         tracing::warn!(
-            "action {}: {total} changed paths, only {} of them listed in CLUSTERSYNC_PATHS",
+            "action {}: {total} changed paths, only {} of them given to it",
             spec.label(),
-            batch.paths.len() - omitted
+            if list_file.is_some() {
+                batch.paths.len()
+            } else {
+                batch.paths.len() - omitted
+            }
         );
     }
     let mut sink = OutputSink::open(spec, opts.max_log_lines).await;
@@ -756,11 +798,15 @@ async fn execute(inner: &Inner, i: usize, batch: Batch) -> ActionResult {
         .env("CLUSTERSYNC_NODE", &opts.node)
         .env("CLUSTERSYNC_GROUP", &spec.group)
         .kill_on_drop(true);
-    if truncated {
+    if omitted > 0 || batch.dropped > 0 {
         cmd.env("CLUSTERSYNC_PATHS_TRUNCATED", "1");
     } else {
         cmd.env_remove("CLUSTERSYNC_PATHS_TRUNCATED");
     }
+    match &list_file {
+        Some(f) => cmd.env("CLUSTERSYNC_PATHS_FILE", f.path()),
+        None => cmd.env_remove("CLUSTERSYNC_PATHS_FILE"),
+    };
     for v in SERVICE_ENV {
         cmd.env_remove(v);
     }
@@ -1044,6 +1090,56 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].paths, 1000);
         assert!(r[0].success() && !r[0].truncated);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn twenty_thousand_files_run_once_with_the_list_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let run = format!(
+            "{{ echo \"$CLUSTERSYNC_PATHS_COUNT $CLUSTERSYNC_PATHS_TRUNCATED\"; printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | wc -l; cat \"$CLUSTERSYNC_PATHS_FILE\"; }} > {}",
+            q(&out)
+        );
+        let o = RunnerOptions {
+            quiet: Duration::from_millis(300),
+            max_delay: Duration::from_secs(5),
+            tmp_dir: tmp.clone(),
+            ..opts()
+        };
+        let f = Fixture::new(vec![spec(&["/srv/www/**"], &run)], o);
+        // an initial sync: 200 batches of 100 files
+        for b in 0..200 {
+            let batch: Vec<String> = (0..100)
+                .map(|i| format!("/srv/www/site/d{b:03}/file{i:03}.html"))
+                .collect();
+            f.runner.notify("www", &batch, false);
+        }
+        f.wait_runs(0, 1).await;
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("20000 1"));
+        let in_env: usize = lines.next().unwrap().trim().parse().unwrap();
+        assert!(
+            (1000..20000).contains(&in_env),
+            "{in_env} paths in the variable"
+        );
+        let listed: Vec<&str> = lines.collect();
+        assert_eq!(listed.len(), 20000);
+        assert!(
+            listed.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+        let r = f.results().remove(0);
+        assert!(r.success() && !r.truncated && r.paths == 20000, "{r:?}");
+        assert_eq!(f.runs(0), 1);
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "list file removed"
+        );
         f.shutdown().await;
     }
 
