@@ -76,46 +76,50 @@ pub enum Cmd {
     },
     /// Groups, files, pending work, conflicts, peers, lag
     Status {
-        /// Print one JSON object (SPEC §4) instead of text
+        /// Print one JSON object (node, groups, peers) for scripts instead of the table
         #[arg(long)]
         json: bool,
     },
     /// List unresolved and recently auto-resolved conflicts
     Conflicts {
-        /// Print {"conflicts": [...]} as JSON instead of text
+        /// Print {"conflicts": [...]} as JSON for scripts instead of one line per conflict
         #[arg(long)]
         json: bool,
     },
     /// Resolve a conflict (or drift on a replica) by choosing one node's version
     Resolve {
-        /// The conflicting path (as in the config, or with this node's root prefix; escaped
-        /// bytes like \xe9 are accepted)
+        /// The conflicting path, as in the config (or with this node's root prefix); bytes
+        /// that are not UTF-8 may be written escaped, like caf\xe9.jpg
+        #[arg(value_name = "PATH")]
         path: OsString,
-        /// The node whose version becomes everyone's
-        #[arg(long)]
+        /// The node whose version every node keeps; the other versions are kept as backups
+        #[arg(long, value_name = "NODE")]
         keep: String,
     },
     /// Tell the daemon these paths changed (for filesystems without inotify)
     Mark {
-        /// Paths to look at (absolute, or relative to the current directory)
-        #[arg(required = true)]
+        /// Changed files or directories inside this node's groups (absolute, or relative to
+        /// the current directory)
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<OsString>,
     },
     /// List kept previous versions of PATH (root only)
     Backups {
-        /// The path (as in the config, or with this node's root prefix)
+        /// A path inside one of this node's groups (it may be deleted)
+        #[arg(value_name = "PATH")]
         path: OsString,
     },
-    /// Put back a kept version of PATH (root only); without --to it is a normal change that
-    /// reaches every node
+    /// Put back a kept version (default: the newest; root only); without --to it is a normal
+    /// change that reaches every node
     Restore {
-        /// The path (as in the config, or with this node's root prefix)
+        /// A path inside one of this node's groups (it may be deleted)
+        #[arg(value_name = "PATH")]
         path: OsString,
-        /// Which kept version, as numbered by `backups` (1 = the newest) [default: 1]
-        #[arg(long)]
+        /// Which kept version: 1 is the newest, as numbered by `clustersync backups PATH`
+        #[arg(long, value_name = "N")]
         generation: Option<usize>,
-        /// Write the kept version to this file instead of putting it in place
-        #[arg(long)]
+        /// Write the version to DEST instead, a local copy that is not synced
+        #[arg(long, value_name = "DEST")]
         to: Option<PathBuf>,
     },
     /// Forget this node's index of GROUP (daemon stopped): the node then joins the group as
@@ -150,6 +154,34 @@ pub enum Cmd {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff), for packaging
+    #[command(hide = true)]
+    Man,
+}
+
+/// The manual page clustersync(1), generated from these definitions.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// The completion script for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut out);
+    out
+}
+
+/// Write `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> Result<u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(exit(1, format!("writing to stdout: {e}"))),
+    }
 }
 
 /// Settings every command can rely on.
@@ -294,13 +326,8 @@ async fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Cmd::Demo => crate::demo::run().await.map(|_| 0),
-        Cmd::Completions { shell } => {
-            let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Args::command(), "clustersync", &mut buf);
-            // a closed pipe (`| head`) is not an error
-            let _ = std::io::stdout().write_all(&buf);
-            Ok(0)
-        }
+        Cmd::Completions { shell } => print_bytes(&completion_script(shell)),
+        Cmd::Man => print_bytes(&man_page().map_err(|e| exit(1, format!("man page: {e}")))?),
     }
 }
 

@@ -1,0 +1,328 @@
+//! The service around the daemon (SPEC §5.12, issue 11 "A real service"): the systemd unit,
+//! the example config, the Debian maintainer script, the man page and completions as the
+//! package builds them, and the help texts an administrator reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clustersync");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(repo(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// `key=value` settings of the unit, comments and sections dropped.
+fn unit_settings() -> Vec<(String, String)> {
+    read("dist/clustersync.service")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[test]
+fn unit_is_a_notify_service_that_does_not_restart_on_config_errors() {
+    let s = unit_settings();
+    let get = |k: &str| -> Vec<&str> {
+        s.iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (k, v) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("ExecStart", "/usr/bin/clustersync daemon"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "2"),
+        ("StateDirectory", "clustersync"),
+        ("StateDirectoryMode", "0700"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        // /etc stays writable: groups sync /etc/nginx, accounts rewrite /etc/passwd
+        ("ProtectSystem", "yes"),
+        // /home stays visible: groups may sync home directories
+        ("ProtectHome", "no"),
+        ("WantedBy", "multi-user.target"),
+    ] {
+        assert_eq!(get(k), [v], "{k}");
+    }
+    assert!(get("WatchdogSec").len() == 1, "a watchdog interval");
+    assert!(get("LimitNOFILE").len() == 1);
+    for refused in ["RestrictSUIDSGID", "ReadOnlyPaths", "DynamicUser", "User"] {
+        assert!(get(refused).is_empty(), "{refused} would break syncing");
+    }
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = tool("systemd-analyze") else {
+        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    };
+    // verify checks that ExecStart's binary exists: point it at the one just built; and that
+    // the Documentation= man page exists: give it the generated one
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("man1")).unwrap();
+    std::fs::write(
+        dir.path().join("man1/clustersync.1"),
+        clustersync::cli::man_page().unwrap(),
+    )
+    .unwrap();
+    let unit = dir.path().join("clustersync.service");
+    std::fs::write(
+        &unit,
+        read("dist/clustersync.service").replace("/usr/bin/clustersync", BIN),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .env("MANPATH", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // other units of this machine (or its missing ones) are not ours to judge
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("clustersync.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+}
+
+/// Uncomment the example settings (`# key = …` and `# [table]` lines), leaving prose comments.
+fn uncomment_examples(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let Some(rest) = l.strip_prefix("# ") else {
+                return l.to_owned();
+            };
+            let key = rest.split(" = ").next().unwrap_or("");
+            let is_setting = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                && rest.contains(" = ");
+            if is_setting || rest.starts_with('[') {
+                rest.to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn with_ids(text: &str) -> String {
+    let mut t = text.to_owned();
+    for (i, n) in ["web1", "web2", "web3"].iter().enumerate() {
+        let id = format!("{:064x}", i + 1);
+        t = t.replace(&format!("PASTE the output of `clustersync id` on {n}"), &id);
+    }
+    t
+}
+
+#[test]
+fn example_config_is_valid_once_ids_are_filled_in() {
+    let text = read("dist/clustersync.toml.example");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("clustersync.toml");
+
+    // as shipped, the placeholders are refused with a pointer to `clustersync id`
+    std::fs::write(&p, &text).unwrap();
+    let e = clustersync::config::Config::load(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("clustersync id"), "{e}");
+
+    std::fs::write(&p, with_ids(&text)).unwrap();
+    let cfg = clustersync::config::Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    cfg.refuse_unsupported()
+        .unwrap_or_else(|e| panic!("the default example uses only built features: {e}"));
+    assert_eq!(cfg.groups.len(), 2);
+
+    // every commented example setting is valid too
+    std::fs::write(&p, with_ids(&uncomment_examples(&text))).unwrap();
+    let full = clustersync::config::Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(full.groups["www"].actions.len(), 1);
+    assert!(full.metrics.is_some() && full.accounts.is_some());
+}
+
+#[test]
+fn postinst_is_valid_sh_with_the_debhelper_token() {
+    let p = repo("dist/debian/postinst");
+    let text = read("dist/debian/postinst");
+    assert!(text.starts_with("#!/bin/sh\n"));
+    assert!(text.contains("\n#DEBHELPER#\n"));
+    assert!(text.contains("-m 0700") && text.contains("/var/lib/clustersync"));
+    let st = Command::new("sh").arg("-n").arg(&p).status().unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+    assert_eq!(mode & 0o111, 0o111, "executable");
+}
+
+#[test]
+fn package_assets_from_the_repository_exist() {
+    let manifest = read("Cargo.toml");
+    let mut n = 0;
+    for line in manifest.lines() {
+        let l = line.trim();
+        let Some(src) = l
+            .strip_prefix("[\"")
+            .and_then(|r| r.split('"').next())
+            .filter(|s| !s.starts_with("target/"))
+        else {
+            continue;
+        };
+        assert!(repo(src).is_file(), "asset {src} exists");
+        n += 1;
+    }
+    assert!(n >= 2, "found the asset list ({n})");
+    assert!(repo("dist/clustersync.service").is_file());
+}
+
+#[test]
+fn completions_into_a_closed_pipe_exit_quietly() {
+    for shell in ["fish", "bash", "zsh"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // like `| head -1` that already exited
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{shell}: {}: {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{shell}: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "fish"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("complete -c clustersync"));
+}
+
+#[test]
+fn man_page_is_generated_from_the_command_line_definitions() {
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let roff = String::from_utf8(out.stdout).unwrap();
+    assert!(roff.contains(".TH clustersync 1"), "{roff}");
+    for sub in ["daemon", "check\\-config", "restore", "completions"] {
+        assert!(roff.contains(sub), "lists {sub}");
+    }
+    assert_eq!(clustersync::cli::man_page().unwrap(), roff.as_bytes());
+    // hidden from the help
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.lines().any(|l| l.trim_start().starts_with("man ")));
+    if let Some(groff) = tool("groff") {
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("clustersync.1");
+        std::fs::write(&page, &roff).unwrap();
+        let out = Command::new(groff)
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&page)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "groff: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_option_and_argument_has_help_text() {
+    for (cmd, names) in [
+        (&["status"][..], &["--json"][..]),
+        (&["conflicts"], &["--json"]),
+        (&["resolve"], &["<PATH>", "--keep <NODE>"]),
+        (&["mark"], &["<PATH>..."]),
+        (&["backups"], &["<PATH>"]),
+        (&["restore"], &["<PATH>", "--generation <N>", "--to <DEST>"]),
+    ] {
+        let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for name in names {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("{cmd:?} --help lists {name}:\n{help}"));
+            let text = line.trim_start()[name.len()..].trim();
+            assert!(text.len() > 10, "{cmd:?} {name} has help text: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn metrics_and_monitoring_examples_pass_promtool() {
+    let Some(promtool) = tool("promtool") else {
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    use clustersync::ops::metrics::{GroupGauges, Metrics};
+    let m = Metrics::new();
+    m.set_group("www", GroupGauges::default());
+    m.set_peer("web2", true, 0);
+    m.add_peer_bytes("web2", 1, 1);
+    m.changes_applied("www", 1);
+    m.changes_sent("www", 1);
+    m.observe_apply_latency("www", std::time::Duration::from_millis(4));
+    m.observe_scan("www", std::time::Duration::from_secs(1));
+    m.action_finished("www", 0, false);
+    let text = m.encode().unwrap();
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(repo("dist/monitoring/clustersync-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
