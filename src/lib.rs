@@ -6,6 +6,7 @@
 //! `chunk`s and installs the result through `safefs`, keeping a `backup` of what it replaces.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod apply;
 pub mod audit;
 pub mod backup;
