@@ -5,7 +5,8 @@
 //! unchanged table gives the same bytes. Entries are parsed on demand from the bytes; an entry
 //! line is one that is not empty, not a comment (`#`) and not a NIS line (`+`, `-`), and its
 //! name is what comes before the first `:`. Only the lines of managed accounts (and the member
-//! lists that name a managed user) are ever replaced, and new lines are appended.
+//! lists that name a managed user) are ever replaced, and new lines are appended (after a
+//! newline added to a last line that had none).
 
 use super::model::Aging;
 use std::fmt;

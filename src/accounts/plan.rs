@@ -70,16 +70,10 @@ fn sg_ok(l: &[u8]) -> bool {
 /// A line index in an optional file, after the checks.
 type Slot = Option<usize>;
 
-/// Check the companion line of an account in shadow/gshadow: `Ok(Some(i))` to replace,
-/// `Ok(None)` to append (or no such file), an error when it cannot be touched safely.
-fn companion(
-    t: Option<&Table>,
-    file: DbFile,
-    name: &str,
-    parses: fn(&[u8]) -> bool,
-) -> Result<Slot, RefusalReason> {
-    let Some(t) = t else { return Ok(None) };
-    match lookup(t, name, parses) {
+/// Where a name's line is, for an edit: `Ok(Some(i))` to replace line `i`, `Ok(None)` to
+/// append; an error when the local lines cannot be touched safely.
+fn from_found(found: Found, file: DbFile) -> Result<Slot, RefusalReason> {
+    match found {
         Found::Absent => Ok(None),
         Found::One(i) => Ok(Some(i)),
         Found::Malformed(i) => Err(RefusalReason::MalformedLocal { file, line: i + 1 }),
@@ -87,13 +81,14 @@ fn companion(
     }
 }
 
-fn from_found(found: Found, file: DbFile) -> Result<Option<usize>, RefusalReason> {
-    match found {
-        Found::Absent => Ok(None),
-        Found::One(i) => Ok(Some(i)),
-        Found::Malformed(i) => Err(RefusalReason::MalformedLocal { file, line: i + 1 }),
-        Found::Duplicate => Err(RefusalReason::DuplicateLocal { file }),
-    }
+/// [`from_found`] for the companion line in shadow/gshadow (`Ok(None)` without that file).
+fn companion(
+    t: Option<&Table>,
+    file: DbFile,
+    name: &str,
+    parses: fn(&[u8]) -> bool,
+) -> Result<Slot, RefusalReason> {
+    t.map_or(Ok(None), |t| from_found(lookup(t, name, parses), file))
 }
 
 fn local(kind: RecordKind, name: &[u8], id: u32) -> LocalAccount {

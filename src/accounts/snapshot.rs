@@ -8,7 +8,7 @@
 use super::db::{self, AccountFiles, DbFile, Table};
 use super::managed::Policy;
 use super::model::{AccountId, Aging, GroupRecord, Secret, UserRecord, shown_bytes};
-use super::validate::{InvalidRecord, validate_group, validate_user};
+use super::validate::{InvalidRecord, check_name, validate_group, validate_user};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -26,6 +26,8 @@ pub struct Snapshot {
 /// A managed account that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadProblem {
+    /// The account, when its name is UTF-8: the engine must not take it for deleted.
+    pub account: Option<AccountId>,
     pub file: DbFile,
     /// 1-based.
     pub line: usize,
@@ -64,10 +66,18 @@ impl fmt::Display for ReadProblem {
 }
 
 impl Snapshot {
+    /// Accounts that exist but could not be read (see [`Snapshot::problems`]): not to be taken
+    /// for deleted.
+    pub fn unreadable(&self) -> impl Iterator<Item = &AccountId> + '_ {
+        self.problems.iter().filter_map(|p| p.account.as_ref())
+    }
+
     /// The changes that turn `before` into `self`: upserts of new or different records and
-    /// deletions of the ones that are gone.
+    /// deletions of the ones that are gone (not of those that are only unreadable now).
     pub fn changes_since(&self, before: &Snapshot) -> Vec<super::Change> {
         use super::Change;
+        let unreadable: BTreeSet<&AccountId> = self.unreadable().collect();
+        let gone = |id: AccountId| !unreadable.contains(&id);
         let mut out = Vec::new();
         for (n, g) in &self.groups {
             if before.groups.get(n) != Some(g) {
@@ -79,13 +89,17 @@ impl Snapshot {
                 out.push(Change::User(u.clone()));
             }
         }
-        for n in before.users.keys().filter(|n| !self.users.contains_key(*n)) {
+        for n in before
+            .users
+            .keys()
+            .filter(|n| !self.users.contains_key(*n) && gone(AccountId::User(n.to_string())))
+        {
             out.push(Change::DeleteUser(n.clone()));
         }
         for n in before
             .groups
             .keys()
-            .filter(|n| !self.groups.contains_key(*n))
+            .filter(|n| !self.groups.contains_key(*n) && gone(AccountId::Group(n.to_string())))
         {
             out.push(Change::DeleteGroup(n.clone()));
         }
@@ -97,6 +111,36 @@ impl Snapshot {
         let u = self.users.keys().map(|n| AccountId::User(n.clone()));
         u.chain(self.groups.keys().map(|n| AccountId::Group(n.clone())))
     }
+}
+
+fn text_name(name: &[u8]) -> Option<String> {
+    String::from_utf8(name.to_vec()).ok()
+}
+
+/// Whether a malformed line may be a managed account's: its name is listed in `users`, or
+/// its name is valid and its id (third field) is managed or unreadable. Such lines are
+/// problems, so the account is not taken for deleted.
+fn maybe_managed(
+    policy: &Policy,
+    line: &[u8],
+    name: &[u8],
+    managed: impl Fn(&str, u32) -> bool,
+) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    if policy.set.user_names().any(|u| u == name) {
+        return true;
+    }
+    if check_name(name).is_err() {
+        return false;
+    }
+    let id = line
+        .split(|&c| c == b':')
+        .nth(2)
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .and_then(|f| f.parse::<u32>().ok());
+    id.is_none_or(|id| managed(name, id))
 }
 
 /// Why a record could not be made: the kind, and the file and line at fault when it is not
@@ -157,13 +201,14 @@ impl AccountFiles {
                 continue;
             };
             let problem = |kind| ReadProblem {
+                account: text_name(name).map(AccountId::User),
                 file: DbFile::Passwd,
                 line: i + 1,
                 name: shown_bytes(name),
                 kind,
             };
             let Some(pw) = db::parse_pw(line) else {
-                if policy.set.user_names().any(|u| u.as_bytes() == name) {
+                if maybe_managed(policy, line, name, |n, id| policy.set.user(n, id)) {
                     snap.problems.push(problem(ProblemKind::Malformed));
                 }
                 continue;
@@ -252,13 +297,14 @@ impl AccountFiles {
                 continue;
             };
             let problem = |kind| ReadProblem {
+                account: text_name(name).map(AccountId::Group),
                 file: DbFile::Group,
                 line: i + 1,
                 name: shown_bytes(name),
                 kind,
             };
             let Some(gr) = db::parse_gr(line) else {
-                if policy.set.user_names().any(|u| u.as_bytes() == name) {
+                if maybe_managed(policy, line, name, |n, id| policy.set.group(n, id, primary)) {
                     snap.problems.push(problem(ProblemKind::Malformed));
                 }
                 continue;
