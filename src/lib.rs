@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for one change followed from one node to another.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod demo;

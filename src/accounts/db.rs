@@ -1,0 +1,428 @@
+//! The four account files as lines, parsed only as far as needed.
+//!
+//! A [`Table`] keeps every line's bytes exactly as read (comments, blank lines, NIS `+`/`-`
+//! lines, malformed lines, non-UTF-8 text, a last line without a newline), so writing back an
+//! unchanged table gives the same bytes. Entries are parsed on demand from the bytes; an entry
+//! line is one that is not empty, not a comment (`#`) and not a NIS line (`+`, `-`), and its
+//! name is what comes before the first `:`. Only the lines of managed accounts (and the member
+//! lists that name a managed user) are ever replaced, and new lines are appended (after a
+//! newline added to a last line that had none).
+
+use super::model::Aging;
+use std::fmt;
+
+/// Which of the four files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DbFile {
+    Passwd,
+    Shadow,
+    Group,
+    Gshadow,
+}
+
+impl DbFile {
+    /// In the order shadow-utils writes them.
+    pub const ALL: [DbFile; 4] = [
+        DbFile::Passwd,
+        DbFile::Shadow,
+        DbFile::Group,
+        DbFile::Gshadow,
+    ];
+
+    /// The file name in `<root>/etc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbFile::Passwd => "passwd",
+            DbFile::Shadow => "shadow",
+            DbFile::Group => "group",
+            DbFile::Gshadow => "gshadow",
+        }
+    }
+
+    /// The backup shadow-utils keeps (`passwd-`).
+    pub fn backup_name(self) -> &'static str {
+        match self {
+            DbFile::Passwd => "passwd-",
+            DbFile::Shadow => "shadow-",
+            DbFile::Group => "group-",
+            DbFile::Gshadow => "gshadow-",
+        }
+    }
+
+    /// passwd and group must exist; shadow and gshadow may not.
+    pub fn required(self) -> bool {
+        matches!(self, DbFile::Passwd | DbFile::Group)
+    }
+}
+
+impl fmt::Display for DbFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One file as lines (without their `\n`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Table {
+    lines: Vec<Vec<u8>>,
+    /// Whether the last line ended with `\n` (true for an empty file).
+    final_newline: bool,
+}
+
+impl fmt::Debug for Table {
+    /// Only the size: a shadow table holds hashes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Table({} lines)", self.lines.len())
+    }
+}
+
+impl Table {
+    pub fn parse(bytes: &[u8]) -> Table {
+        if bytes.is_empty() {
+            return Table {
+                lines: Vec::new(),
+                final_newline: true,
+            };
+        }
+        let mut lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        let final_newline = bytes.ends_with(b"\n");
+        if final_newline {
+            lines.pop();
+        }
+        Table {
+            lines,
+            final_newline,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.lines.join(&b'\n');
+        if self.final_newline && !self.lines.is_empty() {
+            out.push(b'\n');
+        }
+        out
+    }
+
+    pub fn lines(&self) -> &[Vec<u8>] {
+        &self.lines
+    }
+
+    pub fn line(&self, i: usize) -> &[u8] {
+        &self.lines[i]
+    }
+
+    /// Replace line `i`; returns whether its bytes changed.
+    pub fn set(&mut self, i: usize, line: Vec<u8>) -> bool {
+        if self.lines[i] == line {
+            return false;
+        }
+        self.lines[i] = line;
+        true
+    }
+
+    /// Append a line (the file then ends with a newline).
+    pub fn push(&mut self, line: Vec<u8>) {
+        self.lines.push(line);
+        self.final_newline = true;
+    }
+
+    /// Remove the lines for which `drop` is true; returns how many.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&[u8]) -> bool) -> usize {
+        let before = self.lines.len();
+        self.lines.retain(|l| !drop(l));
+        before - self.lines.len()
+    }
+
+    /// Indices of the entry lines named `name`.
+    pub fn find(&self, name: impl AsRef<[u8]>) -> Vec<usize> {
+        let name = name.as_ref();
+        self.lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| entry_name(l) == Some(name))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// The name of an entry line; `None` for blank, comment and NIS lines.
+pub fn entry_name(line: &[u8]) -> Option<&[u8]> {
+    let start = line.iter().position(|c| !matches!(c, b' ' | b'\t'))?;
+    let line = &line[start..];
+    if matches!(line.first(), Some(b'#' | b'+' | b'-')) {
+        return None;
+    }
+    let end = line.iter().position(|&c| c == b':').unwrap_or(line.len());
+    Some(&line[..end])
+}
+
+fn fields(line: &[u8], n: usize) -> Option<Vec<&[u8]>> {
+    let f: Vec<&[u8]> = line.split(|&c| c == b':').collect();
+    (f.len() == n && entry_name(line) == Some(f[0])).then_some(f)
+}
+
+/// A decimal id as the files write it: digits only.
+fn id(field: &[u8]) -> Option<u32> {
+    if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// An aging field: empty, or a decimal number (possibly `-1`).
+fn days(field: &[u8]) -> Option<Option<i64>> {
+    if field.is_empty() {
+        return Some(None);
+    }
+    let digits = field.strip_prefix(b"-").unwrap_or(field);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(field).ok()?.parse().ok().map(Some)
+}
+
+/// A `passwd` line.
+pub struct Pw<'a> {
+    pub name: &'a [u8],
+    pub passwd: &'a [u8],
+    pub uid: u32,
+    pub gid: u32,
+    pub gecos: &'a [u8],
+    pub home: &'a [u8],
+    pub shell: &'a [u8],
+}
+
+pub fn parse_pw(line: &[u8]) -> Option<Pw<'_>> {
+    let f = fields(line, 7)?;
+    Some(Pw {
+        name: f[0],
+        passwd: f[1],
+        uid: id(f[2])?,
+        gid: id(f[3])?,
+        gecos: f[4],
+        home: f[5],
+        shell: f[6],
+    })
+}
+
+/// A `group` line.
+pub struct Gr<'a> {
+    pub name: &'a [u8],
+    pub passwd: &'a [u8],
+    pub gid: u32,
+    pub members: &'a [u8],
+}
+
+pub fn parse_gr(line: &[u8]) -> Option<Gr<'_>> {
+    let f = fields(line, 4)?;
+    Some(Gr {
+        name: f[0],
+        passwd: f[1],
+        gid: id(f[2])?,
+        members: f[3],
+    })
+}
+
+/// A `shadow` line.
+pub struct Sp<'a> {
+    pub name: &'a [u8],
+    pub hash: &'a [u8],
+    pub aging: Aging,
+}
+
+pub fn parse_sp(line: &[u8]) -> Option<Sp<'_>> {
+    let f = fields(line, 9)?;
+    Some(Sp {
+        name: f[0],
+        hash: f[1],
+        aging: Aging {
+            last_change: days(f[2])?,
+            min: days(f[3])?,
+            max: days(f[4])?,
+            warn: days(f[5])?,
+            inactive: days(f[6])?,
+            expire: days(f[7])?,
+            reserved: days(f[8])?,
+        },
+    })
+}
+
+/// A `gshadow` line.
+pub struct Sg<'a> {
+    pub name: &'a [u8],
+    pub hash: &'a [u8],
+    pub admins: &'a [u8],
+    pub members: &'a [u8],
+}
+
+pub fn parse_sg(line: &[u8]) -> Option<Sg<'_>> {
+    let f = fields(line, 4)?;
+    Some(Sg {
+        name: f[0],
+        hash: f[1],
+        admins: f[2],
+        members: f[3],
+    })
+}
+
+/// The names of a comma-separated list (`a,b`); empty for an empty field.
+pub fn list(field: &[u8]) -> Vec<&[u8]> {
+    if field.is_empty() {
+        return Vec::new();
+    }
+    field.split(|&c| c == b',').collect()
+}
+
+/// `field` with `name` present (appended at the end) or absent (every occurrence removed);
+/// `None` when it already is as wanted, so an untouched list keeps its bytes.
+pub fn with_member(field: &[u8], name: &str, present: bool) -> Option<Vec<u8>> {
+    let items = list(field);
+    let has = items.contains(&name.as_bytes());
+    if has == present {
+        return None;
+    }
+    let kept: Vec<&[u8]> = if present {
+        let mut v = items;
+        v.push(name.as_bytes());
+        v
+    } else {
+        items
+            .into_iter()
+            .filter(|m| *m != name.as_bytes())
+            .collect()
+    };
+    Some(kept.join(&b','))
+}
+
+/// Line `line` with field `i` replaced (`line` has been parsed, so it has that field).
+pub fn replace_field(line: &[u8], i: usize, value: &[u8]) -> Vec<u8> {
+    let mut f: Vec<&[u8]> = line.split(|&c| c == b':').collect();
+    if let Some(slot) = f.get_mut(i) {
+        *slot = value;
+    }
+    f.join(&b':')
+}
+
+/// Join fields into a line.
+pub fn join(fields: &[&[u8]]) -> Vec<u8> {
+    fields.join(&b':')
+}
+
+/// An optional number as a field.
+pub fn num(v: Option<i64>) -> Vec<u8> {
+    v.map(|v| v.to_string().into_bytes()).unwrap_or_default()
+}
+
+/// The four files of one root.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AccountFiles {
+    pub passwd: Table,
+    pub group: Table,
+    pub shadow: Option<Table>,
+    pub gshadow: Option<Table>,
+}
+
+impl AccountFiles {
+    /// Parse the files' bytes (`None`: that file does not exist).
+    pub fn parse(
+        passwd: &[u8],
+        group: &[u8],
+        shadow: Option<&[u8]>,
+        gshadow: Option<&[u8]>,
+    ) -> Self {
+        AccountFiles {
+            passwd: Table::parse(passwd),
+            group: Table::parse(group),
+            shadow: shadow.map(Table::parse),
+            gshadow: gshadow.map(Table::parse),
+        }
+    }
+
+    pub fn table(&self, f: DbFile) -> Option<&Table> {
+        match f {
+            DbFile::Passwd => Some(&self.passwd),
+            DbFile::Group => Some(&self.group),
+            DbFile::Shadow => self.shadow.as_ref(),
+            DbFile::Gshadow => self.gshadow.as_ref(),
+        }
+    }
+
+    /// The bytes of one file, `None` when it does not exist.
+    pub fn bytes(&self, f: DbFile) -> Option<Vec<u8>> {
+        self.table(f).map(Table::to_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_whatever_the_text() {
+        for text in [
+            &b""[..],
+            b"\n",
+            b"\n\n",
+            b"root:x:0:0:root:/root:/bin/bash\n",
+            b"root:x:0:0:root:/root:/bin/bash",
+            b"# comment\n\nroot:x:0:0::/root:/bin/sh\n+@netgroup::::::\n-baduser\n+\n",
+            b"caf\xe9:x:1:1:\xff:/:/bin/sh\r\nbroken line\n\x00\n",
+        ] {
+            assert_eq!(
+                Table::parse(text).to_bytes(),
+                text,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn push_onto_a_file_without_final_newline() {
+        let mut t = Table::parse(b"a:x:1:1::/:/bin/sh");
+        t.push(b"b:x:2:2::/:/bin/sh".to_vec());
+        assert_eq!(t.to_bytes(), b"a:x:1:1::/:/bin/sh\nb:x:2:2::/:/bin/sh\n");
+        let mut t = Table::parse(b"");
+        t.push(b"b".to_vec());
+        assert_eq!(t.to_bytes(), b"b\n");
+    }
+
+    #[test]
+    fn entry_lines_and_names() {
+        assert_eq!(entry_name(b"root:x:0"), Some(&b"root"[..]));
+        assert_eq!(entry_name(b"  root:x"), Some(&b"root"[..]));
+        assert_eq!(entry_name(b"# root:x"), None);
+        assert_eq!(entry_name(b"+root:"), None);
+        assert_eq!(entry_name(b"-root"), None);
+        assert_eq!(entry_name(b""), None);
+        assert_eq!(entry_name(b"junk"), Some(&b"junk"[..]));
+        assert!(parse_pw(b"junk").is_none());
+        assert!(parse_pw(b"a:x:1:1::/:/bin/sh:extra").is_none());
+        assert!(parse_pw(b"a:x:-1:1::/:/bin/sh").is_none());
+        assert!(parse_pw(b"a:x:4294967296:1::/:/bin/sh").is_none());
+        assert!(
+            parse_pw(b"  a:x:1:1::/:/bin/sh").is_none(),
+            "indented lines stay text"
+        );
+        let p = parse_pw(b"a:x:1:2:g:/h:/s").expect("valid");
+        assert_eq!((p.uid, p.gid, p.home), (1, 2, &b"/h"[..]));
+        let s = parse_sp(b"a:!:19000::99999:7:::").expect("valid");
+        assert_eq!(s.aging.last_change, Some(19000));
+        assert_eq!(s.aging.min, None);
+        assert!(parse_sp(b"a:!:x::::::").is_none());
+        assert_eq!(
+            parse_sp(b"a:!:-1::::::").expect("-1").aging.last_change,
+            Some(-1)
+        );
+    }
+
+    #[test]
+    fn member_lists_change_only_when_needed() {
+        assert_eq!(with_member(b"", "a", true), Some(b"a".to_vec()));
+        assert_eq!(with_member(b"b,c", "a", true), Some(b"b,c,a".to_vec()));
+        assert_eq!(with_member(b"b,a,c,a", "a", false), Some(b"b,c".to_vec()));
+        assert_eq!(with_member(b"b,a", "a", true), None);
+        assert_eq!(with_member(b"b", "a", false), None);
+        assert_eq!(with_member(b"ab", "a", false), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Which users and groups are managed, from `[accounts]` (SPEC §3).
+//!
+//! A user is managed when its name is in `users` or its uid is in `uid_range`. A group is
+//! managed when its gid is in `uid_range`, its name is in `users` (the user's own group, as
+//! `useradd` makes with `USERGROUPS_ENAB`), it is the primary group of a managed user on this
+//! node, or the engine asked to keep it ([`ManagedSet::keep_groups`]).
+//!
+//! Invariant: uid/gid 0 and 4294967295 (`(uid_t)-1`) are never managed, whatever the config
+//! says, so `root` and the "no id" value can never be written by a peer.
+
+use crate::config::AccountsConfig;
+use std::collections::BTreeSet;
+
+/// True for ids no account record may carry.
+pub fn reserved_id(id: u32) -> bool {
+    id == 0 || id == u32::MAX
+}
+
+/// The managed names and id range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManagedSet {
+    users: BTreeSet<String>,
+    range: Option<(u32, u32)>,
+    kept_groups: BTreeSet<String>,
+}
+
+impl ManagedSet {
+    pub fn new<S: Into<String>>(
+        users: impl IntoIterator<Item = S>,
+        uid_range: Option<(u32, u32)>,
+    ) -> Self {
+        ManagedSet {
+            users: users.into_iter().map(Into::into).collect(),
+            range: uid_range,
+            kept_groups: BTreeSet::new(),
+        }
+    }
+
+    pub fn from_config(cfg: &AccountsConfig) -> Self {
+        Self::new(cfg.users.iter().cloned(), cfg.uid_range)
+    }
+
+    /// Keep these groups managed while they exist, even when they no longer are in the range or
+    /// anyone's primary group (the engine passes the groups its index holds, so a group that
+    /// stops being a primary group is not taken for deleted).
+    pub fn keep_groups(&mut self, names: impl IntoIterator<Item = String>) {
+        self.kept_groups.extend(names);
+    }
+
+    /// `users` from the config.
+    pub fn user_names(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().map(String::as_str)
+    }
+
+    pub fn uid_range(&self) -> Option<(u32, u32)> {
+        self.range
+    }
+
+    /// Whether an id is in `uid_range` (and not reserved).
+    pub fn in_range(&self, id: u32) -> bool {
+        !reserved_id(id) && self.range.is_some_and(|(lo, hi)| lo <= id && id <= hi)
+    }
+
+    /// Whether the user `name` with `uid` is managed.
+    pub fn user(&self, name: &str, uid: u32) -> bool {
+        !reserved_id(uid) && (self.users.contains(name) || self.in_range(uid))
+    }
+
+    /// Whether the group `name` with `gid` is managed, given the primary gids of the managed
+    /// users on this node.
+    pub fn group(&self, name: &str, gid: u32, primary_gids: &BTreeSet<u32>) -> bool {
+        !reserved_id(gid)
+            && (self.in_range(gid)
+                || self.users.contains(name)
+                || primary_gids.contains(&gid)
+                || self.kept_groups.contains(name))
+    }
+
+    /// One line for `check-config`, e.g. `users "niden", "beauty"; uids and gids 2000-2999`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.users.is_empty() {
+            let names: Vec<String> = self.users.iter().map(|u| format!("{u:?}")).collect();
+            parts.push(format!("users {}", names.join(", ")));
+        }
+        if let Some((lo, hi)) = self.range {
+            parts.push(format!("uids and gids {lo}-{hi}"));
+        }
+        parts.push("their primary groups".to_owned());
+        parts.join("; ")
+    }
+}
+
+/// The whole `[accounts]` policy an apply or read follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub set: ManagedSet,
+    /// Sync password hashes (and the last-change day that goes with them).
+    pub passwords: bool,
+    /// Create missing home directories from `<root>/etc/skel`.
+    pub create_home: bool,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &AccountsConfig) -> Self {
+        Policy {
+            set: ManagedSet::from_config(cfg),
+            passwords: cfg.passwords,
+            create_home: cfg.create_home,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(users: &[&str], range: Option<(u32, u32)>) -> AccountsConfig {
+        AccountsConfig {
+            nodes: None,
+            users: users.iter().map(|s| s.to_string()).collect(),
+            uid_range: range,
+            passwords: true,
+            create_home: true,
+        }
+    }
+
+    #[test]
+    fn users_by_name_or_range_never_root() {
+        let s = ManagedSet::from_config(&cfg(&["niden", "root"], Some((0, 2999))));
+        assert!(s.user("niden", 1001));
+        assert!(s.user("anyone", 2000));
+        assert!(!s.user("root", 0), "uid 0 is never managed");
+        assert!(!s.user("anyone", 0));
+        assert!(!s.user("nobody", 65534) || s.in_range(65534));
+        let s = ManagedSet::from_config(&cfg(&[], Some((2000, 2999))));
+        assert!(!s.user("www-data", 33));
+        assert!(!s.user("x", 3000));
+        assert!(!s.in_range(u32::MAX));
+        let all = ManagedSet::new(Vec::<String>::new(), Some((1, u32::MAX)));
+        assert!(!all.user("x", u32::MAX));
+    }
+
+    #[test]
+    fn groups_by_range_own_name_primary_or_kept() {
+        let mut s = ManagedSet::from_config(&cfg(&["niden"], Some((2000, 2999))));
+        let primary = BTreeSet::from([100]);
+        assert!(s.group("web", 2100, &BTreeSet::new()));
+        assert!(s.group("niden", 1001, &BTreeSet::new()));
+        assert!(s.group("users", 100, &primary));
+        assert!(!s.group("sudo", 27, &primary));
+        assert!(!s.group("root", 0, &BTreeSet::from([0])));
+        s.keep_groups(["old".to_owned()]);
+        assert!(s.group("old", 1500, &BTreeSet::new()));
+        assert_eq!(
+            s.summary(),
+            "users \"niden\"; uids and gids 2000-2999; their primary groups"
+        );
+    }
+}

@@ -1,0 +1,535 @@
+//! The accounts of one root on disk: read them, apply changes to them.
+//!
+//! Every read and apply holds the passwd locks ([`lock`](super::lock)) for its whole length and
+//! first finishes an apply that a crash interrupted. An apply writes each changed file like
+//! shadow-utils, only more durably:
+//!
+//! 1. for each changed file, two temp files in `<root>/etc` (`.clustersync.tmp.*`): the
+//!    previous content for the `-` backup (with the original's times, as shadow-utils keeps
+//!    them) and the new content; both with the original's mode and owner, its
+//!    `security.selinux` label copied when it has one (best effort), fsynced;
+//! 2. a journal (`.clustersync.tmp.accounts-journal`) naming the temps, their targets and a
+//!    hash of each target's current content, written by temp + fsync + rename + directory
+//!    fsync;
+//! 3. renames: backup then file, for passwd, shadow, group, gshadow; a directory fsync;
+//! 4. the journal removed; a directory fsync.
+//!
+//! A crash after step 2 leaves a journal: the next read or apply renames the remaining temps
+//! into place, unless a target changed meanwhile (a tool wrote it after the crash), in which
+//! case that file's temps are dropped and the report says so. Either way the four files are
+//! never left with some of an apply's changes and not the others, unless a tool changed one
+//! of them between the crash and the recovery.
+
+use super::db::{AccountFiles, DbFile};
+use super::error::AccountsError;
+use super::home;
+use super::lock::{LOCK_TIMEOUT, PwdLock};
+use super::managed::Policy;
+use super::model::Change;
+use super::report::{ApplyReport, Recovery};
+use super::snapshot::Snapshot;
+use super::validate::validate_changes;
+use crate::fs::safefs::TEMP_PREFIX;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Largest account file read (a million users is about 60 MB).
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+const JOURNAL: &str = ".clustersync.tmp.accounts-journal";
+const SELINUX: &str = "security.selinux";
+
+/// The account files of one node root (`<root>/etc/passwd`…).
+#[derive(Debug, Clone)]
+pub struct AccountDb {
+    root: PathBuf,
+    lock_timeout: Duration,
+}
+
+/// A file as read: its bytes and what its replacement must keep.
+struct Original {
+    bytes: Vec<u8>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: Timespec,
+    mtime: Timespec,
+    selinux: Option<Vec<u8>>,
+}
+
+struct Loaded {
+    files: AccountFiles,
+    originals: BTreeMap<DbFile, Original>,
+}
+
+fn io(op: &'static str, path: &Path, e: impl Into<std::io::Error>) -> AccountsError {
+    AccountsError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+impl AccountDb {
+    /// The accounts under `root` (`/` for the real system).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        AccountDb {
+            root: root.into(),
+            lock_timeout: LOCK_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for the passwd locks (default 15 s, as shadow-utils).
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/etc`.
+    pub fn etc(&self) -> PathBuf {
+        self.root.join("etc")
+    }
+
+    /// What to watch for changes made by the tools: `<root>/etc` itself (the tools rename new
+    /// files into place, so watch the directory for moves and writes) and the four files.
+    /// Events for other names in `<root>/etc` (the `*.lock` and `*.<pid>` files every read
+    /// and apply makes, the `-` backups, our temp files) are to be ignored.
+    pub fn watch_paths(&self) -> Vec<PathBuf> {
+        let etc = self.etc();
+        let mut v = vec![etc.clone()];
+        v.extend(DbFile::ALL.iter().map(|f| etc.join(f.name())));
+        v
+    }
+
+    /// Whether a file name in `<root>/etc` is one of the four account files.
+    pub fn is_account_file(name: &str) -> bool {
+        DbFile::ALL.iter().any(|f| f.name() == name)
+    }
+
+    /// The managed accounts, read under the locks (so never half-way through a tool's change).
+    pub fn read(&self, policy: &Policy) -> Result<Snapshot, AccountsError> {
+        let etc = self.etc();
+        let _lock = PwdLock::acquire(&etc, self.lock_timeout)?;
+        let dir = open_etc(&etc)?;
+        let recovery = recover(&dir, &etc)?;
+        let loaded = load(&dir, &etc)?;
+        let mut snap = loaded.files.snapshot(policy);
+        snap.recovery = recovery;
+        Ok(snap)
+    }
+
+    /// Apply a batch. The batch is validated first: one invalid change refuses the whole
+    /// batch (nothing is written). Otherwise every change is applied, or reported as a
+    /// collision or refusal in the report; the files are written only when their bytes change.
+    pub fn apply(&self, policy: &Policy, changes: &[Change]) -> Result<ApplyReport, AccountsError> {
+        validate_changes(changes, &policy.set)
+            .map_err(|(index, error)| AccountsError::Invalid { index, error })?;
+        let etc = self.etc();
+        let _lock = PwdLock::acquire(&etc, self.lock_timeout)?;
+        let dir = open_etc(&etc)?;
+        let recovery = recover(&dir, &etc)?;
+        let loaded = load(&dir, &etc)?;
+        let plan = loaded.files.plan(changes, policy, today());
+        if !plan.changed.is_empty() {
+            write_files(&dir, &etc, &loaded, &plan.files, &plan.report.files)?;
+        }
+        let mut report = plan.report;
+        report.recovery = recovery;
+        if policy.create_home && !plan.homes.is_empty() {
+            let defs = std::fs::read_to_string(etc.join("login.defs")).unwrap_or_default();
+            let mode = home::home_mode(&defs);
+            for req in &plan.homes {
+                report
+                    .homes
+                    .extend(home::ensure_home(&self.root, req, mode));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Days since 1970-01-01 (for the last-change field of new users).
+fn today() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 86_400) as i64)
+}
+
+fn open_etc(etc: &Path) -> Result<OwnedFd, AccountsError> {
+    rustix::fs::open(
+        etc,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open", etc, e))
+}
+
+fn load(dir: &OwnedFd, etc: &Path) -> Result<Loaded, AccountsError> {
+    let mut originals = BTreeMap::new();
+    for f in DbFile::ALL {
+        if let Some(o) = read_original(dir, &etc.join(f.name()), f)? {
+            originals.insert(f, o);
+        }
+    }
+    let bytes = |f| originals.get(&f).map(|o: &Original| o.bytes.as_slice());
+    let files = AccountFiles::parse(
+        bytes(DbFile::Passwd).unwrap_or_default(),
+        bytes(DbFile::Group).unwrap_or_default(),
+        bytes(DbFile::Shadow),
+        bytes(DbFile::Gshadow),
+    );
+    Ok(Loaded { files, originals })
+}
+
+fn read_original(dir: &OwnedFd, path: &Path, f: DbFile) -> Result<Option<Original>, AccountsError> {
+    let fd = match rustix::fs::openat(
+        dir,
+        f.name(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) if !f.required() => return Ok(None),
+        Err(Errno::NOENT) => return Err(AccountsError::Missing { path: path.into() }),
+        Err(Errno::LOOP) => return Err(AccountsError::NotAFile { path: path.into() }),
+        Err(e) => return Err(io("open", path, e)),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", path, e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(AccountsError::NotAFile { path: path.into() });
+    }
+    if st.st_size as u64 > MAX_FILE_BYTES {
+        return Err(AccountsError::TooLarge {
+            path: path.into(),
+            max: MAX_FILE_BYTES,
+        });
+    }
+    let selinux = get_label(&fd);
+    let mut bytes = Vec::new();
+    File::from(fd)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io("read", path, e))?;
+    Ok(Some(Original {
+        bytes,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        atime: Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        mtime: Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+        selinux,
+    }))
+}
+
+fn get_label(fd: impl AsFd) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    match rustix::fs::fgetxattr(fd, SELINUX, &mut buf[..]) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+fn temp_name() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    format!("{TEMP_PREFIX}{}", crate::item::hex(&b))
+}
+
+/// A temp file in `dir` holding `bytes`, with the original's owner, mode and label (and its
+/// times, for a backup), fsynced. Removed again if anything fails.
+fn write_temp(
+    dir: &OwnedFd,
+    etc: &Path,
+    bytes: &[u8],
+    like: &Original,
+    keep_times: bool,
+) -> Result<String, AccountsError> {
+    let name = temp_name();
+    let path = etc.join(&name);
+    let fd = rustix::fs::openat(
+        dir,
+        name.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io("create", &path, e))?;
+    let r = fill_temp(fd, bytes, like, keep_times).map_err(|e| io("write", &path, e));
+    if r.is_err() {
+        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+    }
+    r.map(|()| name)
+}
+
+fn fill_temp(fd: OwnedFd, bytes: &[u8], like: &Original, keep_times: bool) -> std::io::Result<()> {
+    match rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw_unchecked(like.uid)),
+        Some(rustix::fs::Gid::from_raw_unchecked(like.gid)),
+    ) {
+        // Not root (tests): the file stays ours, as it was.
+        Ok(()) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(like.mode))?;
+    if let Some(label) = &like.selinux {
+        let _ = rustix::fs::fsetxattr(&fd, SELINUX, label, rustix::fs::XattrFlags::empty());
+    }
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    if keep_times {
+        let t = Timestamps {
+            last_access: like.atime,
+            last_modification: like.mtime,
+        };
+        rustix::fs::futimens(&file, &t)?;
+    }
+    file.sync_all()
+}
+
+/// One file of an apply in the journal.
+struct Entry {
+    file: DbFile,
+    new: String,
+    backup: String,
+    /// blake3 of the content the new file replaces.
+    replaces: String,
+}
+
+fn write_files(
+    dir: &OwnedFd,
+    etc: &Path,
+    loaded: &Loaded,
+    files: &AccountFiles,
+    changed: &[DbFile],
+) -> Result<(), AccountsError> {
+    let mut entries = Vec::new();
+    let r = stage(dir, etc, loaded, files, changed, &mut entries)
+        .and_then(|()| write_journal(dir, etc, &entries));
+    if let Err(e) = r {
+        for e in &entries {
+            let _ = rustix::fs::unlinkat(dir, e.new.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(dir, e.backup.as_str(), AtFlags::empty());
+        }
+        return Err(e);
+    }
+    for e in &entries {
+        install(dir, etc, e)?;
+    }
+    sync_dir(dir, etc)?;
+    rustix::fs::unlinkat(dir, JOURNAL, AtFlags::empty())
+        .map_err(|e| io("remove", &etc.join(JOURNAL), e))?;
+    sync_dir(dir, etc)
+}
+
+fn stage(
+    dir: &OwnedFd,
+    etc: &Path,
+    loaded: &Loaded,
+    files: &AccountFiles,
+    changed: &[DbFile],
+    entries: &mut Vec<Entry>,
+) -> Result<(), AccountsError> {
+    for &f in changed {
+        let (Some(orig), Some(new)) = (loaded.originals.get(&f), files.bytes(f)) else {
+            continue;
+        };
+        let backup = write_temp(dir, etc, &orig.bytes, orig, true)?;
+        let new = match write_temp(dir, etc, &new, orig, false) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(dir, backup.as_str(), AtFlags::empty());
+                return Err(e);
+            }
+        };
+        entries.push(Entry {
+            file: f,
+            new,
+            backup,
+            replaces: blake3::hash(&orig.bytes).to_hex().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn write_journal(dir: &OwnedFd, etc: &Path, entries: &[Entry]) -> Result<(), AccountsError> {
+    let text: String = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}\t{}\t{}\t{}\n",
+                e.file.name(),
+                e.new,
+                e.backup,
+                e.replaces
+            )
+        })
+        .collect();
+    let tmp = temp_name();
+    let path = etc.join(&tmp);
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io("create", &path, e))?;
+    let mut file = File::from(fd);
+    let r = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", &path, e))
+        .and_then(|()| {
+            rustix::fs::renameat(dir, tmp.as_str(), dir, JOURNAL)
+                .map_err(|e| io("rename", &path, e))
+        });
+    if r.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    r?;
+    sync_dir(dir, etc)
+}
+
+fn install(dir: &OwnedFd, etc: &Path, e: &Entry) -> Result<(), AccountsError> {
+    rustix::fs::renameat(dir, e.backup.as_str(), dir, e.file.backup_name())
+        .map_err(|err| io("rename", &etc.join(e.file.backup_name()), err))?;
+    rustix::fs::renameat(dir, e.new.as_str(), dir, e.file.name())
+        .map_err(|err| io("rename", &etc.join(e.file.name()), err))
+}
+
+fn sync_dir(dir: &OwnedFd, etc: &Path) -> Result<(), AccountsError> {
+    rustix::fs::fsync(dir).map_err(|e| io("fsync", etc, e))
+}
+
+fn exists(dir: &OwnedFd, name: &str) -> Result<bool, Errno> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_journal(text: &str, path: &Path) -> Result<Vec<Entry>, AccountsError> {
+    let bad = |why: &str| AccountsError::Journal {
+        path: path.into(),
+        why: why.into(),
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split('\t').collect();
+        let [file, new, backup, replaces] = parts[..] else {
+            return Err(bad("a line without its four fields"));
+        };
+        let file = DbFile::ALL
+            .into_iter()
+            .find(|f| f.name() == file)
+            .ok_or_else(|| bad("an unknown file"))?;
+        let temp_ok = |n: &str| n.starts_with(TEMP_PREFIX) && !n.contains('/') && n != JOURNAL;
+        if !temp_ok(new) || !temp_ok(backup) {
+            return Err(bad("a temp file name that is not ours"));
+        }
+        if replaces.len() != 64 || !replaces.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("a bad hash"));
+        }
+        out.push(Entry {
+            file,
+            new: new.into(),
+            backup: backup.into(),
+            replaces: replaces.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Finish (or give up) an apply that a crash interrupted; `None` when there was none.
+fn recover(dir: &OwnedFd, etc: &Path) -> Result<Option<Recovery>, AccountsError> {
+    let path = etc.join(JOURNAL);
+    let text = match rustix::fs::openat(
+        dir,
+        JOURNAL,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let mut s = String::new();
+            File::from(fd)
+                .take(64 * 1024)
+                .read_to_string(&mut s)
+                .map_err(|e| io("read", &path, e))?;
+            s
+        }
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(io("open", &path, e)),
+    };
+    let entries = parse_journal(&text, &path)?;
+    let mut rec = Recovery::default();
+    for e in &entries {
+        let target = etc.join(e.file.name());
+        if !exists(dir, &e.new).map_err(|err| io("stat", &etc.join(&e.new), err))? {
+            rec.completed.push(e.file);
+            continue;
+        }
+        let current = std::fs::read(&target).map_err(|err| io("read", &target, err))?;
+        if blake3::hash(&current).to_hex().as_str() == e.replaces {
+            if exists(dir, &e.backup).map_err(|err| io("stat", &etc.join(&e.backup), err))? {
+                install(dir, etc, e)?;
+            } else {
+                rustix::fs::renameat(dir, e.new.as_str(), dir, e.file.name())
+                    .map_err(|err| io("rename", &target, err))?;
+            }
+            rec.completed.push(e.file);
+        } else {
+            let _ = rustix::fs::unlinkat(dir, e.new.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(dir, e.backup.as_str(), AtFlags::empty());
+            rec.abandoned.push(e.file);
+        }
+    }
+    sync_dir(dir, etc)?;
+    rustix::fs::unlinkat(dir, JOURNAL, AtFlags::empty()).map_err(|e| io("remove", &path, e))?;
+    sync_dir(dir, etc)?;
+    Ok(Some(rec))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Hooks for the crash tests: stage an apply and stop before its renames.
+    use super::*;
+
+    /// Do steps 1 and 2 of an apply (temps and journal) and stop, as a crash would.
+    pub fn apply_until_journal(
+        db: &AccountDb,
+        policy: &Policy,
+        changes: &[Change],
+    ) -> Result<(), AccountsError> {
+        let etc = db.etc();
+        let _lock = PwdLock::acquire(&etc, db.lock_timeout)?;
+        let dir = open_etc(&etc)?;
+        let loaded = load(&dir, &etc)?;
+        let plan = loaded.files.plan(changes, policy, today());
+        let mut entries = Vec::new();
+        stage(
+            &dir,
+            &etc,
+            &loaded,
+            &plan.files,
+            &plan.report.files,
+            &mut entries,
+        )?;
+        write_journal(&dir, &etc, &entries)
+    }
+}
