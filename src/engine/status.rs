@@ -39,6 +39,9 @@ pub struct GroupStatus {
     pub in_sync: bool,
     pub directories: u64,
     pub symlinks: u64,
+    /// Deletions remembered until every member confirmed them.
+    #[serde(default)]
+    pub tombstones: u64,
     /// Why the group is stopped on this node, and what to do.
     pub error: Option<String>,
     /// This node only receives in this group.
@@ -178,6 +181,7 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
             in_sync: pending == 0 && unresolved == 0 && error.is_none() && drift.is_empty(),
             directories: st.dirs,
             symlinks: st.symlinks,
+            tombstones: st.tombstones,
             error,
             replica,
             drift,

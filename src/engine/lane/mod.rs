@@ -194,6 +194,16 @@ pub(crate) struct Lane {
     drift_due: Instant,
 }
 
+/// How often tombstones every member confirmed are collected (30 s; the test knob
+/// `CLUSTERSYNC_TEST_GC_SECS` shortens it).
+fn gc_interval() -> Duration {
+    std::env::var("CLUSTERSYNC_TEST_GC_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30))
+}
+
 /// Create a lane's handle and the lane itself (started by [`run`]).
 pub(crate) fn new(ctx: &Arc<Ctx>, g: Arc<GroupRt>) -> (LaneHandle, Lane, mpsc::UnboundedReceiver<LaneMsg>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -370,7 +380,7 @@ impl Lane {
         {
             self.full_scan().await;
         }
-        if self.last_gc.elapsed() >= Duration::from_secs(30) {
+        if self.last_gc.elapsed() >= gc_interval() {
             self.last_gc = now;
             self.collect().await;
         }
