@@ -448,6 +448,9 @@ async fn daemon(s: &Settings) -> Result<u8> {
             | crate::engine::node::NodeError::UnknownNode(_) => exit(2, e.to_string()),
             e => anyhow!(e).context("cannot start the node"),
         })?;
+    use crate::ops::notify;
+    let _ = notify::ready();
+    let _ = notify::status(&daemon_status(&node.ctx));
     let current = Arc::new(std::sync::RwLock::new(node.ctx.clone()));
     let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
     let mut ctl = tokio::spawn(control::serve(s.state_dir.clone(), current.clone(), stop_rx));
@@ -455,8 +458,14 @@ async fn daemon(s: &Settings) -> Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("signal handler")?;
     let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
     let mut hup = signal(SignalKind::hangup()).context("signal handler")?;
+    let (stop_wd, wd_rx) = tokio::sync::watch::channel(false);
+    let _watchdog = notify::watchdog_task(wd_rx);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(10));
     let code = loop {
         tokio::select! {
+            _ = status_tick.tick() => {
+                let _ = notify::status(&daemon_status(&node.ctx));
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0 }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0 }
             _ = hup.recv() => {
@@ -465,6 +474,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
                     Ok(c) if c.node(&s.node).is_none() => tracing::error!("SIGHUP: the new config has no [nodes.{}] section; the running one is kept", s.node),
                     Ok(c) => {
                         tracing::info!("SIGHUP: reloading {}", s.config_path.display());
+                        let _ = notify::reloading();
                         node.stop().await;
                         match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
                             Ok(n) => {
@@ -473,6 +483,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
                                     *w = node.ctx.clone();
                                 }
                                 tracing::info!("config reloaded");
+                                let _ = notify::ready();
                             }
                             Err(e) => {
                                 tracing::error!("cannot start with the new config: {e}; exiting");
@@ -492,11 +503,29 @@ async fn daemon(s: &Settings) -> Result<u8> {
             }
         }
     };
+    let _ = notify::stopping();
     let _ = stop_ctl.send(true);
+    let _ = stop_wd.send(true);
     node.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), ctl).await;
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// The one-line STATUS systemd shows.
+fn daemon_status(ctx: &crate::engine::node::Ctx) -> String {
+    let peers = ctx.all_peers();
+    let connected = peers.iter().filter(|p| ctx.links.get(p).is_some()).count();
+    let stopped = ctx.lanes().filter(|l| l.state.is_stopped()).count();
+    let mut s = format!(
+        "{} groups, {connected} of {} peers connected",
+        ctx.groups.len(),
+        peers.len()
+    );
+    if stopped > 0 {
+        s.push_str(&format!(", {stopped} STOPPED (clustersync status)"));
+    }
+    s
 }
 
 fn print_report(rep: &SyncReport, dry_run: bool) -> u8 {
@@ -579,20 +608,7 @@ async fn start_in_process(s: &Settings, cfg: Config, dry_run: bool) -> Result<No
     })
 }
 
-/// `1.0 GiB`, `12 B`.
-pub fn human_bytes(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", U[i])
-}
+pub use crate::engine::status::human_bytes;
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 {

@@ -477,7 +477,14 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         bytes_out: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
     });
-    let writer_task = tokio::spawn(write_loop(writer, hi_rx, bulk_rx, version, link.clone()));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        hi_rx,
+        bulk_rx,
+        version,
+        link.clone(),
+        ctx.metrics.clone(),
+    ));
     ctx.links.register(link.clone());
     let _registered = Registered {
         ctx: ctx.clone(),
@@ -513,7 +520,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         )));
     }
 
-    let (mut in_rx, reader_task) = spawn_reader(reader, version, peer.clone());
+    let (mut in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut shutdown = ctx.shutdown_rx();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -565,6 +572,7 @@ async fn write_loop(
     mut bulk: mpsc::Receiver<Msg>,
     version: u32,
     link: Arc<Link>,
+    metrics: Arc<crate::ops::metrics::Metrics>,
 ) {
     loop {
         let m = tokio::select! {
@@ -576,10 +584,9 @@ async fn write_loop(
             tracing::debug!(peer = %link.peer, "cannot encode {}", m.kind());
             continue;
         };
-        if let Msg::Chunks { data, .. } = &m {
-            let n: usize = data.iter().flatten().map(|d| d.len()).sum();
-            link.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        link.bytes_out
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        metrics.add_peer_bytes(&link.peer, frame.len() as u64, 0);
         if let Err(e) = writer.send_frame(&frame).await {
             tracing::debug!(peer = %link.peer, "write failed: {e}");
             break;
@@ -597,17 +604,23 @@ async fn write_loop(
 fn spawn_reader(
     mut reader: LinkReader,
     version: u32,
-    peer: String,
+    link: Arc<Link>,
+    ctx: Arc<Ctx>,
 ) -> (
     mpsc::Receiver<Result<Msg, LinkError>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(8);
     let task = tokio::spawn(async move {
+        let peer = link.peer.clone();
         loop {
             let r = match reader.recv_frame(IDLE).await {
                 Err(e) => Err(LinkError::Transport(e)),
-                Ok(frame) => match decode_for(version, &frame) {
+                Ok(frame) => match {
+                    link.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    ctx.metrics.add_peer_bytes(&peer, 0, frame.len() as u64);
+                    decode_for(version, &frame)
+                } {
                     Ok(Ok(m)) => Ok(m),
                     Ok(Err(_)) => Err(violation(&peer, "second Hello")),
                     Err(e) => Err(violation(&peer, e)),
@@ -750,8 +763,6 @@ async fn dispatch(
             let w = lock(&link.chunk_waiters).remove(&req);
             match w {
                 Some(tx) => {
-                    let n: usize = data.iter().flatten().map(|d| d.len()).sum();
-                    link.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     let _ = tx.send(data);
                 }
                 None => return Err(violation(peer, "unsolicited Chunks")),
@@ -872,6 +883,7 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
             ctx.counters
                 .items_out
                 .fetch_add(n as u64, Ordering::Relaxed);
+            ctx.metrics.changes_sent(&group, n as u64);
             if !link
                 .send(Msg::Index {
                     group: group.clone(),

@@ -306,12 +306,16 @@ pub struct Ctx {
     pub ident: Identity,
     pub store: Store,
     pub owners: OwnerMap,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
     pub backups: Backups,
     pub groups: BTreeMap<String, Arc<GroupRt>>,
     lanes: OnceLock<BTreeMap<String, LaneHandle>>,
     pub links: Links,
     pub counters: Counters,
+    /// Prometheus metrics (served when `[metrics] listen` is set).
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
+    /// Commands run after synced changes (groups with actions).
+    pub actions: Option<crate::ops::actions::ActionRunner>,
     shutdown: watch::Sender<bool>,
     pub opts: Opts,
     pub started: Instant,
@@ -428,6 +432,98 @@ impl Ctx {
     pub fn group_of_path(&self, p: &[u8]) -> Option<(String, Vec<u8>)> {
         group_of_path(&self.cfg, &self.name, &self.root, p)
     }
+
+    /// Tell the actions runner that these keys of `group` changed (applied from a peer, or
+    /// with `local`, made here).
+    pub fn changed(&self, group: &str, keys: &[Vec<u8>], local: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(a) = &self.actions {
+            a.notify(group, keys.iter().map(|k| name::show(k).into_owned()), local);
+        }
+    }
+
+    /// `/health` (SPEC §5.10): O(1) per request, from the lanes' and links' state.
+    pub fn health(&self) -> crate::ops::metrics::Health {
+        let stale = self
+            .cfg
+            .metrics
+            .as_ref()
+            .map(|m| m.stale_after)
+            .unwrap_or(crate::ops::metrics::DEFAULT_STALE_AFTER);
+        let stopped: Vec<(String, Option<String>, Option<Instant>, usize, usize)> = self
+            .lanes()
+            .map(|l| {
+                let g = &l.group;
+                let connected = g
+                    .peers
+                    .iter()
+                    .filter(|p| self.links.get(p).is_some_and(|k| k.active(g.name())))
+                    .count();
+                (
+                    g.name().to_string(),
+                    lock(&l.state.stopped).clone(),
+                    *lock(&l.state.behind_since),
+                    g.peers.len(),
+                    connected,
+                )
+            })
+            .collect();
+        crate::ops::metrics::judge(
+            stopped.iter().map(|(n, s, b, p, c)| crate::ops::metrics::GroupHealth {
+                name: n,
+                stopped: s.as_deref(),
+                unapplied_since: *b,
+                peers: *p,
+                peers_connected: *c,
+            }),
+            Instant::now(),
+            stale,
+        )
+    }
+
+    /// Refresh the gauges from live state (at scrape time; per group and per peer only).
+    pub fn collect_metrics(&self, m: &crate::ops::metrics::Metrics) {
+        let mut backups = 0;
+        for l in self.lanes() {
+            let g = l.group.name();
+            let st = self.store.stats(g).unwrap_or_default();
+            let conflicts = self
+                .store
+                .conflicts()
+                .map(|c| c.iter().filter(|(cg, _, c)| cg == g && !c.resolved).count())
+                .unwrap_or(0);
+            let pending = l.state.waiting_local.load(Ordering::Relaxed) as u64
+                + l.state.queued.load(Ordering::Relaxed) as u64
+                + l.state.aside.load(Ordering::Relaxed);
+            m.set_group(
+                g,
+                crate::ops::metrics::GroupGauges {
+                    files: st.files,
+                    bytes: st.bytes,
+                    pending,
+                    conflicts: conflicts as u64,
+                    stopped: l.state.is_stopped(),
+                },
+            );
+            backups += self.backups.usage(g);
+        }
+        m.set_backups_bytes(backups);
+        for p in self.all_peers() {
+            let link = self.links.get(&p);
+            let mut behind = 0;
+            for g in self.shared_groups(&p) {
+                if !g.replica {
+                    behind += self
+                        .store
+                        .count_since(g.name(), self.store.acked(&p, g.name()).unwrap_or(0))
+                        .unwrap_or(0);
+                }
+            }
+            m.set_peer(&p, link.is_some(), behind);
+        }
+    }
 }
 
 /// Which of `node`'s groups a path (logical, or real with the root prefix) belongs to.
@@ -523,7 +619,43 @@ impl Node {
             groups.insert(g.name.clone(), Arc::new(rt));
         }
         let backups = Backups::open(&state_dir.join("backups"))?;
-        let (shutdown, _) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let metrics = Arc::new(crate::ops::metrics::Metrics::new());
+        let mut specs = Vec::new();
+        for g in groups.values() {
+            for (i, a) in g.cfg.actions.iter().enumerate() {
+                specs.push(crate::ops::actions::ActionSpec::from_config(g.name(), i, a));
+            }
+        }
+        let audit = Arc::new(Audit::open(&state_dir.join("audit.log")));
+        let mut action_task = None;
+        let actions = if specs.is_empty() || opts.dry_run {
+            None
+        } else {
+            let (a2, m2) = (audit.clone(), metrics.clone());
+            let hook: crate::ops::actions::ResultHook = Arc::new(move |r| {
+                let detail = format!("{} in {} ms, {} paths", r.outcome, r.duration.as_millis(), r.paths);
+                a2.log(Rec {
+                    group: &r.group,
+                    kind: "action",
+                    detail: Some(&detail),
+                    ..Default::default()
+                });
+                m2.observe_action(r);
+            });
+            let (runner, task) = crate::ops::actions::ActionRunner::start(
+                specs,
+                crate::ops::actions::RunnerOptions::new(name),
+                hook,
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| NodeError::Group {
+                group: "*".into(),
+                msg: e.to_string(),
+            })?;
+            action_task = Some(task);
+            Some(runner)
+        };
         let ctx = Arc::new(Ctx {
             name: name.to_string(),
             root: me.root.clone(),
@@ -533,12 +665,14 @@ impl Node {
             ident,
             store,
             owners: OwnerMap::default(),
-            audit: Audit::open(&state_dir.join("audit.log")),
+            audit,
             backups,
             groups,
             lanes: OnceLock::new(),
             links: Links::default(),
             counters: Counters::default(),
+            metrics,
+            actions,
             shutdown,
             opts,
             started: Instant::now(),
@@ -551,7 +685,7 @@ impl Node {
             lanes.push((l, rx));
         }
         let _ = ctx.lanes.set(handles);
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = action_task.into_iter().collect();
         // the watcher starts before the initial scan so nothing falls between them
         if opts.watch && ctx.groups.values().any(|g| g.cfg.watch) {
             tasks.push(crate::local::watch::spawn(ctx.clone()));
@@ -573,6 +707,35 @@ impl Node {
                 })?;
             tracing::info!("node {} listening on {addr}", ctx.name);
             tasks.push(tokio::spawn(listen(ctx.clone(), listener)));
+            let maddr = me
+                .metrics
+                .clone()
+                .or_else(|| ctx.cfg.metrics.as_ref().map(|m| m.listen.clone()));
+            if let Some(maddr) = maddr {
+                let c = Arc::downgrade(&ctx);
+                ctx.metrics.set_collector(Arc::new(move |m| {
+                    if let Some(c) = c.upgrade() {
+                        c.collect_metrics(m);
+                    }
+                }));
+                let c = Arc::downgrade(&ctx);
+                let health: crate::ops::metrics::HealthFn = Arc::new(move || match c.upgrade() {
+                    Some(c) => c.health(),
+                    None => crate::ops::metrics::Health::Unhealthy("stopping".into()),
+                });
+                let server = crate::ops::metrics::serve(
+                    &maddr,
+                    ctx.metrics.clone(),
+                    health,
+                    ctx.shutdown_rx(),
+                )
+                .await
+                .map_err(|e| NodeError::Listen {
+                    addr: maddr.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                tasks.push(server.task);
+            }
         }
         for p in ctx.all_peers() {
             if opts.dial_all || p > ctx.name {

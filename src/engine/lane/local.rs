@@ -75,10 +75,16 @@ pub(super) fn commit_local(
         };
         ctx.audit_item(name, kind, &c.entry.item, None);
     }
+    let announced: Vec<Vec<u8>> = store
+        .iter()
+        .filter(|c| c.announce)
+        .map(|c| c.entry.item.key.clone())
+        .collect();
     let mut head = 0;
     if !store.is_empty() || !extras.is_empty() {
         head = ctx.store.commit(name, store, extras)?;
     }
+    ctx.changed(name, &announced, true);
     let mut out = Vec::new();
     for c in drift {
         let key = c.entry.item.key.clone();
@@ -199,7 +205,8 @@ impl Lane {
 
     /// Scan every path of the group (start-up, periodic rescan, `sync`, stopped-group check).
     pub(super) async fn full_scan(&mut self) {
-        self.last_rescan = Instant::now();
+        let t0 = Instant::now();
+        self.last_rescan = t0;
         let ctx = self.ctx.clone();
         let g = self.g.clone();
         let adopt = self.adopt;
@@ -219,6 +226,7 @@ impl Lane {
             _ => false,
         };
         self.after_scan(r);
+        self.ctx.metrics.observe_scan(self.g.name(), t0.elapsed());
         self.adopt = false;
         if resumed {
             // peers resend what was acknowledged but not applied while stopped

@@ -434,6 +434,7 @@ impl Lane {
         prefer: Option<String>,
         position: Option<(String, u64, u64)>,
     ) {
+        let t0 = Instant::now();
         let group = self.name().to_string();
         let drift_keep: BTreeSet<Vec<u8>> =
             if self.g.replica && self.g.cfg.on_drift == crate::config::OnDrift::Keep {
@@ -487,7 +488,19 @@ impl Lane {
                 done.touched.extend(d.touched);
             }
         }
+        let from = position.as_ref().map(|p| p.0.clone());
+        let (n, bytes) = (done.changes.len(), done.bytes);
         self.finish_batch(plan, done, position).await;
+        let took = t0.elapsed();
+        if n >= 100 || bytes >= 16 << 20 || took >= Duration::from_secs(1) {
+            tracing::info!(
+                group = %group,
+                "received {n} changes ({}) from {} in {:.1} s",
+                crate::engine::status::human_bytes(bytes),
+                from.as_deref().unwrap_or("set-aside retries"),
+                took.as_secs_f64()
+            );
+        }
     }
 
     /// Fetch the content of a chunk of steps at once, then install them in order with one
@@ -587,6 +600,25 @@ impl Lane {
             plan.extras.aside_remove.push(c.entry.item.key.clone());
         }
         let applied = changes.len() as u64;
+        let applied_keys: Vec<Vec<u8>> = changes.iter().map(|c| c.entry.item.key.clone()).collect();
+        // latency from the origin's commit (its sequence number is its clock in µs) to here
+        if let Some((peer, _, through)) = &position {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            if *through > 1_000_000_000_000_000 && now > *through {
+                let direct = changes
+                    .iter()
+                    .filter(|c| c.entry.item.origin == *peer)
+                    .count();
+                for _ in 0..direct.min(64) {
+                    self.ctx
+                        .metrics
+                        .observe_apply_latency(&group, Duration::from_micros(now - through));
+                }
+            }
+        }
         let mut rescan = Vec::new();
         for (s, e) in failed {
             if e.unsupported_xattrs() {
@@ -649,6 +681,8 @@ impl Lane {
             Err(e) => tracing::error!(group = %group, "commit task: {e}"),
         }
         self.state.applied.fetch_add(applied, Ordering::Relaxed);
+        self.ctx.metrics.changes_applied(&group, applied);
+        self.ctx.changed(&group, &applied_keys, false);
         self.state.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
         if !rescan.is_empty() {
             let due = Instant::now();
