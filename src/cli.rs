@@ -688,6 +688,19 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
             println!("      not applied yet: {a}");
         }
     }
+    for a in &st.actions {
+        if a.last_ok == Some(false) {
+            println!(
+                "action {}[{}] `{}`: last run FAILED: {} ({} failures in {} runs)",
+                a.group,
+                a.index,
+                a.run,
+                a.last.as_deref().unwrap_or("?"),
+                a.failures,
+                a.runs
+            );
+        }
+    }
     for p in &st.peers {
         println!(
             "peer  {:<12} {:<13} behind {:<6} last seen {}{}",

@@ -27,6 +27,27 @@ pub struct Status {
     pub as_of: Option<String>,
     /// Counters of the running daemon (absent without one).
     pub transfer: Option<TransferStats>,
+    /// The actions of this node's groups and how their last run went.
+    #[serde(default)]
+    pub actions: Vec<ActionView>,
+}
+
+/// One action as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionView {
+    pub group: String,
+    pub index: usize,
+    pub run: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub running: bool,
+    /// Paths waiting for the next run.
+    pub pending: usize,
+    /// How the last run ended (`exit status 0`, `timed out ...`), when it ran.
+    pub last: Option<String>,
+    pub last_ok: Option<bool>,
+    pub last_duration_ms: Option<u64>,
+    pub last_paths: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,6 +296,27 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
             .ok()
             .map(rfc3339)
     };
+    let actions = live
+        .and_then(|c| c.actions.as_ref())
+        .map(|a| {
+            a.status()
+                .into_iter()
+                .map(|s| ActionView {
+                    group: s.group,
+                    index: s.index,
+                    run: s.run,
+                    runs: s.runs,
+                    failures: s.failures,
+                    running: s.running,
+                    pending: s.pending,
+                    last: s.last.as_ref().map(|r| r.outcome.to_string()),
+                    last_ok: s.last.as_ref().map(|r| r.success()),
+                    last_duration_ms: s.last.as_ref().map(|r| r.duration.as_millis() as u64),
+                    last_paths: s.last.as_ref().map(|r| r.paths),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Status {
         node: name.to_string(),
         groups,
@@ -282,5 +324,6 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
         daemon: live.is_some(),
         as_of,
         transfer: live.map(|c| c.counters.snapshot()),
+        actions,
     })
 }
