@@ -417,6 +417,15 @@ fn check_config(s: &Settings) -> Result<u8> {
         }
     }
     print!("{}", cfg.summary(Some(s.node.as_str())));
+    if let Some(ac) = &cfg.accounts {
+        let set = crate::accounts::ManagedSet::from_config(ac);
+        println!(
+            "accounts: {}{}{}",
+            set.summary(),
+            if ac.passwords { "; password hashes too" } else { "; no password hashes" },
+            if ac.create_home { "; homes created from /etc/skel" } else { "" }
+        );
+    }
     for w in warnings {
         println!("{w}");
     }
@@ -686,6 +695,18 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         }
         for a in &g.set_aside {
             println!("      not applied yet: {a}");
+        }
+    }
+    if let Some(a) = &st.accounts {
+        println!(
+            "accounts     {} users, {} groups  pending {}  {}",
+            a.users,
+            a.groups,
+            a.pending,
+            if a.in_sync { "in sync" } else { "NOT in sync" }
+        );
+        for n in &a.not_applied {
+            println!("      not applied: {n}");
         }
     }
     for a in &st.actions {

@@ -120,6 +120,12 @@ pub fn validate(
     if r.version.is_empty() {
         return Err(refuse("empty version vector".into()));
     }
+    if r.version.0.values().any(|c| *c > max_counter()) {
+        return Err(refuse(
+            "a version counter from the future (more than a year ahead of this node's clock)"
+                .into(),
+        ));
+    }
     if r.beat.len() > 1024 || r.beat.iter().any(|b| b.len() > 255) {
         return Err(refuse("oversized list of beaten nodes".into()));
     }
@@ -187,6 +193,13 @@ pub fn validate(
         }
     }
     Ok(())
+}
+
+/// The largest version counter a peer may send: counters are milliseconds of a node's clock
+/// (`item::version`), so one more than a year ahead of ours is forged or broken (it could make
+/// our own later changes saturate and collide with it).
+pub fn max_counter() -> u64 {
+    crate::item::version::clock_ms() + 365 * 24 * 3600 * 1000
 }
 
 /// Where each chunk of a new file comes from.

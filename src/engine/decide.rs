@@ -24,7 +24,7 @@
 //!   meet (an index restored from an old snapshot), they are settled like concurrent ones.
 
 use crate::config::ConflictPolicy;
-use crate::item::{Causality, Item, Meta};
+use crate::item::{Causality, Item};
 use std::cmp::Ordering;
 
 /// What the group decides with.
@@ -74,11 +74,27 @@ pub enum Decision {
 /// node.
 pub fn remote_wins(policy: &ConflictPolicy, local: &Item, remote: &Item) -> bool {
     // a deletion loses against a live version
-    let (l, r) = match (local.meta(), remote.meta()) {
+    match (&local.body, &remote.body) {
         (None, Some(_)) => return true,
         (Some(_), None) => return false,
         (None, None) => return tiebreak(local, remote) == Ordering::Greater,
-        (Some(l), Some(r)) => (l, r),
+        _ => {}
+    }
+    let (Some(l), Some(r)) = (local.meta(), remote.meta()) else {
+        // accounts: no mtime or size; "newest" is the change made last by its origin's clock
+        // (the origin's version counter, milliseconds), "oldest" the first
+        let lt = local.version.get(&local.origin);
+        let rt = remote.version.get(&remote.origin);
+        let by = match policy {
+            ConflictPolicy::Prefer(n) => (remote.origin == *n).cmp(&(local.origin == *n)),
+            ConflictPolicy::Oldest => lt.cmp(&rt),
+            _ => rt.cmp(&lt),
+        };
+        return match by {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => tiebreak(local, remote) == Ordering::Greater,
+        };
     };
     let by = match policy {
         ConflictPolicy::Newest | ConflictPolicy::Manual => {
@@ -107,19 +123,18 @@ fn tiebreak(local: &Item, remote: &Item) -> Ordering {
             let rh = remote.meta().map(|m| m.hash);
             lh.cmp(&rh)
         })
-        .then_with(|| body_bytes(local.meta()).cmp(&body_bytes(remote.meta())))
+        .then_with(|| body_bytes(local.body.as_ref()).cmp(&body_bytes(remote.body.as_ref())))
 }
 
-fn body_bytes(m: Option<&Meta>) -> Vec<u8> {
-    m.and_then(|m| postcard::to_allocvec(m).ok())
+fn body_bytes(b: Option<&crate::item::Body>) -> Vec<u8> {
+    b.and_then(|b| postcard::to_allocvec(b).ok())
         .unwrap_or_default()
 }
 
 fn same_data(a: &Item, b: &Item) -> bool {
-    match (a.meta(), b.meta()) {
-        (Some(x), Some(y)) => x.same_data(y),
-        (None, None) => true,
-        _ => false,
+    match (&a.body, &b.body) {
+        (Some(crate::item::Body::Fs(x)), Some(crate::item::Body::Fs(y))) => x.same_data(y),
+        (x, y) => x == y,
     }
 }
 

@@ -6,6 +6,10 @@ use crate::fs::xattr::XattrFilter;
 use crate::local::filter::Filter;
 use crate::net::protocol::SharedSettings;
 
+/// The name of the accounts pseudo-group in the index and on the wire (a config group name
+/// cannot start with `@`).
+pub const ACCOUNTS: &str = "@accounts";
+
 /// A group as node `me` runs it.
 pub struct GroupRt {
     pub cfg: GroupConfig,
@@ -18,6 +22,8 @@ pub struct GroupRt {
     pub xattrs: Option<XattrFilter>,
     /// What peers compare at connect (SPEC §5.11).
     pub settings: SharedSettings,
+    /// For the accounts pseudo-group: which accounts are managed and how.
+    pub accounts: Option<crate::accounts::Policy>,
 }
 
 impl GroupRt {
@@ -53,9 +59,69 @@ impl GroupRt {
                 xattrs: cfg.xattrs,
                 xattrs_include: cfg.xattrs_include.clone(),
                 xattrs_exclude: cfg.xattrs_exclude.clone(),
+                other: Vec::new(),
             },
+            accounts: None,
             cfg: cfg.clone(),
         })
+    }
+
+    /// The accounts pseudo-group (SPEC §5.7): its members are `[accounts] nodes` (every node by
+    /// default); it has no paths; concurrent changes of one account are settled by `newest`.
+    pub fn accounts(
+        ac: &crate::config::AccountsConfig,
+        cfg: &crate::config::Config,
+        me: &str,
+    ) -> Option<GroupRt> {
+        let members: Vec<String> = match &ac.nodes {
+            Some(n) => n.clone(),
+            None => cfg.nodes.keys().cloned().collect(),
+        };
+        if !members.iter().any(|m| m == me) {
+            return None;
+        }
+        let mut gc = GroupConfig::new(ACCOUNTS);
+        gc.nodes = members.clone();
+        gc.watch = false;
+        let policy = crate::accounts::Policy::from_config(ac);
+        let mut nodes = members;
+        nodes.sort();
+        let users = {
+            let mut u = ac.users.clone();
+            u.sort();
+            u
+        };
+        let other = vec![
+            ("users".to_string(), format!("{users:?}")),
+            (
+                "uid_range".to_string(),
+                ac.uid_range
+                    .map(|(a, b)| format!("{a}-{b}"))
+                    .unwrap_or_else(|| "none".into()),
+            ),
+            ("passwords".to_string(), ac.passwords.to_string()),
+            ("create_home".to_string(), ac.create_home.to_string()),
+        ];
+        Some(GroupRt {
+            filter: Filter::new(&gc).ok()?,
+            peers: gc.nodes.iter().filter(|m| *m != me).cloned().collect(),
+            replica: false,
+            xattrs: None,
+            settings: SharedSettings {
+                nodes,
+                conflict: gc.conflict.to_string(),
+                owners: gc.owners.to_string(),
+                other,
+                ..Default::default()
+            },
+            accounts: Some(policy),
+            cfg: gc,
+        })
+    }
+
+    /// The accounts pseudo-group.
+    pub fn is_accounts(&self) -> bool {
+        self.accounts.is_some()
     }
 
     pub fn name(&self) -> &str {

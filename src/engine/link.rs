@@ -399,16 +399,32 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv_frame(HANDSHAKE_TIMEOUT))
         .await
         .map_err(|_| LinkError::NoHello(peer.clone()))??;
-    let hello = parse_hello(&peer, version, &first)?;
-    if hello.node != peer {
-        return Err(violation(
-            &peer,
-            format!("introduced itself as {:?}", hello.node),
-        ));
-    }
-    if hello.groups.len() > MAX_GROUPS {
-        return Err(violation(&peer, "too many groups in Hello"));
-    }
+    let hello = match parse_hello(&peer, version, &first).and_then(|h| {
+        if h.node != peer {
+            return Err(violation(&peer, format!("introduced itself as {:?}", h.node)));
+        }
+        if h.groups.len() > MAX_GROUPS {
+            return Err(violation(&peer, "too many groups in Hello"));
+        }
+        Ok(h)
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            if let LinkError::Violation { msg, .. } = &e {
+                ctx.audit_refused(&peer, msg);
+                tracing::warn!(peer = %peer, "refused link: {msg}");
+                if let Some(frame) = encode_for(
+                    version,
+                    &Msg::Bye {
+                        reason: msg.clone(),
+                    },
+                ) {
+                    let _ = writer.send_frame(&frame).await;
+                }
+            }
+            return Err(e);
+        }
+    };
     // an index restored from an old snapshot: the peer has seen more of us than we have
     for h in &hello.groups {
         if let Ok(inc) = ctx.store.incarnation(&h.group)
@@ -574,11 +590,24 @@ async fn write_loop(
     link: Arc<Link>,
     metrics: Arc<crate::ops::metrics::Metrics>,
 ) {
+    let mut closed = link.closed_rx();
     loop {
         let m = tokio::select! {
             biased;
             m = hi.recv() => match m { Some(m) => m, None => break },
             m = bulk.recv() => match m { Some(m) => m, None => break },
+            // the link holds the senders of these queues: its end must end the writer too
+            _ = crate::engine::node::until_set(&mut closed) => {
+                // say why, if a reason was queued last
+                while let Ok(m) = hi.try_recv() {
+                    if let Msg::Bye { .. } = &m
+                        && let Some(frame) = encode_for(version, &m)
+                    {
+                        let _ = writer.send_frame(&frame).await;
+                    }
+                }
+                break;
+            }
         };
         let Some(frame) = encode_for(version, &m) else {
             tracing::debug!(peer = %link.peer, "cannot encode {}", m.kind());

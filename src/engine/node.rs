@@ -618,6 +618,11 @@ impl Node {
             })?;
             groups.insert(g.name.clone(), Arc::new(rt));
         }
+        if let Some(ac) = &cfg.accounts
+            && let Some(rt) = GroupRt::accounts(ac, &cfg, name)
+        {
+            groups.insert(rt.name().to_string(), Arc::new(rt));
+        }
         let backups = Backups::open(&state_dir.join("backups"))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(crate::ops::metrics::Metrics::new());
@@ -687,7 +692,7 @@ impl Node {
         let _ = ctx.lanes.set(handles);
         let mut tasks: Vec<tokio::task::JoinHandle<()>> = action_task.into_iter().collect();
         // the watcher starts before the initial scan so nothing falls between them
-        if opts.watch && ctx.groups.values().any(|g| g.cfg.watch) {
+        if opts.watch && ctx.groups.values().any(|g| g.cfg.watch || g.is_accounts()) {
             tasks.push(crate::local::watch::spawn(ctx.clone()));
         }
         // the initial scan, before any peer sees our index

@@ -30,6 +30,21 @@ pub struct Status {
     /// The actions of this node's groups and how their last run went.
     #[serde(default)]
     pub actions: Vec<ActionView>,
+    /// Account sync (`[accounts]`), when this node is a member.
+    #[serde(default)]
+    pub accounts: Option<AccountsStatus>,
+}
+
+/// `status` of account sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountsStatus {
+    /// Managed users and groups in the index.
+    pub users: u64,
+    pub groups: u64,
+    /// Accounts received but not applied here, with why (collisions name both accounts).
+    pub not_applied: Vec<String>,
+    pub pending: u64,
+    pub in_sync: bool,
 }
 
 /// One action as `status` shows it.
@@ -116,6 +131,7 @@ impl Status {
         }
         if !self.daemon
             || self.groups.iter().any(|g| !g.in_sync)
+            || self.accounts.as_ref().is_some_and(|a| !a.in_sync)
             || self.peers.iter().any(|p| !p.connected)
         {
             return 1;
@@ -296,6 +312,29 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
             .ok()
             .map(rfc3339)
     };
+    let accounts = if cfg.accounts.is_some() && store.incarnation_known(crate::engine::group::ACCOUNTS)
+    {
+        let g = crate::engine::group::ACCOUNTS;
+        let st = store.stats(g)?;
+        let aside = store.aside(g)?;
+        let mut pending = aside.len() as u64;
+        let members: Vec<String> = match cfg.accounts.as_ref().and_then(|a| a.nodes.clone()) {
+            Some(n) => n,
+            None => cfg.nodes.keys().cloned().collect(),
+        };
+        for p in members.iter().filter(|m| *m != name) {
+            pending += store.count_since(g, store.acked(p, g)?)?;
+        }
+        Some(AccountsStatus {
+            users: st.files,
+            groups: st.dirs,
+            not_applied: aside.iter().map(|a| a.error.clone()).collect(),
+            pending,
+            in_sync: pending == 0,
+        })
+    } else {
+        None
+    };
     let actions = live
         .and_then(|c| c.actions.as_ref())
         .map(|a| {
@@ -325,5 +364,6 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
         as_of,
         transfer: live.map(|c| c.counters.snapshot()),
         actions,
+        accounts,
     })
 }

@@ -105,9 +105,17 @@ impl Meta {
 
 /// The body of a live item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one body per item; boxing would only burden every caller"
+)]
 pub enum Body {
     /// A file, directory or symlink.
     Fs(Meta),
+    /// A managed user (the accounts pseudo-group; key `user/NAME`).
+    User(crate::accounts::UserRecord),
+    /// A managed group (key `group/NAME`).
+    Group(crate::accounts::GroupRecord),
 }
 
 /// The cluster-wide state of one key of a group.
@@ -134,14 +142,14 @@ impl Item {
     pub fn meta(&self) -> Option<&Meta> {
         match &self.body {
             Some(Body::Fs(m)) => Some(m),
-            None => None,
+            _ => None,
         }
     }
 
     pub fn meta_mut(&mut self) -> Option<&mut Meta> {
         match &mut self.body {
             Some(Body::Fs(m)) => Some(m),
-            None => None,
+            _ => None,
         }
     }
 
@@ -160,9 +168,10 @@ impl Item {
 
     /// Identical bodies (both deleted counts as identical).
     pub fn same_body(&self, other: &Item, compare_owner: bool) -> bool {
-        match (self.meta(), other.meta()) {
-            (None, None) => self.is_deleted() && other.is_deleted(),
-            (Some(a), Some(b)) => a.same_synced(b, compare_owner),
+        match (&self.body, &other.body) {
+            (None, None) => true,
+            (Some(Body::Fs(a)), Some(Body::Fs(b))) => a.same_synced(b, compare_owner),
+            (Some(a), Some(b)) => a == b,
             _ => false,
         }
     }

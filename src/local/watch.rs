@@ -45,6 +45,8 @@ struct State {
     warned_limit: bool,
     limit: Option<usize>,
     windows: Windows,
+    /// The watch on `<root>/etc` for account sync.
+    accounts_wd: Option<WatchDescriptor>,
 }
 
 fn mask() -> WatchMask {
@@ -185,6 +187,19 @@ impl State {
 
     fn handle(&mut self, ev: inotify::EventOwned) {
         let now = Instant::now().into_std();
+        if self.accounts_wd.as_ref() == Some(&ev.wd) {
+            // passwd, group, shadow, gshadow written or renamed into place
+            let ours = ev.name.as_ref().is_some_and(|n| {
+                matches!(n.as_bytes(), b"passwd" | b"group" | b"shadow" | b"gshadow")
+            });
+            if ours
+                && ev.mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+                && let Some(l) = self.ctx.lane(crate::engine::group::ACCOUNTS)
+            {
+                l.local(Vec::new(), false);
+            }
+            return;
+        }
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             tracing::warn!(
                 "inotify queue overflowed; rescanning the watched groups (a compare with the index, nothing is reset)"
@@ -299,7 +314,21 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
         warned_limit: false,
         limit,
         windows: Windows::new(Params::default()),
+        accounts_wd: None,
     };
+    if ctx.group(crate::engine::group::ACCOUNTS).is_some() {
+        let etc = ctx.root.join("etc");
+        match st.watches.add(
+            &etc,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DONT_FOLLOW,
+        ) {
+            Ok(wd) => st.accounts_wd = Some(wd),
+            Err(e) => tracing::warn!(
+                "cannot watch {} for account changes ({e}); they are noticed within a second by stat",
+                etc.display()
+            ),
+        }
+    }
     for g in ctx.groups.values() {
         if !g.cfg.watch {
             continue;

@@ -60,6 +60,8 @@ pub struct SharedSettings {
     pub xattrs: bool,
     pub xattrs_include: Vec<String>,
     pub xattrs_exclude: Vec<String>,
+    /// Further settings as (key, value), e.g. the accounts policy.
+    pub other: Vec<(String, String)>,
 }
 
 impl SharedSettings {
@@ -86,7 +88,24 @@ impl SharedSettings {
                 l(&theirs.xattrs_exclude),
             ),
         ];
-        checks.into_iter().find(|(_, a, b)| a != b)
+        if let Some(d) = checks.into_iter().find(|(_, a, b)| a != b) {
+            return Some(d);
+        }
+        if self.other != theirs.other {
+            for (k, v) in &self.other {
+                let t = theirs
+                    .other
+                    .iter()
+                    .find(|(tk, _)| tk == k)
+                    .map(|(_, tv)| tv.clone())
+                    .unwrap_or_else(|| "not set".into());
+                if *v != t {
+                    return Some(("accounts", format!("{k} = {v}"), format!("{k} = {t}")));
+                }
+            }
+            return Some(("accounts", format!("{:?}", self.other), format!("{:?}", theirs.other)));
+        }
+        None
     }
 }
 

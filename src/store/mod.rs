@@ -159,13 +159,18 @@ impl GroupStats {
                 x.saturating_sub(by)
             }
         };
-        match e.item.kind() {
-            Some(Kind::File) => {
-                f(&mut self.files, 1);
-                f(&mut self.bytes, e.item.size());
-            }
-            Some(Kind::Dir) => f(&mut self.dirs, 1),
-            Some(Kind::Symlink) => f(&mut self.symlinks, 1),
+        // in the accounts pseudo-group, users count as files and groups as directories
+        match &e.item.body {
+            Some(crate::item::Body::Fs(m)) => match m.kind {
+                Kind::File => {
+                    f(&mut self.files, 1);
+                    f(&mut self.bytes, m.size);
+                }
+                Kind::Dir => f(&mut self.dirs, 1),
+                Kind::Symlink => f(&mut self.symlinks, 1),
+            },
+            Some(crate::item::Body::User(_)) => f(&mut self.files, 1),
+            Some(crate::item::Body::Group(_)) => f(&mut self.dirs, 1),
             None => f(&mut self.tombstones, 1),
         }
     }
@@ -456,6 +461,11 @@ impl Store {
             return Ok(v);
         }
         self.renew_incarnation(group)
+    }
+
+    /// Whether `group` ever had an incarnation here (the node runs it or ran it).
+    pub fn incarnation_known(&self, group: &str) -> bool {
+        self.meta_get(&format!("inc:{group}")).ok().flatten().is_some()
     }
 
     /// Give `group` a new incarnation: every peer sends us everything of it again and we send

@@ -200,7 +200,11 @@ impl Lane {
 
     /// The scan at start-up, before peers connect.
     pub(crate) async fn initial_scan(&mut self) {
-        self.full_scan().await;
+        if self.g.is_accounts() {
+            self.accounts_scan().await;
+        } else {
+            self.full_scan().await;
+        }
     }
 
     /// Scan every path of the group (start-up, periodic rescan, `sync`, stopped-group check).

@@ -12,6 +12,7 @@
 //! Blocking work (scans, disk writes, index commits) runs on tokio's blocking pool; content
 //! from peers is fetched concurrently for up to [`remote::FETCH_FILES`] files of a batch.
 
+pub mod accounts;
 mod local;
 mod remote;
 mod resolve;
@@ -192,6 +193,8 @@ pub(crate) struct Lane {
     stopped_check: Instant,
     /// Drift reverts are tried again no sooner than this.
     drift_due: Instant,
+    /// The accounts pseudo-group: the stat of the account files at the last scan.
+    accounts_stamp: Vec<(u64, i64, i64, u64)>,
 }
 
 /// How often tombstones every member confirmed are collected (30 s; the test knob
@@ -231,6 +234,7 @@ pub(crate) fn new(ctx: &Arc<Ctx>, g: Arc<GroupRt>) -> (LaneHandle, Lane, mpsc::U
         aside_due: now,
         stopped_check: now,
         drift_due: now,
+        accounts_stamp: Vec::new(),
     };
     (
         LaneHandle {
@@ -288,6 +292,10 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
             }
             _ = crate::engine::node::until_set(&mut shutdown) => return,
         };
+        if lane.g.is_accounts() {
+            lane.accounts_msg(msg).await;
+            continue;
+        }
         match msg {
             LaneMsg::Local { paths, deletes } => lane.local(paths, deletes).await,
             LaneMsg::Rescan { reply } => {
@@ -320,6 +328,39 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
 }
 
 impl Lane {
+    /// The accounts pseudo-group's messages.
+    async fn accounts_msg(&mut self, msg: LaneMsg) {
+        match msg {
+            LaneMsg::Local { .. } | LaneMsg::OwnersChanged => self.accounts_scan().await,
+            LaneMsg::Rescan { reply } => {
+                self.accounts_scan().await;
+                if let Some(tx) = reply {
+                    let _ = tx.send(());
+                }
+            }
+            LaneMsg::Remote {
+                link,
+                items,
+                through,
+            } => {
+                self.state.queued.fetch_sub(1, Ordering::Relaxed);
+                link.queued.fetch_sub(1, Ordering::AcqRel);
+                self.accounts_remote(link, items, through).await;
+                if self.state.queued.load(Ordering::Relaxed) == 0 {
+                    *lock(&self.state.behind_since) = None;
+                }
+            }
+            LaneMsg::Marker { reply } => {
+                let _ = reply.send(());
+            }
+            LaneMsg::Resolve { reply, .. } => {
+                let _ = reply.send(Err(
+                    "account conflicts are settled automatically (the newest change wins; the previous files are kept as passwd-, shadow-, group-, gshadow-)".into(),
+                ));
+            }
+        }
+    }
+
     /// When the next path to look at again is due (far away when none).
     fn next_timer(&self) -> Instant {
         self.unstable
@@ -354,6 +395,16 @@ impl Lane {
     /// bound.
     async fn tick(&mut self) {
         let now = Instant::now();
+        if self.g.is_accounts() {
+            if self.accounts_touched() {
+                self.accounts_scan().await;
+            }
+            if now >= self.aside_due && self.state.aside.load(Ordering::Relaxed) > 0 {
+                self.aside_due = now + Duration::from_secs(5);
+                self.accounts_retry().await;
+            }
+            return;
+        }
         if self.state.is_stopped() {
             if now >= self.stopped_check {
                 self.stopped_check = now + Duration::from_secs(4);

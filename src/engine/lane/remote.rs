@@ -333,6 +333,7 @@ impl Lane {
             if let Err(e) = validate(&self.g, w, &known) {
                 tracing::error!(peer = %link.peer, group = %group, "{e}; closing the link");
                 self.ctx.audit_refused(&link.peer, &e.to_string());
+                let _ = link.send(Msg::Bye { reason: e.to_string() }).await;
                 link.close();
                 return;
             }
