@@ -5,7 +5,7 @@
 #![no_main]
 
 use clustersync::config::Config;
-use clustersync::filter::Filter;
+use clustersync::local::filter::Filter;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

@@ -106,13 +106,6 @@ fn assert_invalid(text: &str, line: usize, key: &str, fragment: &str) {
     assert!(m.contains(fragment), "message {m:?} lacks {fragment:?}");
 }
 
-/// 1-based line of the first occurrence of `needle` in `text`.
-fn line_of(text: &str, needle: &str) -> usize {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("{needle:?} not in text"));
-    text[..at].matches('\n').count() + 1
-}
 
 #[test]
 fn spec_example_parses() {
