@@ -369,7 +369,10 @@ fn check_config(s: &Settings) -> Result<u8> {
     let me = cfg
         .node(&s.node)
         .ok_or_else(|| exit(2, "no section for this node"))?;
-    let key = me.key.clone().unwrap_or_else(|| s.state_dir.join("node.key"));
+    let key = me
+        .key
+        .clone()
+        .unwrap_or_else(|| s.state_dir.join("node.key"));
     match Identity::load(&key) {
         Ok(ident) => {
             if let Some(id) = &me.id
@@ -422,8 +425,16 @@ fn check_config(s: &Settings) -> Result<u8> {
         println!(
             "accounts: {}{}{}",
             set.summary(),
-            if ac.passwords { "; password hashes too" } else { "; no password hashes" },
-            if ac.create_home { "; homes created from /etc/skel" } else { "" }
+            if ac.passwords {
+                "; password hashes too"
+            } else {
+                "; no password hashes"
+            },
+            if ac.create_home {
+                "; homes created from /etc/skel"
+            } else {
+                ""
+            }
         );
     }
     for w in warnings {
@@ -462,7 +473,11 @@ async fn daemon(s: &Settings) -> Result<u8> {
     let _ = notify::status(&daemon_status(&node.ctx));
     let current = Arc::new(std::sync::RwLock::new(node.ctx.clone()));
     let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
-    let mut ctl = tokio::spawn(control::serve(s.state_dir.clone(), current.clone(), stop_rx));
+    let mut ctl = tokio::spawn(control::serve(
+        s.state_dir.clone(),
+        current.clone(),
+        stop_rx,
+    ));
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("signal handler")?;
     let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
@@ -829,7 +844,11 @@ fn find_group(cfg: &Config, s: &Settings, path: &[u8]) -> Result<(String, Vec<u8
     crate::engine::node::group_of_path(cfg, &s.node, &root, path).ok_or_else(|| {
         exit(
             1,
-            format!("{} is not in any group of node {}", name::show(path), s.node),
+            format!(
+                "{} is not in any group of node {}",
+                name::show(path),
+                s.node
+            ),
         )
     })
 }
@@ -983,7 +1002,8 @@ async fn restore(
         Some(dest) => {
             std::fs::write(dest, &data).with_context(|| format!("writing {}", dest.display()))?;
             let f = std::fs::File::open(dest)?;
-            crate::fs::safefs::set_meta_fd(&f, &sm).map_err(|e| anyhow!("{}: {e}", dest.display()))?;
+            crate::fs::safefs::set_meta_fd(&f, &sm)
+                .map_err(|e| anyhow!("{}: {e}", dest.display()))?;
             println!("restored generation {n} of {shown} to {}", dest.display());
         }
         None => {

@@ -17,7 +17,9 @@ pub enum IdentityError {
     Exists { path: PathBuf },
     #[error("no node key at {path} (run `clustersync init` first)")]
     Missing { path: PathBuf },
-    #[error("cannot read node key {path}: permission denied (the key is root's: run clustersync as root)")]
+    #[error(
+        "cannot read node key {path}: permission denied (the key is root's: run clustersync as root)"
+    )]
     Denied { path: PathBuf },
     #[error("cannot read node key {path}: {source}")]
     Read {

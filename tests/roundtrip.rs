@@ -466,14 +466,16 @@ fn entry() -> impl Strategy<Value = Entry> {
         item(),
         (any::<u64>(), any::<u64>(), any::<i64>(), any::<u32>()),
         proptest::option::of((node_name(), any::<u64>())),
+        any::<bool>(),
     )
-        .prop_map(|(item, (seq, ino, ctime_s, ctime_ns), from)| Entry {
+        .prop_map(|(item, (seq, ino, ctime_s, ctime_ns), from, fresh)| Entry {
             item,
             seq,
             ino,
             ctime_s,
             ctime_ns,
             from,
+            fresh,
         })
 }
 
@@ -830,6 +832,7 @@ proptest! {
             ctime_s: old.ctime_s,
             ctime_ns: old.ctime_ns,
             from: None,
+            fresh: false,
         };
         let p = Path::new(INDEX);
         let row = encode_entry(p, &e).expect("encode");
@@ -1211,6 +1214,7 @@ mod seeds {
                 ctime_s: 1_700_000_100,
                 ctime_ns: 42,
                 from: (i % 2 == 1).then(|| ("b".to_string(), 0xfeed)),
+                fresh: i % 2 == 0,
             };
             out.push(encode_entry(p, &e).unwrap());
         }

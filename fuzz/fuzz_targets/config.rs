@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let written = cfg.to_toml();
     match Config::parse(&written, Path::new("fuzz.toml")) {
-        Ok(back) => assert!(back == cfg, "written config reads back different:\n{written}"),
+        Ok(back) => assert!(
+            back == cfg,
+            "written config reads back different:\n{written}"
+        ),
         Err(e) => panic!("written config does not parse: {e}\n{written}"),
     }
     for g in cfg.groups.values() {

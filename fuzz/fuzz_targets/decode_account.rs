@@ -69,7 +69,10 @@ fn fixed(file: DbFile, line: &[u8]) -> Vec<u8> {
 fn kept(file: DbFile, after: &AccountFiles, name: &str) {
     let before = FILES.bytes(file).unwrap_or_default();
     let after = after.bytes(file).unwrap_or_default();
-    let after: Vec<Vec<u8>> = after.split(|&c| c == b'\n').map(|l| fixed(file, l)).collect();
+    let after: Vec<Vec<u8>> = after
+        .split(|&c| c == b'\n')
+        .map(|l| fixed(file, l))
+        .collect();
     let mut pos = 0;
     for line in before.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
         let n = name.as_bytes();
@@ -78,7 +81,11 @@ fn kept(file: DbFile, after: &AccountFiles, name: &str) {
         }
         let want = fixed(file, line);
         let off = after[pos..].iter().position(|l| *l == want);
-        assert!(off.is_some(), "{file} line lost: {}", String::from_utf8_lossy(line));
+        assert!(
+            off.is_some(),
+            "{file} line lost: {}",
+            String::from_utf8_lossy(line)
+        );
         pos += off.unwrap_or(0) + 1;
     }
 }
@@ -125,7 +132,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Change::Group(g) => {
-            let got = back.groups.get(&g.name).expect("an applied group reads back");
+            let got = back
+                .groups
+                .get(&g.name)
+                .expect("an applied group reads back");
             assert_eq!((got.gid, &got.admins), (g.gid, &g.admins));
             if g.password.is_some() {
                 assert_eq!(got.password, g.password);

@@ -29,13 +29,22 @@ fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + Debug>(v: &T) {
 /// Store `e` as an `items` row and read it back.
 fn stored(e: &Entry) {
     let p = Path::new(INDEX);
-    let _ = (e.item.is_deleted(), e.item.kind(), e.item.size(), e.item.show());
+    let _ = (
+        e.item.is_deleted(),
+        e.item.kind(),
+        e.item.size(),
+        e.item.show(),
+    );
     let _ = e.item.version.display();
     let bytes = encode_entry(p, e).expect("a decoded entry must encode");
     let again = decode_entry(p, &e.item.key, &bytes).expect("an encoded entry must decode");
     assert_eq!(&again, e, "decode_entry(encode_entry(e)) != e");
     let q = decode_quick(p, &e.item.key, &bytes).expect("an encoded entry has a quick view");
-    assert_eq!(q, e.quick(), "the stored quick-check view is not the entry's");
+    assert_eq!(
+        q,
+        e.quick(),
+        "the stored quick-check view is not the entry's"
+    );
 }
 
 /// What the migration from schema 3 does with an old entry.

@@ -38,12 +38,19 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, m, "decode(encode(m)) != m");
         // what a link to a node of the previous release makes of it
         match from_current(&m) {
-            None => assert!(matches!(m, Msg::Hello { .. }), "only Hello is not translated"),
+            None => assert!(
+                matches!(m, Msg::Hello { .. }),
+                "only Hello is not translated"
+            ),
             Some(old) => {
                 let frame = old.encode().expect("a translated message must encode");
                 let old = Msg3::decode(&frame).expect("a translated message must decode");
                 let back = to_current(old).expect("a translated message is not a Hello");
-                assert_eq!(back, carriable(m), "protocol 3 lost more than it cannot carry");
+                assert_eq!(
+                    back,
+                    carriable(m),
+                    "protocol 3 lost more than it cannot carry"
+                );
             }
         }
     }

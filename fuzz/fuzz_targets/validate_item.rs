@@ -28,7 +28,8 @@ fn group(xattrs: bool) -> GroupRt {
     if xattrs {
         text.push_str("xattrs = true\n");
     }
-    let cfg = Config::parse(&text, Path::new("validate_item.toml")).expect("the fixed config parses");
+    let cfg =
+        Config::parse(&text, Path::new("validate_item.toml")).expect("the fixed config parses");
     GroupRt::new(&cfg.groups["www"], "a").expect("the fixed patterns compile")
 }
 
@@ -49,15 +50,29 @@ fn accepted(g: &GroupRt, w: &WireItem) {
         (_, None) => {}
         (Some(m), Some(data)) => {
             assert_eq!(m.kind, Kind::File, "only a file carries content");
-            assert_eq!(data.len() as u64, m.size, "accepted content has the announced size");
-            assert_eq!(hash(data), m.hash, "accepted content has the announced hash");
+            assert_eq!(
+                data.len() as u64,
+                m.size,
+                "accepted content has the announced size"
+            );
+            assert_eq!(
+                hash(data),
+                m.hash,
+                "accepted content has the announced hash"
+            );
         }
         (None, Some(_)) => panic!("content accepted with a deletion"),
     }
     if let Some(m) = i.meta() {
         if m.kind == Kind::Symlink {
-            let t = m.target.as_deref().expect("an accepted symlink has a target");
-            assert!(!t.is_empty() && !t.contains(&0), "an accepted link text has no NUL");
+            let t = m
+                .target
+                .as_deref()
+                .expect("an accepted symlink has a target");
+            assert!(
+                !t.is_empty() && !t.contains(&0),
+                "an accepted link text has no NUL"
+            );
         }
         if m.kind == Kind::File {
             let sum: u64 = m.chunks.iter().map(|c| u64::from(c.len)).sum();
@@ -76,7 +91,10 @@ fn check(w: &WireItem) {
             w.item.meta().is_none_or(|m| m.xattrs.is_empty()),
             "attributes accepted in a group without xattrs = true"
         );
-        assert!(with.is_ok(), "xattrs = true refused what the plain group accepts");
+        assert!(
+            with.is_ok(),
+            "xattrs = true refused what the plain group accepts"
+        );
     }
     if with.is_ok() {
         accepted(&WITH_XATTRS, w);

@@ -106,7 +106,6 @@ fn assert_invalid(text: &str, line: usize, key: &str, fragment: &str) {
     assert!(m.contains(fragment), "message {m:?} lacks {fragment:?}");
 }
 
-
 #[test]
 fn spec_example_parses() {
     let c = parse(&spec_example());
@@ -185,7 +184,10 @@ fn spec_example_refused_until_built() {
     let text = spec_example();
     let c = parse(&text);
     match c.refuse_unsupported() {
-        Ok(()) => assert!(UNSUPPORTED.is_empty(), "the SPEC example uses unsupported features"),
+        Ok(()) => assert!(
+            UNSUPPORTED.is_empty(),
+            "the SPEC example uses unsupported features"
+        ),
         Err(ConfigError::Invalid { message, .. }) => {
             assert!(message.starts_with("not supported yet: "), "{message}");
         }
@@ -1072,9 +1074,7 @@ fn refuse_reports_the_earliest_in_the_file() {
     if !(UNSUPPORTED.contains(&Feature::Accounts) && UNSUPPORTED.contains(&Feature::Bwlimit)) {
         return;
     }
-    let text = format!(
-        "[cluster]\nbwlimit = \"1MiB/s\"\n{NODES}[accounts]\nusers = [\"x\"]\n"
-    );
+    let text = format!("[cluster]\nbwlimit = \"1MiB/s\"\n{NODES}[accounts]\nusers = [\"x\"]\n");
     let Err(ConfigError::Invalid { line, key, .. }) = parse(&text).refuse_unsupported() else {
         panic!("should be refused");
     };
@@ -1476,7 +1476,10 @@ fn refuse_unsupported_new_features() {
             with_nodes(&text)
         };
         if !UNSUPPORTED.contains(&feature) {
-            assert!(parse(&text).refuse_unsupported().is_ok(), "{want_key} is built now");
+            assert!(
+                parse(&text).refuse_unsupported().is_ok(),
+                "{want_key} is built now"
+            );
             continue;
         }
         let Err(ConfigError::Invalid {
@@ -1490,8 +1493,7 @@ fn refuse_unsupported_new_features() {
     }
     let text = format!("{NODES}bwlimit = \"2MiB/s\"\n");
     if UNSUPPORTED.contains(&Feature::Bwlimit) {
-        let Err(ConfigError::Invalid { line, key, .. }) = parse(&text).refuse_unsupported()
-        else {
+        let Err(ConfigError::Invalid { line, key, .. }) = parse(&text).refuse_unsupported() else {
             panic!("node bwlimit should be refused");
         };
         assert_eq!((line, key.as_str()), (7, "nodes.web3.bwlimit"));

@@ -141,8 +141,14 @@ pub fn validate(
     if m.mtime_ns >= 1_000_000_000 {
         return Err(refuse("bad mtime".into()));
     }
-    if m.owner.user.as_ref().is_some_and(|u| u.len() > 256 || u.contains('\0'))
-        || m.owner.group.as_ref().is_some_and(|u| u.len() > 256 || u.contains('\0'))
+    if m.owner
+        .user
+        .as_ref()
+        .is_some_and(|u| u.len() > 256 || u.contains('\0'))
+        || m.owner
+            .group
+            .as_ref()
+            .is_some_and(|u| u.len() > 256 || u.contains('\0'))
     {
         return Err(refuse("bad owner name".into()));
     }
@@ -161,8 +167,7 @@ pub fn validate(
             }
             let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
             if sum != m.size
-                || m
-                    .chunks
+                || m.chunks
                     .iter()
                     .any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
                 || (m.size == 0) != m.chunks.is_empty()
@@ -252,12 +257,9 @@ impl<'a> Fs<'a> {
             Owners::Numeric | Owners::Ignore => {
                 xattr::apply_fd(fd, &m.xattrs, filter, xattr::map_numeric)
             }
-            Owners::ByName => xattr::apply_fd(
-                fd,
-                &m.xattrs,
-                filter,
-                xattr::map_by_name(&self.ctx.owners),
-            ),
+            Owners::ByName => {
+                xattr::apply_fd(fd, &m.xattrs, filter, xattr::map_by_name(&self.ctx.owners))
+            }
         };
         res.map_err(|source| ApplyError::Xattr {
             path: name::show(key).into_owned(),
@@ -330,7 +332,14 @@ impl<'a> Fs<'a> {
         for c in &m.chunks {
             if let Some(off) = old.get(&c.hash) {
                 sources.push(Source::Old(*off));
-            } else if self.ctx.store.chunk_location(&c.hash).ok().flatten().is_some() {
+            } else if self
+                .ctx
+                .store
+                .chunk_location(&c.hash)
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 sources.push(Source::Local);
             } else {
                 sources.push(Source::Remote);
@@ -431,9 +440,7 @@ impl<'a> Fs<'a> {
 
     /// Give the temporary file its metadata and attributes (before it is made durable).
     pub fn prepare_meta(&self, tmp: &Temp, item: &Item) -> Result<(), ApplyError> {
-        let m = item
-            .meta()
-            .ok_or_else(|| other(&item.key, "not a file"))?;
+        let m = item.meta().ok_or_else(|| other(&item.key, "not a file"))?;
         crate::fs::safefs::set_meta_fd(&tmp.file, &self.set_meta(m))
             .map_err(|e| other(&item.key, format!("set metadata: {e}")))?;
         self.apply_xattrs_fd(&tmp.file, m, &item.key)?;
@@ -524,9 +531,7 @@ impl<'a> Fs<'a> {
     /// Make a directory or symlink, or set the metadata of a file whose content is already
     /// right (blocking).
     pub fn make(&self, item: &Item, local: Option<&Entry>) -> Result<Entry, ApplyError> {
-        let m = item
-            .meta()
-            .ok_or_else(|| other(&item.key, "deletion"))?;
+        let m = item.meta().ok_or_else(|| other(&item.key, "deletion"))?;
         let gp = self.gp(&item.key)?;
         let sm = self.set_meta(m);
         if item.key == gp.as_bytes() && m.kind == Kind::Dir {
@@ -549,7 +554,9 @@ impl<'a> Fs<'a> {
         }
         match m.kind {
             Kind::Dir => {
-                if local.and_then(|l| l.item.kind()).is_some_and(|k| k != Kind::Dir)
+                if local
+                    .and_then(|l| l.item.kind())
+                    .is_some_and(|k| k != Kind::Dir)
                     && let Some(l) = local
                     && l.item.kind() == Some(Kind::File)
                 {

@@ -338,15 +338,30 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Write { node: usize, content: u8, mtime: i64, mode: u32 },
-        Delete { node: usize },
-        Deliver { from: usize, to: usize },
+        Write {
+            node: usize,
+            content: u8,
+            mtime: i64,
+            mode: u32,
+        },
+        Delete {
+            node: usize,
+        },
+        Deliver {
+            from: usize,
+            to: usize,
+        },
     }
 
     fn ops(n: usize) -> impl Strategy<Value = Vec<Op>> {
         prop::collection::vec(
             prop_oneof![
-                (0..n, 0u8..4, 0i64..3, prop_oneof![Just(0o644u32), Just(0o600)])
+                (
+                    0..n,
+                    0u8..4,
+                    0i64..3,
+                    prop_oneof![Just(0o644u32), Just(0o600)]
+                )
                     .prop_map(|(node, content, mtime, mode)| Op::Write {
                         node,
                         content,

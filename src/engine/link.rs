@@ -18,8 +18,8 @@ use crate::engine::node::Ctx;
 use crate::item::Hash;
 use crate::item::v3::RecordV3;
 use crate::net::protocol::{
-    GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST,
-    MAX_GROUPS, MAX_UNACKED, Msg, WireItem,
+    GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST, MAX_GROUPS,
+    MAX_UNACKED, Msg, WireItem,
 };
 use crate::net::transport::{HANDSHAKE_TIMEOUT, Link as Wire, LinkReader, TransportError};
 use crate::net::v3::{self, Msg3};
@@ -401,7 +401,10 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         .map_err(|_| LinkError::NoHello(peer.clone()))??;
     let hello = match parse_hello(&peer, version, &first).and_then(|h| {
         if h.node != peer {
-            return Err(violation(&peer, format!("introduced itself as {:?}", h.node)));
+            return Err(violation(
+                &peer,
+                format!("introduced itself as {:?}", h.node),
+            ));
         }
         if h.groups.len() > MAX_GROUPS {
             return Err(violation(&peer, "too many groups in Hello"));
@@ -645,15 +648,16 @@ fn spawn_reader(
         loop {
             let r = match reader.recv_frame(IDLE).await {
                 Err(e) => Err(LinkError::Transport(e)),
-                Ok(frame) => match {
-                    link.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                Ok(frame) => {
+                    link.bytes_in
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
                     ctx.metrics.add_peer_bytes(&peer, 0, frame.len() as u64);
-                    decode_for(version, &frame)
-                } {
-                    Ok(Ok(m)) => Ok(m),
-                    Ok(Err(_)) => Err(violation(&peer, "second Hello")),
-                    Err(e) => Err(violation(&peer, e)),
-                },
+                    match decode_for(version, &frame) {
+                        Ok(Ok(m)) => Ok(m),
+                        Ok(Err(_)) => Err(violation(&peer, "second Hello")),
+                        Err(e) => Err(violation(&peer, e)),
+                    }
+                }
             };
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
@@ -984,7 +988,10 @@ fn build_batch(
     let mut not_sendable = 0u64;
     let mut why_not = None;
     for e in entries {
-        if e.from.as_ref().is_some_and(|(p, inc)| p == to && *inc == to_inc) {
+        if e.from
+            .as_ref()
+            .is_some_and(|(p, inc)| p == to && *inc == to_inc)
+        {
             // it came from that peer as it is: do not echo it back
             last_seq = last_seq.max(e.seq);
             continue;
@@ -1018,6 +1025,7 @@ fn build_batch(
             && m.size > 0
             && e.item.origin == ctx.name
             && e.from.is_none()
+            && e.fresh
         {
             if inline_bytes + m.size as usize > MAX_BATCH_INLINE && !items.is_empty() {
                 cut = true;

@@ -49,7 +49,9 @@ pub async fn until_set(rx: &mut watch::Receiver<bool>) {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
-    #[error("this node {0:?} has no [nodes.{0}] section in the config (use --node NAME or set the hostname)")]
+    #[error(
+        "this node {0:?} has no [nodes.{0}] section in the config (use --node NAME or set the hostname)"
+    )]
     UnknownNode(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -203,8 +205,10 @@ impl Links {
     }
 
     pub(crate) fn touch(&self, peer: &str) {
-        lock(&self.peers).entry(peer.to_string()).or_default().last_seen =
-            Some(SystemTime::now());
+        lock(&self.peers)
+            .entry(peer.to_string())
+            .or_default()
+            .last_seen = Some(SystemTime::now());
     }
 
     pub fn state(&self, peer: &str) -> PeerState {
@@ -236,7 +240,10 @@ impl Links {
                     .is_none_or(|t| t.elapsed() >= Duration::from_secs(60)));
         if log {
             for m in &problems {
-                tracing::error!(peer, "{m}; nothing of that group is exchanged with {peer} until the configs agree");
+                tracing::error!(
+                    peer,
+                    "{m}; nothing of that group is exchanged with {peer} until the configs agree"
+                );
             }
             st.config_logged = Some(Instant::now());
         }
@@ -440,7 +447,11 @@ impl Ctx {
             return;
         }
         if let Some(a) = &self.actions {
-            a.notify(group, keys.iter().map(|k| name::show(k).into_owned()), local);
+            a.notify(
+                group,
+                keys.iter().map(|k| name::show(k).into_owned()),
+                local,
+            );
         }
     }
 
@@ -452,7 +463,8 @@ impl Ctx {
             .as_ref()
             .map(|m| m.stale_after)
             .unwrap_or(crate::ops::metrics::DEFAULT_STALE_AFTER);
-        let stopped: Vec<(String, Option<String>, Option<Instant>, usize, usize)> = self
+        type Row = (String, Option<String>, Option<Instant>, usize, usize);
+        let stopped: Vec<Row> = self
             .lanes()
             .map(|l| {
                 let g = &l.group;
@@ -471,13 +483,15 @@ impl Ctx {
             })
             .collect();
         crate::ops::metrics::judge(
-            stopped.iter().map(|(n, s, b, p, c)| crate::ops::metrics::GroupHealth {
-                name: n,
-                stopped: s.as_deref(),
-                unapplied_since: *b,
-                peers: *p,
-                peers_connected: *c,
-            }),
+            stopped
+                .iter()
+                .map(|(n, s, b, p, c)| crate::ops::metrics::GroupHealth {
+                    name: n,
+                    stopped: s.as_deref(),
+                    unapplied_since: *b,
+                    peers: *p,
+                    peers_connected: *c,
+                }),
             Instant::now(),
             stale,
         )
@@ -639,7 +653,12 @@ impl Node {
         } else {
             let (a2, m2) = (audit.clone(), metrics.clone());
             let hook: crate::ops::actions::ResultHook = Arc::new(move |r| {
-                let detail = format!("{} in {} ms, {} paths", r.outcome, r.duration.as_millis(), r.paths);
+                let detail = format!(
+                    "{} in {} ms, {} paths",
+                    r.outcome,
+                    r.duration.as_millis(),
+                    r.paths
+                );
                 a2.log(Rec {
                     group: &r.group,
                     kind: "action",
@@ -795,14 +814,20 @@ async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                         return;
                     };
                     if ctx.shared_groups(&peer).is_empty() {
-                        ctx.links.refused(&ctx.audit, &addr.to_string(), &format!("{peer} shares no group with this node"));
+                        ctx.links.refused(
+                            &ctx.audit,
+                            &addr.to_string(),
+                            &format!("{peer} shares no group with this node"),
+                        );
                         return;
                     }
                     if let Err(e) = link::run(ctx.clone(), wire, peer.clone()).await {
                         tracing::debug!(peer = %peer, "link ended: {e}");
                     }
                 }
-                Err(e) => ctx.links.refused(&ctx.audit, &addr.to_string(), &e.to_string()),
+                Err(e) => ctx
+                    .links
+                    .refused(&ctx.audit, &addr.to_string(), &e.to_string()),
             }
         });
     }
@@ -820,7 +845,12 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         tokio::net::TcpStream::connect(&nc.address),
     )
     .await
-    .map_err(|_| format!("connecting to {} timed out (firewalled or down?)", nc.address))?
+    .map_err(|_| {
+        format!(
+            "connecting to {} timed out (firewalled or down?)",
+            nc.address
+        )
+    })?
     .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
     crate::net::transport::connect(stream, &ctx.ident, peer, &id)
         .await
@@ -845,15 +875,22 @@ async fn dialer(ctx: Arc<Ctx>, peer: String) {
             return;
         }
         if ctx.links.get(&peer).is_none() {
-            lock(&ctx.links.peers).entry(peer.clone()).or_default().dialing = true;
+            lock(&ctx.links.peers)
+                .entry(peer.clone())
+                .or_default()
+                .dialing = true;
             let r = connect_once(&ctx, &peer).await;
-            lock(&ctx.links.peers).entry(peer.clone()).or_default().dialing = false;
+            lock(&ctx.links.peers)
+                .entry(peer.clone())
+                .or_default()
+                .dialing = false;
             match r {
                 Ok(wire) => {
                     backoff = Duration::from_millis(100);
                     match link::run(ctx.clone(), wire, peer.clone()).await {
                         Err(link::LinkError::Bye { reason, .. }) => {
-                            ctx.links.set_error(&peer, format!("{peer} closed the link: {reason}"));
+                            ctx.links
+                                .set_error(&peer, format!("{peer} closed the link: {reason}"));
                         }
                         Err(e) => tracing::info!(peer = %peer, "link ended: {e}"),
                         Ok(()) => {}

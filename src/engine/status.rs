@@ -169,7 +169,12 @@ pub fn live(ctx: &Ctx) -> Result<Status, StoreError> {
     build(&ctx.name, &ctx.cfg, &ctx.store, Some(ctx))
 }
 
-fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<Status, StoreError> {
+fn build(
+    name: &str,
+    cfg: &Config,
+    store: &Store,
+    live: Option<&Ctx>,
+) -> Result<Status, StoreError> {
     let conflicts = store.conflicts()?;
     let mut groups = Vec::new();
     let my_groups: Vec<_> = cfg.groups_of(name).collect();
@@ -199,7 +204,10 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
                 error = lock(&s.stopped).clone();
                 pending += s.waiting_local.load(Ordering::Relaxed) as u64;
                 pending += s.queued.load(Ordering::Relaxed) as u64;
-                drift = lock(&s.drift).keys().map(|k| name::show(k).into_owned()).collect();
+                drift = lock(&s.drift)
+                    .keys()
+                    .map(|k| name::show(k).into_owned())
+                    .collect();
                 warning = lock(&s.warning).clone();
                 applied = s.applied.load(Ordering::Relaxed);
                 applied_bytes = s.applied_bytes.load(Ordering::Relaxed);
@@ -312,29 +320,29 @@ fn build(name: &str, cfg: &Config, store: &Store, live: Option<&Ctx>) -> Result<
             .ok()
             .map(rfc3339)
     };
-    let accounts = if cfg.accounts.is_some() && store.incarnation_known(crate::engine::group::ACCOUNTS)
-    {
-        let g = crate::engine::group::ACCOUNTS;
-        let st = store.stats(g)?;
-        let aside = store.aside(g)?;
-        let mut pending = aside.len() as u64;
-        let members: Vec<String> = match cfg.accounts.as_ref().and_then(|a| a.nodes.clone()) {
-            Some(n) => n,
-            None => cfg.nodes.keys().cloned().collect(),
+    let accounts =
+        if cfg.accounts.is_some() && store.incarnation_known(crate::engine::group::ACCOUNTS) {
+            let g = crate::engine::group::ACCOUNTS;
+            let st = store.stats(g)?;
+            let aside = store.aside(g)?;
+            let mut pending = aside.len() as u64;
+            let members: Vec<String> = match cfg.accounts.as_ref().and_then(|a| a.nodes.clone()) {
+                Some(n) => n,
+                None => cfg.nodes.keys().cloned().collect(),
+            };
+            for p in members.iter().filter(|m| *m != name) {
+                pending += store.count_since(g, store.acked(p, g)?)?;
+            }
+            Some(AccountsStatus {
+                users: st.files,
+                groups: st.dirs,
+                not_applied: aside.iter().map(|a| a.error.clone()).collect(),
+                pending,
+                in_sync: pending == 0,
+            })
+        } else {
+            None
         };
-        for p in members.iter().filter(|m| *m != name) {
-            pending += store.count_since(g, store.acked(p, g)?)?;
-        }
-        Some(AccountsStatus {
-            users: st.files,
-            groups: st.dirs,
-            not_applied: aside.iter().map(|a| a.error.clone()).collect(),
-            pending,
-            in_sync: pending == 0,
-        })
-    } else {
-        None
-    };
     let actions = live
         .and_then(|c| c.actions.as_ref())
         .map(|a| {

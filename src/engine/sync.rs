@@ -56,7 +56,12 @@ fn refusal(e: &str) -> bool {
 
 /// Reconcile `groups` (all of this node's when empty) with every peer, within `timeout`.
 /// `rescan`: scan the groups first (groups not watched live always are).
-pub async fn sync(ctx: &Arc<Ctx>, groups: &[String], timeout: Duration, rescan: bool) -> SyncReport {
+pub async fn sync(
+    ctx: &Arc<Ctx>,
+    groups: &[String],
+    timeout: Duration,
+    rescan: bool,
+) -> SyncReport {
     let deadline = tokio::time::Instant::now() + timeout;
     let selected: Vec<_> = ctx
         .groups
@@ -106,9 +111,12 @@ pub async fn sync(ctx: &Arc<Ctx>, groups: &[String], timeout: Duration, rescan: 
     for g in &selected {
         if let Ok(aside) = ctx.store.aside(g.name()) {
             report.pending += aside.len();
-            report.pending_what.extend(aside.iter().take(20).map(|a| {
-                format!("{}: {}", crate::item::name::show(&a.item.key), a.error)
-            }));
+            report.pending_what.extend(
+                aside
+                    .iter()
+                    .take(20)
+                    .map(|a| format!("{}: {}", crate::item::name::show(&a.item.key), a.error)),
+            );
         }
         if let Some(l) = ctx.lane(g.name())
             && let Some(r) = crate::engine::link::lock(&l.state.stopped).clone()
@@ -139,14 +147,14 @@ async fn with_peer(
     // a link may be replaced while we use it (the peer restarted): try again on the new one
     for _ in 0..5 {
         let link = wait_link(ctx, peer, deadline).await?;
-        let shared: Vec<String> = groups
-            .iter()
-            .filter(|g| link.active(g))
-            .cloned()
-            .collect();
+        let shared: Vec<String> = groups.iter().filter(|g| link.active(g)).cloned().collect();
         if let Some(why) = groups
             .iter()
-            .filter(|g| ctx.shared_groups(peer).iter().any(|s| s.name() == g.as_str()))
+            .filter(|g| {
+                ctx.shared_groups(peer)
+                    .iter()
+                    .any(|s| s.name() == g.as_str())
+            })
             .find_map(|g| link.groups.get(g).and_then(|lg| lg.paused.clone()))
         {
             return Err(why);

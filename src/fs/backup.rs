@@ -19,8 +19,8 @@
 //! - with `backup_max_bytes`, the group's objects stay under the bound: the oldest generations
 //!   (across the group's paths) are dropped first, and each drop is logged.
 
-use crate::item::{Entry, hex, name};
 use crate::fs::safefs::Place;
+use crate::item::{Entry, hex, name};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -470,14 +470,21 @@ mod tests {
         let real = name::real(&root, b"/g/f\xe9");
         assert_eq!(
             std::fs::metadata(&real).unwrap().ino(),
-            std::fs::metadata(b.object("grp", &list[0].hash)).unwrap().ino()
+            std::fs::metadata(b.object("grp", &list[0].hash))
+                .unwrap()
+                .ino()
         );
         // private directories
         let md = std::fs::metadata(d.path().join("backups/grp/objects")).unwrap();
         assert_eq!(md.mode() & 0o777, 0o700);
         // "one" fell out of the list: collected
         b.enforce_limit("grp", None);
-        assert_eq!(std::fs::read_dir(d.path().join("backups/grp/objects")).unwrap().count(), 3);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("backups/grp/objects"))
+                .unwrap()
+                .count(),
+            3
+        );
         // a bound of 8 bytes keeps only the newest generations that fit
         let dropped = b.enforce_limit("grp", Some(8));
         assert_eq!(dropped.len(), 1, "{dropped:?}");
@@ -507,12 +514,18 @@ mod tests {
             by_restore: false,
         };
         let lname = format!("{}.json", hex(&crate::fs::chunk::hash(b"/srv/www/x")));
-        std::fs::write(dir.join("www").join(&lname), serde_json::to_vec(&[info]).unwrap())
-            .unwrap();
+        std::fs::write(
+            dir.join("www").join(&lname),
+            serde_json::to_vec(&[info]).unwrap(),
+        )
+        .unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let b = Backups::open(&dir).unwrap();
         assert_eq!(b.list("www", b"/srv/www/x").len(), 1);
-        assert_eq!(std::fs::read_to_string(b.object("www", "abc")).unwrap(), "old");
+        assert_eq!(
+            std::fs::read_to_string(b.object("www", "abc")).unwrap(),
+            "old"
+        );
         assert!(!dir.join("objects").exists());
         let md = std::fs::metadata(&dir).unwrap();
         assert_eq!(md.mode() & 0o777, 0o700);

@@ -10,10 +10,10 @@
 //! file (`.clustersync.tmp.*`) in the target's own directory, fsynced, given its owner, mode and
 //! mtime, and renamed into place, so readers see the old or the new file, never a partial one.
 
+use crate::item::name::{self, show};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
-use crate::item::name::{self, show};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

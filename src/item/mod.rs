@@ -190,6 +190,9 @@ pub struct Entry {
     /// The peer this exact version came from and that peer's index id at the time: it is not
     /// sent back to that same index (a peer that started over with a new index gets it).
     pub from: Option<(String, u64)>,
+    /// This node made this version and its content is new (not only its metadata or
+    /// attributes): only then does a small file's content travel inline with it.
+    pub fresh: bool,
 }
 
 impl Entry {
@@ -202,6 +205,7 @@ impl Entry {
             ctime_s: 0,
             ctime_ns: 0,
             from: None,
+            fresh: false,
         }
     }
 

@@ -145,8 +145,14 @@ mod tests {
         assert!(f.accepts("/srv/www", b"/srv/www/ok/deep/file", false));
         // names that are not UTF-8 match like any other
         let f = Filter::new(&group(&["*.jpg"], &[])).unwrap();
-        assert_eq!(f.want("/srv/www", b"/srv/www/caf\xe9.jpg", false), Want::Skip);
-        assert_eq!(f.want("/srv/www", b"/srv/www/caf\xe9.txt", false), Want::Sync);
+        assert_eq!(
+            f.want("/srv/www", b"/srv/www/caf\xe9.jpg", false),
+            Want::Skip
+        );
+        assert_eq!(
+            f.want("/srv/www", b"/srv/www/caf\xe9.txt", false),
+            Want::Sync
+        );
     }
 
     #[test]

@@ -142,7 +142,11 @@ impl OwnerMap {
             Owners::Ignore => None,
             Owners::Numeric => Some((o.uid, o.gid)),
             Owners::ByName => {
-                let uid = o.user.as_deref().and_then(|n| self.uid_of(n)).unwrap_or(o.uid);
+                let uid = o
+                    .user
+                    .as_deref()
+                    .and_then(|n| self.uid_of(n))
+                    .unwrap_or(o.uid);
                 let gid = o
                     .group
                     .as_deref()

@@ -271,6 +271,9 @@ impl<'a> Scanner<'a> {
                 announce: false,
             });
         }
+        let fresh = !old
+            .and_then(|o| o.item.meta())
+            .is_some_and(|m| m.same_data(&obs.meta));
         let mut version = old.map(|o| o.item.version.clone()).unwrap_or_default();
         version.bump(self.node, self.clock);
         Some(Change {
@@ -287,6 +290,7 @@ impl<'a> Scanner<'a> {
                 ctime_s: obs.ctime_s,
                 ctime_ns: obs.ctime_ns,
                 from: None,
+                fresh,
             },
             announce: true,
         })
@@ -388,9 +392,7 @@ impl<'a> Scanner<'a> {
         let real = name::real(self.root, target);
         let md = std::fs::symlink_metadata(&real);
         let is_dir = md.as_ref().map(|m| m.is_dir()).unwrap_or(false);
-        let want = if target == gp.as_bytes() {
-            Want::Sync
-        } else if self.filter.accepts(gp, target, is_dir) {
+        let want = if target == gp.as_bytes() || self.filter.accepts(gp, target, is_dir) {
             Want::Sync
         } else if is_dir && self.group.include.is_empty() {
             Want::Skip
@@ -611,9 +613,7 @@ impl<'a> Scanner<'a> {
         } else {
             None
         };
-        let reuse = old
-            .as_ref()
-            .and_then(|o| o.item.meta().map(|m| (m, o.ino)));
+        let reuse = old.as_ref().and_then(|o| o.item.meta().map(|m| (m, o.ino)));
         match observe(
             &name::real(self.root, key),
             md,
@@ -747,6 +747,10 @@ mod tests {
         p.set_mode(0o700);
         std::fs::set_permissions(root.join("srv/b"), p).unwrap();
         let (changes, _) = run(&s, b"/srv");
-        assert_eq!(changes.len(), 2, "the dir and its parent's mtime? {changes:?}");
+        assert_eq!(
+            changes.len(),
+            2,
+            "the dir and its parent's mtime? {changes:?}"
+        );
     }
 }

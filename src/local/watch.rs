@@ -193,7 +193,9 @@ impl State {
                 matches!(n.as_bytes(), b"passwd" | b"group" | b"shadow" | b"gshadow")
             });
             if ours
-                && ev.mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+                && ev
+                    .mask
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
                 && let Some(l) = self.ctx.lane(crate::engine::group::ACCOUNTS)
             {
                 l.local(Vec::new(), false);

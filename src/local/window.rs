@@ -185,7 +185,9 @@ impl Windows {
                 ended.push(g.clone());
             }
         }
-        let mut ready: HashMap<(String, bool, bool), Vec<(Vec<u8>, bool)>> = HashMap::new();
+        // (group, deletes, burst) -> (path, recursive)
+        type Key = (String, bool, bool);
+        let mut ready: HashMap<Key, Vec<(Vec<u8>, bool)>> = HashMap::new();
         let mut next: Option<Instant> = None;
         let keys: Vec<(String, Vec<u8>)> = self.pending.keys().cloned().collect();
         for k in keys {
@@ -309,7 +311,13 @@ mod tests {
         // another group is never held by it
         let mut w = Windows::new(p);
         for i in 0..100u64 {
-            w.event("g", format!("/d/{i}").into_bytes(), Event::Deleted, true, t0 + ms(i));
+            w.event(
+                "g",
+                format!("/d/{i}").into_bytes(),
+                Event::Deleted,
+                true,
+                t0 + ms(i),
+            );
         }
         w.event("h", b"/x".to_vec(), Event::Deleted, true, t0 + ms(100));
         let (r, _) = w.take_due(t0 + ms(103));

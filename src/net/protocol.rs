@@ -103,7 +103,11 @@ impl SharedSettings {
                     return Some(("accounts", format!("{k} = {v}"), format!("{k} = {t}")));
                 }
             }
-            return Some(("accounts", format!("{:?}", self.other), format!("{:?}", theirs.other)));
+            return Some((
+                "accounts",
+                format!("{:?}", self.other),
+                format!("{:?}", theirs.other),
+            ));
         }
         None
     }

@@ -46,7 +46,9 @@ pub enum TransportError {
     WrongKey { expected_node: String, got: String },
     #[error("message of {0} bytes exceeds the limit of {MAX_FRAME}")]
     TooLarge(usize),
-    #[error("no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, the peer {0}..={1}")]
+    #[error(
+        "no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, the peer {0}..={1}"
+    )]
     NoCommonVersion(u32, u32),
     #[error("connection closed")]
     Closed,

@@ -70,8 +70,7 @@ pub enum Msg3 {
 
 impl Msg3 {
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
-        let v =
-            postcard::to_allocvec(self).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        let v = postcard::to_allocvec(self).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         if v.len() > MAX_FRAME {
             return Err(ProtocolError::TooLarge(v.len()));
         }

@@ -125,8 +125,14 @@ mod tests {
             });
         }
         let cur = std::fs::metadata(d.path().join("audit.log")).unwrap();
-        let old = std::fs::metadata(d.path().join("audit.log.1")).unwrap().len();
-        assert!(cur.len() < ROTATE_BYTES && old > ROTATE_BYTES, "{} {old}", cur.len());
+        let old = std::fs::metadata(d.path().join("audit.log.1"))
+            .unwrap()
+            .len();
+        assert!(
+            cur.len() < ROTATE_BYTES && old > ROTATE_BYTES,
+            "{} {old}",
+            cur.len()
+        );
         assert_eq!(cur.permissions().mode() & 0o777, 0o600);
         a.log(Rec {
             group: "g",

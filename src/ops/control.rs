@@ -251,7 +251,10 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
             Err(e) => err(e),
         },
         Request::Resolve { path, keep } => match ctx.group_of_path(&path) {
-            None => err(format!("{} is not in any group of this node", name::show(&path))),
+            None => err(format!(
+                "{} is not in any group of this node",
+                name::show(&path)
+            )),
             Some((g, key)) => match ctx.lane(&g) {
                 Some(l) => match l.resolve(key, keep).await {
                     Ok(message) => Response::Resolved { message },
@@ -300,7 +303,11 @@ fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
         }
         if let Ok(aside) = ctx.store.aside(g.name()) {
             for a in aside {
-                let what = if a.item.is_deleted() { "delete" } else { "receive" };
+                let what = if a.item.is_deleted() {
+                    "delete"
+                } else {
+                    "receive"
+                };
                 out.push((what.to_string(), a.item.show().into_owned()));
             }
         }

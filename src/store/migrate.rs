@@ -56,6 +56,7 @@ pub(super) fn v3_to_v4(db: &Database, path: &Path) -> Result<(), StoreError> {
                 ctime_s: old.ctime_s,
                 ctime_ns: old.ctime_ns,
                 from: None,
+                fresh: false,
             };
             let key = enc(&e.item.key);
             let bytes = encode_entry(path, &e)?;
@@ -74,7 +75,8 @@ pub(super) fn v3_to_v4(db: &Database, path: &Path) -> Result<(), StoreError> {
         }
         let mut st = tx.open_table(STATS).map_err(|e| err(e.into()))?;
         for (g, s) in &stats {
-            st.insert(g.as_str(), s.tuple()).map_err(|e| err(e.into()))?;
+            st.insert(g.as_str(), s.tuple())
+                .map_err(|e| err(e.into()))?;
         }
         let old_chunks = tx.open_table(CHUNKS_V3).map_err(|e| err(e.into()))?;
         let mut chunks = tx.open_table(CHUNKS).map_err(|e| err(e.into()))?;

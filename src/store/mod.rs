@@ -237,7 +237,9 @@ impl Extras {
 
 /// Encode a key for storage: `/` becomes NUL (see the module doc).
 pub fn enc(key: &[u8]) -> Vec<u8> {
-    key.iter().map(|b| if *b == b'/' { 0 } else { *b }).collect()
+    key.iter()
+        .map(|b| if *b == b'/' { 0 } else { *b })
+        .collect()
 }
 
 /// Decode a stored key.
@@ -320,8 +322,7 @@ fn corrupt(path: &Path, key: &[u8], e: impl std::fmt::Display) -> StoreError {
 pub fn decode_entry(path: &Path, key: &[u8], bytes: &[u8]) -> Result<Entry, StoreError> {
     let (_, rest) =
         postcard::take_from_bytes::<QuickStat>(bytes).map_err(|e| corrupt(path, key, e))?;
-    let (e, rest) =
-        postcard::take_from_bytes::<Entry>(rest).map_err(|e| corrupt(path, key, e))?;
+    let (e, rest) = postcard::take_from_bytes::<Entry>(rest).map_err(|e| corrupt(path, key, e))?;
     if !rest.is_empty() {
         return Err(corrupt(path, key, "trailing bytes"));
     }
@@ -465,7 +466,10 @@ impl Store {
 
     /// Whether `group` ever had an incarnation here (the node runs it or ran it).
     pub fn incarnation_known(&self, group: &str) -> bool {
-        self.meta_get(&format!("inc:{group}")).ok().flatten().is_some()
+        self.meta_get(&format!("inc:{group}"))
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// Give `group` a new incarnation: every peer sends us everything of it again and we send
@@ -757,7 +761,10 @@ impl Store {
                 .unwrap_or_default();
             for k in &x.forget {
                 let ek = enc(k);
-                let old = match items.remove((group, ek.as_slice())).map_err(|e| self.err(e))? {
+                let old = match items
+                    .remove((group, ek.as_slice()))
+                    .map_err(|e| self.err(e))?
+                {
                     Some(v) => decode_entry(&self.path, k, v.value())?,
                     None => continue,
                 };
@@ -795,7 +802,8 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
             for a in &x.aside_put {
-                let b = postcard::to_allocvec(a).map_err(|e| corrupt(&self.path, &a.item.key, e))?;
+                let b =
+                    postcard::to_allocvec(a).map_err(|e| corrupt(&self.path, &a.item.key, e))?;
                 t.insert((group, enc(&a.item.key).as_slice()), b.as_slice())
                     .map_err(|e| self.err(e))?;
             }
@@ -954,7 +962,10 @@ impl Store {
             for (seq, key) in gone {
                 tombs.remove((group, seq)).map_err(|e| self.err(e))?;
                 bs.remove((group, seq)).map_err(|e| self.err(e))?;
-                let live = match items.get((group, key.as_slice())).map_err(|e| self.err(e))? {
+                let live = match items
+                    .get((group, key.as_slice()))
+                    .map_err(|e| self.err(e))?
+                {
                     Some(v) => decode_quick(&self.path, &key, v.value())?.live,
                     None => true,
                 };
@@ -991,7 +1002,9 @@ impl Store {
                 .map(|(k, _)| k.value().1.to_vec())
                 .collect();
             for k in &keys {
-                items.remove((group, k.as_slice())).map_err(|e| self.err(e))?;
+                items
+                    .remove((group, k.as_slice()))
+                    .map_err(|e| self.err(e))?;
                 n += 1;
             }
             for def in [BY_SEQ, TOMBS] {
@@ -1136,7 +1149,9 @@ mod tests {
             ]
         );
         let (lo, hi) = subtree_range(b"/r/a");
-        assert!(lo.as_slice() < enc(b"/r/a/b").as_slice() && enc(b"/r/a/b").as_slice() < hi.as_slice());
+        assert!(
+            lo.as_slice() < enc(b"/r/a/b").as_slice() && enc(b"/r/a/b").as_slice() < hi.as_slice()
+        );
         assert!(enc(b"/r/a-c").as_slice() >= hi.as_slice());
         let (lo, hi) = subtree_range(b"/");
         assert!(lo.as_slice() <= enc(b"/a").as_slice() && enc(b"/a").as_slice() < hi.as_slice());
@@ -1247,7 +1262,10 @@ mod tests {
         .unwrap();
         let ix = Store::open(&p).unwrap();
         let st = ix.stats("www").unwrap();
-        assert_eq!((st.files, st.dirs, st.symlinks, st.tombstones), (3, 4, 1, 1));
+        assert_eq!(
+            (st.files, st.dirs, st.symlinks, st.tombstones),
+            (3, 4, 1, 1)
+        );
         assert_eq!(st.bytes, 100_018);
         let link = ix.get("www", b"/srv/www/dir/link").unwrap().unwrap();
         assert_eq!(

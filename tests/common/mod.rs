@@ -436,7 +436,10 @@ fn describe_diff(
 }
 
 fn walk(base: &Path, p: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if p != base
         && skip.iter().any(|s| match s.strip_prefix('*') {
             Some(suffix) => name.ends_with(suffix),

@@ -74,12 +74,18 @@ pub fn validate_item(
         return Err("content attached to an account".into());
     }
     if !known_node(&i.origin) || !g.cfg.nodes.contains(&i.origin) {
-        return Err(format!("origin {:?} is not a member of [accounts]", i.origin));
+        return Err(format!(
+            "origin {:?} is not a member of [accounts]",
+            i.origin
+        ));
     }
     if i.version.len() > 1024
         || i.version.0.keys().any(|k| k.len() > 255)
         || i.version.is_empty()
-        || i.version.0.values().any(|c| *c > crate::engine::apply::max_counter())
+        || i.version
+            .0
+            .values()
+            .any(|c| *c > crate::engine::apply::max_counter())
     {
         return Err("bad version vector".into());
     }
@@ -171,7 +177,9 @@ fn scan(ctx: &Ctx, g: &GroupRt) -> Result<u64, String> {
     let mut gone = Vec::new();
     ctx.store
         .for_each(g.name(), |e| {
-            if !e.item.is_deleted() && !seen.contains(&e.item.key) && !unreadable.contains(&e.item.key)
+            if !e.item.is_deleted()
+                && !seen.contains(&e.item.key)
+                && !unreadable.contains(&e.item.key)
             {
                 gone.push(e.clone());
             }
@@ -220,7 +228,9 @@ fn group_names(root: &std::path::Path) -> BTreeSet<String> {
     let text = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split(':').next())
-        .filter(|n| !n.is_empty() && !n.starts_with('#') && !n.starts_with('+') && !n.starts_with('-'))
+        .filter(|n| {
+            !n.is_empty() && !n.starts_with('#') && !n.starts_with('+') && !n.starts_with('-')
+        })
         .map(String::from)
         .collect()
 }
@@ -256,7 +266,12 @@ impl Lane {
     }
 
     /// A peer's batch of account items.
-    pub(super) async fn accounts_remote(&mut self, link: Arc<Link>, items: Vec<WireItem>, through: u64) {
+    pub(super) async fn accounts_remote(
+        &mut self,
+        link: Arc<Link>,
+        items: Vec<WireItem>,
+        through: u64,
+    ) {
         let group = self.name().to_string();
         let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
         for w in &items {
@@ -335,7 +350,13 @@ impl Lane {
                     }
                     Decision::Take { item: t, conflict } => {
                         if let Some(c) = conflict {
-                            tracing::warn!(group = name, "conflict on {}: versions from {}; {} wins (newest)", describe(&t), c.nodes.join(" and "), c.winner.clone().unwrap_or_default());
+                            tracing::warn!(
+                                group = name,
+                                "conflict on {}: versions from {}; {} wins (newest)",
+                                describe(&t),
+                                c.nodes.join(" and "),
+                                c.winner.clone().unwrap_or_default()
+                            );
                             ctx.audit_item(name, "conflict", &t, None);
                             extras.conflicts.push((
                                 t.key.clone(),
@@ -430,8 +451,19 @@ impl Lane {
                         continue;
                     }
                     owners = true;
-                    ctx.audit_item(name, if t.is_deleted() { "delete" } else { "apply" }, &t, Some(&from.0));
-                    tracing::info!(group = name, "{} {} (from {})", describe(&t), if t.is_deleted() { "deleted" } else { "applied" }, from.0);
+                    ctx.audit_item(
+                        name,
+                        if t.is_deleted() { "delete" } else { "apply" },
+                        &t,
+                        Some(&from.0),
+                    );
+                    tracing::info!(
+                        group = name,
+                        "{} {} (from {})",
+                        describe(&t),
+                        if t.is_deleted() { "deleted" } else { "applied" },
+                        from.0
+                    );
                     extras.aside_remove.push(t.key.clone());
                     let mut e = Entry::new(t);
                     if as_sent {

@@ -12,6 +12,9 @@ use crate::local::scan::Scanner;
 use crate::store::{Change, Extras, StoreError};
 use std::time::Instant;
 
+/// Drift found on a replica: key, what happened, and the entry the scan made of it.
+pub(super) type Drift = Vec<(Vec<u8>, String, Option<Entry>)>;
+
 /// What a scan of some paths did.
 #[derive(Default)]
 pub(super) struct Scanned {
@@ -19,7 +22,7 @@ pub(super) struct Scanned {
     pub stopped: Option<String>,
     pub head: u64,
     /// Drift found on a replica: key -> what happened.
-    pub drift: Vec<(Vec<u8>, String, Option<Entry>)>,
+    pub drift: Drift,
     /// Entries found gone by a scan that was not about a deletion: not recorded yet.
     pub deferred: Vec<Vec<u8>>,
 }
@@ -44,7 +47,7 @@ pub(super) fn commit_local(
     changes: Vec<Change>,
     extras: Extras,
     adopt: bool,
-) -> Result<(u64, Vec<(Vec<u8>, String, Option<Entry>)>), StoreError> {
+) -> Result<(u64, Drift), StoreError> {
     let name = g.name();
     let (drift, mut store): (Vec<_>, Vec<_>) = if g.replica {
         changes.into_iter().partition(|c| {
@@ -119,7 +122,8 @@ pub(super) fn scan_and_commit(
         let Ok(gp) = name::validate(p, &g.cfg.paths) else {
             continue;
         };
-        if was_stopped && p.as_slice() == gp.as_bytes()
+        if was_stopped
+            && p.as_slice() == gp.as_bytes()
             && let Some(r) = s.resume_check(gp)?
         {
             res.stopped = Some(r);
@@ -146,8 +150,16 @@ pub(super) fn scan_and_commit(
         }
         // a whole-path scan that would delete every live entry below the group path is the
         // emptied (or wiped and refilled) case; nothing of it is recorded
-        let below_gp = out.gone.iter().filter(|k| k.as_slice() != gp.as_bytes()).count();
-        if p.as_slice() == gp.as_bytes() && *recursive && out.live_known > 1 && below_gp >= out.live_known {
+        let below_gp = out
+            .gone
+            .iter()
+            .filter(|k| k.as_slice() != gp.as_bytes())
+            .count();
+        if p.as_slice() == gp.as_bytes()
+            && *recursive
+            && out.live_known > 1
+            && below_gp >= out.live_known
+        {
             res.stopped = Some(format!(
                 "every entry of group path {gp} vanished; refusing to delete them everywhere (if that was meant, stop the daemon and run `clustersync reset {}`)",
                 g.name()
@@ -275,10 +287,12 @@ impl Lane {
 
     /// Local changes on a replica: reported, audited, kept as a backup, and (with `on_drift =
     /// "revert"`) put back on the next tick.
-    fn record_drift(&self, drift: Vec<(Vec<u8>, String, Option<Entry>)>) {
+    fn record_drift(&self, drift: Drift) {
         let group = self.name().to_string();
         for (key, what, entry) in drift {
-            let new = lock(&self.state.drift).insert(key.clone(), what.clone()).as_deref()
+            let new = lock(&self.state.drift)
+                .insert(key.clone(), what.clone())
+                .as_deref()
                 != Some(what.as_str());
             if !new {
                 continue;

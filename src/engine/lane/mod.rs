@@ -208,7 +208,10 @@ fn gc_interval() -> Duration {
 }
 
 /// Create a lane's handle and the lane itself (started by [`run`]).
-pub(crate) fn new(ctx: &Arc<Ctx>, g: Arc<GroupRt>) -> (LaneHandle, Lane, mpsc::UnboundedReceiver<LaneMsg>) {
+pub(crate) fn new(
+    ctx: &Arc<Ctx>,
+    g: Arc<GroupRt>,
+) -> (LaneHandle, Lane, mpsc::UnboundedReceiver<LaneMsg>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let head0 = ctx.store.group_head(g.name()).unwrap_or(0);
     let (head_tx, head_rx) = watch::channel(head0);
@@ -216,10 +219,13 @@ pub(crate) fn new(ctx: &Arc<Ctx>, g: Arc<GroupRt>) -> (LaneHandle, Lane, mpsc::U
     let aside = ctx.store.aside(g.name()).map(|a| a.len()).unwrap_or(0);
     state.aside.store(aside as u64, Ordering::Relaxed);
     let adopt = g.replica
-        && g.cfg
-            .paths
-            .iter()
-            .all(|gp| ctx.store.get_quick(g.name(), gp.as_bytes()).ok().flatten().is_none());
+        && g.cfg.paths.iter().all(|gp| {
+            ctx.store
+                .get_quick(g.name(), gp.as_bytes())
+                .ok()
+                .flatten()
+                .is_none()
+        });
     let now = Instant::now();
     let lane = Lane {
         ctx: ctx.clone(),
@@ -450,7 +456,9 @@ impl Lane {
             if upto > 0 && upto != u64::MAX {
                 match ctx.store.collect_tombstones(name, upto) {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(group = name, "collected {n} tombstones every member has"),
+                    Ok(n) => {
+                        tracing::debug!(group = name, "collected {n} tombstones every member has")
+                    }
                     Err(e) => tracing::warn!(group = name, "collecting tombstones: {e}"),
                 }
             }

@@ -333,7 +333,11 @@ impl Lane {
             if let Err(e) = validate(&self.g, w, &known) {
                 tracing::error!(peer = %link.peer, group = %group, "{e}; closing the link");
                 self.ctx.audit_refused(&link.peer, &e.to_string());
-                let _ = link.send(Msg::Bye { reason: e.to_string() }).await;
+                let _ = link
+                    .send(Msg::Bye {
+                        reason: e.to_string(),
+                    })
+                    .await;
                 link.close();
                 return;
             }
@@ -349,7 +353,8 @@ impl Lane {
             .map(|w| (w, (link.peer.clone(), inc), 0))
             .collect();
         let position = Some((link.peer.clone(), inc, through));
-        self.apply_items(batch, Some(link.peer.clone()), position).await;
+        self.apply_items(batch, Some(link.peer.clone()), position)
+            .await;
         {
             let mut r = lock(&link.remote);
             let e = r.entry(group.clone()).or_default();
@@ -374,7 +379,9 @@ impl Lane {
                 let d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
                 let what = match d {
                     Decision::Take { ref item, .. } if item.is_deleted() => "delete",
-                    Decision::Take { conflict: Some(_), .. }
+                    Decision::Take {
+                        conflict: Some(_), ..
+                    }
                     | Decision::Keep {
                         conflict: Some(_), ..
                     }
@@ -444,8 +451,7 @@ impl Lane {
                 BTreeSet::new()
             };
         let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let planned =
-            tokio::task::spawn_blocking(move || plan(&ctx, &g, items, &drift_keep)).await;
+        let planned = tokio::task::spawn_blocking(move || plan(&ctx, &g, items, &drift_keep)).await;
         let mut plan = match planned {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -597,7 +603,12 @@ impl Lane {
             } else {
                 "apply"
             };
-            self.ctx.audit_item(&group, kind, &c.entry.item, c.entry.from.as_ref().map(|f| f.0.as_str()));
+            self.ctx.audit_item(
+                &group,
+                kind,
+                &c.entry.item,
+                c.entry.from.as_ref().map(|f| f.0.as_str()),
+            );
             plan.extras.aside_remove.push(c.entry.item.key.clone());
         }
         let applied = changes.len() as u64;

@@ -29,7 +29,9 @@ impl Lane {
                     "{shown}: could not put the group's version back yet (see the log)"
                 ))
             } else {
-                Ok(format!("{shown}: drift resolved, the group's version is back"))
+                Ok(format!(
+                    "{shown}: drift resolved, the group's version is back"
+                ))
             };
         }
         let mut info = self
@@ -136,9 +138,15 @@ impl Lane {
                 msg: e.to_string(),
             })?;
         }
-        let (place, tmp) =
-            super::remote::prepare(ctx.clone(), g.clone(), item.clone(), None, local.clone(), prefer)
-                .await?;
+        let (place, tmp) = super::remote::prepare(
+            ctx.clone(),
+            g.clone(),
+            item.clone(),
+            None,
+            local.clone(),
+            prefer,
+        )
+        .await?;
         tokio::task::spawn_blocking(move || {
             let fs = Fs { ctx: &ctx, g: &g };
             let _ = crate::fs::safefs::sync_filesystem(&tmp.file);
@@ -185,15 +193,17 @@ impl Lane {
                     // the disk is not what the index says: compare against nothing, as a
                     // fresh install over whatever is there (its content was kept as a backup)
                     let disk = self.disk_entry(&key).await;
-                    self.put(&e.item, disk.as_ref(), None).await.map(|mut fresh| {
-                        fresh.item = e.item.clone();
-                        fresh.seq = e.seq;
-                        fresh.from = e.from.clone();
-                        changes.push(Change {
-                            entry: fresh,
-                            announce: false,
-                        });
-                    })
+                    self.put(&e.item, disk.as_ref(), None)
+                        .await
+                        .map(|mut fresh| {
+                            fresh.item = e.item.clone();
+                            fresh.seq = e.seq;
+                            fresh.from = e.from.clone();
+                            changes.push(Change {
+                                entry: fresh,
+                                announce: false,
+                            });
+                        })
                 }
                 None => {
                     let (ctx, g, k) = (self.ctx.clone(), self.g.clone(), key.clone());
@@ -229,7 +239,9 @@ impl Lane {
                     });
                     tracing::info!(group = %group, "reverted drift on {}", name::show(&key));
                 }
-                Err(e) => tracing::warn!(group = %group, "cannot revert drift on {} yet: {e}", name::show(&key)),
+                Err(e) => {
+                    tracing::warn!(group = %group, "cannot revert drift on {} yet: {e}", name::show(&key))
+                }
             }
         }
         let (ctx, g) = (self.ctx.clone(), self.g.clone());
