@@ -250,9 +250,12 @@ fn load_config(s: &Settings) -> Result<Config> {
     Ok(cfg)
 }
 
-fn init_logging(verbose: u8) {
+/// Logging to stderr: the daemon logs at INFO; one-shot commands only warn unless `-v`, so
+/// their output is what the operator asked for.
+fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
-        0 => "info",
+        0 if daemon => "info",
+        0 => "warn",
         1 => "clustersync=debug,info",
         _ => "clustersync=trace,debug",
     };
@@ -270,7 +273,7 @@ fn init_logging(verbose: u8) {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose);
+    init_logging(args.verbose, matches!(args.cmd, Cmd::Daemon));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -366,82 +369,25 @@ fn init(s: &Settings) -> Result<u8> {
 /// What `daemon` checks before it starts, for `check-config` (exit 2 on a problem).
 fn check_config(s: &Settings) -> Result<u8> {
     let cfg = load_config(s)?;
-    let me = cfg
-        .node(&s.node)
-        .ok_or_else(|| exit(2, "no section for this node"))?;
-    let key = me
-        .key
-        .clone()
-        .unwrap_or_else(|| s.state_dir.join("node.key"));
-    match Identity::load(&key) {
-        Ok(ident) => {
-            if let Some(id) = &me.id
-                && !id.eq_ignore_ascii_case(&ident.id())
-            {
-                return Err(exit(
-                    2,
-                    format!(
-                        "{}: [nodes.{}] id = {id}, but this node's key {} has id {} (fix the config, or use --state-dir/--node for the right node)",
-                        s.config_path.display(),
-                        s.node,
-                        key.display(),
-                        ident.id()
-                    ),
-                ));
-            }
-        }
-        Err(e) => return Err(exit(2, e.to_string())),
-    }
-    let mut warnings = Vec::new();
-    for g in cfg.groups_of(&s.node) {
-        for gp in &g.paths {
-            let real = name::real(&me.root, gp.as_bytes());
-            if real.exists() {
-                continue;
-            }
-            let parent_ok = real.parent().is_some_and(|p| p.is_dir());
-            if parent_ok {
-                warnings.push(format!(
-                    "warning: group {} path {gp} ({}) does not exist on this node yet (it is created when the first files arrive)",
-                    g.name,
-                    real.display()
-                ));
-            } else {
-                return Err(exit(
-                    2,
-                    format!(
-                        "{}: group {} path {gp}: neither {} nor its parent exists on this node",
-                        s.config_path.display(),
-                        g.name,
-                        real.display()
-                    ),
-                ));
-            }
-        }
-    }
+    let warnings = preflight(s, &cfg)?;
     print!("{}", cfg.summary(Some(s.node.as_str())));
-    if let Some(ac) = &cfg.accounts {
-        let set = crate::accounts::ManagedSet::from_config(ac);
-        println!(
-            "accounts: {}{}{}",
-            set.summary(),
-            if ac.passwords {
-                "; password hashes too"
-            } else {
-                "; no password hashes"
-            },
-            if ac.create_home {
-                "; homes created from /etc/skel"
-            } else {
-                ""
-            }
-        );
-    }
     for w in warnings {
-        println!("{w}");
+        println!("warning: {w}");
     }
     println!("config OK: {}", s.config_path.display());
     Ok(0)
+}
+
+/// The daemon's own checks (node section, key against `id`, group paths), as exit 2 errors
+/// naming the config file.
+fn preflight(s: &Settings, cfg: &Config) -> Result<Vec<String>> {
+    use crate::engine::node::NodeError;
+    crate::engine::node::preflight(cfg, &s.node, &s.state_dir).map_err(|e| match e {
+        NodeError::IdMismatch { .. } | NodeError::UnknownNode(_) | NodeError::Group { .. } => {
+            exit(2, format!("{}: {e}", s.config_path.display()))
+        }
+        e => exit(2, e.to_string()),
+    })
 }
 
 async fn daemon(s: &Settings) -> Result<u8> {
@@ -455,33 +401,49 @@ async fn daemon(s: &Settings) -> Result<u8> {
             ),
         ));
     }
+    for w in preflight(s, &cfg)? {
+        tracing::warn!("{w}");
+    }
     let opts = Opts {
         listen: true,
         watch: true,
         dial_all: false,
         dry_run: false,
     };
-    let mut node = Node::start(cfg, &s.node, s.state_dir.clone(), opts)
-        .await
-        .map_err(|e| match e {
-            crate::engine::node::NodeError::IdMismatch { .. }
-            | crate::engine::node::NodeError::UnknownNode(_) => exit(2, e.to_string()),
-            e => anyhow!(e).context("cannot start the node"),
-        })?;
-    use crate::ops::notify;
-    let _ = notify::ready();
-    let _ = notify::status(&daemon_status(&node.ctx));
-    let current = Arc::new(std::sync::RwLock::new(node.ctx.clone()));
-    let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
-    let mut ctl = tokio::spawn(control::serve(
-        s.state_dir.clone(),
-        current.clone(),
-        stop_rx,
-    ));
+    // signals are handled from the start: a SIGTERM during the start-up scan stops cleanly
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("signal handler")?;
     let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
     let mut hup = signal(SignalKind::hangup()).context("signal handler")?;
+    let started = tokio::select! {
+        r = Node::start(cfg, &s.node, s.state_dir.clone(), opts) => r,
+        _ = term.recv() => { tracing::info!("SIGTERM while starting: stopping"); return Ok(0) }
+        _ = int.recv() => { tracing::info!("SIGINT while starting: stopping"); return Ok(0) }
+    };
+    let mut node = started.map_err(|e| match e {
+        crate::engine::node::NodeError::IdMismatch { .. }
+        | crate::engine::node::NodeError::UnknownNode(_) => exit(2, e.to_string()),
+        e => anyhow!(e).context("cannot start the node"),
+    })?;
+    use crate::ops::notify;
+    let listener = match control::bind(&s.state_dir).await {
+        Ok(l) => l,
+        Err(e) => {
+            node.stop().await;
+            return Err(exit(1, format!("control socket: {e}")));
+        }
+    };
+    let current: control::Current = Arc::new(std::sync::RwLock::new(Some(node.ctx.clone())));
+    let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
+    let mut ctl = tokio::spawn(control::serve(
+        listener,
+        s.state_dir.clone(),
+        current.clone(),
+        stop_rx,
+    ));
+    // READY only once commands can reach the daemon
+    let _ = notify::ready();
+    let _ = notify::status(&daemon_status(&node.ctx));
     let (stop_wd, wd_rx) = tokio::sync::watch::channel(false);
     let _watchdog = notify::watchdog_task(wd_rx);
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
@@ -493,25 +455,32 @@ async fn daemon(s: &Settings) -> Result<u8> {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0 }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0 }
             _ = hup.recv() => {
-                match Config::load(&s.config_path).and_then(|c| c.refuse_unsupported().map(|_| c)) {
+                let loaded = Config::load(&s.config_path)
+                    .and_then(|c| c.refuse_unsupported().map(|_| c))
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        crate::engine::node::preflight(&c, &s.node, &s.state_dir)
+                            .map(|_| c)
+                            .map_err(|e| e.to_string())
+                    });
+                match loaded {
                     Err(e) => tracing::error!("SIGHUP: the new config is refused, the running one is kept: {e}"),
-                    Ok(c) if c.node(&s.node).is_none() => tracing::error!("SIGHUP: the new config has no [nodes.{}] section; the running one is kept", s.node),
                     Ok(c) => {
                         tracing::info!("SIGHUP: reloading {}", s.config_path.display());
                         let _ = notify::reloading();
+                        set_current(&current, None);
                         node.stop().await;
                         match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
                             Ok(n) => {
                                 node = n;
-                                if let Ok(mut w) = current.write() {
-                                    *w = node.ctx.clone();
-                                }
+                                set_current(&current, Some(node.ctx.clone()));
                                 tracing::info!("config reloaded");
                                 let _ = notify::ready();
                             }
                             Err(e) => {
                                 tracing::error!("cannot start with the new config: {e}; exiting");
                                 let _ = stop_ctl.send(true);
+                                let _ = tokio::time::timeout(Duration::from_secs(2), ctl).await;
                                 return Err(exit(1, e.to_string()));
                             }
                         }
@@ -520,6 +489,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
             }
             r = &mut ctl => {
                 if let Ok(Err(e)) = r {
+                    set_current(&current, None);
                     node.stop().await;
                     return Err(exit(1, format!("control socket: {e}")));
                 }
@@ -530,10 +500,18 @@ async fn daemon(s: &Settings) -> Result<u8> {
     let _ = notify::stopping();
     let _ = stop_ctl.send(true);
     let _ = stop_wd.send(true);
+    set_current(&current, None);
     node.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), ctl).await;
     tracing::info!("stopped");
     Ok(code)
+}
+
+fn set_current(current: &control::Current, ctx: Option<Arc<crate::engine::node::Ctx>>) {
+    match current.write() {
+        Ok(mut w) => *w = ctx,
+        Err(poisoned) => *poisoned.into_inner() = ctx,
+    }
 }
 
 /// The one-line STATUS systemd shows.
@@ -753,6 +731,18 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
                 .map(|e| format!("\n      {e}"))
                 .unwrap_or_default()
         );
+        for r in &p.receiving {
+            println!(
+                "      receiving {}: {}/{} files, {}/{}, {:.0} files/s, {}/s",
+                r.group,
+                r.files_done,
+                r.files_total,
+                human_bytes(r.bytes_done),
+                human_bytes(r.bytes_total),
+                r.files_per_s,
+                human_bytes(r.bytes_per_s as u64)
+            );
+        }
     }
     Ok(code)
 }

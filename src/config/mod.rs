@@ -313,7 +313,7 @@ pub enum Feature {
 
 /// The features [`Config::refuse_unsupported`] refuses. When a feature is built, delete its
 /// line here.
-pub const UNSUPPORTED: &[Feature] = &[Feature::Bwlimit];
+pub const UNSUPPORTED: &[Feature] = &[];
 
 impl Feature {
     /// Where `config` uses this feature: the dotted keys, each with the words of the

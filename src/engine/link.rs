@@ -76,6 +76,9 @@ pub struct RemoteProgress {
     /// Items it said it held above our position at `Hello`, and items received since.
     pub expected: u64,
     pub received: u64,
+    /// The same in bytes of file content.
+    pub expected_bytes: u64,
+    pub received_bytes: u64,
 }
 
 /// A shared group on this link.
@@ -225,6 +228,26 @@ fn encode_for(version: u32, m: &Msg) -> Option<Vec<u8>> {
     }
 }
 
+/// How the writer of one link sends: compression and the bandwidth limit.
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    version: u32,
+    compress: bool,
+    /// Bytes per second at most.
+    rate: Option<u64>,
+}
+
+impl Sending {
+    fn encode(&self, m: &Msg) -> Option<Vec<u8>> {
+        let worth = matches!(m, Msg::Index { .. } | Msg::Chunks { .. });
+        if self.version >= 4 && self.compress && worth {
+            m.encode_compressed().ok()
+        } else {
+            encode_for(self.version, m)
+        }
+    }
+}
+
 fn decode_for(version: u32, frame: &[u8]) -> Result<Result<Msg, Msg3>, String> {
     if version >= 4 {
         Msg::decode(frame).map(Ok).map_err(|e| e.to_string())
@@ -251,13 +274,20 @@ fn our_hello(ctx: &Ctx, peer: &str, version: u32) -> Result<Vec<u8>, LinkError> 
         let (resume_inc, resume_seq) = ctx.store.peer_position(peer, &name).unwrap_or((0, 0));
         let head = ctx.store.group_head(&name).unwrap_or(0);
         let inc = ctx.store.incarnation(&name).unwrap_or(0);
+        let (pending, pending_bytes) = if g.replica {
+            (0, 0)
+        } else {
+            let acked = ctx.store.acked(peer, &name).unwrap_or(0);
+            ctx.store.pending_since(&name, acked).unwrap_or((0, 0))
+        };
         groups.push(GroupHello {
             group: name,
             inc,
             resume_inc,
             resume_seq,
             head,
-            pending: 0,
+            pending,
+            pending_bytes,
             settings: g.settings.clone(),
         });
     }
@@ -318,6 +348,7 @@ fn parse_hello(peer: &str, version: u32, frame: &[u8]) -> Result<PeerHello, Link
                     resume_seq: g.seq,
                     head: g.head,
                     pending: 0,
+                    pending_bytes: 0,
                     settings: Default::default(),
                 })
                 .collect(),
@@ -428,13 +459,18 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
             return Err(e);
         }
     };
-    // an index restored from an old snapshot: the peer has seen more of us than we have
+    // an index restored from an old snapshot: the peer has seen more of us than this index
+    // ever held (what it held when it was opened, and what we sent since)
+    let known = ctx
+        .store
+        .opened_seq()
+        .max(ctx.sent_seq.load(Ordering::Relaxed));
     for h in &hello.groups {
         if let Ok(inc) = ctx.store.incarnation(&h.group)
             && h.resume_inc == inc
             && ctx.shared_groups(&peer).iter().any(|g| g.name() == h.group)
         {
-            let head = ctx.store.group_head(&h.group).unwrap_or(0);
+            let head = known;
             if h.resume_seq > head {
                 tracing::warn!(
                     group = %h.group,
@@ -473,6 +509,8 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
                     applied,
                     expected: h.pending,
                     received: 0,
+                    expected_bytes: h.pending_bytes,
+                    received_bytes: 0,
                 },
             )
         })
@@ -496,11 +534,16 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         bytes_out: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
     });
+    let how = Sending {
+        version,
+        compress: ctx.cfg.compress == crate::config::Compress::Auto,
+        rate: ctx.cfg.bwlimit_to(&peer),
+    };
     let writer_task = tokio::spawn(write_loop(
         writer,
         hi_rx,
         bulk_rx,
-        version,
+        how,
         link.clone(),
         ctx.metrics.clone(),
     ));
@@ -589,11 +632,14 @@ async fn write_loop(
     mut writer: crate::net::transport::LinkWriter,
     mut hi: mpsc::Receiver<Msg>,
     mut bulk: mpsc::Receiver<Msg>,
-    version: u32,
+    how: Sending,
     link: Arc<Link>,
     metrics: Arc<crate::ops::metrics::Metrics>,
 ) {
+    let version = how.version;
     let mut closed = link.closed_rx();
+    // the bandwidth limit: the earliest time the next frame may start
+    let mut next_at = tokio::time::Instant::now();
     loop {
         let m = tokio::select! {
             biased;
@@ -612,10 +658,15 @@ async fn write_loop(
                 break;
             }
         };
-        let Some(frame) = encode_for(version, &m) else {
+        let Some(frame) = how.encode(&m) else {
             tracing::debug!(peer = %link.peer, "cannot encode {}", m.kind());
             continue;
         };
+        if let Some(rate) = how.rate {
+            tokio::time::sleep_until(next_at).await;
+            let took = Duration::from_secs_f64(frame.len() as f64 / rate.max(1) as f64);
+            next_at = next_at.max(tokio::time::Instant::now()) + took;
+        }
         link.bytes_out
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         metrics.add_peer_bytes(&link.peer, frame.len() as u64, 0);
@@ -716,6 +767,7 @@ async fn dispatch(
                 let e = r.entry(group.clone()).or_default();
                 e.head = e.head.max(head);
                 e.received += items.len() as u64;
+                e.received_bytes += items.iter().map(|w| w.item.size()).sum::<u64>();
             }
             let q = link.queued.fetch_add(1, Ordering::AcqRel);
             if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
@@ -768,6 +820,12 @@ async fn dispatch(
             };
             let ctx = ctx.clone();
             let link = link.clone();
+            // with a bandwidth limit, one answer takes at most about two seconds to send, so
+            // keep-alives and small changes never wait long behind it
+            let cap = match ctx.cfg.bwlimit_to(&link.peer) {
+                Some(rate) => (rate as usize * 2).clamp(256 * 1024, MAX_CHUNKS_REPLY_BYTES),
+                None => MAX_CHUNKS_REPLY_BYTES,
+            };
             tokio::spawn(async move {
                 let c2 = ctx.clone();
                 let data = tokio::task::spawn_blocking(move || {
@@ -775,7 +833,7 @@ async fn dispatch(
                     hashes
                         .iter()
                         .map(|h| {
-                            if total >= MAX_CHUNKS_REPLY_BYTES {
+                            if total >= cap {
                                 return None;
                             }
                             let d = c2.read_chunk(&group, h);
@@ -913,6 +971,7 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
                 e.unacked.push_back(b.through);
                 e.last_sent = b.through;
             }
+            ctx.sent_seq.fetch_max(b.through, Ordering::Relaxed);
             ctx.counters
                 .items_out
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -988,6 +1047,12 @@ fn build_batch(
     let mut not_sendable = 0u64;
     let mut why_not = None;
     for e in entries {
+        if e.item.version.is_empty() {
+            // adopted without a version (a replica's files, a group path we never changed):
+            // ours alone, never sent
+            last_seq = last_seq.max(e.seq);
+            continue;
+        }
         if e.from
             .as_ref()
             .is_some_and(|(p, inc)| p == to && *inc == to_inc)

@@ -319,6 +319,8 @@ pub struct Ctx {
     lanes: OnceLock<BTreeMap<String, LaneHandle>>,
     pub links: Links,
     pub counters: Counters,
+    /// The highest sequence number sent to any peer during this run (rollback detection).
+    pub sent_seq: AtomicU64,
     /// Prometheus metrics (served when `[metrics] listen` is set).
     pub metrics: Arc<crate::ops::metrics::Metrics>,
     /// Commands run after synced changes (groups with actions).
@@ -393,6 +395,18 @@ impl Ctx {
 
     pub fn audit_refused(&self, peer: &str, msg: &str) {
         self.audit.log(Rec {
+            kind: "refused",
+            peer: Some(peer),
+            detail: Some(msg),
+            ..Default::default()
+        });
+    }
+
+    /// A peer's item refused: the group and path it was about, and why.
+    pub fn audit_refused_item(&self, group: &str, key: &[u8], peer: &str, msg: &str) {
+        self.audit.log(Rec {
+            group,
+            path: key,
             kind: "refused",
             peer: Some(peer),
             detail: Some(msg),
@@ -508,9 +522,7 @@ impl Ctx {
                 .conflicts()
                 .map(|c| c.iter().filter(|(cg, _, c)| cg == g && !c.resolved).count())
                 .unwrap_or(0);
-            let pending = l.state.waiting_local.load(Ordering::Relaxed) as u64
-                + l.state.queued.load(Ordering::Relaxed) as u64
-                + l.state.aside.load(Ordering::Relaxed);
+            let pending = crate::engine::status::group_pending(self, l);
             m.set_group(
                 g,
                 crate::ops::metrics::GroupGauges {
@@ -571,6 +583,55 @@ pub fn group_of_path(
         }
     }
     None
+}
+
+/// What `daemon` checks before it starts (and `check-config` reports): this node has a
+/// section, its key matches its `id`, and every group path exists or its parent does.
+/// Returns warnings (a group path that does not exist yet).
+pub fn preflight(
+    cfg: &Config,
+    name: &str,
+    state_dir: &std::path::Path,
+) -> Result<Vec<String>, NodeError> {
+    let me = cfg
+        .node(name)
+        .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
+    let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
+    let ident = Identity::load(&key_path)?;
+    if let Some(id) = &me.id
+        && !id.eq_ignore_ascii_case(&ident.id())
+    {
+        return Err(NodeError::IdMismatch {
+            node: me.name.clone(),
+            actual: ident.id(),
+            configured: id.clone(),
+        });
+    }
+    let mut warnings = Vec::new();
+    for g in cfg.groups_of(name) {
+        for gp in &g.paths {
+            let real = name::real(&me.root, gp.as_bytes());
+            if real.exists() {
+                continue;
+            }
+            if real.parent().is_some_and(|p| p.is_dir()) {
+                warnings.push(format!(
+                    "group {} path {gp} ({}) does not exist on this node yet (it is created when the first files arrive)",
+                    g.name,
+                    real.display()
+                ));
+            } else {
+                return Err(NodeError::Group {
+                    group: g.name.clone(),
+                    msg: format!(
+                        "path {gp}: neither {} nor its parent exists on this node",
+                        real.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 /// Make the state dir private (0700, its files 0600), also one made by an older version.
@@ -695,6 +756,7 @@ impl Node {
             lanes: OnceLock::new(),
             links: Links::default(),
             counters: Counters::default(),
+            sent_seq: AtomicU64::new(0),
             metrics,
             actions,
             shutdown,
@@ -769,12 +831,17 @@ impl Node {
         Ok(Node { ctx, tasks })
     }
 
-    /// Stop every task.
+    /// Stop every task, and wait (a bounded time) until nothing holds the node's context
+    /// any more, so its index is closed when this returns (a reload opens it again).
     pub async fn stop(self) {
         self.ctx.stop();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         for t in self.tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.ctx) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -120,6 +120,22 @@ pub struct PeerStatus {
     pub bytes_sent: u64,
     #[serde(default)]
     pub bytes_received: u64,
+    /// What is being received from this peer, per group (while it has more to send).
+    #[serde(default)]
+    pub receiving: Vec<Progress>,
+}
+
+/// Progress of what a peer sends, for one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub group: String,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Since the link came up.
+    pub files_per_s: f64,
+    pub bytes_per_s: f64,
 }
 
 impl Status {
@@ -167,6 +183,35 @@ pub fn offline(name: &str, cfg: &Config, store: &Store) -> Result<Status, StoreE
 /// Status of a running node.
 pub fn live(ctx: &Ctx) -> Result<Status, StoreError> {
     build(&ctx.name, &ctx.cfg, &ctx.store, Some(ctx))
+}
+
+/// The pending work of a running group, as `status` counts it: our changes some member has
+/// not confirmed, paths the watcher holds, batches queued, items set aside, and what connected
+/// peers still have for us.
+pub fn group_pending(ctx: &Ctx, l: &crate::engine::lane::LaneHandle) -> u64 {
+    let g = &l.group;
+    let name = g.name();
+    let mut pending = 0;
+    if !g.replica {
+        for p in &g.peers {
+            let acked = ctx.store.acked(p, name).unwrap_or(0);
+            pending += ctx.store.count_since(name, acked).unwrap_or(0);
+        }
+    }
+    pending += l.state.waiting_local.load(Ordering::Relaxed) as u64;
+    pending += l.state.queued.load(Ordering::Relaxed) as u64;
+    pending += l.state.aside.load(Ordering::Relaxed);
+    for p in &g.peers {
+        if let Some(link) = ctx.links.get(p)
+            && link.active(name)
+        {
+            let r = link.remote_of(name);
+            if r.head > r.applied {
+                pending += r.expected.saturating_sub(r.received).max(1);
+            }
+        }
+    }
+    pending
 }
 
 fn build(
@@ -277,6 +322,7 @@ fn build(
             not_sendable: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            receiving: Vec::new(),
         };
         if let Some(ctx) = live {
             let st = ctx.links.state(p);
@@ -288,6 +334,21 @@ fn build(
                     ps.protocol = Some(l.version);
                     ps.bytes_sent = l.bytes_out.load(Ordering::Relaxed);
                     ps.bytes_received = l.bytes_in.load(Ordering::Relaxed);
+                    let secs = l.since.elapsed().as_secs_f64().max(0.001);
+                    for (g, _) in l.groups.iter() {
+                        let r = l.remote_of(g);
+                        if r.expected > 0 && (r.received < r.expected || r.head > r.applied) {
+                            ps.receiving.push(Progress {
+                                group: g.clone(),
+                                files_done: r.received.min(r.expected),
+                                files_total: r.expected,
+                                bytes_done: r.received_bytes.min(r.expected_bytes),
+                                bytes_total: r.expected_bytes,
+                                files_per_s: r.received as f64 / secs,
+                                bytes_per_s: r.received_bytes as f64 / secs,
+                            });
+                        }
+                    }
                     for (g, _) in l.groups.iter() {
                         let pp = l.pump(g);
                         ps.not_sendable += pp.not_sendable;

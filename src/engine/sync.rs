@@ -54,6 +54,51 @@ fn refusal(e: &str) -> bool {
         || e.contains("config differs")
 }
 
+/// What `sync` would report now without exchanging anything (`sync --dry-run` with a daemon):
+/// peers not connected, with why, items set aside, stopped groups, unresolved conflicts.
+pub fn dry_report(ctx: &Ctx, groups: &[String]) -> SyncReport {
+    let selected: Vec<_> = ctx
+        .groups
+        .values()
+        .filter(|g| groups.is_empty() || groups.iter().any(|n| n == g.name()))
+        .collect();
+    let mut report = SyncReport::default();
+    let peers: BTreeSet<&String> = selected.iter().flat_map(|g| g.peers.iter()).collect();
+    for p in peers {
+        if ctx.links.get(p).is_none() {
+            let why = ctx
+                .links
+                .state(p)
+                .error
+                .unwrap_or_else(|| "not connected".into());
+            report.unreachable.push((p.clone(), why));
+        }
+    }
+    let names: Vec<String> = selected.iter().map(|g| g.name().to_string()).collect();
+    for g in &selected {
+        if let Ok(aside) = ctx.store.aside(g.name()) {
+            report.pending += aside.len();
+        }
+        if let Some(l) = ctx.lane(g.name())
+            && let Some(r) = crate::engine::link::lock(&l.state.stopped).clone()
+        {
+            report.stopped.push(format!("{}: {r}", g.name()));
+        }
+    }
+    report.unresolved = ctx
+        .store
+        .conflicts()
+        .map(|l| {
+            l.into_iter()
+                .filter(|(g, _, c)| !c.resolved && names.contains(g))
+                .map(|(_, p, _)| crate::item::name::show(&p).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    report.conflicts = report.unresolved.len();
+    report
+}
+
 /// Reconcile `groups` (all of this node's when empty) with every peer, within `timeout`.
 /// `rescan`: scan the groups first (groups not watched live always are).
 pub async fn sync(
@@ -191,19 +236,22 @@ async fn wait_link(
         }
     }
     loop {
-        match ctx.links.wait_for(peer, deadline, false).await {
-            Ok(l) => return Ok(l),
-            Err(e) if refusal(&e) || tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => {}
+        if let Some(l) = ctx.links.get(peer) {
+            return Ok(l);
         }
         let st = ctx.links.state(peer);
-        if let Some(e) = st.error
+        if let Some(e) = st.error.clone()
             && (refusal(&e) || ctx.opts.dial_all)
         {
-            // an in-process sync does not wait out a down peer: one failed attempt says it
+            // a refusal will not go away by waiting; an in-process sync does not wait out a
+            // down peer either: one failed attempt says it
             return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(st.error.unwrap_or_else(|| "not connected".into()));
+        }
+        let next = deadline.min(tokio::time::Instant::now() + Duration::from_millis(200));
+        let _ = ctx.links.wait_for(peer, next, false).await;
     }
 }
 

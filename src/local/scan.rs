@@ -323,13 +323,15 @@ impl<'a> Scanner<'a> {
         }
         match std::fs::metadata(&real) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(format!(
-                "group path {gp} ({}) is missing; refusing to treat that as deleting everything",
-                real.display()
+                "group path {gp} ({}) is missing; refusing to treat that as deleting everything (mount or restore it and the group resumes by itself; if it is gone for good, stop the daemon and run `clustersync reset {}`)",
+                real.display(),
+                self.group.name
             ))),
             Err(e) => Ok(Some(format!("group path {gp} ({}): {e}", real.display()))),
             Ok(md) if !md.is_dir() => Ok(Some(format!(
-                "group path {gp} ({}) is no longer a directory",
-                real.display()
+                "group path {gp} ({}) is no longer a directory (put the directory back; to start the group over on this node, stop the daemon and run `clustersync reset {}`)",
+                real.display(),
+                self.group.name
             ))),
             Ok(_) => {
                 let empty = std::fs::read_dir(&real)
@@ -337,8 +339,9 @@ impl<'a> Scanner<'a> {
                     .unwrap_or(false);
                 if empty && self.store.any_live_below(&self.group.name, gp.as_bytes())? {
                     Ok(Some(format!(
-                        "group path {gp} ({}) is empty but the index knows files there (unmounted disk? wiped directory?); refusing to delete them everywhere",
-                        real.display()
+                        "group path {gp} ({}) is empty but the index knows files there (unmounted disk? wiped directory?); refusing to delete them everywhere (mount or restore it and the group resumes by itself; if it was emptied on purpose, stop the daemon and run `clustersync reset {}`)",
+                        real.display(),
+                        self.group.name
                     )))
                 } else {
                     Ok(None)

@@ -4,8 +4,10 @@
 //! release) through `net::v3`, so a rolling upgrade keeps syncing. The version of a link is
 //! agreed in the transport handshake (`transport::Versions`).
 //!
-//! A message is one frame: a codec byte ([`CODEC_PLAIN`]; compressed codecs are reserved)
-//! followed by the postcard encoding of [`Msg`]. Decoding is strict: a frame larger than
+//! A message is one frame: a codec byte ([`CODEC_PLAIN`], or [`CODEC_ZSTD`] when compression
+//! pays: the sender tries zstd at a fast level on a sample and sends plain what does not
+//! shrink by a tenth, so already-compressed content costs little) followed by the postcard
+//! encoding of [`Msg`]. Decoding is strict: a frame larger than
 //! [`MAX_FRAME`] is rejected before anything is allocated, trailing bytes are an error, and
 //! every item, path, name and list in a message is checked by the receiver before use.
 //!
@@ -44,6 +46,10 @@ pub const MAX_UNACKED: usize = 4;
 pub const MAX_GROUPS: usize = 4096;
 /// A frame of plain postcard.
 pub const CODEC_PLAIN: u8 = 0;
+/// A frame of zstd-compressed postcard (decompressed size at most [`MAX_FRAME`]).
+pub const CODEC_ZSTD: u8 = 1;
+/// Frames smaller than this are never compressed.
+pub const COMPRESS_MIN: usize = 1024;
 
 /// The settings of a group that every member must agree on (SPEC §5.11).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -125,8 +131,10 @@ pub struct GroupHello {
     pub resume_seq: u64,
     /// The sender's own head for the group.
     pub head: u64,
-    /// Items the sender holds above the receiver's resume position (for progress).
+    /// Items the sender holds above the receiver's resume position, and their bytes (for
+    /// progress).
     pub pending: u64,
+    pub pending_bytes: u64,
     pub settings: SharedSettings,
 }
 
@@ -206,6 +214,34 @@ impl Msg {
         Ok(v)
     }
 
+    /// Encode a message as one frame, compressed with zstd when that pays.
+    pub fn encode_compressed(&self) -> Result<Vec<u8>, ProtocolError> {
+        let plain = self.encode()?;
+        if plain.len() < COMPRESS_MIN {
+            return Ok(plain);
+        }
+        let body = &plain[1..];
+        // a sample first: content that does not shrink (media, archives) is not compressed
+        const SAMPLE: usize = 64 * 1024;
+        if body.len() > 4 * SAMPLE {
+            let mid = body.len() / 2;
+            let sample = &body[mid - SAMPLE / 2..mid + SAMPLE / 2];
+            match zstd::bulk::compress(sample, 1) {
+                Ok(c) if c.len() * 10 < sample.len() * 9 => {}
+                _ => return Ok(plain),
+            }
+        }
+        match zstd::bulk::compress(body, 1) {
+            Ok(c) if c.len() * 10 < body.len() * 9 => {
+                let mut v = Vec::with_capacity(c.len() + 1);
+                v.push(CODEC_ZSTD);
+                v.extend_from_slice(&c);
+                Ok(v)
+            }
+            _ => Ok(plain),
+        }
+    }
+
     /// Decode exactly one message from a frame.
     pub fn decode(bytes: &[u8]) -> Result<Msg, ProtocolError> {
         if bytes.len() > MAX_FRAME {
@@ -214,9 +250,17 @@ impl Msg {
         let Some((&codec, body)) = bytes.split_first() else {
             return Err(ProtocolError::Malformed("empty frame".into()));
         };
-        if codec != CODEC_PLAIN {
-            return Err(ProtocolError::Codec(codec));
-        }
+        let unpacked;
+        let body = match codec {
+            CODEC_PLAIN => body,
+            CODEC_ZSTD => {
+                // bounded: a frame that inflates beyond MAX_FRAME is refused
+                unpacked = zstd::bulk::decompress(body, MAX_FRAME)
+                    .map_err(|e| ProtocolError::Malformed(format!("zstd: {e}")))?;
+                unpacked.as_slice()
+            }
+            c => return Err(ProtocolError::Codec(c)),
+        };
         let (m, rest) = postcard::take_from_bytes::<Msg>(body)
             .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
@@ -284,6 +328,7 @@ pub(crate) mod tests {
                     resume_seq: 9,
                     head: 11,
                     pending: 2,
+                    pending_bytes: 20,
                     settings: SharedSettings::default(),
                 }],
             },
@@ -338,6 +383,37 @@ pub(crate) mod tests {
             assert!(matches!(Msg::decode(&c), Err(ProtocolError::Codec(9))));
         }
         assert!(Msg::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn compressed_frames_roundtrip_and_incompressible_ones_stay_plain() {
+        let text = Msg::Chunks {
+            req: 1,
+            data: vec![Some(b"<p>hello web</p>\n".repeat(4000))],
+        };
+        let f = text.encode_compressed().unwrap();
+        assert_eq!(f[0], CODEC_ZSTD);
+        assert!(f.len() * 10 < text.encode().unwrap().len());
+        assert_eq!(Msg::decode(&f).unwrap(), text);
+        let mut x: u64 = 7;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let random = Msg::Chunks {
+            req: 2,
+            data: vec![Some(noise)],
+        };
+        assert_eq!(random.encode_compressed().unwrap()[0], CODEC_PLAIN);
+        // a bomb: a tiny frame inflating past the limit is refused
+        let huge = vec![0u8; MAX_FRAME + 10];
+        let mut bomb = vec![CODEC_ZSTD];
+        bomb.extend(zstd::bulk::compress(&huge, 3).unwrap());
+        assert!(Msg::decode(&bomb).is_err());
     }
 
     #[test]

@@ -108,11 +108,12 @@ impl ActionSpec {
         }
     }
 
-    /// The action as configured (`timeout` and `logfile` keep their defaults until the config
-    /// carries them).
+    /// The action as configured.
     pub fn from_config(group: &str, index: usize, c: &crate::config::ActionConfig) -> ActionSpec {
         ActionSpec {
             local: c.local,
+            timeout: c.timeout,
+            logfile: c.logfile.clone(),
             ..ActionSpec::new(group, index, c.pattern.clone(), &c.run)
         }
     }

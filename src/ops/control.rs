@@ -111,6 +111,8 @@ pub enum Response {
 pub enum ControlError {
     #[error("no daemon is running (no control socket at {0})")]
     NoDaemon(PathBuf),
+    #[error("cannot talk to the daemon: {0} is root's (run clustersync as root)")]
+    Denied(PathBuf),
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -139,6 +141,9 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlEr
         {
             return Err(ControlError::NoDaemon(path));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::Denied(path));
+        }
         Err(source) => return Err(ControlError::Io { path, source }),
     };
     let io = |source| ControlError::Io {
@@ -163,15 +168,10 @@ pub async fn daemon_running(state_dir: &Path) -> bool {
     UnixStream::connect(socket_path(state_dir)).await.is_ok()
 }
 
-/// Serve the control socket until shutdown; `ctx` is read for each request, so a reloaded
-/// node is served as soon as it is in place.
-pub async fn serve(
-    state_dir: PathBuf,
-    current: Arc<std::sync::RwLock<Arc<Ctx>>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let path = socket_path(&state_dir);
-    if daemon_running(&state_dir).await {
+/// Bind the control socket (0600), refusing when another daemon answers on it.
+pub async fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(state_dir);
+    if daemon_running(state_dir).await {
         return Err(std::io::Error::other(format!(
             "another daemon is already running with state dir {}",
             state_dir.display()
@@ -181,6 +181,21 @@ pub async fn serve(
     let listener = UnixListener::bind(&path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The node the control socket serves: `None` while a reload swaps it.
+pub type Current = Arc<std::sync::RwLock<Option<Arc<Ctx>>>>;
+
+/// Serve the control socket until shutdown; the node is read for each request, so a reloaded
+/// node is served as soon as it is in place.
+pub async fn serve(
+    listener: UnixListener,
+    state_dir: PathBuf,
+    current: Current,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let path = socket_path(&state_dir);
     loop {
         let (s, _) = tokio::select! {
             r = listener.accept() => r?,
@@ -194,11 +209,25 @@ pub async fn serve(
             Err(p) => p.into_inner().clone(),
         };
         tokio::spawn(async move {
-            if let Err(e) = handle(ctx, s).await {
+            let r = match ctx {
+                Some(ctx) => handle(ctx, s).await,
+                None => reloading(s).await,
+            };
+            if let Err(e) = r {
                 tracing::debug!("control connection: {e}");
             }
         });
     }
+}
+
+async fn reloading(s: UnixStream) -> std::io::Result<()> {
+    let (_, mut w) = s.into_split();
+    let mut text = serde_json::to_string(&Response::Error {
+        message: "the daemon is reloading its config; try again in a moment".into(),
+    })
+    .unwrap_or_default();
+    text.push('\n');
+    w.write_all(text.as_bytes()).await
 }
 
 async fn handle(ctx: Arc<Ctx>, s: UnixStream) -> std::io::Result<()> {
@@ -239,8 +268,9 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
         } => {
             let timeout = Duration::from_millis(timeout_ms.max(1));
             if dry_run {
-                let report = crate::engine::sync::sync(ctx, &groups, timeout, false).await;
+                // nothing is exchanged: what is still on its way, and who cannot be reached
                 let lines = pending_lines(ctx, &groups);
+                let report = crate::engine::sync::dry_report(ctx, &groups);
                 Response::DryRun { lines, report }
             } else {
                 Response::Sync(crate::engine::sync::sync(ctx, &groups, timeout, false).await)

@@ -264,6 +264,8 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     index_id: u64,
+    /// The highest sequence number when the index was opened (rollback detection).
+    opened_seq: u64,
 }
 
 /// A random non-zero u64.
@@ -371,6 +373,7 @@ impl Store {
             db,
             path: path.into(),
             index_id: 0,
+            opened_seq: 0,
         };
         let schema = {
             let tx = st.db.begin_read().map_err(|e| st.err(e))?;
@@ -431,7 +434,13 @@ impl Store {
         }
         tx.commit().map_err(|e| st.err(e))?;
         st.index_id = id;
+        st.opened_seq = st.max_seq()?;
         Ok(st)
+    }
+
+    /// The highest sequence number when the index was opened.
+    pub fn opened_seq(&self) -> u64 {
+        self.opened_seq
     }
 
     /// This index's random identity; changes when the index is recreated.
@@ -621,6 +630,28 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Number and bytes of the entries of `group` above `after` (O(that number)).
+    pub fn pending_since(&self, group: &str, after: u64) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
+        let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let (mut n, mut bytes) = (0, 0);
+        for item in bs
+            .range((group, after.saturating_add(1))..=(group, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, k) = item.map_err(|e| self.err(e))?;
+            n += 1;
+            if let Some(v) = items.get((group, k.value())).map_err(|e| self.err(e))? {
+                let q = decode_quick(&self.path, k.value(), v.value())?;
+                if q.kind == Some(Kind::File) {
+                    bytes += q.size;
+                }
+            }
+        }
+        Ok((n, bytes))
     }
 
     /// The counters of `group`.

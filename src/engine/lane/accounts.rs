@@ -217,6 +217,40 @@ fn scan(ctx: &Ctx, g: &GroupRt) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The keys of `deletions` that name an account existing here that is not managed (a peer
+/// may only delete managed accounts).
+fn unmanaged_deletions(ctx: &Ctx, g: &GroupRt, deletions: &[Item]) -> BTreeSet<Vec<u8>> {
+    if deletions.is_empty() {
+        return BTreeSet::new();
+    }
+    let Ok(snap) = read_snapshot(ctx, g) else {
+        return BTreeSet::new();
+    };
+    let users = names_in(&ctx.root.join("etc/passwd"));
+    let groups = names_in(&ctx.root.join("etc/group"));
+    deletions
+        .iter()
+        .filter(|i| match id_of(&i.key) {
+            Some(AccountId::User(n)) => users.contains(&n) && !snap.users.contains_key(&n),
+            Some(AccountId::Group(n)) => groups.contains(&n) && !snap.groups.contains_key(&n),
+            None => true,
+        })
+        .map(|i| i.key.clone())
+        .collect()
+}
+
+/// The names of the entries of a passwd-like file.
+fn names_in(file: &std::path::Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|n| {
+            !n.is_empty() && !n.starts_with('#') && !n.starts_with('+') && !n.starts_with('-')
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// `user niden` / `group devs`.
 pub fn describe(item: &Item) -> String {
     id_of(&item.key)
@@ -225,14 +259,7 @@ pub fn describe(item: &Item) -> String {
 }
 
 fn group_names(root: &std::path::Path) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(':').next())
-        .filter(|n| {
-            !n.is_empty() && !n.starts_with('#') && !n.starts_with('+') && !n.starts_with('-')
-        })
-        .map(String::from)
-        .collect()
+    names_in(&root.join("etc/group"))
 }
 
 /// The stat of the four files, to notice changes cheaply.
@@ -274,11 +301,29 @@ impl Lane {
     ) {
         let group = self.name().to_string();
         let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let deletions: Vec<Item> = items
+            .iter()
+            .filter(|w| w.item.is_deleted())
+            .map(|w| w.item.clone())
+            .collect();
+        let unmanaged =
+            tokio::task::spawn_blocking(move || unmanaged_deletions(&ctx, &g, &deletions))
+                .await
+                .unwrap_or_default();
         for w in &items {
-            if let Err(e) = validate_item(&self.g, w, &known) {
+            let check = validate_item(&self.g, w, &known).and_then(|()| {
+                if unmanaged.contains(&w.item.key) {
+                    Err("it deletes an account this node does not manage".to_string())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = check {
                 let msg = format!("refused account record {}: {e}", describe(&w.item));
                 tracing::error!(peer = %link.peer, group = %group, "{msg}; closing the link");
-                self.ctx.audit_refused(&link.peer, &msg);
+                self.ctx
+                    .audit_refused_item(&group, &w.item.key, &link.peer, &msg);
                 let _ = link.send(Msg::Bye { reason: msg }).await;
                 link.close();
                 return;
@@ -414,6 +459,11 @@ impl Lane {
                     }
                 };
                 let mut failed: std::collections::HashMap<AccountId, String> = Default::default();
+                let collided: BTreeSet<AccountId> = report
+                    .collisions
+                    .iter()
+                    .map(|c| c.account.clone())
+                    .collect();
                 for c in &report.collisions {
                     tracing::error!(group = name, "{c}");
                     failed.insert(c.account.clone(), c.to_string());
@@ -428,16 +478,38 @@ impl Lane {
                 for (t, from, attempts, as_sent) in takes {
                     let Some(id) = id_of(&t.key) else { continue };
                     if let Some(why) = failed.get(&id) {
+                        let collision = collided.contains(&id);
                         if attempts == 0 {
                             ctx.audit.log(crate::ops::audit::Rec {
                                 group: name,
                                 path: &t.key,
-                                kind: "collision",
+                                kind: if collision {
+                                    "collision"
+                                } else {
+                                    "not-applied"
+                                },
                                 origin: &t.origin,
                                 version: &t.version.display(),
                                 peer: Some(&from.0),
                                 detail: Some(why),
                             });
+                        }
+                        if collision {
+                            // reported as a conflict until the administrator settles it
+                            let mut nodes = vec![t.origin.clone(), ctx.name.clone()];
+                            nodes.sort();
+                            nodes.dedup();
+                            extras.conflicts.push((
+                                t.key.clone(),
+                                Some(crate::store::ConflictInfo {
+                                    nodes,
+                                    resolved: false,
+                                    winner: String::new(),
+                                    kept_as: Some(why.clone()),
+                                    time: unix_now(),
+                                    versions: vec![],
+                                }),
+                            ));
                         }
                         extras.aside_remove.retain(|k| *k != t.key);
                         extras.aside_put.push(Aside {
@@ -451,6 +523,14 @@ impl Lane {
                         continue;
                     }
                     owners = true;
+                    // a collision settled by the administrator: no longer a conflict
+                    if ctx
+                        .store
+                        .conflict(name, &t.key)?
+                        .is_some_and(|c| !c.resolved)
+                    {
+                        extras.conflicts.push((t.key.clone(), None));
+                    }
                     ctx.audit_item(
                         name,
                         if t.is_deleted() { "delete" } else { "apply" },

@@ -49,6 +49,26 @@ pub(super) fn commit_local(
     adopt: bool,
 ) -> Result<(u64, Drift), StoreError> {
     let name = g.name();
+    // a group path directory this node never had in its index (a new node, a reset group) is
+    // adopted
+    // without a version, so the cluster's version of it wins (a fresh directory's mode and
+    // mtime are not imposed on everyone); it gets a version of ours when it changes here
+    let mut changes = changes;
+    for c in changes.iter_mut() {
+        if c.announce
+            && c.entry.item.kind() == Some(crate::item::Kind::Dir)
+            && g.cfg.paths.iter().any(|p| p.as_bytes() == c.entry.item.key)
+            && ctx
+                .store
+                .get_quick(name, &c.entry.item.key)
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            c.entry.item.version = VersionVector::default();
+            c.announce = false;
+        }
+    }
     let (drift, mut store): (Vec<_>, Vec<_>) = if g.replica {
         changes.into_iter().partition(|c| {
             let root = g.cfg.paths.iter().any(|p| p.as_bytes() == c.entry.item.key);

@@ -332,7 +332,9 @@ impl Lane {
         for w in &items {
             if let Err(e) = validate(&self.g, w, &known) {
                 tracing::error!(peer = %link.peer, group = %group, "{e}; closing the link");
-                self.ctx.audit_refused(&link.peer, &e.to_string());
+                let key = &w.item.key[..w.item.key.len().min(4096)];
+                self.ctx
+                    .audit_refused_item(&group, key, &link.peer, &e.to_string());
                 let _ = link
                     .send(Msg::Bye {
                         reason: e.to_string(),
