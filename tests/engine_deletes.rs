@@ -49,7 +49,6 @@ fn rm_rf_of_a_subtree_larger_than_one_batch_is_gone_everywhere_and_stays_gone() 
         "{n} files synced to 2 nodes in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    let audit_mark: Vec<usize> = ["a", "b", "c"].iter().map(|x| c.audit(x).len()).collect();
 
     let t0 = Instant::now();
     std::fs::remove_dir_all(c.path("a", "dir")).unwrap();
@@ -61,6 +60,8 @@ fn rm_rf_of_a_subtree_larger_than_one_batch_is_gone_everywhere_and_stays_gone() 
         t0.elapsed().as_secs_f64()
     );
     c.wait_converged("after rm -rf");
+    // what is recorded from now on: the rescans must find nothing of the tree
+    let audit_mark: Vec<usize> = ["a", "b", "c"].iter().map(|x| c.audit(x).len()).collect();
     for x in ["a", "b", "c"] {
         let out = c.cli(x, &["sync", "--timeout", "60s"]);
         assert!(
@@ -123,6 +124,8 @@ fn deleter(
 /// of an unrelated file reaches the peer within a second (no sliding "last delete" window).
 #[test]
 fn a_delete_is_not_held_back_by_a_stream_of_deletes_in_the_same_group() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(&["a", "b"], Opts::default());
     write(&c.path("a", "lone"), "x");
     let files: Vec<_> = (0..60)
@@ -164,6 +167,8 @@ fn a_delete_is_not_held_back_by_a_stream_of_deletes_in_the_same_group() {
 /// and a little.
 #[test]
 fn a_delete_waits_no_longer_than_the_burst_maximum_behind_endless_bursts() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(&["a", "b"], Opts::default());
     write(&c.path("a", "lone"), "x");
     let files: Vec<_> = (0..1200)
@@ -193,6 +198,8 @@ fn a_delete_waits_no_longer_than_the_burst_maximum_behind_endless_bursts() {
 /// Issue 7 item 3c: a burst of deletions in one group does not hold a delete in another group.
 #[test]
 fn a_burst_of_deletes_in_one_group_does_not_hold_a_delete_in_another() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(
         &["a", "b"],
         Opts {
@@ -239,6 +246,8 @@ fn a_burst_of_deletes_in_one_group_does_not_hold_a_delete_in_another() {
 /// snapshot (whole lines, a prefix of what was written); its final content arrives once closed.
 #[test]
 fn a_file_appended_without_a_close_is_sent_every_few_seconds_as_a_consistent_prefix() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     const LINE: usize = 32;
     let line = |i: usize| format!("{:<31}\n", format!("line {i} of a log that grows"));
     let mut c = Cluster::new(&["a", "b"], Opts::default());
@@ -369,9 +378,17 @@ fn tombstones_are_collected_once_every_member_confirmed_them_and_kept_while_one_
     wait_until("deletes on b", WAIT, || {
         (5..8).all(|i| !c.path("b", &format!("f{i}")).exists())
     });
-    wait_until("tombstones counted on a and b", WAIT, || {
-        ["a", "b"].iter().all(|n| tombstones(&c, n) == Some(3))
-    });
+    let mut seen = vec![];
+    let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("tombstones counted on a and b", Duration::from_secs(10), || {
+            seen = ["a", "b"].iter().map(|n| tombstones(&c, n)).collect();
+            seen.iter().all(|t| *t == Some(3))
+        })
+    }));
+    assert!(
+        counted.is_ok(),
+        "with c stopped, a and b hold {seen:?} tombstones for the 3 deletions c has not seen"
+    );
     // collection runs every second: a few rounds, and c's tombstones are still kept
     std::thread::sleep(Duration::from_secs(4));
     for n in ["a", "b"] {

@@ -57,6 +57,8 @@ fn backup_contents(c: &Cluster, n: &str, path: &str) -> Vec<Vec<u8>> {
 /// conflict, and the hand edit is kept as a backup on the receiver, listed by `conflicts`.
 #[test]
 fn a_hand_edit_during_a_transfer_to_the_same_path_is_decided_and_kept_as_a_backup() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(
         &["a", "b"],
         Opts {
@@ -170,6 +172,8 @@ fn every_change_reaches_each_node_about_once() {
 /// is still on its way.
 #[test]
 fn a_large_transfer_in_one_group_does_not_delay_a_small_edit_in_another_on_the_same_link() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(
         &["a", "b"],
         Opts {
@@ -212,6 +216,8 @@ fn a_large_transfer_in_one_group_does_not_delay_a_small_edit_in_another_on_the_s
 /// from a (throttled), b's lane of etc applies a small edit from c at once.
 #[test]
 fn a_large_transfer_in_one_group_does_not_delay_a_small_edit_from_another_peer() {
+    // measures delays: not next to another such test
+    let _serial = serial();
     let mut c = Cluster::new(
         &["a", "b", "c"],
         Opts {
