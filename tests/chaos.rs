@@ -756,7 +756,7 @@ fn start_retrying(c: &mut Cluster, name: &str) -> Result<(), String> {
             .append(true)
             .open(&logf)
             .unwrap();
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.arg("-c")
             .arg(&cfg)
             .args(["--node", name, "--state-dir"])
@@ -802,7 +802,7 @@ fn start_retrying(c: &mut Cluster, name: &str) -> Result<(), String> {
 /// Run a CLI command as `node` with a time limit; its stdout, or None on failure or timeout.
 fn cli_bounded(c: &Cluster, node: &str, args: &[&str], limit: Duration) -> Option<Vec<u8>> {
     let out = tempfile::tempfile().ok()?;
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(bin())
         .arg("-c")
         .arg(&c.cfg)
         .args(["--node", node, "--state-dir"])

@@ -513,3 +513,70 @@ fn a_new_node_joining_does_not_impose_its_group_directory_on_the_cluster() {
         "the group directory of the node that joined replaced the cluster's"
     );
 }
+
+/// Issue 7 item 9, a whole VM snapshot put back, and the machine changes a file as it boots
+/// (before the daemon has talked to any peer: a log rotated, a config written by a boot script).
+/// The node must still get back the changes it made after the snapshot, which only its peers
+/// have: one new local change must not hide the rollback.
+#[test]
+fn a_node_restored_from_a_snapshot_that_changes_a_file_at_boot_still_gets_back_its_later_changes() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    write(&c.path("a", "base"), "base\n");
+    c.start_all();
+    c.wait_converged("start");
+    c.stop("a");
+    let snap = c.dir.path().join("a-snapshot");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::copy(
+        c.node("a").state.join("index.redb"),
+        snap.join("index.redb"),
+    )
+    .unwrap();
+    cp_a(&c.path("a", ""), &snap.join("www"));
+    c.start("a");
+    c.wait_connected();
+    write(
+        &c.path("a", "made-after-snapshot"),
+        "only the peers keep this\n",
+    );
+    c.wait_converged("changes made after the snapshot reached everyone");
+    c.stop("a");
+    std::fs::copy(
+        snap.join("index.redb"),
+        c.node("a").state.join("index.redb"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(c.path("a", "")).unwrap();
+    cp_a(&snap.join("www"), &c.path("a", ""));
+    // the machine boots and writes a file before the daemon connects to anyone
+    write(&c.path("a", "written-at-boot"), "boot\n");
+    c.start("a");
+    c.wait_connected();
+    wait_until("written-at-boot on b and c", WAIT, || {
+        ["b", "c"]
+            .iter()
+            .all(|n| c.path(n, "written-at-boot").exists())
+    });
+    let back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("a gets back what it made after the snapshot", WAIT, || {
+            c.path("a", "made-after-snapshot").exists()
+        })
+    }));
+    let st: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            format!(
+                "{n}: {}",
+                c.status(n)
+                    .map(|s| s["groups"][0].to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        back.is_ok(),
+        "a never got back made-after-snapshot, which b and c have; status:\n{}",
+        st.join("\n")
+    );
+    c.wait_converged("after the restore");
+}

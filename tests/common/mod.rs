@@ -13,6 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clustersync");
+
+/// The binary the harness runs: `CS_TEST_BIN` when set (e.g. the previous release, to see a
+/// test fail on it), otherwise the one cargo built.
+pub fn bin() -> &'static str {
+    static B: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    B.get_or_init(|| std::env::var("CS_TEST_BIN").unwrap_or_else(|_| BIN.to_string()))
+}
 /// Default bound of every wait.
 pub const WAIT: Duration = Duration::from_secs(30);
 /// The group path every test cluster syncs.
@@ -54,6 +61,8 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     /// Bytes per second forwarded in each direction of each connection; 0: no limit.
     rate: Arc<AtomicU64>,
+    /// Bytes forwarded so far, both directions, every connection.
+    forwarded: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -66,8 +75,10 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let rate = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (c2, s2, k2, r2) = (cut.clone(), stop.clone(), conns.clone(), rate.clone());
+        let f2 = forwarded.clone();
         std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match l.accept() {
@@ -86,8 +97,9 @@ impl Proxy {
                             down.try_clone().unwrap(),
                             up.try_clone().unwrap(),
                             r2.clone(),
+                            f2.clone(),
                         );
-                        pipe(up, down, r2.clone());
+                        pipe(up, down, r2.clone(), f2.clone());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -97,9 +109,15 @@ impl Proxy {
             port,
             cut,
             rate,
+            forwarded,
             conns,
             stop,
         }
+    }
+
+    /// Bytes forwarded so far (both directions, every connection): what went over the wire.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
     }
 
     /// Forward at most `bytes_per_sec` in each direction of each connection (0: no limit).
@@ -129,7 +147,7 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>, count: Arc<AtomicU64>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -146,6 +164,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>) {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
+                    count.fetch_add(n as u64, Ordering::Relaxed);
                     if r > 0 {
                         std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
                     }
@@ -214,7 +233,7 @@ impl Cluster {
             let state = dir.path().join(n).join("state");
             let root = dir.path().join(n).join("root");
             std::fs::create_dir_all(root.join(GP.trim_start_matches('/'))).unwrap();
-            let out = Command::new(BIN)
+            let out = Command::new(bin())
                 .args(["--node", n, "--state-dir"])
                 .arg(&state)
                 .arg("init")
@@ -239,7 +258,7 @@ impl Cluster {
         }
         let mut cfg = String::new();
         for n in &nodes {
-            let id = Command::new(BIN)
+            let id = Command::new(bin())
                 .args(["--node", &n.name, "--state-dir"])
                 .arg(&n.state)
                 .arg("id")
@@ -411,7 +430,7 @@ impl Cluster {
             .unwrap();
         let n = self.node_mut(name);
         assert!(n.child.is_none(), "{name} already running");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("-c")
             .arg(&cfg)
             .args(["--node", name, "--state-dir"])
@@ -508,7 +527,7 @@ impl Cluster {
     /// Run a CLI command as node `name`.
     pub fn cli(&self, name: &str, args: &[&str]) -> Output {
         let n = self.node(name);
-        Command::new(BIN)
+        Command::new(bin())
             .arg("-c")
             .arg(&self.cfg)
             .args(["--node", name, "--state-dir"])
