@@ -99,7 +99,7 @@ fn a_hand_edit_during_a_transfer_to_the_same_path_is_decided_and_kept_as_a_backu
     );
     let kept = backup_contents(&c, "b", "/srv/www/big.bin");
     assert!(
-        kept.iter().any(|k| *k == hand),
+        kept.contains(&hand),
         "the hand edit on b was overwritten without being kept ({} backups of other contents)",
         kept.len()
     );
