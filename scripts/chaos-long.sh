@@ -9,6 +9,8 @@
 #   CHAOS_TARGET_DIR  cargo target dir of the run (default: target/chaos-long), separate from the
 #                     usual one so that a rebuild elsewhere cannot swap the binaries mid-run
 #   CHAOS_LOG_DIR     where each seed's output goes (default: a new temp dir)
+#   TMPDIR            where the test clusters live (default /tmp); a private one keeps a run safe
+#                     from anything that cleans /tmp/cs-test.* meanwhile
 #   CHAOS_NODES       nodes of the cluster, 2 to 9 (default 3), passed on to the test
 #   CHAOS_NO_IN_SYNC=1, CHAOS_NO_GDB=1 are passed on to the test (see tests/chaos.rs)
 #
