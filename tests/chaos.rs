@@ -1,4 +1,5 @@
-//! Chaos: a randomized, seeded fault-injection run on a 3-node cluster with proxies. Random
+//! Chaos: a randomized, seeded fault-injection run on a cluster of 3 nodes (`CHAOS_NODES`: 2 to
+//! 9) with proxies. Random
 //! writes (small, chunked, a few MiB; in place or editor-style), the same path written on
 //! several nodes at once, deletes, `rm -rf` of subdirectories, renames, chmods, and changes on
 //! stopped nodes interleave with link cuts, SIGKILLs (some while a big file is in flight) and
@@ -7,7 +8,7 @@
 //! somebody wrote, whole, at a path it was written or renamed to, with no temp file left; then
 //! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4).
 //!
-//! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m cargo test --test chaos -- --nocapture`
+//! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m [CHAOS_NODES=k] cargo test --test chaos -- --nocapture`
 //! (`CHAOS_SEED` also takes `a,b,c` or `a-b`; `CS_TEST_KEEP=1` keeps the test directory, with
 //! the daemons' logs, audit logs and, when gdb is installed, their thread backtraces taken when
 //! a wait timed out (`CHAOS_NO_GDB=1` skips them); `CHAOS_NO_IN_SYNC=1` compares only the
@@ -28,7 +29,19 @@ use std::time::{Duration, Instant};
 const DEFAULT_SEEDS: &[u64] = &[1, 2, 3];
 /// Steps per seed when `CHAOS_STEPS` is not set.
 const DEFAULT_STEPS: u64 = 40;
-const NODES: [&str; 3] = ["a", "b", "c"];
+/// Names of the nodes, the first `CHAOS_NODES` (default 3) of which run.
+const NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+
+/// The nodes of the run: `CHAOS_NODES` (2 to 9, default 3).
+fn nodes() -> &'static [&'static str] {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = *N.get_or_init(|| {
+        let n = env_u64("CHAOS_NODES").unwrap_or(3) as usize;
+        assert!((2..=NAMES.len()).contains(&n), "CHAOS_NODES={n}: 2 to 9");
+        n
+    });
+    &NAMES[..n]
+}
 /// The files every action picks from (2–3 levels of directories; no path is a prefix of
 /// another, so a file never has to become a directory).
 const PATHS: [&str; 15] = [
@@ -127,9 +140,14 @@ impl Drop for OnFailure {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\nchaos: FAILED with seed {} and {} steps; reproduce with\n  \
-                 CHAOS_SEED={} CHAOS_STEPS={} CS_TEST_KEEP=1 cargo test --test chaos -- --nocapture\n",
-                self.seed, self.steps, self.seed, self.steps
+                "\nchaos: FAILED with seed {} and {} steps on {} nodes; reproduce with\n  \
+                 CHAOS_SEED={} CHAOS_STEPS={} CHAOS_NODES={} CS_TEST_KEEP=1 cargo test --test chaos -- --nocapture\n",
+                self.seed,
+                self.steps,
+                nodes().len(),
+                self.seed,
+                self.steps,
+                nodes().len()
             );
         }
     }
@@ -157,7 +175,7 @@ struct Chaos {
 impl Chaos {
     fn new(seed: u64) -> Chaos {
         let c = Cluster::new(
-            &NODES,
+            nodes(),
             Opts {
                 proxies: true,
                 ..Default::default()
@@ -171,7 +189,7 @@ impl Chaos {
             counter: 0,
             written: HashMap::new(),
             history: HashMap::new(),
-            cut: NODES.iter().map(|n| (*n, false)).collect(),
+            cut: nodes().iter().map(|n| (*n, false)).collect(),
             down: HashMap::new(),
             check_in_sync: std::env::var_os("CHAOS_NO_IN_SYNC").is_none(),
             t0: Instant::now(),
@@ -265,10 +283,11 @@ impl Chaos {
     /// The same path written on two or three nodes at once: a conflict when they are connected.
     fn conflict(&mut self) {
         let path = *self.rng.pick(&PATHS);
-        let k = self.rng.range(2, 3) as usize;
-        let first = self.rng.below(3) as usize;
+        let n = nodes().len();
+        let k = (self.rng.range(2, 3) as usize).min(n);
+        let first = self.rng.below(n as u64) as usize;
         for i in 0..k {
-            let node = NODES[(first + i) % 3];
+            let node = nodes()[(first + i) % n];
             self.write_at(node, path, false, None);
         }
     }
@@ -279,7 +298,7 @@ impl Chaos {
         let size = self.rng.range(1 << 20, 3 << 20) as usize;
         self.write_at(node, path, false, Some(size));
         let victim = loop {
-            let v = *self.rng.pick(&NODES);
+            let v = *self.rng.pick(nodes());
             if v != node {
                 break v;
             }
@@ -404,7 +423,7 @@ impl Chaos {
     }
 
     fn step(&mut self) {
-        let due: Vec<&'static str> = NODES
+        let due: Vec<&'static str> = nodes()
             .iter()
             .copied()
             .filter(|n| self.down.get(n).is_some_and(|&at| at <= self.step))
@@ -412,7 +431,7 @@ impl Chaos {
         for n in due {
             self.start(n);
         }
-        let node = *self.rng.pick(&NODES);
+        let node = *self.rng.pick(nodes());
         match self.rng.below(100) {
             0..28 => self.write(node, false),
             28..34 => self.write(node, true),
@@ -443,7 +462,7 @@ impl Chaos {
     }
 
     fn assert_no_panics(&self) {
-        for n in NODES {
+        for n in nodes() {
             let log = self.c.log(n);
             let bad: Vec<&str> = log
                 .lines()
@@ -459,12 +478,12 @@ impl Chaos {
         let mut tree = BTreeMap::new();
         let mut last_diff = String::new();
         let ok = wait_until_soft(SETTLE, || {
-            let first = self.c.tree(NODES[0]);
+            let first = self.c.tree(nodes()[0]);
             let mut d = String::new();
-            for n in &NODES[1..] {
+            for n in &nodes()[1..] {
                 let t = self.c.tree(n);
                 if t != first {
-                    d.push_str(&diff(NODES[0], &first, n, &t));
+                    d.push_str(&diff(nodes()[0], &first, n, &t));
                 }
             }
             if !d.is_empty() {
@@ -473,13 +492,13 @@ impl Chaos {
             }
             if self.check_in_sync {
                 let st: Vec<Option<serde_json::Value>> =
-                    NODES.iter().map(|n| self.status(n)).collect();
+                    nodes().iter().map(|n| self.status(n)).collect();
                 if !st.iter().all(|s| {
                     s.as_ref()
                         .is_some_and(|s| s["groups"][0]["in_sync"] == true)
                 }) {
                     last_diff = "trees agree but not every node reports in_sync:\n".into();
-                    for (n, s) in NODES.iter().zip(&st) {
+                    for (n, s) in nodes().iter().zip(&st) {
                         let s = s.clone().unwrap_or_default();
                         last_diff
                             .push_str(&format!("  {n}: {} peers {}\n", s["groups"][0], s["peers"]));
@@ -489,7 +508,7 @@ impl Chaos {
             }
             // and it stays so
             std::thread::sleep(Duration::from_millis(300));
-            if NODES.iter().any(|n| self.c.tree(n) != first) {
+            if nodes().iter().any(|n| self.c.tree(n) != first) {
                 last_diff = "trees changed after agreeing".into();
                 return false;
             }
@@ -523,7 +542,7 @@ impl Chaos {
 
     /// `Cluster::wait_connected`, bounded even if a daemon stops answering.
     fn wait_connected(&self) {
-        for n in NODES {
+        for n in nodes() {
             let mut last = None;
             let ok = wait_until_soft(SETTLE, || {
                 last = self.status(n);
@@ -590,7 +609,7 @@ impl Chaos {
     }
 
     fn check_contents(&self, tree: &BTreeMap<String, String>) {
-        for n in NODES {
+        for n in nodes() {
             for (k, v) in tree {
                 assert!(
                     !k.contains(".clustersync.tmp"),
@@ -636,12 +655,12 @@ impl Chaos {
     /// each on a random node, and check that exactly those last versions reach every node.
     fn verify(&mut self, what: &str, round: usize) {
         self.log("*", format_args!("{what}: heal and start everything"));
-        for n in NODES {
+        for n in nodes() {
             if self.cut[n] {
                 self.toggle_cut(n);
             }
         }
-        for n in NODES {
+        for n in nodes() {
             if !self.running(n) {
                 self.start(n);
             }
@@ -660,7 +679,7 @@ impl Chaos {
         paths.truncate(round);
         let mut expect: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
         for p in paths {
-            let node = *self.rng.pick(&NODES);
+            let node = *self.rng.pick(nodes());
             if self.c.path(node, p).is_file() && self.rng.chance(25) {
                 self.log(node, format_args!("round: delete {p}"));
                 std::fs::remove_file(self.c.path(node, p)).unwrap();
@@ -677,7 +696,7 @@ impl Chaos {
         let tree = self.settle(&what);
         self.assert_alive();
         self.check_contents(&tree);
-        for n in NODES {
+        for n in nodes() {
             for (p, want) in &expect {
                 let got = std::fs::read(self.c.path(n, p)).ok();
                 assert!(
@@ -698,7 +717,7 @@ impl Chaos {
             self.remember(p, id);
             write(&self.c.path("a", p), data);
         }
-        for n in NODES {
+        for n in nodes() {
             self.start(n);
         }
         self.wait_connected();
@@ -737,7 +756,7 @@ fn start_retrying(c: &mut Cluster, name: &str) -> Result<(), String> {
             .append(true)
             .open(&logf)
             .unwrap();
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.arg("-c")
             .arg(&cfg)
             .args(["--node", name, "--state-dir"])
@@ -783,7 +802,7 @@ fn start_retrying(c: &mut Cluster, name: &str) -> Result<(), String> {
 /// Run a CLI command as `node` with a time limit; its stdout, or None on failure or timeout.
 fn cli_bounded(c: &Cluster, node: &str, args: &[&str], limit: Duration) -> Option<Vec<u8>> {
     let out = tempfile::tempfile().ok()?;
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(bin())
         .arg("-c")
         .arg(&c.cfg)
         .args(["--node", node, "--state-dir"])
@@ -851,7 +870,7 @@ fn diff(a: &str, ta: &BTreeMap<String, String>, b: &str, tb: &BTreeMap<String, S
 fn random_faults_converge_without_losing_or_inventing_content() {
     let steps = env_u64("CHAOS_STEPS").unwrap_or(DEFAULT_STEPS);
     for seed in seeds() {
-        println!("chaos: seed {seed}, {steps} steps");
+        println!("chaos: seed {seed}, {steps} steps, {} nodes", nodes().len());
         let _guard = OnFailure { seed, steps };
         Chaos::new(seed).run(steps);
     }

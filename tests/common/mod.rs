@@ -8,11 +8,18 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clustersync");
+
+/// The binary the harness runs: `CS_TEST_BIN` when set (e.g. the previous release, to see a
+/// test fail on it), otherwise the one cargo built.
+pub fn bin() -> &'static str {
+    static B: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    B.get_or_init(|| std::env::var("CS_TEST_BIN").unwrap_or_else(|_| BIN.to_string()))
+}
 /// Default bound of every wait.
 pub const WAIT: Duration = Duration::from_secs(30);
 /// The group path every test cluster syncs.
@@ -24,6 +31,13 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Run the tests of one file one at a time (for tests that measure delays, which a neighbour's
+/// daemons on the same 2 cores would distort): hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Poll `cond` every few ms until it holds; panic with `what` after `limit`.
@@ -40,10 +54,15 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
     }
 }
 
-/// A TCP proxy that can cut every connection and refuse new ones.
+/// A TCP proxy that can cut every connection and refuse new ones, and throttle what it
+/// forwards ([`Proxy::throttle`]).
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    /// Bytes per second forwarded in each direction of each connection; 0: no limit.
+    rate: Arc<AtomicU64>,
+    /// Bytes forwarded so far, both directions, every connection.
+    forwarded: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -55,8 +74,11 @@ impl Proxy {
         l.set_nonblocking(true).unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let rate = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c2, s2, k2) = (cut.clone(), stop.clone(), conns.clone());
+        let (c2, s2, k2, r2) = (cut.clone(), stop.clone(), conns.clone(), rate.clone());
+        let f2 = forwarded.clone();
         std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match l.accept() {
@@ -71,8 +93,13 @@ impl Proxy {
                         };
                         k2.lock().unwrap().push(down.try_clone().unwrap());
                         k2.lock().unwrap().push(up.try_clone().unwrap());
-                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap());
-                        pipe(up, down);
+                        pipe(
+                            down.try_clone().unwrap(),
+                            up.try_clone().unwrap(),
+                            r2.clone(),
+                            f2.clone(),
+                        );
+                        pipe(up, down, r2.clone(), f2.clone());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -81,9 +108,23 @@ impl Proxy {
         Proxy {
             port,
             cut,
+            rate,
+            forwarded,
             conns,
             stop,
         }
+    }
+
+    /// Bytes forwarded so far (both directions, every connection): what went over the wire.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Forward at most `bytes_per_sec` in each direction of each connection (0: no limit).
+    /// Applies at once to connections already open. The kernel's socket buffers on both sides
+    /// still hold a few MiB, so a message queued behind bulk data waits for those too.
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     /// Drop every connection and refuse new ones.
@@ -106,15 +147,26 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>, count: Arc<AtomicU64>) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match from.read(&mut buf) {
+            let r = rate.load(Ordering::Relaxed);
+            // throttled: small reads (about 20 a second), each followed by its share of time
+            let want = if r == 0 {
+                buf.len()
+            } else {
+                ((r / 20) as usize).clamp(512, buf.len())
+            };
+            match from.read(&mut buf[..want]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
+                    }
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    if r > 0 {
+                        std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
                     }
                 }
             }
@@ -152,6 +204,22 @@ pub struct Opts {
     pub tree_skip: Vec<&'static str>,
     /// Nodes that are receive-only members (`replicas`) instead of full members.
     pub replicas: Vec<&'static str>,
+    /// Groups besides `www` (each with a group path of its own).
+    pub groups: Vec<ExtraGroup>,
+    /// The members of `www` (full members and replicas); empty: every node.
+    pub www_nodes: Vec<&'static str>,
+}
+
+/// A group besides `www`.
+#[derive(Default, Clone)]
+pub struct ExtraGroup {
+    pub name: &'static str,
+    /// Its one group path (absolute, as in the config).
+    pub path: &'static str,
+    /// Its members; empty: every node of the cluster.
+    pub nodes: Vec<&'static str>,
+    /// Extra lines for its section.
+    pub extra: String,
 }
 
 impl Cluster {
@@ -165,7 +233,7 @@ impl Cluster {
             let state = dir.path().join(n).join("state");
             let root = dir.path().join(n).join("root");
             std::fs::create_dir_all(root.join(GP.trim_start_matches('/'))).unwrap();
-            let out = Command::new(BIN)
+            let out = Command::new(bin())
                 .args(["--node", n, "--state-dir"])
                 .arg(&state)
                 .arg("init")
@@ -190,7 +258,7 @@ impl Cluster {
         }
         let mut cfg = String::new();
         for n in &nodes {
-            let id = Command::new(BIN)
+            let id = Command::new(bin())
                 .args(["--node", &n.name, "--state-dir"])
                 .arg(&n.state)
                 .arg("id")
@@ -209,6 +277,7 @@ impl Cluster {
         let members: Vec<String> = names
             .iter()
             .filter(|n| !opts.replicas.contains(n))
+            .filter(|n| opts.www_nodes.is_empty() || opts.www_nodes.contains(n))
             .map(|n| format!("\"{n}\""))
             .collect();
         let replicas: Vec<String> = opts.replicas.iter().map(|n| format!("\"{n}\"")).collect();
@@ -218,6 +287,26 @@ impl Cluster {
             replicas.join(", "),
             opts.group_extra
         ));
+        for g in &opts.groups {
+            let members: Vec<&str> = if g.nodes.is_empty() {
+                names.to_vec()
+            } else {
+                g.nodes.clone()
+            };
+            for n in &nodes {
+                if members.contains(&n.name.as_str()) {
+                    std::fs::create_dir_all(n.root.join(g.path.trim_start_matches('/'))).unwrap();
+                }
+            }
+            let list: Vec<String> = members.iter().map(|n| format!("\"{n}\"")).collect();
+            cfg.push_str(&format!(
+                "[groups.{}]\nnodes = [{}]\npaths = [\"{}\"]\n{}\n",
+                g.name,
+                list.join(", "),
+                g.path,
+                g.extra
+            ));
+        }
         let path = dir.path().join("clustersync.toml");
         std::fs::write(&path, cfg).unwrap();
         Cluster {
@@ -242,12 +331,94 @@ impl Cluster {
         if rel.is_empty() { base } else { base.join(rel) }
     }
 
+    /// Real path of `rel` below group path `gp` (absolute, as in the config) on node `name`.
+    pub fn gpath(&self, name: &str, gp: &str, rel: &str) -> PathBuf {
+        let base = self.node(name).root.join(gp.trim_start_matches('/'));
+        if rel.is_empty() { base } else { base.join(rel) }
+    }
+
+    /// Like [`Cluster::tree`], for group path `gp`.
+    pub fn tree_at(&self, name: &str, gp: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let base = self.gpath(name, gp, "");
+        walk(&base, &base, &self.skip, &mut out);
+        out
+    }
+
+    /// Like [`Cluster::wait_converged`], for group path `gp` on the running nodes of `among`.
+    pub fn wait_converged_at(
+        &self,
+        gp: &str,
+        among: &[&str],
+        what: &str,
+    ) -> BTreeMap<String, String> {
+        let running: Vec<&str> = among
+            .iter()
+            .copied()
+            .filter(|n| self.node(n).child.is_some())
+            .collect();
+        let mut last = BTreeMap::new();
+        let mut diff = String::new();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, WAIT, || {
+                let first = self.tree_at(running[0], gp);
+                for n in &running[1..] {
+                    let t = self.tree_at(n, gp);
+                    if t != first {
+                        diff = describe_diff(running[0], &first, n, &t);
+                        return false;
+                    }
+                }
+                last = first;
+                true
+            })
+        }));
+        if r.is_err() {
+            panic!("{what}: nodes did not converge in {gp}:\n{diff}");
+        }
+        last
+    }
+
+    /// The lines of node `name`'s audit log (`<state>/audit.log`, JSON lines), oldest first.
+    pub fn audit(&self, name: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.node(name).state.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The `transfer` counters of a running node's `status --json`.
+    pub fn transfer(&self, name: &str) -> serde_json::Value {
+        self.status(name)
+            .map(|s| s["transfer"].clone())
+            .unwrap_or_default()
+    }
+
+    /// Every running node is in sync in every group (by its `status --json`).
+    pub fn all_in_sync(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            self.status(&n.name).is_some_and(|s| {
+                s["groups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().all(|g| g["in_sync"] == true))
+            })
+        })
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     pub fn set_env(&mut self, name: &str, k: &str, v: &str) {
         self.node_mut(name).env.push((k.into(), v.into()));
+    }
+
+    /// Set an environment variable of every node's daemon (from its next start).
+    pub fn set_env_all(&mut self, k: &str, v: &str) {
+        for n in &mut self.nodes {
+            n.env.push((k.into(), v.into()));
+        }
     }
 
     pub fn start(&mut self, name: &str) {
@@ -259,7 +430,7 @@ impl Cluster {
             .unwrap();
         let n = self.node_mut(name);
         assert!(n.child.is_none(), "{name} already running");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("-c")
             .arg(&cfg)
             .args(["--node", name, "--state-dir"])
@@ -356,7 +527,7 @@ impl Cluster {
     /// Run a CLI command as node `name`.
     pub fn cli(&self, name: &str, args: &[&str]) -> Output {
         let n = self.node(name);
-        Command::new(BIN)
+        Command::new(bin())
             .arg("-c")
             .arg(&self.cfg)
             .args(["--node", name, "--state-dir"])
@@ -513,6 +684,14 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The entry of group `name` in a `status --json` answer (`Null` when absent).
+pub fn group_of<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    st["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 /// Write a file in one go.
