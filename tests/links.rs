@@ -273,6 +273,10 @@ fn a_peer_with_the_wrong_key_is_backed_off_reported_and_logged_at_a_bounded_rate
     );
     // c, the healthy node, refuses a and b: logged and audited at a bounded rate
     let refused_log = log_lines(&c, "c", &["refused connection"]);
+    eprintln!(
+        "a's failed dials of c: {dials_10s} in the first 10 s, {dials_20s} in 20 s; c's refused log lines: {}",
+        refused_log.len()
+    );
     assert!(
         (1..=2).contains(&refused_log.len()),
         "c logged {} refused-connection lines in 20 s: {refused_log:#?}",
@@ -321,8 +325,9 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
     );
     c.wait_connected_pair("a", "b");
     write(&c.path("a", "f"), "x");
-    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "40s"]));
+    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "20s"]));
     let (o, e) = texts(&out);
+    eprintln!("sync with a daemon, c with the wrong key: {took:?}: {e}");
     assert_eq!(out.status.code(), Some(4), "{o}{e}");
     assert!(
         e.lines()
@@ -331,20 +336,21 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
     );
     assert!(!e.contains("could not reach b"), "{e}");
     assert!(c.path("b", "f").exists(), "what was reachable is synced");
-    assert!(
-        took < Duration::from_secs(10),
-        "a refusal fails fast: took {took:?}"
-    );
+    let daemon_took = took;
     // without a daemon on this node (in-process) the same
     c.stop("a");
-    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "40s"]));
+    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "20s"]));
     let (o, e) = texts(&out);
+    eprintln!("in-process sync, c with the wrong key: {took:?}: {e}");
     assert_eq!(out.status.code(), Some(4), "{o}{e}");
     assert!(
         e.contains("could not reach c: ") && e.contains("key mismatch"),
         "{e}"
     );
-    assert!(took < Duration::from_secs(10), "in-process: took {took:?}");
+    assert!(
+        daemon_took < Duration::from_secs(10) && took < Duration::from_secs(10),
+        "a refusal fails fast: sync took {daemon_took:?} with a daemon, {took:?} in-process (--timeout 20s)"
+    );
 }
 
 #[test]
@@ -355,7 +361,7 @@ fn sync_against_a_firewalled_peer_names_the_reason_within_its_timeout() {
     // b's address now accepts connections and never answers
     c.kill("b");
     proxy.hold();
-    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "15s"]));
+    let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "12s"]));
     let (o, e) = texts(&out);
     assert_eq!(out.status.code(), Some(4), "{o}{e}");
     let line = e
@@ -363,12 +369,13 @@ fn sync_against_a_firewalled_peer_names_the_reason_within_its_timeout() {
         .find(|l| l.starts_with("could not reach b: "))
         .unwrap_or_else(|| panic!("no line for b: {e}"));
     let why = line.trim_start_matches("could not reach b: ");
+    eprintln!("sync against a firewalled peer: {took:?}: {line}");
     assert!(
         why.contains(&proxy.port.to_string()) || why.contains("handshake"),
         "the reason names what failed (address, handshake), not just {why:?}"
     );
     assert!(
-        took < Duration::from_secs(20),
+        took < Duration::from_secs(16),
         "within its timeout: {took:?}"
     );
 }
@@ -393,6 +400,7 @@ fn a_peer_whose_packets_are_dropped_is_noticed_within_15_seconds() {
         status_with(&c, "b", &shared).is_some_and(|s| peer_of(&s, "a")["connected"] == false)
     });
     let b_took = t0.elapsed();
+    eprintln!("the silent link was noticed by a after {a_took:?}, by b after {b_took:?}");
     assert!(
         a_took <= Duration::from_millis(15_500),
         "a noticed after {a_took:?}"

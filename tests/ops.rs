@@ -161,6 +161,7 @@ fn two_thousand_files_arriving_in_many_batches_run_an_action_a_handful_of_times(
     });
     std::thread::sleep(Duration::from_millis(500));
     let r = runs(&c, "all", "b");
+    eprintln!("2,000 files ran the action {} times", r.len());
     let files: BTreeSet<&str> = r
         .iter()
         .flat_map(|run| run[1..].iter())
@@ -543,6 +544,7 @@ fn health_is_503_while_remote_changes_wait_longer_than_stale_after_and_200_once_
         health(pb).0 == 503
     });
     let why = health(pb).1;
+    eprintln!("/health turned 503 {took:?} after the write: {why:?}");
     assert!(why.contains("not applied"), "{why:?} after {took:?}");
     assert!(!c.path("b", "big.bin").exists());
     assert_eq!(
