@@ -295,6 +295,12 @@ fn restore_generation_0_is_refused_and_an_in_place_restore_run_twice_changes_not
     let f = "/srv/www/site.conf";
     let before = generations(&c, "b", f);
     assert_eq!(before.len(), 2, "{before:?}");
+    // on a, which made the changes, nothing is kept, and it says where to look
+    let (on_a, _) = texts(&c.cli("a", &["backups", f]));
+    assert!(
+        on_a.contains("no kept versions") && on_a.contains("other nodes"),
+        "{on_a}"
+    );
     let out = c.cli("b", &["restore", f, "--generation", "0"]);
     let (_, e) = texts(&out);
     assert_eq!(out.status.code(), Some(2), "--generation 0: {e}");
@@ -685,4 +691,31 @@ fn daemon_logs_have_no_colour_codes_and_a_transfer_of_many_files_is_logged_at_in
             "{n}: the default level is INFO"
         );
     }
+}
+
+#[test]
+fn sync_dry_run_exits_as_sync_would_when_a_peer_is_down() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    c.start("a");
+    c.start("b");
+    write(&c.path("a", "new.txt"), "n");
+    wait_until("b to have it", WAIT, || c.path("b", "new.txt").exists());
+    // c has no daemon and its in-process dry run reaches a and b; a's daemon cannot reach c
+    let out = c.cli("c", &["sync", "--dry-run", "--timeout", "5s"]);
+    let (o, e) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{o}{e}");
+    assert!(
+        o.lines()
+            .any(|l| l.starts_with("receive") && l.ends_with("/srv/www/new.txt")),
+        "{o}"
+    );
+    let out = c.cli("a", &["sync", "--dry-run", "--timeout", "5s"]);
+    let (o, e) = texts(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "c is down, as `sync` would: {o}{e}"
+    );
+    assert!(e.contains("could not reach c"), "{e}");
+    assert!(!c.path("c", "new.txt").exists());
 }

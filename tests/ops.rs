@@ -559,3 +559,39 @@ fn health_is_503_while_remote_changes_wait_longer_than_stale_after_and_200_once_
         std::fs::read(c.path("b", "big.bin")).is_ok_and(|d| d == big)
     });
 }
+
+#[test]
+fn metrics_pending_and_behind_agree_with_status_while_a_peer_is_cut_off() {
+    let mut c = Cluster::new(
+        &["a", "b"],
+        Opts {
+            proxies: true,
+            ..Default::default()
+        },
+    );
+    let pa = metrics_on(&c, "a");
+    c.start_all();
+    c.cut_off("b", "a");
+    for i in 0..3 {
+        write(&c.path("a", &format!("while-cut{i}")), "x");
+    }
+    wait_until("a to count the unsent changes", WAIT, || {
+        c.status("a")
+            .is_some_and(|s| s["peers"][0]["behind"].as_u64() >= Some(3))
+    });
+    let st = c.status("a").unwrap();
+    let (s, text) = scrape(pa);
+    let pending = st["groups"][0]["pending"].as_u64().unwrap() as f64;
+    let behind = st["peers"][0]["behind"].as_u64().unwrap() as f64;
+    assert_eq!(
+        sample(&s, "clustersync_peer_behind", &[("peer", "b")]),
+        Some(behind),
+        "{st}\n{text}"
+    );
+    // "changes of the group known but not yet applied or sent", as status counts them
+    assert_eq!(
+        sample(&s, "clustersync_group_pending", &[("group", "www")]),
+        Some(pending),
+        "status says pending {pending}:\n{text}"
+    );
+}
