@@ -519,3 +519,56 @@ impl Pair for Cluster {
         });
     }
 }
+
+#[test]
+fn a_group_that_resumes_on_one_node_is_back_in_sync_with_its_peer_within_seconds() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let shared = c.cfg.clone();
+    for i in 0..5 {
+        write(&c.path("a", &format!("f{i}")), format!("{i}"));
+    }
+    c.start_all();
+    c.wait_converged("start");
+    // b's disk goes away and comes back
+    let gp = c.path("b", "");
+    let aside = gp.with_extension("away");
+    std::fs::rename(&gp, &aside).unwrap();
+    wait_until("b to stop the group", WAIT, || {
+        c.status("b")
+            .is_some_and(|s| s["groups"][0]["error"].is_string())
+    });
+    write(&c.path("a", "while-stopped"), "x");
+    std::fs::rename(&aside, &gp).unwrap();
+    let t0 = Instant::now();
+    wait_until("b to resume", WAIT, || {
+        c.status("b")
+            .is_some_and(|s| s["groups"][0]["error"].is_null())
+    });
+    let resumed = t0.elapsed();
+    // what a changed meanwhile arrives, and both sides see the link up, within seconds (b
+    // does not dial a: a link b drops must be seen dropped by a at once, not after the
+    // 14 s idle limit)
+    wait_until("the change made meanwhile on b", WAIT, || {
+        c.path("b", "while-stopped").exists()
+    });
+    let arrived = t0.elapsed();
+    wait_until("both sides connected", WAIT, || {
+        c.status("a")
+            .is_some_and(|s| peer_of(&s, "b")["connected"] == true)
+            && status_with(&c, "b", &shared).is_some_and(|s| peer_of(&s, "a")["connected"] == true)
+    });
+    write(&c.path("a", "after"), "y");
+    wait_until("a change after the resume", WAIT, || {
+        c.path("b", "after").exists()
+    });
+    let done = t0.elapsed();
+    eprintln!(
+        "resumed after {resumed:?}, the change made meanwhile arrived after {arrived:?}, a new one after {done:?}"
+    );
+    eprintln!("{}", log_lines(&c, "a", &["disconnected"]).join("\n"));
+    assert!(
+        done < resumed + Duration::from_secs(6),
+        "b was cut off from a for {:?} after its group resumed",
+        done - resumed
+    );
+}

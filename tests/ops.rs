@@ -470,7 +470,9 @@ fn health_is_503_while_the_group_is_stopped_and_200_after_it_resumes() {
     let gp = c.path("b", "");
     let aside = gp.with_extension("away");
     std::fs::rename(&gp, &aside).unwrap();
+    let t0 = std::time::Instant::now();
     let why = wait_health(port, 503, "b unhealthy with its group stopped", WAIT);
+    eprintln!("503 {:?} after the group path went away", t0.elapsed());
     assert!(why.contains("www") && why.contains("stopped"), "{why:?}");
     assert_eq!(why.lines().count(), 1, "one line: {why:?}");
     let (s, _) = scrape(port);
@@ -480,7 +482,9 @@ fn health_is_503_while_the_group_is_stopped_and_200_after_it_resumes() {
     );
     // it comes back
     std::fs::rename(&aside, &gp).unwrap();
+    let t0 = std::time::Instant::now();
     wait_health(port, 200, "b healthy after the group resumed", WAIT);
+    eprintln!("200 {:?} after the group path came back", t0.elapsed());
     let (s, _) = scrape(port);
     assert_eq!(
         sample(&s, "clustersync_group_stopped", &[("group", "www")]),
