@@ -539,6 +539,11 @@ fn health_is_503_while_remote_changes_wait_longer_than_stale_after_and_200_once_
     c.start_all();
     c.wait_converged("start");
     wait_health(pb, 200, "b healthy", WAIT);
+    // every batch a sent is acknowledged (a has room to send the next one)
+    wait_until("a's batches acknowledged", WAIT, || {
+        c.status("a")
+            .is_some_and(|s| s["peers"][0]["behind"] == 0 && s["groups"][0]["in_sync"] == true)
+    });
     // b's requests for content stall on the way (its index still arrives): the change is known
     // on b and cannot be applied
     proxy.hold_from_target();
