@@ -326,3 +326,149 @@ fn metrics_and_monitoring_examples_pass_promtool() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon and systemd's notify protocol, on a real daemon (a fake NOTIFY_SOCKET).
+
+mod common;
+#[path = "common/ops.rs"]
+mod ops;
+
+/// Datagrams received on a fake `NOTIFY_SOCKET`, collected by a thread.
+struct FakeSystemd {
+    path: PathBuf,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+}
+
+impl FakeSystemd {
+    fn bind(dir: &Path) -> FakeSystemd {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let got: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> =
+            Default::default();
+        let g2 = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                g2.lock().unwrap().push((std::time::Instant::now(), msg));
+            }
+        });
+        FakeSystemd { path, got }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Index of the first message at or after `from` that starts with `prefix`.
+    fn find(&self, from: usize, prefix: &str) -> Option<usize> {
+        self.messages()
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, m)| m.starts_with(prefix))
+            .map(|(i, _)| i)
+    }
+
+    fn wait(&self, from: usize, prefix: &str, what: &str) -> usize {
+        let mut at = None;
+        common::wait_until(&format!("{what} on NOTIFY_SOCKET"), common::WAIT, || {
+            at = self.find(from, prefix);
+            at.is_some()
+        });
+        at.unwrap()
+    }
+}
+
+#[test]
+fn daemon_notifies_ready_status_watchdog_and_stopping_on_notify_socket() {
+    use common::*;
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let sd = FakeSystemd::bind(c.dir.path());
+    c.set_env("a", "NOTIFY_SOCKET", sd.path.to_str().unwrap());
+    c.set_env("a", "WATCHDOG_USEC", "1000000");
+    write(&c.path("a", "f"), "x");
+    c.start("a");
+    sd.wait(0, "READY=1", "READY=1 after start");
+    sd.wait(0, "STATUS=", "a STATUS= line");
+    // the watchdog at half of WATCHDOG_USEC: a few pings in 2 s
+    let before = sd
+        .messages()
+        .iter()
+        .filter(|m| m.starts_with("WATCHDOG=1"))
+        .count();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let pings = sd
+        .messages()
+        .iter()
+        .filter(|m| m.starts_with("WATCHDOG=1"))
+        .count()
+        - before;
+    assert!(
+        (2..=8).contains(&pings),
+        "{pings} watchdog pings in 2 s: {:?}",
+        sd.messages()
+    );
+    // SIGTERM: STOPPING=1
+    let n = sd.messages().len();
+    let st = c.stop("a");
+    assert!(st.success(), "{st:?}");
+    sd.wait(n, "STOPPING=1", "STOPPING=1 on SIGTERM");
+}
+
+#[test]
+fn sighup_reload_notifies_reloading_then_ready_again() {
+    use common::*;
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let sd = FakeSystemd::bind(c.dir.path());
+    c.set_env("a", "NOTIFY_SOCKET", sd.path.to_str().unwrap());
+    c.start("a");
+    let ready = sd.wait(0, "READY=1", "READY=1 after start");
+    unsafe_free_kill(ops::pid(&c, "a"), "HUP");
+    let reloading = sd.wait(ready, "RELOADING=1", "RELOADING=1 on SIGHUP");
+    assert!(
+        sd.messages()[reloading].contains("MONOTONIC_USEC="),
+        "{:?}",
+        sd.messages()
+    );
+    wait_until("READY=1 after the reload, or an exit", WAIT, || {
+        sd.find(reloading, "READY=1").is_some() || !ops::alive(&mut c, "a")
+    });
+    assert!(
+        ops::alive(&mut c, "a"),
+        "a exited on SIGHUP:\n{}",
+        c.log("a")
+    );
+}
+
+#[test]
+fn ready_is_sent_only_once_the_control_socket_answers() {
+    use common::*;
+    // systemd starts what comes After=clustersync once READY=1 arrives: a `clustersync status`
+    // then must find the daemon
+    let c = Cluster::new(&["a"], Opts::default());
+    let sd = FakeSystemd::bind(c.dir.path());
+    let cfg = c.cfg.clone();
+    let state = c.node("a").state.clone();
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--node", "a", "--state-dir"])
+        .arg(&state)
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &sd.path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sd.wait(0, "READY=1", "READY=1 after start");
+    let connected = std::os::unix::net::UnixStream::connect(state.join("control.sock")).is_ok();
+    unsafe_free_kill(child.id(), "TERM");
+    let _ = child.wait();
+    assert!(connected, "READY=1 came before the control socket was up");
+}
