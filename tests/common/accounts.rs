@@ -287,8 +287,12 @@ pub fn kept_lines(file: &str, before: &str, after: &str, touched: &[&str]) -> Re
 /// Everything a node must keep across account sync, checked after each step: lines not in
 /// `touched` as they were, the files' modes and owners, `pwck`/`grpck` clean.
 pub struct Keeper {
-    pub before: Vec<(String, Vec<String>, Vec<(u32, u32, u32)>)>,
+    /// Per node: its name, the four files, their modes and owners.
+    pub before: Vec<NodeFiles>,
 }
+
+/// A node's name, its four files, and their modes and owners.
+pub type NodeFiles = (String, Vec<String>, Vec<(u32, u32, u32)>);
 
 impl Keeper {
     pub fn new(c: &Cluster) -> Keeper {
@@ -377,4 +381,73 @@ pub fn wait_accounts_in_sync(c: &Cluster, nodes: &[&str]) {
             a["in_sync"] == true && a["pending"] == 0
         });
     }
+}
+
+/// Start node `name`'s daemon so that its user and group lookups (file owners by name) read its
+/// own `<root>/etc/{passwd,group,shadow,gshadow}`, as a real node's do with `root = "/"`: it
+/// runs in a private mount namespace where `/etc` is a directory of symlinks, to the real
+/// `/etc` entries (bind-mounted read-only elsewhere first) and, for the four account files, to
+/// the node's root. The real `/etc` is never written. `false` (and nothing started) when this
+/// machine cannot make mount namespaces.
+pub fn start_with_own_accounts(c: &mut Cluster, name: &str) -> bool {
+    let probe = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("no mount namespaces here: {name} not started with its own accounts");
+        return false;
+    }
+    let dir = c.dir.path().to_path_buf();
+    let (state, root) = {
+        let n = c.node(name);
+        (n.state.clone(), n.root.clone())
+    };
+    let host = dir.join(format!("{name}-hostetc"));
+    let farm = dir.join(format!("{name}-etc"));
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::create_dir_all(&farm).unwrap();
+    for e in std::fs::read_dir("/etc").unwrap().flatten() {
+        let f = e.file_name();
+        let to = if FILES.iter().any(|a| f == *a) {
+            root.join("etc").join(&f)
+        } else {
+            host.join(&f)
+        };
+        std::os::unix::fs::symlink(to, farm.join(&f)).unwrap();
+    }
+    for a in FILES {
+        if !farm.join(a).exists() {
+            let _ = std::os::unix::fs::symlink(root.join("etc").join(a), farm.join(a));
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    let script = "mount --bind /etc \"$1\" && mount -o remount,bind,ro \"$1\" && mount --bind \"$2\" /etc && shift 2 && exec \"$@\"";
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&host)
+        .arg(&farm)
+        .arg(super::common::BIN)
+        .arg("-c")
+        .arg(&c.cfg)
+        .args(["--node", name, "--state-dir"])
+        .arg(&state)
+        .arg("daemon")
+        .env("CLUSTERSYNC_LOG", "clustersync=debug,info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let n = c.nodes.iter_mut().find(|n| n.name == name).unwrap();
+    assert!(n.child.is_none(), "{name} already running");
+    n.child = Some(child);
+    wait_until(&format!("{name} control socket"), WAIT, || {
+        std::os::unix::net::UnixStream::connect(state.join("control.sock")).is_ok()
+    });
+    true
 }
