@@ -763,6 +763,41 @@ fn a_file_that_arrives_before_its_owner_gets_the_right_owner() {
     );
 }
 
+/// Two admins give the same new uid to two different users on two nodes at once (a mistake):
+/// no node loses or renumbers either; each node keeps the one it got first and reports the other
+/// as a collision naming both.
+#[test]
+fn one_uid_given_to_two_new_users_at_once_is_reported_not_merged() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster(&ALL, Opts::default(), SECTION);
+    c.start_all();
+    let (a, b) = (root(&c, "a"), root(&c, "b"));
+    std::thread::scope(|s| {
+        s.spawn(|| tool(&a, "useradd", "-P", &["-u", "2001", "-U", "alice"], None));
+        s.spawn(|| tool(&b, "useradd", "-P", &["-u", "2001", "-U", "ann"], None));
+    });
+    for n in ALL {
+        wait_until(&format!("{n} reports the other user"), WAIT, || {
+            acct_status(&c, n)["not_applied"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        });
+    }
+    assert!(line(&a, "passwd", "alice").is_some() && line(&a, "passwd", "ann").is_none());
+    assert!(line(&b, "passwd", "ann").is_some() && line(&b, "passwd", "alice").is_none());
+    let cn = root(&c, "c");
+    let on_c = [line(&cn, "passwd", "alice"), line(&cn, "passwd", "ann")];
+    assert_eq!(on_c.iter().flatten().count(), 1, "c: {on_c:?}");
+    for n in ALL {
+        let st = acct_status(&c, n);
+        let text = st["not_applied"].to_string();
+        assert!(text.contains("alice") && text.contains("ann"), "{n}: {st}");
+        tools_check(&root(&c, n)).unwrap();
+    }
+}
+
 /// Renames with the tools (`usermod -l`, `groupmod -n`: a delete and an add with the same id)
 /// reach every node; the old home stays where it is and the new home path is created from skel.
 #[test]
