@@ -898,6 +898,7 @@ mod hostile {
                 resume_seq: 0,
                 head: 1,
                 pending: 1,
+                pending_bytes: 0,
                 settings,
             }],
         }

@@ -48,6 +48,7 @@ fn hello(node: &str, groups: Vec<(&str, SharedSettings)>) -> Msg {
                 resume_seq: 0,
                 head: 1,
                 pending: 1,
+                pending_bytes: 0,
                 settings,
             })
             .collect(),

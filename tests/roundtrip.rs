@@ -290,6 +290,7 @@ fn group_hello() -> impl Strategy<Value = GroupHello> {
                 resume_seq,
                 head,
                 pending,
+                pending_bytes: pending.rotate_left(17),
                 settings,
             },
         )
@@ -1136,6 +1137,7 @@ mod seeds {
                         resume_seq: 9,
                         head: 11,
                         pending: 2,
+                        pending_bytes: 8192,
                         settings: settings(),
                     },
                     GroupHello {
@@ -1145,6 +1147,7 @@ mod seeds {
                         resume_seq: 0,
                         head: 0,
                         pending: 0,
+                        pending_bytes: 0,
                         settings: SharedSettings {
                             xattrs: true,
                             ..settings()

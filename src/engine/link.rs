@@ -1046,10 +1046,16 @@ fn build_batch(
     let mut encoded = 0usize;
     let mut not_sendable = 0u64;
     let mut why_not = None;
+    let rt = ctx.group(group);
+    let is_root = |key: &[u8]| {
+        rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
+    };
     for e in entries {
-        if e.item.version.is_empty() {
-            // adopted without a version (a replica's files, a group path we never changed):
-            // ours alone, never sent
+        if e.item.version.is_empty() && !is_root(&e.item.key) {
+            // adopted without a version (a replica's files): ours alone, never sent. A group
+            // path directory nobody changed yet is sent unversioned: it gives way to any
+            // versioned one, and between unversioned ones the conflict policy picks the
+            // same on every node, so fresh nodes agree on its mode and mtime
             last_seq = last_seq.max(e.seq);
             continue;
         }

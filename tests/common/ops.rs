@@ -182,15 +182,6 @@ pub fn peer_of(st: &serde_json::Value, peer: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no peer {peer} in {st}"))
 }
 
-/// The `groups[]` entry for `group` in a status.
-pub fn group_of(st: &serde_json::Value, group: &str) -> serde_json::Value {
-    st["groups"]
-        .as_array()
-        .and_then(|l| l.iter().find(|g| g["name"] == group))
-        .cloned()
-        .unwrap_or_else(|| panic!("no group {group} in {st}"))
-}
-
 /// Text of an `Output`'s stdout and stderr.
 pub fn texts(o: &Output) -> (String, String) {
     (
