@@ -76,11 +76,11 @@ fn config_errors_name_file_line_and_key_and_exit_2() {
             8,
             "groups.h.paths",
         ),
-        // a feature not built yet is refused, never silently ignored
+        // a value out of its set is refused with the key, never replaced by a default
         (
-            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nxattrs = true\n",
+            "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/srv\"]\nconflict = \"random\"\n",
             6,
-            "groups.g.xattrs",
+            "conflict",
         ),
     ];
     for (i, (text, line, key)) in cases.iter().enumerate() {

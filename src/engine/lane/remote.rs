@@ -123,7 +123,18 @@ fn plan(
             continue;
         }
         let local = reconcile(ctx, g, &key)?;
-        let d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
+        let mut d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
+        // two group path directories that nobody versioned yet and that differ: the policy
+        // picked one, the same on every node; it gets a version here so that a node joining
+        // later with its own fresh directory gives way to it
+        if w.item.version.is_empty()
+            && local.as_ref().is_some_and(|l| l.item.version.is_empty())
+            && let Decision::Take { item, .. } | Decision::Keep { item, .. } = &mut d
+        {
+            item.version
+                .bump(&ctx.name, crate::item::version::clock_ms());
+            item.origin = ctx.name.clone();
+        }
         // a version that descends from every competing one ends an unresolved conflict
         if let Some(mut c) = ctx.store.conflict(name, &key)?
             && !c.resolved
