@@ -269,7 +269,11 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
             let timeout = Duration::from_millis(timeout_ms.max(1));
             if dry_run {
                 // nothing is exchanged: what is still on its way, and who cannot be reached
-                let lines = pending_lines(ctx, &groups);
+                let c = ctx.clone();
+                let gs = groups.clone();
+                let lines = tokio::task::spawn_blocking(move || pending_lines(&c, &gs))
+                    .await
+                    .unwrap_or_default();
                 let report = crate::engine::sync::dry_report(ctx, &groups);
                 Response::DryRun { lines, report }
             } else {
@@ -318,6 +322,13 @@ fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
         if !groups.is_empty() && !groups.iter().any(|n| n == g.name()) {
             continue;
         }
+        // what a scan would find that the index does not know yet (unwatched groups, or
+        // changes still in the quiet window)
+        if !g.replica {
+            for (what, key) in crate::engine::lane::dry_scan(ctx, g) {
+                out.push((what.to_string(), name::show(&key).into_owned()));
+            }
+        }
         if !g.replica {
             let mut from = u64::MAX;
             for p in &g.peers {
@@ -349,5 +360,8 @@ fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
             }
         }
     }
+    // each path once: the first reason found (a fresh scan before what the index holds)
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(_, p)| seen.insert(p.clone()));
     out
 }

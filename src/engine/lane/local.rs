@@ -40,6 +40,32 @@ pub(super) fn scanner<'a>(ctx: &'a Ctx, g: &'a GroupRt) -> Scanner<'a> {
     }
 }
 
+/// What a scan of `g` would record now, without recording anything (`sync --dry-run` with a
+/// daemon): `("send" | "delete", key)` for each local change not in the index yet. A scan the
+/// mass-deletion guard or a missing group path would stop reports nothing.
+pub fn dry_scan(ctx: &Ctx, g: &GroupRt) -> Vec<(&'static str, Vec<u8>)> {
+    let s = scanner(ctx, g);
+    let mut out = Vec::new();
+    for gp in &g.cfg.paths {
+        let mut seen: Vec<Change> = Vec::new();
+        let res = s.scan(gp, gp.as_bytes(), true, &mut |batch| {
+            seen.extend(batch);
+            Ok(())
+        });
+        let Ok(res) = res else { continue };
+        if res.stopped.is_some() {
+            continue;
+        }
+        seen.extend(res.changes);
+        for c in seen.into_iter().filter(|c| c.announce) {
+            let what = if c.entry.item.is_deleted() { "delete" } else { "send" };
+            out.push((what, c.entry.item.key));
+        }
+        out.extend(res.gone.into_iter().map(|k| ("delete", k)));
+    }
+    out
+}
+
 /// Store what a local scan found; on a replica, new versions are drift instead (returned).
 pub(super) fn commit_local(
     ctx: &Ctx,

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 mod local;
+pub use local::dry_scan;
 mod remote;
 mod resolve;
 
