@@ -22,7 +22,13 @@ fn removed_or_emptied_group_path_stops_the_group_and_peers_lose_nothing() {
             s["groups"][0]["error"].is_string() && s["groups"][0]["in_sync"] == false
         })
     });
-    assert!(c.log("b").contains("missing"), "no clear error in the log");
+    // depending on what the watcher saw first: the group path is gone, or everything below it
+    let log = c.log("b");
+    assert!(
+        log.contains("group stopped on this node")
+            && (log.contains("is missing") || log.contains("vanished")),
+        "no clear error in the log"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(
         files(&c.tree("a")),
