@@ -334,7 +334,8 @@ def verify_same(src, dst, label):
 class Scratch:
     def __init__(self, name):
         os.makedirs(TMP_ROOT, exist_ok=True)
-        self.path = os.path.join(TMP_ROOT, f"clustersync-bench.{RUN_ID}.{name}")
+        Scratch.count = getattr(Scratch, "count", 0) + 1
+        self.path = os.path.join(TMP_ROOT, f"clustersync-bench.{RUN_ID}.{Scratch.count}-{name}")
         os.makedirs(self.path)
         self.mounted = False
         if FS == "tmpfs":
@@ -1365,6 +1366,17 @@ def perf_report(data, out_prefix):
         with open(f"{out_prefix}-{label}.txt", "w") as f:
             f.write(txt + r.stderr[-2000:])
         rep[label] = [ln for ln in txt.splitlines() if ln.strip() and not ln.startswith("#")][:40]
+    # inclusive time of clustersync's own functions: the phases
+    r = run([PERF, "report", "-i", data, "--stdio", "-g", "none", "--children", "--sort", "sym",
+             "--percent-limit", "0.5"], check=False, timeout=900)
+    ph = [" ".join(ln.split()[:2] + [ln.split("[.]", 1)[-1].strip()[:160]]) for ln in r.stdout.splitlines()
+          if "[.]" in ln and ln.split("[.]", 1)[-1].strip().startswith(("clustersync::", "<clustersync::"))]
+    with open(f"{out_prefix}-phases.txt", "w") as f:
+        f.write("\n".join(ph) + "\n")
+    rep["phases"] = ph[:40]
+    r = run([PERF, "report", "-i", data, "--stdio", "-g", "none", "--no-children", "--sort", "dso"],
+            check=False, timeout=900)
+    rep["dso"] = [ln for ln in r.stdout.splitlines() if ln.strip() and not ln.startswith("#")][:8]
     return rep
 
 
@@ -1409,7 +1421,10 @@ def scenario_profile():
         say(f"   --- {k} (self time by symbol; full reports in {KEEP})")
         for ln in v["self"][:15]:
             say("     " + ln[:150])
-        say("     threads: " + " | ".join(" ".join(x.split()) for x in v["threads"][:6]))
+        say("     by dso: " + " | ".join(" ".join(x.split()) for x in v["dso"][:5]))
+        say("     clustersync functions, inclusive (children, self):")
+        for ln in v["phases"][:20]:
+            say("       " + ln)
     record("profile", ok=True, reports=reps)
     Pair.inst = None
 
