@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every decoder of peer bytes and the config parser (the cargo-fuzz project in fuzz/).
 # The targets are the [[bin]]s of fuzz/Cargo.toml (`cargo fuzz list`): decode_msg, decode_entry,
-# config, validate_record, decode_account.
+# config, validate_item, decode_account, decode_acl.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default: 30 seconds each, every target)
 #

@@ -7,9 +7,10 @@
 //! streams the items → the peer's link hands the batch to its lane, which applies it and
 //! acknowledges.
 //!
-//! Invariants: one link per pair of nodes (when both dial at once, both keep the link dialled
-//! by the node whose name sorts first); the daemon dials the peers whose names sort after its
-//! own and any peer it needs for a `sync`, an in-process `sync` dials everyone; a dial that
+//! Invariants: one link per pair of nodes (a daemon dials only the peers whose names sort after
+//! its own, and a `sync` through it dials a missing one that sorts before once; an in-process
+//! `sync` has no listener and dials everyone; a newer link to a peer replaces an older one,
+//! which is closed); a dial that
 //! fails is retried with a growing delay (up to a minute for a peer whose key is wrong), and
 //! the reason is kept for `status`; refused connections are logged and audited at a bounded
 //! rate.

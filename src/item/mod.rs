@@ -9,8 +9,10 @@
 //! keeps its version vector (a tombstone) so an offline delete can never be resurrected; for a
 //! regular file the chunk lengths add up to `size` and `hash` is the BLAKE3 of the whole
 //! content; **one version vector names one body**: a node that produces new content (a local
-//! change, or the winner of a conflict it settles) always bumps its own counter, and only
-//! identical bodies are ever merged without a bump ([`Meta::same_synced`]).
+//! change, a resolution) bumps its own counter; a conflict settled by policy gives the merge
+//! of both vectors to the winner's body, and since every node picks the same winner from the
+//! same two items (`engine::decide`, property-tested), that merged vector names the same body
+//! everywhere.
 
 pub mod name;
 pub mod v3;
