@@ -415,10 +415,21 @@ async fn daemon(s: &Settings) -> Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("signal handler")?;
     let mut int = signal(SignalKind::interrupt()).context("signal handler")?;
     let mut hup = signal(SignalKind::hangup()).context("signal handler")?;
-    let started = tokio::select! {
-        r = Node::start(cfg, &s.node, s.state_dir.clone(), opts) => r,
-        _ = term.recv() => { tracing::info!("SIGTERM while starting: stopping"); return Ok(0) }
-        _ = int.recv() => { tracing::info!("SIGINT while starting: stopping"); return Ok(0) }
+    // a first scan of a large tree can outlast TimeoutStartSec: while it runs, ask systemd
+    // for more time every 20 s (it times out only if these stop coming)
+    let start = Node::start(cfg, &s.node, s.state_dir.clone(), opts);
+    tokio::pin!(start);
+    let mut extend = tokio::time::interval(Duration::from_secs(20));
+    extend.tick().await;
+    let started = loop {
+        tokio::select! {
+            r = &mut start => break r,
+            _ = extend.tick() => {
+                let _ = crate::ops::notify::extend_timeout(Duration::from_secs(60));
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM while starting: stopping"); return Ok(0) }
+            _ = int.recv() => { tracing::info!("SIGINT while starting: stopping"); return Ok(0) }
+        }
     };
     let mut node = started.map_err(|e| match e {
         crate::engine::node::NodeError::IdMismatch { .. }
@@ -568,7 +579,18 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
         dry_run,
         timeout_ms: timeout.as_millis() as u64,
     };
-    match control::call(&s.state_dir, &req).await {
+    let dir = s.state_dir.clone();
+    let answer = with_progress(control::call(&s.state_dir, &req), !dry_run, move || {
+        let dir = dir.clone();
+        async move {
+            match control::call(&dir, &Request::Status).await {
+                Ok(Response::Status(st)) => Some(*st),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    match answer {
         Ok(Response::Sync(rep)) => return Ok(print_report(&rep, false)),
         Ok(Response::DryRun { lines, report }) => {
             for (what, path) in lines {
@@ -583,9 +605,86 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
     }
     let node = start_in_process(s, cfg, dry_run).await?;
     // the node scanned everything as it started: no second scan
-    let rep = crate::engine::sync::sync(&node.ctx, &groups, timeout, false).await;
+    let ctx = node.ctx.clone();
+    let rep = with_progress(
+        crate::engine::sync::sync(&node.ctx, &groups, timeout, false),
+        !dry_run,
+        move || {
+            let st = crate::engine::status::live(&ctx).ok();
+            async move { st }
+        },
+    )
+    .await;
     node.stop().await;
     Ok(print_report(&rep, dry_run))
+}
+
+/// Run `work` while an in-place progress line on stderr says what is being received: files and
+/// bytes done of the total, and the rate, summed over peers and groups (from `status`, polled
+/// every 200 ms). Only when stderr is a terminal and `show`; a cron job or a pipe sees nothing.
+async fn with_progress<T, F, S, SF>(work: F, show: bool, mut status: S) -> T
+where
+    F: std::future::Future<Output = T>,
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = Option<Status>>,
+{
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message("syncing");
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => {
+                if let Some(st) = status().await {
+                    bar.set_message(progress_line(&st));
+                }
+                bar.tick();
+            }
+        }
+    };
+    bar.finish_and_clear();
+    out
+}
+
+/// One line of what `sync` is doing: `receiving 1,204/50,000 files, 1.0 GiB/3.2 GiB at
+/// 85.3 MiB/s; 12 pending`.
+fn progress_line(st: &Status) -> String {
+    let (mut fd, mut ft, mut bd, mut bt, mut rate) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    for p in &st.peers {
+        for r in &p.receiving {
+            fd += r.files_done;
+            ft += r.files_total;
+            bd += r.bytes_done;
+            bt += r.bytes_total;
+            rate += r.bytes_per_s;
+        }
+    }
+    let pending: u64 = st.groups.iter().map(|g| g.pending).sum();
+    let mut line = if ft > 0 {
+        format!(
+            "receiving {fd}/{ft} files, {}/{} at {}/s",
+            human_bytes(bd),
+            human_bytes(bt),
+            human_bytes(rate as u64)
+        )
+    } else {
+        "exchanging with peers".to_string()
+    };
+    if pending > 0 {
+        line.push_str(&format!(
+            "; {}",
+            plural(pending, "change pending", "changes pending")
+        ));
+    }
+    line
 }
 
 /// Run this node in-process for one command (no daemon here): no listener, no watcher, and
@@ -1068,4 +1167,44 @@ async fn reset(s: &Settings, group: &str) -> Result<u8> {
         s.node
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(receiving: serde_json::Value, pending: u64) -> Status {
+        serde_json::from_value(serde_json::json!({
+            "node": "a",
+            "groups": [{"name": "www", "files": 1, "bytes": 1, "pending": pending, "conflicts": 0,
+                        "in_sync": false, "directories": 0, "symlinks": 0, "error": null,
+                        "replica": false, "drift": []}],
+            "peers": [
+                {"name": "b", "connected": true, "behind": 0, "last_seen": null, "error": null,
+                 "address": "x", "receiving": receiving},
+                {"name": "c", "connected": true, "behind": 0, "last_seen": null, "error": null,
+                 "address": "y", "receiving": [{"group": "www", "files_done": 1, "files_total": 4,
+                    "bytes_done": 1024, "bytes_total": 4096, "files_per_s": 1.0, "bytes_per_s": 1024.0}]}
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_progress_line_sums_what_every_peer_sends_and_counts_pending_changes() {
+        let st = status(
+            serde_json::json!([{"group": "www", "files_done": 2, "files_total": 6,
+                "bytes_done": 1024 * 1024, "bytes_total": 3 * 1024 * 1024, "files_per_s": 2.0,
+                "bytes_per_s": 1048576.0}]),
+            1,
+        );
+        assert_eq!(
+            progress_line(&st),
+            "receiving 3/10 files, 1.0 MiB/3.0 MiB at 1.0 MiB/s; 1 change pending"
+        );
+        let idle = status(serde_json::json!([]), 0);
+        let mut idle = idle;
+        idle.peers.truncate(1);
+        assert_eq!(progress_line(&idle), "exchanging with peers");
+    }
 }

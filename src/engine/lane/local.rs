@@ -58,7 +58,11 @@ pub fn dry_scan(ctx: &Ctx, g: &GroupRt) -> Vec<(&'static str, Vec<u8>)> {
         }
         seen.extend(res.changes);
         for c in seen.into_iter().filter(|c| c.announce) {
-            let what = if c.entry.item.is_deleted() { "delete" } else { "send" };
+            let what = if c.entry.item.is_deleted() {
+                "delete"
+            } else {
+                "send"
+            };
             out.push((what, c.entry.item.key));
         }
         out.extend(res.gone.into_iter().map(|k| ("delete", k)));
