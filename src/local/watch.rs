@@ -272,9 +272,11 @@ impl State {
                 self.windows.event(&group, path, Event::Writing, false, now);
             } else if ev
                 .mask
-                .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO | EventMask::ATTRIB)
+                .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
             {
                 self.windows.event(&group, path, Event::Done, false, now);
+            } else if ev.mask.contains(EventMask::ATTRIB) {
+                self.windows.event(&group, path, Event::Attrib, false, now);
             }
             if parent_in_group {
                 self.windows

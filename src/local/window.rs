@@ -4,7 +4,7 @@
 //!
 //! Rules, per path and per group:
 //! - a finished write (`CLOSE_WRITE`), a rename into place (`MOVED_TO`), a new directory or
-//!   symlink, an attribute change: due **at once** (events read together still coalesce, since
+//!   symlink, an attribute change of a file not being written: due **at once** (events read together still coalesce, since
 //!   the watcher drains what the kernel has queued before it asks what is due);
 //! - a file being written (`MODIFY` without a close yet, or a regular file just created): due
 //!   when it has been quiet for [`Params::write_quiet`], and at the latest
@@ -51,8 +51,11 @@ impl Default for Params {
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// Written and closed, renamed into place, created (not a regular file), attributes.
+    /// Written and closed, renamed into place, created (not a regular file).
     Done,
+    /// Attributes changed (chmod, chown, xattrs, utimes): due at once, unless the file is being
+    /// written (a copy sets the mode right after it creates the file, before the content).
+    Attrib,
     /// Modified and not closed yet, or a regular file just created.
     Writing,
     /// Deleted or moved away.
@@ -130,6 +133,7 @@ impl Windows {
             Event::Done => {
                 p.writing = false;
             }
+            Event::Attrib => {}
             Event::Writing => {
                 p.writing = true;
                 p.first_write.get_or_insert(now);
@@ -257,6 +261,27 @@ mod tests {
         assert_eq!(next, Some(t0 + ms(4)));
         let (r, _) = w.take_due(t0 + ms(4));
         assert_eq!(paths(&r, "g"), vec![b"/b".to_vec()]);
+    }
+
+    #[test]
+    fn a_mode_set_on_a_file_being_written_does_not_send_it_half_written() {
+        let t0 = Instant::now();
+        let mut w = Windows::new(Params::default());
+        // cp: create, fchmod, then the content, then close
+        w.event("g", b"/copy".to_vec(), Event::Writing, false, t0);
+        w.event("g", b"/copy".to_vec(), Event::Attrib, false, t0 + ms(1));
+        assert!(w.take_due(t0 + ms(2)).0.is_empty(), "sent while written");
+        w.event("g", b"/copy".to_vec(), Event::Done, false, t0 + ms(30));
+        assert_eq!(
+            paths(&w.take_due(t0 + ms(30)).0, "g"),
+            vec![b"/copy".to_vec()]
+        );
+        // a chmod of a file nobody writes goes at once
+        w.event("g", b"/other".to_vec(), Event::Attrib, false, t0 + ms(40));
+        assert_eq!(
+            paths(&w.take_due(t0 + ms(40)).0, "g"),
+            vec![b"/other".to_vec()]
+        );
     }
 
     #[test]
