@@ -45,6 +45,10 @@ impl SyncReport {
     }
 }
 
+/// The longest a path waits in the watcher's windows (`local::window::Params`: a file written
+/// without pause, a burst of deletions), plus a margin.
+const WINDOW_MAX: Duration = Duration::from_millis(3500);
+
 /// Is this dial error a refusal (no point waiting for it to go away by itself)?
 fn refusal(e: &str) -> bool {
     e.contains("key mismatch")
@@ -126,6 +130,26 @@ pub async fn sync(
     }
     for s in scans {
         let _ = tokio::time::timeout_at(deadline, s).await;
+    }
+    // watched groups are not scanned (the watcher knows what changed), but what it still holds
+    // in its windows (a burst of deletions settling, a file being written) is part of "now":
+    // wait until it was handed to the lane and committed there, at most the windows' longest
+    // wait (a file written without pause is taken as its snapshot then)
+    let held = tokio::time::Instant::now() + WINDOW_MAX;
+    for g in selected.iter().filter(|g| !rescan && g.cfg.watch) {
+        let Some(l) = ctx.lane(g.name()) else {
+            continue;
+        };
+        while l
+            .state
+            .waiting_local
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < held.min(deadline)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, l.marker()).await;
     }
     // the peers that matter: members we send to, and the full members we receive from
     let peers: BTreeSet<String> = selected

@@ -103,6 +103,7 @@ const VALUE_BUF: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Xattr {
     /// The full name with its namespace prefix, as bytes.
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub value: XattrValue,
 }
@@ -111,7 +112,7 @@ pub struct Xattr {
 /// bytes as they are.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum XattrValue {
-    Raw(Vec<u8>),
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
     Acl(Acl),
 }
 

@@ -73,6 +73,7 @@ pub struct Meta {
     /// BLAKE3 of the content (file) or of the link text (symlink); zero for directories.
     pub hash: Hash,
     /// Link text of a symlink, as bytes (never followed).
+    #[serde(with = "serde_bytes")]
     pub target: Option<Vec<u8>>,
     /// Content-defined chunks of a regular file, in order.
     pub chunks: Vec<ChunkRef>,
@@ -124,6 +125,7 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     /// A logical path (file groups).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: VersionVector,
     /// The node whose change produced this body.

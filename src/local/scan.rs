@@ -387,13 +387,18 @@ impl<'a> Scanner<'a> {
         flush: &mut dyn FnMut(Vec<Change>) -> Result<(), StoreError>,
     ) -> Result<ScanOut, StoreError> {
         let mut out = ScanOut::default();
-        if let Some(reason) = self.guard(gp)? {
+        let real = name::real(self.root, target);
+        let md = std::fs::symlink_metadata(&real);
+        // the guard matters where a scan can find entries gone: a walk, or a missing target
+        // (a single path that exists cannot be inside a missing or empty group path); the
+        // watcher's scans of single files skip its directory read and index lookups
+        if (recursive || md.is_err())
+            && let Some(reason) = self.guard(gp)?
+        {
             out.stopped = Some(reason);
             return Ok(out);
         }
         let group = self.group.name.as_str();
-        let real = name::real(self.root, target);
-        let md = std::fs::symlink_metadata(&real);
         let is_dir = md.as_ref().map(|m| m.is_dir()).unwrap_or(false);
         let want = if target == gp.as_bytes() || self.filter.accepts(gp, target, is_dir) {
             Want::Sync

@@ -10,8 +10,8 @@
 //!   when it has been quiet for [`Params::write_quiet`], and at the latest
 //!   [`Params::write_max`] after its first unsent write, so a file that never stays still (a log
 //!   appended every second) is still sent, as a consistent snapshot, every few seconds;
-//! - a deletion: due after [`Params::delete_peek`] (3 ms), the time it takes an `rm -rf` to
-//!   delete many more entries, unless it is part of a burst (at least [`Params::burst_count`]
+//! - a deletion: due after [`Params::delete_peek`] (1 ms), the time it takes an `rm -rf` to
+//!   delete dozens more entries, unless it is part of a burst (at least [`Params::burst_count`]
 //!   deletions in the group within [`Params::burst_window`]): then the group's deletions are
 //!   held until none came for [`Params::delete_settle`], at most [`Params::delete_max`] after
 //!   the burst began, and handed over together, so the mass-deletion guard sees an `rm -rf`
@@ -37,7 +37,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Params {
         Params {
-            delete_peek: Duration::from_millis(3),
+            delete_peek: Duration::from_millis(1),
             write_quiet: Duration::from_millis(1000),
             write_max: Duration::from_secs(3),
             burst_count: 3,
@@ -258,8 +258,8 @@ mod tests {
         w.event("g", b"/b".to_vec(), Event::Deleted, true, t0 + ms(1));
         let (r, next) = w.take_due(t0 + ms(1));
         assert_eq!(paths(&r, "g"), vec![b"/a".to_vec()]);
-        assert_eq!(next, Some(t0 + ms(4)));
-        let (r, _) = w.take_due(t0 + ms(4));
+        assert_eq!(next, Some(t0 + ms(2)));
+        let (r, _) = w.take_due(t0 + ms(2));
         assert_eq!(paths(&r, "g"), vec![b"/b".to_vec()]);
     }
 

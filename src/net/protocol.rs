@@ -142,6 +142,7 @@ pub struct GroupHello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireItem {
     pub item: Item,
+    #[serde(with = "serde_bytes")]
     pub inline: Option<Vec<u8>>,
 }
 
@@ -174,6 +175,7 @@ pub enum Msg {
     /// Answer to `GetChunks`, in the same order; `None` when not available.
     Chunks {
         req: u64,
+        #[serde(with = "chunk_list")]
         data: Vec<Option<Vec<u8>>>,
     },
     /// Mark a point: answer `Pong` once everything indexed before it has been sent.
@@ -440,5 +442,23 @@ pub(crate) mod tests {
             }
             let _ = Msg::decode(&buf);
         }
+    }
+}
+
+/// `Chunks::data` as a sequence of optional byte strings: postcard writes a byte string as its
+/// length and the bytes, exactly what it writes for a `Vec<u8>` element by element, so the
+/// encoding is the same; only the (de)serializer's work is one copy instead of a call per byte.
+mod chunk_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(v: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+        let view: Vec<Option<&Bytes>> = v.iter().map(|o| o.as_deref().map(Bytes::new)).collect();
+        view.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+        let v: Vec<Option<ByteBuf>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|o| o.map(ByteBuf::into_vec)).collect())
     }
 }

@@ -36,6 +36,8 @@ pub const UNSTABLE_RETRY: Duration = Duration::from_millis(300);
 /// `mark`) are looked at again after this before they are recorded as deleted, so the
 /// mass-deletion guard sees an `rm -rf` whole.
 pub const DELETE_SETTLE: Duration = Duration::from_millis(150);
+/// Most paths merged from consecutive local reports into one scan.
+const MERGE_LOCAL_MAX: usize = 4096;
 
 /// Work for a lane.
 pub enum LaneMsg {
@@ -285,9 +287,14 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
     let mut shutdown = lane.ctx.shutdown_rx();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // a message taken from the queue while merging local reports, handled next
+    let mut held: Option<LaneMsg> = None;
     loop {
         let next = lane.next_timer();
-        let msg = tokio::select! {
+        let msg = if let Some(m) = held.take() {
+            m
+        } else {
+            tokio::select! {
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = tick.tick() => {
                 lane.tick().await;
@@ -298,6 +305,41 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
                 continue;
             }
             _ = crate::engine::node::until_set(&mut shutdown) => return,
+            }
+        };
+        // local reports queued back to back (the watcher's flushes while a batch was being
+        // applied: mostly our own writes) are scanned together, in one blocking call and at
+        // most one commit, instead of one each; order with other messages is kept
+        let msg = match msg {
+            LaneMsg::Local { mut paths, deletes } => {
+                while paths.len() < MERGE_LOCAL_MAX {
+                    match rx.try_recv() {
+                        Ok(LaneMsg::Local {
+                            paths: more,
+                            deletes: d,
+                        }) if d == deletes => paths.extend(more),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if paths.len() > 1 {
+                    paths.sort();
+                    paths.dedup_by(|a, b| {
+                        // same path: keep one, recursive if either was
+                        if a.0 == b.0 {
+                            b.1 |= a.1;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                LaneMsg::Local { paths, deletes }
+            }
+            m => m,
         };
         if lane.g.is_accounts() {
             lane.accounts_msg(msg).await;
