@@ -1132,7 +1132,8 @@ async fn restore(
             tmp.file.write_all(&data)?;
             place.install(tmp, &sm)?;
             println!("restored generation {n} of {shown}");
-            // let a running daemon notice at once (the watcher would too)
+            // tell a running daemon (its watcher takes a rename from a temporary file for
+            // one of its own installs)
             let _ = control::call(
                 &s.state_dir,
                 &Request::Mark {

@@ -9,9 +9,12 @@
 //! Invariants: a directory that cannot be watched (the `fs.inotify.max_user_watches` limit) is
 //! rescanned every [`UNWATCHED_RESCAN`] instead, with one clear warning naming the setting to
 //! raise; a queue overflow makes every watched group rescan (a compare with the index, nothing
-//! is reset); no event is ever a reason to exit.
+//! is reset); no event is ever a reason to exit; a rename from one of our temporary files
+//! (`.clustersync.tmp.*`) into place is the apply's own install, already indexed: it causes
+//! no scan.
 
 use crate::engine::node::Ctx;
+use crate::fs::safefs::TEMP_PREFIX;
 use crate::item::name;
 use crate::local::filter::Want;
 use crate::local::window::{Event, Params, Windows};
@@ -47,7 +50,14 @@ struct State {
     windows: Windows,
     /// The watch on `<root>/etc` for account sync.
     accounts_wd: Option<WatchDescriptor>,
+    /// Cookies of renames away from one of our temporary files: the `MOVED_TO` with the same
+    /// cookie is one of our own installs (the lane already indexed it), not a local change.
+    own_moves: std::collections::VecDeque<u32>,
 }
+
+/// How many of our renames' cookies are remembered (the two halves of a rename are adjacent in
+/// the queue, so a few suffice).
+const OWN_MOVES: usize = 256;
 
 fn mask() -> WatchMask {
     WatchMask::CREATE
@@ -220,6 +230,28 @@ impl State {
             self.wds.remove(&ev.wd);
             return;
         }
+        // our own installs: a temporary file renamed into place by the apply, which indexed
+        // the result itself; scanning it again would only find what the index holds
+        if ev.cookie != 0 {
+            if ev.mask.contains(EventMask::MOVED_FROM)
+                && ev
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+            {
+                if self.own_moves.len() >= OWN_MOVES {
+                    self.own_moves.pop_front();
+                }
+                self.own_moves.push_back(ev.cookie);
+                return;
+            }
+            if ev.mask.contains(EventMask::MOVED_TO)
+                && let Some(i) = self.own_moves.iter().position(|c| *c == ev.cookie)
+            {
+                self.own_moves.remove(i);
+                return;
+            }
+        }
         for t in targets {
             let Some(n) = ev.name.as_ref() else {
                 // the watched directory itself
@@ -319,6 +351,7 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
         limit,
         windows: Windows::new(Params::default()),
         accounts_wd: None,
+        own_moves: std::collections::VecDeque::new(),
     };
     if ctx.group(crate::engine::group::ACCOUNTS).is_some() {
         let etc = ctx.root.join("etc");

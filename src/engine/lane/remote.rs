@@ -300,6 +300,23 @@ pub(super) async fn prepare(
     })?
 }
 
+/// [`prepare`] for a file whose whole content came with its item (blocking, no task).
+fn prepare_inline(
+    fs: &Fs,
+    item: &Item,
+    inline: Option<&[u8]>,
+    local: Option<&Entry>,
+) -> Result<(Place, Temp), ApplyError> {
+    let place = fs.place(&item.key, true)?;
+    let m = item.meta().ok_or_else(|| ApplyError::Other {
+        path: item.show().into_owned(),
+        msg: "not a file".into(),
+    })?;
+    let tmp = fs.assemble(&place, m, inline, local, &[], None)?;
+    fs.prepare_meta(&tmp, item)?;
+    Ok((place, tmp))
+}
+
 /// What executing steps produced.
 #[derive(Default)]
 struct Done {
@@ -528,8 +545,13 @@ impl Lane {
     async fn install_chunk(&mut self, chunk: Vec<Step>, prefer: Option<String>, done: &mut Done) {
         let sem = Arc::new(tokio::sync::Semaphore::new(FETCH_FILES));
         let mut jobs = Vec::with_capacity(chunk.len());
-        for s in &chunk {
-            if needs_content(&s.item, s.local.as_ref()) {
+        let mut inline_at = Vec::new();
+        for (i, s) in chunk.iter().enumerate() {
+            if needs_content(&s.item, s.local.as_ref()) && s.inline.is_some() {
+                // content at hand: written in the install call below, no task of its own
+                inline_at.push(i);
+                jobs.push(None);
+            } else if needs_content(&s.item, s.local.as_ref()) {
                 let (ctx, g) = (self.ctx.clone(), self.g.clone());
                 let (item, inline, local) = (s.item.clone(), s.inline.clone(), s.local.clone());
                 let prefer = prefer.clone().or_else(|| Some(s.from.0.clone()));
@@ -558,6 +580,16 @@ impl Lane {
         let r = tokio::task::spawn_blocking(move || {
             let fs = Fs { ctx: &ctx, g: &g };
             let mut d = Done::default();
+            let mut prepared = prepared;
+            for i in inline_at {
+                let s = &chunk[i];
+                prepared[i] = Some(prepare_inline(
+                    &fs,
+                    &s.item,
+                    s.inline.as_deref(),
+                    s.local.as_ref(),
+                ));
+            }
             // the temp files' data and metadata reach the disk before any rename
             let any = prepared.iter().flatten().find_map(|p| p.as_ref().ok());
             if let Some((_, t)) = any
