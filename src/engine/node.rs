@@ -937,7 +937,7 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
 
 async fn dialer(ctx: Arc<Ctx>, peer: String) {
     let mut shutdown = ctx.shutdown_rx();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Duration::from_millis(25);
     loop {
         if ctx.stopping() {
             return;
@@ -954,7 +954,7 @@ async fn dialer(ctx: Arc<Ctx>, peer: String) {
                 .dialing = false;
             match r {
                 Ok(wire) => {
-                    backoff = Duration::from_millis(100);
+                    backoff = Duration::from_millis(25);
                     match link::run(ctx.clone(), wire, peer.clone()).await {
                         Err(link::LinkError::Bye { reason, .. }) => {
                             ctx.links

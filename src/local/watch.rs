@@ -53,6 +53,10 @@ struct State {
     /// Cookies of renames away from one of our temporary files: the `MOVED_TO` with the same
     /// cookie is one of our own installs (the lane already indexed it), not a local change.
     own_moves: std::collections::VecDeque<u32>,
+    /// Names our installs just renamed into place, whose temporary file's descriptor is
+    /// closed after the rename: that `CLOSE_WRITE` (with no write of anyone else before it)
+    /// is ours too.
+    own_closes: std::collections::VecDeque<(WatchDescriptor, Vec<u8>)>,
 }
 
 /// How many of our renames' cookies are remembered (the two halves of a rename are adjacent in
@@ -249,6 +253,27 @@ impl State {
                 && let Some(i) = self.own_moves.iter().position(|c| *c == ev.cookie)
             {
                 self.own_moves.remove(i);
+                if let Some(n) = ev.name.as_ref() {
+                    if self.own_closes.len() >= OWN_MOVES {
+                        self.own_closes.pop_front();
+                    }
+                    self.own_closes
+                        .push_back((ev.wd.clone(), n.as_bytes().to_vec()));
+                }
+                return;
+            }
+        }
+        if !self.own_closes.is_empty()
+            && let Some(n) = ev.name.as_ref()
+            && let Some(i) = self
+                .own_closes
+                .iter()
+                .position(|(wd, name)| *wd == ev.wd && name.as_slice() == n.as_bytes())
+        {
+            // anything but the close (a write, a chmod, a delete by someone else) means the
+            // path is no longer just ours: it is handled as usual from here
+            self.own_closes.remove(i);
+            if ev.mask == EventMask::CLOSE_WRITE {
                 return;
             }
         }
@@ -352,6 +377,7 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
         windows: Windows::new(Params::default()),
         accounts_wd: None,
         own_moves: std::collections::VecDeque::new(),
+        own_closes: std::collections::VecDeque::new(),
     };
     if ctx.group(crate::engine::group::ACCOUNTS).is_some() {
         let etc = ctx.root.join("etc");

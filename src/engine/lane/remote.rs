@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const FETCH_FILES: usize = 8;
 /// Files installed per durability flush at most (each holds an open descriptor until then).
 const INSTALL_BATCH: usize = 256;
+/// From this many small files in an install batch on, two threads write them.
+const PARALLEL_PREPARE_MIN: usize = 32;
 /// Attempts after which an item counts as set aside for good (it is still retried, slowly).
 pub const ASIDE_AFTER: u32 = 10;
 
@@ -581,14 +583,32 @@ impl Lane {
             let fs = Fs { ctx: &ctx, g: &g };
             let mut d = Done::default();
             let mut prepared = prepared;
-            for i in inline_at {
+            // independent files: written by two threads when there are many (the lane's
+            // serial part is what bounds an initial sync of small files)
+            let one = |i: usize| {
                 let s = &chunk[i];
-                prepared[i] = Some(prepare_inline(
-                    &fs,
-                    &s.item,
-                    s.inline.as_deref(),
-                    s.local.as_ref(),
-                ));
+                (
+                    i,
+                    prepare_inline(&fs, &s.item, s.inline.as_deref(), s.local.as_ref()),
+                )
+            };
+            let results: Vec<_> = if inline_at.len() >= PARALLEL_PREPARE_MIN {
+                let (left, right) = inline_at.split_at(inline_at.len() / 2);
+                std::thread::scope(|sc| {
+                    let other = sc.spawn(|| right.iter().map(|&i| one(i)).collect::<Vec<_>>());
+                    let mut mine: Vec<_> = left.iter().map(|&i| one(i)).collect();
+                    match other.join() {
+                        Ok(theirs) => mine.extend(theirs),
+                        // the other thread panicked: its half is done here
+                        Err(_) => mine.extend(right.iter().map(|&i| one(i))),
+                    }
+                    mine
+                })
+            } else {
+                inline_at.iter().map(|&i| one(i)).collect()
+            };
+            for (i, r) in results {
+                prepared[i] = Some(r);
             }
             // the temp files' data and metadata reach the disk before any rename
             let any = prepared.iter().flatten().find_map(|p| p.as_ref().ok());
