@@ -1132,12 +1132,14 @@ async fn restore(
             tmp.file.write_all(&data)?;
             place.install(tmp, &sm)?;
             println!("restored generation {n} of {shown}");
-            // tell a running daemon (its watcher takes a rename from a temporary file for
-            // one of its own installs)
+            // tell a running daemon: the file and its directory, whose mtime the rename
+            // changed (its watcher takes a rename from a temporary file for one of its own
+            // installs, already indexed)
+            let parent = name::parent(&logical).to_vec();
             let _ = control::call(
                 &s.state_dir,
                 &Request::Mark {
-                    paths: vec![logical],
+                    paths: vec![logical, parent],
                 },
             )
             .await;
