@@ -237,8 +237,10 @@ pub fn observe(
 struct Frame {
     /// Logical path of the directory.
     dir: Vec<u8>,
-    /// Its entries sorted by name, and the position of the next one.
-    names: Vec<Vec<u8>>,
+    /// Its entries sorted by name (each with its directory entry, which stats it relative to
+    /// the open directory instead of walking the whole path again), and the position of the
+    /// next one.
+    names: Vec<(Vec<u8>, Option<std::fs::DirEntry>)>,
     next: usize,
 }
 
@@ -454,7 +456,11 @@ impl<'a> Scanner<'a> {
             return Ok(out);
         }
         while let Some(top) = stack.last_mut() {
-            let Some(n) = top.names.get(top.next).cloned() else {
+            let Some((n, de)) = top
+                .names
+                .get_mut(top.next)
+                .map(|(n, de)| (std::mem::take(n), de.take()))
+            else {
                 stack.pop();
                 continue;
             };
@@ -492,8 +498,12 @@ impl<'a> Scanner<'a> {
                 }
                 _ => None,
             };
-            let creal = name::real(self.root, &child);
-            let cmd = match std::fs::symlink_metadata(&creal) {
+            let stat = match de {
+                // fstatat(dir, name, AT_SYMLINK_NOFOLLOW)
+                Some(de) => de.metadata(),
+                None => std::fs::symlink_metadata(name::real(self.root, &child)),
+            };
+            let cmd = match stat {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // vanished between the listing and now
@@ -588,7 +598,7 @@ impl<'a> Scanner<'a> {
 
     /// The names in directory `dir`, sorted (temporary files of an interrupted apply are
     /// removed on the way).
-    fn list(&self, dir: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+    fn list(&self, dir: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Option<std::fs::DirEntry>)>> {
         let real = name::real(self.root, dir);
         let mut names = Vec::new();
         for de in std::fs::read_dir(&real)? {
@@ -599,9 +609,9 @@ impl<'a> Scanner<'a> {
                 let _ = std::fs::remove_file(de.path());
                 continue;
             }
-            names.push(n.to_vec());
+            names.push((n.to_vec(), Some(de)));
         }
-        names.sort_unstable();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(names)
     }
 
