@@ -56,6 +56,7 @@ fn migrate(old: EntryV3) {
         ctime_s: old.ctime_s,
         ctime_ns: old.ctime_ns,
         from: None,
+        fresh: false,
     };
     stored(&e);
     assert_eq!(
