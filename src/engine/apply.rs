@@ -247,6 +247,17 @@ impl<'a> Fs<'a> {
         Ok(crate::fs::safefs::resolve(&self.ctx.root, gp, key, create)?)
     }
 
+    /// [`Fs::place`] through a batch's cache of resolved directories.
+    pub fn place_in(
+        &self,
+        dirs: &crate::fs::safefs::DirCache,
+        key: &[u8],
+        create: bool,
+    ) -> Result<Place, ApplyError> {
+        let gp = self.gp(key)?;
+        Ok(dirs.resolve(&self.ctx.root, gp, key, create)?)
+    }
+
     fn apply_xattrs_fd(
         &self,
         fd: impl rustix::fd::AsFd,

@@ -954,17 +954,22 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
         }
         if !b.items.is_empty() || announce_empty {
             let n = b.items.len();
-            for w in &b.items {
-                ctx.audit.log(crate::ops::audit::Rec {
-                    group: &group,
-                    path: &w.item.key,
-                    kind: "sent",
-                    origin: &w.item.origin,
-                    version: &w.item.version.display(),
-                    peer: Some(&link.peer),
-                    detail: None,
-                });
-            }
+            let versions: Vec<String> = b.items.iter().map(|w| w.item.version.display()).collect();
+            ctx.audit.log_all(
+                b.items
+                    .iter()
+                    .zip(&versions)
+                    .map(|(w, v)| crate::ops::audit::Rec {
+                        group: &group,
+                        path: &w.item.key,
+                        kind: "sent",
+                        origin: &w.item.origin,
+                        version: v,
+                        peer: Some(&link.peer),
+                        detail: None,
+                    }),
+            );
+            drop(versions);
             {
                 let mut p = lock(&link.pumps);
                 let e = p.entry(group.clone()).or_default();
@@ -1047,6 +1052,7 @@ fn build_batch(
     let mut not_sendable = 0u64;
     let mut why_not = None;
     let rt = ctx.group(group);
+    let dirs = crate::fs::safefs::DirCache::default();
     let is_root = |key: &[u8]| {
         rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
     };
@@ -1102,7 +1108,7 @@ fn build_batch(
                 cut = true;
                 break;
             }
-            inline = ctx.read_inline(group, &e.item.key, m.size, &m.hash);
+            inline = ctx.read_inline(group, &e.item.key, m.size, &m.hash, &dirs);
             inline_bytes += inline.as_ref().map(|v| v.len()).unwrap_or(0);
         }
         last_seq = last_seq.max(e.seq);

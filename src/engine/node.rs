@@ -421,10 +421,18 @@ impl Ctx {
     }
 
     /// A small file's content for an `Index` batch, verified.
-    pub fn read_inline(&self, group: &str, key: &[u8], size: u64, hash: &Hash) -> Option<Vec<u8>> {
+    pub fn read_inline(
+        &self,
+        group: &str,
+        key: &[u8],
+        size: u64,
+        hash: &Hash,
+        dirs: &crate::fs::safefs::DirCache,
+    ) -> Option<Vec<u8>> {
         let g = self.group(group)?;
         let gp = name::validate(key, &g.cfg.paths).ok()?;
-        let data = crate::fs::safefs::read_at(&self.root, gp, key, 0, size as usize).ok()?;
+        let data =
+            crate::fs::safefs::read_at(&self.root, gp, key, 0, size as usize, Some(dirs)).ok()?;
         (crate::fs::chunk::hash(&data) == *hash).then_some(data)
     }
 
@@ -436,9 +444,15 @@ impl Ctx {
         }
         let g = self.group(group)?;
         let gp = name::validate(&loc.key, &g.cfg.paths).ok()?;
-        let data =
-            crate::fs::safefs::read_at(&self.root, gp, &loc.key, loc.offset, loc.len as usize)
-                .ok()?;
+        let data = crate::fs::safefs::read_at(
+            &self.root,
+            gp,
+            &loc.key,
+            loc.offset,
+            loc.len as usize,
+            None,
+        )
+        .ok()?;
         (crate::fs::chunk::hash(&data) == *hash).then_some(data)
     }
 
@@ -777,13 +791,6 @@ impl Node {
         if opts.watch && ctx.groups.values().any(|g| g.cfg.watch || g.is_accounts()) {
             tasks.push(crate::local::watch::spawn(ctx.clone()));
         }
-        // the initial scan, before any peer sees our index
-        for (l, _) in lanes.iter_mut() {
-            l.initial_scan().await;
-        }
-        for (l, rx) in lanes {
-            tasks.push(tokio::spawn(lane::run(l, rx)));
-        }
         if opts.listen {
             let addr = me.listen_addr();
             let listener = tokio::net::TcpListener::bind(&addr)
@@ -828,6 +835,14 @@ impl Node {
             if opts.dial_all || p > ctx.name {
                 tasks.push(tokio::spawn(dialer(ctx.clone(), p)));
             }
+        }
+        // the initial scan: its flushes are streamed to peers as they are committed, and
+        // what peers send waits in the lanes' queues until it is done
+        for (l, _) in lanes.iter_mut() {
+            l.initial_scan().await;
+        }
+        for (l, rx) in lanes {
+            tasks.push(tokio::spawn(lane::run(l, rx)));
         }
         Ok(Node { ctx, tasks })
     }

@@ -174,6 +174,56 @@ pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, F
     })
 }
 
+/// Directories already resolved for one batch, by logical path. The files of a batch mostly
+/// share a few parents, and [`resolve`] walks every component again with an `openat` each;
+/// this hands out a duplicate of the parent's descriptor instead.
+///
+/// A cache lives for one batch (callers make a new one each time), so a directory renamed or
+/// replaced meanwhile is met again by the next batch's walk, with the same window a single
+/// [`resolve`] has between its walk and its use. At most [`DirCache::MAX`] directories.
+#[derive(Default)]
+pub struct DirCache {
+    dirs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, OwnedFd>>,
+}
+
+impl DirCache {
+    pub const MAX: usize = 256;
+
+    /// [`resolve`], from a cached parent when there is one.
+    pub fn resolve(&self, root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, FsError> {
+        if p == gp.as_bytes() {
+            return resolve(root, gp, p, create);
+        }
+        let parent = name::parent(p);
+        let dirs = match self.dirs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(fd) = dirs.get(parent)
+            && let Ok(dir) = fd.try_clone()
+        {
+            return Ok(Place {
+                dir,
+                name: name::file_name(p).to_vec(),
+                path: p.into(),
+            });
+        }
+        drop(dirs);
+        let place = resolve(root, gp, p, create)?;
+        if let Ok(dup) = place.dir.try_clone() {
+            let mut dirs = match self.dirs.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if dirs.len() >= Self::MAX {
+                dirs.clear();
+            }
+            dirs.insert(parent.to_vec(), dup);
+        }
+        Ok(place)
+    }
+}
+
 /// Open the configured group path itself (following a symlink there, the admin's choice).
 pub fn open_group_dir(root: &Path, gp: &str) -> Result<OwnedFd, FsError> {
     open_trusted_dir(&name::real(root, gp.as_bytes())).map_err(|e| fe("open", gp.as_bytes(), e))
@@ -496,9 +546,14 @@ pub fn read_at(
     p: &[u8],
     offset: u64,
     len: usize,
+    dirs: Option<&DirCache>,
 ) -> Result<Vec<u8>, FsError> {
     use std::os::unix::fs::FileExt;
-    let f = resolve(root, gp, p, false)?.open_read()?;
+    let place = match dirs {
+        Some(c) => c.resolve(root, gp, p, false)?,
+        None => resolve(root, gp, p, false)?,
+    };
+    let f = place.open_read()?;
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, offset)
         .map_err(|e| fe("read", p, e))?;

@@ -38,6 +38,40 @@ use std::path::Path;
 
 /// Changes handed to the caller per batch during a scan.
 pub const FLUSH_EVERY: usize = 10_000;
+/// A smaller batch is handed over once this much time passed since the last one, so a long
+/// first scan streams to peers while it goes on (each flush is one index commit).
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// ... but never fewer changes than this at a time.
+pub const FLUSH_MIN: usize = 256;
+/// Files whose content must be read are hashed this many at a time, on several threads.
+const HASH_BATCH: usize = 128;
+/// ... or once this many bytes wait.
+const HASH_BATCH_BYTES: u64 = 64 << 20;
+/// Most threads hashing at once.
+const HASH_THREADS: usize = 4;
+
+/// An entry the walk met that differs from the index: a file whose content must be read is
+/// observed later, with others, in parallel; the rest is observed at once (`seen`). All are
+/// recorded in walk order.
+struct Deferred {
+    key: Vec<u8>,
+    md: Metadata,
+    old: Option<Entry>,
+    seen: Option<Result<Option<Observed>, ObserveError>>,
+}
+
+/// Entries waiting to be recorded, in walk order.
+#[derive(Default)]
+struct Pending {
+    files: Vec<Deferred>,
+    bytes: u64,
+}
+
+impl Pending {
+    fn full(&self) -> bool {
+        self.files.len() >= HASH_BATCH || self.bytes >= HASH_BATCH_BYTES
+    }
+}
 
 /// Everything a scan needs to know about its group and node.
 pub struct Scanner<'a> {
@@ -389,6 +423,7 @@ impl<'a> Scanner<'a> {
         flush: &mut dyn FnMut(Vec<Change>) -> Result<(), StoreError>,
     ) -> Result<ScanOut, StoreError> {
         let mut out = ScanOut::default();
+        let mut pending = Pending::default();
         let real = name::real(self.root, target);
         let md = std::fs::symlink_metadata(&real);
         // the guard matters where a scan can find entries gone: a walk, or a missing target
@@ -426,12 +461,16 @@ impl<'a> Scanner<'a> {
                     out.forget.push(target.to_vec());
                 }
             }
-            (Ok(md), Want::Sync) => self.visit(target, md, known.as_ref(), &mut out)?,
+            (Ok(md), Want::Sync) => {
+                self.visit(target, md, known.as_ref(), &mut pending, &mut out)?;
+                self.drain(&mut pending, &mut out);
+            }
             (Ok(_), Want::Traverse) => {}
         }
         if !recursive {
             return Ok(out);
         }
+        let mut last_flush = std::time::Instant::now();
         let mut index = self.store.quick_below(group, target)?.peekable();
         let mut pending_gone: Vec<Vec<u8>> = Vec::new();
         let descend = md.as_ref().is_ok_and(|m| m.is_dir()) && want != Want::Skip;
@@ -535,8 +574,11 @@ impl<'a> Scanner<'a> {
                     }
                     continue;
                 }
-                Want::Sync => self.visit(&child, &cmd, known.as_ref(), &mut out)?,
+                Want::Sync => self.visit(&child, &cmd, known.as_ref(), &mut pending, &mut out)?,
                 Want::Traverse => {}
+            }
+            if pending.full() {
+                self.drain(&mut pending, &mut out);
             }
             if cmd.is_dir() {
                 match self.list(&child) {
@@ -551,10 +593,16 @@ impl<'a> Scanner<'a> {
                     }
                 }
             }
-            if out.changes.len() >= FLUSH_EVERY {
+            if out.changes.len() + pending.files.len() >= FLUSH_MIN
+                && (out.changes.len() + pending.files.len() >= FLUSH_EVERY
+                    || last_flush.elapsed() >= FLUSH_AFTER)
+            {
+                self.drain(&mut pending, &mut out);
                 flush(std::mem::take(&mut out.changes))?;
+                last_flush = std::time::Instant::now();
             }
         }
+        self.drain(&mut pending, &mut out);
         for r in index {
             let (k, q) = r?;
             if q.live {
@@ -615,12 +663,14 @@ impl<'a> Scanner<'a> {
         Ok(names)
     }
 
-    /// Compare one existing entry with what the index knew.
+    /// Compare one existing entry with what the index knew. A file whose content must be
+    /// read is queued in `pending` (see [`Scanner::drain`]); the rest is observed at once.
     fn visit(
         &self,
         key: &[u8],
         md: &Metadata,
         known: Option<&QuickStat>,
+        pending: &mut Pending,
         out: &mut ScanOut,
     ) -> Result<(), StoreError> {
         if known.is_some_and(|q| quick_match(q, md)) {
@@ -631,16 +681,84 @@ impl<'a> Scanner<'a> {
         } else {
             None
         };
-        let reuse = old.as_ref().and_then(|o| o.item.meta().map(|m| (m, o.ino)));
-        match observe(
+        let seen = if md.is_file() {
+            pending.bytes += md.len();
+            None
+        } else {
+            Some(self.observe_one(key, md, old.as_ref()))
+        };
+        pending.files.push(Deferred {
+            key: key.to_vec(),
+            md: md.clone(),
+            old,
+            seen,
+        });
+        if pending.files.len() == 1 && pending.files[0].seen.is_some() {
+            // nothing before it waits: recorded at once
+            self.drain(pending, out);
+        }
+        Ok(())
+    }
+
+    fn observe_one(
+        &self,
+        key: &[u8],
+        md: &Metadata,
+        old: Option<&Entry>,
+    ) -> Result<Option<Observed>, ObserveError> {
+        let reuse = old.and_then(|o| o.item.meta().map(|m| (m, o.ino)));
+        observe(
             &name::real(self.root, key),
             md,
             self.owners,
             self.xattrs,
             reuse,
-        ) {
+        )
+    }
+
+    /// Observe the queued files (reading and hashing their content on up to
+    /// [`HASH_THREADS`] threads when there are several) and record them in walk order.
+    fn drain(&self, pending: &mut Pending, out: &mut ScanOut) {
+        let files = std::mem::take(&mut pending.files);
+        let bytes = std::mem::take(&mut pending.bytes);
+        if files.is_empty() {
+            return;
+        }
+        let reads: Vec<&Deferred> = files.iter().filter(|d| d.seen.is_none()).collect();
+        // a thread costs more than reading a few small files
+        let threads = if reads.len() >= 8 || bytes >= 4 << 20 {
+            crate::fs::par::threads().min(HASH_THREADS)
+        } else {
+            1
+        };
+        let mut read = crate::fs::par::map(reads, threads, |d: &Deferred| {
+            self.observe_one(&d.key, &d.md, d.old.as_ref())
+        })
+        .into_iter();
+        for d in files {
+            let r = match d.seen {
+                Some(r) => r,
+                // a worker that panicked: looked at again later
+                None => read
+                    .next()
+                    .flatten()
+                    .unwrap_or(Err(ObserveError::Unstable)),
+            };
+            self.record(&d.key, d.old.as_ref(), r, out);
+        }
+    }
+
+    /// What an observation means for the scan's output.
+    fn record(
+        &self,
+        key: &[u8],
+        old: Option<&Entry>,
+        r: Result<Option<Observed>, ObserveError>,
+        out: &mut ScanOut,
+    ) {
+        match r {
             Ok(Some(obs)) => {
-                if let Some(c) = self.change_for(key, old.as_ref(), obs) {
+                if let Some(c) = self.change_for(key, old, obs) {
                     if c.announce {
                         out.announced += 1;
                     }
@@ -649,7 +767,7 @@ impl<'a> Scanner<'a> {
             }
             Ok(None) => {
                 out.skipped.push(key.to_vec());
-                if old.as_ref().is_some_and(|o| !o.item.is_deleted()) {
+                if old.is_some_and(|o| !o.item.is_deleted()) {
                     out.gone.push(key.to_vec());
                 }
             }
@@ -659,7 +777,6 @@ impl<'a> Scanner<'a> {
             }
             Err(ObserveError::Io(e)) => out.errors.push(format!("{}: {e}", name::show(key))),
         }
-        Ok(())
     }
 
     /// Tombstones for keys found gone, deepest first (so their sequence numbers put children

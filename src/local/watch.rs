@@ -325,8 +325,12 @@ impl State {
                     .unwrap_or(false);
                 let e = if regular { Event::Writing } else { Event::Done };
                 self.windows.event(&group, path, e, false, now);
-            } else if ev.mask.contains(EventMask::MODIFY) {
+            } else if ev.mask.contains(EventMask::MODIFY) && !is_dir {
                 self.windows.event(&group, path, Event::Writing, false, now);
+            } else if ev.mask.contains(EventMask::MODIFY) {
+                // a directory is never being written: its MODIFY is a change of its mtime
+                // alone (utimensat with the access time omitted), an attribute change
+                self.windows.event(&group, path, Event::Attrib, false, now);
             } else if ev
                 .mask
                 .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)

@@ -343,14 +343,18 @@ impl LinkReader {
         if len > MAX_FRAME {
             return Err(TransportError::TooLarge(len));
         }
+        if self.plain.len() < 4 + len {
+            // one allocation for the whole frame (plus the packet that may run past its end)
+            // instead of growing by doubling, packet after packet
+            self.plain.reserve(4 + len + MAX_PLAIN - self.plain.len());
+        }
         while self.plain.len() < 4 + len {
             self.fill_within(idle).await?;
         }
-        let frame = self.plain[4..4 + len].to_vec();
-        self.plain.drain(..4 + len);
-        if self.plain.capacity() > 4 * MAX_PLAIN && self.plain.len() < MAX_PLAIN {
-            self.plain.shrink_to(MAX_PLAIN);
-        }
+        // the frame keeps the buffer it was received in; what followed it moves to a new one
+        let rest = self.plain.split_off(4 + len);
+        let mut frame = std::mem::replace(&mut self.plain, rest);
+        frame.drain(..4);
         Ok(frame)
     }
 }

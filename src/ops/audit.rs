@@ -47,7 +47,14 @@ pub struct Rec<'a> {
 /// The audit log of a node.
 pub struct Audit {
     path: PathBuf,
-    file: Mutex<Option<std::fs::File>>,
+    out: Mutex<Out>,
+}
+
+/// The open log file and its size (kept here, so a line costs one write and no stat).
+#[derive(Default)]
+struct Out {
+    file: Option<std::fs::File>,
+    size: u64,
 }
 
 impl Audit {
@@ -59,48 +66,69 @@ impl Audit {
         }
         Audit {
             path: path.into(),
-            file: Mutex::new(None),
+            out: Mutex::new(Out::default()),
         }
     }
 
     /// Append one line.
     pub fn log(&self, r: Rec) {
-        let shown = name::show(r.path);
-        let line = Line {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            group: r.group,
-            path: &shown,
-            kind: r.kind,
-            origin: r.origin,
-            version: r.version,
-            peer: r.peer,
-            detail: r.detail,
-        };
-        let Ok(mut text) = serde_json::to_string(&line) else {
+        self.log_all(std::iter::once(r));
+    }
+
+    fn reopen(&self, g: &mut Out) {
+        g.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .ok();
+        g.size = g
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+    }
+
+    /// Append several lines with one write (a batch of changes is audited at once).
+    pub fn log_all<'a>(&self, recs: impl IntoIterator<Item = Rec<'a>>) {
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut text = String::new();
+        for r in recs {
+            let shown = name::show(r.path);
+            let line = Line {
+                time: time.clone(),
+                group: r.group,
+                path: &shown,
+                kind: r.kind,
+                origin: r.origin,
+                version: r.version,
+                peer: r.peer,
+                detail: r.detail,
+            };
+            if let Ok(l) = serde_json::to_string(&line) {
+                text.push_str(&l);
+                text.push('\n');
+            }
+        }
+        if text.is_empty() {
             return;
-        };
-        text.push('\n');
-        let mut g = match self.file.lock() {
+        }
+        let mut g = match self.out.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if g.as_ref()
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| m.len() > ROTATE_BYTES)
-        {
-            *g = None;
+        if g.file.is_none() {
+            self.reopen(&mut g);
+        }
+        if g.size > ROTATE_BYTES {
+            g.file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+            self.reopen(&mut g);
         }
-        if g.is_none() {
-            *g = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)
-                .ok();
-        }
-        if let Some(f) = g.as_mut() {
-            let _ = f.write_all(text.as_bytes());
+        if let Some(f) = g.file.as_mut()
+            && f.write_all(text.as_bytes()).is_ok()
+        {
+            g.size += text.len() as u64;
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::item::{Entry, Kind, VersionVector, name};
 use crate::local::scan::Scanner;
 use crate::store::{Change, Extras, StoreError};
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// Drift found on a replica: key, what happened, and the entry the scan made of it.
 pub(super) type Drift = Vec<(Vec<u8>, String, Option<Entry>)>;
@@ -120,14 +121,25 @@ pub(super) fn commit_local(
             c.announce = false;
         }
     }
-    for c in store.iter().filter(|c| c.announce) {
-        let kind = if c.entry.item.is_deleted() {
-            "local-delete"
-        } else {
-            "local-change"
-        };
-        ctx.audit_item(name, kind, &c.entry.item, None);
-    }
+    let versions: Vec<(&crate::item::Item, String)> = store
+        .iter()
+        .filter(|c| c.announce)
+        .map(|c| (&c.entry.item, c.entry.item.version.display()))
+        .collect();
+    ctx.audit
+        .log_all(versions.iter().map(|(item, v)| crate::ops::audit::Rec {
+            group: name,
+            path: &item.key,
+            kind: if item.is_deleted() {
+                "local-delete"
+            } else {
+                "local-change"
+            },
+            origin: &item.origin,
+            version: v,
+            ..Default::default()
+        }));
+    drop(versions);
     let announced: Vec<Vec<u8>> = store
         .iter()
         .filter(|c| c.announce)
@@ -163,6 +175,7 @@ pub(super) fn scan_and_commit(
     adopt: bool,
     was_stopped: bool,
     deletes_ok: bool,
+    head: Option<&watch::Sender<u64>>,
 ) -> Result<Scanned, StoreError> {
     let s = scanner(ctx, g);
     let mut res = Scanned::default();
@@ -184,6 +197,10 @@ pub(super) fn scan_and_commit(
         let out = s.scan(gp, p, *recursive, &mut |batch| {
             let (h, d) = commit_local(ctx, g, batch, Extras::default(), adopt)?;
             res.head = res.head.max(h);
+            // pumps stream what a long scan committed while it goes on
+            if let Some(head) = head {
+                super::publish_head(head, h);
+            }
             flushed_drift.extend(d);
             Ok(())
         })?;
@@ -253,8 +270,9 @@ impl Lane {
         let ctx = self.ctx.clone();
         let g = self.g.clone();
         let adopt = self.adopt;
+        let head = self.head.clone();
         let r = tokio::task::spawn_blocking(move || {
-            scan_and_commit(&ctx, &g, &paths, adopt, false, deletes)
+            scan_and_commit(&ctx, &g, &paths, adopt, false, deletes, Some(&head))
         })
         .await;
         self.after_scan(r);
@@ -283,8 +301,9 @@ impl Lane {
             .iter()
             .map(|p| (p.as_bytes().to_vec(), true))
             .collect();
+        let head = self.head.clone();
         let r = tokio::task::spawn_blocking(move || {
-            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped, true)
+            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped, true, Some(&head))
         })
         .await;
         let resumed = match &r {

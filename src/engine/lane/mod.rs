@@ -181,7 +181,8 @@ pub(crate) struct Lane {
     ctx: Arc<Ctx>,
     g: Arc<GroupRt>,
     state: Arc<LaneState>,
-    head: watch::Sender<u64>,
+    /// The group's head; shared with the blocking scan, which publishes each flush.
+    head: Arc<watch::Sender<u64>>,
     /// Paths to look at again, and when.
     unstable: Vec<(Instant, Vec<u8>)>,
     /// Entries found gone outside a deletion, to look at again (as deletions), and when.
@@ -234,7 +235,7 @@ pub(crate) fn new(
         ctx: ctx.clone(),
         g: g.clone(),
         state: state.clone(),
-        head: head_tx,
+        head: Arc::new(head_tx),
         unstable: Vec::new(),
         deferred: Vec::new(),
         adopt,
@@ -263,9 +264,7 @@ impl Lane {
     }
 
     fn publish(&self, seq: u64) {
-        if seq > *self.head.borrow() {
-            self.head.send_replace(seq);
-        }
+        publish_head(&self.head, seq);
     }
 
     fn set_stopped(&self, reason: Option<String>) -> bool {
@@ -280,6 +279,17 @@ impl Lane {
         *st = reason;
         changed
     }
+}
+
+/// Raise a group's head to `seq` (never lowers it), waking the pumps.
+pub(super) fn publish_head(head: &watch::Sender<u64>, seq: u64) {
+    head.send_if_modified(|h| {
+        let higher = seq > *h;
+        if higher {
+            *h = seq;
+        }
+        higher
+    });
 }
 
 /// Run a lane until shutdown. The initial scan was done by the node before peers connect.

@@ -15,6 +15,7 @@ use crate::engine::node::{Ctx, unix_now};
 use crate::fs::safefs::{Place, Temp};
 use crate::item::{Entry, Item, Kind, name};
 use crate::net::protocol::{Msg, WireItem};
+use crate::ops::audit::Rec;
 use crate::store::{Aside, Change, ConflictInfo, Extras, StoreError, enc};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -69,7 +70,7 @@ fn reconcile(ctx: &Ctx, g: &GroupRt, key: &[u8]) -> Result<Option<Entry>, StoreE
         return Ok(local);
     }
     let targets = vec![(key.to_vec(), false)];
-    let s = local::scan_and_commit(ctx, g, &targets, false, false, false)?;
+    let s = local::scan_and_commit(ctx, g, &targets, false, false, false, None)?;
     if s.stopped.is_some() {
         return Ok(local);
     }
@@ -305,11 +306,12 @@ pub(super) async fn prepare(
 /// [`prepare`] for a file whose whole content came with its item (blocking, no task).
 fn prepare_inline(
     fs: &Fs,
+    dirs: &crate::fs::safefs::DirCache,
     item: &Item,
     inline: Option<&[u8]>,
     local: Option<&Entry>,
 ) -> Result<(Place, Temp), ApplyError> {
-    let place = fs.place(&item.key, true)?;
+    let place = fs.place_in(dirs, &item.key, true)?;
     let m = item.meta().ok_or_else(|| ApplyError::Other {
         path: item.show().into_owned(),
         msg: "not a file".into(),
@@ -317,6 +319,14 @@ fn prepare_inline(
     let tmp = fs.assemble(&place, m, inline, local, &[], None)?;
     fs.prepare_meta(&tmp, item)?;
     Ok((place, tmp))
+}
+
+/// The error of an item whose worker thread panicked (it is retried like any failure).
+fn panicked(item: &Item) -> ApplyError {
+    ApplyError::Other {
+        path: item.show().into_owned(),
+        msg: "internal error: the worker writing it panicked".into(),
+    }
 }
 
 /// What executing steps produced.
@@ -501,6 +511,7 @@ impl Lane {
             .partition(|s| !s.item.is_deleted());
         live.sort_by_key(|s| enc(&s.item.key));
         dels.sort_by_key(|s| std::cmp::Reverse(enc(&s.item.key)));
+        let t_plan = t0.elapsed();
         let mut done = Done::default();
         while !live.is_empty() {
             let rest = live.split_off(live.len().min(INSTALL_BATCH));
@@ -529,8 +540,16 @@ impl Lane {
         }
         let from = position.as_ref().map(|p| p.0.clone());
         let (n, bytes) = (done.changes.len(), done.bytes);
+        let t_write = t0.elapsed();
         self.finish_batch(plan, done, position).await;
         let took = t0.elapsed();
+        tracing::debug!(
+            group = %group,
+            "batch of {n}: plan {:?}, write {:?}, commit {:?}",
+            t_plan,
+            t_write - t_plan,
+            took - t_write
+        );
         if n >= 100 || bytes >= 16 << 20 || took >= Duration::from_secs(1) {
             tracing::info!(
                 group = %group,
@@ -583,32 +602,20 @@ impl Lane {
             let fs = Fs { ctx: &ctx, g: &g };
             let mut d = Done::default();
             let mut prepared = prepared;
-            // independent files: written by two threads when there are many (the lane's
-            // serial part is what bounds an initial sync of small files)
-            let one = |i: usize| {
-                let s = &chunk[i];
-                (
-                    i,
-                    prepare_inline(&fs, &s.item, s.inline.as_deref(), s.local.as_ref()),
-                )
-            };
-            let results: Vec<_> = if inline_at.len() >= PARALLEL_PREPARE_MIN {
-                let (left, right) = inline_at.split_at(inline_at.len() / 2);
-                std::thread::scope(|sc| {
-                    let other = sc.spawn(|| right.iter().map(|&i| one(i)).collect::<Vec<_>>());
-                    let mut mine: Vec<_> = left.iter().map(|&i| one(i)).collect();
-                    match other.join() {
-                        Ok(theirs) => mine.extend(theirs),
-                        // the other thread panicked: its half is done here
-                        Err(_) => mine.extend(right.iter().map(|&i| one(i))),
-                    }
-                    mine
-                })
+            // independent files: written, then installed, by several threads when there are
+            // many (the lane's serial part is what bounds an initial sync of small files)
+            let threads = if inline_at.len() >= PARALLEL_PREPARE_MIN {
+                crate::fs::par::threads()
             } else {
-                inline_at.iter().map(|&i| one(i)).collect()
+                1
             };
-            for (i, r) in results {
-                prepared[i] = Some(r);
+            let dirs = crate::fs::safefs::DirCache::default();
+            let written = crate::fs::par::map(inline_at.clone(), threads, |i| {
+                let s = &chunk[i];
+                prepare_inline(&fs, &dirs, &s.item, s.inline.as_deref(), s.local.as_ref())
+            });
+            for (i, r) in inline_at.into_iter().zip(written) {
+                prepared[i] = Some(r.unwrap_or_else(|| Err(panicked(&chunk[i].item))));
             }
             // the temp files' data and metadata reach the disk before any rename
             let any = prepared.iter().flatten().find_map(|p| p.as_ref().ok());
@@ -617,19 +624,39 @@ impl Lane {
             {
                 tracing::warn!(group = %g.name(), "sync before installing: {e}");
             }
+            // directories, symlinks and metadata-only changes first, in key order (parents
+            // before children); then the files, which are leaves, in parallel
+            let mut results: Vec<Option<Result<Entry, ApplyError>>> =
+                (0..chunk.len()).map(|_| None).collect();
+            let mut installs = Vec::new();
             let mut sync_on = None;
-            for (s, p) in chunk.into_iter().zip(prepared) {
-                let r = match p {
+            for (i, (s, p)) in chunk.iter().zip(prepared).enumerate() {
+                match p {
                     Some(Ok((place, tmp))) => {
                         if sync_on.is_none() {
                             sync_on = place.dir_fd().try_clone().ok();
                         }
-                        fs.install_file(&place, &s.item, s.local.as_ref(), tmp)
+                        installs.push((i, place, tmp));
                     }
-                    Some(Err(e)) => Err(e),
-                    None => fs.make(&s.item, s.local.as_ref()),
-                };
-                match r {
+                    Some(Err(e)) => results[i] = Some(Err(e)),
+                    None => results[i] = Some(fs.make(&s.item, s.local.as_ref())),
+                }
+            }
+            let threads = if installs.len() >= PARALLEL_PREPARE_MIN {
+                crate::fs::par::threads()
+            } else {
+                1
+            };
+            let at: Vec<usize> = installs.iter().map(|(i, _, _)| *i).collect();
+            let installed = crate::fs::par::map(installs, threads, |(i, place, tmp)| {
+                let s = &chunk[i];
+                fs.install_file(&place, &s.item, s.local.as_ref(), tmp)
+            });
+            for (i, r) in at.into_iter().zip(installed) {
+                results[i] = Some(r.unwrap_or_else(|| Err(panicked(&chunk[i].item))));
+            }
+            for (s, r) in chunk.into_iter().zip(results) {
+                match r.unwrap_or_else(|| Err(panicked(&s.item))) {
                     Ok(e) => d.ok(&s, e),
                     Err(e) => d.failed.push((s, e)),
                 }
@@ -662,18 +689,27 @@ impl Lane {
             touched,
             bytes,
         } = done;
+        let versions: Vec<String> = changes
+            .iter()
+            .map(|c| c.entry.item.version.display())
+            .collect();
+        self.ctx
+            .audit
+            .log_all(changes.iter().zip(&versions).map(|(c, v)| Rec {
+                group: &group,
+                path: &c.entry.item.key,
+                kind: if c.entry.item.is_deleted() {
+                    "delete"
+                } else {
+                    "apply"
+                },
+                origin: &c.entry.item.origin,
+                version: v,
+                peer: c.entry.from.as_ref().map(|f| f.0.as_str()),
+                detail: None,
+            }));
+        drop(versions);
         for c in &changes {
-            let kind = if c.entry.item.is_deleted() {
-                "delete"
-            } else {
-                "apply"
-            };
-            self.ctx.audit_item(
-                &group,
-                kind,
-                &c.entry.item,
-                c.entry.from.as_ref().map(|f| f.0.as_str()),
-            );
             plan.extras.aside_remove.push(c.entry.item.key.clone());
         }
         let applied = changes.len() as u64;
@@ -714,7 +750,7 @@ impl Lane {
             let attempts = s.attempts + 1;
             if attempts == ASIDE_AFTER {
                 tracing::error!(group = %group, "set aside after {attempts} attempts: {e} (clustersync status lists it; it is still retried)");
-                self.ctx.audit.log(crate::ops::audit::Rec {
+                self.ctx.audit.log(Rec {
                     group: &group,
                     path: &s.item.key,
                     kind: "set-aside",
