@@ -483,7 +483,7 @@ class Cluster:
     def cmd(self, n, *args):
         return [BIN, "-c", self.cfg, "--node", n, "--state-dir", self.state(n), *args]
 
-    def start(self, n, perf_out=None, log=None):
+    def start(self, n, perf_out=None, log=None, wait=True):
         env = dict(os.environ, CLUSTERSYNC_LOG=log or DLOG)
         sock = os.path.join(self.state(n), "control.sock")
         if os.path.exists(sock):  # left by a stopped daemon of ours: wait for the new one's
@@ -498,12 +498,19 @@ class Cluster:
         CHILDREN.append(p)
         self.procs[n] = p
         self.perf[n] = bool(perf_out)
+        if wait:
+            self.wait_up(n)
+        return p
+
+    def wait_up(self, n):
+        """Wait until n's daemon answers on its control socket (its start-up scan is done)."""
+        p = self.procs[n]
+        sock = os.path.join(self.state(n), "control.sock")
         def up():
             if p.poll() is not None:
                 raise BenchError(f"daemon {n} exited with {p.returncode} (log in {KEEP})")
             return os.path.exists(sock)
         wait_until(f"{n}'s control socket", up, 60, 0.005)
-        return p
 
     def pid(self, n):
         """The daemon's pid (the child of perf when profiled)."""
@@ -674,9 +681,12 @@ def scenario_initial():
     os.sync()
     perf = E.get("BENCH_PROFILE_INITIAL") == "1"
     t0 = time.perf_counter()
+    # both daemons start together, as after a cluster's reboot or deploy
     for n in ("a", "b"):
         cl.start(n, perf_out=os.path.join(KEEP, f"perf-initial-{n}.data") if perf else None,
-                 log="clustersync=debug,info" if perf else None)
+                 log="clustersync=debug,info" if perf else None, wait=False)
+    for n in ("a", "b"):
+        cl.wait_up(n)
     c_t = cl.wait_in_sync("b", P.n, TIMEOUT, t0)
     pa, pb = cl.pid("a"), cl.pid("b")
     cpu_a, cpu_b = cpu_of(pa), cpu_of(pb)

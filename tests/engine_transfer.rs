@@ -489,3 +489,38 @@ fn bwlimit_limits_what_a_node_sends_to_a_peer() {
         "4 MiB reached the peer in {took:?} despite bwlimit = 1MiB/s"
     );
 }
+
+/// Issue 12 ("a joining node fetches chunks from several peers at once"): b and c hold a
+/// 48 MiB file; a joins with an empty tree (it dials both). Its content comes from both: each
+/// of b and c serves a share of the chunks (`transfer.chunk_bytes_out`), and a's copy is
+/// identical.
+#[test]
+fn a_joining_node_fetches_chunks_from_several_peers() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    let data = bytes(48 << 20, 12);
+    write(&c.path("b", "big.bin"), &data);
+    c.start("b");
+    c.start("c");
+    wait_until("c has big.bin", WAIT, || {
+        std::fs::read(c.path("c", "big.bin")).is_ok_and(|d| d == data)
+    });
+    let out = |c: &Cluster, n: &str| c.transfer(n)["chunk_bytes_out"].as_u64().unwrap_or(0);
+    let (b0, c0) = (out(&c, "b"), out(&c, "c"));
+    c.start("a");
+    wait_until("a has big.bin", WAIT, || {
+        std::fs::read(c.path("a", "big.bin")).is_ok_and(|d| d == data)
+    });
+    let (b1, c1) = (out(&c, "b") - b0, out(&c, "c") - c0);
+    println!("chunk bytes served to the joining node: b {b1}, c {c1}");
+    let total = (b1 + c1) as f64;
+    assert!(
+        total >= data.len() as f64 * 0.9,
+        "a's content came as chunks: b {b1}, c {c1}"
+    );
+    for (n, served) in [("b", b1), ("c", c1)] {
+        assert!(
+            served as f64 >= total * 0.2,
+            "{n} served {served} of {total} chunk bytes to the joining node"
+        );
+    }
+}

@@ -1,8 +1,10 @@
-//! Content that a lane needs from peers: chunks asked for by hash, from the peer that sent the
-//! item first (it has the content), then from any other connected peer of the group. Shared by
-//! every lane; each request is bounded ([`MAX_CHUNKS_PER_REQUEST`] chunks, [`REQUEST_BYTES`]),
-//! a few are in flight per file ([`WINDOW`]), and every chunk is checked (length and BLAKE3)
-//! before it is handed over, in order.
+//! Content that a lane needs from peers: chunks asked for by hash. A file's requests go in turn
+//! to every connected peer of the group, the one that sent the item first (it has the
+//! content), so a joining node reads from several peers at once; what another peer does not
+//! have yet is asked of the sender again in one request, then chunk by chunk of anyone.
+//! Shared by every lane; each request is bounded ([`MAX_CHUNKS_PER_REQUEST`] chunks,
+//! [`REQUEST_BYTES`]), a few are in flight per file ([`WINDOW`]), and every chunk is checked
+//! (length and BLAKE3) before it is handed over, in order.
 
 use crate::engine::node::Ctx;
 use crate::item::{ChunkRef, Hash};
@@ -99,39 +101,56 @@ pub async fn fetch(
             r.push(c);
         }
     }
-    let first = sources(&ctx, &group, prefer.as_deref()).into_iter().next();
     type Pending = (
         Vec<ChunkRef>,
         Option<tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>>,
+        bool,
     );
     let mut inflight: VecDeque<Pending> = VecDeque::new();
     let mut next = requests.into_iter();
+    let mut turn = 0usize;
     loop {
         while inflight.len() < WINDOW {
             let Some(r) = next.next() else { break };
-            let rx = match &first {
+            // round robin over the sources, the sender first (looked up for each request: a
+            // joining node's links come up one after the other)
+            let srcs = sources(&ctx, &group, prefer.as_deref());
+            let at = turn % srcs.len().max(1);
+            turn += 1;
+            let rx = match srcs.get(at) {
                 Some(l) => {
                     let hashes: Vec<Hash> = r.iter().map(|c| c.hash).collect();
                     l.get_chunks(&group, hashes).await
                 }
                 None => None,
             };
-            inflight.push_back((r, rx));
+            inflight.push_back((r, rx, at == 0));
         }
-        let Some((chunks, rx)) = inflight.pop_front() else {
+        let Some((chunks, rx, from_first)) = inflight.pop_front() else {
             return;
         };
-        let reply = match rx {
-            Some(rx) => tokio::time::timeout(ANSWER_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default(),
+        let mut reply = match rx {
+            Some(rx) => answer(rx).await,
             None => Vec::new(),
         };
-        let mut reply = reply.into_iter();
-        for c in &chunks {
-            let mut d = reply.next().flatten().filter(|d| valid(d, c));
+        reply.resize(chunks.len(), None);
+        let missing: Vec<usize> = (0..chunks.len())
+            .filter(|&i| !reply[i].as_deref().is_some_and(|d| valid(d, &chunks[i])))
+            .collect();
+        // another peer did not have all of it (yet): the sender has
+        if !missing.is_empty()
+            && !from_first
+            && let Some(l) = sources(&ctx, &group, prefer.as_deref()).first()
+            && let Some(rx) = l
+                .get_chunks(&group, missing.iter().map(|&i| chunks[i].hash).collect())
+                .await
+        {
+            for (&i, d) in missing.iter().zip(answer(rx).await) {
+                reply[i] = d;
+            }
+        }
+        for (c, d) in chunks.iter().zip(reply) {
+            let mut d = d.filter(|d| valid(d, c));
             if d.is_none() {
                 d = one_anywhere(&ctx, &group, c, 0).await;
             }
@@ -146,4 +165,13 @@ pub async fn fetch(
             }
         }
     }
+}
+
+/// A peer's answer to a chunk request, or nothing after [`ANSWER_TIMEOUT`].
+async fn answer(rx: tokio::sync::oneshot::Receiver<Vec<Option<Vec<u8>>>>) -> Vec<Option<Vec<u8>>> {
+    tokio::time::timeout(ANSWER_TIMEOUT, rx)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default()
 }

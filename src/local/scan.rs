@@ -739,10 +739,7 @@ impl<'a> Scanner<'a> {
             let r = match d.seen {
                 Some(r) => r,
                 // a worker that panicked: looked at again later
-                None => read
-                    .next()
-                    .flatten()
-                    .unwrap_or(Err(ObserveError::Unstable)),
+                None => read.next().flatten().unwrap_or(Err(ObserveError::Unstable)),
             };
             self.record(&d.key, d.old.as_ref(), r, out);
         }
