@@ -27,7 +27,7 @@ use crate::fs::chunk::MAX_CHUNK;
 use crate::fs::safefs::{FsError, Place, SetMeta, Temp};
 use crate::fs::xattr;
 use crate::item::{Body, ChunkRef, Entry, Hash, Item, Kind, Meta, name};
-use crate::local::scan::{kind_of, quick_match};
+use crate::local::scan::{kind_of, quick_match_stat, quick_of_stat};
 use crate::net::protocol::{INLINE_MAX, WireItem};
 use crate::store::Change;
 use std::collections::{BTreeSet, HashMap};
@@ -292,22 +292,24 @@ impl<'a> Fs<'a> {
         local: Option<&Entry>,
         dir_ok: bool,
     ) -> Result<bool, ApplyError> {
-        let md = std::fs::symlink_metadata(name::real(&self.ctx.root, &place.path));
+        // relative to the directory the install will rename into, not by walking the path
+        let Some(st) = place.stat()? else {
+            return Ok(true);
+        };
+        let now = quick_of_stat(&st);
         let live = local.filter(|l| !l.item.is_deleted());
-        Ok(match (live, md) {
-            (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => true,
-            (_, Err(e)) => return Err(other(&place.path, e)),
-            (None, Ok(md)) => dir_ok && md.is_dir(),
-            (Some(l), Ok(md)) => {
+        Ok(match live {
+            None => dir_ok && now.kind == Some(Kind::Dir),
+            Some(l) => {
                 let q = l.quick();
                 if q.kind == Some(Kind::Dir) {
-                    md.is_dir()
-                        && q.ino == md.ino()
-                        && q.mode == md.mode() & 0o7777
-                        && q.uid == md.uid()
-                        && q.gid == md.gid()
+                    now.kind == Some(Kind::Dir)
+                        && q.ino == now.ino
+                        && q.mode == now.mode & 0o7777
+                        && q.uid == now.uid
+                        && q.gid == now.gid
                 } else {
-                    quick_match(&q, &md)
+                    quick_match_stat(&q, &st)
                 }
             }
         })
@@ -449,7 +451,7 @@ impl<'a> Fs<'a> {
         }
         self.clear_dir_for(place, local)?;
         place.install_synced(tmp)?;
-        self.finish(item)
+        self.finish_at(place, item)
     }
 
     /// Give the temporary file its metadata and attributes (before it is made durable).
@@ -628,30 +630,41 @@ impl<'a> Fs<'a> {
     /// ids).
     pub fn finish(&self, item: &Item) -> Result<Entry, ApplyError> {
         let real = name::real(&self.ctx.root, &item.key);
-        let md = match std::fs::symlink_metadata(&real) {
-            Ok(md) => md,
-            // removed locally the instant after we installed it: record what we installed;
-            // the watcher's scan of the deletion then makes a tombstone
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Entry::new(item.clone()));
-            }
-            Err(e) => return Err(other(&item.key, e)),
+        let st = match rustix::fs::lstat(&real) {
+            Ok(st) => Some(st),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(other(&item.key, std::io::Error::from(e))),
         };
+        self.finish_with(item, st)
+    }
+
+    /// [`Fs::finish`] for the entry just installed at `place` (no walk of the path again).
+    fn finish_at(&self, place: &Place, item: &Item) -> Result<Entry, ApplyError> {
+        self.finish_with(item, place.stat()?)
+    }
+
+    fn finish_with(&self, item: &Item, st: Option<rustix::fs::Stat>) -> Result<Entry, ApplyError> {
+        // removed locally the instant after we installed it: record what we installed; the
+        // watcher's scan of the deletion then makes a tombstone
+        let Some(st) = st else {
+            return Ok(Entry::new(item.clone()));
+        };
+        let md = crate::local::scan::quick_of_stat(&st);
         let mut item = item.clone();
         if let Some(m) = item.meta_mut() {
             // local ids may differ from the sender's (by-name mapping); names stay the sender's
-            m.owner.uid = md.uid();
-            m.owner.gid = md.gid();
+            m.owner.uid = md.uid;
+            m.owner.gid = md.gid;
             if m.owner.user.is_none() || m.owner.group.is_none() {
-                let local = self.ctx.owners.describe(md.uid(), md.gid());
+                let local = self.ctx.owners.describe(md.uid, md.gid);
                 m.owner.user = m.owner.user.take().or(local.user);
                 m.owner.group = m.owner.group.take().or(local.group);
             }
         }
         let mut e = Entry::new(item);
-        e.ino = md.ino();
-        e.ctime_s = md.ctime();
-        e.ctime_ns = md.ctime_nsec() as u32;
+        e.ino = md.ino;
+        e.ctime_s = md.ctime_s;
+        e.ctime_ns = md.ctime_ns;
         Ok(e)
     }
 

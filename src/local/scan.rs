@@ -134,17 +134,68 @@ pub fn kind_of(md: &Metadata) -> Option<Kind> {
 
 /// Does the quick-check view still describe what `md` shows, without reading content?
 pub fn quick_match(q: &QuickStat, md: &Metadata) -> bool {
+    quick_same(
+        q,
+        &QuickStat {
+            live: true,
+            kind: kind_of(md),
+            size: md.len(),
+            mtime_s: md.mtime(),
+            mtime_ns: md.mtime_nsec() as u32,
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            ino: md.ino(),
+            ctime_s: md.ctime(),
+            ctime_ns: md.ctime_nsec() as u32,
+        },
+    )
+}
+
+/// [`quick_match`] for a `statat` of a resolved place (no walk of the path again).
+pub fn quick_match_stat(q: &QuickStat, st: &rustix::fs::Stat) -> bool {
+    quick_same(q, &quick_of_stat(st))
+}
+
+/// The quick-check view of a `stat` result (`mode` with its file type bits).
+// `time_t` is `i64` here but not on every target
+#[allow(clippy::unnecessary_cast)]
+pub fn quick_of_stat(st: &rustix::fs::Stat) -> QuickStat {
+    use rustix::fs::FileType;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Some(Kind::File),
+        FileType::Directory => Some(Kind::Dir),
+        FileType::Symlink => Some(Kind::Symlink),
+        _ => None,
+    };
+    QuickStat {
+        live: true,
+        kind,
+        size: st.st_size as u64,
+        mtime_s: st.st_mtime as i64,
+        mtime_ns: st.st_mtime_nsec as u32,
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        ino: st.st_ino,
+        ctime_s: st.st_ctime as i64,
+        ctime_ns: st.st_ctime_nsec as u32,
+    }
+}
+
+/// The index's view `q` against what is on disk now (`now.mode` with its file type bits).
+fn quick_same(q: &QuickStat, now: &QuickStat) -> bool {
     q.live
-        && q.kind == kind_of(md)
-        && q.ino == md.ino()
-        && q.ctime_s == md.ctime()
-        && q.ctime_ns == md.ctime_nsec() as u32
-        && q.mtime_s == md.mtime()
-        && q.mtime_ns == md.mtime_nsec() as u32
-        && (q.kind != Some(Kind::File) || q.size == md.len())
-        && (q.kind == Some(Kind::Symlink) || q.mode == md.mode() & 0o7777)
-        && q.uid == md.uid()
-        && q.gid == md.gid()
+        && q.kind == now.kind
+        && q.ino == now.ino
+        && q.ctime_s == now.ctime_s
+        && q.ctime_ns == now.ctime_ns
+        && q.mtime_s == now.mtime_s
+        && q.mtime_ns == now.mtime_ns
+        && (q.kind != Some(Kind::File) || q.size == now.size)
+        && (q.kind == Some(Kind::Symlink) || q.mode == now.mode & 0o7777)
+        && q.uid == now.uid
+        && q.gid == now.gid
 }
 
 /// Why an entry could not be observed.
@@ -204,11 +255,8 @@ pub fn observe(
                 chunks = m.chunks.clone();
                 md = before;
             } else {
-                let c = chunk::identify(
-                    std::io::BufReader::with_capacity(256 * 1024, &f),
-                    before.len(),
-                )
-                .map_err(ObserveError::Io)?;
+                // no buffer of our own: small files are read whole, FastCDC buffers the rest
+                let c = chunk::identify(&f, before.len()).map_err(ObserveError::Io)?;
                 let after = f.metadata().map_err(ObserveError::Io)?;
                 if after.len() != before.len()
                     || after.mtime() != before.mtime()
