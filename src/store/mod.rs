@@ -965,7 +965,8 @@ impl Store {
     }
 
     /// Remove tombstones of `group` with a sequence number at most `upto` (every member has
-    /// confirmed them). Returns how many went.
+    /// confirmed them), except those of paths with an item set aside here. Returns how many
+    /// went.
     pub fn collect_tombstones(&self, group: &str, upto: u64) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut n = 0u64;
@@ -974,6 +975,7 @@ impl Store {
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
             let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
             let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
+            let aside = tx.open_table(ASIDE).map_err(|e| self.err(e))?;
             let mut stats = stats_t
                 .get(group)
                 .map_err(|e| self.err(e))?
@@ -991,6 +993,16 @@ impl Store {
                 }
             }
             for (seq, key) in gone {
+                // an item of this path set aside here (an older version that could not be
+                // applied yet) must still meet the deletion when it is retried, or it would
+                // bring the path back
+                if aside
+                    .get((group, key.as_slice()))
+                    .map_err(|e| self.err(e))?
+                    .is_some()
+                {
+                    continue;
+                }
                 tombs.remove((group, seq)).map_err(|e| self.err(e))?;
                 bs.remove((group, seq)).map_err(|e| self.err(e))?;
                 let live = match items
@@ -1256,6 +1268,28 @@ mod tests {
             assert_eq!(ix.stats("g").unwrap().tombstones, 1);
             assert_eq!(ix.stats("g").unwrap().files, 2);
             assert_eq!(ix.collect_tombstones("g", s - 1).unwrap(), 0);
+            // not while an older version of the path waits set aside here: its retry must
+            // still meet the deletion
+            let aside = Aside {
+                item: entry(b"/r/a/b", 1).item,
+                peer: "b".into(),
+                peer_inc: 1,
+                error: "not yet".into(),
+                attempts: 1,
+                since: 0,
+            };
+            let put = Extras {
+                aside_put: vec![aside],
+                ..Default::default()
+            };
+            ix.commit("g", vec![], put).unwrap();
+            assert_eq!(ix.collect_tombstones("g", s).unwrap(), 0);
+            assert!(ix.get("g", b"/r/a/b").unwrap().is_some());
+            let gone = Extras {
+                aside_remove: vec![b"/r/a/b".to_vec()],
+                ..Default::default()
+            };
+            ix.commit("g", vec![], gone).unwrap();
             assert_eq!(ix.collect_tombstones("g", s).unwrap(), 1);
             assert!(ix.get("g", b"/r/a/b").unwrap().is_none());
             assert_eq!(ix.stats("g").unwrap().tombstones, 0);
