@@ -635,21 +635,21 @@ impl<'a> Fs<'a> {
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => return Err(other(&item.key, std::io::Error::from(e))),
         };
-        self.finish_with(item, st)
+        Ok(self.finish_with(item, st))
     }
 
     /// [`Fs::finish`] for the entry just installed at `place` (no walk of the path again).
     fn finish_at(&self, place: &Place, item: &Item) -> Result<Entry, ApplyError> {
-        self.finish_with(item, place.stat()?)
+        Ok(self.finish_with(item, place.stat()?))
     }
 
-    fn finish_with(&self, item: &Item, st: Option<rustix::fs::Stat>) -> Result<Entry, ApplyError> {
+    fn finish_with(&self, item: &Item, st: Option<rustix::fs::Stat>) -> Entry {
         // removed locally the instant after we installed it: record what we installed; the
         // watcher's scan of the deletion then makes a tombstone
         let Some(st) = st else {
-            return Ok(Entry::new(item.clone()));
+            return Entry::new(item.clone());
         };
-        let md = crate::local::scan::quick_of_stat(&st);
+        let md = quick_of_stat(&st);
         let mut item = item.clone();
         if let Some(m) = item.meta_mut() {
             // local ids may differ from the sender's (by-name mapping); names stay the sender's
@@ -665,7 +665,7 @@ impl<'a> Fs<'a> {
         e.ino = md.ino;
         e.ctime_s = md.ctime_s;
         e.ctime_ns = md.ctime_ns;
-        Ok(e)
+        e
     }
 
     /// Put back the mtime of directories whose children changed (deepest first) and refresh

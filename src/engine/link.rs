@@ -954,22 +954,12 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
         }
         if !b.items.is_empty() || announce_empty {
             let n = b.items.len();
-            let versions: Vec<String> = b.items.iter().map(|w| w.item.version.display()).collect();
-            ctx.audit.log_all(
+            ctx.audit_items(
+                &group,
                 b.items
                     .iter()
-                    .zip(&versions)
-                    .map(|(w, v)| crate::ops::audit::Rec {
-                        group: &group,
-                        path: &w.item.key,
-                        kind: "sent",
-                        origin: &w.item.origin,
-                        version: v,
-                        peer: Some(&link.peer),
-                        detail: None,
-                    }),
+                    .map(|w| ("sent", &w.item, Some(link.peer.as_str()))),
             );
-            drop(versions);
             {
                 let mut p = lock(&link.pumps);
                 let e = p.entry(group.clone()).or_default();

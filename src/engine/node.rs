@@ -383,15 +383,29 @@ impl Ctx {
 
     /// One audit line about an item.
     pub fn audit_item(&self, group: &str, kind: &str, item: &Item, peer: Option<&str>) {
-        self.audit.log(Rec {
-            group,
-            path: &item.key,
-            kind,
-            origin: &item.origin,
-            version: &item.version.display(),
-            peer,
-            detail: None,
-        });
+        self.audit_items(group, [(kind, item, peer)]);
+    }
+
+    /// Audit lines about items (kind, item, peer), written together.
+    pub fn audit_items<'a>(
+        &self,
+        group: &str,
+        items: impl IntoIterator<Item = (&'a str, &'a Item, Option<&'a str>)>,
+    ) {
+        let lines: Vec<_> = items
+            .into_iter()
+            .map(|(kind, item, peer)| (kind, item, peer, item.version.display()))
+            .collect();
+        self.audit
+            .log_all(lines.iter().map(|(kind, item, peer, version)| Rec {
+                group,
+                path: &item.key,
+                kind,
+                origin: &item.origin,
+                version,
+                peer: *peer,
+                detail: None,
+            }));
     }
 
     pub fn audit_refused(&self, peer: &str, msg: &str) {

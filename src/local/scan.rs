@@ -43,12 +43,11 @@ pub const FLUSH_EVERY: usize = 10_000;
 pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 /// ... but never fewer changes than this at a time.
 pub const FLUSH_MIN: usize = 256;
-/// Files whose content must be read are hashed this many at a time, on several threads.
+/// Entries that differ from the index are recorded this many at a time; the files among them
+/// are read and hashed together, on several threads.
 const HASH_BATCH: usize = 128;
 /// ... or once this many bytes wait.
 const HASH_BATCH_BYTES: u64 = 64 << 20;
-/// Most threads hashing at once.
-const HASH_THREADS: usize = 4;
 
 /// An entry the walk met that differs from the index: a file whose content must be read is
 /// observed later, with others, in parallel; the rest is observed at once (`seen`). All are
@@ -63,13 +62,13 @@ struct Deferred {
 /// Entries waiting to be recorded, in walk order.
 #[derive(Default)]
 struct Pending {
-    files: Vec<Deferred>,
+    entries: Vec<Deferred>,
     bytes: u64,
 }
 
 impl Pending {
     fn full(&self) -> bool {
-        self.files.len() >= HASH_BATCH || self.bytes >= HASH_BATCH_BYTES
+        self.entries.len() >= HASH_BATCH || self.bytes >= HASH_BATCH_BYTES
     }
 }
 
@@ -510,7 +509,7 @@ impl<'a> Scanner<'a> {
                 }
             }
             (Ok(md), Want::Sync) => {
-                self.visit(target, md, known.as_ref(), &mut pending, &mut out)?;
+                self.visit(target, md, known.as_ref(), &mut pending)?;
                 self.drain(&mut pending, &mut out);
             }
             (Ok(_), Want::Traverse) => {}
@@ -622,7 +621,7 @@ impl<'a> Scanner<'a> {
                     }
                     continue;
                 }
-                Want::Sync => self.visit(&child, &cmd, known.as_ref(), &mut pending, &mut out)?,
+                Want::Sync => self.visit(&child, &cmd, known.as_ref(), &mut pending)?,
                 Want::Traverse => {}
             }
             if pending.full() {
@@ -641,8 +640,8 @@ impl<'a> Scanner<'a> {
                     }
                 }
             }
-            if out.changes.len() + pending.files.len() >= FLUSH_MIN
-                && (out.changes.len() + pending.files.len() >= FLUSH_EVERY
+            if out.changes.len() + pending.entries.len() >= FLUSH_MIN
+                && (out.changes.len() + pending.entries.len() >= FLUSH_EVERY
                     || last_flush.elapsed() >= FLUSH_AFTER)
             {
                 self.drain(&mut pending, &mut out);
@@ -711,15 +710,15 @@ impl<'a> Scanner<'a> {
         Ok(names)
     }
 
-    /// Compare one existing entry with what the index knew. A file whose content must be
-    /// read is queued in `pending` (see [`Scanner::drain`]); the rest is observed at once.
+    /// Compare one existing entry with what the index knew; one that differs is queued in
+    /// `pending` to be recorded in walk order ([`Scanner::drain`]): a file whose content must
+    /// be read is observed there, the rest at once.
     fn visit(
         &self,
         key: &[u8],
         md: &Metadata,
         known: Option<&QuickStat>,
         pending: &mut Pending,
-        out: &mut ScanOut,
     ) -> Result<(), StoreError> {
         if known.is_some_and(|q| quick_match(q, md)) {
             return Ok(());
@@ -735,16 +734,12 @@ impl<'a> Scanner<'a> {
         } else {
             Some(self.observe_one(key, md, old.as_ref()))
         };
-        pending.files.push(Deferred {
+        pending.entries.push(Deferred {
             key: key.to_vec(),
             md: md.clone(),
             old,
             seen,
         });
-        if pending.files.len() == 1 && pending.files[0].seen.is_some() {
-            // nothing before it waits: recorded at once
-            self.drain(pending, out);
-        }
         Ok(())
     }
 
@@ -764,18 +759,18 @@ impl<'a> Scanner<'a> {
         )
     }
 
-    /// Observe the queued files (reading and hashing their content on up to
-    /// [`HASH_THREADS`] threads when there are several) and record them in walk order.
+    /// Observe the queued entries (the files' content read and hashed on several threads when
+    /// there are enough, see [`crate::fs::par::threads`]) and record them in walk order.
     fn drain(&self, pending: &mut Pending, out: &mut ScanOut) {
-        let files = std::mem::take(&mut pending.files);
+        let entries = std::mem::take(&mut pending.entries);
         let bytes = std::mem::take(&mut pending.bytes);
-        if files.is_empty() {
+        if entries.is_empty() {
             return;
         }
-        let reads: Vec<&Deferred> = files.iter().filter(|d| d.seen.is_none()).collect();
+        let reads: Vec<&Deferred> = entries.iter().filter(|d| d.seen.is_none()).collect();
         // a thread costs more than reading a few small files
         let threads = if reads.len() >= 8 || bytes >= 4 << 20 {
-            crate::fs::par::threads().min(HASH_THREADS)
+            crate::fs::par::threads()
         } else {
             1
         };
@@ -783,7 +778,7 @@ impl<'a> Scanner<'a> {
             self.observe_one(&d.key, &d.md, d.old.as_ref())
         })
         .into_iter();
-        for d in files {
+        for d in entries {
             let r = match d.seen {
                 Some(r) => r,
                 // a worker that panicked: looked at again later

@@ -20,7 +20,7 @@ pub const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
+    time: &'a str,
     group: &'a str,
     path: &'a str,
     kind: &'a str,
@@ -96,7 +96,7 @@ impl Audit {
         for r in recs {
             let shown = name::show(r.path);
             let line = Line {
-                time: time.clone(),
+                time: &time,
                 group: r.group,
                 path: &shown,
                 kind: r.kind,

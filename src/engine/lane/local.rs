@@ -121,25 +121,17 @@ pub(super) fn commit_local(
             c.announce = false;
         }
     }
-    let versions: Vec<(&crate::item::Item, String)> = store
-        .iter()
-        .filter(|c| c.announce)
-        .map(|c| (&c.entry.item, c.entry.item.version.display()))
-        .collect();
-    ctx.audit
-        .log_all(versions.iter().map(|(item, v)| crate::ops::audit::Rec {
-            group: name,
-            path: &item.key,
-            kind: if item.is_deleted() {
+    ctx.audit_items(
+        name,
+        store.iter().filter(|c| c.announce).map(|c| {
+            let kind = if c.entry.item.is_deleted() {
                 "local-delete"
             } else {
                 "local-change"
-            },
-            origin: &item.origin,
-            version: v,
-            ..Default::default()
-        }));
-    drop(versions);
+            };
+            (kind, &c.entry.item, None)
+        }),
+    );
     let announced: Vec<Vec<u8>> = store
         .iter()
         .filter(|c| c.announce)
@@ -278,7 +270,7 @@ impl Lane {
         self.after_scan(r);
     }
 
-    /// The scan at start-up, before peers connect.
+    /// The scan at start-up (peers may connect meanwhile; each flush is published to them).
     pub(crate) async fn initial_scan(&mut self) {
         if self.g.is_accounts() {
             self.accounts_scan().await;

@@ -292,7 +292,8 @@ pub(super) fn publish_head(head: &watch::Sender<u64>, seq: u64) {
     });
 }
 
-/// Run a lane until shutdown. The initial scan was done by the node before peers connect.
+/// Run a lane until shutdown. The initial scan was done by the node first (peers may already
+/// be connected: their batches waited in the queue).
 pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>) {
     let mut shutdown = lane.ctx.shutdown_rx();
     let mut tick = tokio::time::interval(TICK);

@@ -26,8 +26,18 @@ use std::time::{Duration, Instant};
 pub const FETCH_FILES: usize = 8;
 /// Files installed per durability flush at most (each holds an open descriptor until then).
 const INSTALL_BATCH: usize = 256;
-/// From this many small files in an install batch on, two threads write them.
+/// From this many files in an install batch on, they are written (and then installed) on
+/// several threads.
 const PARALLEL_PREPARE_MIN: usize = 32;
+
+/// Threads for `n` independent files of an install batch.
+fn threads_for(n: usize) -> usize {
+    if n >= PARALLEL_PREPARE_MIN {
+        crate::fs::par::threads()
+    } else {
+        1
+    }
+}
 /// Attempts after which an item counts as set aside for good (it is still retried, slowly).
 pub const ASIDE_AFTER: u32 = 10;
 
@@ -604,11 +614,7 @@ impl Lane {
             let mut prepared = prepared;
             // independent files: written, then installed, by several threads when there are
             // many (the lane's serial part is what bounds an initial sync of small files)
-            let threads = if inline_at.len() >= PARALLEL_PREPARE_MIN {
-                crate::fs::par::threads()
-            } else {
-                1
-            };
+            let threads = threads_for(inline_at.len());
             let dirs = crate::fs::safefs::DirCache::default();
             let written = crate::fs::par::map(inline_at.clone(), threads, |i| {
                 let s = &chunk[i];
@@ -642,11 +648,7 @@ impl Lane {
                     None => results[i] = Some(fs.make(&s.item, s.local.as_ref())),
                 }
             }
-            let threads = if installs.len() >= PARALLEL_PREPARE_MIN {
-                crate::fs::par::threads()
-            } else {
-                1
-            };
+            let threads = threads_for(installs.len());
             let at: Vec<usize> = installs.iter().map(|(i, _, _)| *i).collect();
             let installed = crate::fs::par::map(installs, threads, |(i, place, tmp)| {
                 let s = &chunk[i];
@@ -689,26 +691,21 @@ impl Lane {
             touched,
             bytes,
         } = done;
-        let versions: Vec<String> = changes
-            .iter()
-            .map(|c| c.entry.item.version.display())
-            .collect();
-        self.ctx
-            .audit
-            .log_all(changes.iter().zip(&versions).map(|(c, v)| Rec {
-                group: &group,
-                path: &c.entry.item.key,
-                kind: if c.entry.item.is_deleted() {
+        self.ctx.audit_items(
+            &group,
+            changes.iter().map(|c| {
+                let kind = if c.entry.item.is_deleted() {
                     "delete"
                 } else {
                     "apply"
-                },
-                origin: &c.entry.item.origin,
-                version: v,
-                peer: c.entry.from.as_ref().map(|f| f.0.as_str()),
-                detail: None,
-            }));
-        drop(versions);
+                };
+                (
+                    kind,
+                    &c.entry.item,
+                    c.entry.from.as_ref().map(|f| f.0.as_str()),
+                )
+            }),
+        );
         for c in &changes {
             plan.extras.aside_remove.push(c.entry.item.key.clone());
         }
