@@ -208,12 +208,17 @@ pub enum ProtocolError {
 impl Msg {
     /// Encode a message as one frame.
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
-        let v = postcard::to_extend(self, vec![CODEC_PLAIN])
-            .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-        if v.len() > MAX_FRAME {
-            return Err(ProtocolError::TooLarge(v.len()));
+        // sized first (a walk that copies nothing), so a frame of file content is built in one
+        // allocation instead of growing by doubling, and an oversized one is never built
+        let size = postcard::experimental::serialized_size(self)
+            .map_err(|e| ProtocolError::Malformed(e.to_string()))?
+            + 1;
+        if size > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(size));
         }
-        Ok(v)
+        let mut v = Vec::with_capacity(size);
+        v.push(CODEC_PLAIN);
+        postcard::to_extend(self, v).map_err(|e| ProtocolError::Malformed(e.to_string()))
     }
 
     /// Encode a message as one frame, compressed with zstd when that pays.

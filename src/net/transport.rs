@@ -280,10 +280,14 @@ impl LinkWriter {
         if body.len() > MAX_FRAME {
             return Err(TransportError::TooLarge(body.len()));
         }
-        let mut framed = Vec::with_capacity(body.len() + 4);
-        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        framed.extend_from_slice(body);
-        for piece in framed.chunks(MAX_PLAIN) {
+        // the packets carry the 4-byte length and then the body, cut every MAX_PLAIN bytes:
+        // only the first packet's plaintext is put together, the rest is encrypted in place
+        let split = body.len().min(MAX_PLAIN - 4);
+        let mut first = Vec::with_capacity(4 + split);
+        first.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        first.extend_from_slice(&body[..split]);
+        let pieces = std::iter::once(first.as_slice()).chain(body[split..].chunks(MAX_PLAIN));
+        for piece in pieces {
             let n = self
                 .state
                 .write_message(self.nonce, piece, &mut self.buf)
@@ -398,6 +402,18 @@ mod tests {
         drop(srv);
     }
 
+    const SIZES: &[usize] = &[
+        0,
+        1,
+        MAX_PLAIN - 5,
+        MAX_PLAIN - 4,
+        MAX_PLAIN - 3,
+        MAX_PLAIN,
+        2 * MAX_PLAIN - 4,
+        2 * MAX_PLAIN + 7,
+        1_000_000,
+    ];
+
     #[tokio::test]
     async fn large_message_roundtrip_and_unknown_key() {
         let a = Identity::generate().unwrap();
@@ -410,8 +426,10 @@ mod tests {
             let (s, _) = l.accept().await.unwrap();
             let mut link = accept(s, &b2, |id| id == a_id).await.unwrap();
             assert_eq!(link.version, MAX_VERSION);
-            let m = link.reader.recv_frame(IDLE).await.unwrap();
-            link.writer.send_frame(&m).await.unwrap();
+            for _ in 0..SIZES.len() {
+                let m = link.reader.recv_frame(IDLE).await.unwrap();
+                link.writer.send_frame(&m).await.unwrap();
+            }
             // second connection, from an unknown key
             let (s, _) = l.accept().await.unwrap();
             let a_id2 = link.remote_id.clone();
@@ -419,9 +437,16 @@ mod tests {
         });
         let s = TcpStream::connect(addr).await.unwrap();
         let mut link = connect(s, &a, "b", &b.id()).await.unwrap();
-        let big = vec![9u8; 1_000_000];
-        link.writer.send_frame(&big).await.unwrap();
-        assert_eq!(link.reader.recv_frame(IDLE).await.unwrap(), big);
+        // frames around the packet boundaries (the first packet carries the length too)
+        for &n in SIZES {
+            let frame: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
+            link.writer.send_frame(&frame).await.unwrap();
+            assert_eq!(
+                link.reader.recv_frame(IDLE).await.unwrap(),
+                frame,
+                "{n} bytes"
+            );
+        }
         let stranger = Identity::generate().unwrap();
         let s = TcpStream::connect(addr).await.unwrap();
         let _ = connect(s, &stranger, "b", &b.id()).await;
