@@ -30,6 +30,7 @@ use crate::item::{Body, ChunkRef, Entry, Hash, Item, Kind, Meta, name};
 use crate::local::scan::{kind_of, quick_match_stat, quick_of_stat};
 use crate::net::protocol::{INLINE_MAX, WireItem};
 use crate::store::Change;
+use rustix::fs::Stat;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -293,12 +294,17 @@ impl<'a> Fs<'a> {
         dir_ok: bool,
     ) -> Result<bool, ApplyError> {
         // relative to the directory the install will rename into, not by walking the path
-        let Some(st) = place.stat()? else {
-            return Ok(true);
+        Ok(self.unchanged_stat(place.stat()?.as_ref(), local, dir_ok))
+    }
+
+    /// [`Self::unchanged`] with the target's lstat (`None`: absent) just taken.
+    fn unchanged_stat(&self, st: Option<&Stat>, local: Option<&Entry>, dir_ok: bool) -> bool {
+        let Some(st) = st else {
+            return true;
         };
-        let now = quick_of_stat(&st);
+        let now = quick_of_stat(st);
         let live = local.filter(|l| !l.item.is_deleted());
-        Ok(match live {
+        match live {
             None => dir_ok && now.kind == Some(Kind::Dir),
             Some(l) => {
                 let q = l.quick();
@@ -309,10 +315,10 @@ impl<'a> Fs<'a> {
                         && q.uid == now.uid
                         && q.gid == now.gid
                 } else {
-                    quick_match_stat(&q, &st)
+                    quick_match_stat(&q, st)
                 }
             }
-        })
+        }
     }
 
     /// Keep the current content of the file at `place` (described by `local`) as a backup.
@@ -439,7 +445,9 @@ impl<'a> Fs<'a> {
         local: Option<&Entry>,
         tmp: Temp,
     ) -> Result<Entry, ApplyError> {
-        if !self.unchanged(place, local, false)? {
+        // one lstat for the re-check and for what is in the way
+        let st = place.stat()?;
+        if !self.unchanged_stat(st.as_ref(), local, false) {
             return Err(ApplyError::Changed {
                 path: item.show().into_owned(),
             });
@@ -449,32 +457,44 @@ impl<'a> Fs<'a> {
         {
             self.backup(place, l);
         }
-        self.clear_dir_for(place, local)?;
-        place.install_synced(tmp)?;
+        let st = self.clear_dir_for_stat(place, st)?;
+        place.install_synced(tmp, st.as_ref())?;
         self.finish_at(place, item)
     }
 
     /// Give the temporary file its metadata and attributes (before it is made durable).
     pub fn prepare_meta(&self, tmp: &Temp, item: &Item) -> Result<(), ApplyError> {
         let m = item.meta().ok_or_else(|| other(&item.key, "not a file"))?;
-        crate::fs::safefs::set_meta_fd(&tmp.file, &self.set_meta(m))
-            .map_err(|e| other(&item.key, format!("set metadata: {e}")))?;
+        let sm = self.set_meta(m);
+        let err = |e| other(&item.key, format!("set metadata: {e}"));
+        // owner first (a chown drops capabilities and setuid bits), then the attributes, then
+        // the mode (which sets an ACL's mask to the group bits, as on the source) and the
+        // mtime, last: each call once
+        crate::fs::safefs::set_owner_fd(&tmp.file, &sm).map_err(err)?;
         self.apply_xattrs_fd(&tmp.file, m, &item.key)?;
-        // chmod may have rewritten an ACL's mask, and xattrs may have moved the mtime
-        crate::fs::safefs::set_meta_fd(&tmp.file, &self.set_meta(m))
-            .map_err(|e| other(&item.key, format!("set metadata: {e}")))?;
+        crate::fs::safefs::set_mode_mtime_fd(&tmp.file, &sm).map_err(err)?;
         Ok(())
     }
 
     /// A directory in the way of an entry of another kind: what the index knows below it is
     /// deleted in this same batch, so remove what is left of it if that is only empty
     /// directories; otherwise fail.
-    fn clear_dir_for(&self, place: &Place, _local: Option<&Entry>) -> Result<(), ApplyError> {
-        let Some(st) = place.stat()? else {
-            return Ok(());
+    fn clear_dir_for(&self, place: &Place) -> Result<(), ApplyError> {
+        self.clear_dir_for_stat(place, place.stat()?).map(drop)
+    }
+
+    /// [`Self::clear_dir_for`] with the target's lstat just taken; returns what is there now
+    /// (`None` once the directory is removed).
+    fn clear_dir_for_stat(
+        &self,
+        place: &Place,
+        st: Option<Stat>,
+    ) -> Result<Option<Stat>, ApplyError> {
+        let Some(st) = st else {
+            return Ok(None);
         };
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
-            return Ok(());
+            return Ok(Some(st));
         }
         let real = name::real(&self.ctx.root, &place.path);
         let mut dirs = Vec::new();
@@ -497,7 +517,7 @@ impl<'a> Fs<'a> {
         for d in dirs.iter().rev() {
             std::fs::remove_dir(d).map_err(|e| other(&place.path, e))?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Carry out a deletion (blocking). The configured group path itself is never removed.
@@ -591,7 +611,7 @@ impl<'a> Fs<'a> {
                     {
                         self.backup(&place, l);
                     }
-                    self.clear_dir_for(&place, local)?;
+                    self.clear_dir_for(&place)?;
                     let t = m.target.as_deref().unwrap_or_default();
                     place.make_symlink(t, &sm)?;
                 }

@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Prefix of temporary files; such names are never scanned nor synced.
 pub const TEMP_PREFIX: &str = ".clustersync.tmp.";
@@ -59,7 +60,9 @@ pub struct SetMeta {
 
 /// A resolved location: an open parent directory and the final name in it.
 pub struct Place {
-    dir: OwnedFd,
+    /// The parent directory, shared with the batch's [`DirCache`] and the temp files made in it
+    /// (no `dup` and `close` per file).
+    dir: Arc<OwnedFd>,
     name: Vec<u8>,
     /// Logical path.
     pub path: Vec<u8>,
@@ -69,7 +72,7 @@ pub struct Place {
 pub struct Temp {
     pub file: File,
     name: String,
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     done: bool,
 }
 
@@ -122,7 +125,7 @@ pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, F
             .as_bytes()
             .to_vec();
         return Ok(Place {
-            dir,
+            dir: Arc::new(dir),
             name: last,
             path: p.into(),
         });
@@ -168,7 +171,7 @@ pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, F
         cur = next;
     }
     Ok(Place {
-        dir: cur,
+        dir: Arc::new(cur),
         name: last.to_vec(),
         path: p.into(),
     })
@@ -183,7 +186,7 @@ pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, F
 /// [`resolve`] has between its walk and its use. At most [`DirCache::MAX`] directories.
 #[derive(Default)]
 pub struct DirCache {
-    dirs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, OwnedFd>>,
+    dirs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Arc<OwnedFd>>>,
 }
 
 impl DirCache {
@@ -199,27 +202,23 @@ impl DirCache {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(fd) = dirs.get(parent)
-            && let Ok(dir) = fd.try_clone()
-        {
+        if let Some(dir) = dirs.get(parent) {
             return Ok(Place {
-                dir,
+                dir: dir.clone(),
                 name: name::file_name(p).to_vec(),
                 path: p.into(),
             });
         }
         drop(dirs);
         let place = resolve(root, gp, p, create)?;
-        if let Ok(dup) = place.dir.try_clone() {
-            let mut dirs = match self.dirs.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if dirs.len() >= Self::MAX {
-                dirs.clear();
-            }
-            dirs.insert(parent.to_vec(), dup);
+        let mut dirs = match self.dirs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if dirs.len() >= Self::MAX {
+            dirs.clear();
         }
+        dirs.insert(parent.to_vec(), place.dir.clone());
         Ok(place)
     }
 }
@@ -260,6 +259,18 @@ fn chown_fd(fd: impl AsFd, owner: Option<(u32, u32)>) -> Result<(), Errno> {
 /// Apply owner, mode and mtime to an open descriptor (in that order: chown clears setuid).
 pub fn set_meta_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
     chown_fd(&fd, m.owner)?;
+    set_mode_mtime_fd(fd, m)
+}
+
+/// The owner part of [`set_meta_fd`]: first, before extended attributes (a chown drops
+/// `security.capability` and the setuid bits).
+pub fn set_owner_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
+    chown_fd(&fd, m.owner)
+}
+
+/// The rest of [`set_meta_fd`]: mode (which also sets an access ACL's mask to the group bits,
+/// as on the source), then the mtime, last.
+pub fn set_mode_mtime_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(m.mode & 0o7777))?;
     rustix::fs::futimens(&fd, &ts(m.mtime_s, m.mtime_ns))
 }
@@ -284,18 +295,22 @@ impl Place {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| fe("create temp for", &self.path, e))?;
-        let dir = self.dir.try_clone().map_err(|e| fe("dup", &self.path, e))?;
         Ok(Temp {
             file: File::from(fd),
             name,
-            dir,
+            dir: self.dir.clone(),
             done: false,
         })
     }
 
     /// Remove whatever is at the target if it is in the way of an entry of kind `want_dir`.
     fn clear_for(&self, want_dir: bool) -> Result<(), FsError> {
-        if let Some(st) = self.stat()? {
+        self.clear_for_stat(self.stat()?.as_ref(), want_dir)
+    }
+
+    /// [`Self::clear_for`] with the target's lstat just taken by the caller.
+    fn clear_for_stat(&self, st: Option<&Stat>, want_dir: bool) -> Result<(), FsError> {
+        if let Some(st) = st {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if is_dir && !want_dir {
                 rustix::fs::unlinkat(&self.dir, self.name.as_slice(), AtFlags::REMOVEDIR)
@@ -325,8 +340,9 @@ impl Place {
     /// Rename a filled temp file into place without syncing: for batches, where the caller
     /// gave the temp files their metadata and flushed them with [`sync_filesystem`] first,
     /// and syncs the renames the same way afterwards.
-    pub fn install_synced(&self, mut tmp: Temp) -> Result<(), FsError> {
-        self.clear_for(false)?;
+    /// `st`: the target's lstat, just taken by the caller.
+    pub fn install_synced(&self, mut tmp: Temp, st: Option<&Stat>) -> Result<(), FsError> {
+        self.clear_for_stat(st, false)?;
         rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_slice())
             .map_err(|e| fe("rename", &self.path, e))?;
         tmp.done = true;
