@@ -470,7 +470,7 @@ impl<'a> Fs<'a> {
         // owner first (a chown drops capabilities and setuid bits), then the attributes, then
         // the mode (which sets an ACL's mask to the group bits, as on the source) and the
         // mtime, last: each call once
-        crate::fs::safefs::set_owner_fd(&tmp.file, &sm).map_err(err)?;
+        crate::fs::safefs::chown_fd(&tmp.file, sm.owner).map_err(err)?;
         self.apply_xattrs_fd(&tmp.file, m, &item.key)?;
         crate::fs::safefs::set_mode_mtime_fd(&tmp.file, &sm).map_err(err)?;
         Ok(())

@@ -241,7 +241,9 @@ fn ts(s: i64, ns: u32) -> Timestamps {
     }
 }
 
-fn chown_fd(fd: impl AsFd, owner: Option<(u32, u32)>) -> Result<(), Errno> {
+/// The owner part of [`set_meta_fd`], for callers that set extended attributes between it and
+/// [`set_mode_mtime_fd`] (a chown drops `security.capability` and the setuid bits).
+pub fn chown_fd(fd: impl AsFd, owner: Option<(u32, u32)>) -> Result<(), Errno> {
     if let Some((u, g)) = owner {
         match rustix::fs::fchown(
             fd,
@@ -260,12 +262,6 @@ fn chown_fd(fd: impl AsFd, owner: Option<(u32, u32)>) -> Result<(), Errno> {
 pub fn set_meta_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
     chown_fd(&fd, m.owner)?;
     set_mode_mtime_fd(fd, m)
-}
-
-/// The owner part of [`set_meta_fd`]: first, before extended attributes (a chown drops
-/// `security.capability` and the setuid bits).
-pub fn set_owner_fd(fd: impl AsFd, m: &SetMeta) -> Result<(), Errno> {
-    chown_fd(&fd, m.owner)
 }
 
 /// The rest of [`set_meta_fd`]: mode (which also sets an access ACL's mask to the group bits,
