@@ -129,6 +129,8 @@ pub enum NotInV3 {
     Name,
     /// The entry has extended attributes or ACLs.
     Xattrs,
+    /// A user or group of the accounts group (protocol 3 carries files only).
+    Account,
 }
 
 impl std::fmt::Display for NotInV3 {
@@ -136,6 +138,7 @@ impl std::fmt::Display for NotInV3 {
         f.write_str(match self {
             NotInV3::Name => "names that are not UTF-8",
             NotInV3::Xattrs => "extended attributes",
+            NotInV3::Account => "accounts",
         })
     }
 }
@@ -145,9 +148,10 @@ impl TryFrom<&Item> for RecordV3 {
 
     fn try_from(i: &Item) -> Result<RecordV3, NotInV3> {
         let path = String::from_utf8(i.key.clone()).map_err(|_| NotInV3::Name)?;
-        let meta = match i.meta() {
+        let meta = match &i.body {
             None => None,
-            Some(m) => {
+            Some(Body::User(_) | Body::Group(_)) => return Err(NotInV3::Account),
+            Some(Body::Fs(m)) => {
                 if !m.xattrs.is_empty() {
                     return Err(NotInV3::Xattrs);
                 }
@@ -206,5 +210,15 @@ mod tests {
         let mut bad = i.clone();
         bad.key = b"/srv/www/caf\xe9".to_vec();
         assert_eq!(RecordV3::try_from(&bad), Err(NotInV3::Name));
+        // an account is not a tombstone to a node of the previous release (found by fuzzing)
+        let mut acct = i.clone();
+        acct.key = b"group/web".to_vec();
+        acct.body = Some(Body::Group(crate::accounts::GroupRecord {
+            name: "web".into(),
+            gid: 1000,
+            password: None,
+            admins: vec![],
+        }));
+        assert_eq!(RecordV3::try_from(&acct), Err(NotInV3::Account));
     }
 }
