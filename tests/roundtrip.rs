@@ -18,6 +18,7 @@
 //! before engine v2; the test checks the protocol-3 and schema-3 types still produce exactly
 //! those bytes, and nothing rewrites them.
 
+use clustersync::accounts::GroupRecord;
 use clustersync::config::Config;
 use clustersync::engine::apply::validate;
 use clustersync::engine::group::GroupRt;
@@ -208,12 +209,28 @@ fn version_vector() -> impl Strategy<Value = VersionVector> {
     btree_map(node_name(), any::<u64>(), 0..5).prop_map(VersionVector)
 }
 
+/// A file's metadata, or now and then a managed group (the accounts pseudo-group rides the same
+/// item).
+fn body() -> impl Strategy<Value = Body> {
+    prop_oneof![
+        8 => meta().prop_map(Body::Fs),
+        1 => ("[a-z_][a-z0-9_-]{0,8}", any::<u32>(), vec("[a-z][a-z0-9]{0,6}", 0..3)).prop_map(
+            |(name, gid, admins)| Body::Group(GroupRecord {
+                name,
+                gid,
+                password: None,
+                admins,
+            })
+        ),
+    ]
+}
+
 fn item() -> impl Strategy<Value = Item> {
     (
         key(),
         version_vector(),
         node_name(),
-        proptest::option::of(meta().prop_map(Body::Fs)),
+        proptest::option::of(body()),
         vec(node_name(), 0..3),
     )
         .prop_map(|(key, version, origin, body, beat)| Item {
@@ -714,9 +731,9 @@ proptest! {
         prop_assert_eq!(to_current(old), Ok(expected));
     }
 
-    /// Protocol 3 refuses an item exactly when its key or link text is not UTF-8 (a name) or it
-    /// has extended attributes; otherwise the item comes back from a protocol-3 record as it
-    /// was.
+    /// Protocol 3 refuses an item exactly when its key or link text is not UTF-8 (a name), it is
+    /// an account (users and groups came with protocol 4) or it has extended attributes;
+    /// otherwise the item comes back from a protocol-3 record as it was.
     #[test]
     fn what_protocol_3_cannot_carry(i in item()) {
         let name_ok = std::str::from_utf8(&i.key).is_ok()
@@ -731,6 +748,9 @@ proptest! {
             }
             Err(NotInV3::Name) => prop_assert!(!name_ok),
             Err(NotInV3::Xattrs) => prop_assert!(attrs),
+            Err(NotInV3::Account) => prop_assert!(
+                name_ok && matches!(i.body, Some(Body::User(_) | Body::Group(_)))
+            ),
         }
     }
 
