@@ -2,53 +2,54 @@
 //! writing and installing the files of a received batch. Each call runs on scoped threads (no
 //! pool to size or shut down) and returns results in the order of its input.
 //!
-//! Invariants: the caller's thread takes the first share itself, so a call never waits idle;
-//! at most `threads` run at once; a worker that panicked yields `None` for its share instead
-//! of taking the process down (the caller reports those items as failed and retries them).
+//! Invariants: the caller's thread works too, so a call never waits idle; at most `threads`
+//! run at once; items are handed out one at a time, so a thread the scheduler leaves behind
+//! (the other daemon, the link reader) does not hold back a share the others could have done;
+//! an item whose work panicked yields `None` instead of taking the process down (the caller
+//! reports it as failed and retries it), and every other item is still done.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Map `f` over `items` on up to `threads` threads, keeping the input order. An item whose
-/// worker panicked maps to `None`.
+/// work panicked maps to `None`.
 pub fn map<T: Send, R: Send>(
     items: Vec<T>,
     threads: usize,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<Option<R>> {
     let threads = threads.clamp(1, items.len().max(1));
+    let run = |t: T| catch_unwind(AssertUnwindSafe(|| f(t))).ok();
     if threads == 1 {
-        return items.into_iter().map(|t| Some(f(t))).collect();
+        return items.into_iter().map(run).collect();
     }
-    let per = items.len().div_ceil(threads);
-    let mut shares: Vec<Vec<T>> = Vec::with_capacity(threads);
-    let mut rest = items.into_iter();
-    loop {
-        let share: Vec<T> = rest.by_ref().take(per).collect();
-        if share.is_empty() {
-            break;
-        }
-        shares.push(share);
-    }
-    let mut shares = shares.into_iter();
-    let first = shares.next().unwrap_or_default();
-    let f = &f;
-    std::thread::scope(|sc| {
-        let others: Vec<_> = shares
-            .map(|share| {
-                let n = share.len();
-                (
-                    n,
-                    sc.spawn(move || share.into_iter().map(f).collect::<Vec<R>>()),
-                )
-            })
-            .collect();
-        let mut out: Vec<Option<R>> = first.into_iter().map(|t| Some(f(t))).collect();
-        for (n, h) in others {
-            match h.join() {
-                Ok(r) => out.extend(r.into_iter().map(Some)),
-                Err(_) => out.extend((0..n).map(|_| None)),
+    // each slot: the item until a thread takes it, then its result; no lock is held while
+    // `f` runs, so a panic never poisons one
+    let slots: Vec<Mutex<(Option<T>, Option<R>)>> = items
+        .into_iter()
+        .map(|t| Mutex::new((Some(t), None)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let item = slot.lock().unwrap_or_else(|e| e.into_inner()).0.take();
+            if let Some(t) = item {
+                let r = run(t);
+                slot.lock().unwrap_or_else(|e| e.into_inner()).1 = r;
             }
         }
-        out
-    })
+    };
+    std::thread::scope(|sc| {
+        for _ in 1..threads {
+            sc.spawn(&work);
+        }
+        work();
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).1)
+        .collect()
 }
 
 /// How many threads independent work of this node may use (the machine's cores, at most 4).
@@ -76,16 +77,46 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_share_yields_none_and_the_rest_is_kept() {
-        let items: Vec<usize> = (0..10).collect();
-        let out = map(items, 2, |x| {
-            if x == 7 {
-                panic!("boom");
+    fn a_panicking_item_yields_none_and_every_other_is_done() {
+        for threads in [1, 2, 4] {
+            let items: Vec<usize> = (0..10).collect();
+            let out = map(items, threads, |x| {
+                if x == 7 {
+                    panic!("boom");
+                }
+                x
+            });
+            let want: Vec<Option<usize>> = (0..10).map(|x| (x != 7).then_some(x)).collect();
+            assert_eq!(out, want, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn a_slow_item_does_not_hold_back_the_others() {
+        // item 0 is slow: with shares cut in advance, the items after it in its share would
+        // wait for it; handed out one at a time, the other thread does them all meanwhile
+        let seen = Mutex::new(Vec::new());
+        let out = map((0..8).collect::<Vec<usize>>(), 2, |x| {
+            if x == 0 {
+                let t0 = std::time::Instant::now();
+                // bounded: until every other item is done, or 5 s
+                while seen.lock().map(|s| s.len()).unwrap_or(0) < 7
+                    && t0.elapsed() < std::time::Duration::from_secs(5)
+                {
+                    std::thread::yield_now();
+                }
+            }
+            if let Ok(mut s) = seen.lock() {
+                s.push(x);
             }
             x
         });
-        assert_eq!(out.len(), 10);
-        assert!(out[..5].iter().all(|r| r.is_some()));
-        assert!(out[5..].iter().all(|r| r.is_none()));
+        assert_eq!(out, (0..8).map(Some).collect::<Vec<_>>());
+        let order = seen.into_inner().unwrap_or_default();
+        assert_eq!(
+            order.last(),
+            Some(&0),
+            "the others finished first: {order:?}"
+        );
     }
 }

@@ -41,6 +41,16 @@ pub const FLUSH_EVERY: usize = 10_000;
 /// A smaller batch is handed over once this much time passed since the last one, so a long
 /// first scan streams to peers while it goes on (each flush is one index commit).
 pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// The first batch of a scan goes sooner, and each wait doubles up to [`FLUSH_AFTER`]: peers
+/// start receiving at once and are never left idle while a long first scan goes on.
+pub const FLUSH_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long the scan waits after its `flushes`-th batch before handing over a smaller one.
+fn flush_wait(flushes: u32) -> std::time::Duration {
+    FLUSH_FIRST
+        .saturating_mul(1u32 << flushes.min(16))
+        .min(FLUSH_AFTER)
+}
 /// ... but never fewer changes than this at a time.
 pub const FLUSH_MIN: usize = 256;
 /// Entries that differ from the index are recorded this many at a time; the files among them
@@ -518,6 +528,7 @@ impl<'a> Scanner<'a> {
             return Ok(out);
         }
         let mut last_flush = std::time::Instant::now();
+        let mut flushes = 0u32;
         let mut index = self.store.quick_below(group, target)?.peekable();
         let mut pending_gone: Vec<Vec<u8>> = Vec::new();
         let descend = md.as_ref().is_ok_and(|m| m.is_dir()) && want != Want::Skip;
@@ -642,11 +653,12 @@ impl<'a> Scanner<'a> {
             }
             if out.changes.len() + pending.entries.len() >= FLUSH_MIN
                 && (out.changes.len() + pending.entries.len() >= FLUSH_EVERY
-                    || last_flush.elapsed() >= FLUSH_AFTER)
+                    || last_flush.elapsed() >= flush_wait(flushes))
             {
                 self.drain(&mut pending, &mut out);
                 flush(std::mem::take(&mut out.changes))?;
                 last_flush = std::time::Instant::now();
+                flushes += 1;
             }
         }
         self.drain(&mut pending, &mut out);
@@ -841,6 +853,16 @@ impl<'a> Scanner<'a> {
 mod tests {
     use super::*;
     use crate::store::Extras;
+
+    #[test]
+    fn the_first_batches_of_a_scan_go_sooner() {
+        use std::time::Duration;
+        let waits: Vec<Duration> = (0..6).map(flush_wait).collect();
+        assert_eq!(waits[0], FLUSH_FIRST);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits[5], FLUSH_AFTER);
+        assert_eq!(flush_wait(u32::MAX), FLUSH_AFTER);
+    }
 
     fn setup() -> (tempfile::TempDir, crate::config::Config) {
         let d = tempfile::tempdir().unwrap();
