@@ -42,7 +42,7 @@ pub fn map<T: Send, R: Send>(
     };
     std::thread::scope(|sc| {
         for _ in 1..threads {
-            sc.spawn(&work);
+            sc.spawn(work);
         }
         work();
     });
