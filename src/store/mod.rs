@@ -288,6 +288,42 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// See [`Store::snapshot`].
+pub struct Snapshot<'s> {
+    store: &'s Store,
+    items: redb::ReadOnlyTable<(&'static str, &'static [u8]), &'static [u8]>,
+    conflicts: redb::ReadOnlyTable<(&'static str, &'static [u8]), &'static [u8]>,
+}
+
+impl Snapshot<'_> {
+    /// The entry of one key, as [`Store::get`].
+    pub fn get(&self, group: &str, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let k = enc(key);
+        match self
+            .items
+            .get((group, k.as_slice()))
+            .map_err(|e| self.store.err(e))?
+        {
+            Some(v) => Ok(Some(decode_entry(&self.store.path, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The conflict recorded for one key, as [`Store::conflict`].
+    pub fn conflict(&self, group: &str, key: &[u8]) -> Result<Option<ConflictInfo>, StoreError> {
+        match self
+            .conflicts
+            .get((group, enc(key).as_slice()))
+            .map_err(|e| self.store.err(e))?
+        {
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| corrupt(&self.store.path, key, e)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A range of quick-check views, in key order, holding its own read snapshot.
 pub struct QuickRange {
     range: redb::Range<'static, (&'static str, &'static [u8]), &'static [u8]>,
@@ -515,6 +551,17 @@ impl Store {
             Some(v) => Ok(Some(decode_entry(&self.path, key, v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// One read snapshot of the entries and conflicts, for looking up many keys (a received
+    /// batch) without a transaction each. It sees nothing committed after it was taken.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        Ok(Snapshot {
+            store: self,
+            items: tx.open_table(ITEMS).map_err(|e| self.err(e))?,
+            conflicts: tx.open_table(CONFLICTS).map_err(|e| self.err(e))?,
+        })
     }
 
     /// Is there a live entry strictly below `path`? Stops at the first one.
@@ -1314,6 +1361,55 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_snapshot_sees_what_was_committed_before_it_and_nothing_after() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = Store::open(&d.path().join("index.redb")).unwrap();
+        let info = ConflictInfo {
+            nodes: vec!["a".into(), "b".into()],
+            resolved: false,
+            winner: String::new(),
+            kept_as: None,
+            time: 1,
+            versions: vec![],
+        };
+        let extras = Extras {
+            conflicts: vec![(b"/r/x".to_vec(), Some(info.clone()))],
+            ..Extras::default()
+        };
+        ix.commit("g", vec![ch(entry(b"/r/x", 1))], extras).unwrap();
+        let snap = ix.snapshot().unwrap();
+        ix.commit(
+            "g",
+            vec![ch(entry(b"/r/x", 2)), ch(entry(b"/r/y", 3))],
+            Extras::default(),
+        )
+        .unwrap();
+        let x = snap.get("g", b"/r/x").unwrap().unwrap();
+        assert_eq!(x.item.meta().unwrap().hash, [1; 32]);
+        assert!(snap.get("g", b"/r/y").unwrap().is_none());
+        assert!(snap.get("other", b"/r/x").unwrap().is_none());
+        assert_eq!(snap.conflict("g", b"/r/x").unwrap(), Some(info));
+        assert_eq!(snap.conflict("g", b"/r/y").unwrap(), None);
+        drop(snap);
+        let now = ix.snapshot().unwrap();
+        assert_eq!(
+            now.get("g", b"/r/x").unwrap(),
+            ix.get("g", b"/r/x").unwrap()
+        );
+        assert_eq!(
+            now.get("g", b"/r/x")
+                .unwrap()
+                .unwrap()
+                .item
+                .meta()
+                .unwrap()
+                .hash,
+            [2; 32]
+        );
+        assert!(now.get("g", b"/r/y").unwrap().is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::fs::safefs::{Place, Temp};
 use crate::item::{Entry, Item, Kind, name};
 use crate::net::protocol::{Msg, WireItem};
 use crate::ops::audit::Rec;
-use crate::store::{Aside, Change, ConflictInfo, Extras, StoreError, enc};
+use crate::store::{Aside, Change, ConflictInfo, Extras, Snapshot, StoreError, enc};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,9 +63,15 @@ struct Plan {
 }
 
 /// Make the index describe what is on disk at `key` right now (a change the watcher has not
-/// reported yet becomes a local version first); returns the entry.
-fn reconcile(ctx: &Ctx, g: &GroupRt, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-    let local = ctx.store.get(g.name(), key)?;
+/// reported yet becomes a local version first); returns the entry, and whether the index was
+/// written (a snapshot taken before no longer shows it).
+fn reconcile(
+    ctx: &Ctx,
+    g: &GroupRt,
+    snap: &Snapshot,
+    key: &[u8],
+) -> Result<(Option<Entry>, bool), StoreError> {
+    let local = snap.get(g.name(), key)?;
     let real = name::real(&ctx.root, key);
     let md = std::fs::symlink_metadata(&real).ok();
     let fine = match (&local, &md) {
@@ -77,14 +83,14 @@ fn reconcile(ctx: &Ctx, g: &GroupRt, key: &[u8]) -> Result<Option<Entry>, StoreE
         (None, Some(_)) => false,
     };
     if fine {
-        return Ok(local);
+        return Ok((local, false));
     }
     let targets = vec![(key.to_vec(), false)];
     let s = local::scan_and_commit(ctx, g, &targets, false, false, false, None)?;
     if s.stopped.is_some() {
-        return Ok(local);
+        return Ok((local, false));
     }
-    ctx.store.get(g.name(), key)
+    Ok((ctx.store.get(g.name(), key)?, true))
 }
 
 fn conflict_info(c: &Conflict, ctx: &Ctx, g: &GroupRt, key: &[u8]) -> ConflictInfo {
@@ -119,12 +125,14 @@ fn plan(
         compare_owner: g.compare_owner(),
         me: &ctx.name,
     };
+    // one read snapshot for the batch, taken again whenever planning itself wrote the index
+    let mut snap = ctx.store.snapshot()?;
     for (w, from, attempts) in items {
         let key = w.item.key.clone();
         if drift_keep.contains(&key) {
             // on_drift = keep: the local file stays until the drift is resolved, but the
             // index learns the group's version, which `resolve` then puts back
-            let newer = ctx.store.get(name, &key)?.is_none_or(|l| {
+            let newer = snap.get(name, &key)?.is_none_or(|l| {
                 w.item.version.compare(&l.item.version) == crate::item::Causality::Newer
             });
             if newer {
@@ -135,7 +143,10 @@ fn plan(
             }
             continue;
         }
-        let local = reconcile(ctx, g, &key)?;
+        let (local, wrote) = reconcile(ctx, g, &snap, &key)?;
+        if wrote {
+            snap = ctx.store.snapshot()?;
+        }
         let mut d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
         // two group path directories that nobody versioned yet and that differ: the policy
         // picked one, the same on every node; it gets a version here so that a node joining
@@ -149,7 +160,7 @@ fn plan(
             item.origin = ctx.name.clone();
         }
         // a version that descends from every competing one ends an unresolved conflict
-        if let Some(mut c) = ctx.store.conflict(name, &key)?
+        if let Some(mut c) = snap.conflict(name, &key)?
             && !c.resolved
             && matches!(d, Decision::Take { .. })
             && c.versions
@@ -200,7 +211,7 @@ fn plan(
                 plan.extras.aside_remove.push(key);
             }
             Decision::Unresolved { conflict } => {
-                let existing = ctx.store.conflict(name, &key)?.filter(|c| !c.resolved);
+                let existing = snap.conflict(name, &key)?.filter(|c| !c.resolved);
                 let first = existing.is_none();
                 let mut info = existing.unwrap_or_else(|| ConflictInfo {
                     nodes: vec![],
