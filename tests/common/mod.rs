@@ -25,7 +25,38 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// The group path every test cluster syncs.
 pub const GP: &str = "/srv/www";
 
+/// A port for a daemon to listen on, below the kernel's ephemeral range. A port taken from that
+/// range (bind port 0, release it, let the daemon bind it later) can meanwhile become the local
+/// end of some outgoing connection — another test's link, or a proxy's connection to that very
+/// port, which then connects to itself — and the daemon fails to listen ("Address already in
+/// use"); seen in CI. Ports below the range are never handed out for outgoing connections, and
+/// a per-process counter from a random start keeps the tests of one binary apart.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_low.min(65_536));
+    if hi > lo + 1000 {
+        let span = hi - lo;
+        let start = *START.get_or_init(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            std::process::id().wrapping_mul(2_654_435_761) ^ t
+        });
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = lo + start.wrapping_add(n) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
+    // no room below the ephemeral range on this machine: any free port
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
