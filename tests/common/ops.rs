@@ -289,13 +289,34 @@ pub fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 /// A TCP proxy that can stop forwarding without closing anything: packets "dropped" on the
 /// way (`hold`), one direction stalled (`hold_from_target`), or a black hole that accepts and
 /// never forwards (`blackhole`: new connections are parked, not even connected upstream).
+/// A hold has taken effect when its call returns: a pipe in the middle of a read when the flag
+/// was set would otherwise still forward what that read brings.
 pub struct StallProxy {
     pub port: u16,
-    to_target: Arc<AtomicBool>,
-    from_target: Arc<AtomicBool>,
+    to_target: Arc<Valve>,
+    from_target: Arc<Valve>,
     blackhole: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+/// One direction of every connection of a [`StallProxy`]: whether it is held, how many pipes
+/// carry it, and how many of those have seen the hold and stopped reading.
+#[derive(Default)]
+struct Valve {
+    hold: AtomicBool,
+    pipes: std::sync::atomic::AtomicUsize,
+    stopped: std::sync::atomic::AtomicUsize,
+}
+
+impl Valve {
+    /// Hold, and wait (bounded) until every pipe has stopped reading.
+    fn close(&self, what: &str) {
+        self.hold.store(true, Ordering::SeqCst);
+        wait_until(what, Duration::from_secs(5), || {
+            self.stopped.load(Ordering::SeqCst) >= self.pipes.load(Ordering::SeqCst)
+        });
+    }
 }
 
 impl StallProxy {
@@ -311,7 +332,7 @@ impl StallProxy {
             stop: Arc::default(),
             conns: Arc::default(),
         };
-        let (up_hold, down_hold, bh, stop, conns) = (
+        let (up_valve, down_valve, bh, stop, conns) = (
             p.to_target.clone(),
             p.from_target.clone(),
             p.blackhole.clone(),
@@ -337,10 +358,10 @@ impl StallProxy {
                 stall_pipe(
                     down.try_clone().unwrap(),
                     up.try_clone().unwrap(),
-                    up_hold.clone(),
+                    up_valve.clone(),
                     stop.clone(),
                 );
-                stall_pipe(up, down, down_hold.clone(), stop.clone());
+                stall_pipe(up, down, down_valve.clone(), stop.clone());
             }
         });
         p
@@ -348,21 +369,24 @@ impl StallProxy {
 
     /// Stop forwarding both ways, on open connections and new ones (parked), closing nothing.
     pub fn hold(&self) {
-        self.to_target.store(true, Ordering::Relaxed);
-        self.from_target.store(true, Ordering::Relaxed);
-        self.blackhole.store(true, Ordering::Relaxed);
+        self.blackhole.store(true, Ordering::SeqCst);
+        self.to_target
+            .close("the proxy to stop forwarding to its target");
+        self.from_target
+            .close("the proxy to stop forwarding from its target");
     }
 
     /// Stop forwarding what the proxied node sends back (its requests, acks, pings).
     pub fn hold_from_target(&self) {
-        self.from_target.store(true, Ordering::Relaxed);
+        self.from_target
+            .close("the proxy to stop forwarding from its target");
     }
 
     /// Forward again (parked connections stay parked).
     pub fn release(&self) {
-        self.to_target.store(false, Ordering::Relaxed);
-        self.from_target.store(false, Ordering::Relaxed);
-        self.blackhole.store(false, Ordering::Relaxed);
+        self.to_target.hold.store(false, Ordering::SeqCst);
+        self.from_target.hold.store(false, Ordering::SeqCst);
+        self.blackhole.store(false, Ordering::SeqCst);
     }
 }
 
@@ -375,24 +399,29 @@ impl Drop for StallProxy {
     }
 }
 
-fn stall_pipe(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    hold: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-) {
+fn stall_pipe(mut from: TcpStream, mut to: TcpStream, valve: Arc<Valve>, stop: Arc<AtomicBool>) {
+    valve.pipes.fetch_add(1, Ordering::SeqCst);
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
         from.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        let mut stopped = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if hold.load(Ordering::Relaxed) {
+            if valve.hold.load(Ordering::SeqCst) {
                 // not read: the bytes stay in the kernel's buffers, the sender sees silence
+                if !stopped {
+                    stopped = true;
+                    valve.stopped.fetch_add(1, Ordering::SeqCst);
+                }
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
+            }
+            if stopped {
+                stopped = false;
+                valve.stopped.fetch_sub(1, Ordering::SeqCst);
             }
             match from.read(&mut buf) {
                 Ok(0) => break,
@@ -409,6 +438,10 @@ fn stall_pipe(
                 Err(_) => break,
             }
         }
+        if stopped {
+            valve.stopped.fetch_sub(1, Ordering::SeqCst);
+        }
+        valve.pipes.fetch_sub(1, Ordering::SeqCst);
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
 }
