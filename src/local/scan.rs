@@ -44,6 +44,8 @@ pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(10
 /// The first batch of a scan goes sooner, and each wait doubles up to [`FLUSH_AFTER`]: peers
 /// start receiving at once and are never left idle while a long first scan goes on.
 pub const FLUSH_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+/// ... but never fewer changes than this at a time.
+pub const FLUSH_MIN: usize = 256;
 
 /// How long the scan waits after its `flushes`-th batch before handing over a smaller one.
 fn flush_wait(flushes: u32) -> std::time::Duration {
@@ -51,8 +53,7 @@ fn flush_wait(flushes: u32) -> std::time::Duration {
         .saturating_mul(1u32 << flushes.min(16))
         .min(FLUSH_AFTER)
 }
-/// ... but never fewer changes than this at a time.
-pub const FLUSH_MIN: usize = 256;
+
 /// Entries that differ from the index are recorded this many at a time; the files among them
 /// are read and hashed together, on several threads.
 const HASH_BATCH: usize = 128;

@@ -298,29 +298,12 @@ pub struct Snapshot<'s> {
 impl Snapshot<'_> {
     /// The entry of one key, as [`Store::get`].
     pub fn get(&self, group: &str, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let k = enc(key);
-        match self
-            .items
-            .get((group, k.as_slice()))
-            .map_err(|e| self.store.err(e))?
-        {
-            Some(v) => Ok(Some(decode_entry(&self.store.path, key, v.value())?)),
-            None => Ok(None),
-        }
+        self.store.entry_in(&self.items, group, key)
     }
 
     /// The conflict recorded for one key, as [`Store::conflict`].
     pub fn conflict(&self, group: &str, key: &[u8]) -> Result<Option<ConflictInfo>, StoreError> {
-        match self
-            .conflicts
-            .get((group, enc(key).as_slice()))
-            .map_err(|e| self.store.err(e))?
-        {
-            Some(v) => postcard::from_bytes(v.value())
-                .map(Some)
-                .map_err(|e| corrupt(&self.store.path, key, e)),
-            None => Ok(None),
-        }
+        self.store.conflict_in(&self.conflicts, group, key)
     }
 }
 
@@ -546,8 +529,20 @@ impl Store {
     pub fn get(&self, group: &str, key: &[u8]) -> Result<Option<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
-        let k = enc(key);
-        match t.get((group, k.as_slice())).map_err(|e| self.err(e))? {
+        self.entry_in(&t, group, key)
+    }
+
+    /// The entry of one key in an open `items` table.
+    fn entry_in(
+        &self,
+        t: &impl ReadableTable<(&'static str, &'static [u8]), &'static [u8]>,
+        group: &str,
+        key: &[u8],
+    ) -> Result<Option<Entry>, StoreError> {
+        match t
+            .get((group, enc(key).as_slice()))
+            .map_err(|e| self.err(e))?
+        {
             Some(v) => Ok(Some(decode_entry(&self.path, key, v.value())?)),
             None => Ok(None),
         }
@@ -967,6 +962,16 @@ impl Store {
     pub fn conflict(&self, group: &str, key: &[u8]) -> Result<Option<ConflictInfo>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        self.conflict_in(&t, group, key)
+    }
+
+    /// The conflict recorded for one key in an open `conflicts` table.
+    fn conflict_in(
+        &self,
+        t: &impl ReadableTable<(&'static str, &'static [u8]), &'static [u8]>,
+        group: &str,
+        key: &[u8],
+    ) -> Result<Option<ConflictInfo>, StoreError> {
         match t
             .get((group, enc(key).as_slice()))
             .map_err(|e| self.err(e))?

@@ -63,14 +63,14 @@ struct Plan {
 }
 
 /// Make the index describe what is on disk at `key` right now (a change the watcher has not
-/// reported yet becomes a local version first); returns the entry, and whether the index was
-/// written (a snapshot taken before no longer shows it).
-fn reconcile(
-    ctx: &Ctx,
+/// reported yet becomes a local version first); returns the entry. `snap` is the batch's read
+/// snapshot, taken again when this writes the index.
+fn reconcile<'s>(
+    ctx: &'s Ctx,
     g: &GroupRt,
-    snap: &Snapshot,
+    snap: &mut Snapshot<'s>,
     key: &[u8],
-) -> Result<(Option<Entry>, bool), StoreError> {
+) -> Result<Option<Entry>, StoreError> {
     let local = snap.get(g.name(), key)?;
     let real = name::real(&ctx.root, key);
     let md = std::fs::symlink_metadata(&real).ok();
@@ -83,14 +83,15 @@ fn reconcile(
         (None, Some(_)) => false,
     };
     if fine {
-        return Ok((local, false));
+        return Ok(local);
     }
     let targets = vec![(key.to_vec(), false)];
     let s = local::scan_and_commit(ctx, g, &targets, false, false, false, None)?;
     if s.stopped.is_some() {
-        return Ok((local, false));
+        return Ok(local);
     }
-    Ok((ctx.store.get(g.name(), key)?, true))
+    *snap = ctx.store.snapshot()?;
+    snap.get(g.name(), key)
 }
 
 fn conflict_info(c: &Conflict, ctx: &Ctx, g: &GroupRt, key: &[u8]) -> ConflictInfo {
@@ -125,7 +126,7 @@ fn plan(
         compare_owner: g.compare_owner(),
         me: &ctx.name,
     };
-    // one read snapshot for the batch, taken again whenever planning itself wrote the index
+    // one read snapshot for the batch (`reconcile` takes it again when it writes the index)
     let mut snap = ctx.store.snapshot()?;
     for (w, from, attempts) in items {
         let key = w.item.key.clone();
@@ -143,10 +144,7 @@ fn plan(
             }
             continue;
         }
-        let (local, wrote) = reconcile(ctx, g, &snap, &key)?;
-        if wrote {
-            snap = ctx.store.snapshot()?;
-        }
+        let local = reconcile(ctx, g, &mut snap, &key)?;
         let mut d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
         // two group path directories that nobody versioned yet and that differ: the policy
         // picked one, the same on every node; it gets a version here so that a node joining
