@@ -52,7 +52,8 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The Noise pattern used for peer links (see `transport`).
+/// The Noise parameters the key pair is generated with (X25519; the links' suites are in
+/// `net::transport::Suite`).
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
 impl Identity {

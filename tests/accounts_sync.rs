@@ -977,7 +977,7 @@ mod hostile {
             &ident,
             "a",
             &id_of(c, "a"),
-            Some(Versions::OURS),
+            Some((Versions::OURS, transport::Suite::preferred())),
         )
         .await
         {

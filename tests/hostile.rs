@@ -121,6 +121,7 @@ async fn dial(c: &Cluster, speak: Option<Versions>) -> Result<Link, TransportErr
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port))
         .await
         .unwrap();
+    let speak = speak.map(|v| (v, transport::Suite::preferred()));
     transport::connect_speaking(stream, &ident, "a", &id_of(c, "a"), speak).await
 }
 
@@ -488,7 +489,14 @@ async fn hostile_peer_is_refused_logged_and_harmless() {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", c.node("a").port))
         .await
         .unwrap();
-    let r = transport::connect(stream, &stranger, "a", &id_of(&c, "a")).await;
+    let r = transport::connect(
+        stream,
+        &stranger,
+        "a",
+        &id_of(&c, "a"),
+        transport::Suite::preferred(),
+    )
+    .await;
     if let Ok(mut l) = r {
         let got = tokio::time::timeout(CLOSE_WAIT, l.reader.recv_frame(CLOSE_WAIT)).await;
         assert!(

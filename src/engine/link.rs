@@ -423,6 +423,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         mut reader,
         mut writer,
         version,
+        suite,
         ..
     } = wire;
     let hello = our_hello(&ctx, &peer, version)?;
@@ -552,7 +553,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         ctx: ctx.clone(),
         link: link.clone(),
     };
-    tracing::info!(peer = %peer, "connected (protocol {version})");
+    tracing::info!(peer = %peer, "connected (protocol {version}, {suite})");
 
     let mut pumps = Vec::new();
     for (g, lg) in &link.groups {

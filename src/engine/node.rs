@@ -930,38 +930,53 @@ async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Connect to `peer` once.
+/// Connect to `peer` once: with the preferred cipher suite, and once more with the fallback
+/// suite if the peer (an older release) refuses it.
 pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport::Link, String> {
+    use crate::net::transport::{Suite, TransportError};
     let nc = ctx.cfg.node(peer).ok_or("unknown peer")?;
     let id = nc
         .id
         .clone()
         .ok_or_else(|| format!("[nodes.{peer}] has no id in the config"))?;
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(&nc.address),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "connecting to {} timed out (firewalled or down?)",
-            nc.address
+    let mut suite = Suite::preferred();
+    loop {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&nc.address),
         )
-    })?
-    .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
-    crate::net::transport::connect(stream, &ctx.ident, peer, &id)
         .await
-        .map_err(|e| match e {
-            crate::net::transport::TransportError::WrongKey { got, .. } => format!(
+        .map_err(|_| {
+            format!(
+                "connecting to {} timed out (firewalled or down?)",
+                nc.address
+            )
+        })?
+        .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
+        let e = match crate::net::transport::connect(stream, &ctx.ident, peer, &id, suite).await {
+            Ok(link) => return Ok(link),
+            Err(e) => e,
+        };
+        return Err(match e {
+            TransportError::SuiteRefused(s) => match s.fallback() {
+                Some(next) => {
+                    tracing::debug!(peer, "{} refused {s}; trying {next}", nc.address);
+                    suite = next;
+                    continue;
+                }
+                None => format!("{}: {}", nc.address, TransportError::SuiteRefused(s)),
+            },
+            TransportError::WrongKey { got, .. } => format!(
                 "key mismatch: {} answered with key {got}, not the id configured for {peer} (run `clustersync id` on {peer} and fix [nodes.{peer}] id)",
                 nc.address
             ),
-            crate::net::transport::TransportError::Closed => format!(
+            TransportError::Closed => format!(
                 "{} closed the connection during the handshake (does {peer}'s config list this node's id?)",
                 nc.address
             ),
             other => format!("{}: {other}", nc.address),
-        })
+        });
+    }
 }
 
 async fn dialer(ctx: Arc<Ctx>, peer: String) {

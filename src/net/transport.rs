@@ -8,13 +8,26 @@
 //! payload means "protocol 3 only". Both sides then speak the highest version both know
 //! ([`Link::version`]); none in common fails the handshake with a clear error.
 //!
+//! **Cipher suite.** The initiator picks the Noise protocol ([`Suite`]): AES-256-GCM
+//! (`Noise_XX_25519_AESGCM_BLAKE2s`) when this CPU has AES and carry-less multiply instructions
+//! (four times as fast as ChaCha20-Poly1305 there), otherwise ChaCha20-Poly1305
+//! (`Noise_XX_25519_ChaChaPoly_BLAKE2s`, the previous release's only suite). It names the suite
+//! in the plaintext payload of handshake message 1 (that payload is part of the handshake
+//! hash, so a changed name fails the handshake); the responder builds its handshake with the
+//! suite named there, or ChaChaPoly when the payload is empty (the previous release) or names
+//! a suite it does not know. A
+//! responder of the previous release ignores the name and answers with ChaChaPoly, which the
+//! initiator cannot decrypt: [`TransportError::SuiteRefused`], and the dialler connects again
+//! with ChaChaPoly ([`Suite::fallback`]). Both suites are standard Noise protocols run
+//! entirely by snow (on ring's implementations).
+//!
 //! Invariants: the remote static key is checked against the configured node ids as soon as the
 //! handshake reveals it, before any application data is sent or accepted; the handshake has a
 //! deadline; every length read from the wire is checked against a limit before allocation;
 //! nonces are counters that never repeat (a link is dropped rather than reuse one); a link with
 //! no packet for the idle time given to [`LinkReader::recv_frame`] is dead.
 
-use crate::identity::{Identity, NOISE_PARAMS};
+use crate::identity::Identity;
 use crate::item::hex;
 use crate::net::protocol::{MAX_FRAME, MAX_VERSION, MIN_VERSION};
 use std::sync::Arc;
@@ -52,6 +65,8 @@ pub enum TransportError {
     NoCommonVersion(u32, u32),
     #[error("connection closed")]
     Closed,
+    #[error("the peer does not speak the {0} cipher suite")]
+    SuiteRefused(Suite),
     #[error("no data for {0:?}")]
     Idle(Duration),
 }
@@ -93,6 +108,79 @@ impl Versions {
     }
 }
 
+/// The Noise protocol of a link: which AEAD protects it (the pattern, DH and hash are fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// `Noise_XX_25519_ChaChaPoly_BLAKE2s`: every release speaks it.
+    ChaChaPoly,
+    /// `Noise_XX_25519_AESGCM_BLAKE2s`: preferred where the CPU accelerates AES-GCM.
+    AesGcm,
+}
+
+impl Suite {
+    /// The Noise protocol name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::ChaChaPoly => "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+            Suite::AesGcm => "Noise_XX_25519_AESGCM_BLAKE2s",
+        }
+    }
+
+    /// What a dialler offers first: AES-GCM where this CPU runs it in hardware.
+    pub fn preferred() -> Suite {
+        if aes_in_hardware() {
+            Suite::AesGcm
+        } else {
+            Suite::ChaChaPoly
+        }
+    }
+
+    /// The suite to try next after `self` was refused, if any.
+    pub fn fallback(self) -> Option<Suite> {
+        match self {
+            Suite::AesGcm => Some(Suite::ChaChaPoly),
+            Suite::ChaChaPoly => None,
+        }
+    }
+
+    /// The suite a responder answers with, given what the initiator named in handshake
+    /// message 1: that suite if known, otherwise ChaChaPoly (an empty payload is the previous
+    /// release; a name unknown here makes its initiator fall back, as with the previous release).
+    fn answer(named: &[u8]) -> Suite {
+        [Suite::AesGcm]
+            .into_iter()
+            .find(|s| s.name().as_bytes() == named)
+            .unwrap_or(Suite::ChaChaPoly)
+    }
+}
+
+impl std::fmt::Display for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Length of the initiator's ephemeral key at the start of XX message 1 (its payload follows,
+/// in plaintext).
+const DH_LEN: usize = 32;
+
 fn noise(e: snow::Error) -> TransportError {
     TransportError::Noise(e.to_string())
 }
@@ -121,6 +209,8 @@ pub struct Link {
     pub remote_id: String,
     /// The protocol version both sides speak on this link.
     pub version: u32,
+    /// The Noise protocol protecting it.
+    pub suite: Suite,
 }
 
 async fn write_raw(io: &mut OwnedWriteHalf, data: &[u8]) -> Result<(), TransportError> {
@@ -149,8 +239,9 @@ async fn read_raw<R: AsyncReadExt + Unpin>(
     Ok(())
 }
 
-fn builder(ident: &Identity) -> Result<snow::Builder<'_>, TransportError> {
-    let params = NOISE_PARAMS
+fn builder(ident: &Identity, suite: Suite) -> Result<snow::Builder<'_>, TransportError> {
+    let params = suite
+        .name()
         .parse()
         .map_err(|e| TransportError::Noise(format!("{e:?}")))?;
     snow::Builder::new(params)
@@ -165,6 +256,7 @@ fn finish(
     stream_w: OwnedWriteHalf,
     remote_id: String,
     version: u32,
+    suite: Suite,
 ) -> Result<Link, TransportError> {
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(noise)?);
     Ok(Link {
@@ -183,40 +275,63 @@ fn finish(
         },
         remote_id,
         version,
+        suite,
     })
 }
 
-/// Dial side: run the handshake and require the responder's key to be `expect_id`.
+/// Dial side: run the handshake with `suite` and require the responder's key to be
+/// `expect_id`. [`TransportError::SuiteRefused`] means: connect again with
+/// [`Suite::fallback`].
 pub async fn connect(
     stream: TcpStream,
     ident: &Identity,
     expect_node: &str,
     expect_id: &str,
+    suite: Suite,
 ) -> Result<Link, TransportError> {
-    connect_speaking(stream, ident, expect_node, expect_id, Some(Versions::OURS)).await
+    connect_speaking(
+        stream,
+        ident,
+        expect_node,
+        expect_id,
+        Some((Versions::OURS, suite)),
+    )
+    .await
 }
 
-/// [`connect`], announcing `speak` as this side's versions; `None` sends an empty payload as
-/// the previous release did (for tests of a rolling upgrade).
+/// [`connect`], announcing `speak` as this side's versions and suite; `None` sends empty
+/// payloads with ChaChaPoly as the previous release did (for tests of a rolling upgrade).
 pub async fn connect_speaking(
     stream: TcpStream,
     ident: &Identity,
     expect_node: &str,
     expect_id: &str,
-    speak: Option<Versions>,
+    speak: Option<(Versions, Suite)>,
 ) -> Result<Link, TransportError> {
-    let ours = speak.unwrap_or(Versions { min: 3, max: 3 });
-    let payload = speak.map(|v| v.encode()).unwrap_or_default();
+    let ours = speak.map_or(Versions { min: 3, max: 3 }, |(v, _)| v);
+    let suite = speak.map_or(Suite::ChaChaPoly, |(_, s)| s);
+    let payload = speak.map(|(v, _)| v.encode()).unwrap_or_default();
+    // the previous release sent message 1 empty; naming the default suite is as good
+    let offer = match speak {
+        Some(_) => suite.name().as_bytes(),
+        None => &[],
+    };
     let fut = async {
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
-        let mut hs = builder(ident)?.build_initiator().map_err(noise)?;
+        let mut hs = builder(ident, suite)?.build_initiator().map_err(noise)?;
         let mut buf = vec![0u8; MAX_PACKET];
-        let n = hs.write_message(&[], &mut buf).map_err(noise)?;
+        let n = hs.write_message(offer, &mut buf).map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
         let mut msg = Vec::new();
         read_raw(&mut r, &mut msg).await?;
-        let plen = hs.read_message(&msg, &mut buf).map_err(noise)?;
+        let plen = hs.read_message(&msg, &mut buf).map_err(|e| match e {
+            // a responder that does not know the suite answered with ChaChaPoly
+            snow::Error::Decrypt if suite != Suite::ChaChaPoly => {
+                TransportError::SuiteRefused(suite)
+            }
+            e => noise(e),
+        })?;
         let theirs = Versions::decode(&buf[..plen]);
         let remote = hs
             .get_remote_static()
@@ -231,7 +346,7 @@ pub async fn connect_speaking(
         let n = hs.write_message(&payload, &mut buf).map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
         let version = ours.common(&theirs)?;
-        finish(hs, r, w, remote, version)
+        finish(hs, r, w, remote, version, suite)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
@@ -247,10 +362,12 @@ pub async fn accept(
     let fut = async {
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
-        let mut hs = builder(ident)?.build_responder().map_err(noise)?;
         let mut buf = vec![0u8; MAX_PACKET];
         let mut msg = Vec::new();
         read_raw(&mut r, &mut msg).await?;
+        // message 1 is the initiator's ephemeral key and, in plaintext, the suite it uses
+        let suite = Suite::answer(msg.get(DH_LEN..).unwrap_or_default());
+        let mut hs = builder(ident, suite)?.build_responder().map_err(noise)?;
         hs.read_message(&msg, &mut buf).map_err(noise)?;
         let n = hs
             .write_message(&Versions::OURS.encode(), &mut buf)
@@ -267,7 +384,7 @@ pub async fn accept(
             return Err(TransportError::UnknownKey(remote));
         }
         let version = Versions::OURS.common(&theirs)?;
-        finish(hs, r, w, remote, version)
+        finish(hs, r, w, remote, version, suite)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
@@ -397,7 +514,7 @@ mod tests {
         });
         let s = TcpStream::connect(addr).await.unwrap();
         // wrong expected id is refused before data flows
-        let bad = connect(s, &a, "b", &"00".repeat(32)).await;
+        let bad = connect(s, &a, "b", &"00".repeat(32), Suite::preferred()).await;
         assert!(matches!(bad, Err(TransportError::WrongKey { .. })));
         drop(srv);
     }
@@ -414,43 +531,135 @@ mod tests {
         1_000_000,
     ];
 
+    /// Both suites carry frames of every size around the packet boundaries; the responder
+    /// answers with the suite the initiator named; an unknown key is refused.
     #[tokio::test]
     async fn large_message_roundtrip_and_unknown_key() {
+        for suite in [Suite::AesGcm, Suite::ChaChaPoly] {
+            let a = Identity::generate().unwrap();
+            let b = Identity::generate().unwrap();
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let a_id = a.id();
+            let b2 = b.clone();
+            let srv = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let mut link = accept(s, &b2, |id| id == a_id).await.unwrap();
+                assert_eq!(link.version, MAX_VERSION);
+                assert_eq!(link.suite, suite);
+                for _ in 0..SIZES.len() {
+                    let m = link.reader.recv_frame(IDLE).await.unwrap();
+                    link.writer.send_frame(&m).await.unwrap();
+                }
+                // second connection, from an unknown key
+                let (s, _) = l.accept().await.unwrap();
+                let a_id2 = link.remote_id.clone();
+                accept(s, &b2, |id| id == a_id2).await.err()
+            });
+            let s = TcpStream::connect(addr).await.unwrap();
+            let mut link = connect(s, &a, "b", &b.id(), suite).await.unwrap();
+            assert_eq!(link.suite, suite);
+            // frames around the packet boundaries (the first packet carries the length too)
+            for &n in SIZES {
+                let frame: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
+                link.writer.send_frame(&frame).await.unwrap();
+                assert_eq!(
+                    link.reader.recv_frame(IDLE).await.unwrap(),
+                    frame,
+                    "{suite}: {n} bytes"
+                );
+            }
+            let stranger = Identity::generate().unwrap();
+            let s = TcpStream::connect(addr).await.unwrap();
+            let _ = connect(s, &stranger, "b", &b.id(), suite).await;
+            let err = srv.await.unwrap();
+            assert!(matches!(err, Some(TransportError::UnknownKey(_))));
+        }
+    }
+
+    /// A responder of the previous release: ChaChaPoly whatever message 1 says, empty payloads.
+    async fn previous_release_responder(s: TcpStream, ident: &Identity) -> Option<Vec<u8>> {
+        let (mut r, mut w) = s.into_split();
+        let mut hs = builder(ident, Suite::ChaChaPoly)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut buf = vec![0u8; MAX_PACKET];
+        let mut msg = Vec::new();
+        read_raw(&mut r, &mut msg).await.ok()?;
+        hs.read_message(&msg, &mut buf).ok()?;
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_raw(&mut w, &buf[..n]).await.ok()?;
+        read_raw(&mut r, &mut msg).await.ok()?;
+        hs.read_message(&msg, &mut buf).ok()?;
+        let t = hs.into_stateless_transport_mode().unwrap();
+        read_raw(&mut r, &mut msg).await.ok()?;
+        let m = t.read_message(0, &msg, &mut buf).ok()?;
+        Some(buf[4..m].to_vec())
+    }
+
+    /// Against the previous release, the AES-GCM offer is refused in a way the dialler
+    /// recognises (`SuiteRefused`), and the fallback suite then works (protocol 3).
+    #[tokio::test]
+    async fn previous_release_refuses_aes_and_accepts_the_fallback() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let b2 = b.clone();
+        let srv = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let first = previous_release_responder(s, &b2).await;
+            let (s, _) = l.accept().await.unwrap();
+            (first, previous_release_responder(s, &b2).await)
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let refused = connect(s, &a, "b", &b.id(), Suite::AesGcm).await;
+        assert!(
+            matches!(refused, Err(TransportError::SuiteRefused(Suite::AesGcm))),
+            "{:?}",
+            refused.err()
+        );
+        assert_eq!(Suite::AesGcm.fallback(), Some(Suite::ChaChaPoly));
+        assert_eq!(Suite::ChaChaPoly.fallback(), None);
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut link = connect(s, &a, "b", &b.id(), Suite::ChaChaPoly)
+            .await
+            .unwrap();
+        assert_eq!((link.version, link.suite), (3, Suite::ChaChaPoly));
+        link.writer.send_frame(b"hello").await.unwrap();
+        let (first, second) = srv.await.unwrap();
+        assert_eq!(first, None, "the refused handshake carried no frame");
+        assert_eq!(second.as_deref(), Some(&b"hello"[..]));
+    }
+
+    /// An initiator of the previous release (empty message 1) gets ChaChaPoly and protocol 3;
+    /// a name this build does not know is answered with ChaChaPoly too.
+    #[tokio::test]
+    async fn responder_answers_unknown_or_absent_suite_with_chachapoly() {
+        assert_eq!(Suite::answer(b""), Suite::ChaChaPoly);
+        assert_eq!(
+            Suite::answer(b"Noise_XX_25519_Future_BLAKE3"),
+            Suite::ChaChaPoly
+        );
+        assert_eq!(
+            Suite::answer(Suite::AesGcm.name().as_bytes()),
+            Suite::AesGcm
+        );
         let a = Identity::generate().unwrap();
         let b = Identity::generate().unwrap();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let a_id = a.id();
-        let b2 = b.clone();
+        let b_id = b.id();
         let srv = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            let mut link = accept(s, &b2, |id| id == a_id).await.unwrap();
-            assert_eq!(link.version, MAX_VERSION);
-            for _ in 0..SIZES.len() {
-                let m = link.reader.recv_frame(IDLE).await.unwrap();
-                link.writer.send_frame(&m).await.unwrap();
-            }
-            // second connection, from an unknown key
-            let (s, _) = l.accept().await.unwrap();
-            let a_id2 = link.remote_id.clone();
-            accept(s, &b2, |id| id == a_id2).await.err()
+            let link = accept(s, &b, |id| id == a_id).await.unwrap();
+            (link.version, link.suite)
         });
         let s = TcpStream::connect(addr).await.unwrap();
-        let mut link = connect(s, &a, "b", &b.id()).await.unwrap();
-        // frames around the packet boundaries (the first packet carries the length too)
-        for &n in SIZES {
-            let frame: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
-            link.writer.send_frame(&frame).await.unwrap();
-            assert_eq!(
-                link.reader.recv_frame(IDLE).await.unwrap(),
-                frame,
-                "{n} bytes"
-            );
-        }
-        let stranger = Identity::generate().unwrap();
-        let s = TcpStream::connect(addr).await.unwrap();
-        let _ = connect(s, &stranger, "b", &b.id()).await;
-        let err = srv.await.unwrap();
-        assert!(matches!(err, Some(TransportError::UnknownKey(_))));
+        let link = connect_speaking(s, &a, "b", &b_id, None).await.unwrap();
+        assert_eq!((link.version, link.suite), (3, Suite::ChaChaPoly));
+        assert_eq!(srv.await.unwrap(), (3, Suite::ChaChaPoly));
     }
 }
