@@ -261,3 +261,82 @@ async fn a_node_of_the_previous_release_syncs_both_ways() {
     assert!(c.status("a").is_some(), "daemon died");
     assert!(!c.log("a").contains("panicked"));
 }
+
+/// This release dials a node of the previous release: its AES-GCM offer is answered with
+/// ChaChaPoly (the previous release knows no other suite), so it connects again with
+/// ChaChaPoly at once, and the link speaks protocol 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialling_a_node_of_the_previous_release_falls_back_to_its_cipher() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    let ident = Identity::load(&c.node("b").state.join("node.key")).unwrap();
+    // b's port, held by the fake previous-release node (b's daemon is never started)
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", c.node("b").port))
+        .await
+        .unwrap();
+    c.start("a");
+    let a_id = id_of(&c, "a");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut attempts = Vec::new();
+    let mut link = loop {
+        let (s, _) = tokio::time::timeout_at(deadline, listener.accept())
+            .await
+            .expect("a dials b")
+            .unwrap();
+        match transport::accept_speaking(s, &ident, |id| id == a_id, None).await {
+            Ok(link) => break link,
+            Err(e) => attempts.push(e.to_string()),
+        }
+        assert!(attempts.len() < 5, "a does not fall back: {attempts:?}");
+    };
+    if transport::Suite::preferred() == transport::Suite::AesGcm {
+        assert_eq!(
+            attempts.len(),
+            1,
+            "one refused AES-GCM attempt: {attempts:?}"
+        );
+    }
+    assert_eq!(
+        (link.version, link.suite),
+        (3, transport::Suite::ChaChaPoly)
+    );
+    match next(&mut link, deadline).await {
+        Some(Msg3::Hello {
+            version: 3, node, ..
+        }) => assert_eq!(node, "a"),
+        other => panic!("a did not open with a protocol-3 Hello: {other:?}"),
+    }
+    send(&mut link, &hello_v3()).await;
+    // a's items arrive over the ChaChaPoly link
+    let mut got_keep = false;
+    while !got_keep {
+        match next(&mut link, deadline).await {
+            Some(Msg3::Index {
+                group,
+                records,
+                through,
+                ..
+            }) => {
+                got_keep |= records.iter().any(|w| w.rec.path == "/srv/www/keep");
+                send(&mut link, &Msg3::Ack { group, through }).await;
+            }
+            Some(Msg3::SyncPing { token }) if token != 0 => {
+                send(&mut link, &Msg3::SyncPong { token }).await;
+            }
+            Some(_) => {}
+            None => panic!("a's items did not come over the fallback link"),
+        }
+    }
+    wait_until(
+        "a's status to show b connected with protocol 3",
+        WAIT,
+        || {
+            c.status("a").is_some_and(|st| {
+                let p = &st["peers"][0];
+                p["name"] == "b" && p["connected"] == true && p["protocol"] == 3
+            })
+        },
+    );
+    drop(link);
+    assert!(!c.log("a").contains("panicked"));
+}

@@ -359,6 +359,20 @@ pub async fn accept(
     ident: &Identity,
     allowed: impl Fn(&str) -> bool,
 ) -> Result<Link, TransportError> {
+    accept_speaking(stream, ident, allowed, Some(Versions::OURS)).await
+}
+
+/// [`accept`], announcing `speak` as this side's versions; `None` answers as the previous
+/// release did: ChaChaPoly whatever message 1 names, an empty payload (for tests of a
+/// rolling upgrade).
+pub async fn accept_speaking(
+    stream: TcpStream,
+    ident: &Identity,
+    allowed: impl Fn(&str) -> bool,
+    speak: Option<Versions>,
+) -> Result<Link, TransportError> {
+    let ours = speak.unwrap_or(Versions { min: 3, max: 3 });
+    let payload = speak.map(|v| v.encode()).unwrap_or_default();
     let fut = async {
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
@@ -366,12 +380,13 @@ pub async fn accept(
         let mut msg = Vec::new();
         read_raw(&mut r, &mut msg).await?;
         // message 1 is the initiator's ephemeral key and, in plaintext, the suite it uses
-        let suite = Suite::answer(msg.get(DH_LEN..).unwrap_or_default());
+        let suite = match speak {
+            Some(_) => Suite::answer(msg.get(DH_LEN..).unwrap_or_default()),
+            None => Suite::ChaChaPoly,
+        };
         let mut hs = builder(ident, suite)?.build_responder().map_err(noise)?;
         hs.read_message(&msg, &mut buf).map_err(noise)?;
-        let n = hs
-            .write_message(&Versions::OURS.encode(), &mut buf)
-            .map_err(noise)?;
+        let n = hs.write_message(&payload, &mut buf).map_err(noise)?;
         write_raw(&mut w, &buf[..n]).await?;
         read_raw(&mut r, &mut msg).await?;
         let plen = hs.read_message(&msg, &mut buf).map_err(noise)?;
@@ -383,7 +398,7 @@ pub async fn accept(
         if !allowed(&remote) {
             return Err(TransportError::UnknownKey(remote));
         }
-        let version = Versions::OURS.common(&theirs)?;
+        let version = ours.common(&theirs)?;
         finish(hs, r, w, remote, version, suite)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
