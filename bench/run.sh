@@ -24,6 +24,7 @@
 #   BENCH_FANOUT_NODES=10 BENCH_FANOUT_FILES=1000
 #   BENCH_WAN_MIB=100 BENCH_WAN_RTT_MS=50 BENCH_WAN_RATE=100mbit BENCH_BWLIMIT=2MiB/s BENCH_BWLIMIT_MIB=24
 #   BENCH_TIMEOUT=900 (s, any convergence wait)  BENCH_DAEMON_LOG=info (CLUSTERSYNC_LOG of daemons)
+#   BENCH_DROP_CACHES=1 (at the start, as root: sync, drop page/dentry/inode caches, compact memory)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")

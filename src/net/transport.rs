@@ -9,17 +9,17 @@
 //! ([`Link::version`]); none in common fails the handshake with a clear error.
 //!
 //! **Cipher suite.** The initiator picks the Noise protocol ([`Suite`]): AES-256-GCM
-//! (`Noise_XX_25519_AESGCM_BLAKE2s`) when this CPU has AES and carry-less multiply instructions
+//! (`Noise_XX_25519_AESGCM_BLAKE2s`) when its CPU has AES and carry-less multiply instructions
 //! (four times as fast as ChaCha20-Poly1305 there), otherwise ChaCha20-Poly1305
 //! (`Noise_XX_25519_ChaChaPoly_BLAKE2s`, the previous release's only suite). It names the suite
 //! in the plaintext payload of handshake message 1 (that payload is part of the handshake
 //! hash, so a changed name fails the handshake); the responder builds its handshake with the
 //! suite named there, or ChaChaPoly when the payload is empty (the previous release) or names
-//! a suite it does not know. A
-//! responder of the previous release ignores the name and answers with ChaChaPoly, which the
-//! initiator cannot decrypt: [`TransportError::SuiteRefused`], and the dialler connects again
-//! with ChaChaPoly ([`Suite::fallback`]). Both suites are standard Noise protocols run
-//! entirely by snow (on ring's implementations).
+//! a suite it does not know. A responder of the previous release ignores the name and answers
+//! with ChaChaPoly, which the initiator cannot decrypt: [`TransportError::SuiteRefused`], and
+//! the dialler connects again with ChaChaPoly ([`Suite::fallback`]). Someone on the path who
+//! breaks the first attempt can only make a link use ChaChaPoly, as strong. Both suites are
+//! standard Noise protocols run entirely by snow (on ring's implementations).
 //!
 //! Invariants: the remote static key is checked against the configured node ids as soon as the
 //! handshake reveals it, before any application data is sent or accepted; the handshake has a
