@@ -7,7 +7,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>` | u64 |
+//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending` | u64 |
 //! | `items` | (group, [`enc`]oded key) | postcard [`QuickStat`] then postcard [`Entry`] |
 //! | `by_seq4` | (group, seq) | encoded key |
 //! | `tombs` | (group, seq) | encoded key (tombstones only, for collection) |
@@ -37,6 +37,16 @@
 //! is one transaction, so a crash leaves either the old or the new state; `chunks4` rows are
 //! hints: readers verify the hash.
 //!
+//! **Chunk locations of bulk commits are written late.** `chunks4` is keyed by content hash, so
+//! the rows of one batch land all over its B-tree: with redb's copy-on-write pages a batch of
+//! 500 small files rewrote most of the table's leaves, ~10 % of a receiver's CPU in an initial
+//! sync. A commit of at least [`DEFER_MIN`] changes keeps its chunk rows in memory (readers
+//! see them: [`Store::chunk_location`] looks there first) and the next small commit, a commit
+//! once [`FLUSH_AT`] rows or [`FLUSH_AFTER`] have gathered, a reset, or closing the store writes
+//! them all in one go. While rows are pending, `meta` holds `chunks_pending` (set in the same
+//! transaction as the first deferred commit, removed in the one that writes them), so after a
+//! crash [`Store::open`] rebuilds `chunks4` from `items`.
+//!
 //! **Compatibility.** [`Store::open`] migrates an index of schema 3 (the previous release) in
 //! place, in one transaction (`migrate`); a schema newer than this binary is refused with
 //! [`StoreError::Schema`] and nothing is touched.
@@ -47,6 +57,47 @@ use crate::item::{Entry, Hash, Item, Kind, QuickStat};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// A commit of at least this many changes defers its chunk rows (see the module doc).
+pub const DEFER_MIN: usize = 256;
+/// Deferred chunk rows are written once this many have gathered ...
+pub const FLUSH_AT: usize = 65_536;
+/// ... or once the oldest has waited this long (at the next commit).
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A chunk row: group, encoded key, offset, length.
+type Loc = (String, Vec<u8>, u64, u64);
+/// Chunk rows to write (`None`: remove the row of that hash).
+type ChunkOps = std::collections::HashMap<Hash, Option<Loc>>;
+
+/// Chunk rows of bulk commits not written to `chunks4` yet.
+#[derive(Default)]
+struct Pending {
+    ops: ChunkOps,
+    since: Option<std::time::Instant>,
+}
+
+/// Chunk rows staged in a write transaction; [`Staged::done`] once it committed.
+struct Staged<'a> {
+    pending: std::sync::MutexGuard<'a, Pending>,
+    ops: ChunkOps,
+    flushed: bool,
+}
+
+impl Staged<'_> {
+    fn done(mut self) {
+        if self.flushed {
+            self.pending.ops.clear();
+            self.pending.since = None;
+        } else if !self.ops.is_empty() {
+            if self.pending.since.is_none() {
+                self.pending.since = Some(std::time::Instant::now());
+            }
+            let ops = std::mem::take(&mut self.ops);
+            self.pending.ops.extend(ops);
+        }
+    }
+}
 
 /// Page cache of the index database.
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -266,6 +317,16 @@ pub struct Store {
     index_id: u64,
     /// The highest sequence number when the index was opened (rollback detection).
     opened_seq: u64,
+    /// Chunk rows of bulk commits, not in `chunks4` yet.
+    pending: std::sync::Mutex<Pending>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_chunks() {
+            tracing::warn!("index: writing pending chunk locations: {e}");
+        }
+    }
 }
 
 /// A random non-zero u64.
@@ -393,6 +454,7 @@ impl Store {
             path: path.into(),
             index_id: 0,
             opened_seq: 0,
+            pending: Default::default(),
         };
         let schema = {
             let tx = st.db.begin_read().map_err(|e| st.err(e))?;
@@ -454,6 +516,7 @@ impl Store {
         tx.commit().map_err(|e| st.err(e))?;
         st.index_id = id;
         st.opened_seq = st.max_seq()?;
+        st.rebuild_chunks_if_pending()?;
         Ok(st)
     }
 
@@ -716,12 +779,14 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let seq;
+        let bulk = changes.len() >= DEFER_MIN;
+        let mut ops = ChunkOps::new();
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
             let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
             let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
-            let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+            let chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
             let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
             let mut stats = stats_t
                 .get(group)
@@ -776,15 +841,8 @@ impl Store {
                     // chunk locations that pointed here are forgotten
                     if let Some(m) = o.item.meta() {
                         for c in &m.chunks {
-                            let here = match chunks.get(&c.hash).map_err(|e| self.err(e))? {
-                                Some(v) => {
-                                    let (g, p, _, _) = v.value();
-                                    g == group && p == key.as_slice()
-                                }
-                                None => false,
-                            };
-                            if here {
-                                chunks.remove(&c.hash).map_err(|e| self.err(e))?;
+                            if self.points_here(&chunks, &ops, &c.hash, group, &key)? {
+                                ops.insert(c.hash, None);
                             }
                         }
                     }
@@ -793,9 +851,10 @@ impl Store {
                 if let Some(m) = ch.entry.item.meta() {
                     let mut off = 0u64;
                     for c in &m.chunks {
-                        chunks
-                            .insert(&c.hash, (group, key.as_slice(), off, c.len as u64))
-                            .map_err(|e| self.err(e))?;
+                        ops.insert(
+                            c.hash,
+                            Some((group.to_string(), key.clone(), off, c.len as u64)),
+                        );
                         off += c.len as u64;
                     }
                 }
@@ -810,8 +869,10 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             seq = next;
         }
-        self.write_extras(&tx, group, extras)?;
+        self.write_extras(&tx, group, extras, &mut ops)?;
+        let staged = self.stage_chunks(&tx, ops, !bulk)?;
         tx.commit().map_err(|e| self.err(e))?;
+        staged.done();
         Ok(seq)
     }
 
@@ -820,12 +881,13 @@ impl Store {
         tx: &redb::WriteTransaction,
         group: &str,
         x: Extras,
+        ops: &mut ChunkOps,
     ) -> Result<(), StoreError> {
         if !x.forget.is_empty() {
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
             let mut bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
             let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
-            let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+            let chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
             let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
             let mut stats = stats_t
                 .get(group)
@@ -846,15 +908,8 @@ impl Store {
                 stats.add(&old, -1);
                 if let Some(m) = old.item.meta() {
                     for c in &m.chunks {
-                        let here = chunks
-                            .get(&c.hash)
-                            .map_err(|e| self.err(e))?
-                            .is_some_and(|v| {
-                                let (g, p, _, _) = v.value();
-                                g == group && p == ek.as_slice()
-                            });
-                        if here {
-                            chunks.remove(&c.hash).map_err(|e| self.err(e))?;
+                        if self.points_here(&chunks, ops, &c.hash, group, &ek)? {
+                            ops.insert(c.hash, None);
                         }
                     }
                 }
@@ -906,12 +961,158 @@ impl Store {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.write_extras(&tx, group, extras)?;
-        tx.commit().map_err(|e| self.err(e))
+        let mut ops = ChunkOps::new();
+        self.write_extras(&tx, group, extras, &mut ops)?;
+        let staged = self.stage_chunks(&tx, ops, true)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        staged.done();
+        Ok(())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        match self.pending.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether the chunk row of `hash` (this transaction's `ops`, then the pending rows, then
+    /// the table) points at `key` of `group`.
+    fn points_here(
+        &self,
+        chunks: &redb::Table<&[u8; 32], (&str, &[u8], u64, u64)>,
+        ops: &ChunkOps,
+        hash: &Hash,
+        group: &str,
+        key: &[u8],
+    ) -> Result<bool, StoreError> {
+        let at = |l: &Option<Loc>| l.as_ref().is_some_and(|l| l.0 == group && l.1 == key);
+        if let Some(l) = ops.get(hash) {
+            return Ok(at(l));
+        }
+        if let Some(l) = self.lock_pending().ops.get(hash) {
+            return Ok(at(l));
+        }
+        Ok(chunks.get(hash).map_err(|e| self.err(e))?.is_some_and(|v| {
+            let (g, p, _, _) = v.value();
+            g == group && p == key
+        }))
+    }
+
+    /// Stage this transaction's chunk rows: written to the table together with every pending
+    /// row when `now` (or when enough have gathered, or the oldest is old), else kept pending.
+    /// The returned guard holds the pending rows locked until [`Staged::done`], called once the
+    /// transaction committed, so that no reader or writer sees the rows in neither place.
+    fn stage_chunks(
+        &self,
+        tx: &redb::WriteTransaction,
+        ops: ChunkOps,
+        now: bool,
+    ) -> Result<Staged<'_>, StoreError> {
+        let pending = self.lock_pending();
+        let flush = now
+            || pending.ops.len() + ops.len() >= FLUSH_AT
+            || pending.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
+        if flush {
+            if !pending.ops.is_empty() || !ops.is_empty() {
+                let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+                // this transaction's rows last: they are the newer
+                for (h, l) in pending.ops.iter().chain(ops.iter()) {
+                    match l {
+                        Some((g, k, off, len)) => {
+                            chunks
+                                .insert(h, (g.as_str(), k.as_slice(), *off, *len))
+                                .map_err(|e| self.err(e))?;
+                        }
+                        None => {
+                            chunks.remove(h).map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+            }
+            if !pending.ops.is_empty() {
+                let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+                meta.remove("chunks_pending").map_err(|e| self.err(e))?;
+            }
+        } else if pending.ops.is_empty() && !ops.is_empty() {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert("chunks_pending", 1).map_err(|e| self.err(e))?;
+        }
+        Ok(Staged {
+            pending,
+            ops,
+            flushed: flush,
+        })
+    }
+
+    /// Write every pending chunk row now (also done when the store is dropped).
+    pub fn flush_chunks(&self) -> Result<(), StoreError> {
+        if self.lock_pending().ops.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let staged = self.stage_chunks(&tx, ChunkOps::new(), true)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        staged.done();
+        Ok(())
+    }
+
+    /// After a stop with chunk rows still pending (a crash): write the rows of every item
+    /// again, from `items`.
+    fn rebuild_chunks_if_pending(&self) -> Result<(), StoreError> {
+        let pending = {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.get("chunks_pending")
+                .map_err(|e| self.err(e))?
+                .is_some()
+        };
+        if !pending {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut n = 0u64;
+        {
+            let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let mut chunks = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+            for row in items.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                let (group, ek) = k.value();
+                let e = decode_entry(&self.path, &dec(ek), v.value())?;
+                if let Some(m) = e.item.meta() {
+                    let mut off = 0u64;
+                    for c in &m.chunks {
+                        chunks
+                            .insert(&c.hash, (group, ek, off, c.len as u64))
+                            .map_err(|e| self.err(e))?;
+                        off += c.len as u64;
+                        n += 1;
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.remove("chunks_pending").map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        tracing::info!(
+            "index {}: the last run stopped with chunk locations unwritten; rebuilt {n} from the items in {:?}",
+            self.path.display(),
+            t0.elapsed()
+        );
+        Ok(())
     }
 
     /// Where a chunk was last seen.
     pub fn chunk_location(&self, hash: &Hash) -> Result<Option<ChunkLocation>, StoreError> {
+        if let Some(l) = self.lock_pending().ops.get(hash) {
+            return Ok(l.as_ref().map(|(g, k, off, len)| ChunkLocation {
+                group: g.clone(),
+                key: dec(k),
+                offset: *off,
+                len: *len,
+            }));
+        }
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
         Ok(t.get(hash).map_err(|e| self.err(e))?.map(|v| {
@@ -1085,6 +1286,8 @@ impl Store {
     /// Files on disk are not touched.
     pub fn reset_group(&self, group: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        // pending chunk rows go to the table first, where the group's are removed below
+        let staged = self.stage_chunks(&tx, ChunkOps::new(), true)?;
         let mut n = 0u64;
         {
             let lo: &[u8] = &[];
@@ -1173,6 +1376,7 @@ impl Store {
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
+        staged.done();
         Ok(n)
     }
 
@@ -1453,5 +1657,94 @@ mod tests {
         // a second open does nothing more
         let ix = Store::open(&p).unwrap();
         assert_eq!(ix.stats("www").unwrap().files, 3);
+    }
+
+    /// `n` new files from `from` on, each with a chunk of its own.
+    fn bulk(from: usize, n: usize) -> Vec<Change> {
+        (from..from + n)
+            .map(|i| {
+                let mut e = entry(format!("/r/f{i}").as_bytes(), 0);
+                let h = crate::fs::chunk::hash(&i.to_le_bytes());
+                if let Some(Body::Fs(m)) = e.item.body.as_mut() {
+                    m.hash = h;
+                    m.chunks[0].hash = h;
+                }
+                ch(e)
+            })
+            .collect()
+    }
+
+    fn hash_of(i: usize) -> Hash {
+        crate::fs::chunk::hash(&i.to_le_bytes())
+    }
+
+    /// (row in `chunks4`, `chunks_pending` set), read from the database itself.
+    fn on_disk(db: &Database, h: &Hash) -> (bool, bool) {
+        let tx = db.begin_read().unwrap();
+        let row = tx.open_table(CHUNKS).unwrap().get(h).unwrap().is_some();
+        let meta = tx.open_table(META).unwrap();
+        (row, meta.get("chunks_pending").unwrap().is_some())
+    }
+
+    /// A bulk commit's chunk rows wait in memory, where readers find them; the next small
+    /// commit writes them; closing the store writes them; after a crash (rows lost with the
+    /// process) the next open rebuilds them from the items.
+    #[test]
+    fn bulk_chunk_rows_are_found_written_late_and_rebuilt_after_a_crash() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.redb");
+        let ix = Store::open(&p).unwrap();
+        ix.commit("g", bulk(0, DEFER_MIN), Extras::default())
+            .unwrap();
+        assert_eq!(on_disk(&ix.db, &hash_of(3)), (false, true), "deferred");
+        let found = ix.chunk_location(&hash_of(3)).unwrap().unwrap();
+        assert_eq!((found.key.as_slice(), found.len), (&b"/r/f3"[..], 5));
+        // a second bulk commit replaces f3's content: its old row is gone for readers too
+        let mut again = bulk(DEFER_MIN, DEFER_MIN);
+        let mut f3 = bulk(3, 1).remove(0);
+        f3.entry.item.body = entry(b"/r/f3", 7).item.body;
+        again.push(f3);
+        ix.commit("g", again, Extras::default()).unwrap();
+        assert_eq!(ix.chunk_location(&hash_of(3)).unwrap(), None);
+        assert_eq!(
+            ix.chunk_location(&[7; 32]).unwrap().map(|l| l.key),
+            Some(b"/r/f3".to_vec())
+        );
+        // a small commit writes everything pending
+        ix.commit("g", bulk(10_000, 1), Extras::default()).unwrap();
+        assert_eq!(on_disk(&ix.db, &hash_of(DEFER_MIN + 1)), (true, false));
+        assert_eq!(on_disk(&ix.db, &[7; 32]), (true, false));
+        assert_eq!(on_disk(&ix.db, &hash_of(3)), (false, false), "removed");
+        // closing writes them
+        ix.commit("g", bulk(20_000, DEFER_MIN), Extras::default())
+            .unwrap();
+        drop(ix);
+        let db = Database::open(&p).unwrap();
+        assert_eq!(on_disk(&db, &hash_of(20_005)), (true, false));
+        drop(db);
+        // a crash: the pending rows die with the process
+        let ix = Store::open(&p).unwrap();
+        ix.commit("g", bulk(30_000, DEFER_MIN), Extras::default())
+            .unwrap();
+        ix.lock_pending().ops.clear();
+        drop(ix);
+        let db = Database::open(&p).unwrap();
+        assert_eq!(on_disk(&db, &hash_of(30_005)), (false, true));
+        drop(db);
+        let ix = Store::open(&p).unwrap();
+        assert_eq!(on_disk(&ix.db, &hash_of(30_005)), (true, false), "rebuilt");
+        for i in [0, 5, DEFER_MIN + 2, 10_000, 20_001, 30_000 + DEFER_MIN - 1] {
+            assert!(ix.chunk_location(&hash_of(i)).unwrap().is_some(), "{i}");
+        }
+        assert_eq!(
+            ix.chunk_location(&[7; 32]).unwrap().map(|l| l.key),
+            Some(b"/r/f3".to_vec())
+        );
+        // a reset takes the group's pending rows too
+        ix.commit("g", bulk(40_000, DEFER_MIN), Extras::default())
+            .unwrap();
+        ix.reset_group("g").unwrap();
+        assert_eq!(ix.chunk_location(&hash_of(40_001)).unwrap(), None);
+        assert_eq!(on_disk(&ix.db, &hash_of(40_001)), (false, false));
     }
 }
