@@ -957,15 +957,14 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
             Ok(link) => return Ok(link),
             Err(e) => e,
         };
+        if let TransportError::SuiteRefused(s) = &e
+            && let Some(next) = s.fallback()
+        {
+            tracing::debug!(peer, "{} refused {s}; trying {next}", nc.address);
+            suite = next;
+            continue;
+        }
         return Err(match e {
-            TransportError::SuiteRefused(s) => match s.fallback() {
-                Some(next) => {
-                    tracing::debug!(peer, "{} refused {s}; trying {next}", nc.address);
-                    suite = next;
-                    continue;
-                }
-                None => format!("{}: {}", nc.address, TransportError::SuiteRefused(s)),
-            },
             TransportError::WrongKey { got, .. } => format!(
                 "key mismatch: {} answered with key {got}, not the id configured for {peer} (run `clustersync id` on {peer} and fix [nodes.{peer}] id)",
                 nc.address

@@ -85,16 +85,18 @@ struct Staged<'a> {
 }
 
 impl Staged<'_> {
-    fn done(mut self) {
-        if self.flushed {
-            self.pending.ops.clear();
-            self.pending.since = None;
-        } else if !self.ops.is_empty() {
-            if self.pending.since.is_none() {
-                self.pending.since = Some(std::time::Instant::now());
-            }
-            let ops = std::mem::take(&mut self.ops);
-            self.pending.ops.extend(ops);
+    fn done(self) {
+        let Staged {
+            mut pending,
+            ops,
+            flushed,
+        } = self;
+        if flushed {
+            pending.ops.clear();
+            pending.since = None;
+        } else if !ops.is_empty() {
+            pending.since.get_or_insert_with(std::time::Instant::now);
+            pending.ops.extend(ops);
         }
     }
 }
