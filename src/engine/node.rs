@@ -978,9 +978,15 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
     }
 }
 
+/// Half the wait before the first new attempt to reach a peer (each failure doubles it, up to
+/// 5 s, or 60 s for a key mismatch).
+const FIRST_RETRY: Duration = Duration::from_millis(4);
+
 async fn dialer(ctx: Arc<Ctx>, peer: String) {
     let mut shutdown = ctx.shutdown_rx();
-    let mut backoff = Duration::from_millis(25);
+    // the first retries come quickly: nodes started together (a reboot, a deploy) find each
+    // other's listener a few milliseconds apart; the doubling keeps a dead peer cheap
+    let mut backoff = FIRST_RETRY;
     loop {
         if ctx.stopping() {
             return;
@@ -997,7 +1003,7 @@ async fn dialer(ctx: Arc<Ctx>, peer: String) {
                 .dialing = false;
             match r {
                 Ok(wire) => {
-                    backoff = Duration::from_millis(25);
+                    backoff = FIRST_RETRY;
                     match link::run(ctx.clone(), wire, peer.clone()).await {
                         Err(link::LinkError::Bye { reason, .. }) => {
                             ctx.links

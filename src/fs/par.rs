@@ -54,10 +54,14 @@ pub fn map<T: Send, R: Send>(
 
 /// How many threads independent work of this node may use (the machine's cores, at most 4).
 pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
+    // asked once: the answer reads cgroup files, and every received batch asks
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4)
+    })
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::item::hex;
 use crate::net::protocol::{MAX_FRAME, MAX_VERSION, MIN_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -40,6 +40,8 @@ const PROLOGUE: &[u8] = b"clustersync";
 const MAX_PACKET: usize = 65535;
 const TAG: usize = 16;
 const MAX_PLAIN: usize = MAX_PACKET - TAG;
+/// Encrypted bytes a writer gathers before it hands them to the socket in one write.
+const WRITE_BATCH: usize = 128 * 1024;
 /// Time allowed for a complete handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -197,10 +199,12 @@ pub struct LinkReader {
 
 /// The sending half of an established link.
 pub struct LinkWriter {
-    io: BufWriter<OwnedWriteHalf>,
+    io: OwnedWriteHalf,
     state: Arc<snow::StatelessTransportState>,
     nonce: u64,
-    buf: Vec<u8>,
+    /// Length-prefixed packets are encrypted straight into this buffer (allocated once, room
+    /// for [`WRITE_BATCH`] and one more packet), then written out together: no second copy.
+    out: Vec<u8>,
 }
 
 /// An authenticated link and the verified id of the peer.
@@ -269,10 +273,10 @@ fn finish(
             packet: Vec::new(),
         },
         writer: LinkWriter {
-            io: BufWriter::with_capacity(128 * 1024, stream_w),
+            io: stream_w,
             state,
             nonce: 0,
-            buf: vec![0u8; MAX_PACKET],
+            out: vec![0u8; WRITE_BATCH + 2 + MAX_PACKET],
         },
         remote_id,
         version,
@@ -420,19 +424,24 @@ impl LinkWriter {
         first.extend_from_slice(&(body.len() as u32).to_be_bytes());
         first.extend_from_slice(&body[..split]);
         let pieces = std::iter::once(first.as_slice()).chain(body[split..].chunks(MAX_PLAIN));
+        let mut used = 0;
         for piece in pieces {
+            if used > WRITE_BATCH {
+                self.io.write_all(&self.out[..used]).await?;
+                used = 0;
+            }
             let n = self
                 .state
-                .write_message(self.nonce, piece, &mut self.buf)
+                .write_message(self.nonce, piece, &mut self.out[used + 2..])
                 .map_err(noise)?;
             self.nonce = self
                 .nonce
                 .checked_add(1)
                 .ok_or_else(|| TransportError::Noise("nonce exhausted".into()))?;
-            self.io.write_all(&(n as u16).to_be_bytes()).await?;
-            self.io.write_all(&self.buf[..n]).await?;
+            self.out[used..used + 2].copy_from_slice(&(n as u16).to_be_bytes());
+            used += 2 + n;
         }
-        self.io.flush().await?;
+        self.io.write_all(&self.out[..used]).await?;
         Ok(())
     }
 
@@ -444,16 +453,42 @@ impl LinkWriter {
 
 impl LinkReader {
     async fn fill(&mut self) -> Result<(), TransportError> {
-        read_raw(&mut self.io, &mut self.packet).await?;
-        if self.packet.len() < TAG {
-            return Err(TransportError::Noise("short packet".into()));
-        }
+        // a packet that lies whole in the read buffer is decrypted from there; one cut by the
+        // buffer's end is put together in `packet` first
+        let buffered = self.io.fill_buf().await?;
+        let whole = match buffered {
+            [a, b, rest @ ..] => {
+                let len = u16::from_be_bytes([*a, *b]) as usize;
+                (rest.len() >= len).then_some(len)
+            }
+            _ => None,
+        };
         let start = self.plain.len();
-        self.plain.resize(start + self.packet.len(), 0);
-        let n = self
-            .state
-            .read_message(self.nonce, &self.packet, &mut self.plain[start..])
-            .map_err(noise)?;
+        let n = match whole {
+            Some(len) => {
+                let packet = &buffered[2..2 + len];
+                if len < TAG {
+                    return Err(TransportError::Noise("short packet".into()));
+                }
+                self.plain.resize(start + len, 0);
+                let n = self
+                    .state
+                    .read_message(self.nonce, packet, &mut self.plain[start..])
+                    .map_err(noise)?;
+                self.io.consume(2 + len);
+                n
+            }
+            None => {
+                read_raw(&mut self.io, &mut self.packet).await?;
+                if self.packet.len() < TAG {
+                    return Err(TransportError::Noise("short packet".into()));
+                }
+                self.plain.resize(start + self.packet.len(), 0);
+                self.state
+                    .read_message(self.nonce, &self.packet, &mut self.plain[start..])
+                    .map_err(noise)?
+            }
+        };
         self.nonce = self
             .nonce
             .checked_add(1)

@@ -63,17 +63,17 @@ struct Plan {
 }
 
 /// Make the index describe what is on disk at `key` right now (a change the watcher has not
-/// reported yet becomes a local version first); returns the entry. `snap` is the batch's read
-/// snapshot, taken again when this writes the index.
+/// reported yet becomes a local version first); returns the entry. `md` is the lstat of `key`
+/// taken for this batch's planning; `snap` is the batch's read snapshot, taken again when this
+/// writes the index.
 fn reconcile<'s>(
     ctx: &'s Ctx,
     g: &GroupRt,
     snap: &mut Snapshot<'s>,
     key: &[u8],
+    md: Option<std::fs::Metadata>,
 ) -> Result<Option<Entry>, StoreError> {
     let local = snap.get(g.name(), key)?;
-    let real = name::real(&ctx.root, key);
-    let md = std::fs::symlink_metadata(&real).ok();
     let fine = match (&local, &md) {
         (None, None) => true,
         // a local deletion is left to the watcher and the rescans, which see a whole burst
@@ -128,7 +128,16 @@ fn plan(
     };
     // one read snapshot for the batch (`reconcile` takes it again when it writes the index)
     let mut snap = ctx.store.snapshot()?;
-    for (w, from, attempts) in items {
+    // what is on disk now, for every item at once: the lstats are independent, and planning
+    // is the serial part of a batch
+    let reals: Vec<_> = items
+        .iter()
+        .map(|(w, _, _)| name::real(&ctx.root, &w.item.key))
+        .collect();
+    let mds = crate::fs::par::map(reals, threads_for(items.len()), |real| {
+        std::fs::symlink_metadata(real).ok()
+    });
+    for ((w, from, attempts), md) in items.into_iter().zip(mds) {
         let key = w.item.key.clone();
         if drift_keep.contains(&key) {
             // on_drift = keep: the local file stays until the drift is resolved, but the
@@ -144,7 +153,7 @@ fn plan(
             }
             continue;
         }
-        let local = reconcile(ctx, g, &mut snap, &key)?;
+        let local = reconcile(ctx, g, &mut snap, &key, md.flatten())?;
         let mut d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
         // two group path directories that nobody versioned yet and that differ: the policy
         // picked one, the same on every node; it gets a version here so that a node joining
@@ -388,8 +397,20 @@ impl Lane {
             .counters
             .items_in
             .fetch_add(items.len() as u64, Ordering::Relaxed);
-        for w in &items {
-            if let Err(e) = validate(&self.g, w, &known) {
+        // the checks hash inline content: several threads for a large batch
+        let g = &self.g;
+        let checked = crate::fs::par::map(
+            items.iter().collect(),
+            threads_for(items.len()),
+            |w: &WireItem| validate(g, w, &known).err(),
+        );
+        for (w, r) in items.iter().zip(checked) {
+            if let Some(e) = r.unwrap_or_else(|| {
+                Some(crate::engine::apply::Refused {
+                    path: w.item.show().into_owned(),
+                    reason: "checking it failed (internal error)".into(),
+                })
+            }) {
                 tracing::error!(peer = %link.peer, group = %group, "{e}; closing the link");
                 let key = &w.item.key[..w.item.key.len().min(4096)];
                 self.ctx
