@@ -24,7 +24,7 @@ use crate::config::Owners;
 use crate::engine::group::GroupRt;
 use crate::engine::node::Ctx;
 use crate::fs::chunk::MAX_CHUNK;
-use crate::fs::safefs::{FsError, Place, SetMeta, Temp};
+use crate::fs::safefs::{FsError, NewInstall, Place, SetMeta, Temp};
 use crate::fs::xattr;
 use crate::item::{Body, ChunkRef, Entry, Hash, Item, Kind, Meta, name};
 use crate::local::scan::{kind_of, quick_match_stat, quick_of_stat};
@@ -445,6 +445,20 @@ impl<'a> Fs<'a> {
         local: Option<&Entry>,
         tmp: Temp,
     ) -> Result<Entry, ApplyError> {
+        let tmp = if local.is_none_or(|l| l.item.is_deleted()) {
+            // nothing may be there: the rename checks that itself
+            match place.install_new_synced(tmp)? {
+                NewInstall::Done(st) => return Ok(self.finish_with(item, Some(st))),
+                NewInstall::Occupied => {
+                    return Err(ApplyError::Changed {
+                        path: item.show().into_owned(),
+                    });
+                }
+                NewInstall::Unsupported(tmp) => tmp,
+            }
+        } else {
+            tmp
+        };
         // one lstat for the re-check and for what is in the way
         let st = place.stat()?;
         if !self.unchanged_stat(st.as_ref(), local, false) {
@@ -458,8 +472,8 @@ impl<'a> Fs<'a> {
             self.backup(place, l);
         }
         let st = self.clear_dir_for_stat(place, st)?;
-        place.install_synced(tmp, st.as_ref())?;
-        self.finish_at(place, item)
+        let st = place.install_synced(tmp, st.as_ref())?;
+        Ok(self.finish_with(item, Some(st)))
     }
 
     /// Give the temporary file its metadata and attributes (before it is made durable).
@@ -659,10 +673,6 @@ impl<'a> Fs<'a> {
     }
 
     /// [`Fs::finish`] for the entry just installed at `place` (no walk of the path again).
-    fn finish_at(&self, place: &Place, item: &Item) -> Result<Entry, ApplyError> {
-        Ok(self.finish_with(item, place.stat()?))
-    }
-
     fn finish_with(&self, item: &Item, st: Option<rustix::fs::Stat>) -> Entry {
         // removed locally the instant after we installed it: record what we installed; the
         // watcher's scan of the deletion then makes a tombstone

@@ -69,6 +69,16 @@ pub struct Place {
 }
 
 /// A temporary file being filled before it is installed.
+/// What [`Place::install_new_synced`] did.
+pub enum NewInstall {
+    /// Renamed into place; the installed file's stat.
+    Done(Stat),
+    /// Something is at the target now: nothing was changed.
+    Occupied,
+    /// The filesystem cannot refuse to replace: the caller installs the usual way.
+    Unsupported(Temp),
+}
+
 pub struct Temp {
     pub file: File,
     name: String,
@@ -337,12 +347,36 @@ impl Place {
     /// gave the temp files their metadata and flushed them with [`sync_filesystem`] first,
     /// and syncs the renames the same way afterwards.
     /// `st`: the target's lstat, just taken by the caller.
-    pub fn install_synced(&self, mut tmp: Temp, st: Option<&Stat>) -> Result<(), FsError> {
+    /// Returns the installed file's stat, taken from its descriptor after the rename.
+    pub fn install_synced(&self, mut tmp: Temp, st: Option<&Stat>) -> Result<Stat, FsError> {
         self.clear_for_stat(st, false)?;
         rustix::fs::renameat(&tmp.dir, tmp.name.as_str(), &self.dir, self.name.as_slice())
             .map_err(|e| fe("rename", &self.path, e))?;
         tmp.done = true;
-        Ok(())
+        rustix::fs::fstat(&tmp.file).map_err(|e| fe("stat", &self.path, e))
+    }
+
+    /// [`Self::install_synced`] for a target that must not exist: the rename itself refuses
+    /// to replace anything (`RENAME_NOREPLACE`), so no lstat is needed before it and nothing
+    /// that appeared meanwhile is overwritten.
+    pub fn install_new_synced(&self, mut tmp: Temp) -> Result<NewInstall, FsError> {
+        match rustix::fs::renameat_with(
+            &tmp.dir,
+            tmp.name.as_str(),
+            &self.dir,
+            self.name.as_slice(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                tmp.done = true;
+                let st = rustix::fs::fstat(&tmp.file).map_err(|e| fe("stat", &self.path, e))?;
+                Ok(NewInstall::Done(st))
+            }
+            Err(Errno::EXIST) => Ok(NewInstall::Occupied),
+            // a filesystem without the flag
+            Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => Ok(NewInstall::Unsupported(tmp)),
+            Err(e) => Err(fe("rename", &self.path, e)),
+        }
     }
 
     /// The open parent directory, e.g. for [`sync_filesystem`].
