@@ -665,4 +665,59 @@ mod tests {
             "{names:?}"
         );
     }
+
+    #[test]
+    fn a_new_file_never_replaces_what_appeared_meanwhile() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("g")).unwrap();
+        let temps = || {
+            std::fs::read_dir(root.join("g"))
+                .unwrap()
+                .filter(|e| {
+                    let n = e.as_ref().unwrap().file_name();
+                    n.to_string_lossy().starts_with(TEMP_PREFIX)
+                })
+                .count()
+        };
+        // nothing there: installed, and the stat is the installed file's
+        let place = resolve(&root, "/g", b"/g/f", true).unwrap();
+        let mut t = place.create_temp().unwrap();
+        t.file.write_all(b"ours").unwrap();
+        let NewInstall::Done(st) = place.install_new_synced(t).unwrap() else {
+            panic!("not installed");
+        };
+        let md = std::fs::symlink_metadata(root.join("g/f")).unwrap();
+        assert_eq!(std::fs::read(root.join("g/f")).unwrap(), b"ours");
+        assert_eq!((st.st_ino, st.st_ctime), (md.ino(), md.ctime()));
+        assert_eq!(st.st_ctime_nsec as i64, md.ctime_nsec());
+        assert_eq!(temps(), 0);
+        // a file someone wrote there meanwhile: left alone, and the temp file goes away
+        let place = resolve(&root, "/g", b"/g/theirs", true).unwrap();
+        let mut t = place.create_temp().unwrap();
+        t.file.write_all(b"ours").unwrap();
+        std::fs::write(root.join("g/theirs"), b"theirs").unwrap();
+        assert!(matches!(
+            place.install_new_synced(t).unwrap(),
+            NewInstall::Occupied
+        ));
+        assert_eq!(std::fs::read(root.join("g/theirs")).unwrap(), b"theirs");
+        assert_eq!(temps(), 0);
+        // a directory or a symlink that appeared: left alone too
+        std::fs::create_dir(root.join("g/dir")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", root.join("g/link")).unwrap();
+        for n in ["dir", "link"] {
+            let key = format!("/g/{n}");
+            let place = resolve(&root, "/g", key.as_bytes(), true).unwrap();
+            let t = place.create_temp().unwrap();
+            assert!(matches!(
+                place.install_new_synced(t).unwrap(),
+                NewInstall::Occupied
+            ));
+        }
+        assert!(root.join("g/dir").is_dir());
+        assert!(root.join("g/link").is_symlink());
+        assert_eq!(temps(), 0);
+    }
 }

@@ -628,6 +628,38 @@ mod tests {
         }
     }
 
+    /// Frames written back to back, without waiting for the reader, share the reader's buffer
+    /// and straddle its end at every offset: each arrives whole and in order.
+    #[tokio::test]
+    async fn frames_back_to_back_arrive_intact() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a_id, b_id) = (a.id(), b.id());
+        let frames: Vec<Vec<u8>> = (0..200usize)
+            .map(|k| {
+                let n = SIZES[k % SIZES.len()] + k;
+                (0..n).map(|i| (i * 13 + k) as u8).collect()
+            })
+            .collect();
+        let sent = frames.clone();
+        let srv = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut link = accept(s, &b, |id| id == a_id).await.unwrap();
+            for f in &sent {
+                link.writer.send_frame(f).await.unwrap();
+            }
+            link
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut link = connect(s, &a, "b", &b_id, Suite::AesGcm).await.unwrap();
+        for (k, f) in frames.iter().enumerate() {
+            assert_eq!(&link.reader.recv_frame(IDLE).await.unwrap(), f, "frame {k}");
+        }
+        drop(srv.await.unwrap());
+    }
+
     /// A responder of the previous release (`accept_speaking` without versions): the first
     /// frame of a link it accepted, `None` if the handshake failed.
     async fn previous_release_responder(s: TcpStream, ident: &Identity) -> Option<Vec<u8>> {
