@@ -672,7 +672,8 @@ impl<'a> Fs<'a> {
         Ok(self.finish_with(item, st))
     }
 
-    /// [`Fs::finish`] for the entry just installed at `place` (no walk of the path again).
+    /// The index entry of `item` as it is on disk now, from a stat of it taken without walking
+    /// the path again (`None`: it is gone already).
     fn finish_with(&self, item: &Item, st: Option<rustix::fs::Stat>) -> Entry {
         // removed locally the instant after we installed it: record what we installed; the
         // watcher's scan of the deletion then makes a tombstone

@@ -68,7 +68,6 @@ pub struct Place {
     pub path: Vec<u8>,
 }
 
-/// A temporary file being filled before it is installed.
 /// What [`Place::install_new_synced`] did.
 pub enum NewInstall {
     /// Renamed into place; the installed file's stat.
@@ -79,6 +78,7 @@ pub enum NewInstall {
     Unsupported(Temp),
 }
 
+/// A temporary file being filled before it is installed.
 pub struct Temp {
     pub file: File,
     name: String,
