@@ -484,14 +484,9 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
             batch = events.recv() => match batch {
                 Some(batch) => {
                     // this batch and any the reader queued already, then hand over what is due
-                    let mut more = 0;
-                    let mut next_batch = Some(batch);
-                    while let Some(b) = next_batch {
-                        for ev in b {
-                            st.handle(ev);
-                        }
-                        more += 1;
-                        next_batch = if more < 64 { events.try_recv().ok() } else { None };
+                    let queued = std::iter::from_fn(|| events.try_recv().ok()).take(63);
+                    for ev in std::iter::once(batch).chain(queued).flatten() {
+                        st.handle(ev);
                     }
                 }
                 None => return Ok(()),

@@ -463,32 +463,25 @@ impl LinkReader {
             }
             _ => None,
         };
-        let start = self.plain.len();
-        let n = match whole {
-            Some(len) => {
-                let packet = &buffered[2..2 + len];
-                if len < TAG {
-                    return Err(TransportError::Noise("short packet".into()));
-                }
-                self.plain.resize(start + len, 0);
-                let n = self
-                    .state
-                    .read_message(self.nonce, packet, &mut self.plain[start..])
-                    .map_err(noise)?;
-                self.io.consume(2 + len);
-                n
-            }
-            None => {
-                read_raw(&mut self.io, &mut self.packet).await?;
-                if self.packet.len() < TAG {
-                    return Err(TransportError::Noise("short packet".into()));
-                }
-                self.plain.resize(start + self.packet.len(), 0);
-                self.state
-                    .read_message(self.nonce, &self.packet, &mut self.plain[start..])
-                    .map_err(noise)?
-            }
+        if whole.is_none() {
+            read_raw(&mut self.io, &mut self.packet).await?;
+        }
+        let packet = match whole {
+            Some(len) => &self.io.buffer()[2..2 + len],
+            None => &self.packet[..],
         };
+        if packet.len() < TAG {
+            return Err(TransportError::Noise("short packet".into()));
+        }
+        let start = self.plain.len();
+        self.plain.resize(start + packet.len(), 0);
+        let n = self
+            .state
+            .read_message(self.nonce, packet, &mut self.plain[start..])
+            .map_err(noise)?;
+        if let Some(len) = whole {
+            self.io.consume(2 + len);
+        }
         self.nonce = self
             .nonce
             .checked_add(1)
