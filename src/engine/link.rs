@@ -221,7 +221,11 @@ impl Drop for Registered {
 }
 
 fn encode_for(version: u32, m: &Msg) -> Option<Vec<u8>> {
-    if version >= 4 {
+    if m.since() > version.max(4) {
+        // the peer's release does not know this message (protocol 3 gets protocol 4's
+        // messages translated by `v3::from_current`)
+        None
+    } else if version >= 4 {
         m.encode().ok()
     } else {
         v3::from_current(m).and_then(|m| m.encode().ok())
@@ -240,7 +244,7 @@ struct Sending {
 impl Sending {
     fn encode(&self, m: &Msg) -> Option<Vec<u8>> {
         let worth = matches!(m, Msg::Index { .. } | Msg::Chunks { .. });
-        if self.version >= 4 && self.compress && worth {
+        if self.version >= 4 && m.since() <= self.version && self.compress && worth {
             m.encode_compressed().ok()
         } else {
             encode_for(self.version, m)

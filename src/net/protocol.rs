@@ -1,8 +1,12 @@
 //! The peer wire protocol: every message two nodes exchange, and its version.
 //!
-//! **Version [`MAX_VERSION`] (4)**; this build also speaks [`MIN_VERSION`] (3, the previous
-//! release) through `net::v3`, so a rolling upgrade keeps syncing. The version of a link is
-//! agreed in the transport handshake (`transport::Versions`).
+//! **Version [`MAX_VERSION`] (5)**; this build also speaks 4 (the previous release, 0.2) and
+//! [`MIN_VERSION`] (3, release 0.1, through `net::v3`), so a rolling upgrade keeps syncing. The
+//! version of a link is agreed in the transport handshake (`transport::Versions`).
+//!
+//! Protocol 5 is protocol 4 with messages added after the last variant of protocol 4 (`Bye`):
+//! every protocol-4 message encodes the same in both, and a link of version 4 never sends a
+//! message of 5 (see `Msg::since`).
 //!
 //! A message is one frame: a codec byte ([`CODEC_PLAIN`], or [`CODEC_ZSTD`] when compression
 //! pays: the sender tries zstd at a fast level on a sample and sends plain what does not
@@ -27,7 +31,7 @@ use crate::item::{Hash, Item};
 use serde::{Deserialize, Serialize};
 
 /// Highest protocol version this build speaks.
-pub const MAX_VERSION: u32 = 4;
+pub const MAX_VERSION: u32 = 5;
 /// Lowest protocol version this build speaks (the previous release).
 pub const MIN_VERSION: u32 = 3;
 /// Largest accepted message, encoded.
@@ -274,6 +278,21 @@ impl Msg {
             return Err(ProtocolError::Trailing);
         }
         Ok(m)
+    }
+
+    /// The protocol version that introduced this message: a link of an older version never
+    /// carries it.
+    pub fn since(&self) -> u32 {
+        match self {
+            Msg::Hello { .. }
+            | Msg::Index { .. }
+            | Msg::Ack { .. }
+            | Msg::GetChunks { .. }
+            | Msg::Chunks { .. }
+            | Msg::Ping { .. }
+            | Msg::Pong { .. }
+            | Msg::Bye { .. } => 4,
+        }
     }
 
     /// Short name for logs.

@@ -7,10 +7,16 @@
 //! those items back once, and the peer ignores them as equal); tombstones get their own table;
 //! counters per group are computed; conflicts convert; chunk locations are rewritten; peers'
 //! positions and acknowledgements keep their meaning and stay. Old tables are deleted.
+//!
+//! **4 → 5**: an acknowledgement now means "applied and saved durably" (SPEC §5.13); the
+//! previous release also acknowledged batches it never saved (a stopped group, a failed
+//! commit), so the acknowledgements it recorded are not trusted for collecting tombstones:
+//! `acked` is emptied (the next exchange with each peer records it again, under the new
+//! meaning). Everything else keeps its meaning.
 
 use super::{
-    BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS, StoreError, TOMBS,
-    enc, encode_entry,
+    ACKED, BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS, StoreError,
+    TOMBS, enc, encode_entry,
 };
 use crate::item::Entry;
 use crate::item::v3::{ConflictInfoV3, EntryV3, QuickStatV3};
@@ -118,6 +124,28 @@ pub(super) fn v3_to_v4(db: &Database, path: &Path) -> Result<(), StoreError> {
     tx.commit().map_err(|e| err(e.into()))?;
     tracing::info!(
         "index {}: migrated {n} entries from schema 3 to schema 4",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Migrate an index of schema 4 to schema 5 in place.
+pub(super) fn v4_to_v5(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let err = |e: redb::Error| StoreError::Db {
+        path: path.into(),
+        source: e,
+    };
+    let tx = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        // acknowledgements of the previous release may cover batches never saved
+        tx.delete_table(ACKED).map_err(|e| err(e.into()))?;
+        tx.open_table(ACKED).map_err(|e| err(e.into()))?;
+        let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert("schema", 5).map_err(|e| err(e.into()))?;
+    }
+    tx.commit().map_err(|e| err(e.into()))?;
+    tracing::info!(
+        "index {}: migrated from schema 4 to schema 5",
         path.display()
     );
     Ok(())

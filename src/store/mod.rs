@@ -3,7 +3,7 @@
 //! from it; where known chunks live; conflicts; items set aside; counters per group.
 //!
 //! Storage is one redb database (`<state-dir>/index.redb`, ACID, crash-safe), mode 0600.
-//! **Schema version [`SCHEMA_VERSION`]** (4). Tables:
+//! **Schema version [`SCHEMA_VERSION`]** (5). Tables:
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -47,9 +47,9 @@
 //! transaction as the first deferred commit, removed in the one that writes them), so after a
 //! crash [`Store::open`] rebuilds `chunks4` from `items`.
 //!
-//! **Compatibility.** [`Store::open`] migrates an index of schema 3 (the previous release) in
-//! place, in one transaction (`migrate`); a schema newer than this binary is refused with
-//! [`StoreError::Schema`] and nothing is touched.
+//! **Compatibility.** [`Store::open`] migrates an index of schema 4 (the previous release) or 3
+//! (the one before) in place, each step in one transaction (`migrate`); a schema newer than
+//! this binary is refused with [`StoreError::Schema`] and nothing is touched.
 
 mod migrate;
 
@@ -105,7 +105,7 @@ impl Staged<'_> {
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ITEMS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("items");
@@ -476,7 +476,11 @@ impl Store {
                     found: v,
                 });
             }
-            Some(3) => migrate::v3_to_v4(&st.db, path)?,
+            Some(3) => {
+                migrate::v3_to_v4(&st.db, path)?;
+                migrate::v4_to_v5(&st.db, path)?;
+            }
+            Some(4) => migrate::v4_to_v5(&st.db, path)?,
             Some(v) if v < 3 => {
                 return Err(StoreError::Schema {
                     path: path.into(),
