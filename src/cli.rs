@@ -444,7 +444,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
             return Err(exit(1, format!("control socket: {e}")));
         }
     };
-    let current: control::Current = Arc::new(std::sync::RwLock::new(Some(node.ctx.clone())));
+    let current: control::Current = Arc::new(std::sync::RwLock::new(Some(node.engine())));
     let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
     let mut ctl = tokio::spawn(control::serve(
         listener,
@@ -454,14 +454,14 @@ async fn daemon(s: &Settings) -> Result<u8> {
     ));
     // READY only once commands can reach the daemon
     let _ = notify::ready();
-    let _ = notify::status(&daemon_status(&node.ctx));
+    let _ = notify::status(&daemon_status(&node.engine()));
     let (stop_wd, wd_rx) = tokio::sync::watch::channel(false);
     let _watchdog = notify::watchdog_task(wd_rx);
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
     let code = loop {
         tokio::select! {
             _ = status_tick.tick() => {
-                let _ = notify::status(&daemon_status(&node.ctx));
+                let _ = notify::status(&daemon_status(&node.engine()));
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0 }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0 }
@@ -484,7 +484,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
                         match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
                             Ok(n) => {
                                 node = n;
-                                set_current(&current, Some(node.ctx.clone()));
+                                set_current(&current, Some(node.engine()));
                                 tracing::info!("config reloaded");
                                 let _ = notify::ready();
                             }
@@ -518,7 +518,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
     Ok(code)
 }
 
-fn set_current(current: &control::Current, ctx: Option<Arc<crate::engine::node::Ctx>>) {
+fn set_current(current: &control::Current, ctx: Option<crate::engine::node::Engine>) {
     match current.write() {
         Ok(mut w) => *w = ctx,
         Err(poisoned) => *poisoned.into_inner() = ctx,
@@ -526,10 +526,11 @@ fn set_current(current: &control::Current, ctx: Option<Arc<crate::engine::node::
 }
 
 /// The one-line STATUS systemd shows.
-fn daemon_status(ctx: &crate::engine::node::Ctx) -> String {
+fn daemon_status(e: &crate::engine::node::Engine) -> String {
+    let ctx = &e.ctx;
     let peers = ctx.all_peers();
     let connected = peers.iter().filter(|p| ctx.links.get(p).is_some()).count();
-    let stopped = ctx.lanes().filter(|l| l.state.is_stopped()).count();
+    let stopped = e.lanes.iter().filter(|l| l.state.is_stopped()).count();
     let mut s = format!(
         "{} groups, {connected} of {} peers connected",
         ctx.groups.len(),
@@ -605,16 +606,21 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
     }
     let node = start_in_process(s, cfg, dry_run).await?;
     // the node scanned everything as it started: no second scan
-    let ctx = node.ctx.clone();
+    let (ctx, lanes) = (node.ctx.clone(), node.lanes.clone());
     let rep = with_progress(
-        crate::engine::sync::sync(&node.ctx, &groups, timeout, false),
+        crate::engine::sync::sync(&node.engine(), &groups, timeout, false),
         !dry_run,
         move || {
-            let st = crate::engine::status::live(&ctx).ok();
+            let st = crate::engine::status::live(&ctx, &lanes).ok();
             async move { st }
         },
     )
     .await;
+    if dry_run {
+        for (what, path) in node.ctx.dry_run_lines() {
+            println!("{what:<9} {path}");
+        }
+    }
     node.stop().await;
     Ok(print_report(&rep, dry_run))
 }
@@ -963,12 +969,14 @@ async fn resolve(s: &Settings, path: &std::ffi::OsStr, keep: &str) -> Result<u8>
         Err(control::ControlError::NoDaemon(_)) => {
             // no daemon: do it in-process, connected to the peers, then push the result
             let node = start_in_process(s, cfg, false).await?;
-            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
-            let r = match node.ctx.lane(&group) {
+            let _ = crate::engine::sync::sync(&node.engine(), &[], Duration::from_secs(30), false)
+                .await;
+            let r = match node.lanes.get(&group) {
                 Some(l) => l.resolve(logical, keep.to_string()).await,
                 None => Err(format!("unknown group {group}")),
             };
-            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
+            let _ = crate::engine::sync::sync(&node.engine(), &[], Duration::from_secs(30), false)
+                .await;
             node.stop().await;
             r
         }

@@ -535,14 +535,15 @@ fn sync_dry_run_with_a_daemon_prints_one_line_per_path_and_action_and_changes_no
     for (what, path) in [("send", "new.txt"), ("send", "old"), ("delete", "doomed")] {
         assert!(
             o.lines()
-                .any(|l| l.starts_with(what) && l.ends_with(&format!("/srv/www/{path}"))),
+                .any(|l| l.starts_with(what) && l.contains(&format!("/srv/www/{path}  ("))),
             "`{what} /srv/www/{path}` missing:\n{o}"
         );
     }
 }
 
-/// Every line is `ACTION PATH` (send, receive, delete, conflict), each path once, no JSON and
-/// no "in sync".
+/// Every line is `ACTION PATH` (send, receive, delete, conflict), optionally followed by the
+/// peers it goes to or comes from (`  (to b, c)`, `  (from a)`), each path once, no JSON and no
+/// "in sync".
 fn check_dry_run_lines(o: &str) {
     assert!(!o.contains('{'), "no JSON: {o}");
     assert!(
@@ -552,6 +553,16 @@ fn check_dry_run_lines(o: &str) {
     let lines: Vec<&str> = o.lines().collect();
     for l in &lines {
         let (what, path) = l.split_once(char::is_whitespace).unwrap_or(("", ""));
+        let path = match path.rsplit_once("  (") {
+            Some((p, peers)) if peers.ends_with(')') => {
+                assert!(
+                    peers.starts_with("to ") || peers.starts_with("from "),
+                    "line {l:?} names its peers with a direction:\n{o}"
+                );
+                p
+            }
+            _ => path,
+        };
         assert!(
             ["send", "receive", "delete", "conflict"].contains(&what)
                 && (path.trim() == "/srv/www" || path.trim().starts_with("/srv/www/")),
@@ -593,7 +604,7 @@ fn sync_dry_run_without_a_daemon_prints_what_would_be_received_and_changes_nothi
     ] {
         assert!(
             o.lines()
-                .any(|l| l.starts_with(what) && l.ends_with(&format!("/srv/www/{path}"))),
+                .any(|l| l.starts_with(what) && l.contains(&format!("/srv/www/{path}  ("))),
             "`{what} /srv/www/{path}` missing:\n{o}"
         );
     }
@@ -706,7 +717,7 @@ fn sync_dry_run_exits_as_sync_would_when_a_peer_is_down() {
     assert_eq!(out.status.code(), Some(0), "{o}{e}");
     assert!(
         o.lines()
-            .any(|l| l.starts_with("receive") && l.ends_with("/srv/www/new.txt")),
+            .any(|l| l.starts_with("receive") && l.contains("/srv/www/new.txt  (from ")),
         "{o}"
     );
     let out = c.cli("a", &["sync", "--dry-run", "--timeout", "5s"]);

@@ -14,8 +14,9 @@
 //! peer they came from, and content travels inline only from the node that made the change
 //! (relays send the item, and content is fetched where it is missing).
 
+use crate::engine::lane::Lanes;
 use crate::engine::node::Ctx;
-use crate::item::Hash;
+use crate::engine::peer::{Link, LinkGroup, RemoteProgress, lock};
 use crate::item::v3::RecordV3;
 use crate::net::protocol::{
     GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST, MAX_GROUPS,
@@ -23,11 +24,11 @@ use crate::net::protocol::{
 };
 use crate::net::transport::{HANDSHAKE_TIMEOUT, Link as Wire, LinkReader, TransportError};
 use crate::net::v3::{self, Msg3};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 /// A link with no packet for this long is dead (SPEC §5.12: a vanished peer within 15 s).
 pub const IDLE: Duration = Duration::from_secs(14);
@@ -39,152 +40,6 @@ const MAX_SERVING: usize = 4;
 const MAX_CHUNKS_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded bytes of items in one `Index` batch at most (well under the frame limit).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-type ChunkReply = Vec<Option<Vec<u8>>>;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// What our pump has sent and the peer has acknowledged, for one group.
-#[derive(Debug, Default, Clone)]
-pub struct PumpProgress {
-    /// Our index has been read up to this seq (everything up to it was sent or skipped).
-    pub scanned: u64,
-    /// `through` of batches sent and not yet acknowledged.
-    pub unacked: VecDeque<u64>,
-    /// `through` of the last batch sent.
-    pub last_sent: u64,
-    /// Highest `through` the peer acknowledged.
-    pub acked: u64,
-    /// Items not sent because the peer's protocol cannot carry them.
-    pub not_sendable: u64,
-    /// What the peer could not take, for `status`.
-    pub not_sendable_why: Option<String>,
-}
-
-/// What the peer has and we have applied, for one group.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RemoteProgress {
-    /// The peer's head.
-    pub head: u64,
-    /// How far we applied its items.
-    pub applied: u64,
-    /// Items it said it held above our position at `Hello`, and items received since.
-    pub expected: u64,
-    pub received: u64,
-    /// The same in bytes of file content.
-    pub expected_bytes: u64,
-    pub received_bytes: u64,
-}
-
-/// A shared group on this link.
-#[derive(Debug, Clone)]
-pub struct LinkGroup {
-    /// The peer's incarnation of the group.
-    pub peer_inc: u64,
-    /// Why nothing of this group is exchanged with this peer (settings differ).
-    pub paused: Option<String>,
-}
-
-/// A connected peer, shared by the link's tasks, the lanes and the fetcher.
-pub struct Link {
-    pub peer: String,
-    pub conn: u64,
-    /// The protocol version spoken.
-    pub version: u32,
-    pub groups: HashMap<String, LinkGroup>,
-    hi: mpsc::Sender<Msg>,
-    bulk: mpsc::Sender<Msg>,
-    chunk_waiters: Mutex<HashMap<u64, oneshot::Sender<ChunkReply>>>,
-    pong_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-    next_req: AtomicU64,
-    pub pumps: Mutex<HashMap<String, PumpProgress>>,
-    pub pump_notify: Notify,
-    /// Index batches handed to lanes and not applied yet.
-    pub queued: AtomicUsize,
-    pub remote: Mutex<HashMap<String, RemoteProgress>>,
-    closed: watch::Sender<bool>,
-    pub since: Instant,
-    /// Bytes of chunk data sent and received on this link.
-    pub bytes_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-}
-
-impl Link {
-    /// Queue a control or index message; false when the link is gone.
-    pub async fn send(&self, m: Msg) -> bool {
-        self.hi.send(m).await.is_ok()
-    }
-
-    /// Is `group` exchanged on this link (shared and not paused)?
-    pub fn active(&self, group: &str) -> bool {
-        self.groups.get(group).is_some_and(|g| g.paused.is_none())
-    }
-
-    /// The peer's incarnation of `group`.
-    pub fn peer_inc(&self, group: &str) -> u64 {
-        self.groups.get(group).map(|g| g.peer_inc).unwrap_or(0)
-    }
-
-    /// Ask the peer for chunks; the receiver yields an error if the link drops.
-    pub async fn get_chunks(
-        &self,
-        group: &str,
-        hashes: Vec<Hash>,
-    ) -> Option<oneshot::Receiver<ChunkReply>> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.chunk_waiters).insert(req, tx);
-        if !self
-            .send(Msg::GetChunks {
-                req,
-                group: group.to_string(),
-                hashes,
-            })
-            .await
-        {
-            lock(&self.chunk_waiters).remove(&req);
-            return None;
-        }
-        Some(rx)
-    }
-
-    /// Mark a point in the peer's stream; resolves once the peer has sent everything before it.
-    pub async fn ping(&self) -> Option<oneshot::Receiver<()>> {
-        let token = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pong_waiters).insert(token, tx);
-        if !self.send(Msg::Ping { token }).await {
-            return None;
-        }
-        Some(rx)
-    }
-
-    pub fn close(&self) {
-        self.closed.send_replace(true);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
-    pub fn closed_rx(&self) -> watch::Receiver<bool> {
-        self.closed.subscribe()
-    }
-
-    /// Progress of our pump for `group`.
-    pub fn pump(&self, group: &str) -> PumpProgress {
-        lock(&self.pumps).get(group).cloned().unwrap_or_default()
-    }
-
-    pub fn remote_of(&self, group: &str) -> RemoteProgress {
-        lock(&self.remote).get(group).copied().unwrap_or_default()
-    }
-}
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -422,7 +277,7 @@ fn agree_groups(
 }
 
 /// Run an authenticated link with `peer` until it ends.
-pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkError> {
+pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Result<(), LinkError> {
     let Wire {
         mut reader,
         mut writer,
@@ -561,8 +416,8 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
 
     let mut pumps = Vec::new();
     for (g, lg) in &link.groups {
-        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) {
-            // a replica only receives
+        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) || ctx.opts.dry_run {
+            // a replica only receives; a dry run sends nothing
             continue;
         }
         let start = hello
@@ -579,8 +434,12 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
             })
             .map(|h| h.resume_seq)
             .unwrap_or(0);
+        let Some(head_rx) = lanes.get(g).map(|l| l.head_rx()) else {
+            continue;
+        };
         pumps.push(tokio::spawn(pump(
             ctx.clone(),
+            head_rx,
             link.clone(),
             g.clone(),
             start,
@@ -608,7 +467,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
                     Some(Ok(m)) => m,
                 };
                 ctx.links.touch(&peer);
-                if let Err(e) = dispatch(&ctx, &link, &serving, m).await {
+                if let Err(e) = dispatch(&ctx, &lanes, &link, &serving, m).await {
                     break Err(e);
                 }
             }
@@ -726,6 +585,7 @@ fn spawn_reader(
 
 async fn dispatch(
     ctx: &Arc<Ctx>,
+    lanes: &Lanes,
     link: &Arc<Link>,
     serving: &Arc<Semaphore>,
     m: Msg,
@@ -778,10 +638,10 @@ async fn dispatch(
             if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
                 return Err(violation(peer, "ignored flow control"));
             }
-            let Some(lane) = ctx.lane(&group) else {
+            let Some(lane) = lanes.get(&group) else {
                 return Ok(());
             };
-            lane.remote(link.clone(), items, through, head).await;
+            lane.remote(link.clone(), items, through).await;
         }
         Msg::Ack { group, through } => {
             if !check_group(&group)? {
@@ -900,9 +760,13 @@ async fn dispatch(
 }
 
 /// Stream our items of `group` to the peer from `pos` on, then new ones as they come.
-async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
-    let Some(lane) = ctx.lane(&group) else { return };
-    let mut head_rx = lane.head_rx();
+async fn pump(
+    ctx: Arc<Ctx>,
+    mut head_rx: watch::Receiver<u64>,
+    link: Arc<Link>,
+    group: String,
+    mut pos: u64,
+) {
     let mut closed = link.closed_rx();
     {
         let mut p = lock(&link.pumps);

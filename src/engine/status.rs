@@ -4,8 +4,9 @@
 //! running node, or from the index alone when no daemon runs.
 
 use crate::config::Config;
-use crate::engine::link::lock;
+use crate::engine::lane::Lanes;
 use crate::engine::node::{Ctx, TransferStats};
+use crate::engine::peer::lock;
 use crate::item::name;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -181,8 +182,8 @@ pub fn offline(name: &str, cfg: &Config, store: &Store) -> Result<Status, StoreE
 }
 
 /// Status of a running node.
-pub fn live(ctx: &Ctx) -> Result<Status, StoreError> {
-    build(&ctx.name, &ctx.cfg, &ctx.store, Some(ctx))
+pub fn live(ctx: &Ctx, lanes: &Lanes) -> Result<Status, StoreError> {
+    build(&ctx.name, &ctx.cfg, &ctx.store, Some((ctx, lanes)))
 }
 
 /// The pending work of a running group, as `status` counts it: our changes some member has
@@ -218,8 +219,10 @@ fn build(
     name: &str,
     cfg: &Config,
     store: &Store,
-    live: Option<&Ctx>,
+    live: Option<(&Ctx, &Lanes)>,
 ) -> Result<Status, StoreError> {
+    let lanes = live.map(|l| l.1);
+    let live = live.map(|l| l.0);
     let conflicts = store.conflicts()?;
     let mut groups = Vec::new();
     let my_groups: Vec<_> = cfg.groups_of(name).collect();
@@ -244,7 +247,7 @@ fn build(
             (None, Vec::new(), None, 0, 0);
         let backup_bytes;
         if let Some(ctx) = live {
-            if let Some(l) = ctx.lane(&g.name) {
+            if let Some(l) = lanes.and_then(|ls| ls.get(&g.name)) {
                 let s = &l.state;
                 error = lock(&s.stopped).clone();
                 pending += s.waiting_local.load(Ordering::Relaxed) as u64;

@@ -5,7 +5,7 @@
 //! side is a compile error, not a silent `null`. Requests are small and bounded; the socket is
 //! never exposed to the network.
 
-use crate::engine::node::Ctx;
+use crate::engine::node::{Ctx, Engine};
 use crate::engine::status::Status;
 use crate::engine::sync::SyncReport;
 use crate::item::name;
@@ -185,7 +185,7 @@ pub async fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// The node the control socket serves: `None` while a reload swaps it.
-pub type Current = Arc<std::sync::RwLock<Option<Arc<Ctx>>>>;
+pub type Current = Arc<std::sync::RwLock<Option<Engine>>>;
 
 /// Serve the control socket until shutdown; the node is read for each request, so a reloaded
 /// node is served as soon as it is in place.
@@ -230,7 +230,7 @@ async fn reloading(s: UnixStream) -> std::io::Result<()> {
     w.write_all(text.as_bytes()).await
 }
 
-async fn handle(ctx: Arc<Ctx>, s: UnixStream) -> std::io::Result<()> {
+async fn handle(ctx: Engine, s: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = s.into_split();
     let mut line = String::new();
     BufReader::new(r)
@@ -255,9 +255,10 @@ fn err(e: impl std::fmt::Display) -> Response {
     }
 }
 
-async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
+async fn answer(e: &Engine, req: Request) -> Response {
+    let ctx = &e.ctx;
     match req {
-        Request::Status => match crate::engine::status::live(ctx) {
+        Request::Status => match crate::engine::status::live(ctx, &e.lanes) {
             Ok(st) => Response::Status(Box::new(st)),
             Err(e) => err(e),
         },
@@ -274,10 +275,10 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
                 let lines = tokio::task::spawn_blocking(move || pending_lines(&c, &gs))
                     .await
                     .unwrap_or_default();
-                let report = crate::engine::sync::dry_report(ctx, &groups);
+                let report = crate::engine::sync::dry_report(e, &groups);
                 Response::DryRun { lines, report }
             } else {
-                Response::Sync(crate::engine::sync::sync(ctx, &groups, timeout, false).await)
+                Response::Sync(crate::engine::sync::sync(e, &groups, timeout, false).await)
             }
         }
         Request::Conflicts => match ctx.store.conflicts() {
@@ -289,7 +290,7 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
                 "{} is not in any group of this node",
                 name::show(&path)
             )),
-            Some((g, key)) => match ctx.lane(&g) {
+            Some((g, key)) => match e.lane(&g) {
                 Some(l) => match l.resolve(key, keep).await {
                     Ok(message) => Response::Resolved { message },
                     Err(e) => err(e),
@@ -302,7 +303,7 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
             for p in paths {
                 match ctx.group_of_path(&p) {
                     Some((g, key)) => {
-                        if let Some(l) = ctx.lane(&g) {
+                        if let Some(l) = e.lane(&g) {
                             l.local(vec![(key, true)], false);
                         }
                     }
@@ -315,53 +316,46 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
 }
 
 /// With a daemon, `sync --dry-run` lists what is still on its way: our changes some peer has
-/// not confirmed (`send`), peers' items not applied yet (`receive`), unresolved conflicts.
+/// not confirmed (`send`, to those peers), peers' items not applied yet (`receive`/`delete`,
+/// from the peer that sent them), unresolved conflicts (with the nodes involved); each path
+/// once.
 fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    use crate::engine::ctx::{DryRun, dry_lines, dry_note};
+    let mut d = DryRun::new();
     for g in ctx.groups.values() {
         if !groups.is_empty() && !groups.iter().any(|n| n == g.name()) {
             continue;
         }
-        // what a scan would find that the index does not know yet (unwatched groups, or
-        // changes still in the quiet window)
         if !g.replica {
+            // what a scan would find that the index does not know yet (unwatched groups, or
+            // changes still in the quiet window)
             for (what, key) in crate::engine::lane::dry_scan(ctx, g) {
-                out.push((what.to_string(), name::show(&key).into_owned()));
+                for p in &g.peers {
+                    dry_note(&mut d, what, &key, p);
+                }
             }
-        }
-        if !g.replica {
-            let mut from = u64::MAX;
             for p in &g.peers {
-                from = from.min(ctx.store.acked(p, g.name()).unwrap_or(0));
-            }
-            if from != u64::MAX
-                && let Ok(items) = ctx.store.since(g.name(), from, 10_000)
-            {
-                for e in items {
-                    out.push(("send".to_string(), e.item.show().into_owned()));
+                let acked = ctx.store.acked(p, g.name()).unwrap_or(0);
+                for e in ctx.store.since(g.name(), acked, 10_000).unwrap_or_default() {
+                    dry_note(&mut d, "send", &e.item.key, p);
                 }
             }
         }
-        if let Ok(aside) = ctx.store.aside(g.name()) {
-            for a in aside {
-                let what = if a.item.is_deleted() {
-                    "delete"
-                } else {
-                    "receive"
-                };
-                out.push((what.to_string(), a.item.show().into_owned()));
+        for a in ctx.store.aside(g.name()).unwrap_or_default() {
+            let what = if a.item.is_deleted() {
+                "delete"
+            } else {
+                "receive"
+            };
+            dry_note(&mut d, what, &a.item.key, &a.peer);
+        }
+    }
+    for (g, p, c) in ctx.store.conflicts().unwrap_or_default() {
+        if !c.resolved && (groups.is_empty() || groups.contains(&g)) {
+            for n in c.nodes.iter().filter(|n| **n != ctx.name) {
+                dry_note(&mut d, "conflict", &p, n);
             }
         }
     }
-    if let Ok(list) = ctx.store.conflicts() {
-        for (g, p, c) in list {
-            if !c.resolved && (groups.is_empty() || groups.contains(&g)) {
-                out.push(("conflict".to_string(), name::show(&p).into_owned()));
-            }
-        }
-    }
-    // each path once: the first reason found (a fresh scan before what the index holds)
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|(_, p)| seen.insert(p.clone()));
-    out
+    dry_lines(&d)
 }

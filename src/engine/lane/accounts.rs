@@ -16,18 +16,19 @@
 //!   name are fixed in every file group once their accounts exist.
 //! - Password hashes never reach a log line or the audit log: only names and versions do.
 
-use super::Lane;
+use super::core::{Failure, Outcome, ScanReport};
+use super::domain::{Applied, Domain, ScanRequest};
+use super::plan::{Observed, Step};
 use crate::accounts::{AccountDb, AccountId, Change, Snapshot, validate_change};
-use crate::engine::decide::{Decision, Policy, decide};
 use crate::engine::group::GroupRt;
-use crate::engine::link::{Link, lock};
 use crate::engine::node::{Ctx, unix_now};
+use crate::engine::peer::lock;
 use crate::item::{Body, Entry, Item};
-use crate::net::protocol::{Msg, WireItem};
-use crate::store::{Aside, Change as StoreChange, Extras, StoreError};
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::net::protocol::WireItem;
+use crate::store::{Change as StoreChange, ConflictInfo, Extras};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// The item key of an account.
 pub fn key_of(id: &AccountId) -> Vec<u8> {
@@ -275,307 +276,216 @@ pub fn files_stamp(root: &std::path::Path) -> Vec<(u64, i64, i64, u64)> {
         .collect()
 }
 
-impl Lane {
-    /// Scan the account files.
-    pub(super) async fn accounts_scan(&mut self) {
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        self.accounts_stamp = files_stamp(&ctx.root);
-        match tokio::task::spawn_blocking(move || scan(&ctx, &g)).await {
-            Ok(Ok(head)) => self.publish(head),
-            Ok(Err(e)) => tracing::error!(group = %self.name(), "reading the account files: {e}"),
-            Err(e) => tracing::error!(group = %self.name(), "account scan: {e}"),
+/// The accounts pseudo-group as a domain of the lane's one pipeline.
+pub struct AccountsDomain {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) g: Arc<GroupRt>,
+    pub(super) head: Arc<watch::Sender<u64>>,
+    /// The stat of the account files at the last scan.
+    stamp: Mutex<Vec<(u64, i64, i64, u64)>>,
+    /// Called once accounts were applied: file owners given by name may resolve now.
+    on_applied: Box<dyn Fn() + Send + Sync>,
+}
+
+impl AccountsDomain {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        g: Arc<GroupRt>,
+        head: Arc<watch::Sender<u64>>,
+        on_applied: Box<dyn Fn() + Send + Sync>,
+    ) -> AccountsDomain {
+        AccountsDomain {
+            ctx,
+            g,
+            head,
+            stamp: Mutex::new(Vec::new()),
+            on_applied,
         }
     }
 
-    /// The account files changed since the last scan (their stat).
-    pub(super) fn accounts_touched(&self) -> bool {
-        files_stamp(&self.ctx.root) != self.accounts_stamp
-    }
-
-    /// A peer's batch of account items.
-    pub(super) async fn accounts_remote(
-        &mut self,
-        link: Arc<Link>,
-        items: Vec<WireItem>,
-        through: u64,
-    ) {
-        let group = self.name().to_string();
-        let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let deletions: Vec<Item> = items
-            .iter()
-            .filter(|w| w.item.is_deleted())
-            .map(|w| w.item.clone())
-            .collect();
-        let unmanaged =
-            tokio::task::spawn_blocking(move || unmanaged_deletions(&ctx, &g, &deletions))
-                .await
-                .unwrap_or_default();
-        for w in &items {
-            let check = validate_item(&self.g, w, &known).and_then(|()| {
-                if unmanaged.contains(&w.item.key) {
-                    Err("it deletes an account this node does not manage".to_string())
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = check {
-                let msg = format!("refused account record {}: {e}", describe(&w.item));
-                tracing::error!(peer = %link.peer, group = %group, "{msg}; closing the link");
-                self.ctx
-                    .audit_refused_item(&group, &w.item.key, &link.peer, &msg);
-                let _ = link.send(Msg::Bye { reason: msg }).await;
-                link.close();
-                return;
-            }
-        }
-        let inc = link.peer_inc(&group);
-        let batch = items
-            .into_iter()
-            .map(|w| (w.item, (link.peer.clone(), inc), 0))
-            .collect();
-        self.accounts_apply(batch, Some((link.peer.clone(), inc, through)))
-            .await;
-        {
-            let mut r = lock(&link.remote);
-            let e = r.entry(group.clone()).or_default();
-            e.applied = e.applied.max(through);
-        }
-        let _ = link.send(Msg::Ack { group, through }).await;
-    }
-
-    /// Set-aside account items whose next try is due.
-    pub(super) async fn accounts_retry(&mut self) {
-        let ctx = self.ctx.clone();
-        let name = self.name().to_string();
-        let Ok(Ok(all)) = tokio::task::spawn_blocking(move || ctx.store.aside(&name)).await else {
-            return;
+    /// Write the taken accounts once, under the shadow-utils locks (blocking).
+    fn apply_blocking(&self, steps: &[Step]) -> Vec<Outcome> {
+        let Some(policy) = self.g.accounts.clone() else {
+            return steps
+                .iter()
+                .map(|_| not_applied("not the accounts group"))
+                .collect();
         };
-        let batch: Vec<_> = all
-            .into_iter()
-            .map(|a| (a.item, (a.peer, a.peer_inc), a.attempts))
+        let deletions: Vec<Item> = steps
+            .iter()
+            .filter(|s| s.item.is_deleted())
+            .map(|s| s.item.clone())
             .collect();
-        if !batch.is_empty() {
-            self.accounts_apply(batch, None).await;
+        let unmanaged = unmanaged_deletions(&self.ctx, &self.g, &deletions);
+        let changes: Vec<Change> = steps
+            .iter()
+            .filter(|s| !unmanaged.contains(&s.item.key))
+            .filter_map(|s| change_of(&s.item))
+            .collect();
+        let report = if changes.is_empty() {
+            Default::default()
+        } else {
+            match AccountDb::new(&self.ctx.root).apply(&policy, &changes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(group = %self.g.name(), "applying account changes: {e}");
+                    return steps.iter().map(|_| not_applied(&e.to_string())).collect();
+                }
+            }
+        };
+        let mut failed: HashMap<AccountId, (String, bool)> = HashMap::new();
+        for c in &report.collisions {
+            tracing::error!(group = %self.g.name(), "{c}");
+            failed.insert(c.account.clone(), (c.to_string(), true));
+        }
+        for r in &report.refused {
+            tracing::error!(group = %self.g.name(), "{r}");
+            failed.insert(r.account.clone(), (r.to_string(), false));
+        }
+        for h in &report.homes {
+            tracing::info!(group = %self.g.name(), "{h}");
+        }
+        *lock(&self.stamp) = files_stamp(&self.ctx.root);
+        steps
+            .iter()
+            .map(|s| self.outcome(s, &unmanaged, &failed))
+            .collect()
+    }
+
+    fn outcome(
+        &self,
+        s: &Step,
+        unmanaged: &BTreeSet<Vec<u8>>,
+        failed: &HashMap<AccountId, (String, bool)>,
+    ) -> Outcome {
+        if unmanaged.contains(&s.item.key) {
+            return not_applied(&format!(
+                "{}: it deletes an account this node does not manage",
+                describe(&s.item)
+            ));
+        }
+        let Some(id) = id_of(&s.item.key) else {
+            return not_applied("not an account key");
+        };
+        let Some((why, collision)) = failed.get(&id) else {
+            tracing::info!(
+                group = %self.g.name(),
+                "{} {} (from {})",
+                describe(&s.item),
+                if s.item.is_deleted() { "deleted" } else { "applied" },
+                s.from.0
+            );
+            return Outcome::Done(Box::new(Entry::new(s.item.clone())));
+        };
+        let conflict = collision.then(|| {
+            // reported as a conflict until the administrator settles it
+            let mut nodes = vec![s.item.origin.clone(), self.ctx.name.clone()];
+            nodes.sort();
+            nodes.dedup();
+            ConflictInfo {
+                nodes,
+                resolved: false,
+                winner: String::new(),
+                kept_as: Some(why.clone()),
+                time: unix_now(),
+                versions: vec![],
+            }
+        });
+        Outcome::Failed(Failure {
+            error: why.clone(),
+            audit_first: Some(if *collision {
+                "collision"
+            } else {
+                "not-applied"
+            }),
+            conflict,
+            ..Default::default()
+        })
+    }
+}
+
+fn not_applied(why: &str) -> Outcome {
+    Outcome::Failed(Failure {
+        error: why.to_string(),
+        audit_first: Some("not-applied"),
+        ..Default::default()
+    })
+}
+
+impl Domain for AccountsDomain {
+    fn check(&self, items: &[WireItem]) -> Result<(), (Vec<u8>, String)> {
+        let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
+        for w in items {
+            if let Err(e) = validate_item(&self.g, w, &known) {
+                let key = w.item.key[..w.item.key.len().min(4096)].to_vec();
+                return Err((
+                    key,
+                    format!("refused account record {}: {e}", describe(&w.item)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&self, keys: &[Vec<u8>], _dry: bool) -> Result<Vec<Observed>, String> {
+        let name = self.g.name();
+        let snap = self.ctx.store.snapshot().map_err(|e| e.to_string())?;
+        keys.iter()
+            .map(|k| {
+                Ok(Observed {
+                    local: snap.get(name, k).map_err(|e| e.to_string())?,
+                    conflict: snap
+                        .conflict(name, k)
+                        .map_err(|e| e.to_string())?
+                        .filter(|c| !c.resolved),
+                    keep_drift: false,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply(self: Arc<Self>, steps: Vec<Step>, _prefer: Option<String>) -> Applied {
+        let n = steps.len();
+        tokio::task::spawn_blocking(move || {
+            let outcomes = self.apply_blocking(&steps);
+            Applied {
+                results: steps.into_iter().zip(outcomes).collect(),
+                lost: 0,
+            }
+        })
+        .await
+        .unwrap_or(Applied {
+            results: Vec::new(),
+            lost: n,
+        })
+    }
+
+    async fn resolve(self: Arc<Self>, _key: Vec<u8>, _keep: String) -> Result<String, String> {
+        Err("account conflicts are settled automatically (the newest change wins; the previous files are kept as passwd-, shadow-, group-, gshadow-)".into())
+    }
+
+    fn scan(&self, _req: &ScanRequest) -> ScanReport {
+        *lock(&self.stamp) = files_stamp(&self.ctx.root);
+        match scan(&self.ctx, &self.g) {
+            Ok(head) => super::publish_head(&self.head, head),
+            Err(e) => tracing::error!(group = %self.g.name(), "reading the account files: {e}"),
+        }
+        ScanReport::default()
+    }
+
+    fn dry_scan(&self) -> Vec<(&'static str, Vec<u8>)> {
+        Vec::new()
+    }
+
+    fn after_commit(&self, applied: &[Vec<u8>]) {
+        if !applied.is_empty() {
+            // files owned by these accounts get their owner by name now
+            self.ctx.owners.invalidate();
+            (self.on_applied)();
         }
     }
 
-    /// Decide, write the account files once, commit.
-    async fn accounts_apply(
-        &mut self,
-        items: Vec<(Item, (String, u64), u32)>,
-        position: Option<(String, u64, u64)>,
-    ) {
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let group = self.name().to_string();
-        if ctx.opts.dry_run {
-            for (i, _, _) in &items {
-                ctx.dry_run_line(if i.is_deleted() { "delete" } else { "receive" }, &i.key);
-            }
-            return;
-        }
-        let r = tokio::task::spawn_blocking(move || -> Result<(u64, usize, bool), StoreError> {
-            let name = g.name();
-            let policy_d = Policy {
-                conflict: &g.cfg.conflict,
-                compare_owner: true,
-                me: &ctx.name,
-            };
-            let mut extras = Extras {
-                position,
-                ..Default::default()
-            };
-            let mut keeps = Vec::new();
-            let mut takes: Vec<(Item, (String, u64), u32, bool)> = Vec::new();
-            for (item, from, attempts) in items {
-                let local = ctx.store.get(name, &item.key)?;
-                match decide(local.as_ref().map(|e| &e.item), &item, &policy_d) {
-                    Decision::Ignore | Decision::Unresolved { .. } => {
-                        extras.aside_remove.push(item.key.clone())
-                    }
-                    Decision::Take { item: t, conflict } => {
-                        if let Some(c) = conflict {
-                            tracing::warn!(
-                                group = name,
-                                "conflict on {}: versions from {}; {} wins (newest)",
-                                describe(&t),
-                                c.nodes.join(" and "),
-                                c.winner.clone().unwrap_or_default()
-                            );
-                            ctx.audit_item(name, "conflict", &t, None);
-                            extras.conflicts.push((
-                                t.key.clone(),
-                                Some(crate::store::ConflictInfo {
-                                    nodes: c.nodes,
-                                    resolved: true,
-                                    winner: c.winner.unwrap_or_default(),
-                                    kept_as: Some(format!(
-                                        "passwd-, shadow-, group-, gshadow- on {}",
-                                        ctx.name
-                                    )),
-                                    time: unix_now(),
-                                    versions: vec![],
-                                }),
-                            ));
-                        }
-                        let as_sent = t.version == item.version;
-                        takes.push((t, from, attempts, as_sent));
-                    }
-                    Decision::Keep { item: k, .. } => {
-                        if let Some(mut e) = local {
-                            e.item = k;
-                            e.from = None;
-                            keeps.push(StoreChange {
-                                entry: e,
-                                announce: true,
-                            });
-                        }
-                    }
-                }
-            }
-            let changes: Vec<Change> = takes.iter().filter_map(|t| change_of(&t.0)).collect();
-            let mut committed = keeps;
-            let mut owners = false;
-            if let Some(policy) = g.accounts.clone()
-                && !changes.is_empty()
-            {
-                let report = AccountDb::new(&ctx.root).apply(&policy, &changes);
-                let report = match report {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(group = name, "applying account changes: {e}");
-                        for (t, from, attempts, _) in takes {
-                            extras.aside_put.push(Aside {
-                                item: t,
-                                peer: from.0,
-                                peer_inc: from.1,
-                                error: e.to_string(),
-                                attempts: attempts + 1,
-                                since: unix_now(),
-                            });
-                        }
-                        let n = ctx.store.commit(name, committed, extras)?;
-                        return Ok((n, ctx.store.aside(name)?.len(), false));
-                    }
-                };
-                let mut failed: std::collections::HashMap<AccountId, String> = Default::default();
-                let collided: BTreeSet<AccountId> = report
-                    .collisions
-                    .iter()
-                    .map(|c| c.account.clone())
-                    .collect();
-                for c in &report.collisions {
-                    tracing::error!(group = name, "{c}");
-                    failed.insert(c.account.clone(), c.to_string());
-                }
-                for r in &report.refused {
-                    tracing::error!(group = name, "{r}");
-                    failed.insert(r.account.clone(), r.to_string());
-                }
-                for h in &report.homes {
-                    tracing::info!(group = name, "{h}");
-                }
-                for (t, from, attempts, as_sent) in takes {
-                    let Some(id) = id_of(&t.key) else { continue };
-                    if let Some(why) = failed.get(&id) {
-                        let collision = collided.contains(&id);
-                        if attempts == 0 {
-                            ctx.audit.log(crate::ops::audit::Rec {
-                                group: name,
-                                path: &t.key,
-                                kind: if collision {
-                                    "collision"
-                                } else {
-                                    "not-applied"
-                                },
-                                origin: &t.origin,
-                                version: &t.version.display(),
-                                peer: Some(&from.0),
-                                detail: Some(why),
-                            });
-                        }
-                        if collision {
-                            // reported as a conflict until the administrator settles it
-                            let mut nodes = vec![t.origin.clone(), ctx.name.clone()];
-                            nodes.sort();
-                            nodes.dedup();
-                            extras.conflicts.push((
-                                t.key.clone(),
-                                Some(crate::store::ConflictInfo {
-                                    nodes,
-                                    resolved: false,
-                                    winner: String::new(),
-                                    kept_as: Some(why.clone()),
-                                    time: unix_now(),
-                                    versions: vec![],
-                                }),
-                            ));
-                        }
-                        extras.aside_remove.retain(|k| *k != t.key);
-                        extras.aside_put.push(Aside {
-                            item: t,
-                            peer: from.0,
-                            peer_inc: from.1,
-                            error: why.clone(),
-                            attempts: attempts + 1,
-                            since: unix_now(),
-                        });
-                        continue;
-                    }
-                    owners = true;
-                    // a collision settled by the administrator: no longer a conflict
-                    if ctx
-                        .store
-                        .conflict(name, &t.key)?
-                        .is_some_and(|c| !c.resolved)
-                    {
-                        extras.conflicts.push((t.key.clone(), None));
-                    }
-                    ctx.audit_item(
-                        name,
-                        if t.is_deleted() { "delete" } else { "apply" },
-                        &t,
-                        Some(&from.0),
-                    );
-                    tracing::info!(
-                        group = name,
-                        "{} {} (from {})",
-                        describe(&t),
-                        if t.is_deleted() { "deleted" } else { "applied" },
-                        from.0
-                    );
-                    extras.aside_remove.push(t.key.clone());
-                    let mut e = Entry::new(t);
-                    if as_sent {
-                        e.from = Some(from);
-                    }
-                    committed.push(StoreChange {
-                        entry: e,
-                        announce: true,
-                    });
-                }
-            }
-            let n = ctx.store.commit(name, committed, extras)?;
-            Ok((n, ctx.store.aside(name)?.len(), owners))
-        })
-        .await;
-        match r {
-            Ok(Ok((head, aside, owners))) => {
-                self.publish(head);
-                self.state.aside.store(aside as u64, Ordering::Relaxed);
-                self.accounts_stamp = files_stamp(&self.ctx.root);
-                if owners {
-                    // files owned by these accounts get their owner by name now
-                    self.ctx.owners.invalidate();
-                    for l in self.ctx.lanes() {
-                        if !l.group.is_accounts() {
-                            l.owners_changed();
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => tracing::error!(group = %group, "index commit: {e}"),
-            Err(e) => tracing::error!(group = %group, "account apply task: {e}"),
-        }
+    fn poll(&self) -> bool {
+        files_stamp(&self.ctx.root) != *lock(&self.stamp)
     }
 }

@@ -1,0 +1,89 @@
+//! What a kind of item needs from the lane: the one pipeline (`lane::core` and its executor)
+//! is generic over a [`Domain`], with two implementations: files (`lane::files`) and accounts
+//! (`lane::accounts`). The core decides; the domain checks items, reads and reconciles the
+//! index for their keys, carries out the steps the core planned, and scans for local changes.
+//!
+//! Invariants every implementation keeps: `check` and `observe` change nothing on disk;
+//! `observe` returns one entry per key, in order; `apply` returns one outcome per step, in
+//! order, and an outcome of `Done` only for a step that is on disk now; nothing a domain does
+//! acknowledges anything (only the core, after a saved commit, does).
+
+use super::core::{Outcome, ScanReport};
+use super::plan::{Observed, Step};
+use crate::net::protocol::WireItem;
+use crate::store::Change;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A kind of item the lane replicates.
+pub trait Domain: Send + Sync + 'static {
+    /// Check a peer's items before anything uses them (no I/O; may hash inline content):
+    /// `Err((key, why))` refuses the batch and closes its link.
+    fn check(&self, items: &[WireItem]) -> Result<(), (Vec<u8>, String)>;
+
+    /// What the index holds for `keys` (blocking). Unless `dry`, the disk is reconciled first:
+    /// a local change nobody reported yet is committed as a local version, so a peer's item is
+    /// never decided against a stale entry.
+    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, String>;
+
+    /// Carry out the steps (fetching content from peers, `prefer` first): each step with its
+    /// outcome, in order; steps lost to a panicked task are only counted.
+    fn apply(
+        self: Arc<Self>,
+        steps: Vec<Step>,
+        prefer: Option<String>,
+    ) -> impl Future<Output = Applied> + Send;
+
+    /// `clustersync resolve KEY --keep NODE` for this domain.
+    fn resolve(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        keep: String,
+    ) -> impl Future<Output = Result<String, String>> + Send;
+
+    /// Put the group's version back over drift (replicas with `on_drift = revert`).
+    fn revert(self: Arc<Self>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// File owners given by name may resolve now (blocking).
+    fn owners_changed(&self) {}
+
+    /// Scan for local changes and commit them (blocking). `targets` are (path, recursive);
+    /// `whole`: every path of the group.
+    fn scan(&self, req: &ScanRequest) -> ScanReport;
+
+    /// What a scan would record now, without recording it (dry runs): (`send`/`delete`, key).
+    fn dry_scan(&self) -> Vec<(&'static str, Vec<u8>)>;
+
+    /// Just before a commit of applied steps (blocking): files put back directory mtimes.
+    fn before_commit(&self, _touched: &BTreeSet<Vec<u8>>, _changes: &mut Vec<Change>) {}
+
+    /// After a commit of applied steps.
+    fn after_commit(&self, _applied: &[Vec<u8>]) {}
+
+    /// Look for changes no event reported (blocking; accounts: the files' stat): true when a
+    /// scan is due.
+    fn poll(&self) -> bool {
+        false
+    }
+}
+
+/// What carrying out a batch's steps gave.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub results: Vec<(Step, Outcome)>,
+    /// Steps whose task panicked with them (their outcome is unknown).
+    pub lost: usize,
+}
+
+/// A scan the core asked for.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub targets: Vec<(Vec<u8>, bool)>,
+    pub whole: bool,
+    pub deletes_ok: bool,
+    pub was_stopped: bool,
+    pub adopt: bool,
+}
