@@ -794,6 +794,9 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         for a in &g.set_aside {
             println!("      not applied yet: {a}");
         }
+        for w in &g.withheld {
+            println!("      withheld: {w}");
+        }
     }
     if let Some(a) = &st.accounts {
         println!(

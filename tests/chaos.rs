@@ -8,6 +8,10 @@
 //! somebody wrote, whole, at a path it was written or renamed to, with no temp file left; then
 //! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4).
 //!
+//! With `CHAOS_STOP_GROUP=1`, the group is also stopped at random on the last node (its group
+//! directory renamed away, as an unmounted disk looks) and brought back a few steps later, while
+//! the others go on: it must get every change made meanwhile, deletions included (SPEC §5.13).
+//!
 //! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m [CHAOS_NODES=k] cargo test --test chaos -- --nocapture`
 //! (`CHAOS_SEED` also takes `a,b,c` or `a-b`; `CS_TEST_KEEP=1` keeps the test directory, with
 //! the daemons' logs, audit logs and, when gdb is installed, their thread backtraces taken when
@@ -169,6 +173,10 @@ struct Chaos {
     /// Require `in_sync` from every node's status when settled (`CHAOS_NO_IN_SYNC=1`: only
     /// compare the trees).
     check_in_sync: bool,
+    /// `CHAOS_STOP_GROUP=1`: the last node's group directory may be away (renamed), until the
+    /// step given.
+    stop_group: bool,
+    away: Option<u64>,
     t0: Instant,
 }
 
@@ -192,6 +200,8 @@ impl Chaos {
             cut: nodes().iter().map(|n| (*n, false)).collect(),
             down: HashMap::new(),
             check_in_sync: std::env::var_os("CHAOS_NO_IN_SYNC").is_none(),
+            stop_group: std::env::var_os("CHAOS_STOP_GROUP").is_some(),
+            away: None,
             t0: Instant::now(),
         }
     }
@@ -288,6 +298,9 @@ impl Chaos {
         let first = self.rng.below(n as u64) as usize;
         for i in 0..k {
             let node = nodes()[(first + i) % n];
+            if self.away.is_some() && node == Self::last() {
+                continue;
+            }
             self.write_at(node, path, false, None);
         }
     }
@@ -422,6 +435,29 @@ impl Chaos {
         self.down.insert(node, at);
     }
 
+    /// The node whose group directory may be taken away.
+    fn last() -> &'static str {
+        nodes()[nodes().len() - 1]
+    }
+
+    /// Take the last node's group directory away (as an unmount looks): its group stops.
+    fn take_away(&mut self) {
+        let n = Self::last();
+        let p = self.c.path(n, "");
+        self.log(n, "group directory taken away (unmounted disk)");
+        std::fs::rename(&p, p.with_file_name("www.away")).unwrap();
+        self.away = Some(self.step + self.rng.range(3, 15));
+    }
+
+    /// Bring the last node's group directory back.
+    fn bring_back(&mut self) {
+        let n = Self::last();
+        let p = self.c.path(n, "");
+        self.log(n, "group directory back");
+        std::fs::rename(p.with_file_name("www.away"), &p).unwrap();
+        self.away = None;
+    }
+
     fn step(&mut self) {
         let due: Vec<&'static str> = nodes()
             .iter()
@@ -431,7 +467,16 @@ impl Chaos {
         for n in due {
             self.start(n);
         }
-        let node = *self.rng.pick(nodes());
+        if self.away.is_some_and(|at| at <= self.step) {
+            self.bring_back();
+        } else if self.stop_group && self.away.is_none() && self.rng.chance(4) {
+            self.take_away();
+        }
+        let mut node = *self.rng.pick(nodes());
+        if self.away.is_some() && node == Self::last() {
+            // nothing is written where the disk is not: another node acts
+            node = nodes()[0];
+        }
         match self.rng.below(100) {
             0..28 => self.write(node, false),
             28..34 => self.write(node, true),
@@ -655,6 +700,9 @@ impl Chaos {
     /// each on a random node, and check that exactly those last versions reach every node.
     fn verify(&mut self, what: &str, round: usize) {
         self.log("*", format_args!("{what}: heal and start everything"));
+        if self.away.is_some() {
+            self.bring_back();
+        }
         for n in nodes() {
             if self.cut[n] {
                 self.toggle_cut(n);

@@ -216,6 +216,16 @@ async fn a_node_of_the_previous_release_syncs_both_ways() {
                 .as_str()
                 .is_some_and(|e| e.contains("protocol 3") && e.contains("not UTF-8"))
     });
+    // and it does not say in sync while b lacks that file (SPEC §4)
+    let st = c.status("a").unwrap();
+    assert_eq!(st["groups"][0]["in_sync"], false, "{st}");
+    assert!(
+        st["groups"][0]["withheld"]
+            .to_string()
+            .contains("held back from b"),
+        "{st}"
+    );
+    assert_eq!(c.cli("a", &["status"]).status.code(), Some(1));
 
     // what came from b is not echoed back to it
     let quiet = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -154,6 +154,22 @@ fn an_extra_exclude_on_one_node_pauses_that_group_only_until_a_reload_makes_the_
             })
         });
     }
+    // neither side says www is in sync: what it has is withheld from the other
+    for (n, cfg) in [("a", &a_cfg), ("b", &shared)] {
+        let st = status_with(&c, n, cfg).unwrap();
+        let www = st["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "www")
+            .unwrap()
+            .clone();
+        assert_eq!(www["in_sync"], false, "{n} says www is in sync: {www}");
+        assert!(
+            www["withheld"].to_string().contains("exclude"),
+            "{n} does not say why: {www}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(6));
     assert!(
         !c.path("b", "page.html").exists(),
@@ -186,6 +202,13 @@ fn an_extra_exclude_on_one_node_pauses_that_group_only_until_a_reload_makes_the_
     for (n, cfg, p) in [("a", &a_cfg, "b"), ("b", &shared, "a")] {
         wait_until(&format!("{n}'s peer error to clear"), WAIT, || {
             status_with(&c, n, cfg).is_some_and(|s| peer_of(&s, p)["error"].is_null())
+        });
+        wait_until(&format!("{n} in sync again"), WAIT, || {
+            status_with(&c, n, cfg).is_some_and(|s| {
+                s["groups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().all(|g| g["in_sync"] == true))
+            })
         });
     }
 }

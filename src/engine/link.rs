@@ -434,6 +434,7 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
             })
             .map(|h| h.resume_seq)
             .unwrap_or(0);
+        let start = resume_point(&ctx, &peer, g, start);
         let Some(head_rx) = lanes.get(g).map(|l| l.head_rx()) else {
             continue;
         };
@@ -663,7 +664,9 @@ async fn dispatch(
                 }
                 e.acked
             };
-            let _ = ctx.store.set_acked(peer, &group, acked);
+            if durable_acks(link) {
+                let _ = ctx.store.set_acked(peer, &group, acked);
+            }
             link.pump_notify.notify_waiters();
         }
         Msg::GetChunks { req, group, hashes } => {
@@ -759,6 +762,36 @@ async fn dispatch(
     Ok(())
 }
 
+/// Do this peer's acknowledgements mean "applied and saved" (SPEC §5.13)? Protocol 5 on; the
+/// previous releases also acknowledged batches they never saved (a stopped group, a failed
+/// commit), so only the positions they send in `Hello` (saved with what they applied) count
+/// for collecting tombstones. `status` still counts their live acknowledgements.
+fn durable_acks(link: &Link) -> bool {
+    link.version >= 5
+}
+
+/// Where our feed of `group` to `peer` starts: the position it says it applied, unless
+/// tombstones above that position were collected here meanwhile (its state was restored from
+/// an old copy): then everything is sent again, and the gap is said, not left silent.
+fn resume_point(ctx: &Ctx, peer: &str, group: &str, pos: u64) -> u64 {
+    let floor = ctx.store.collected_floor(group).unwrap_or(0);
+    if pos == 0 || pos >= floor {
+        return pos;
+    }
+    let msg = format!(
+        "{peer} resumes group {group} from position {pos}, but deletions up to {floor} were already collected here (its state dir restored from an older copy?); sending it the whole index instead of what came after its position"
+    );
+    tracing::warn!(peer, group, "{msg}");
+    ctx.audit.log(crate::ops::audit::Rec {
+        group,
+        kind: "resend-all",
+        peer: Some(peer),
+        detail: Some(&msg),
+        ..Default::default()
+    });
+    0
+}
+
 /// Stream our items of `group` to the peer from `pos` on, then new ones as they come.
 async fn pump(
     ctx: Arc<Ctx>,
@@ -775,7 +808,10 @@ async fn pump(
         e.acked = pos;
         e.last_sent = pos;
     }
-    if ctx.store.acked(&link.peer, &group).unwrap_or(0) < pos {
+    // the position the peer says it saved is the truth about it now, also when it is lower
+    // than what it acknowledged before (its state restored from an older copy): tombstones
+    // above it wait for it again
+    if ctx.store.acked(&link.peer, &group).unwrap_or(0) != pos {
         let _ = ctx.store.set_acked(&link.peer, &group, pos);
     }
     let peer_inc = link.peer_inc(&group);
@@ -865,7 +901,9 @@ async fn pump(
                 None
             }
         };
-        if let Some(t) = caught_up {
+        if let Some(t) = caught_up
+            && durable_acks(&link)
+        {
             let _ = ctx.store.set_acked(&link.peer, &group, t);
         }
         link.pump_notify.notify_waiters();

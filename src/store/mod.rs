@@ -113,6 +113,9 @@ pub(crate) const BY_SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::
 pub(crate) const TOMBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tombs");
 pub(crate) const PEERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("peers");
 pub(crate) const ACKED: TableDefinition<(&str, &str), u64> = TableDefinition::new("acked");
+/// Per group, the highest seq of a tombstone collected here (schema 5): a peer resuming from
+/// below it would miss deletions.
+pub(crate) const COLLECTED: TableDefinition<&str, u64> = TableDefinition::new("collected");
 pub(crate) const CHUNKS: TableDefinition<&[u8; 32], (&str, &[u8], u64, u64)> =
     TableDefinition::new("chunks4");
 pub(crate) const CONFLICTS: TableDefinition<(&str, &[u8]), &[u8]> =
@@ -591,6 +594,7 @@ impl Store {
             tx.open_table(TOMBS).map_err(|e| st.err(e))?;
             tx.open_table(PEERS).map_err(|e| st.err(e))?;
             tx.open_table(ACKED).map_err(|e| st.err(e))?;
+            tx.open_table(COLLECTED).map_err(|e| st.err(e))?;
             tx.open_table(CHUNKS).map_err(|e| st.err(e))?;
             tx.open_table(CONFLICTS).map_err(|e| st.err(e))?;
             tx.open_table(ASIDE).map_err(|e| st.err(e))?;
@@ -1306,6 +1310,7 @@ impl Store {
     pub fn collect_tombstones(&self, group: &str, upto: u64) -> Result<u64, StoreError> {
         let tx = self.begin_write()?;
         let mut n = 0u64;
+        let mut floor = 0u64;
         {
             let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -1355,13 +1360,34 @@ impl Store {
                     stats.tombstones = stats.tombstones.saturating_sub(1);
                     n += 1;
                 }
+                floor = floor.max(seq);
             }
             stats_t
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;
+            let mut col = tx.open_table(COLLECTED).map_err(|e| self.err(e))?;
+            let was = col
+                .get(group)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if floor > was {
+                col.insert(group, floor).map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n)
+    }
+
+    /// The highest seq of `group` whose tombstone was collected here (0: none): a peer whose
+    /// position is below it would miss deletions if it were only sent what came after.
+    pub fn collected_floor(&self, group: &str) -> Result<u64, StoreError> {
+        let tx = self.begin_read()?;
+        let t = tx.open_table(COLLECTED).map_err(|e| self.err(e))?;
+        Ok(t.get(group)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     /// Forget everything of `group` on this node (`clustersync reset`): its items, positions,
@@ -1426,6 +1452,10 @@ impl Store {
                     t.remove((p.as_str(), group)).map_err(|e| self.err(e))?;
                 }
             }
+            tx.open_table(COLLECTED)
+                .map_err(|e| self.err(e))?
+                .remove(group)
+                .map_err(|e| self.err(e))?;
             {
                 let mut t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
                 let ks: Vec<String> = t
