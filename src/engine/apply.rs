@@ -106,68 +106,80 @@ pub fn validate(
     if !g.filter.accepts(gp, &r.key, r.kind() == Some(Kind::Dir)) {
         return Err(refuse("path is excluded in this group".into()));
     }
-    if !known_node(&r.origin) {
-        return Err(refuse(format!("unknown origin node {:?}", r.origin)));
-    }
-    if g.is_replica(&r.origin) {
-        return Err(refuse(format!(
-            "origin {:?} is a replica: it cannot make versions",
-            r.origin
-        )));
-    }
-    if r.version.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
-        return Err(refuse("oversized version vector".into()));
-    }
-    if r.version.is_empty()
-        && !(r.kind() == Some(Kind::Dir) && g.cfg.paths.iter().any(|p| p.as_bytes() == r.key))
-    {
-        // only a group path directory nobody has changed travels without a version
-        return Err(refuse("empty version vector".into()));
-    }
-    if r.version.0.values().any(|c| *c > max_counter()) {
-        return Err(refuse(
-            "a version counter from the future (more than a year ahead of this node's clock)"
-                .into(),
-        ));
-    }
-    if r.beat.len() > 1024 || r.beat.iter().any(|b| b.len() > 255) {
-        return Err(refuse("oversized list of beaten nodes".into()));
-    }
+    check_history(g, r, known_node).map_err(refuse)?;
     let Some(m) = r.meta() else {
         if w.inline.is_some() {
             return Err(refuse("content attached to a deletion".into()));
         }
         return Ok(());
     };
+    check_meta(g, m).map_err(refuse)?;
+    check_kind(m, w.inline.as_deref()).map_err(refuse)
+}
+
+/// Who made the item and its version vector.
+fn check_history(g: &GroupRt, r: &Item, known_node: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    if !known_node(&r.origin) {
+        return Err(format!("unknown origin node {:?}", r.origin));
+    }
+    if g.is_replica(&r.origin) {
+        return Err(format!(
+            "origin {:?} is a replica: it cannot make versions",
+            r.origin
+        ));
+    }
+    if r.version.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
+        return Err("oversized version vector".into());
+    }
+    if r.version.is_empty()
+        && !(r.kind() == Some(Kind::Dir) && g.cfg.paths.iter().any(|p| p.as_bytes() == r.key))
+    {
+        // only a group path directory nobody has changed travels without a version
+        return Err("empty version vector".into());
+    }
+    if r.version.0.values().any(|c| *c > max_counter()) {
+        return Err(
+            "a version counter from the future (more than a year ahead of this node's clock)"
+                .into(),
+        );
+    }
+    if r.beat.len() > 1024 || r.beat.iter().any(|b| b.len() > 255) {
+        return Err("oversized list of beaten nodes".into());
+    }
+    Ok(())
+}
+
+/// Mode, mtime, owner names, attributes.
+fn check_meta(g: &GroupRt, m: &Meta) -> Result<(), String> {
     if m.mode > 0o7777 {
-        return Err(refuse("bad mode".into()));
+        return Err("bad mode".into());
     }
     if m.mtime_ns >= 1_000_000_000 {
-        return Err(refuse("bad mtime".into()));
+        return Err("bad mtime".into());
     }
-    if m.owner
-        .user
-        .as_ref()
-        .is_some_and(|u| u.len() > 256 || u.contains('\0'))
-        || m.owner
-            .group
-            .as_ref()
+    let bad_name = |n: &Option<String>| {
+        n.as_ref()
             .is_some_and(|u| u.len() > 256 || u.contains('\0'))
-    {
-        return Err(refuse("bad owner name".into()));
+    };
+    if bad_name(&m.owner.user) || bad_name(&m.owner.group) {
+        return Err("bad owner name".into());
     }
     if !m.xattrs.is_empty() {
         if g.xattrs.is_none() {
-            return Err(refuse(
-                "extended attributes in a group without xattrs = true".into(),
-            ));
+            return Err("extended attributes in a group without xattrs = true".into());
         }
-        xattr::validate(&m.xattrs).map_err(|e| refuse(e.to_string()))?;
+        xattr::validate(&m.xattrs).map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+/// What each kind may carry: a file's chunk list against its size and its inline content
+/// against its hash, a symlink's text, a directory nothing.
+fn check_kind(m: &Meta, inline: Option<&[u8]>) -> Result<(), String> {
     match m.kind {
         Kind::File => {
             if m.target.is_some() || m.size > MAX_FILE {
-                return Err(refuse("bad file metadata".into()));
+                return Err("bad file metadata".into());
             }
             let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
             if sum != m.size
@@ -176,14 +188,14 @@ pub fn validate(
                     .any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
                 || (m.size == 0) != m.chunks.is_empty()
             {
-                return Err(refuse("chunk list does not match the size".into()));
+                return Err("chunk list does not match the size".into());
             }
-            if let Some(data) = &w.inline
+            if let Some(data) = inline
                 && (m.size > INLINE_MAX
                     || data.len() as u64 != m.size
                     || crate::fs::chunk::hash(data) != m.hash)
             {
-                return Err(refuse("inline content does not match its hash".into()));
+                return Err("inline content does not match its hash".into());
             }
         }
         Kind::Symlink => {
@@ -191,13 +203,13 @@ pub fn validate(
                 .target
                 .as_ref()
                 .is_some_and(|t| !t.is_empty() && t.len() <= 4096 && !t.contains(&0));
-            if !ok || !m.chunks.is_empty() || w.inline.is_some() {
-                return Err(refuse("bad symlink".into()));
+            if !ok || !m.chunks.is_empty() || inline.is_some() {
+                return Err("bad symlink".into());
             }
         }
         Kind::Dir => {
-            if m.target.is_some() || !m.chunks.is_empty() || w.inline.is_some() {
-                return Err(refuse("bad directory".into()));
+            if m.target.is_some() || !m.chunks.is_empty() || inline.is_some() {
+                return Err("bad directory".into());
             }
         }
     }

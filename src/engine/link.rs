@@ -17,6 +17,7 @@
 use crate::engine::lane::Lanes;
 use crate::engine::node::Ctx;
 use crate::engine::peer::{Link, LinkGroup, RemoteProgress, lock};
+use crate::item::Hash;
 use crate::item::v3::RecordV3;
 use crate::net::protocol::{
     GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST, MAX_GROUPS,
@@ -276,51 +277,51 @@ fn agree_groups(
     (out, problems)
 }
 
-/// Run an authenticated link with `peer` until it ends.
-pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Result<(), LinkError> {
-    let Wire {
-        mut reader,
-        mut writer,
-        version,
-        suite,
-        ..
-    } = wire;
-    let hello = our_hello(&ctx, &peer, version)?;
+/// Exchange `Hello`s: ours first, then the peer's, checked (it names the node its key belongs
+/// to, and a bounded number of groups). A refusal is audited and said to the peer.
+async fn exchange_hello(
+    ctx: &Ctx,
+    peer: &str,
+    version: u32,
+    reader: &mut LinkReader,
+    writer: &mut crate::net::transport::LinkWriter,
+) -> Result<PeerHello, LinkError> {
+    let hello = our_hello(ctx, peer, version)?;
     writer.send_frame(&hello).await?;
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv_frame(HANDSHAKE_TIMEOUT))
         .await
-        .map_err(|_| LinkError::NoHello(peer.clone()))??;
-    let hello = match parse_hello(&peer, version, &first).and_then(|h| {
+        .map_err(|_| LinkError::NoHello(peer.to_string()))??;
+    let checked = parse_hello(peer, version, &first).and_then(|h| {
         if h.node != peer {
             return Err(violation(
-                &peer,
+                peer,
                 format!("introduced itself as {:?}", h.node),
             ));
         }
         if h.groups.len() > MAX_GROUPS {
-            return Err(violation(&peer, "too many groups in Hello"));
+            return Err(violation(peer, "too many groups in Hello"));
         }
         Ok(h)
-    }) {
-        Ok(h) => h,
-        Err(e) => {
-            if let LinkError::Violation { msg, .. } = &e {
-                ctx.audit_refused(&peer, msg);
-                tracing::warn!(peer = %peer, "refused link: {msg}");
-                if let Some(frame) = encode_for(
-                    version,
-                    &Msg::Bye {
-                        reason: msg.clone(),
-                    },
-                ) {
-                    let _ = writer.send_frame(&frame).await;
-                }
-            }
-            return Err(e);
+    });
+    if let Err(LinkError::Violation { msg, .. }) = &checked {
+        ctx.audit_refused(peer, msg);
+        tracing::warn!(peer = %peer, "refused link: {msg}");
+        if let Some(frame) = encode_for(
+            version,
+            &Msg::Bye {
+                reason: msg.clone(),
+            },
+        ) {
+            let _ = writer.send_frame(&frame).await;
         }
-    };
-    // an index restored from an old snapshot: the peer has seen more of us than this index
-    // ever held (what it held when it was opened, and what we sent since)
+    }
+    checked
+}
+
+/// An index restored from an old snapshot: the peer has seen more of us than this index ever
+/// held (what it held when it was opened, and what we sent since). The group gets a new
+/// incarnation and every link is closed, so all peers send and receive everything again.
+fn detect_rollback(ctx: &Ctx, peer: &str, hello: &PeerHello) -> Result<(), LinkError> {
     let known = ctx
         .store
         .opened_seq()
@@ -328,38 +329,40 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     for h in &hello.groups {
         if let Ok(inc) = ctx.store.incarnation(&h.group)
             && h.resume_inc == inc
-            && ctx.shared_groups(&peer).iter().any(|g| g.name() == h.group)
+            && ctx.shared_groups(peer).iter().any(|g| g.name() == h.group)
+            && h.resume_seq > known
         {
-            let head = known;
-            if h.resume_seq > head {
-                tracing::warn!(
-                    group = %h.group,
-                    "{peer} has seen this node's changes up to {} but this node's index only goes to {head} (restored from an older snapshot?); starting the group's exchange over with every peer",
-                    h.resume_seq
-                );
-                let _ = ctx.store.renew_incarnation(&h.group);
-                ctx.links.close_all();
-                return Err(LinkError::Bye {
-                    peer,
-                    reason: "index rollback detected; reconnecting".into(),
-                });
-            }
+            tracing::warn!(
+                group = %h.group,
+                "{peer} has seen this node's changes up to {} but this node's index only goes to {known} (restored from an older snapshot?); starting the group's exchange over with every peer",
+                h.resume_seq
+            );
+            let _ = ctx.store.renew_incarnation(&h.group);
+            ctx.links.close_all();
+            return Err(LinkError::Bye {
+                peer: peer.to_string(),
+                reason: "index rollback detected; reconnecting".into(),
+            });
         }
     }
-    let (groups, problems) = agree_groups(&ctx, &peer, &hello);
-    ctx.links.set_config_problems(&peer, problems);
+    Ok(())
+}
 
-    let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);
-    let (bulk_tx, bulk_rx) = mpsc::channel::<Msg>(8);
-    let (closed_tx, mut closed_rx) = watch::channel(false);
-    let remote: HashMap<String, RemoteProgress> = hello
+/// What the peer has of each group it exchanges with us, from its `Hello` (for progress).
+fn remote_progress(
+    ctx: &Ctx,
+    peer: &str,
+    hello: &PeerHello,
+    groups: &HashMap<String, LinkGroup>,
+) -> HashMap<String, RemoteProgress> {
+    hello
         .groups
         .iter()
         .filter(|h| groups.get(&h.group).is_some_and(|g| g.paused.is_none()))
         .map(|h| {
             let applied = ctx
                 .store
-                .peer_position(&peer, &h.group)
+                .peer_position(peer, &h.group)
                 .map(|p| if p.0 == h.inc { p.1 } else { 0 })
                 .unwrap_or(0);
             (
@@ -374,7 +377,65 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Start one pump per group we send to this peer, each from where the peer says it is.
+fn start_pumps(
+    ctx: &Arc<Ctx>,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    hello: &PeerHello,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut pumps = Vec::new();
+    for (g, lg) in &link.groups {
+        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) || ctx.opts.dry_run {
+            // a replica only receives; a dry run sends nothing
+            continue;
+        }
+        let ours = if link.version >= 4 {
+            ctx.store.incarnation(g).unwrap_or(0)
+        } else {
+            ctx.store.index_id()
+        };
+        let start = hello
+            .groups
+            .iter()
+            .find(|h| &h.group == g && h.resume_inc == ours)
+            .map(|h| h.resume_seq)
+            .unwrap_or(0);
+        let start = resume_point(ctx, &link.peer, g, start);
+        let Some(head_rx) = lanes.get(g).map(|l| l.head_rx()) else {
+            continue;
+        };
+        pumps.push(tokio::spawn(pump(
+            ctx.clone(),
+            head_rx,
+            link.clone(),
+            g.clone(),
+            start,
+        )));
+    }
+    pumps
+}
+
+/// Run an authenticated link with `peer` until it ends.
+pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Result<(), LinkError> {
+    let Wire {
+        mut reader,
+        mut writer,
+        version,
+        suite,
+        ..
+    } = wire;
+    let hello = exchange_hello(&ctx, &peer, version, &mut reader, &mut writer).await?;
+    detect_rollback(&ctx, &peer, &hello)?;
+    let (groups, problems) = agree_groups(&ctx, &peer, &hello);
+    ctx.links.set_config_problems(&peer, problems);
+    let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);
+    let (bulk_tx, bulk_rx) = mpsc::channel::<Msg>(8);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let remote = remote_progress(&ctx, &peer, &hello, &groups);
     let link = Arc::new(Link {
         peer: peer.clone(),
         conn: ctx.links.next_conn(),
@@ -413,67 +474,9 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         link: link.clone(),
     };
     tracing::info!(peer = %peer, "connected (protocol {version}, {suite})");
-
-    let mut pumps = Vec::new();
-    for (g, lg) in &link.groups {
-        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) || ctx.opts.dry_run {
-            // a replica only receives; a dry run sends nothing
-            continue;
-        }
-        let start = hello
-            .groups
-            .iter()
-            .find(|h| &h.group == g)
-            .filter(|h| {
-                let ours = if version >= 4 {
-                    ctx.store.incarnation(g).unwrap_or(0)
-                } else {
-                    ctx.store.index_id()
-                };
-                h.resume_inc == ours
-            })
-            .map(|h| h.resume_seq)
-            .unwrap_or(0);
-        let start = resume_point(&ctx, &peer, g, start);
-        let Some(head_rx) = lanes.get(g).map(|l| l.head_rx()) else {
-            continue;
-        };
-        pumps.push(tokio::spawn(pump(
-            ctx.clone(),
-            head_rx,
-            link.clone(),
-            g.clone(),
-            start,
-        )));
-    }
-
-    let (mut in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
-    let serving = Arc::new(Semaphore::new(MAX_SERVING));
-    let mut shutdown = ctx.shutdown_rx();
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    let result = loop {
-        tokio::select! {
-            _ = crate::engine::node::until_set(&mut closed_rx) => break Ok(()),
-            _ = crate::engine::node::until_set(&mut shutdown) => {
-                let _ = hi_tx.try_send(Msg::Bye { reason: "shutting down".into() });
-                break Ok(());
-            }
-            _ = keepalive.tick() => {
-                let _ = hi_tx.try_send(Msg::Ping { token: 0 });
-            }
-            m = in_rx.recv() => {
-                let m = match m {
-                    None => break Err(LinkError::Transport(TransportError::Closed)),
-                    Some(Err(e)) => break Err(e),
-                    Some(Ok(m)) => m,
-                };
-                ctx.links.touch(&peer);
-                if let Err(e) = dispatch(&ctx, &lanes, &link, &serving, m).await {
-                    break Err(e);
-                }
-            }
-        }
-    };
+    let pumps = start_pumps(&ctx, &lanes, &link, &hello);
+    let (in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
+    let result = serve(&ctx, &lanes, &link, in_rx, closed_rx, &hi_tx).await;
     if let Err(LinkError::Violation { msg, .. }) = &result {
         let _ = hi_tx.try_send(Msg::Bye {
             reason: msg.clone(),
@@ -491,6 +494,42 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     lock(&link.pong_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
+}
+
+/// The link's main loop: the peer's messages, keep-alives, until the link closes, the node
+/// stops or the peer breaks the protocol.
+async fn serve(
+    ctx: &Arc<Ctx>,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    mut in_rx: mpsc::Receiver<Result<Msg, LinkError>>,
+    mut closed_rx: watch::Receiver<bool>,
+    hi_tx: &mpsc::Sender<Msg>,
+) -> Result<(), LinkError> {
+    let serving = Arc::new(Semaphore::new(MAX_SERVING));
+    let mut shutdown = ctx.shutdown_rx();
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    loop {
+        tokio::select! {
+            _ = crate::engine::node::until_set(&mut closed_rx) => return Ok(()),
+            _ = crate::engine::node::until_set(&mut shutdown) => {
+                let _ = hi_tx.try_send(Msg::Bye { reason: "shutting down".into() });
+                return Ok(());
+            }
+            _ = keepalive.tick() => {
+                let _ = hi_tx.try_send(Msg::Ping { token: 0 });
+            }
+            m = in_rx.recv() => {
+                let m = match m {
+                    None => return Err(LinkError::Transport(TransportError::Closed)),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(m)) => m,
+                };
+                ctx.links.touch(&link.peer);
+                dispatch(ctx, lanes, link, &serving, m).await?;
+            }
+        }
+    }
 }
 
 async fn write_loop(
@@ -584,6 +623,18 @@ fn spawn_reader(
     (rx, task)
 }
 
+/// Is `g` shared with the peer (else a violation), and exchanged (settings agree)?
+fn check_group(link: &Link, g: &str) -> Result<bool, LinkError> {
+    match link.groups.get(g) {
+        None => Err(violation(
+            &link.peer,
+            format!("named group {g:?}, which it does not share with us"),
+        )),
+        // settings differ: nothing of it is exchanged (the peer knows it too)
+        Some(lg) => Ok(lg.paused.is_none()),
+    }
+}
+
 async fn dispatch(
     ctx: &Arc<Ctx>,
     lanes: &Lanes,
@@ -592,16 +643,6 @@ async fn dispatch(
     m: Msg,
 ) -> Result<(), LinkError> {
     let peer = link.peer.as_str();
-    let check_group = |g: &str| -> Result<bool, LinkError> {
-        match link.groups.get(g) {
-            None => Err(violation(
-                peer,
-                format!("named group {g:?}, which it does not share with us"),
-            )),
-            // settings differ: nothing of it is exchanged (the peer knows it too)
-            Some(lg) => Ok(lg.paused.is_none()),
-        }
-    };
     match m {
         Msg::Hello { .. } => return Err(violation(peer, "second Hello")),
         Msg::Bye { reason } => {
@@ -615,108 +656,10 @@ async fn dispatch(
             items,
             through,
             head,
-        } => {
-            if !check_group(&group)? {
-                return Ok(());
-            }
-            if ctx.group(&group).is_some_and(|g| g.is_replica(peer)) {
-                return Err(violation(
-                    peer,
-                    format!("is a replica of group {group} but sent changes"),
-                ));
-            }
-            if items.len() > MAX_BATCH_ITEMS {
-                return Err(violation(peer, "index batch too large"));
-            }
-            {
-                let mut r = lock(&link.remote);
-                let e = r.entry(group.clone()).or_default();
-                e.head = e.head.max(head);
-                e.received += items.len() as u64;
-                e.received_bytes += items.iter().map(|w| w.item.size()).sum::<u64>();
-            }
-            let q = link.queued.fetch_add(1, Ordering::AcqRel);
-            if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
-                return Err(violation(peer, "ignored flow control"));
-            }
-            let Some(lane) = lanes.get(&group) else {
-                return Ok(());
-            };
-            lane.remote(link.clone(), items, through).await;
-        }
-        Msg::Ack { group, through } => {
-            if !check_group(&group)? {
-                return Ok(());
-            }
-            let acked = {
-                let mut p = lock(&link.pumps);
-                let e = p.entry(group.clone()).or_default();
-                if through > e.last_sent {
-                    return Err(violation(peer, "acknowledged more than was sent"));
-                }
-                e.acked = e.acked.max(through);
-                while e.unacked.front().is_some_and(|t| *t <= through) {
-                    e.unacked.pop_front();
-                }
-                if e.unacked.is_empty() {
-                    // nothing in flight: what we skipped counts as acknowledged too
-                    e.acked = e.acked.max(e.scanned);
-                }
-                e.acked
-            };
-            if durable_acks(link) {
-                let _ = ctx.store.set_acked(peer, &group, acked);
-            }
-            link.pump_notify.notify_waiters();
-        }
+        } => on_index(ctx, lanes, link, group, items, through, head).await?,
+        Msg::Ack { group, through } => on_ack(ctx, link, group, through)?,
         Msg::GetChunks { req, group, hashes } => {
-            if !check_group(&group)? {
-                let _ = link
-                    .bulk
-                    .send(Msg::Chunks {
-                        req,
-                        data: vec![None; hashes.len()],
-                    })
-                    .await;
-                return Ok(());
-            }
-            if hashes.len() > MAX_CHUNKS_PER_REQUEST {
-                return Err(violation(peer, "too many chunks requested"));
-            }
-            let Ok(permit) = serving.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            let ctx = ctx.clone();
-            let link = link.clone();
-            // with a bandwidth limit, one answer takes at most about two seconds to send, so
-            // keep-alives and small changes never wait long behind it
-            let cap = match ctx.cfg.bwlimit_to(&link.peer) {
-                Some(rate) => (rate as usize * 2).clamp(256 * 1024, MAX_CHUNKS_REPLY_BYTES),
-                None => MAX_CHUNKS_REPLY_BYTES,
-            };
-            tokio::spawn(async move {
-                let c2 = ctx.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut total = 0usize;
-                    hashes
-                        .iter()
-                        .map(|h| {
-                            if total >= cap {
-                                return None;
-                            }
-                            let d = c2.read_chunk(&group, h);
-                            total += d.as_ref().map_or(0, |d| d.len());
-                            d
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                let n: u64 = data.iter().flatten().map(|d| d.len() as u64).sum();
-                ctx.counters.chunk_bytes_out.fetch_add(n, Ordering::Relaxed);
-                let _ = link.bulk.send(Msg::Chunks { req, data }).await;
-                drop(permit);
-            });
+            on_get_chunks(ctx, link, serving, req, group, hashes).await?
         }
         Msg::Chunks { req, data } => {
             let w = lock(&link.chunk_waiters).remove(&req);
@@ -727,32 +670,7 @@ async fn dispatch(
                 None => return Err(violation(peer, "unsolicited Chunks")),
             }
         }
-        Msg::Ping { token } => {
-            if token != 0 {
-                // answer once our pumps to this peer have read everything indexed before now
-                let targets: Vec<(String, u64)> = link
-                    .groups
-                    .iter()
-                    .filter(|(g, lg)| {
-                        lg.paused.is_none() && ctx.group(g).is_some_and(|gr| !gr.replica)
-                    })
-                    .map(|(g, _)| (g.clone(), ctx.store.group_head(g).unwrap_or(0)))
-                    .collect();
-                let link = link.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + Duration::from_secs(3600);
-                    while Instant::now() < deadline && !link.is_closed() {
-                        let notified = link.pump_notify.notified();
-                        let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
-                        if done {
-                            break;
-                        }
-                        let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-                    }
-                    let _ = link.send(Msg::Pong { token }).await;
-                });
-            }
-        }
+        Msg::Ping { token } => on_ping(ctx, link, token),
         Msg::Pong { token } => {
             if let Some(tx) = lock(&link.pong_waiters).remove(&token) {
                 let _ = tx.send(());
@@ -760,6 +678,155 @@ async fn dispatch(
         }
     }
     Ok(())
+}
+
+/// A peer's batch: checked for the link's rules, then handed to the group's lane.
+async fn on_index(
+    ctx: &Ctx,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    group: String,
+    items: Vec<WireItem>,
+    through: u64,
+    head: u64,
+) -> Result<(), LinkError> {
+    let peer = link.peer.as_str();
+    if !check_group(link, &group)? {
+        return Ok(());
+    }
+    if ctx.group(&group).is_some_and(|g| g.is_replica(peer)) {
+        return Err(violation(
+            peer,
+            format!("is a replica of group {group} but sent changes"),
+        ));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(violation(peer, "index batch too large"));
+    }
+    {
+        let mut r = lock(&link.remote);
+        let e = r.entry(group.clone()).or_default();
+        e.head = e.head.max(head);
+        e.received += items.len() as u64;
+        e.received_bytes += items.iter().map(|w| w.item.size()).sum::<u64>();
+    }
+    let q = link.queued.fetch_add(1, Ordering::AcqRel);
+    if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
+        return Err(violation(peer, "ignored flow control"));
+    }
+    if let Some(lane) = lanes.get(&group) {
+        lane.remote(link.clone(), items, through).await;
+    }
+    Ok(())
+}
+
+/// The peer applied and saved our items up to `through`.
+fn on_ack(ctx: &Ctx, link: &Link, group: String, through: u64) -> Result<(), LinkError> {
+    if !check_group(link, &group)? {
+        return Ok(());
+    }
+    let acked = {
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.clone()).or_default();
+        if through > e.last_sent {
+            return Err(violation(&link.peer, "acknowledged more than was sent"));
+        }
+        e.acked = e.acked.max(through);
+        while e.unacked.front().is_some_and(|t| *t <= through) {
+            e.unacked.pop_front();
+        }
+        if e.unacked.is_empty() {
+            // nothing in flight: what we skipped counts as acknowledged too
+            e.acked = e.acked.max(e.scanned);
+        }
+        e.acked
+    };
+    if durable_acks(link) {
+        let _ = ctx.store.set_acked(&link.peer, &group, acked);
+    }
+    link.pump_notify.notify_waiters();
+    Ok(())
+}
+
+/// Serve chunks of `group` by hash (on the blocking pool, a bounded number at once, the
+/// answer capped in bytes).
+async fn on_get_chunks(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    serving: &Arc<Semaphore>,
+    req: u64,
+    group: String,
+    hashes: Vec<Hash>,
+) -> Result<(), LinkError> {
+    if !check_group(link, &group)? {
+        let data = vec![None; hashes.len()];
+        let _ = link.bulk.send(Msg::Chunks { req, data }).await;
+        return Ok(());
+    }
+    if hashes.len() > MAX_CHUNKS_PER_REQUEST {
+        return Err(violation(&link.peer, "too many chunks requested"));
+    }
+    let Ok(permit) = serving.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let (ctx, link) = (ctx.clone(), link.clone());
+    // with a bandwidth limit, one answer takes at most about two seconds to send, so
+    // keep-alives and small changes never wait long behind it
+    let cap = match ctx.cfg.bwlimit_to(&link.peer) {
+        Some(rate) => (rate as usize * 2).clamp(256 * 1024, MAX_CHUNKS_REPLY_BYTES),
+        None => MAX_CHUNKS_REPLY_BYTES,
+    };
+    tokio::spawn(async move {
+        let c2 = ctx.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let mut total = 0usize;
+            hashes
+                .iter()
+                .map(|h| {
+                    if total >= cap {
+                        return None;
+                    }
+                    let d = c2.read_chunk(&group, h);
+                    total += d.as_ref().map_or(0, |d| d.len());
+                    d
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let n: u64 = data.iter().flatten().map(|d| d.len() as u64).sum();
+        ctx.counters.chunk_bytes_out.fetch_add(n, Ordering::Relaxed);
+        let _ = link.bulk.send(Msg::Chunks { req, data }).await;
+        drop(permit);
+    });
+    Ok(())
+}
+
+/// A marked point (`sync`): answered once our pumps to this peer have read everything indexed
+/// before now. Token 0 is a keep-alive.
+fn on_ping(ctx: &Ctx, link: &Arc<Link>, token: u64) {
+    if token == 0 {
+        return;
+    }
+    let targets: Vec<(String, u64)> = link
+        .groups
+        .iter()
+        .filter(|(g, lg)| lg.paused.is_none() && ctx.group(g).is_some_and(|gr| !gr.replica))
+        .map(|(g, _)| (g.clone(), ctx.store.group_head(g).unwrap_or(0)))
+        .collect();
+    let link = link.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while Instant::now() < deadline && !link.is_closed() {
+            let notified = link.pump_notify.notified();
+            let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
+            if done {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+        let _ = link.send(Msg::Pong { token }).await;
+    });
 }
 
 /// Do this peer's acknowledgements mean "applied and saved" (SPEC §5.13)? Protocol 5 on; the
