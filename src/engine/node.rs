@@ -75,17 +75,11 @@ pub enum NodeError {
     Backup(#[from] crate::fs::backup::BackupError),
 }
 
-/// What `daemon` checks before it starts (and `check-config` reports): this node has a
-/// section, its key matches its `id`, and every group path exists or its parent does.
-/// Returns warnings (a group path that does not exist yet).
-pub fn preflight(
-    cfg: &Config,
-    name: &str,
+/// This node's key, checked against the `id` its section configures.
+fn identity(
+    me: &crate::config::NodeConfig,
     state_dir: &std::path::Path,
-) -> Result<Vec<String>, NodeError> {
-    let me = cfg
-        .node(name)
-        .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
+) -> Result<Identity, NodeError> {
     let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
     let ident = Identity::load(&key_path)?;
     if let Some(id) = &me.id
@@ -97,6 +91,21 @@ pub fn preflight(
             configured: id.clone(),
         });
     }
+    Ok(ident)
+}
+
+/// What `daemon` checks before it starts (and `check-config` reports): this node has a
+/// section, its key matches its `id`, and every group path exists or its parent does.
+/// Returns warnings (a group path that does not exist yet).
+pub fn preflight(
+    cfg: &Config,
+    name: &str,
+    state_dir: &std::path::Path,
+) -> Result<Vec<String>, NodeError> {
+    let me = cfg
+        .node(name)
+        .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
+    identity(me, state_dir)?;
     let mut warnings = Vec::new();
     for g in cfg.groups_of(name) {
         for gp in &g.paths {
@@ -333,17 +342,7 @@ fn make_ctx(
         path: state_dir.clone(),
         source,
     })?;
-    let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
-    let ident = Identity::load(&key_path)?;
-    if let Some(id) = &me.id
-        && !id.eq_ignore_ascii_case(&ident.id())
-    {
-        return Err(NodeError::IdMismatch {
-            node: me.name.clone(),
-            actual: ident.id(),
-            configured: id.clone(),
-        });
-    }
+    let ident = identity(&me, &state_dir)?;
     let store = Store::open(&state_dir.join("index.redb"))?;
     let groups = groups_of(&cfg, name)?;
     let backups = Backups::open(&state_dir.join("backups"))?;

@@ -1312,6 +1312,14 @@ mod tests {
         })
     }
 
+    /// The commit asked for in `log`, if any.
+    fn commit_in(log: &[Effect]) -> Option<&Commit> {
+        log.iter().find_map(|e| match e {
+            Effect::Commit { commit, .. } => Some(&**commit),
+            _ => None,
+        })
+    }
+
     fn acks(log: &[Effect]) -> Vec<(String, u64)> {
         log.iter()
             .filter_map(|e| match e {
@@ -1432,10 +1440,7 @@ mod tests {
                 &clock,
                 fate,
             );
-            let commit = log.iter().find_map(|e| match e {
-                Effect::Commit { commit, .. } => Some(commit),
-                _ => None,
-            });
+            let commit = commit_in(&log);
             // what was applied is still recorded (the disk has it), but not the position
             assert_eq!(commit.expect("a commit").extras.position, None, "{fate:?}");
             assert!(acks(&log).is_empty(), "{fate:?}");
@@ -1452,13 +1457,7 @@ mod tests {
             &clock,
             Fate::ItemFails,
         );
-        let commit = log
-            .iter()
-            .find_map(|e| match e {
-                Effect::Commit { commit, .. } => Some(commit),
-                _ => None,
-            })
-            .expect("a commit");
+        let commit = commit_in(&log).expect("a commit");
         assert_eq!(commit.extras.aside_put.len(), 1, "saved to be retried");
         assert_eq!(commit.extras.aside_put[0].attempts, 1);
         assert!(commit.extras.position.is_some());
@@ -1619,10 +1618,7 @@ mod tests {
             attempts: 1,
         }];
         let log = drive(&mut core, Event::AsideLoaded(retry), &clock, Fate::Fine);
-        let commit = log.iter().find_map(|e| match e {
-            Effect::Commit { commit, .. } => Some(commit),
-            _ => None,
-        });
+        let commit = commit_in(&log);
         assert_eq!(commit.expect("a commit").extras.position, None);
         assert!(acks(&log).is_empty());
         assert!(
