@@ -17,7 +17,7 @@
 //! - Password hashes never reach a log line or the audit log: only names and versions do.
 
 use super::core::{Failure, Outcome, ScanReport};
-use super::domain::{Applied, Domain, ScanRequest};
+use super::domain::{Applied, Domain, ObserveError, ScanRequest};
 use super::plan::{Observed, Step};
 use crate::accounts::{AccountDb, AccountId, Change, Snapshot, validate_change};
 use crate::engine::group::GroupRt;
@@ -427,16 +427,17 @@ impl Domain for AccountsDomain {
         Ok(())
     }
 
-    fn observe(&self, keys: &[Vec<u8>], _dry: bool) -> Result<Vec<Observed>, String> {
+    fn observe(&self, keys: &[Vec<u8>], _dry: bool) -> Result<Vec<Observed>, ObserveError> {
         let name = self.g.name();
-        let snap = self.ctx.store.snapshot().map_err(|e| e.to_string())?;
+        let fail = |e: crate::store::StoreError| ObserveError::Failed(e.to_string());
+        let snap = self.ctx.store.snapshot().map_err(fail)?;
         keys.iter()
             .map(|k| {
                 Ok(Observed {
-                    local: snap.get(name, k).map_err(|e| e.to_string())?,
+                    local: snap.get(name, k).map_err(fail)?,
                     conflict: snap
                         .conflict(name, k)
-                        .map_err(|e| e.to_string())?
+                        .map_err(fail)?
                         .filter(|c| !c.resolved),
                     keep_drift: false,
                 })

@@ -151,7 +151,7 @@ pub enum Event {
     /// The index was read for a batch's keys after the disk was reconciled (one per item).
     Observed {
         id: BatchId,
-        result: Result<Vec<Observed>, String>,
+        result: Result<Vec<Observed>, super::domain::ObserveError>,
     },
     /// The domain carried out a batch's steps.
     Applied {
@@ -684,7 +684,7 @@ impl Core {
     fn observed(
         &mut self,
         id: BatchId,
-        result: Result<Vec<Observed>, String>,
+        result: Result<Vec<Observed>, super::domain::ObserveError>,
         now: Now,
         out: &mut Vec<Effect>,
     ) {
@@ -700,7 +700,17 @@ impl Core {
                 self.failed(&f.job, "the index read is incomplete", now.at, out);
                 return;
             }
-            Err(e) => {
+            Err(super::domain::ObserveError::Stopped(why)) => {
+                // the disk went away under the batch: the group stops, nothing is written,
+                // nothing acknowledged (the peers send again when it runs)
+                let report = ScanReport {
+                    stopped: Some(why),
+                    ..Default::default()
+                };
+                self.scanned(report, now.at, out);
+                return;
+            }
+            Err(super::domain::ObserveError::Failed(e)) => {
                 self.failed(&f.job, &format!("reading the index: {e}"), now.at, out);
                 return;
             }
@@ -1273,7 +1283,9 @@ mod tests {
             Effect::Observe { id, keys, .. } => Event::Observed {
                 id: *id,
                 result: if fate == Fate::ObserveFails {
-                    Err("disk on fire".into())
+                    Err(crate::engine::lane::domain::ObserveError::Failed(
+                        "disk on fire".into(),
+                    ))
                 } else {
                     Ok(keys.iter().map(|_| Observed::default()).collect())
                 },
@@ -1521,6 +1533,42 @@ mod tests {
             "{log:?}"
         );
         assert!(acks(&log).is_empty());
+    }
+
+    #[test]
+    fn a_group_path_gone_under_a_batch_stops_the_group_and_acknowledges_nothing() {
+        let clock = Clock(Instant::now());
+        let mut core = Core::new(setup(false), 0, clock.0);
+        core.on(
+            remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
+            clock.now(),
+        );
+        let mut log = Vec::new();
+        let mut work: VecDeque<Effect> = core.start_next().into();
+        while let Some(e) = work.pop_front() {
+            let a = match &e {
+                Effect::Observe { id, .. } => Some(Event::Observed {
+                    id: *id,
+                    result: Err(crate::engine::lane::domain::ObserveError::Stopped(
+                        "group path /srv/www is missing".into(),
+                    )),
+                }),
+                other => answer(other, Fate::Fine),
+            };
+            log.push(e);
+            if let Some(a) = a {
+                work.extend(core.on(a, clock.now()));
+            }
+        }
+        assert!(
+            log.iter().any(|e| matches!(e, Effect::Stopped(Some(_)))),
+            "{log:?}"
+        );
+        assert!(
+            !log.iter()
+                .any(|e| matches!(e, Effect::Apply { .. } | Effect::Ack { .. }))
+        );
+        assert_eq!(core.stopped(), Some("group path /srv/www is missing"));
     }
 
     #[test]

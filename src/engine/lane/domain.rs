@@ -25,7 +25,7 @@ pub trait Domain: Send + Sync + 'static {
     /// What the index holds for `keys` (blocking). Unless `dry`, the disk is reconciled first:
     /// a local change nobody reported yet is committed as a local version, so a peer's item is
     /// never decided against a stale entry.
-    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, String>;
+    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, ObserveError>;
 
     /// Carry out the steps (fetching content from peers, `prefer` first): each step with its
     /// outcome, in order; steps lost to a panicked task are only counted.
@@ -68,6 +68,16 @@ pub trait Domain: Send + Sync + 'static {
     fn poll(&self) -> bool {
         false
     }
+}
+
+/// Why the index could not be read for a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObserveError {
+    /// A group path is missing, or empty while the index knows files there (an unmounted
+    /// disk): the group stops, and nothing is written where the disk is not.
+    Stopped(String),
+    /// Anything else (an index error): the batch is received again later.
+    Failed(String),
 }
 
 /// What carrying out a batch's steps gave.

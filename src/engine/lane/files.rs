@@ -16,7 +16,7 @@
 
 use super::LaneState;
 use super::core::{Failure, Outcome, ScanReport};
-use super::domain::{Applied, Domain, ScanRequest};
+use super::domain::{Applied, Domain, ObserveError, ScanRequest};
 use super::local::{self, Drift};
 use super::plan::{Observed, Step};
 use crate::config::OnDrift;
@@ -121,6 +121,25 @@ impl FilesDomain {
         }
         *snap = self.ctx.store.snapshot()?;
         snap.get(self.g.name(), key)
+    }
+
+    /// The mass-deletion guard of every group path a batch touches, before anything is
+    /// written: a path that went away (an unmounted disk, the directory renamed) stops the
+    /// group instead of being created again by the apply.
+    fn guard(&self, keys: &[Vec<u8>]) -> Result<(), ObserveError> {
+        let s = local::scanner(&self.ctx, &self.g);
+        let gps: BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|k| name::validate(k, &self.g.cfg.paths).ok())
+            .collect();
+        for gp in gps {
+            match s.guard(gp) {
+                Ok(None) => {}
+                Ok(Some(why)) => return Err(ObserveError::Stopped(why)),
+                Err(e) => return Err(ObserveError::Failed(e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     fn observe_all(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, StoreError> {
@@ -430,8 +449,12 @@ impl Domain for FilesDomain {
         Ok(())
     }
 
-    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, String> {
-        self.observe_all(keys, dry).map_err(|e| e.to_string())
+    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, ObserveError> {
+        if !dry {
+            self.guard(keys)?;
+        }
+        self.observe_all(keys, dry)
+            .map_err(|e| ObserveError::Failed(e.to_string()))
     }
 
     async fn apply(self: Arc<Self>, steps: Vec<Step>, prefer: Option<String>) -> Applied {

@@ -599,7 +599,11 @@ impl<D: Domain> LaneTask<D> {
                 let dom = self.dom.clone();
                 let result = tokio::task::spawn_blocking(move || dom.observe(&keys, dry))
                     .await
-                    .unwrap_or_else(|_| Err("reading the index failed (internal error)".into()));
+                    .unwrap_or_else(|_| {
+                        Err(domain::ObserveError::Failed(
+                            "reading the index failed (internal error)".into(),
+                        ))
+                    });
                 self.feed(Event::Observed { id, result }, work);
             }
             Effect::Apply { id, steps, prefer } => {
