@@ -89,6 +89,8 @@ pub struct LaneState {
     pub applied_bytes: AtomicU64,
     /// A problem that does not stop the group (e.g. attributes not supported), for `status`.
     pub warning: Mutex<Option<String>>,
+    /// The accounts pseudo-group: accounts that cannot be read or left the managed set here.
+    pub notes: Mutex<Vec<String>>,
 }
 
 impl LaneState {
@@ -199,6 +201,8 @@ pub(crate) struct Lane {
     drift_due: Instant,
     /// The accounts pseudo-group: the stat of the account files at the last scan.
     accounts_stamp: Vec<(u64, i64, i64, u64)>,
+    /// The accounts pseudo-group: account sync's state between calls.
+    accounts: Option<accounts::Shared>,
 }
 
 /// How often tombstones every member confirmed are collected (30 s; the test knob
@@ -245,6 +249,7 @@ pub(crate) fn new(
         stopped_check: now,
         drift_due: now,
         accounts_stamp: Vec::new(),
+        accounts: None,
     };
     (
         LaneHandle {
@@ -413,10 +418,8 @@ impl Lane {
             LaneMsg::Marker { reply } => {
                 let _ = reply.send(());
             }
-            LaneMsg::Resolve { reply, .. } => {
-                let _ = reply.send(Err(
-                    "account conflicts are settled automatically (the newest change wins; the previous files are kept as passwd-, shadow-, group-, gshadow-)".into(),
-                ));
+            LaneMsg::Resolve { key, keep, reply } => {
+                let _ = reply.send(self.accounts_resolve(key, keep).await);
             }
         }
     }
