@@ -389,16 +389,14 @@ impl<'v, 'f> Plan<'v, 'f> {
             .users
             .get(rec.name.as_bytes())
             .map(|u| self.view.files.passwd.line(u.line));
-        let sp_old = match (&self.view.files.shadow, self.view.shadow.get(rec.name.as_bytes())) {
+        let sp_old = match (
+            &self.view.files.shadow,
+            self.view.shadow.get(rec.name.as_bytes()),
+        ) {
             (Some(t), Some(&i)) => Some(t.line(i)),
             _ => None,
         };
-        let pw = passwd_line(
-            rec,
-            self.policy,
-            self.view.files.shadow.is_some(),
-            pw_old,
-        );
+        let pw = passwd_line(rec, self.policy, self.view.files.shadow.is_some(), pw_old);
         let sp = self
             .view
             .files
@@ -530,7 +528,9 @@ impl<'v, 'f> Plan<'v, 'f> {
                 (Some(t), Some(&i)) => Some(t.line(i).to_vec()),
                 _ => None,
             };
-            let field = db::parse_gr(&gr).map(|x| x.members.to_vec()).unwrap_or_default();
+            let field = db::parse_gr(&gr)
+                .map(|x| x.members.to_vec())
+                .unwrap_or_default();
             let (gr, sg) = if self.touches(&name, &field) {
                 self.with_members(&name, gr, sg)
             } else {
@@ -552,8 +552,7 @@ impl<'v, 'f> Plan<'v, 'f> {
             let (gr, sg) = self.with_members(n, gr, sg);
             groups.insert((*gid, n.clone()), (gr, sg));
         }
-        let managed_user_names: HashSet<&[u8]> =
-            user_key.keys().map(|k| k.as_bytes()).collect();
+        let managed_user_names: HashSet<&[u8]> = user_key.keys().map(|k| k.as_bytes()).collect();
         let gone_users: HashSet<&[u8]> = self
             .users
             .iter()
@@ -666,7 +665,9 @@ impl<'v, 'f> Plan<'v, 'f> {
         gr: Vec<u8>,
         sg: Option<Vec<u8>>,
     ) -> (Vec<u8>, Option<Vec<u8>>) {
-        let old = db::parse_gr(&gr).map(|g| g.members.to_vec()).unwrap_or_default();
+        let old = db::parse_gr(&gr)
+            .map(|g| g.members.to_vec())
+            .unwrap_or_default();
         let managed: Vec<String> = match self.members.get(name) {
             Some(w) => w.clone(),
             None => db::list(&old)
@@ -791,13 +792,7 @@ fn passwd_line(rec: &User, policy: &Policy, has_shadow: bool, old: Option<&[u8]>
     let field = match (hash, has_shadow) {
         (Some(_), true) => b"x".to_vec(),
         (Some(h), false) => h,
-        (None, shadow) => old.unwrap_or_else(|| {
-            if shadow {
-                b"x".to_vec()
-            } else {
-                b"!".to_vec()
-            }
-        }),
+        (None, shadow) => old.unwrap_or_else(|| if shadow { b"x".to_vec() } else { b"!".to_vec() }),
     };
     db::join(&[
         rec.name.as_bytes(),
@@ -881,7 +876,10 @@ pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: 
             (_, Some(Body::Account(Account::User { user, .. }))) => p.upsert_user(user),
             (_, Some(Body::Account(Account::Members(m)))) => p.members(m),
             _ => Outcome::Aside {
-                reason: format!("{} is not an account item of this release", shown_bytes(&it.key)),
+                reason: format!(
+                    "{} is not an account item of this release",
+                    shown_bytes(&it.key)
+                ),
                 collision: false,
             },
         };

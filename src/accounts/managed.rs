@@ -139,10 +139,22 @@ mod tests {
         let s = ManagedSet::from_config(&cfg(&["niden"], Some((2000, 2999))));
         assert!(s.group("web", 2100, None));
         assert!(s.group("niden", 1001, None));
-        assert!(!s.group("users", 100, None), "a shared primary group is not managed");
-        assert!(s.group("alice", 1500, Some((2005, 1500))), "private group of a managed user");
-        assert!(!s.group("alice", 1500, Some((2005, 1501))), "not its primary group");
-        assert!(!s.group("bob", 1500, Some((1500, 1500))), "bob is not managed");
+        assert!(
+            !s.group("users", 100, None),
+            "a shared primary group is not managed"
+        );
+        assert!(
+            s.group("alice", 1500, Some((2005, 1500))),
+            "private group of a managed user"
+        );
+        assert!(
+            !s.group("alice", 1500, Some((2005, 1501))),
+            "not its primary group"
+        );
+        assert!(
+            !s.group("bob", 1500, Some((1500, 1500))),
+            "bob is not managed"
+        );
         assert!(!s.group("sudo", 27, None));
         assert!(!s.group("root", 0, None));
         assert_eq!(

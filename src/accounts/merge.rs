@@ -139,7 +139,18 @@ pub fn decide(local: Option<&Item>, remote: &Item, policy: &ConflictPolicy) -> D
         Causality::Older => Decision::Ignore,
         Causality::Equal => {
             if local.body == remote.body && local.origin == remote.origin {
-                return Decision::Ignore;
+                // the same version; the lists of beaten nodes merge (they only grow)
+                let beat = merged_beat(local, remote, None);
+                if beat == local.beat {
+                    return Decision::Ignore;
+                }
+                return Decision::Keep {
+                    item: Item {
+                        beat,
+                        ..local.clone()
+                    },
+                    conflict: None,
+                };
             }
             // unversioned copies of nodes that joined as new: a deterministic pick, no conflict
             if order(policy, local, remote) == Ordering::Greater {
@@ -181,8 +192,10 @@ pub fn decide(local: Option<&Item>, remote: &Item, policy: &ConflictPolicy) -> D
 fn concurrent(local: &Item, remote: &Item, policy: &ConflictPolicy) -> Decision {
     let mut version = local.version.clone();
     version.merge(&remote.version);
-    let is_members = |i: &Item| matches!(account(i), Some(Account::Members(_)))
-        || (i.body.is_none() && i.key.starts_with(b"members/"));
+    let is_members = |i: &Item| {
+        matches!(account(i), Some(Account::Members(_)))
+            || (i.body.is_none() && i.key.starts_with(b"members/"))
+    };
     if is_members(local) && is_members(remote) {
         let body = merge_members(local, remote);
         let origin = local.origin.clone().min(remote.origin.clone());
@@ -206,19 +219,21 @@ fn concurrent(local: &Item, remote: &Item, policy: &ConflictPolicy) -> Decision 
             }
         };
     }
+    let remote_wins = order(policy, local, remote) == Ordering::Greater;
+    let (winner, loser) = if remote_wins {
+        (remote, local)
+    } else {
+        (local, remote)
+    };
     if same_fields(local, remote) {
-        // the same change made twice: the body of the origin that sorts first
-        let pick = if remote.origin < local.origin {
-            remote
-        } else {
-            local
-        };
+        // the same change made twice: no conflict; the greater of the two is kept, so every
+        // node keeps the same item
         return Decision::Keep {
             item: Item {
                 key: local.key.clone(),
                 version,
-                origin: pick.origin.clone(),
-                body: pick.body.clone(),
+                origin: winner.origin.clone(),
+                body: winner.body.clone(),
                 beat: merged_beat(local, remote, None),
             },
             conflict: None,
@@ -236,12 +251,6 @@ fn concurrent(local: &Item, remote: &Item, policy: &ConflictPolicy) -> Decision 
             },
         };
     }
-    let remote_wins = order(policy, local, remote) == Ordering::Greater;
-    let (winner, loser) = if remote_wins {
-        (remote, local)
-    } else {
-        (local, remote)
-    };
     let item = Item {
         key: local.key.clone(),
         version,

@@ -71,8 +71,8 @@ pub use error::AccountsError;
 pub use managed::{ManagedSet, Policy};
 pub use merge::{Conflict, Decision};
 pub use model::{
-    Account, AccountId, Aging, DecodeError, Dot, Group, MAX_RECORD_BYTES, Member, Members,
-    Secret, User,
+    Account, AccountId, Aging, DecodeError, Dot, Group, MAX_RECORD_BYTES, Member, Members, Secret,
+    User,
 };
 pub use report::{HomeOutcome, HomeRequest, Recovery};
 pub use store::{AccountDb, FileSet, Written};

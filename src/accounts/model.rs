@@ -135,8 +135,14 @@ impl Members {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Account {
     /// `made`: milliseconds since the epoch when the change was made; 0 = adopted.
-    User { user: User, made: i64 },
-    Group { group: Group, made: i64 },
+    User {
+        user: User,
+        made: i64,
+    },
+    Group {
+        group: Group,
+        made: i64,
+    },
     Members(Members),
 }
 
@@ -193,8 +199,12 @@ impl Account {
     /// A rough size of the encoding, for batch limits.
     pub fn size_hint(&self) -> usize {
         match self {
-            Account::User { user, .. } => 96 + user.gecos.len() + user.home.len() + user.shell.len(),
-            Account::Group { group, .. } => 64 + group.admins.iter().map(|a| a.len() + 1).sum::<usize>(),
+            Account::User { user, .. } => {
+                96 + user.gecos.len() + user.home.len() + user.shell.len()
+            }
+            Account::Group { group, .. } => {
+                64 + group.admins.iter().map(|a| a.len() + 1).sum::<usize>()
+            }
             Account::Members(m) => {
                 32 + m
                     .members

@@ -609,6 +609,15 @@ pub(crate) mod testing {
     //! Hooks for the crash tests: stage a write and stop before its renames.
     use super::*;
 
+    /// Files as if read from disk (no originals: a write of them does nothing).
+    pub fn file_set(files: AccountFiles) -> FileSet {
+        FileSet {
+            files,
+            originals: BTreeMap::new(),
+            recovery: None,
+        }
+    }
+
     /// Do steps 1 and 3 of a write up to the journal (temps and journal) and stop, as a
     /// crash would.
     pub fn write_until_journal(

@@ -167,42 +167,45 @@ impl Accounts {
         let made = if adopt {
             0
         } else {
-            read.mtime_ms().min(i64::try_from(now_ms).unwrap_or(i64::MAX))
+            read.mtime_ms()
+                .min(i64::try_from(now_ms).unwrap_or(i64::MAX))
         };
         let ix = |e: String| AccountsError::Index(e);
         // what to look at: every account when cold, else the entries whose lines changed
         let cold = self.files.is_none();
-        let (users, groups, mut member_groups): (BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>) =
-            match &self.files {
-                None => {
-                    let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
-                    let mut g: BTreeSet<Vec<u8>> =
-                        view.groups.keys().map(|n| n.to_vec()).collect();
-                    for it in index.all().map_err(ix)? {
-                        match AccountId::from_key(&it.key) {
-                            Some(AccountId::User(n)) => {
-                                u.insert(n.into_bytes());
-                            }
-                            Some(AccountId::Group(n)) | Some(AccountId::Members(n)) => {
-                                g.insert(n.into_bytes());
-                            }
-                            None => {}
+        let (users, groups, mut member_groups): (
+            BTreeSet<Vec<u8>>,
+            BTreeSet<Vec<u8>>,
+            BTreeSet<Vec<u8>>,
+        ) = match &self.files {
+            None => {
+                let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
+                let mut g: BTreeSet<Vec<u8>> = view.groups.keys().map(|n| n.to_vec()).collect();
+                for it in index.all().map_err(ix)? {
+                    match AccountId::from_key(&it.key) {
+                        Some(AccountId::User(n)) => {
+                            u.insert(n.into_bytes());
                         }
+                        Some(AccountId::Group(n)) | Some(AccountId::Members(n)) => {
+                            g.insert(n.into_bytes());
+                        }
+                        None => {}
                     }
-                    (u, g.clone(), g)
                 }
-                Some(old) => {
-                    let u = changed_names(&old.passwd, &new.passwd)
-                        .into_iter()
-                        .chain(changed_opt(old.shadow.as_ref(), new.shadow.as_ref()))
-                        .collect();
-                    let g: BTreeSet<Vec<u8>> = changed_names(&old.group, &new.group)
-                        .into_iter()
-                        .chain(changed_opt(old.gshadow.as_ref(), new.gshadow.as_ref()))
-                        .collect();
-                    (u, g.clone(), g)
-                }
-            };
+                (u, g.clone(), g)
+            }
+            Some(old) => {
+                let u = changed_names(&old.passwd, &new.passwd)
+                    .into_iter()
+                    .chain(changed_opt(old.shadow.as_ref(), new.shadow.as_ref()))
+                    .collect();
+                let g: BTreeSet<Vec<u8>> = changed_names(&old.group, &new.group)
+                    .into_iter()
+                    .chain(changed_opt(old.gshadow.as_ref(), new.gshadow.as_ref()))
+                    .collect();
+                (u, g.clone(), g)
+            }
+        };
         // a user whose managed-ness changed: its memberships changed without its groups' lines
         if let Some(old) = &self.files {
             let old_view = View::new(old, &policy);
@@ -227,14 +230,21 @@ impl Accounts {
             }
             // a user private group follows its user
             for u in &users {
-                if view.groups.contains_key(u.as_slice()) || old_view.groups.contains_key(u.as_slice()) {
+                if view.groups.contains_key(u.as_slice())
+                    || old_view.groups.contains_key(u.as_slice())
+                {
                     member_groups.insert(u.clone());
                 }
             }
         }
         let groups: BTreeSet<Vec<u8>> = groups
             .into_iter()
-            .chain(users.iter().filter(|u| view.groups.contains_key(u.as_slice())).cloned())
+            .chain(
+                users
+                    .iter()
+                    .filter(|u| view.groups.contains_key(u.as_slice()))
+                    .cloned(),
+            )
             .collect();
 
         let mut out = Detected {
@@ -260,9 +270,10 @@ impl Accounts {
             match view.user(n, &policy) {
                 Some(Ok(rec)) => {
                     let old = index.get(&key).map_err(ix)?;
-                    let same = old.as_ref().and_then(account).is_some_and(|a| {
-                        matches!(a, Account::User { user, .. } if *user == rec)
-                    });
+                    let same = old
+                        .as_ref()
+                        .and_then(account)
+                        .is_some_and(|a| matches!(a, Account::User { user, .. } if *user == rec));
                     if !same {
                         let body = Account::User { user: rec, made };
                         user_sets.push(self.version(key, old, Some(body), now_ms, adopt));
@@ -302,9 +313,9 @@ impl Accounts {
             match view.group(n, &policy) {
                 Some(Ok(rec)) => {
                     let old = index.get(&key).map_err(ix)?;
-                    let same = old.as_ref().and_then(account).is_some_and(|a| {
-                        matches!(a, Account::Group { group, .. } if *group == rec)
-                    });
+                    let same = old.as_ref().and_then(account).is_some_and(
+                        |a| matches!(a, Account::Group { group, .. } if *group == rec),
+                    );
                     if !same {
                         let body = Account::Group { group: rec, made };
                         group_sets.push(self.version(key, old, Some(body), now_ms, adopt));
@@ -423,6 +434,19 @@ impl Accounts {
         now_ms: u64,
         adopt: bool,
     ) -> Item {
+        // a change made on top of a version is never older than it (a clock that went back)
+        let floor = old.as_ref().map_or(0, merge::made_of);
+        let body = body.map(|b| match b {
+            Account::User { user, made } => Account::User {
+                user,
+                made: made.max(floor),
+            },
+            Account::Group { group, made } => Account::Group {
+                group,
+                made: made.max(floor),
+            },
+            m => m,
+        });
         let mut version = old.map(|o| o.version).unwrap_or_default();
         let origin = if adopt {
             String::new()
@@ -639,15 +663,24 @@ pub struct Check<'a> {
 /// aside and reported by the caller; it never closes the link.
 pub fn validate_item(item: &Item, check: &Check<'_>) -> Result<(), String> {
     let Some(id) = AccountId::from_key(&item.key) else {
-        return Err(format!("{} is not an account key", shown(&String::from_utf8_lossy(&item.key))));
+        return Err(format!(
+            "{} is not an account key",
+            shown(&String::from_utf8_lossy(&item.key))
+        ));
     };
     let adopted = item.version.is_empty();
     if adopted {
         if !item.origin.is_empty() && !check.members.contains(&item.origin) {
-            return Err(format!("origin {} is not a member of [accounts]", shown(&item.origin)));
+            return Err(format!(
+                "origin {} is not a member of [accounts]",
+                shown(&item.origin)
+            ));
         }
     } else if !check.members.contains(&item.origin) {
-        return Err(format!("origin {} is not a member of [accounts]", shown(&item.origin)));
+        return Err(format!(
+            "origin {} is not a member of [accounts]",
+            shown(&item.origin)
+        ));
     }
     if item.version.len() > 1024
         || item.version.0.keys().any(|k| k.is_empty() || k.len() > 255)
@@ -700,10 +733,9 @@ pub fn summary(i: &Item) -> String {
             shown(&user.home),
             shown(&user.shell)
         ),
-        Some(Account::Group { group, .. }) => format!(
-            "gid {}, administrators {:?}",
-            group.gid, group.admins
-        ),
+        Some(Account::Group { group, .. }) => {
+            format!("gid {}, administrators {:?}", group.gid, group.admins)
+        }
         Some(Account::Members(m)) => format!("{} members", m.members.len()),
     }
 }

@@ -205,7 +205,9 @@ fn members_fields(m: &Members, counter_of: &dyn Fn(&str) -> u64) -> Check {
             return Err((Field::Member(i), Reason::TooMany { max: MAX_DOTS }));
         }
         if x.dots.windows(2).any(|w| w[0] >= w[1])
-            || x.dots.iter().any(|d| d.node.is_empty() || d.node.len() > 255 || d.counter > counter_of(&d.node))
+            || x.dots
+                .iter()
+                .any(|d| d.node.is_empty() || d.node.len() > 255 || d.counter > counter_of(&d.node))
         {
             return Err((Field::Member(i), Reason::NotSorted));
         }
@@ -398,7 +400,6 @@ fn check_aging(a: &Aging) -> Check {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,8 +438,19 @@ mod tests {
     #[test]
     fn names_debian_accepts_pass_and_ambiguous_ones_do_not() {
         for ok in [
-            "a", "niden", "A.b", "x-", "_svc", "web_1", "host$", "dev@corp", "dé", "x~", "*",
-            "ab\\", "32charsxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "a",
+            "niden",
+            "A.b",
+            "x-",
+            "_svc",
+            "web_1",
+            "host$",
+            "dev@corp",
+            "dé",
+            "x~",
+            "*",
+            "ab\\",
+            "32charsxxxxxxxxxxxxxxxxxxxxxxxxx",
         ] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
@@ -569,9 +581,7 @@ mod tests {
         assert!(validate_members(&m(&[("x", vec![]), ("x", vec![])]), &vv).is_err());
         assert!(validate_members(&m(&[("x", vec![dot("a", 11)])]), &vv).is_err());
         assert!(validate_members(&m(&[("x", vec![dot("b", 1)])]), &vv).is_err());
-        assert!(
-            validate_members(&m(&[("x", vec![dot("a", 2), dot("a", 1)])]), &vv).is_err()
-        );
+        assert!(validate_members(&m(&[("x", vec![dot("a", 2), dot("a", 1)])]), &vv).is_err());
     }
 
     #[test]
@@ -582,7 +592,15 @@ mod tests {
         for bad in ["", "home/x", "/home/../root", "//x", "/home/x/"] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-        for ok in ["", "!", "*", "!!", HASH, "!$6$salt$hash", "$2b$10$abcdefghijklmnopqrstuu"] {
+        for ok in [
+            "",
+            "!",
+            "*",
+            "!!",
+            HASH,
+            "!$6$salt$hash",
+            "$2b$10$abcdefghijklmnopqrstuu",
+        ] {
             assert_eq!(check_hash(&Secret::new(ok)), Ok(()), "{ok}");
         }
         for bad in ["a b", "$6$x", "é"] {

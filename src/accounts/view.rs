@@ -54,8 +54,12 @@ impl fmt::Display for ReadProblem {
             self.file, self.line, self.name
         )?;
         match &self.kind {
-            ProblemKind::Malformed => f.write_str("malformed line, not synced (fix it with vipw/vigr)"),
-            ProblemKind::Duplicate => f.write_str("duplicate name, not synced (remove one of the lines with vipw/vigr)"),
+            ProblemKind::Malformed => {
+                f.write_str("malformed line, not synced (fix it with vipw/vigr)")
+            }
+            ProblemKind::Duplicate => {
+                f.write_str("duplicate name, not synced (remove one of the lines with vipw/vigr)")
+            }
             ProblemKind::NotUtf8 => f.write_str("a field is not UTF-8, not synced"),
             ProblemKind::Invalid(e) => write!(f, "{e}, not synced"),
         }
@@ -125,8 +129,8 @@ impl<'f> View<'f> {
                         v.dup_users.insert(name, i);
                         continue;
                     }
-                    let managed = std::str::from_utf8(name)
-                        .is_ok_and(|n| policy.set.user(n, pw.uid));
+                    let managed =
+                        std::str::from_utf8(name).is_ok_and(|n| policy.set.user(n, pw.uid));
                     v.users.insert(
                         name,
                         UserLine {
@@ -158,8 +162,8 @@ impl<'f> View<'f> {
                         continue;
                     }
                     let owner = v.users.get(name).map(|u| (u.uid, u.gid));
-                    let managed = std::str::from_utf8(name)
-                        .is_ok_and(|n| policy.set.group(n, gr.gid, owner));
+                    let managed =
+                        std::str::from_utf8(name).is_ok_and(|n| policy.set.group(n, gr.gid, owner));
                     v.groups.insert(
                         name,
                         GroupLine {

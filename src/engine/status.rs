@@ -45,6 +45,16 @@ pub struct AccountsStatus {
     pub not_applied: Vec<String>,
     pub pending: u64,
     pub in_sync: bool,
+    /// Accounts here that cannot be read (malformed line, a name that cannot be synced) or
+    /// that left the managed set on this node: not synced from here.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Unresolved account conflicts (`conflict = "manual"`): `status` exits 3.
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Peers of an older release, with which accounts are not exchanged.
+    #[serde(default)]
+    pub older_peers: Vec<String>,
 }
 
 /// One action as `status` shows it.
@@ -142,7 +152,9 @@ impl Status {
     /// The exit status of `status` (SPEC §4): 0 in sync and every peer connected, 3
     /// unresolved conflicts, 1 anything else behind, stopped or unreachable.
     pub fn exit_code(&self) -> u8 {
-        if self.groups.iter().any(|g| g.conflicts > 0) {
+        if self.groups.iter().any(|g| g.conflicts > 0)
+            || self.accounts.as_ref().is_some_and(|a| a.conflicts > 0)
+        {
             return 3;
         }
         if !self.daemon
@@ -381,29 +393,60 @@ fn build(
             .ok()
             .map(rfc3339)
     };
-    let accounts =
-        if cfg.accounts.is_some() && store.incarnation_known(crate::engine::group::ACCOUNTS) {
-            let g = crate::engine::group::ACCOUNTS;
-            let st = store.stats(g)?;
-            let aside = store.aside(g)?;
-            let mut pending = aside.len() as u64;
-            let members: Vec<String> = match cfg.accounts.as_ref().and_then(|a| a.nodes.clone()) {
-                Some(n) => n,
-                None => cfg.nodes.keys().cloned().collect(),
-            };
-            for p in members.iter().filter(|m| *m != name) {
-                pending += store.count_since(g, store.acked(p, g)?)?;
-            }
-            Some(AccountsStatus {
-                users: st.files,
-                groups: st.dirs,
-                not_applied: aside.iter().map(|a| a.error.clone()).collect(),
-                pending,
-                in_sync: pending == 0,
-            })
-        } else {
-            None
+    let accounts = if cfg.accounts.is_some()
+        && store.incarnation_known(crate::engine::group::ACCOUNTS)
+    {
+        let g = crate::engine::group::ACCOUNTS;
+        let st = store.stats(g)?;
+        let aside = store.aside(g)?;
+        let mut pending = aside.len() as u64;
+        let members: Vec<String> = match cfg.accounts.as_ref().and_then(|a| a.nodes.clone()) {
+            Some(n) => n,
+            None => cfg.nodes.keys().cloned().collect(),
         };
+        for p in members.iter().filter(|m| *m != name) {
+            pending += store.count_since(g, store.acked(p, g)?)?;
+        }
+        let conflicts = conflicts
+            .iter()
+            .filter(|(cg, _, c)| {
+                cg == g && !c.resolved && !crate::engine::lane::accounts::is_collision(c)
+            })
+            .count() as u64;
+        let mut problems = Vec::new();
+        let mut older_peers = Vec::new();
+        if let Some(ctx) = live {
+            if let Some(l) = ctx.lane(g) {
+                problems = lock(&l.state.notes).clone();
+            }
+            for p in members.iter().filter(|m| *m != name) {
+                if let Some(link) = ctx.links.get(p)
+                    && link.version < 5
+                {
+                    older_peers.push(format!(
+                            "{p} runs an older release (protocol {}): accounts are not exchanged with it until it is upgraded",
+                            link.version
+                        ));
+                }
+            }
+        }
+        let not_applied: Vec<String> = aside.iter().map(|a| a.error.clone()).collect();
+        Some(AccountsStatus {
+            users: st.files,
+            groups: st.dirs,
+            in_sync: pending == 0
+                && conflicts == 0
+                && problems.is_empty()
+                && older_peers.is_empty(),
+            not_applied,
+            pending,
+            problems,
+            conflicts,
+            older_peers,
+        })
+    } else {
+        None
+    };
     let actions = live
         .and_then(|c| c.actions.as_ref())
         .map(|a| {

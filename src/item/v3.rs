@@ -150,7 +150,9 @@ impl TryFrom<&Item> for RecordV3 {
         let path = String::from_utf8(i.key.clone()).map_err(|_| NotInV3::Name)?;
         let meta = match &i.body {
             None => None,
-            Some(Body::User(_) | Body::Group(_) | Body::Account(_)) => return Err(NotInV3::Account),
+            Some(Body::User(_) | Body::Group(_) | Body::Account(_)) => {
+                return Err(NotInV3::Account);
+            }
             Some(Body::Fs(m)) => {
                 if !m.xattrs.is_empty() {
                     return Err(NotInV3::Xattrs);

@@ -18,8 +18,8 @@
 use super::Lane;
 use crate::accounts::sync::summary;
 use crate::accounts::{
-    Account, AccountDb, AccountId, Accounts, Check, Decision, IndexRead, Outcome, keep_local,
-    plan, validate_item,
+    Account, AccountDb, AccountId, Accounts, Check, Decision, IndexRead, Outcome, keep_local, plan,
+    validate_item,
 };
 use crate::engine::group::GroupRt;
 use crate::engine::link::{Link, lock};
@@ -64,7 +64,10 @@ pub fn files_stamp(root: &std::path::Path) -> Vec<(u64, i64, i64, u64)> {
 /// Whether a conflict record is a collision (a different local account in the way), which
 /// `status` counts as "not applied" (exit 1), not as an unresolved conflict (exit 3).
 pub fn is_collision(c: &ConflictInfo) -> bool {
-    !c.resolved && c.kept_as.as_deref().is_some_and(|k| k.starts_with("collision: "))
+    !c.resolved
+        && c.kept_as
+            .as_deref()
+            .is_some_and(|k| k.starts_with("collision: "))
 }
 
 /// The account state of a lane (shared with its blocking calls).
@@ -73,7 +76,10 @@ pub type Shared = Arc<Mutex<Accounts>>;
 /// A new account state for the accounts group.
 pub fn new_state(ctx: &Ctx, g: &GroupRt) -> Option<Shared> {
     let policy = g.accounts.clone()?;
-    Some(Arc::new(Mutex::new(Accounts::new(policy, ctx.name.clone()))))
+    Some(Arc::new(Mutex::new(Accounts::new(
+        policy,
+        ctx.name.clone(),
+    ))))
 }
 
 /// The index entries of the accounts group, for detect.
@@ -121,7 +127,12 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
     let db = AccountDb::new(&ctx.root);
     let read = db.read().map_err(|e| e.to_string())?;
     if let Some(r) = &read.recovery {
-        tracing::warn!(group = name, "an interrupted write of the account files was finished ({:?} completed, {:?} abandoned)", r.completed, r.abandoned);
+        tracing::warn!(
+            group = name,
+            "an interrupted write of the account files was finished ({:?} completed, {:?} abandoned)",
+            r.completed,
+            r.abandoned
+        );
     }
     let mut a = lock(acc);
     let adopt = index_empty(ctx, name);
@@ -147,10 +158,17 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
         };
         ctx.audit_items(name, det.changes.iter().map(|i| (kind(i), i, None)));
         if det.adopted {
-            tracing::info!(group = name, "joined accounts as new: {n} accounts found here, kept unversioned (any change made elsewhere wins over them)");
+            tracing::info!(
+                group = name,
+                "joined accounts as new: {n} accounts found here, kept unversioned (any change made elsewhere wins over them)"
+            );
         } else if n <= 20 {
             for i in &det.changes {
-                let what = if i.is_deleted() { "deleted here" } else { "changed here" };
+                let what = if i.is_deleted() {
+                    "deleted here"
+                } else {
+                    "changed here"
+                };
                 tracing::info!(group = name, "{} {what}", describe(i));
             }
         } else {
@@ -175,11 +193,17 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
     if let Some(c) = det.canonical {
         match db.write(&read, &c) {
             Ok(crate::accounts::Written::Done { files, locked }) => {
-                tracing::debug!(group = name, "account files put in canonical order ({files:?}, locks held {locked:?})");
+                tracing::debug!(
+                    group = name,
+                    "account files put in canonical order ({files:?}, locks held {locked:?})"
+                );
                 a.written(c);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(group = name, "writing the account files in canonical order: {e}"),
+            Err(e) => tracing::warn!(
+                group = name,
+                "writing the account files in canonical order: {e}"
+            ),
         }
     }
     Ok((head, det.problems))
@@ -254,9 +278,9 @@ fn apply_batch(
                 Decision::Ignore => {
                     // a member set committed but only partly applied: apply it again
                     if aside_keys.contains(&inc.item.key)
-                        && locals[i]
-                            .as_ref()
-                            .is_some_and(|l| l.version == inc.item.version && l.body == inc.item.body)
+                        && locals[i].as_ref().is_some_and(|l| {
+                            l.version == inc.item.version && l.body == inc.item.body
+                        })
                     {
                         inc.retry_same = true;
                         take.push((i, inc.item.clone()));
@@ -341,16 +365,23 @@ fn apply_batch(
             }
             for ((i, t), o) in take.iter().zip(&r.outcomes) {
                 let inc = &items[*i];
-                outcome(ctx, g, acc, inc, locals[*i].as_ref(), t, o, &mut committed, &mut extras)?;
+                outcome(
+                    ctx,
+                    g,
+                    acc,
+                    inc,
+                    locals[*i].as_ref(),
+                    t,
+                    o,
+                    &mut committed,
+                    &mut extras,
+                )?;
             }
         }
-        let head = ctx
-            .store
-            .commit(name, committed, extras)
-            .map_err(|e| {
-                lock(acc).forget();
-                e.to_string()
-            })?;
+        let head = ctx.store.commit(name, committed, extras).map_err(|e| {
+            lock(acc).forget();
+            e.to_string()
+        })?;
         let aside = ctx.store.aside(name).map_err(|e| e.to_string())?.len();
         return Ok((head, aside, changed));
     }
@@ -358,7 +389,10 @@ fn apply_batch(
 }
 
 /// Record what became of one applied item.
-#[allow(clippy::too_many_arguments, reason = "one call site; the pieces of one commit")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one commit"
+)]
 fn outcome(
     ctx: &Ctx,
     g: &GroupRt,
@@ -439,7 +473,11 @@ fn outcome(
                 ctx.audit.log(crate::ops::audit::Rec {
                     group: name,
                     path: &t.key,
-                    kind: if *collision { "collision" } else { "not-applied" },
+                    kind: if *collision {
+                        "collision"
+                    } else {
+                        "not-applied"
+                    },
                     origin: &t.origin,
                     version: &t.version.display(),
                     peer: Some(&inc.peer),
@@ -476,8 +514,12 @@ fn outcome(
             extras.aside_remove.push(t.key.clone());
             let a = lock(acc);
             let body = match id_of(&t.key) {
-                Some(AccountId::Group(n)) => a.local_group(&n).map(|group| Account::Group { group, made: 0 }),
-                Some(AccountId::User(n)) => a.local_user(&n).map(|user| Account::User { user, made: 0 }),
+                Some(AccountId::Group(n)) => a
+                    .local_group(&n)
+                    .map(|group| Account::Group { group, made: 0 }),
+                Some(AccountId::User(n)) => {
+                    a.local_user(&n).map(|user| Account::User { user, made: 0 })
+                }
                 _ => None,
             };
             drop(a);
@@ -618,7 +660,10 @@ fn resolve(
             have.into_iter().collect::<Vec<_>>().join(", ")
         )
     })?;
-    let mut version = local.as_ref().map(|l| l.version.clone()).unwrap_or_default();
+    let mut version = local
+        .as_ref()
+        .map(|l| l.version.clone())
+        .unwrap_or_default();
     for v in &info.versions {
         version.merge(&v.version);
     }
@@ -627,7 +672,9 @@ fn resolve(
     let made = i64::try_from(now).unwrap_or(i64::MAX);
     let body = chosen.body.clone().map(|b| match b {
         Body::Account(Account::User { user, .. }) => Body::Account(Account::User { user, made }),
-        Body::Account(Account::Group { group, .. }) => Body::Account(Account::Group { group, made }),
+        Body::Account(Account::Group { group, .. }) => {
+            Body::Account(Account::Group { group, made })
+        }
         other => other,
     });
     let item = Item {
@@ -641,13 +688,19 @@ fn resolve(
     for _ in 0..4 {
         scan(ctx, g, acc)?;
         let r = lock(acc)
-            .apply(&db, std::slice::from_ref(&item), crate::accounts::store::today())
+            .apply(
+                &db,
+                std::slice::from_ref(&item),
+                crate::accounts::store::today(),
+            )
             .map_err(|e| e.to_string())?;
         if r.stale {
             continue;
         }
         if let Some(Outcome::Aside { reason, .. }) = r.outcomes.first() {
-            return Err(format!("{id}: {keep}'s version cannot be applied here: {reason}"));
+            return Err(format!(
+                "{id}: {keep}'s version cannot be applied here: {reason}"
+            ));
         }
         let extras = Extras {
             conflicts: vec![(
@@ -655,7 +708,10 @@ fn resolve(
                 Some(ConflictInfo {
                     resolved: true,
                     winner: keep.to_string(),
-                    kept_as: Some(format!("resolved by hand on {}: {keep}'s version kept", ctx.name)),
+                    kept_as: Some(format!(
+                        "resolved by hand on {}: {keep}'s version kept",
+                        ctx.name
+                    )),
                     time: unix_now(),
                     ..info.clone()
                 }),
@@ -775,7 +831,8 @@ impl Lane {
                 }),
                 Err(e) => {
                     let msg = format!("refused account item {}: {e}", describe(&w.item));
-                    self.ctx.audit_refused_item(&group, &w.item.key, &link.peer, &msg);
+                    self.ctx
+                        .audit_refused_item(&group, &w.item.key, &link.peer, &msg);
                     refused.insert(w.item.key.clone(), msg);
                 }
             }
@@ -786,7 +843,11 @@ impl Lane {
         if self.ctx.opts.dry_run {
             for i in &batch {
                 self.ctx.dry_run_line(
-                    if i.item.is_deleted() { "delete" } else { "receive" },
+                    if i.item.is_deleted() {
+                        "delete"
+                    } else {
+                        "receive"
+                    },
                     &i.item.key,
                 );
             }
@@ -794,8 +855,8 @@ impl Lane {
         }
         let (ctx, g, acc) = (self.ctx.clone(), self.g.clone(), self.accounts_state());
         let position = Some((link.peer.clone(), inc, through));
-        let r = tokio::task::spawn_blocking(move || apply_batch(&ctx, &g, &acc, batch, position))
-            .await;
+        let r =
+            tokio::task::spawn_blocking(move || apply_batch(&ctx, &g, &acc, batch, position)).await;
         match r {
             Ok(Ok((head, aside, owners))) => {
                 self.after_apply(head, aside, owners);
@@ -807,7 +868,9 @@ impl Lane {
                 let _ = link.send(Msg::Ack { group, through }).await;
             }
             // not saved: not acknowledged, the peer sends it again
-            Ok(Err(e)) => tracing::error!(group = %group, "account batch from {} not applied: {e}", link.peer),
+            Ok(Err(e)) => {
+                tracing::error!(group = %group, "account batch from {} not applied: {e}", link.peer)
+            }
             Err(e) => tracing::error!(group = %group, "account apply task: {e}"),
         }
     }
@@ -834,13 +897,19 @@ impl Lane {
             .await;
         match r {
             Ok(Ok((head, aside, owners))) => self.after_apply(head, aside, owners),
-            Ok(Err(e)) => tracing::warn!(group = %self.name(), "retrying set-aside account items: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!(group = %self.name(), "retrying set-aside account items: {e}")
+            }
             Err(e) => tracing::error!(group = %self.name(), "account retry task: {e}"),
         }
     }
 
     /// `clustersync resolve user/NAME --keep NODE`.
-    pub(super) async fn accounts_resolve(&mut self, key: Vec<u8>, keep: String) -> Result<String, String> {
+    pub(super) async fn accounts_resolve(
+        &mut self,
+        key: Vec<u8>,
+        keep: String,
+    ) -> Result<String, String> {
         let (ctx, g, acc) = (self.ctx.clone(), self.g.clone(), self.accounts_state());
         let r = tokio::task::spawn_blocking(move || resolve(&ctx, &g, &acc, key, &keep))
             .await
