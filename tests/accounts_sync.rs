@@ -628,9 +628,6 @@ fn a_stopped_node_catches_up_both_ways_at_start() {
     );
     tool(&cn, "useradd", "-P", &["-u", "2003", "-U", "carl"], None);
     tool(&cn, "groupadd", "-P", &["-g", "2100", "ops"], None);
-    // (c's own new user: a membership of niden would change niden's record on c too, which is
-    // then a conflict with b's change of niden, settled by `newest` at the level of the whole
-    // record: see the report)
     tool(&cn, "gpasswd", "-Q", &["-a", "carl", "ops"], None);
     wait_accounts(
         &c,
@@ -660,7 +657,10 @@ fn a_stopped_node_catches_up_both_ways_at_start() {
             &["user/niden", "group/niden", "user/alice", "group/alice"][..],
         ),
         ("b", &["user/niden"][..]),
-        ("c", &["user/carl", "group/carl", "group/ops"][..]),
+        (
+            "c",
+            &["user/carl", "group/carl", "group/ops", "members/ops"][..],
+        ),
     ] {
         let theirs: Vec<String> = audit(&c, n)
             .iter()

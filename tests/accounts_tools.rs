@@ -247,7 +247,7 @@ impl Side {
         self.clock += 1_000;
         let db = db(&self.node);
         let read = db.read().expect("read");
-        let adopt = self.ix.0.is_empty();
+        let adopt = self.acc.first_detect() && self.ix.0.is_empty();
         let d = self
             .acc
             .detect(&read, &mut self.ix, self.clock, adopt)

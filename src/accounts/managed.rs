@@ -115,6 +115,7 @@ mod tests {
             uid_range: range,
             passwords: true,
             create_home: true,
+            conflict: crate::config::ConflictPolicy::Newest,
         }
     }
 

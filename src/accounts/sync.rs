@@ -91,6 +91,8 @@ pub struct Accounts {
     problems: BTreeMap<String, String>,
     /// Lines that may be a managed account's but do not parse (as of the last detect).
     malformed: Vec<String>,
+    /// A detect ran (a node joins as new only at its first detect).
+    detected: bool,
 }
 
 fn key_name(id: &AccountId) -> String {
@@ -122,7 +124,14 @@ impl Accounts {
             left: BTreeMap::new(),
             problems: BTreeMap::new(),
             malformed: Vec::new(),
+            detected: false,
         }
+    }
+
+    /// No detect ran yet: the caller passes `adopt` to [`Accounts::detect`] only then (with an
+    /// empty index), so only what the files held when the node started is adopted.
+    pub fn first_detect(&self) -> bool {
+        !self.detected
     }
 
     pub fn policy(&self) -> &Policy {
@@ -414,6 +423,7 @@ impl Accounts {
         }
         out.problems = self.problems();
         self.files = Some(new.clone());
+        self.detected = true;
         Ok(out)
     }
 

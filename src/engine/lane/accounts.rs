@@ -135,7 +135,7 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
         );
     }
     let mut a = lock(acc);
-    let adopt = index_empty(ctx, name);
+    let adopt = a.first_detect() && index_empty(ctx, name);
     let det = a
         .detect(
             &read,
