@@ -16,7 +16,8 @@ groups of 1,000 members). Printed:
 Usage (root; shadow-utils installed):
     bench/accounts.py [--bin PATH] [--users 5000] [--groups 1000] [--members 500]
 Default binary: target/release/clustersync, else target/debug/clustersync. Every wait has a
-deadline (BENCH_TIMEOUT, default 300 s). Results are printed and appended as one JSON line to
+deadline (BENCH_TIMEOUT, default 300 s). Each run has its own tmpfs under $BENCH_TMPDIR (default
+/tmp; BENCH_FS=disk for a plain directory). Results are printed and appended as one JSON line to
 $BENCH_LOG_DIR/accounts.jsonl (default /tmp/bench-logs).
 """
 import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -73,9 +74,16 @@ def files_of(n_users, n_groups, n_members, start=0):
     return {"passwd": "".join(passwd), "shadow": "".join(shadow), "group": "".join(group), "gshadow": "".join(gshadow)}
 
 
-def write_files(root, files, replace=False):
+def write_files(root, files, lock=False):
+    """Write the four files like vipw: each to a temp file renamed into place, all under the
+    lckpwdf lock (an fcntl write lock on etc/.pwd.lock) when `lock`."""
+    import fcntl
     etc = os.path.join(root, "etc")
     os.makedirs(etc, exist_ok=True)
+    held = None
+    if lock:
+        held = os.open(os.path.join(etc, ".pwd.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.lockf(held, fcntl.LOCK_EX)
     for name, text in files.items():
         p = os.path.join(etc, name)
         tmp = p + ".bench"
@@ -83,6 +91,8 @@ def write_files(root, files, replace=False):
             f.write(text)
         os.chmod(tmp, 0o640 if "shadow" in name else 0o644)
         os.rename(tmp, p)
+    if held is not None:
+        os.close(held)
 
 
 def digest(root):
@@ -209,7 +219,10 @@ def singles(c, count, first_uid):
 
 
 def run(binary, n_users, n_groups, n_members, single_count):
-    tmp = tempfile.mkdtemp(prefix="bench-accounts.")
+    tmp = tempfile.mkdtemp(prefix="bench-accounts.", dir=os.environ.get("BENCH_TMPDIR", "/tmp"))
+    mounted = False
+    if os.environ.get("BENCH_FS", "tmpfs") == "tmpfs":
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=0755", "tmpfs", tmp]).returncode == 0
     c = Cluster(binary, tmp, n_users, n_groups, n_members)
     out = {"users": n_users, "groups": n_groups, "members": n_members}
     try:
@@ -221,7 +234,7 @@ def run(binary, n_users, n_groups, n_members, single_count):
         big = files_of(2 * n_users, n_groups, 2 * n_members)
         cpu0 = {n: cpu_of(c.procs[n].pid) for n in c.names}
         t0 = time.monotonic()
-        write_files(c.root("a"), big)
+        write_files(c.root("a"), big, lock=True)
         want = None
 
         def converged():
@@ -261,9 +274,11 @@ def run(binary, n_users, n_groups, n_members, single_count):
             if p.poll() is None:
                 p.kill()
         if os.environ.get("BENCH_KEEP") != "1":
+            if mounted:
+                subprocess.run(["umount", tmp])
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            print(f"kept {tmp}", file=sys.stderr)
+            print(f"kept {tmp} (a tmpfs: umount it)" if mounted else f"kept {tmp}", file=sys.stderr)
     return out
 
 

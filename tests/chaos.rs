@@ -998,9 +998,18 @@ fn accounts_chaos(seed: u64, steps: u64) {
         let shown: Vec<String> = names
             .iter()
             .zip(&last)
-            .map(|(n, f)| format!("-- {n}: {:?}\n{}", c.status(n).map(|s| s["accounts"].clone()), f.join("--\n")))
+            .map(|(n, f)| {
+                format!(
+                    "-- {n}: {:?}\n{}",
+                    c.status(n).map(|s| s["accounts"].clone()),
+                    f.join("--\n")
+                )
+            })
             .collect();
-        panic!("accounts chaos seed {seed}: nodes did not converge:\n{}", shown.join(""));
+        panic!(
+            "accounts chaos seed {seed}: nodes did not converge:\n{}",
+            shown.join("")
+        );
     }
     for n in names {
         acct::tools_check(&c.node(n).root)

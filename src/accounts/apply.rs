@@ -54,6 +54,8 @@ pub struct FilePlan {
 
 /// A user's lines after the apply (`None`: deleted).
 type UserLines = Option<(Vec<u8>, Option<Vec<u8>>)>;
+/// The managed block of one kind: (id, name) → (passwd or group line, shadow or gshadow line).
+type Block = BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)>;
 
 struct Plan<'v, 'f> {
     view: &'v View<'f>,
@@ -491,7 +493,7 @@ impl<'v, 'f> Plan<'v, 'f> {
         let v = self.view;
         let f = v.files;
         // managed users after: name → (uid, passwd line, shadow line)
-        let mut users: BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut users: Block = BTreeMap::new();
         let mut user_key: HashMap<String, (u32, String)> = HashMap::new();
         for (n, u) in &v.users {
             let name = text(n);
@@ -512,7 +514,7 @@ impl<'v, 'f> Plan<'v, 'f> {
             }
         }
         // managed groups after
-        let mut groups: BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut groups: Block = BTreeMap::new();
         for (n, g) in &v.groups {
             let name = text(n);
             if self.groups.contains_key(&name) {

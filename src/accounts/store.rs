@@ -96,7 +96,7 @@ impl FileSet {
     pub fn mtime_ms(&self) -> i64 {
         self.originals
             .values()
-            .map(|o| o.mtime.tv_sec as i64 * 1000 + o.mtime.tv_nsec as i64 / 1_000_000)
+            .map(|o| ms(&o.mtime))
             .max()
             .unwrap_or(0)
     }
@@ -109,6 +109,15 @@ impl FileSet {
                 .iter()
                 .all(|(f, o)| other.originals.get(f).is_some_and(|p| p.stamp == o.stamp))
     }
+}
+
+/// Milliseconds of a timestamp.
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the field types of timespec differ between architectures"
+)]
+fn ms(t: &Timespec) -> i64 {
+    t.tv_sec as i64 * 1000 + t.tv_nsec as i64 / 1_000_000
 }
 
 /// What [`AccountDb::write`] did.
@@ -322,13 +331,7 @@ fn read_original(dir: &OwnedFd, path: &Path, f: DbFile) -> Result<Option<Origina
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| io("read", path, e))?;
-    let stamp = Stamp {
-        dev: st.st_dev as u64,
-        ino: st.st_ino as u64,
-        size: st.st_size as u64,
-        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-    };
+    let stamp = stamp(&st);
     Ok(Some(Original {
         stamp,
         bytes,
@@ -421,16 +424,25 @@ struct Entry {
     replaces: String,
 }
 
+/// The [`Stamp`] of a stat.
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the field types of struct stat differ between architectures"
+)]
+fn stamp(st: &rustix::fs::Stat) -> Stamp {
+    Stamp {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+    }
+}
+
 /// The [`Stamp`] of one of the four files now (`None`: it does not exist).
 fn stamp_of(dir: &OwnedFd, f: DbFile) -> Result<Option<Stamp>, AccountsError> {
     match rustix::fs::statat(dir, f.name(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(Stamp {
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-        })),
+        Ok(st) => Ok(Some(stamp(&st))),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(io("stat", Path::new(f.name()), e)),
     }

@@ -39,6 +39,9 @@ use crate::item::{Body, Item, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+/// Names of users, groups and member sets to look at.
+type Names = BTreeSet<Vec<u8>>;
+
 /// The index entries detect compares with.
 pub trait IndexRead {
     /// The index's item for `key` (live or tombstone), if any.
@@ -182,11 +185,7 @@ impl Accounts {
         let ix = |e: String| AccountsError::Index(e);
         // what to look at: every account when cold, else the entries whose lines changed
         let cold = self.files.is_none();
-        let (users, groups, mut member_groups): (
-            BTreeSet<Vec<u8>>,
-            BTreeSet<Vec<u8>>,
-            BTreeSet<Vec<u8>>,
-        ) = match &self.files {
+        let (users, groups, mut member_groups): (Names, Names, Names) = match &self.files {
             None => {
                 let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
                 let mut g: BTreeSet<Vec<u8>> = view.groups.keys().map(|n| n.to_vec()).collect();
@@ -215,9 +214,9 @@ impl Accounts {
                 (u, g.clone(), g)
             }
         };
+        let old_view = self.files.as_ref().map(|f| View::new(f, &policy));
         // a user whose managed-ness changed: its memberships changed without its groups' lines
-        if let Some(old) = &self.files {
-            let old_view = View::new(old, &policy);
+        if let Some(old_view) = &old_view {
             let flipped: BTreeSet<&[u8]> = users
                 .iter()
                 .filter(|n| {
@@ -228,7 +227,7 @@ impl Accounts {
                 .map(Vec::as_slice)
                 .collect();
             if !flipped.is_empty() {
-                for (g, _) in &view.groups {
+                for g in view.groups.keys() {
                     if view
                         .member_field(g)
                         .is_some_and(|f| db::list(f).iter().any(|m| flipped.contains(m)))
@@ -359,7 +358,6 @@ impl Accounts {
             .map(|p| p.to_string())
             .collect();
         // member sets
-        let old_view = self.files.as_ref().map(|f| View::new(f, &policy));
         let was_user = |m: &str| {
             old_view
                 .as_ref()
@@ -417,9 +415,13 @@ impl Accounts {
                 .filter_map(|g| std::str::from_utf8(g).ok().map(String::from))
                 .collect()
         };
-        let canonical = apply::canonical(new, &policy, &reorder);
-        if canonical != *new {
-            out.canonical = Some(canonical);
+        // only when something changed here (a tool wrote): what this node wrote itself is
+        // canonical already
+        if cold || !out.changes.is_empty() {
+            let canonical = apply::canonical(new, &policy, &reorder);
+            if canonical != *new {
+                out.canonical = Some(canonical);
+            }
         }
         out.problems = self.problems();
         self.files = Some(new.clone());

@@ -990,7 +990,7 @@ mod properties {
             };
             let u = format!("u{}", what / 2);
             set.retain(|m| m.user != u);
-            if what % 2 == 0 {
+            if what.is_multiple_of(2) {
                 set.push(Member {
                     user: u,
                     dots: vec![Dot {

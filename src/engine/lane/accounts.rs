@@ -363,6 +363,7 @@ fn apply_batch(
             for h in &r.homes {
                 tracing::info!(group = name, "{h}");
             }
+            let quiet = r.outcomes.len() > 20;
             for ((i, t), o) in take.iter().zip(&r.outcomes) {
                 let inc = &items[*i];
                 outcome(
@@ -373,9 +374,36 @@ fn apply_batch(
                     locals[*i].as_ref(),
                     t,
                     o,
+                    quiet,
                     &mut committed,
                     &mut extras,
                 )?;
+            }
+            let applied = r
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Applied))
+                .count();
+            let waiting: Vec<&str> = r
+                .outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    Outcome::Aside {
+                        reason,
+                        collision: false,
+                    } => Some(reason.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if quiet && applied > 0 {
+                tracing::info!(group = name, "{applied} account items applied");
+            }
+            if let Some(first) = waiting.first() {
+                tracing::warn!(
+                    group = name,
+                    "{} account items wait (tried again with every batch and every few seconds), e.g. {first}",
+                    waiting.len()
+                );
             }
         }
         let head = ctx.store.commit(name, committed, extras).map_err(|e| {
@@ -401,6 +429,7 @@ fn outcome(
     local: Option<&Item>,
     t: &Item,
     o: &Outcome,
+    quiet: bool,
     committed: &mut Vec<StoreChange>,
     extras: &mut Extras,
 ) -> Result<(), String> {
@@ -434,13 +463,15 @@ fn outcome(
             if !inc.retry_same {
                 let kind = if t.is_deleted() { "delete" } else { "apply" };
                 ctx.audit_item(name, kind, t, Some(&inc.peer));
-                tracing::info!(
-                    group = name,
-                    "{} {} (from {})",
-                    describe(t),
-                    if t.is_deleted() { "deleted" } else { "applied" },
-                    inc.peer
-                );
+                if !quiet {
+                    tracing::info!(
+                        group = name,
+                        "{} {} (from {})",
+                        describe(t),
+                        if t.is_deleted() { "deleted" } else { "applied" },
+                        inc.peer
+                    );
+                }
                 commit(committed);
             }
         }
@@ -469,7 +500,11 @@ fn outcome(
         }
         Outcome::Aside { reason, collision } => {
             if inc.attempts == 0 {
-                tracing::error!(group = name, "{reason}");
+                if *collision {
+                    tracing::error!(group = name, "{reason}");
+                } else {
+                    tracing::debug!(group = name, "{reason}");
+                }
                 ctx.audit.log(crate::ops::audit::Rec {
                     group: name,
                     path: &t.key,
