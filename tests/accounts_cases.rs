@@ -613,8 +613,7 @@ fn case11_a_bulk_replacement_converges_without_echo_or_lost_members() {
     }
     let t0 = Instant::now();
     wait_identical(&c, &ALL, "the bulk everywhere", |p, g| {
-        p.matches(":/bin/bash\n").count() > n as usize
-            && g.contains(&format!("big:x:2900:{all}\n"))
+        p.matches(":/bin/bash\n").count() > n as usize && g.contains(&format!("big:x:2900:{all}\n"))
     });
     eprintln!(
         "{n} users, 2 groups of {n} and {} members: every node in {:?}",

@@ -316,26 +316,16 @@ impl<'v, 'f> Plan<'v, 'f> {
             && !self.groups.contains_key(&rec.name)
             && !local.managed
         {
-            return Outcome::Aside {
-                reason: format!(
-                    "{id} (gid {}) collides with local group {} (gid {}), which is not managed here: same name; not applied on this node",
-                    rec.gid,
-                    shown(&rec.name),
-                    local.gid
-                ),
-                collision: true,
-            };
+            return collision(
+                &id,
+                rec.gid,
+                &rec.name,
+                local.gid,
+                ", which is not managed here: same name, different account",
+            );
         }
         if let Some(other) = self.gid_holder(rec.gid, &rec.name) {
-            return Outcome::Aside {
-                reason: format!(
-                    "{id} (gid {}) collides with local group {} (gid {}): same gid, different name; not applied on this node",
-                    rec.gid,
-                    shown(&other),
-                    rec.gid
-                ),
-                collision: true,
-            };
+            return collision(&id, rec.gid, &other, rec.gid, ": same gid, different name");
         }
         let old = self.gid_of_group_now(&rec.name);
         self.set_gid(&rec.name, old, Some(rec.gid));
@@ -356,26 +346,16 @@ impl<'v, 'f> Plan<'v, 'f> {
             && !self.users.contains_key(&rec.name)
             && !local.managed
         {
-            return Outcome::Aside {
-                reason: format!(
-                    "{id} (uid {}) collides with local user {} (uid {}), which is not managed here: same name, different account; not applied on this node",
-                    rec.uid,
-                    shown(&rec.name),
-                    local.uid
-                ),
-                collision: true,
-            };
+            return collision(
+                &id,
+                rec.uid,
+                &rec.name,
+                local.uid,
+                ", which is not managed here: same name, different account",
+            );
         }
         if let Some(other) = self.uid_holder(rec.uid, &rec.name) {
-            return Outcome::Aside {
-                reason: format!(
-                    "{id} (uid {}) collides with local user {} (uid {}): same uid, different name; not applied on this node",
-                    rec.uid,
-                    shown(&other),
-                    rec.uid
-                ),
-                collision: true,
-            };
+            return collision(&id, rec.uid, &other, rec.uid, ": same uid, different name");
         }
         if !self.gid_exists_now(rec.gid) {
             return Outcome::Aside {
@@ -749,6 +729,21 @@ impl<'v, 'f> Plan<'v, 'f> {
             db::join(&[rec.name.as_bytes(), &h, &admins.join(&b','), &members])
         });
         (gr, sg)
+    }
+}
+
+/// A collision of `id` (with id `own`) with local account `local` (id `local_id`).
+fn collision(id: &AccountId, own: u32, local: &str, local_id: u32, why: &str) -> Outcome {
+    let (kind, idname) = match id {
+        AccountId::User(_) => ("user", "uid"),
+        _ => ("group", "gid"),
+    };
+    Outcome::Aside {
+        reason: format!(
+            "{id} ({idname} {own}) collides with local {kind} {} ({idname} {local_id}){why}; not applied on this node",
+            shown(local)
+        ),
+        collision: true,
     }
 }
 
