@@ -415,9 +415,8 @@ impl Accounts {
                 .filter_map(|g| std::str::from_utf8(g).ok().map(String::from))
                 .collect()
         };
-        // only when something changed here (a tool wrote): what this node wrote itself is
-        // canonical already
-        if cold || !out.changes.is_empty() {
+        // only when a tool wrote lines since (what this node wrote itself is canonical already)
+        if cold || !users.is_empty() || !member_groups.is_empty() {
             let canonical = apply::canonical(new, &policy, &reorder);
             if canonical != *new {
                 out.canonical = Some(canonical);
