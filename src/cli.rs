@@ -809,6 +809,18 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         for n in &a.not_applied {
             println!("      not applied: {n}");
         }
+        for n in &a.problems {
+            println!("      not synced: {n}");
+        }
+        for n in &a.older_peers {
+            println!("      {n}");
+        }
+        if a.conflicts > 0 {
+            println!(
+                "      {} unresolved account conflicts (clustersync conflicts)",
+                a.conflicts
+            );
+        }
     }
     for a in &st.actions {
         if a.last_ok == Some(false) {
@@ -886,6 +898,12 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
                     .map(|k| format!("; loser: {k}"))
                     .unwrap_or_default()
             );
+        } else if let Some(k) = c
+            .kept_as
+            .as_deref()
+            .filter(|k| k.starts_with("collision: "))
+        {
+            println!("{} {}: NOT APPLIED here: {}", c.group, c.path, &k[11..]);
         } else {
             println!(
                 "{} {}: {} UNRESOLVED (clustersync resolve {} --keep NODE)",
@@ -959,8 +977,22 @@ async fn resolve(s: &Settings, path: &std::ffi::OsStr, keep: &str) -> Result<u8>
             format!("--keep {keep}: no such node in the config"),
         ));
     }
-    let path = path_arg(path);
-    let (group, logical) = find_group(&cfg, s, &path)?;
+    // an account: user/NAME, group/NAME (the @accounts pseudo-group)
+    let account = path
+        .to_str()
+        .filter(|p| {
+            cfg.accounts.is_some() && crate::accounts::AccountId::from_key(p.as_bytes()).is_some()
+        })
+        .map(|p| {
+            (
+                crate::engine::group::ACCOUNTS.to_string(),
+                p.as_bytes().to_vec(),
+            )
+        });
+    let (group, logical) = match account {
+        Some(a) => a,
+        None => find_group(&cfg, s, &path_arg(path))?,
+    };
     let req = Request::Resolve {
         path: logical.clone(),
         keep: keep.to_string(),
@@ -1161,10 +1193,19 @@ async fn restore(
 
 async fn reset(s: &Settings, group: &str) -> Result<u8> {
     let cfg = load_config(s)?;
-    if !cfg.groups.get(group).is_some_and(|g| g.has_node(&s.node)) {
+    let accounts = group == crate::engine::group::ACCOUNTS
+        && cfg
+            .accounts
+            .as_ref()
+            .is_some_and(|a| crate::engine::group::GroupRt::accounts(a, &cfg, &s.node).is_some());
+    if !accounts && !cfg.groups.get(group).is_some_and(|g| g.has_node(&s.node)) {
         return Err(exit(
             2,
-            format!("group {group:?} is not a group of node {}", s.node),
+            format!(
+                "group {group:?} is not a group of node {} (account sync is reset with `reset {}`)",
+                s.node,
+                crate::engine::group::ACCOUNTS
+            ),
         ));
     }
     if control::daemon_running(&s.state_dir).await {
@@ -1175,6 +1216,14 @@ async fn reset(s: &Settings, group: &str) -> Result<u8> {
     }
     let ix = crate::store::Store::open(&s.state_dir.join("index.redb"))?;
     let n = ix.reset_group(group)?;
+    if accounts {
+        println!(
+            "forgot {} of account sync on node {}; the account files were not touched. Start the daemon: this node then joins account sync as new (what its files have is kept unversioned: every change made on another node wins over it, and accounts only this node has are sent to the others).",
+            plural(n, "index entry", "index entries"),
+            s.node
+        );
+        return Ok(0);
+    }
     println!(
         "forgot {} of group {group} on node {}; no file was touched. Start the daemon: this node then joins {group} as new (it receives everything and deletes nothing; files it has that the others lack are sent to them).",
         plural(n, "index entry", "index entries"),

@@ -923,3 +923,156 @@ fn random_faults_converge_without_losing_or_inventing_content() {
         Chaos::new(seed).run(steps);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Accounts under chaos (issue 20): random useradd/usermod/userdel/groupadd/gpasswd on random
+// nodes (running or stopped) under link cuts, SIGKILLs, SIGSTOPs and restarts; at the end every
+// node's four account files are byte-identical, `pwck -r`/`grpck -r` are clean and every node
+// says accounts are in sync. `CHAOS_ACCOUNT_STEPS` (default 30) and `CHAOS_SEED` set the run.
+
+#[path = "common/accounts.rs"]
+mod acct;
+
+/// A shadow-utils tool on a node's root; its failure (a user that exists, a uid taken on that
+/// node) is part of the chaos, not an error.
+fn try_tool(root: &std::path::Path, prog: &str, flag: &str, args: &[&str]) -> bool {
+    std::process::Command::new(prog)
+        .arg(flag)
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn accounts_chaos(seed: u64, steps: u64) {
+    let names = ["a", "b", "c"];
+    let mut c = Cluster::new(
+        &names,
+        Opts {
+            proxies: true,
+            ..Default::default()
+        },
+    );
+    acct::add_accounts(&c, "uid_range = [2000, 2999]\ncreate_home = false");
+    for n in &c.nodes {
+        acct::base(&n.root, "", "", "");
+    }
+    for n in names {
+        start_retrying(&mut c, n).unwrap();
+    }
+    c.wait_connected();
+    let mut rng = Rng(seed.wrapping_mul(7919));
+    let mut stopped: HashSet<&str> = HashSet::new();
+    let mut paused: HashSet<&str> = HashSet::new();
+    let mut cut: HashSet<&str> = HashSet::new();
+    let shells = ["/bin/sh", "/bin/bash", "/bin/dash"];
+    for step in 0..steps {
+        let n = *rng.pick(&names);
+        let root = c.node(n).root.clone();
+        let u = rng.below(8);
+        let (user, uid) = (format!("u{u}"), (2000 + u).to_string());
+        let g = rng.below(3);
+        let (grp, gid) = (format!("g{g}"), (2100 + g).to_string());
+        let what = rng.below(100);
+        let done = match what {
+            0..=19 => try_tool(&root, "useradd", "-P", &["-u", &uid, "-U", &user]),
+            20..=39 => {
+                let shell = *rng.pick(&shells);
+                let gecos = format!("s{step}");
+                try_tool(&root, "usermod", "-P", &["-s", shell, "-c", &gecos, &user])
+            }
+            40..=49 => try_tool(&root, "userdel", "-P", &[&user]),
+            50..=57 => try_tool(&root, "groupadd", "-P", &["-g", &gid, &grp]),
+            58..=69 => try_tool(&root, "gpasswd", "-Q", &["-a", &user, &grp]),
+            70..=77 => try_tool(&root, "gpasswd", "-Q", &["-d", &user, &grp]),
+            78..=83 => {
+                if cut.remove(n) {
+                    c.node(n).proxy.as_ref().unwrap().heal();
+                } else {
+                    c.node(n).proxy.as_ref().unwrap().cut();
+                    cut.insert(n);
+                }
+                true
+            }
+            84..=89 => {
+                if stopped.remove(n) {
+                    start_retrying(&mut c, n).unwrap();
+                } else if !paused.contains(n) {
+                    c.kill(n);
+                    stopped.insert(n);
+                }
+                true
+            }
+            _ => {
+                if stopped.contains(n) {
+                    false
+                } else if paused.remove(n) {
+                    unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "CONT");
+                    true
+                } else {
+                    unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "STOP");
+                    paused.insert(n);
+                    true
+                }
+            }
+        };
+        println!("accounts chaos {seed}/{step}: {n} action {what} ({user}, {grp}): {done}");
+        std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
+    }
+    // heal everything
+    for n in paused.drain() {
+        unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "CONT");
+    }
+    for n in cut.drain() {
+        c.node(n).proxy.as_ref().unwrap().heal();
+    }
+    for n in stopped.drain() {
+        start_retrying(&mut c, n).unwrap();
+    }
+    c.wait_connected();
+    let mut last = Vec::new();
+    let same = wait_until_soft(SETTLE, || {
+        last = names.iter().map(|n| acct::files(&c.node(n).root)).collect();
+        last.iter().all(|f| *f == last[0])
+            && names.iter().all(|n| {
+                c.status(n)
+                    .is_some_and(|s| s["accounts"]["in_sync"] == true)
+            })
+    });
+    if !same {
+        let shown: Vec<String> = names
+            .iter()
+            .zip(&last)
+            .map(|(n, f)| {
+                format!(
+                    "-- {n}: {:?}\n{}",
+                    c.status(n).map(|s| s["accounts"].clone()),
+                    f.join("--\n")
+                )
+            })
+            .collect();
+        panic!(
+            "accounts chaos seed {seed}: nodes did not converge:\n{}",
+            shown.join("")
+        );
+    }
+    for n in names {
+        acct::tools_check(&c.node(n).root)
+            .unwrap_or_else(|e| panic!("accounts chaos seed {seed}: {e}"));
+    }
+}
+
+#[test]
+fn accounts_under_chaos_end_byte_identical_and_clean() {
+    if !acct::can_run() {
+        return;
+    }
+    let steps = env_u64("CHAOS_ACCOUNT_STEPS").unwrap_or(30);
+    for seed in seeds() {
+        println!("accounts chaos: seed {seed}, {steps} steps");
+        accounts_chaos(seed, steps);
+    }
+}

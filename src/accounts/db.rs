@@ -95,6 +95,16 @@ impl Table {
         }
     }
 
+    /// A table of `lines` replacing `like`: it keeps `like`'s missing final newline only when
+    /// the lines are the same.
+    pub fn from_lines(lines: Vec<Vec<u8>>, like: &Table) -> Table {
+        let final_newline = like.final_newline || lines != like.lines;
+        Table {
+            lines,
+            final_newline,
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = self.lines.join(&b'\n');
         if self.final_newline && !self.lines.is_empty() {

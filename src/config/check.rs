@@ -766,12 +766,34 @@ impl<'s> Checker<'s> {
                 "[accounts] manages no account: set users = [\"name\", ...] and/or uid_range = [LO, HI]",
             ));
         }
+        let all: Vec<String> = match &members {
+            Some(m) => m.clone(),
+            None => nodes.keys().cloned().collect(),
+        };
+        let conflict = match &a.conflict {
+            Some(c) => {
+                let p = self.conflict(c, "accounts.conflict", &all, nodes)?;
+                if matches!(p, ConflictPolicy::Largest | ConflictPolicy::Smallest) {
+                    return Err(self.err(
+                        &c.span(),
+                        "accounts.conflict",
+                        format!(
+                            "{} does not apply to accounts; valid: newest, oldest, prefer:NODE, manual",
+                            c.get_ref()
+                        ),
+                    ));
+                }
+                p
+            }
+            None => ConflictPolicy::Newest,
+        };
         Ok(AccountsConfig {
             nodes: members,
             users,
             uid_range,
             passwords: a.passwords.as_ref().is_none_or(|p| *p.get_ref()),
             create_home: a.create_home.as_ref().is_none_or(|c| *c.get_ref()),
+            conflict,
         })
     }
 

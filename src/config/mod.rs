@@ -259,6 +259,8 @@ pub struct AccountsConfig {
     pub passwords: bool,
     /// Create home directories; default true.
     pub create_home: bool,
+    /// Concurrent changes of one account: newest (default), oldest, prefer:NODE or manual.
+    pub conflict: ConflictPolicy,
 }
 
 /// The `[metrics]` section.

@@ -164,6 +164,7 @@ fn spec_example_parses() {
             uid_range: Some((2000, 2999)),
             passwords: true,
             create_home: true,
+            conflict: ConflictPolicy::Newest,
         })
     );
     assert_eq!(
@@ -928,6 +929,7 @@ fn accounts() {
             uid_range: Some((2000, 2000)),
             passwords: false,
             create_home: false,
+            conflict: ConflictPolicy::Newest,
         })
     );
     let acc = |body: &str| format!("{NODES}[accounts]\n{body}");
@@ -1817,6 +1819,7 @@ mod prop {
                             uid_range: Some((lo, lo + span)),
                             passwords,
                             create_home,
+                            conflict: ConflictPolicy::Newest,
                         }
                     });
                     c.metrics = metrics.map(|(stale_after, port)| MetricsConfig {

@@ -119,6 +119,8 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
             }),
             passwords: (!a.passwords).then(|| unplaced(false)),
             create_home: (!a.create_home).then(|| unplaced(false)),
+            conflict: (a.conflict != super::ConflictPolicy::Newest)
+                .then(|| unplaced(a.conflict.to_string())),
         };
         section(
             &mut out,

@@ -67,7 +67,8 @@ impl GroupRt {
     }
 
     /// The accounts pseudo-group (SPEC §5.7): its members are `[accounts] nodes` (every node by
-    /// default); it has no paths; concurrent changes of one account are settled by `newest`.
+    /// default); it has no paths; concurrent changes of one account are settled by
+    /// `[accounts] conflict` (default `newest`).
     pub fn accounts(
         ac: &crate::config::AccountsConfig,
         cfg: &crate::config::Config,
@@ -83,6 +84,7 @@ impl GroupRt {
         let mut gc = GroupConfig::new(ACCOUNTS);
         gc.nodes = members.clone();
         gc.watch = false;
+        gc.conflict = ac.conflict.clone();
         let policy = crate::accounts::Policy::from_config(ac);
         let mut nodes = members;
         nodes.sort();

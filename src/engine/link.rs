@@ -1020,8 +1020,20 @@ fn build_batch(
     let is_root = |key: &[u8]| {
         rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
     };
+    let accounts = rt.is_some_and(|g| g.is_accounts());
     for e in entries {
-        if e.item.version.is_empty() && !is_root(&e.item.key) {
+        if accounts && version < 5 {
+            // account items of this release would be misread by the previous ones
+            not_sendable += 1;
+            why_not = Some(format!(
+                "{to} runs an older release (protocol {version}): accounts are not exchanged with it until it is upgraded"
+            ));
+            last_seq = last_seq.max(e.seq);
+            continue;
+        }
+        // an account adopted by a node that joined as new is sent unversioned: any versioned
+        // change wins over it
+        if e.item.version.is_empty() && !is_root(&e.item.key) && !accounts {
             // adopted without a version (a replica's files): ours alone, never sent. A group
             // path directory nobody changed yet is sent unversioned: it gives way to any
             // versioned one, and between unversioned ones the conflict policy picks the
@@ -1053,7 +1065,11 @@ fn build_batch(
             + e.item.version.len() * 24
             + e.item.meta().map_or(0, |m| {
                 m.chunks.len() * 40 + m.xattrs.iter().map(|x| x.name.len() + 64).sum::<usize>()
-            });
+            })
+            + match &e.item.body {
+                Some(crate::item::Body::Account(a)) => a.size_hint(),
+                _ => 0,
+            };
         if encoded + est > MAX_BATCH_BYTES && !items.is_empty() {
             cut = true;
             break;

@@ -54,6 +54,16 @@ pub struct AccountsStatus {
     pub not_applied: Vec<String>,
     pub pending: u64,
     pub in_sync: bool,
+    /// Accounts here that cannot be read (malformed line, a name that cannot be synced) or
+    /// that left the managed set on this node: not synced from here.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Unresolved account conflicts (`conflict = "manual"`): `status` exits 3.
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Peers of an older release, with which accounts are not exchanged.
+    #[serde(default)]
+    pub older_peers: Vec<String>,
 }
 
 /// One action as `status` shows it.
@@ -155,7 +165,9 @@ impl Status {
     /// The exit status of `status` (SPEC §4): 0 in sync and every peer connected, 3
     /// unresolved conflicts, 1 anything else behind, stopped or unreachable.
     pub fn exit_code(&self) -> u8 {
-        if self.groups.iter().any(|g| g.conflicts > 0) {
+        if self.groups.iter().any(|g| g.conflicts > 0)
+            || self.accounts.as_ref().is_some_and(|a| a.conflicts > 0)
+        {
             return 3;
         }
         if !self.daemon
@@ -200,6 +212,8 @@ pub struct View {
 /// A lane's published state.
 #[derive(Debug, Default, Clone)]
 pub struct LaneView {
+    /// The accounts pseudo-group's problems (see [`AccountsStatus::problems`]).
+    pub notes: Vec<String>,
     pub stopped: Option<String>,
     pub waiting_local: u64,
     pub queued: u64,
@@ -248,6 +262,7 @@ impl View {
             .map(|l| {
                 let s = &l.state;
                 let v = LaneView {
+                    notes: lock(&s.notes).clone(),
                     stopped: lock(&s.stopped).clone(),
                     waiting_local: s.waiting_local.load(Ordering::Relaxed) as u64,
                     queued: s.queued.load(Ordering::Relaxed) as u64,
@@ -588,6 +603,7 @@ fn accounts_status(
     cfg: &Config,
     store: &Store,
     view: Option<&View>,
+    conflicts: &[(String, Vec<u8>, crate::store::ConflictInfo)],
 ) -> Result<Option<AccountsStatus>, StoreError> {
     let g = crate::engine::group::ACCOUNTS;
     if cfg.accounts.is_none() || !store.incarnation_known(g) {
@@ -603,15 +619,38 @@ fn accounts_status(
     for p in members.iter().filter(|m| *m != name) {
         pending += store.count_since(g, acked(store, view, p, g)?)?;
     }
-    if let Some(l) = view.and_then(|v| v.lanes.get(g)) {
-        pending += l.queued;
+    let unresolved = conflicts
+        .iter()
+        .filter(|(cg, _, c)| {
+            cg == g && !c.resolved && !crate::engine::lane::accounts::is_collision(c)
+        })
+        .count() as u64;
+    let mut problems = Vec::new();
+    let mut older_peers = Vec::new();
+    if let Some(v) = view {
+        if let Some(l) = v.lanes.get(g) {
+            pending += l.queued;
+            problems = l.notes.clone();
+        }
+        for p in members.iter().filter(|m| *m != name) {
+            if let Some(version) = v.peers.get(p).and_then(|pv| pv.protocol)
+                && version < 5
+            {
+                older_peers.push(format!(
+                    "{p} runs an older release (protocol {version}): accounts are not exchanged with it until it is upgraded"
+                ));
+            }
+        }
     }
     Ok(Some(AccountsStatus {
         users: st.files,
         groups: st.dirs,
         not_applied: aside.iter().map(|a| a.error.clone()).collect(),
+        in_sync: pending == 0 && unresolved == 0 && problems.is_empty() && older_peers.is_empty(),
         pending,
-        in_sync: pending == 0,
+        problems,
+        conflicts: unresolved,
+        older_peers,
     }))
 }
 
@@ -656,6 +695,6 @@ fn build(
         as_of,
         transfer: view.and_then(|v| v.transfer.clone()),
         actions: view.map(|v| v.actions.clone()).unwrap_or_default(),
-        accounts: accounts_status(name, cfg, store, view)?,
+        accounts: accounts_status(name, cfg, store, view, &conflicts)?,
     })
 }

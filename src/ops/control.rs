@@ -285,7 +285,12 @@ async fn answer(e: &Engine, req: Request) -> Response {
             Ok(list) => Response::Conflicts(ConflictList::from_store(&list)),
             Err(e) => err(e),
         },
-        Request::Resolve { path, keep } => match ctx.group_of_path(&path) {
+        Request::Resolve { path, keep } => match ctx
+            .group(crate::engine::group::ACCOUNTS)
+            .filter(|_| crate::accounts::AccountId::from_key(&path).is_some())
+            .map(|g| (g.name().to_string(), path.clone()))
+            .or_else(|| ctx.group_of_path(&path))
+        {
             None => err(format!(
                 "{} is not in any group of this node",
                 name::show(&path)

@@ -225,8 +225,16 @@ impl GroupStats {
                 Kind::Dir => f(&mut self.dirs, 1),
                 Kind::Symlink => f(&mut self.symlinks, 1),
             },
-            Some(crate::item::Body::User(_)) => f(&mut self.files, 1),
-            Some(crate::item::Body::Group(_)) => f(&mut self.dirs, 1),
+            Some(crate::item::Body::User(_))
+            | Some(crate::item::Body::Account(crate::accounts::Account::User { .. })) => {
+                f(&mut self.files, 1)
+            }
+            Some(crate::item::Body::Group(_))
+            | Some(crate::item::Body::Account(crate::accounts::Account::Group { .. })) => {
+                f(&mut self.dirs, 1)
+            }
+            // member sets are part of their groups
+            Some(crate::item::Body::Account(crate::accounts::Account::Members(_))) => {}
             None => f(&mut self.tombstones, 1),
         }
     }

@@ -23,7 +23,8 @@
 //! - One batch is in flight at a time; batches from one link are handled in the order they
 //!   arrived, and a batch from a link older than the newest one of that peer is dropped.
 
-use super::plan::{AuditLine, Incoming, Observed, Plan, PlanCtx, Step, plan};
+use super::domain::Checked;
+use super::plan::{AuditLine, Incoming, Observed, Plan, PlanCtx, Planner, Step};
 use crate::item::{Entry, Item};
 use crate::net::protocol::WireItem;
 use crate::store::{Aside, Change, ConflictInfo, Extras};
@@ -78,6 +79,8 @@ pub struct Source {
     pub conn: u64,
     /// The peer's incarnation of the group.
     pub inc: u64,
+    /// The protocol version of the link.
+    pub version: u32,
 }
 
 /// The periods and switches of one lane.
@@ -142,11 +145,11 @@ pub enum Event {
     Scanned(ScanReport),
     /// The set-aside items due for a retry, loaded by [`Effect::LoadAside`].
     AsideLoaded(Vec<Incoming>),
-    /// A batch's items were checked (`Err`: refused, with the key and why).
+    /// A batch's items were checked.
     Checked {
         id: BatchId,
         items: Vec<WireItem>,
-        result: Result<(), (Vec<u8>, String)>,
+        result: Checked,
     },
     /// The index was read for a batch's keys after the disk was reconciled (one per item).
     Observed {
@@ -191,6 +194,12 @@ pub struct ScanReport {
 pub enum Outcome {
     /// Applied; the entry as it is on disk now.
     Done(Box<Entry>),
+    /// Not applied: this node keeps its own version, recorded and announced as this entry (a
+    /// new version of ours; the domain audited why).
+    Kept(Box<Entry>),
+    /// Applied in part: recorded as this entry, and set aside to be applied again for the rest
+    /// (an account group whose members are not all users here yet).
+    Partial(Box<Entry>, Failure),
     /// Not applied: set aside and retried.
     Failed(Failure),
     /// Nobody knows (the worker panicked): the batch's position must not be saved.
@@ -241,7 +250,11 @@ pub enum Effect {
     /// Load set-aside items due for a retry (→ [`Event::AsideLoaded`]).
     LoadAside,
     /// Check a batch's items (→ [`Event::Checked`]).
-    Check { id: BatchId, items: Vec<WireItem> },
+    Check {
+        id: BatchId,
+        items: Vec<WireItem>,
+        source: Source,
+    },
     /// Refuse a peer's batch: audit why and close its link.
     Refuse {
         source: Source,
@@ -270,8 +283,8 @@ pub enum Effect {
     Resend { source: Source, why: String },
     /// A new head to announce.
     Publish(u64),
-    /// Audit lines (kind, item, peer).
-    Audit(Vec<(&'static str, Item, Option<String>)>),
+    /// Audit lines.
+    Audit(Vec<Audited>),
     /// A dry run: what these items would do (`receive`/`delete`/`conflict`, key, peer).
     DryRun(Vec<(&'static str, Vec<u8>, String)>),
     /// Put the group's version back over drift (replicas, `on_drift = revert`).
@@ -286,6 +299,9 @@ pub enum Effect {
     /// The group stopped (`Some`) or runs again (`None`).
     Stopped(Option<String>),
 }
+
+/// One audit line: (kind, item, peer, detail).
+pub type Audited = (&'static str, Item, Option<String>, Option<String>);
 
 /// A batch waiting or in flight.
 #[derive(Debug)]
@@ -317,10 +333,11 @@ struct Queued {
     items: Vec<Incoming>,
 }
 
-/// The lane's state: plain data.
+/// The lane's state: plain data (and the domain's pure planner).
 #[derive(Debug)]
 pub struct Core {
     setup: Setup,
+    planner: std::sync::Arc<dyn Planner>,
     stopped: Option<String>,
     next_id: BatchId,
     queue: VecDeque<Queued>,
@@ -348,9 +365,15 @@ pub struct Core {
 
 impl Core {
     /// A lane that starts now with `aside` items set aside in its index.
-    pub fn new(setup: Setup, aside: u64, now: Instant) -> Core {
+    pub fn new(
+        setup: Setup,
+        planner: std::sync::Arc<dyn Planner>,
+        aside: u64,
+        now: Instant,
+    ) -> Core {
         Core {
             setup,
+            planner,
             stopped: None,
             next_id: 1,
             queue: VecDeque::new(),
@@ -596,9 +619,16 @@ impl Core {
         }
         // the items come back with the check's result; their origins stay here
         let wires = items.into_iter().map(|i| i.wire).collect();
+        let source = job.source.clone().unwrap_or_else(|| Source {
+            peer: String::new(),
+            conn: 0,
+            inc: 0,
+            version: 0,
+        });
         out.push(Effect::Check {
             id: job.id,
             items: wires,
+            source,
         });
         self.inflight = Some(InFlight {
             job,
@@ -619,7 +649,7 @@ impl Core {
         &mut self,
         id: BatchId,
         items: Vec<WireItem>,
-        result: Result<(), (Vec<u8>, String)>,
+        result: Checked,
         out: &mut Vec<Effect>,
     ) {
         let Some(f) = self.take_inflight(id) else {
@@ -628,19 +658,35 @@ impl Core {
         let Some(source) = f.job.source.clone() else {
             return;
         };
-        if let Err((key, reason)) = result {
-            // a peer that sends what it must not: this link ends, nothing of it is applied
-            self.drop_link(&source);
-            out.push(Effect::Refuse {
-                source,
-                key,
-                reason,
-            });
-            return;
-        }
+        let keep = match result {
+            Checked::All => None,
+            Checked::Some(mask) => Some(mask),
+            Checked::Refused(key, reason) => {
+                // a peer that sends what it must not: this link ends, nothing of it is applied
+                self.drop_link(&source);
+                out.push(Effect::Refuse {
+                    source,
+                    key,
+                    reason,
+                });
+                return;
+            }
+            Checked::Held(why) => {
+                // not taken now, and not acknowledged: its peer keeps it until it can be
+                self.drop_link(&source);
+                self.set_warning(Some(why), out);
+                return;
+            }
+        };
         let from = (source.peer.clone(), source.inc);
         let items: Vec<Incoming> = items
             .into_iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                keep.as_ref()
+                    .is_none_or(|m| m.get(*i).copied().unwrap_or(false))
+            })
+            .map(|(_, w)| w)
             .map(|wire| Incoming {
                 wire,
                 from: from.clone(),
@@ -731,7 +777,8 @@ impl Core {
             out.push(Effect::DryRun(lines));
             return;
         }
-        let mut plan = plan(&self.plan_ctx(&kept_as, now.unix), items, observed);
+        let planner = self.planner.clone();
+        let mut plan = planner.plan(&self.plan_ctx(&kept_as, now.unix), items, observed);
         if !plan.audit.is_empty() {
             out.push(Effect::Audit(audit_lines(std::mem::take(&mut plan.audit))));
         }
@@ -798,7 +845,13 @@ impl Core {
         let mut warning = None;
         for (s, o) in applied.results {
             match o {
-                Outcome::Done(e) => done(&mut c, &mut audit, s, *e),
+                Outcome::Done(e) => done(&mut c, &mut audit, s, *e, true),
+                Outcome::Kept(e) => done(&mut c, &mut audit, s, *e, false),
+                Outcome::Partial(e, fail) => {
+                    let s2 = s.clone();
+                    done(&mut c, &mut audit, s, *e, true);
+                    set_aside(&mut c, &mut audit, s2, fail, &self.setup.group, now.unix);
+                }
                 Outcome::Failed(fail) => {
                     rescan_due |= fail.rescan;
                     if fail.rescan {
@@ -963,6 +1016,7 @@ impl Core {
                         peer: p.clone(),
                         conn: self.newest_conn[p],
                         inc: 0,
+                        version: 0,
                     },
                     why: "the group runs again here".into(),
                 });
@@ -1079,21 +1133,21 @@ fn order_steps(steps: Vec<Step>) -> Vec<Step> {
     live
 }
 
-fn audit_lines(v: Vec<AuditLine>) -> Vec<(&'static str, Item, Option<String>)> {
-    v.into_iter().map(|(k, i)| (k, i, None)).collect()
+fn audit_lines(v: Vec<AuditLine>) -> Vec<Audited> {
+    v.into_iter().map(|(k, i, d)| (k, i, None, d)).collect()
 }
 
-/// An applied step joins the commit.
-fn done(
-    c: &mut Commit,
-    audit: &mut Vec<(&'static str, Item, Option<String>)>,
-    s: Step,
-    mut e: Entry,
-) {
-    if s.as_sent {
+/// An applied step joins the commit (`audited`: with an `apply`/`delete` line; a step applied
+/// again only drops its set-aside copy).
+fn done(c: &mut Commit, audit: &mut Vec<Audited>, s: Step, mut e: Entry, audited: bool) {
+    let key = e.item.key.clone();
+    if s.again {
+        c.extras.aside_remove.push(key);
+        return;
+    }
+    if s.as_sent && e.item.version == s.item.version {
         e.from = Some(s.from.clone());
     }
-    let key = e.item.key.clone();
     c.touched.insert(crate::item::name::parent(&key).to_vec());
     if e.item.kind() == Some(crate::item::Kind::Dir) {
         c.touched.insert(key.clone());
@@ -1105,12 +1159,14 @@ fn done(
     c.bytes += e.item.size();
     c.applied.push(key.clone());
     c.extras.aside_remove.push(key);
-    let kind = if e.item.is_deleted() {
-        "delete"
-    } else {
-        "apply"
-    };
-    audit.push((kind, e.item.clone(), Some(s.from.0.clone())));
+    if audited {
+        let kind = if e.item.is_deleted() {
+            "delete"
+        } else {
+            "apply"
+        };
+        audit.push((kind, e.item.clone(), Some(s.from.0.clone()), None));
+    }
     c.changes.push(Change {
         entry: e,
         announce: true,
@@ -1120,7 +1176,7 @@ fn done(
 /// A failed step is set aside in the same commit (audited when it keeps failing).
 fn set_aside(
     c: &mut Commit,
-    audit: &mut Vec<(&'static str, Item, Option<String>)>,
+    audit: &mut Vec<Audited>,
     s: Step,
     fail: Failure,
     group: &str,
@@ -1133,13 +1189,23 @@ fn set_aside(
             "set aside after {attempts} attempts: {} (clustersync status lists it; it is still retried)",
             fail.error
         );
-        audit.push(("set-aside", s.item.clone(), Some(s.from.0.clone())));
+        audit.push((
+            "set-aside",
+            s.item.clone(),
+            Some(s.from.0.clone()),
+            Some(fail.error.clone()),
+        ));
     } else {
         tracing::warn!(group, "could not apply yet: {}", fail.error);
         if s.attempts == 0
             && let Some(kind) = fail.audit_first
         {
-            audit.push((kind, s.item.clone(), Some(s.from.0.clone())));
+            audit.push((
+                kind,
+                s.item.clone(),
+                Some(s.from.0.clone()),
+                Some(fail.error.clone()),
+            ));
         }
     }
     if let Some(info) = fail.conflict {
@@ -1217,7 +1283,17 @@ mod tests {
             peer: peer.into(),
             conn,
             inc: 7,
+            version: 5,
         }
+    }
+
+    fn core(dry_run: bool, now: Instant) -> Core {
+        Core::new(
+            setup(dry_run),
+            std::sync::Arc::new(super::super::plan::Generic),
+            0,
+            now,
+        )
     }
 
     /// A clock the test moves.
@@ -1271,13 +1347,13 @@ mod tests {
 
     fn answer(eff: &Effect, fate: Fate) -> Option<Event> {
         Some(match eff {
-            Effect::Check { id, items } => Event::Checked {
+            Effect::Check { id, items, .. } => Event::Checked {
                 id: *id,
                 items: items.clone(),
                 result: if fate == Fate::RefuseCheck {
-                    Err((b"/srv/www/x".to_vec(), "bad".into()))
+                    Checked::Refused(b"/srv/www/x".to_vec(), "bad".into())
                 } else {
-                    Ok(())
+                    Checked::All
                 },
             },
             Effect::Observe { id, keys, .. } => Event::Observed {
@@ -1352,7 +1428,7 @@ mod tests {
     #[test]
     fn a_batch_is_acknowledged_only_after_its_commit_is_saved() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1383,7 +1459,7 @@ mod tests {
     #[test]
     fn a_failed_commit_acknowledges_nothing_and_its_link_is_closed_later() {
         let mut clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1422,7 +1498,7 @@ mod tests {
     #[test]
     fn a_failed_index_read_acknowledges_nothing() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1440,7 +1516,7 @@ mod tests {
     fn an_item_whose_outcome_is_unknown_keeps_the_position_unsaved() {
         for fate in [Fate::ItemUnknown, Fate::StepsLost] {
             let clock = Clock(Instant::now());
-            let mut core = Core::new(setup(false), 0, clock.0);
+            let mut core = core(false, clock.0);
             let log = drive(
                 &mut core,
                 remote(
@@ -1462,7 +1538,7 @@ mod tests {
     #[test]
     fn an_item_that_fails_is_set_aside_in_the_same_commit_as_the_position() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1479,7 +1555,7 @@ mod tests {
     #[test]
     fn a_stopped_group_acknowledges_nothing_and_asks_for_everything_again_when_it_runs() {
         let mut clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let stopped = ScanReport {
             stopped: Some("group path /srv/www is missing".into()),
             ..Default::default()
@@ -1538,7 +1614,7 @@ mod tests {
     #[test]
     fn a_group_path_gone_under_a_batch_stops_the_group_and_acknowledges_nothing() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         core.on(
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
             clock.now(),
@@ -1574,7 +1650,7 @@ mod tests {
     #[test]
     fn a_dry_run_says_what_would_change_and_acknowledges_nothing() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(true), 0, clock.0);
+        let mut core = core(true, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1602,7 +1678,7 @@ mod tests {
     #[test]
     fn a_refused_batch_closes_its_link_and_drops_what_came_after_it() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         // two batches queued before the first is checked
         core.on(
             remote("a", 1, 10, vec![item("/srv/www/x", "a", 1)]),
@@ -1628,7 +1704,7 @@ mod tests {
     #[test]
     fn batches_of_a_replaced_link_are_dropped_and_flow_control_is_enforced() {
         let clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         core.on(remote("a", 2, 10, vec![]), clock.now());
         assert!(core.on(remote("a", 1, 5, vec![]), clock.now()).is_empty());
         assert_eq!(core.queued(), 1, "the old link's batch is not queued");
@@ -1643,7 +1719,7 @@ mod tests {
     #[test]
     fn a_changed_path_is_rescanned_and_set_aside_items_are_retried_on_time() {
         let mut clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let log = drive(
             &mut core,
             remote("a", 1, 42, vec![item("/srv/www/x", "a", 5)]),
@@ -1678,7 +1754,7 @@ mod tests {
     #[test]
     fn unstable_paths_are_looked_at_again_after_a_while_and_deletions_found_by_the_way_settle() {
         let mut clock = Clock(Instant::now());
-        let mut core = Core::new(setup(false), 0, clock.0);
+        let mut core = core(false, clock.0);
         let report = ScanReport {
             unstable: vec![b"/srv/www/log".to_vec()],
             deferred: vec![b"/srv/www/gone".to_vec()],
@@ -1742,7 +1818,7 @@ mod tests {
         #[test]
         fn no_acknowledgement_without_a_saved_commit_of_its_position(steps in proptest::collection::vec(step(), 1..60)) {
             let mut clock = Clock(Instant::now());
-            let mut core = Core::new(setup(false), 0, clock.0);
+            let mut core = core(false, clock.0);
             let mut through = 0u64;
             let mut stopped = false;
             for s in steps {

@@ -8,8 +8,8 @@
 //! order, and an outcome of `Done` only for a step that is on disk now; nothing a domain does
 //! acknowledges anything (only the core, after a saved commit, does).
 
-use super::core::{Outcome, ScanReport};
-use super::plan::{Observed, Step};
+use super::core::{Outcome, ScanReport, Source};
+use super::plan::{Observed, Planner, Step};
 use crate::net::protocol::WireItem;
 use crate::store::Change;
 use std::collections::BTreeSet;
@@ -18,9 +18,12 @@ use std::sync::Arc;
 
 /// A kind of item the lane replicates.
 pub trait Domain: Send + Sync + 'static {
-    /// Check a peer's items before anything uses them (no I/O; may hash inline content):
-    /// `Err((key, why))` refuses the batch and closes its link.
-    fn check(&self, items: &[WireItem]) -> Result<(), (Vec<u8>, String)>;
+    /// Check a peer's items before anything uses them (no I/O but audit lines; may hash
+    /// inline content).
+    fn check(&self, items: &[WireItem], source: &Source) -> Checked;
+
+    /// How this domain decides a batch's items (pure).
+    fn planner(&self) -> std::sync::Arc<dyn Planner>;
 
     /// What the index holds for `keys` (blocking). Unless `dry`, the disk is reconciled first:
     /// a local change nobody reported yet is committed as a local version, so a peer's item is
@@ -63,11 +66,29 @@ pub trait Domain: Send + Sync + 'static {
     /// After a commit of applied steps.
     fn after_commit(&self, _applied: &[Vec<u8>]) {}
 
+    /// A commit of applied steps failed (accounts forget what they wrote meanwhile).
+    fn commit_failed(&self) {}
+
     /// Look for changes no event reported (blocking; accounts: the files' stat): true when a
     /// scan is due.
     fn poll(&self) -> bool {
         false
     }
+}
+
+/// What checking a peer's batch found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Every item may be used.
+    All,
+    /// Only the items marked true (the others were audited and are dropped: an account record
+    /// this node refuses never closes the link).
+    Some(Vec<bool>),
+    /// The peer sent what it must not: the batch is refused and its link closed.
+    Refused(Vec<u8>, String),
+    /// The batch cannot be taken now (accounts from an older release): it is neither applied
+    /// nor acknowledged, and the link stays up.
+    Held(String),
 }
 
 /// Why the index could not be read for a batch.

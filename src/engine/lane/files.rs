@@ -15,10 +15,10 @@
 //! - **scan**: `local::scan_and_commit`, and on a replica, drift instead of new versions.
 
 use super::LaneState;
-use super::core::{Failure, Outcome, ScanReport};
-use super::domain::{Applied, Domain, ObserveError, ScanRequest};
+use super::core::{Failure, Outcome, ScanReport, Source};
+use super::domain::{Applied, Checked, Domain, ObserveError, ScanRequest};
 use super::local::{self, Drift};
-use super::plan::{Observed, Step};
+use super::plan::{Generic, Observed, Planner, Step};
 use crate::config::OnDrift;
 use crate::engine::apply::{ApplyError, Fs, needs_content, validate};
 use crate::engine::group::GroupRt;
@@ -432,7 +432,7 @@ fn prepare_inline(
 }
 
 impl Domain for FilesDomain {
-    fn check(&self, items: &[WireItem]) -> Result<(), (Vec<u8>, String)> {
+    fn check(&self, items: &[WireItem], _source: &Source) -> Checked {
         let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
         // the checks hash inline content: several threads for a large batch
         let g = &self.g;
@@ -443,10 +443,14 @@ impl Domain for FilesDomain {
             let r = r.unwrap_or_else(|| Some("checking it failed (internal error)".into()));
             if let Some(why) = r {
                 let key = w.item.key[..w.item.key.len().min(4096)].to_vec();
-                return Err((key, why));
+                return Checked::Refused(key, why);
             }
         }
-        Ok(())
+        Checked::All
+    }
+
+    fn planner(&self) -> Arc<dyn Planner> {
+        Arc::new(Generic)
     }
 
     fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, ObserveError> {

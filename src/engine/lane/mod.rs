@@ -92,6 +92,8 @@ pub struct LaneState {
     /// A problem that does not stop the group (attributes not supported, a batch that could
     /// not be saved), for `status`.
     pub warning: Mutex<Option<String>>,
+    /// The accounts pseudo-group: accounts that cannot be read or left the managed set here.
+    pub notes: Mutex<Vec<String>>,
 }
 
 impl LaneState {
@@ -298,14 +300,15 @@ pub fn new(
         state: state.clone(),
         head: head_rx,
     };
-    let core = Core::new(setup(ctx, &g), aside, Instant::now());
     let lane = if g.is_accounts() {
         let dom = accounts::AccountsDomain::new(
             ctx.clone(),
             g.clone(),
             head.clone(),
+            state.clone(),
             on_accounts_applied,
         );
+        let core = Core::new(setup(ctx, &g), dom.planner(), aside, Instant::now());
         AnyLane::Accounts(task(ctx, g, dom, core, state, head, rx))
     } else {
         let dom = files::FilesDomain {
@@ -314,6 +317,7 @@ pub fn new(
             state: state.clone(),
             head: head.clone(),
         };
+        let core = Core::new(setup(ctx, &g), dom.planner(), aside, Instant::now());
         AnyLane::Files(task(ctx, g, dom, core, state, head, rx))
     };
     (handle, lane)
@@ -467,6 +471,7 @@ impl<D: Domain> LaneTask<D> {
                     peer: link.peer.clone(),
                     conn: link.conn,
                     inc: link.peer_inc(self.name()),
+                    version: link.version,
                 };
                 self.ctx
                     .counters
@@ -576,19 +581,17 @@ impl<D: Domain> LaneTask<D> {
                 let items = self.load_aside().await;
                 self.feed(Event::AsideLoaded(items), work);
             }
-            Effect::Check { id, items } => {
+            Effect::Check { id, items, source } => {
                 self.batch_t0 = (id, Instant::now());
                 let dom = self.dom.clone();
                 let (items, result) = tokio::task::spawn_blocking(move || {
-                    let r = dom.check(&items);
+                    let r = dom.check(&items, &source);
                     (items, r)
                 })
                 .await
                 .unwrap_or_else(|_| {
-                    (
-                        Vec::new(),
-                        Err((Vec::new(), "checking it failed (internal error)".into())),
-                    )
+                    let why = "checking it failed (internal error)".to_string();
+                    (Vec::new(), domain::Checked::Refused(Vec::new(), why))
                 });
                 self.feed(Event::Checked { id, items, result }, work);
             }
@@ -649,10 +652,7 @@ impl<D: Domain> LaneTask<D> {
                 }
             }
             Effect::Publish(head) => publish_head(&self.head, head),
-            Effect::Audit(lines) => self.ctx.audit_items(
-                self.g.name(),
-                lines.iter().map(|(k, i, p)| (*k, i, p.as_deref())),
-            ),
+            Effect::Audit(lines) => self.audit(lines),
             Effect::DryRun(lines) => {
                 for (what, key, peer) in lines {
                     self.ctx.dry_run_line(what, &key, &peer);
@@ -663,6 +663,28 @@ impl<D: Domain> LaneTask<D> {
             Effect::Warn(w) => *lock(&self.state.warning) = w,
             Effect::Stopped(r) => self.set_stopped(r),
             _ => {}
+        }
+    }
+
+    /// Audit lines: those without a detail in one write.
+    fn audit(&self, lines: Vec<self::core::Audited>) {
+        let group = self.g.name();
+        let (plain, detailed): (Vec<_>, Vec<_>) =
+            lines.into_iter().partition(|(_, _, _, d)| d.is_none());
+        self.ctx.audit_items(
+            group,
+            plain.iter().map(|(k, i, p, _)| (*k, i, p.as_deref())),
+        );
+        for (kind, item, peer, detail) in &detailed {
+            self.ctx.audit.log(crate::ops::audit::Rec {
+                group,
+                path: &item.key,
+                kind,
+                origin: &item.origin,
+                version: &item.version.display(),
+                peer: peer.as_deref(),
+                detail: detail.as_deref(),
+            });
         }
     }
 
@@ -758,8 +780,14 @@ impl<D: Domain> LaneTask<D> {
         .await;
         let saved = match r {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(e) => return Err(format!("the commit task failed: {e}")),
+            Ok(Err(e)) => {
+                self.dom.commit_failed();
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                self.dom.commit_failed();
+                return Err(format!("the commit task failed: {e}"));
+            }
         };
         let group = self.name();
         let n = applied.len() as u64;

@@ -52,12 +52,32 @@ pub struct Step {
     /// The item is exactly what that peer sent (not a merge): it is not echoed back there.
     pub as_sent: bool,
     pub attempts: u32,
-    /// The key had an unresolved conflict before this step.
+    /// Applying it settles a conflict the key had (an account that collided with a local one):
+    /// the record is dropped once it applies.
     pub had_conflict: bool,
+    /// The index holds this item already (set aside as partly applied): apply it again, record
+    /// nothing new.
+    pub again: bool,
 }
 
-/// One audit line the plan asks for: (kind, item).
-pub type AuditLine = (&'static str, Item);
+/// One audit line the plan asks for: (kind, item, detail).
+pub type AuditLine = (&'static str, Item, Option<String>);
+
+/// How a domain decides a batch's items (pure). Files use [`Generic`] (`decide` per item);
+/// accounts merge by their own rules (`accounts::sync::plan`).
+pub trait Planner: Send + Sync + std::fmt::Debug {
+    fn plan(&self, pc: &PlanCtx, items: Vec<Incoming>, observed: Vec<Observed>) -> Plan;
+}
+
+/// The planner of files: [`plan`].
+#[derive(Debug, Default)]
+pub struct Generic;
+
+impl Planner for Generic {
+    fn plan(&self, pc: &PlanCtx, items: Vec<Incoming>, observed: Vec<Observed>) -> Plan {
+        plan(pc, items, observed)
+    }
+}
 
 /// What planning a batch produced.
 #[derive(Debug, Default)]
@@ -158,6 +178,7 @@ fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, out: &mut Plan) {
                 as_sent,
                 attempts,
                 had_conflict,
+                again: false,
             });
         }
         Decision::Keep { item, conflict } => {
@@ -210,7 +231,7 @@ fn note_conflict(pc: &PlanCtx, key: &[u8], c: &Conflict, winner: &Item, out: &mu
             ""
         }
     );
-    out.audit.push(("conflict", winner.clone()));
+    out.audit.push(("conflict", winner.clone(), None));
     out.conflicts
         .push((key.to_vec(), Some(resolved_info(c, kept, pc.now))));
 }
@@ -246,7 +267,7 @@ fn unresolved(
             conflict.nodes.join(" and "),
             name::show(&remote.key)
         );
-        out.audit.push(("conflict", remote.clone()));
+        out.audit.push(("conflict", remote.clone(), None));
     }
     out.conflicts.push((remote.key.clone(), Some(info)));
 }

@@ -1,0 +1,423 @@
+//! The four files of one root, indexed by name: which accounts are managed, their records,
+//! the managed members of every group, and the lines that could not be read (pure; no I/O).
+//!
+//! A [`View`] is built once per read or apply in one pass over the lines (no record is made
+//! for an account nobody asks about): name → line maps of the four tables, the uid/gid and
+//! primary gid of every user, and which users and groups are managed
+//! ([`ManagedSet`](super::ManagedSet)). Records are made on demand ([`View::user`],
+//! [`View::group`], [`View::members_of`]), so a caller that looks only at what changed pays
+//! only for that.
+//!
+//! A managed account whose lines cannot be turned into a valid record (a malformed line, a
+//! duplicate name, text that is not UTF-8, a field [`validate`](super::validate) refuses) is
+//! reported by [`View::problems`] by file, line and name, so it is neither sent nor taken for
+//! deleted. Problems never quote a line.
+
+use super::db::{self, AccountFiles, DbFile, Table};
+use super::managed::Policy;
+use super::model::{AccountId, Aging, Group, Secret, User, shown_bytes};
+use super::validate::{InvalidRecord, check_name, validate_group, validate_user};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// A managed account that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadProblem {
+    /// The account, when its name is UTF-8: the engine must not take it for deleted.
+    pub account: Option<AccountId>,
+    pub file: DbFile,
+    /// 1-based.
+    pub line: usize,
+    /// The name, escaped for messages.
+    pub name: String,
+    pub kind: ProblemKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The line does not have the fields of its file.
+    Malformed,
+    /// A second line with the same name (the first one is used by the system).
+    Duplicate,
+    /// A field is not UTF-8.
+    NotUtf8,
+    /// The record is refused by validation (a name the files cannot hold unambiguously…).
+    Invalid(InvalidRecord),
+}
+
+impl fmt::Display for ReadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "/etc/{} line {}: account {}: ",
+            self.file, self.line, self.name
+        )?;
+        match &self.kind {
+            ProblemKind::Malformed => {
+                f.write_str("malformed line, not synced (fix it with vipw/vigr)")
+            }
+            ProblemKind::Duplicate => {
+                f.write_str("duplicate name, not synced (remove one of the lines with vipw/vigr)")
+            }
+            ProblemKind::NotUtf8 => f.write_str("a field is not UTF-8, not synced"),
+            ProblemKind::Invalid(e) => write!(f, "{e}, not synced"),
+        }
+    }
+}
+
+/// What one `passwd` entry is.
+#[derive(Debug, Clone, Copy)]
+pub struct UserLine {
+    pub line: usize,
+    pub uid: u32,
+    pub gid: u32,
+    pub managed: bool,
+}
+
+/// What one `group` entry is.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLine {
+    pub line: usize,
+    pub gid: u32,
+    pub managed: bool,
+}
+
+/// The four tables with their lookups.
+pub struct View<'f> {
+    pub files: &'f AccountFiles,
+    /// First parsed `passwd` line of each name.
+    pub users: HashMap<&'f [u8], UserLine>,
+    /// First parsed `group` line of each name.
+    pub groups: HashMap<&'f [u8], GroupLine>,
+    /// uid → name of its first user; gid → name of its first group.
+    pub uids: HashMap<u32, &'f [u8]>,
+    pub gids: HashMap<u32, &'f [u8]>,
+    /// First `shadow` / `gshadow` line of each name.
+    pub shadow: HashMap<&'f [u8], usize>,
+    pub gshadow: HashMap<&'f [u8], usize>,
+    /// Names with more than one line in passwd / group (the lines after the first).
+    pub dup_users: HashMap<&'f [u8], usize>,
+    pub dup_groups: HashMap<&'f [u8], usize>,
+    /// Lines that do not parse but may be a managed account's (names for messages).
+    pub malformed: Vec<(DbFile, usize, &'f [u8])>,
+}
+
+impl<'f> View<'f> {
+    /// Index the tables (one pass, no record made).
+    pub fn new(files: &'f AccountFiles, policy: &Policy) -> View<'f> {
+        let mut v = View {
+            files,
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            uids: HashMap::new(),
+            gids: HashMap::new(),
+            shadow: HashMap::new(),
+            gshadow: HashMap::new(),
+            dup_users: HashMap::new(),
+            dup_groups: HashMap::new(),
+            malformed: Vec::new(),
+        };
+        let mut pw_malformed = Vec::new();
+        for (i, l) in files.passwd.lines().iter().enumerate() {
+            let Some(name) = db::entry_name(l) else {
+                continue;
+            };
+            match db::parse_pw(l) {
+                Some(pw) => {
+                    if v.users.contains_key(name) {
+                        v.dup_users.insert(name, i);
+                        continue;
+                    }
+                    let managed =
+                        std::str::from_utf8(name).is_ok_and(|n| policy.set.user(n, pw.uid));
+                    v.users.insert(
+                        name,
+                        UserLine {
+                            line: i,
+                            uid: pw.uid,
+                            gid: pw.gid,
+                            managed,
+                        },
+                    );
+                    v.uids.entry(pw.uid).or_insert(name);
+                }
+                None => pw_malformed.push((i, name, l)),
+            }
+        }
+        for (i, name, l) in pw_malformed {
+            if maybe_managed(policy, l, name, &|n, id| policy.set.user(n, id)) {
+                v.malformed.push((DbFile::Passwd, i, name));
+            }
+        }
+        let mut gr_malformed = Vec::new();
+        for (i, l) in files.group.lines().iter().enumerate() {
+            let Some(name) = db::entry_name(l) else {
+                continue;
+            };
+            match db::parse_gr(l) {
+                Some(gr) => {
+                    if v.groups.contains_key(name) {
+                        v.dup_groups.insert(name, i);
+                        continue;
+                    }
+                    let owner = v.users.get(name).map(|u| (u.uid, u.gid));
+                    let managed =
+                        std::str::from_utf8(name).is_ok_and(|n| policy.set.group(n, gr.gid, owner));
+                    v.groups.insert(
+                        name,
+                        GroupLine {
+                            line: i,
+                            gid: gr.gid,
+                            managed,
+                        },
+                    );
+                    v.gids.entry(gr.gid).or_insert(name);
+                }
+                None => gr_malformed.push((i, name, l)),
+            }
+        }
+        for (i, name, l) in gr_malformed {
+            let owner = v.users.get(name).map(|u| (u.uid, u.gid));
+            if maybe_managed(policy, l, name, &|n, id| policy.set.group(n, id, owner)) {
+                v.malformed.push((DbFile::Group, i, name));
+            }
+        }
+        if let Some(t) = &files.shadow {
+            v.shadow = first_lines(t);
+        }
+        if let Some(t) = &files.gshadow {
+            v.gshadow = first_lines(t);
+        }
+        v
+    }
+
+    /// Names of the managed users, sorted.
+    pub fn managed_users(&self) -> BTreeSet<&'f [u8]> {
+        self.users
+            .iter()
+            .filter(|(_, u)| u.managed)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Names of the managed groups, sorted.
+    pub fn managed_groups(&self) -> BTreeSet<&'f [u8]> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.managed)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Whether `name` is a managed user here.
+    pub fn is_managed_user(&self, name: &[u8]) -> bool {
+        self.users.get(name).is_some_and(|u| u.managed)
+    }
+
+    /// The record of managed user `name` (`None`: no such managed user), or why it cannot be
+    /// read.
+    pub fn user(&self, name: &[u8], policy: &Policy) -> Option<Result<User, ReadProblem>> {
+        let u = self.users.get(name).filter(|u| u.managed)?;
+        let problem = |file, line: usize, kind| ReadProblem {
+            account: std::str::from_utf8(name)
+                .ok()
+                .map(|n| AccountId::User(n.to_string())),
+            file,
+            line: line + 1,
+            name: shown_bytes(name),
+            kind,
+        };
+        if let Some(&i) = self.dup_users.get(name) {
+            return Some(Err(problem(DbFile::Passwd, i, ProblemKind::Duplicate)));
+        }
+        let line = self.files.passwd.line(u.line);
+        let Some(pw) = db::parse_pw(line) else {
+            return Some(Err(problem(DbFile::Passwd, u.line, ProblemKind::Malformed)));
+        };
+        let sp = match (self.files.shadow.as_ref(), self.shadow.get(name)) {
+            (Some(t), Some(&i)) => match db::parse_sp(t.line(i)) {
+                Some(sp) => Some(sp),
+                None => return Some(Err(problem(DbFile::Shadow, i, ProblemKind::Malformed))),
+            },
+            _ => None,
+        };
+        let (hash, aging) = match sp {
+            Some(sp) if pw.passwd == b"x" => (sp.hash, sp.aging),
+            _ => (pw.passwd, Aging::default()),
+        };
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let (Some(n), Some(gecos), Some(home), Some(shell), Some(hash)) = (
+            text(pw.name),
+            text(pw.gecos),
+            text(pw.home),
+            text(pw.shell),
+            text(hash),
+        ) else {
+            return Some(Err(problem(DbFile::Passwd, u.line, ProblemKind::NotUtf8)));
+        };
+        let (password, aging) = if policy.passwords {
+            (Some(Secret::new(hash)), aging)
+        } else {
+            (
+                None,
+                Aging {
+                    last_change: None,
+                    ..aging
+                },
+            )
+        };
+        let rec = User {
+            name: n,
+            uid: pw.uid,
+            gid: pw.gid,
+            gecos,
+            home,
+            shell,
+            password,
+            aging,
+        };
+        Some(match validate_user(&rec, &policy.set) {
+            Ok(()) => Ok(rec),
+            Err(e) => Err(problem(DbFile::Passwd, u.line, ProblemKind::Invalid(e))),
+        })
+    }
+
+    /// The record of managed group `name`, like [`View::user`].
+    pub fn group(&self, name: &[u8], policy: &Policy) -> Option<Result<Group, ReadProblem>> {
+        let g = self.groups.get(name).filter(|g| g.managed)?;
+        let problem = |file, line: usize, kind| ReadProblem {
+            account: std::str::from_utf8(name)
+                .ok()
+                .map(|n| AccountId::Group(n.to_string())),
+            file,
+            line: line + 1,
+            name: shown_bytes(name),
+            kind,
+        };
+        if let Some(&i) = self.dup_groups.get(name) {
+            return Some(Err(problem(DbFile::Group, i, ProblemKind::Duplicate)));
+        }
+        let Some(gr) = db::parse_gr(self.files.group.line(g.line)) else {
+            return Some(Err(problem(DbFile::Group, g.line, ProblemKind::Malformed)));
+        };
+        let sg = match (self.files.gshadow.as_ref(), self.gshadow.get(name)) {
+            (Some(t), Some(&i)) => match db::parse_sg(t.line(i)) {
+                Some(sg) => Some(sg),
+                None => return Some(Err(problem(DbFile::Gshadow, i, ProblemKind::Malformed))),
+            },
+            _ => None,
+        };
+        let (hash, admins) = match sg {
+            Some(sg) => (sg.hash, db::list(sg.admins)),
+            None => (gr.passwd, Vec::new()),
+        };
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let admins: Option<Vec<String>> = admins.into_iter().map(text).collect();
+        let (Some(n), Some(hash), Some(admins)) = (text(gr.name), text(hash), admins) else {
+            return Some(Err(problem(DbFile::Group, g.line, ProblemKind::NotUtf8)));
+        };
+        let rec = Group {
+            name: n,
+            gid: gr.gid,
+            password: policy.passwords.then(|| Secret::new(hash)),
+            admins,
+        };
+        Some(match validate_group(&rec) {
+            Ok(()) => Ok(rec),
+            Err(e) => Err(problem(DbFile::Group, g.line, ProblemKind::Invalid(e))),
+        })
+    }
+
+    /// The raw member field of group `name` (`None`: no such group).
+    pub fn member_field(&self, name: &[u8]) -> Option<&'f [u8]> {
+        let g = self.groups.get(name)?;
+        db::parse_gr(self.files.group.line(g.line)).map(|gr| gr.members)
+    }
+
+    /// The managed users listed as members of group `name`, sorted and unique (`None`: no
+    /// such group). Names that are not UTF-8 are never managed.
+    pub fn members_of(&self, name: &[u8]) -> Option<Vec<String>> {
+        let field = self.member_field(name)?;
+        let mut v: Vec<String> = db::list(field)
+            .into_iter()
+            .filter(|m| self.is_managed_user(m))
+            .filter_map(|m| String::from_utf8(m.to_vec()).ok())
+            .collect();
+        v.sort();
+        v.dedup();
+        Some(v)
+    }
+
+    /// Every managed account that cannot be read, and lines that may be one.
+    pub fn problems(&self, policy: &Policy) -> Vec<ReadProblem> {
+        let mut out = self.problems_malformed();
+        for n in self.managed_users() {
+            if let Some(Err(p)) = self.user(n, policy) {
+                out.push(p);
+            }
+        }
+        for n in self.managed_groups() {
+            if let Some(Err(p)) = self.group(n, policy) {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| (p.file, p.line));
+        out
+    }
+
+    /// Lines that do not parse but may be a managed account's.
+    pub fn problems_malformed(&self) -> Vec<ReadProblem> {
+        let mut out = Vec::new();
+        for (file, i, name) in &self.malformed {
+            out.push(ReadProblem {
+                account: std::str::from_utf8(name).ok().map(|n| match file {
+                    DbFile::Passwd | DbFile::Shadow => AccountId::User(n.to_string()),
+                    _ => AccountId::Group(n.to_string()),
+                }),
+                file: *file,
+                line: i + 1,
+                name: shown_bytes(name),
+                kind: ProblemKind::Malformed,
+            });
+        }
+        out.sort_by_key(|p| (p.file, p.line));
+        out
+    }
+}
+
+fn first_lines(t: &Table) -> HashMap<&[u8], usize> {
+    let mut m = HashMap::with_capacity(t.lines().len());
+    for (i, l) in t.lines().iter().enumerate() {
+        if let Some(n) = db::entry_name(l) {
+            m.entry(n).or_insert(i);
+        }
+    }
+    m
+}
+
+/// Whether a malformed line may be a managed account's: its name is listed in `users`, or
+/// its name is valid and its id (third field) is managed or unreadable. Such lines are
+/// problems, so the account is not taken for deleted.
+fn maybe_managed(
+    policy: &Policy,
+    line: &[u8],
+    name: &[u8],
+    managed: &dyn Fn(&str, u32) -> bool,
+) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    if policy.set.user_names().any(|u| u == name) {
+        return true;
+    }
+    if check_name(name).is_err() {
+        return false;
+    }
+    let id = line
+        .split(|&c| c == b':')
+        .nth(2)
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .and_then(|f| f.parse::<u32>().ok());
+    id.is_none_or(|id| managed(name, id))
+}
