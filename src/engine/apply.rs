@@ -598,6 +598,12 @@ impl<'a> Fs<'a> {
         let sm = self.set_meta(m);
         if item.key == gp.as_bytes() && m.kind == Kind::Dir {
             let real = name::real(&self.ctx.root, gp.as_bytes());
+            let known = local.is_some_and(|l| l.item.kind() == Some(Kind::Dir));
+            if known && !real.is_dir() {
+                // a group path this node had is gone (an unmounted disk): never made again
+                // here, where the disk is not; the group stops on its next look
+                return Err(other(&item.key, "the group path is missing on this node"));
+            }
             std::fs::create_dir_all(&real).map_err(|e| other(&item.key, e))?;
             let fd = crate::fs::safefs::open_group_dir(&self.ctx.root, gp)?;
             crate::fs::safefs::set_meta_fd(&fd, &sm).map_err(|e| other(&item.key, e))?;
