@@ -27,7 +27,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "clustersync",
-    version,
+    version = crate::release::line(),
     about = "Keep directory trees, files and accounts identical across the servers of a cluster"
 )]
 pub struct Args {

@@ -198,6 +198,42 @@ pub enum LinkError {
     Bye { peer: String, reason: String },
     #[error("no Hello from {0} in time")]
     NoHello(String),
+    /// The peer answered our `Hello` with `Bye`: it refuses this link (its reason says why,
+    /// e.g. [`crate::net::protocol::BYE_UNKNOWN_KEY`]).
+    #[error("{peer} refused the link: {reason}")]
+    Refused { peer: String, reason: String },
+    /// The peer closed the connection before its `Hello`: what a previous release does when
+    /// it does not know our key.
+    #[error("{0} closed the connection before its Hello")]
+    ClosedBeforeHello(String),
+}
+
+impl LinkError {
+    /// The link ended before the peer's `Hello`: it never came up (a failed dial, not a
+    /// link that ended).
+    pub fn before_hello(&self) -> bool {
+        matches!(
+            self,
+            LinkError::NoHello(_) | LinkError::Refused { .. } | LinkError::ClosedBeforeHello(_)
+        )
+    }
+}
+
+/// Refuse an authenticated connection before `Hello`: tell the peer why in a `Bye` (in its
+/// protocol version), then close.
+pub(crate) async fn refuse(wire: Wire, reason: &str) {
+    let Wire {
+        mut writer,
+        version,
+        ..
+    } = wire;
+    let bye = Msg::Bye {
+        reason: reason.to_string(),
+    };
+    if let Some(frame) = encode_for(version, &bye) {
+        let _ = writer.send_frame(&frame).await;
+    }
+    writer.shutdown().await;
 }
 
 fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
@@ -328,7 +364,7 @@ fn parse_hello(peer: &str, version: u32, frame: &[u8]) -> Result<PeerHello, Link
             groups,
             settings_known: true,
         }),
-        Ok(Msg::Bye { reason }) => Err(LinkError::Bye {
+        Ok(Msg::Bye { reason }) => Err(LinkError::Refused {
             peer: peer.to_string(),
             reason,
         }),
@@ -431,10 +467,18 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         ..
     } = wire;
     let hello = our_hello(&ctx, &peer, version)?;
-    writer.send_frame(&hello).await?;
+    // a peer that closes at once (before or after our Hello reached it) refused the link
+    let closed = |e: TransportError| match e {
+        TransportError::Closed | TransportError::Io(_) => {
+            LinkError::ClosedBeforeHello(peer.clone())
+        }
+        e => LinkError::Transport(e),
+    };
+    writer.send_frame(&hello).await.map_err(closed)?;
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv_frame(HANDSHAKE_TIMEOUT))
         .await
-        .map_err(|_| LinkError::NoHello(peer.clone()))??;
+        .map_err(|_| LinkError::NoHello(peer.clone()))?
+        .map_err(closed)?;
     let hello = match parse_hello(&peer, version, &first).and_then(|h| {
         if h.node != peer {
             return Err(violation(
@@ -1052,11 +1096,13 @@ fn build_batch(
         rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
     };
     for e in entries {
-        if e.item.version.is_empty() && !is_root(&e.item.key) {
+        if e.item.version.is_empty() && (!is_root(&e.item.key) || version < 4) {
             // adopted without a version (a replica's files): ours alone, never sent. A group
             // path directory nobody changed yet is sent unversioned: it gives way to any
             // versioned one, and between unversioned ones the conflict policy picks the
-            // same on every node, so fresh nodes agree on its mode and mtime
+            // same on every node, so fresh nodes agree on its mode and mtime. Protocol 3
+            // refuses any item without a version (and drops the link): a new or reset node
+            // keeps its unversioned root to itself there, as a replica keeps its files
             last_seq = last_seq.max(e.seq);
             continue;
         }

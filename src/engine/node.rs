@@ -152,6 +152,9 @@ pub struct PeerState {
     config_logged: Option<Instant>,
     /// A dial is in progress.
     dialing: bool,
+    /// The cipher suite this peer took when it refused our preferred one (a protocol-3
+    /// release): later dials start with it, so it does not refuse (and audit) every connect.
+    suite: Option<crate::net::transport::Suite>,
 }
 
 /// The connected peers and what is known of the others.
@@ -902,22 +905,37 @@ async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let allowed = |id: &str| ctx.node_by_id(id).is_some_and(|n| n != ctx.name);
-            let link = crate::net::transport::accept(stream, &ctx.ident, allowed).await;
+            // every key completes the handshake; one that is not a configured peer's is then
+            // refused with a `Bye` saying so (the dialler has authenticated us: it can report
+            // why instead of dialling again at once), and nothing else is sent or accepted
+            let link = crate::net::transport::accept(stream, &ctx.ident, |_| true).await;
             drop(permit);
             match link {
                 Ok(wire) => {
-                    let Some(peer) = ctx.node_by_id(&wire.remote_id) else {
+                    let peer = ctx.node_by_id(&wire.remote_id).filter(|n| *n != ctx.name);
+                    let refusal = match &peer {
+                        None => Some((
+                            format!("peer key {} is not a configured node id", wire.remote_id),
+                            format!(
+                                "{}: {}'s config has no node with id {}",
+                                crate::net::protocol::BYE_UNKNOWN_KEY,
+                                ctx.name,
+                                wire.remote_id
+                            ),
+                        )),
+                        Some(p) if ctx.shared_groups(p).is_empty() => {
+                            let why = format!("{p} shares no group with {}", ctx.name);
+                            Some((why.clone(), why))
+                        }
+                        Some(_) => None,
+                    };
+                    let (Some(peer), None) = (peer, refusal.as_ref()) else {
+                        if let Some((log, bye)) = refusal {
+                            ctx.links.refused(&ctx.audit, &addr.to_string(), &log);
+                            link::refuse(wire, &bye).await;
+                        }
                         return;
                     };
-                    if ctx.shared_groups(&peer).is_empty() {
-                        ctx.links.refused(
-                            &ctx.audit,
-                            &addr.to_string(),
-                            &format!("{peer} shares no group with this node"),
-                        );
-                        return;
-                    }
                     if let Err(e) = link::run(ctx.clone(), wire, peer.clone()).await {
                         tracing::debug!(peer = %peer, "link ended: {e}");
                     }
@@ -939,7 +957,8 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         .id
         .clone()
         .ok_or_else(|| format!("[nodes.{peer}] has no id in the config"))?;
-    let mut suite = Suite::preferred();
+    let remembered = lock(&ctx.links.peers).get(peer).and_then(|p| p.suite);
+    let mut suite = remembered.unwrap_or_else(Suite::preferred);
     loop {
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
@@ -954,7 +973,17 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         })?
         .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
         let e = match crate::net::transport::connect(stream, &ctx.ident, peer, &id, suite).await {
-            Ok(link) => return Ok(link),
+            Ok(link) => {
+                // a protocol-3 peer took the fallback: start with it next time; a newer
+                // release answers every suite it knows, so an upgraded peer gets the
+                // preferred one again from its next connect on
+                let keep = (link.version < 4 && suite != Suite::preferred()).then_some(suite);
+                lock(&ctx.links.peers)
+                    .entry(peer.to_string())
+                    .or_default()
+                    .suite = keep;
+                return Ok(link);
+            }
             Err(e) => e,
         };
         if let TransportError::SuiteRefused(s) = &e
@@ -979,8 +1008,68 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
 }
 
 /// Half the wait before the first new attempt to reach a peer (each failure doubles it, up to
-/// 5 s, or 60 s for a key mismatch).
+/// 5 s, or 60 s for a key mismatch or a peer that refuses this node's key).
 const FIRST_RETRY: Duration = Duration::from_millis(4);
+/// The longest wait between attempts to reach a peer that refuses this node (its key, or the
+/// link): a config has to change before it can work.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+/// A link that ends sooner than this after it came up counts as a failed dial (the peer closes
+/// it at once, again and again): the next dial waits as after a failure.
+const SHORT_LINK: Duration = Duration::from_secs(1);
+
+/// What a link that ended says for the next dial: `None` when the link was up (dial again at
+/// once), else the longest wait before the next attempt. A link the peer refused before its
+/// `Hello` is recorded as this peer's error for `status` and `sync`, logged once per change of
+/// reason ([`Links::set_error`]).
+pub(crate) fn link_ended(
+    ctx: &Ctx,
+    peer: &str,
+    ended: Result<(), link::LinkError>,
+    lasted: Duration,
+) -> Option<Duration> {
+    use link::LinkError;
+    let e = match ended {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let me = &ctx.name;
+    let id = ctx.ident.id();
+    let fix = format!(
+        "put this node's id into the config on {peer} ([nodes.{me}] id = \"{id}\", as `clustersync id` prints it here; the same file on every node), then reload {peer} (`systemctl reload clustersync`)"
+    );
+    let (why, max) = match &e {
+        LinkError::Refused { reason, .. }
+            if reason.starts_with(crate::net::protocol::BYE_UNKNOWN_KEY) =>
+        {
+            (
+                format!("{peer} refused this node's key ({reason}): {fix}"),
+                REFUSED_RETRY_MAX,
+            )
+        }
+        LinkError::ClosedBeforeHello(_) => (
+            format!(
+                "{peer} closed the link right after the handshake, without a word: it probably refused this node's key (its release does not say why); {fix}"
+            ),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Refused { reason, .. } => (
+            format!("{peer} refused the link: {reason}"),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Bye { reason, .. } => {
+            ctx.links
+                .set_error(peer, format!("{peer} closed the link: {reason}"));
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+        e if e.before_hello() => (e.to_string(), Duration::from_secs(5)),
+        e => {
+            tracing::debug!(peer, "link ended: {e}");
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+    };
+    ctx.links.set_error(peer, why);
+    Some(max)
+}
 
 async fn dialer(ctx: Arc<Ctx>, peer: String) {
     let mut shutdown = ctx.shutdown_rx();
@@ -1003,16 +1092,17 @@ async fn dialer(ctx: Arc<Ctx>, peer: String) {
                 .dialing = false;
             match r {
                 Ok(wire) => {
-                    backoff = FIRST_RETRY;
-                    match link::run(ctx.clone(), wire, peer.clone()).await {
-                        Err(link::LinkError::Bye { reason, .. }) => {
-                            ctx.links
-                                .set_error(&peer, format!("{peer} closed the link: {reason}"));
+                    let t0 = Instant::now();
+                    let ended = link::run(ctx.clone(), wire, peer.clone()).await;
+                    match link_ended(&ctx, &peer, ended, t0.elapsed()) {
+                        // the link was up: dial again at once
+                        None => {
+                            backoff = FIRST_RETRY;
+                            continue;
                         }
-                        Err(e) => tracing::info!(peer = %peer, "link ended: {e}"),
-                        Ok(()) => {}
+                        // refused right after the handshake: a failed dial
+                        Some(max) => backoff = (backoff * 2).min(max),
                     }
-                    continue;
                 }
                 Err(e) => {
                     let wrong_key = e.starts_with("key mismatch");

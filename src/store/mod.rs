@@ -106,6 +106,8 @@ pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
 pub const SCHEMA_VERSION: u64 = 5;
+/// The oldest schema this build reads (migrated in place on open: 3 -> 4 -> 5).
+pub const MIN_SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ITEMS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("items");
@@ -138,7 +140,9 @@ pub enum StoreError {
         msg: String,
     },
     #[error(
-        "index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION} and older; a newer release wrote it"
+        "index {path} has schema version {found}, this clustersync ({}) reads {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}; {} (nothing was changed; see CHANGELOG.md, \"Going back\")",
+        crate::release::VERSION,
+        if *found > SCHEMA_VERSION { "a newer release wrote it: run that release, or restore the state directory saved before the upgrade, or move the index aside so that this node joins every group as new" } else { "a development build wrote it" }
     )]
     Schema { path: PathBuf, found: u64 },
 }
@@ -481,7 +485,7 @@ impl Store {
                 migrate::v4_to_v5(&st.db, path)?;
             }
             Some(4) => migrate::v4_to_v5(&st.db, path)?,
-            Some(v) if v < 3 => {
+            Some(v) if v < MIN_SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
                     path: path.into(),
                     found: v,
