@@ -117,14 +117,26 @@ impl Backups {
             .join(format!("{}.json", hex(&crate::fs::chunk::hash(path))))
     }
 
-    /// Path of a stored object of `group`.
+    /// Path of a stored object of `group` (in a store of the 0.1 layout that its daemon has
+    /// not moved over yet: where that layout keeps it).
     pub fn object(&self, group: &str, hash: &str) -> PathBuf {
-        self.group_dir(group).join("objects").join(hash)
+        let p = self.group_dir(group).join("objects").join(hash);
+        let old = self.dir.join("objects").join(hash);
+        if !p.exists() && old.is_file() { old } else { p }
     }
 
-    /// The kept versions of `path`, newest first.
+    /// The kept versions of `path`, newest first. A store of the 0.1 layout is read where it
+    /// is: a command line of this release works before the daemon of 0.1 is restarted (which
+    /// moves the store over, [`Backups::open`]).
     pub fn list(&self, group: &str, path: &[u8]) -> Vec<BackupInfo> {
-        read_list(&self.list_path(group, path))
+        let list = read_list(&self.list_path(group, path));
+        if !list.is_empty() {
+            return list;
+        }
+        let old = self
+            .group_dir(group)
+            .join(format!("{}.json", hex(&crate::fs::chunk::hash(path))));
+        read_list(&old)
     }
 
     fn write_list(&self, group: &str, path: &[u8], list: &[BackupInfo]) -> Result<(), BackupError> {
@@ -519,6 +531,13 @@ mod tests {
             serde_json::to_vec(&[info]).unwrap(),
         )
         .unwrap();
+        // a command line of this release reads it before the old daemon is restarted
+        let before = Backups::new(&dir);
+        assert_eq!(before.list("www", b"/srv/www/x").len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(before.object("www", "abc")).unwrap(),
+            "old"
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let b = Backups::open(&dir).unwrap();
         assert_eq!(b.list("www", b"/srv/www/x").len(), 1);
