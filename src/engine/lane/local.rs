@@ -380,7 +380,8 @@ impl Lane {
                     g: &self.g,
                 };
                 if let Ok(place) = fs.place(&key, false) {
-                    fs.backup(&place, &e);
+                    // the drifted file stays in place (until a revert): a copy, private
+                    fs.backup_copy(&place, &e);
                 }
             }
         }
