@@ -480,8 +480,10 @@ async fn daemon(s: &Settings) -> Result<u8> {
                         tracing::info!("SIGHUP: reloading {}", s.config_path.display());
                         let _ = notify::reloading();
                         set_current(&current, None);
+                        // the metrics live on: counters never go back, uptime is the daemon's
+                        let metrics = node.ctx.metrics.clone();
                         node.stop().await;
-                        match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
+                        match Node::start_keeping(c, &s.node, s.state_dir.clone(), opts, Some(metrics)).await {
                             Ok(n) => {
                                 node = n;
                                 set_current(&current, Some(node.ctx.clone()));

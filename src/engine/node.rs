@@ -699,6 +699,18 @@ impl Node {
         state_dir: PathBuf,
         opts: Opts,
     ) -> Result<Node, NodeError> {
+        Node::start_keeping(cfg, name, state_dir, opts, None).await
+    }
+
+    /// [`Node::start`] with the metrics of the node it replaces (a SIGHUP reload): counters
+    /// and `uptime_seconds` go on from where they were instead of starting from zero.
+    pub async fn start_keeping(
+        cfg: Config,
+        name: &str,
+        state_dir: PathBuf,
+        opts: Opts,
+        metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    ) -> Result<Node, NodeError> {
         let me = cfg
             .node(name)
             .cloned()
@@ -734,7 +746,7 @@ impl Node {
         }
         let backups = Backups::open(&state_dir.join("backups"))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let metrics = Arc::new(crate::ops::metrics::Metrics::new());
+        let metrics = metrics.unwrap_or_else(|| Arc::new(crate::ops::metrics::Metrics::new()));
         let mut specs = Vec::new();
         for g in groups.values() {
             for (i, a) in g.cfg.actions.iter().enumerate() {
