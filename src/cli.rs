@@ -738,8 +738,17 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
                     ),
                 ));
             }
+            // the index's own time: when it last recorded a change (the file's time, taken
+            // before opening it, for an index of an older release)
+            let file_time = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             let ix = crate::store::Store::open(&path)?;
-            crate::engine::status::offline(&s.node, &cfg, &ix)?
+            let mut st = crate::engine::status::offline(&s.node, &cfg, &ix)?;
+            let written = ix
+                .written()?
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .or(file_time);
+            st.as_of = written.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            st
         }
         Err(e) => return Err(e.into()),
     };
@@ -752,9 +761,10 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         println!("node {}", st.node);
     } else {
         println!(
-            "node {}: no daemon running (state as of {})",
+            "node {}: the daemon is not running (no daemon answers on {}); its index as last written at {}:",
             st.node,
-            st.as_of.as_deref().unwrap_or("unknown")
+            control::socket_path(&s.state_dir).display(),
+            st.as_of.as_deref().unwrap_or("an unknown time")
         );
     }
     for g in &st.groups {

@@ -643,6 +643,12 @@ fn a_sighup_reload_keeps_metrics_counters_and_uptime() {
         true
     });
     eprintln!("changes sent, uptime: {before:?} before the reload, {after:?} after");
-    assert!(after.0 >= before.0, "a counter went back: {before:?} -> {after:?}");
-    assert!(after.1 >= before.1, "uptime went back: {before:?} -> {after:?}");
+    assert!(
+        after.0 >= before.0,
+        "a counter went back: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 >= before.1,
+        "uptime went back: {before:?} -> {after:?}"
+    );
 }

@@ -7,7 +7,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending` | u64 |
+//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending`, `written` (Unix seconds of the last commit; additive, no schema change) | u64 |
 //! | `items` | (group, [`enc`]oded key) | postcard [`QuickStat`] then postcard [`Entry`] |
 //! | `by_seq4` | (group, seq) | encoded key |
 //! | `tombs` | (group, seq) | encoded key (tombstones only, for collection) |
@@ -551,6 +551,12 @@ impl Store {
         Ok(meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value()))
     }
 
+    /// When this index last recorded a change (Unix seconds), if it ever did since the key
+    /// exists (0.3).
+    pub fn written(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_get("written")
+    }
+
     /// Highest sequence number given out so far.
     pub fn max_seq(&self) -> Result<u64, StoreError> {
         Ok(self.meta_get("seq")?.unwrap_or(0))
@@ -874,6 +880,10 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
             meta.insert("seq", next).map_err(|e| self.err(e))?;
+            // when this index last recorded a change, in Unix seconds (`status` without a
+            // daemon shows it; the file's own time moves whenever anything opens it)
+            meta.insert("written", now / 1_000_000)
+                .map_err(|e| self.err(e))?;
             stats_t
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;
