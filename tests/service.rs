@@ -34,6 +34,28 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Issue 22 item 12: the unit's comment names where the package puts it (cargo-deb installs
+/// `[package.metadata.deb.systemd-units]` into /usr/lib/systemd/system, not /lib/...).
+#[test]
+fn unit_comment_names_the_path_the_package_installs_it_to() {
+    let unit = read("dist/clustersync.service");
+    let head: String = unit
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        head.contains(" /usr/lib/systemd/system/clustersync.service."),
+        "{head}"
+    );
+    assert!(!head.contains(" /lib/systemd"), "{head}");
+    let cargo = read("Cargo.toml");
+    assert!(
+        cargo.contains("[package.metadata.deb.systemd-units]"),
+        "the package installs the unit"
+    );
+}
+
 #[test]
 fn unit_is_a_notify_service_that_does_not_restart_on_config_errors() {
     let s = unit_settings();
