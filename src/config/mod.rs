@@ -53,6 +53,7 @@
 //! | `[[groups.NAME.actions]] timeout` | duration, then the command is killed | `"60s"` |
 //! | `[[groups.NAME.actions]] logfile` | absolute path the command's output is appended to | none (the log) |
 //! | `[metrics] stale_after` | how long remote changes may wait unapplied before `/health` says 503 | `"10s"` |
+//! | `[metrics] listen` | optional when every node has `[nodes.NAME] metrics` | none |
 //!
 //! Sizes and rates take decimal units (kB, MB, GB, TB: powers of 1000) or binary ones (KiB,
 //! MiB, GiB, TiB: powers of 1024); a rate ends in `/s`.
@@ -264,8 +265,9 @@ pub struct AccountsConfig {
 /// The `[metrics]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// `host:port` of the HTTP listener.
-    pub listen: String,
+    /// `host:port` of the HTTP listener of every node without a `metrics =` of its own;
+    /// `None` when every node has one (then `[metrics]` only holds `stale_after`).
+    pub listen: Option<String>,
     /// How long remote changes may be known but not applied before `/health` answers 503;
     /// default 10 s; never zero.
     pub stale_after: Duration,

@@ -835,7 +835,7 @@ impl Node {
             let maddr = me
                 .metrics
                 .clone()
-                .or_else(|| ctx.cfg.metrics.as_ref().map(|m| m.listen.clone()));
+                .or_else(|| ctx.cfg.metrics.as_ref().and_then(|m| m.listen.clone()));
             if let Some(maddr) = maddr {
                 let c = Arc::downgrade(&ctx);
                 ctx.metrics.set_collector(Arc::new(move |m| {
