@@ -249,7 +249,7 @@ fn multi_file_config_with_includes_passes_check_config() {
     assert!(
         c.groups["www"].actions[0]
             .run
-            .contains("\"$CLUSTERSYNC_PATHS\""),
+            .contains("\"$CLUSTERSYNC_REAL_PATHS\""),
         "{:?}",
         c.groups["www"].actions
     );

@@ -652,3 +652,38 @@ fn a_sighup_reload_keeps_metrics_counters_and_uptime() {
         "uptime went back: {before:?} -> {after:?}"
     );
 }
+
+/// Issue 22 item 10: on a node with a `root` (every node of the harness has one), an action
+/// gets the root and the paths where they are on that machine, so the csync2 importer's
+/// translation of `exec "... %%"` acts on the node's own files, not on the host's.
+#[test]
+fn a_translated_csync2_action_acts_on_the_receiving_nodes_own_files() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let out = c.dir.path().join("wc.out");
+    let run = clustersync::import::translate::translate_exec(&format!(
+        "wc -c %% >> {} 2>&1; echo \"root=$CLUSTERSYNC_ROOT\" >> {}",
+        out.display(),
+        out.display()
+    ));
+    append_cfg(
+        &c,
+        &format!(
+            "[[groups.www.actions]]\npattern = [\"*.conf\"]\nrun = {}\n",
+            toml::Value::String(run.clone())
+        ),
+    );
+    c.start_all();
+    write(&c.path("a", "site.conf"), "12345");
+    wait_until("the action on b", WAIT, || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("root="))
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    let real = c.path("b", "site.conf");
+    eprintln!("{run}\n{text}");
+    assert!(text.contains(&format!("5 {}", real.display())), "{text}");
+    assert!(
+        text.contains(&format!("root={}", c.node("b").root.display())),
+        "{text}"
+    );
+    assert!(!text.contains("No such file"), "{text}");
+}

@@ -776,7 +776,10 @@ impl Node {
             });
             let (runner, task) = crate::ops::actions::ActionRunner::start(
                 specs,
-                crate::ops::actions::RunnerOptions::new(name),
+                crate::ops::actions::RunnerOptions {
+                    root: me.root.clone(),
+                    ..crate::ops::actions::RunnerOptions::new(name)
+                },
                 hook,
                 shutdown_rx.clone(),
             )

@@ -44,9 +44,11 @@
 //!   action's `pattern`s (an action without patterns ran for every file of the group: `/**`),
 //!   `logfile` (unless `/dev/null`, csync2's default), and `local = true` for `do-local`.
 //!   `do-local-only` (run only where the change was made) has no equivalent: `local = true`
-//!   plus a note. `%%` (csync2's list of changed files, joined by spaces) becomes the paths of
-//!   `$CLUSTERSYNC_PATHS`, one argument each: `printf '%s\n' "$CLUSTERSYNC_PATHS" | xargs -d
-//!   '\n' CMD` when `%%` ends a plain command, else `xargs -d '\n' sh -c 'BEFORE "$@" AFTER' sh`.
+//!   plus a note. `%%` (csync2's list of changed files, joined by spaces, as they are on the
+//!   host: with its prefix) becomes the paths of `$CLUSTERSYNC_REAL_PATHS` (the changed paths
+//!   with the node's `root`, so a node with a root acts on its own files), one argument each:
+//!   `printf '%s\n' "$CLUSTERSYNC_REAL_PATHS" | xargs -d '\n' CMD` when `%%` ends a plain
+//!   command, else `xargs -d '\n' sh -c 'BEFORE "$@" AFTER' sh`.
 //! - **Backups.** `backup-generations N` → `backup_generations = N`; without it, csync2's
 //!   default of 3. csync2 keeps backups only with a `backup-directory`; clustersync always
 //!   keeps them in its state dir, so the directory is not carried over (noted), and a group
@@ -1081,7 +1083,7 @@ impl Translation<'_> {
                     comments.push(format!("csync2 {}: exec \"{}\"", e.loc, e.value));
                     comments.push(
                         "(%% was csync2's list of changed files; here they come from \
-                         $CLUSTERSYNC_PATHS, one per line)"
+                         $CLUSTERSYNC_REAL_PATHS, one per line, with this node's root)"
                             .to_owned(),
                     );
                 }
@@ -1348,13 +1350,13 @@ fn fnmatch_leading(pattern: &str, path: &str) -> bool {
 }
 
 /// A csync2 `exec` with its first `%%` (the changed files, joined by spaces; csync2 leaves any
-/// later `%%` as it is) turned into the paths of `$CLUSTERSYNC_PATHS` (one per line), passed
-/// as one argument each.
+/// later `%%` as it is) turned into the paths of `$CLUSTERSYNC_REAL_PATHS` (one per line, with
+/// the node's root prefix, where the files are on that machine), passed as one argument each.
 pub fn translate_exec(cmd: &str) -> String {
     if !cmd.contains("%%") {
         return cmd.to_owned();
     }
-    let feed = "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n'";
+    let feed = "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n'";
     // csync2 replaces the first `%%` only.
     let parts: Vec<&str> = cmd.splitn(2, "%%").collect();
     let before = parts[0].trim();
@@ -1621,12 +1623,12 @@ mod tests {
         assert_eq!(a[0].logfile.as_deref(), Some(Path::new("/var/log/a.log")));
         assert_eq!(
             a[1].run,
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' touch /run/x"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' touch /run/x"
         );
         assert_eq!(a[2].pattern, ["/**"]);
         assert_eq!(
             a[2].run,
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' sh -c '/usr/bin/notify \"$@\" --now' sh"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' sh -c '/usr/bin/notify \"$@\" --now' sh"
         );
         assert!(a[2].local && a[2].logfile.is_none());
         assert_eq!(a[3].pattern, ["x"]);
@@ -1660,11 +1662,11 @@ mod tests {
         );
         assert_eq!(
             translate_exec("/usr/bin/x %%"),
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' /usr/bin/x"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' /usr/bin/x"
         );
         assert_eq!(
             translate_exec("cd /srv && make %% 'a' %%"),
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' sh -c 'cd /srv && make \"$@\" '\\''a'\\'' %%' sh"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' sh -c 'cd /srv && make \"$@\" '\\''a'\\'' %%' sh"
         );
     }
 
