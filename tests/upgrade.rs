@@ -240,3 +240,36 @@ fn this_command_line_lists_and_restores_what_an_earlier_daemon_kept() {
         );
     }
 }
+
+/// SPEC §5.15 with issue 22 item 11: an exclude anchored at one group path (new in 0.3) means
+/// nothing to 0.2, which would send what this node refuses: the group is paused with that peer
+/// and this node's status names the setting, while the link stays up.
+#[test]
+fn a_setting_the_previous_release_cannot_honour_is_named_and_pauses_its_group() {
+    let Some(prev) = earlier("CS_PREV_BIN", "0.2.0") else {
+        return;
+    };
+    let mut c = Cluster::new(
+        &["a", "b"],
+        Opts {
+            group_extra: "exclude = [\"/srv/www/cache\"]".into(),
+            ..Default::default()
+        },
+    );
+    c.set_bin("b", Some(&prev));
+    c.start_all();
+    wait_until("a to name the setting b cannot honour", WAIT, || {
+        c.status("a").is_some_and(|s| {
+            let p = peer_of(&s, "b");
+            p["connected"] == true
+                && p["error"].as_str().is_some_and(|e| {
+                    e.contains("exclude \"/srv/www/cache\"") && e.contains("older release")
+                })
+        })
+    });
+    assert!(
+        log_lines(&c, "a", &[" ERROR ", "not understood by b"]).len() == 1,
+        "{}",
+        c.log("a")
+    );
+}

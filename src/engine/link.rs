@@ -457,6 +457,33 @@ fn agree_groups(
     (out, problems)
 }
 
+/// Settings of this release that a peer of an older one (protocol before 5) cannot honour
+/// pause their group on this link, named like a config difference (SPEC §5.15): an exclude
+/// anchored at one group path (0.3) matches nothing there, so that peer would send what this
+/// node refuses.
+fn newer_settings(
+    ctx: &Ctx,
+    peer: &str,
+    version: u32,
+    groups: &mut HashMap<String, LinkGroup>,
+    problems: &mut Vec<String>,
+) {
+    if version >= 5 {
+        return;
+    }
+    for (name, lg) in groups.iter_mut().filter(|(_, lg)| lg.paused.is_none()) {
+        let Some(g) = ctx.group(name) else { continue };
+        let anchored = crate::local::filter::anchored(&g.cfg);
+        if let Some(p) = anchored.first() {
+            let why = format!(
+                "group {name}: exclude {p:?} (anchored at one path, since 0.3) is not understood by {peer}, which runs an older release (protocol {version}); nothing of the group is exchanged with {peer} until it is upgraded"
+            );
+            problems.push(why.clone());
+            lg.paused = Some(why);
+        }
+    }
+}
+
 /// Run an authenticated link with `peer` until it ends.
 pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkError> {
     let Wire {
@@ -535,7 +562,8 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
             }
         }
     }
-    let (groups, problems) = agree_groups(&ctx, &peer, &hello);
+    let (mut groups, mut problems) = agree_groups(&ctx, &peer, &hello);
+    newer_settings(&ctx, &peer, version, &mut groups, &mut problems);
     ctx.links.set_config_problems(&peer, problems);
 
     let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);

@@ -23,7 +23,9 @@
 //!   inside another one collapsed into it, an include that covers earlier excludes cancelling
 //!   them, as in csync2); a path `exclude` becomes an exclude relative to the group path it
 //!   falls in (`exclude /var/www/cache` with path `/var/www` → `/cache`, anchored, which as a
-//!   directory excludes everything below, like `FNM_LEADING_DIR`); a basename `exclude` becomes
+//!   directory excludes everything below, like `FNM_LEADING_DIR`), written with that path in
+//!   front when the group has several paths (`/var/www/cache`: it then applies below that path
+//!   only, as in csync2, not below the others); a basename `exclude` becomes
 //!   a gitignore name pattern (matched at any depth, like csync2's basename match), and a
 //!   basename `include` after one becomes its negation (`!name`). Name patterns come first and
 //!   path excludes last, so that a path exclude always wins, as in csync2. An `include` with
@@ -909,36 +911,45 @@ impl Translation<'_> {
 
         let mut path_excludes = Vec::new();
         for (e, loc) in excludes {
-            let Some(rel) = paths.iter().find_map(|p| relative_pattern(&e, p)) else {
-                continue;
-            };
-            let (rel, exact) = gitignore_stars(&rel);
-            if !exact {
-                self.note(
-                    &loc,
-                    sec(),
-                    format!(
-                        "exclude {e}: in csync2 a pattern with '**' lets every '*' match '/'; \
-                         written as {rel}, where a single '*' stays within one directory"
-                    ),
-                );
+            // below each group path it falls in, and there only: with several paths, the
+            // exclude is written with its path in front, which anchors it at that path
+            let hits: Vec<(&String, String)> = paths
+                .iter()
+                .filter_map(|p| relative_pattern(&e, p).map(|r| (p, r)))
+                .collect();
+            for (p, rel) in hits {
+                let (rel, exact) = gitignore_stars(&rel);
+                if !exact {
+                    self.note(
+                        &loc,
+                        sec(),
+                        format!(
+                            "exclude {e}: in csync2 a pattern with '**' lets every '*' match '/'; \
+                             written as {rel}, where a single '*' stays within one directory"
+                        ),
+                    );
+                }
+                if let Err(why) = check_pattern(&rel) {
+                    self.note(&loc, sec(), format!("exclude {e} not carried over: {why}"));
+                    continue;
+                }
+                if paths.len() == 1 {
+                    path_excludes.push(rel);
+                } else if p != "/" {
+                    path_excludes.push(format!("{p}{rel}"));
+                } else {
+                    self.note(
+                        &loc,
+                        sec(),
+                        format!(
+                            "exclude {e} is written {rel}, relative to each path of the group: \
+                             clustersync applies it under every path of the group, csync2 only \
+                             below /"
+                        ),
+                    );
+                    path_excludes.push(rel);
+                }
             }
-            if let Err(why) = check_pattern(&rel) {
-                self.note(&loc, sec(), format!("exclude {e} not carried over: {why}"));
-                continue;
-            }
-            if paths.len() > 1 {
-                self.note(
-                    &loc,
-                    sec(),
-                    format!(
-                        "exclude {e} is written {rel}, relative to each path of the group: \
-                         clustersync applies it under every path of the group, csync2 only where \
-                         it was"
-                    ),
-                );
-            }
-            path_excludes.push(rel);
         }
         let mut exclude = Vec::new();
         for n in names {
@@ -1490,12 +1501,27 @@ mod tests {
         assert_eq!(
             g.exclude,
             [
-                "*~", ".*", "\\!bang", "\\#hash", "!keep.me", "/cache", "/*/tmp", "/**/.svn"
+                "*~",
+                ".*",
+                "\\!bang",
+                "\\#hash",
+                "!keep.me",
+                "/var/www/cache",
+                "/var/www/*/tmp",
+                "/var/www/**/.svn"
             ]
         );
         assert_noted(&i, 7, "it never matched");
         assert_noted(&i, 8, "compare /etc/passwd not carried over");
-        assert_noted(&i, 4, "applies it under every path of the group");
+        // issue 22 item 11: anchored at /var/www, not applied below /etc/nginx
+        let f = crate::local::filter::Filter::new(g).unwrap();
+        use crate::local::filter::Want;
+        assert_eq!(f.want("/var/www", b"/var/www/site/tmp", true), Want::Skip);
+        assert_eq!(
+            f.want("/etc/nginx", b"/etc/nginx/site/tmp", true),
+            Want::Sync
+        );
+        assert_eq!(f.want("/etc/nginx", b"/etc/nginx/cache", true), Want::Sync);
     }
 
     #[test]
