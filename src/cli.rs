@@ -159,11 +159,23 @@ pub enum Cmd {
     Man,
 }
 
-/// The manual page clustersync(1), generated from these definitions.
+/// The manual page clustersync(1): `dist/clustersync.1`, written by hand (every command,
+/// every configuration key with its default, exit status, signals, files, examples; checked
+/// against these definitions and the configuration's keys by `tests/service.rs`), with this
+/// release filled in.
 pub fn man_page() -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Args::command()).render(&mut out)?;
-    Ok(out)
+    Ok(include_str!("../dist/clustersync.1")
+        .replace("@VERSION@", crate::release::VERSION)
+        .into_bytes())
+}
+
+/// The names of the commands, as `clustersync --help` lists them (hidden ones left out).
+pub fn command_names() -> Vec<String> {
+    Args::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect()
 }
 
 /// The completion script for `shell`.

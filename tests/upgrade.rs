@@ -273,3 +273,78 @@ fn a_setting_the_previous_release_cannot_honour_is_named_and_pauses_its_group() 
         c.log("a")
     );
 }
+
+/// SPEC §5.15 / CHANGELOG "Going back": the previous release refuses this release's index with
+/// a clear message and changes nothing; the documented ways back work (the state directory
+/// saved before the upgrade, or the index moved aside: the node joins as new).
+#[test]
+fn going_back_to_the_previous_release_is_refused_plainly_and_the_documented_ways_work() {
+    let Some(prev) = earlier("CS_PREV_BIN", "0.2.0") else {
+        return;
+    };
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    c.set_bin("a", Some(&prev));
+    c.set_bin("b", Some(&prev));
+    write(&c.path("a", "f"), "made on 0.2");
+    c.start_all();
+    c.wait_converged("0.2");
+    // the upgrade of a, with the state directory saved first
+    c.stop("a");
+    let state = c.node("a").state.clone();
+    let saved = state.with_file_name("state.0.2");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&state)
+            .arg(&saved)
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.set_bin("a", None);
+    c.start("a");
+    write(&c.path("b", "g"), "made while a runs 0.3");
+    c.wait_converged("a on 0.3");
+    c.stop("a");
+    // 0.2 on the 0.3 index: refused, nothing changed (redb rewrites its header on any open,
+    // so what is compared is what the index holds, read by this release)
+    let index = state.join("index.redb");
+    let held = |c: &Cluster| {
+        let (_, out, err) = status_by(c, "a", BIN);
+        let st: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{err}"));
+        (st["groups"][0]["files"].clone(), st["as_of"].clone())
+    };
+    let before = held(&c);
+    let out = Command::new(&prev)
+        .arg("-c")
+        .arg(&c.cfg)
+        .args(["--node", "a", "--state-dir"])
+        .arg(&state)
+        .arg("daemon")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("0.2 on a 0.3 index: {:?}: {e}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("schema version 5") && e.contains("newer release"),
+        "{e}"
+    );
+    assert_eq!(held(&c), before, "the index changed");
+    // way back 1: the saved state directory
+    std::fs::rename(&state, state.with_file_name("state.0.3")).unwrap();
+    std::fs::rename(&saved, &state).unwrap();
+    c.set_bin("a", Some(&prev));
+    c.start("a");
+    c.wait_converged("a back on 0.2 from the saved state");
+    assert!(c.path("a", "g").exists());
+    // way back 2: the index moved aside (the node joins as new: deletes nothing)
+    c.stop("a");
+    std::fs::rename(&state, state.with_file_name("state.0.2-used")).unwrap();
+    std::fs::rename(state.with_file_name("state.0.3"), &state).unwrap();
+    std::fs::rename(&index, state.join("index.redb.0.3")).unwrap();
+    c.start("a");
+    write(&c.path("b", "h"), "after going back");
+    c.wait_converged("a back on 0.2 with a new index");
+    assert!(c.path("a", "f").exists() && c.path("a", "h").exists());
+}

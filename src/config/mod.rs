@@ -74,6 +74,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use values::{check_host, check_pattern, normalise_path, valid_name};
+
+/// Every key of the file, by table (`cluster`, `nodes.NAME`, `groups.NAME`,
+/// `groups.NAME.actions`, `accounts`, `metrics`): what the manual page must describe.
+pub fn keys() -> Vec<(&'static str, Vec<&'static str>)> {
+    use de::fields_of;
+    use raw::*;
+    vec![
+        ("cluster", fields_of::<RawCluster>()),
+        ("nodes.NAME", fields_of::<RawNode>()),
+        ("groups.NAME", fields_of::<RawGroup>()),
+        ("groups.NAME.actions", fields_of::<RawAction>()),
+        ("accounts", fields_of::<RawAccounts>()),
+        ("metrics", fields_of::<RawMetrics>()),
+    ]
+}
 pub use write::Annotations;
 
 /// Where the configuration file is read from unless `-c/--config` or `CLUSTERSYNC_CONFIG`
