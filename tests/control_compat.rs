@@ -188,6 +188,21 @@ impl FakeDaemon {
     }
 }
 
+/// Run this command line as node a with the arguments of a recorded exchange: the output and
+/// its stdout and stderr as text.
+fn run_recorded(c: &Cluster, x: &Value) -> (std::process::Output, String, String) {
+    let args: Vec<&str> = x["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let out = c.cli("a", &args);
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, so, se)
+}
+
 /// Neither works nor says what to do: a decoding error shown as it is.
 fn decoding_error(stderr: &str) -> bool {
     (stderr.contains("missing field")
@@ -206,17 +221,7 @@ fn this_command_line_reads_the_previous_daemons_answers() {
     let recorded = exchanges(&fixtures("0.2.0").join("cli-0.3.0"));
     let daemon = FakeDaemon::serve(&sock, recorded.clone());
     for (name, x) in &recorded {
-        let args: Vec<&str> = x["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
-        let out = c.cli("a", &args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
+        let (out, so, se) = run_recorded(&c, x);
         eprintln!("{name}: exit {:?}\n{so}{se}", out.status.code());
         assert_eq!(
             daemon.last(),
@@ -295,17 +300,7 @@ fn this_command_line_against_a_daemon_two_releases_back_works_or_says_to_restart
     let recorded = exchanges(&dir);
     let _daemon = FakeDaemon::serve(&sock, recorded.clone());
     for (name, x) in &recorded {
-        let args: Vec<&str> = x["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
-        let out = c.cli("a", &args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
+        let (out, so, se) = run_recorded(&c, x);
         eprintln!(
             "{name} (0.1 daemon): exit {:?}\n{so}{se}",
             out.status.code()

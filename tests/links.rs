@@ -397,16 +397,7 @@ fn a_reinstalled_node_whose_key_its_peers_do_not_know_backs_off_and_says_what_to
     }
     assert!(!log.contains("link ended"), "{log}");
     // `sync` names the refusal at once (it waited out --timeout and said "not connected")
-    let (out, took) = timed(|| cli_with(&c, "a", &a_cfg, &["sync", "--timeout", "30s"]));
-    let (o, e) = texts(&out);
-    eprintln!("sync on the reinstalled node: {took:?}: {e}");
-    assert_eq!(out.status.code(), Some(4), "{o}{e}");
-    assert!(
-        e.lines()
-            .any(|l| l.starts_with("could not reach b: ") && l.contains("refused this node's key")),
-        "{e}"
-    );
-    assert!(took < Duration::from_secs(10), "sync took {took:?}");
+    sync_says_at_once_that_its_key_was_refused(&c, "a", &a_cfg, "b");
     // once the others know the new key (the shared config updated and reloaded), a connects
     std::fs::copy(&a_cfg, &c.cfg).unwrap();
     for p in ["b", "c"] {
@@ -466,16 +457,31 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
     );
     // c itself, whose key the others do not know: its daemon dials b (which sorts before it;
     // a is stopped) for the sync, b refuses the key after the handshake, and c says so at once
-    let (out, took) = timed(|| cli_with(&c, "c", &c_cfg, &["sync", "--timeout", "20s"]));
+    sync_says_at_once_that_its_key_was_refused(&c, "c", &c_cfg, "b");
+}
+
+/// `sync` on `node` (run with its own config `cfg`) exits 4 at once (well within its
+/// `--timeout`) naming `peer`'s refusal of this node's key (issue 22 item 12).
+fn sync_says_at_once_that_its_key_was_refused(
+    c: &Cluster,
+    node: &str,
+    cfg: &std::path::Path,
+    peer: &str,
+) {
+    let (out, took) = timed(|| cli_with(c, node, cfg, &["sync", "--timeout", "30s"]));
     let (o, e) = texts(&out);
-    eprintln!("sync on the node with the new key: {took:?}: {e}");
+    eprintln!("sync on {node}, whose key {peer} refuses: {took:?}: {e}");
     assert_eq!(out.status.code(), Some(4), "{o}{e}");
     assert!(
         e.lines()
-            .any(|l| l.starts_with("could not reach b: ") && l.contains("refused this node's key")),
+            .any(|l| l.starts_with(&format!("could not reach {peer}: "))
+                && l.contains("refused this node's key")),
         "{e}"
     );
-    assert!(took < Duration::from_secs(10), "sync on c took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "sync on {node} took {took:?}"
+    );
 }
 
 #[test]
