@@ -933,10 +933,10 @@ async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
                     let refusal = match &peer {
                         None => Some((
                             format!("peer key {} is not a configured node id", wire.remote_id),
+                            // what the dialler already knows: its own id (not this node's name)
                             format!(
-                                "{}: {}'s config has no node with id {}",
+                                "{}: the config here has no node with id {}",
                                 crate::net::protocol::BYE_UNKNOWN_KEY,
-                                ctx.name,
                                 wire.remote_id
                             ),
                         )),
