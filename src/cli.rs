@@ -27,7 +27,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "clustersync",
-    version,
+    version = crate::release::line(),
     about = "Keep directory trees, files and accounts identical across the servers of a cluster"
 )]
 pub struct Args {
@@ -159,11 +159,23 @@ pub enum Cmd {
     Man,
 }
 
-/// The manual page clustersync(1), generated from these definitions.
+/// The manual page clustersync(1): `dist/clustersync.1`, written by hand (every command,
+/// every configuration key with its default, exit status, signals, files, examples; checked
+/// against these definitions and the configuration's keys by `tests/service.rs`), with this
+/// release filled in.
 pub fn man_page() -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Args::command()).render(&mut out)?;
-    Ok(out)
+    Ok(include_str!("../dist/clustersync.1")
+        .replace("@VERSION@", crate::release::VERSION)
+        .into_bytes())
+}
+
+/// The names of the commands, as `clustersync --help` lists them (hidden ones left out).
+pub fn command_names() -> Vec<String> {
+    Args::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect()
 }
 
 /// The completion script for `shell`.
@@ -480,8 +492,10 @@ async fn daemon(s: &Settings) -> Result<u8> {
                         tracing::info!("SIGHUP: reloading {}", s.config_path.display());
                         let _ = notify::reloading();
                         set_current(&current, None);
+                        // the metrics live on: counters never go back, uptime is the daemon's
+                        let metrics = node.ctx.metrics.clone();
                         node.stop().await;
-                        match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
+                        match Node::start_keeping(c, &s.node, s.state_dir.clone(), opts, Some(metrics)).await {
                             Ok(n) => {
                                 node = n;
                                 set_current(&current, Some(node.engine()));
@@ -742,8 +756,17 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
                     ),
                 ));
             }
+            // the index's own time: when it last recorded a change (the file's time, taken
+            // before opening it, for an index of an older release)
+            let file_time = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             let ix = crate::store::Store::open(&path)?;
-            crate::engine::status::offline(&s.node, &cfg, &ix)?
+            let mut st = crate::engine::status::offline(&s.node, &cfg, &ix)?;
+            let written = ix
+                .written()?
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .or(file_time);
+            st.as_of = written.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            st
         }
         Err(e) => return Err(e.into()),
     };
@@ -756,9 +779,10 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         println!("node {}", st.node);
     } else {
         println!(
-            "node {}: no daemon running (state as of {})",
+            "node {}: the daemon is not running (no daemon answers on {}); its index as last written at {}:",
             st.node,
-            st.as_of.as_deref().unwrap_or("unknown")
+            control::socket_path(&s.state_dir).display(),
+            st.as_of.as_deref().unwrap_or("an unknown time")
         );
     }
     for g in &st.groups {

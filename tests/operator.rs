@@ -393,12 +393,28 @@ fn status_exit_codes_in_sync_peer_down_group_stopped_conflict_and_no_daemon() {
     assert!(out.status.success(), "{}", texts(&out).1);
     wait_until("status 0 after resolve", WAIT, || code(&c) == Some(0));
 
-    // no daemon -> 1, and it says so
+    // no daemon -> 1, and it says so, with the time of the index (not the time of asking)
     c.stop("a");
+    let stopped_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(2100));
     let out = c.cli("a", &["status"]);
     let (o, _) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{o}");
-    assert!(o.contains("no daemon running (state as of"), "{o}");
+    assert!(
+        o.contains("the daemon is not running (no daemon answers on"),
+        "{o}"
+    );
+    let st = c.status("a").unwrap();
+    assert_eq!(st["daemon"], false);
+    let as_of = st["as_of"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !as_of.is_empty() && as_of <= stopped_at,
+        "the index's own time, not the time of asking: as_of {as_of}, stopped at {stopped_at}"
+    );
+    assert!(
+        o.contains(&format!("its index as last written at {as_of}")),
+        "{o}"
+    );
     // SPEC §5.6 / issue 11: "a stopped group says in status what happened and what to run"
     assert!(
         stopped.contains("clustersync "),

@@ -121,7 +121,7 @@ impl<'s> Checker<'s> {
             None => None,
         };
         let metrics = match raw.metrics {
-            Some(m) => Some(self.metrics(m)?),
+            Some(m) => Some(self.metrics(m, &nodes)?),
             None => None,
         };
         Ok(Config {
@@ -836,22 +836,43 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn metrics(&self, m: RawMetrics) -> Result<MetricsConfig> {
-        let Some(l) = &m.listen else {
-            return Err(self.missing(
-                "metrics",
-                "listen",
-                "the HTTP address to serve, e.g. \"127.0.0.1:9373\"",
-            ));
+    /// `[metrics]`: `listen` is needed unless every node has a `metrics =` of its own.
+    fn metrics(
+        &self,
+        m: RawMetrics,
+        nodes: &BTreeMap<String, NodeConfig>,
+    ) -> Result<MetricsConfig> {
+        let listen = match &m.listen {
+            Some(l) => {
+                let raw = l.get_ref();
+                Some(normalise_address(raw, None).map_err(|why| {
+                    self.err(
+                        &l.span(),
+                        "metrics.listen",
+                        format!("bad listen address {raw:?}: {why}"),
+                    )
+                })?)
+            }
+            None => {
+                let without: Vec<&str> = nodes
+                    .values()
+                    .filter(|n| n.metrics.is_none())
+                    .map(|n| n.name.as_str())
+                    .collect();
+                if !without.is_empty() {
+                    return Err(self.missing(
+                        "metrics",
+                        "listen",
+                        &format!(
+                            "the HTTP address to serve, e.g. \"127.0.0.1:9373\" (or give each node its own `metrics =`; {} {} none)",
+                            without.join(", "),
+                            if without.len() == 1 { "has" } else { "have" }
+                        ),
+                    ));
+                }
+                None
+            }
         };
-        let raw = l.get_ref();
-        let listen = normalise_address(raw, None).map_err(|why| {
-            self.err(
-                &l.span(),
-                "metrics.listen",
-                format!("bad listen address {raw:?}: {why}"),
-            )
-        })?;
         let stale_after = match &m.stale_after {
             Some(s) => self
                 .duration(

@@ -134,7 +134,7 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
     }
     if let Some(m) = &c.metrics {
         let metrics = RawMetrics {
-            listen: Some(unplaced(m.listen.clone())),
+            listen: m.listen.clone().map(unplaced),
             stale_after: (m.stale_after != DEFAULT_STALE_AFTER)
                 .then(|| unplaced(Scalar::Str(format_duration(m.stale_after)))),
         };

@@ -23,6 +23,7 @@
 use crate::config::Owners;
 use crate::engine::group::GroupRt;
 use crate::engine::node::Ctx;
+use crate::fs::backup::Kept;
 use crate::fs::chunk::MAX_CHUNK;
 use crate::fs::safefs::{FsError, NewInstall, Place, SetMeta, Temp};
 use crate::fs::xattr;
@@ -333,19 +334,43 @@ impl<'a> Fs<'a> {
         }
     }
 
-    /// Keep the current content of the file at `place` (described by `local`) as a backup.
-    pub fn backup(&self, place: &Place, local: &Entry) {
+    /// Keep the current content of the file at `place` (described by `local`) as a backup,
+    /// by a hard link: the caller replaces or removes the file, then [`Fs::seal`]s the result.
+    pub fn backup(&self, place: &Place, local: &Entry) -> Kept {
+        self.backup_as(place, local, true)
+    }
+
+    /// [`Fs::backup`] of a file that stays in place: a private copy.
+    pub fn backup_copy(&self, place: &Place, local: &Entry) {
+        let _ = self.backup_as(place, local, false);
+    }
+
+    /// Make a kept version private (0600) now that its file was replaced or removed.
+    pub fn seal(&self, kept: &Kept) {
+        self.ctx.backups.seal(kept);
+    }
+
+    fn backup_as(&self, place: &Place, local: &Entry, by_link: bool) -> Kept {
         if self.g.cfg.backup_generations == 0 || local.item.kind() != Some(Kind::File) {
-            return;
+            return Kept::default();
         }
         let group = self.g.name();
-        match self
-            .ctx
-            .backups
-            .keep(group, place, local, self.g.cfg.backup_generations)
-        {
-            Err(e) => tracing::warn!(group, "backup of {}: {e}", local.item.show()),
-            Ok(_) => self.ctx.audit_item(group, "backup", &local.item, None),
+        let b = &self.ctx.backups;
+        let n = self.g.cfg.backup_generations;
+        let r = if by_link {
+            b.keep(group, place, local, n)
+        } else {
+            b.keep_copy(group, place, local, n)
+        };
+        match r {
+            Err(e) => {
+                tracing::warn!(group, "backup of {}: {e}", local.item.show());
+                Kept::default()
+            }
+            Ok(kept) => {
+                self.ctx.audit_item(group, "backup", &local.item, None);
+                kept
+            }
         }
     }
 
@@ -478,13 +503,13 @@ impl<'a> Fs<'a> {
                 path: item.show().into_owned(),
             });
         }
-        if let Some(l) = local
-            && l.item.kind() == Some(Kind::File)
-        {
-            self.backup(place, l);
-        }
+        let kept = match local {
+            Some(l) if l.item.kind() == Some(Kind::File) => self.backup(place, l),
+            _ => Kept::default(),
+        };
         let st = self.clear_dir_for_stat(place, st)?;
         let st = place.install_synced(tmp, st.as_ref())?;
+        self.seal(&kept);
         Ok(self.finish_with(item, Some(st)))
     }
 
@@ -564,13 +589,15 @@ impl<'a> Fs<'a> {
                 path: item.show().into_owned(),
             });
         }
-        if let Some(l) = local
-            && l.item.kind() == Some(Kind::File)
-        {
-            self.backup(&place, l);
-        }
+        let kept = match local {
+            Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+            _ => Kept::default(),
+        };
         match place.remove() {
-            Ok(()) => Ok(Entry::new(item.clone())),
+            Ok(()) => {
+                self.seal(&kept);
+                Ok(Entry::new(item.clone()))
+            }
             Err(e) if e.source.raw_os_error() == Some(libc::ENOTEMPTY) => {
                 let real = name::real(&self.ctx.root, &item.key);
                 let left: Vec<String> = std::fs::read_dir(&real)
@@ -622,15 +649,12 @@ impl<'a> Fs<'a> {
         }
         match m.kind {
             Kind::Dir => {
-                if local
-                    .and_then(|l| l.item.kind())
-                    .is_some_and(|k| k != Kind::Dir)
-                    && let Some(l) = local
-                    && l.item.kind() == Some(Kind::File)
-                {
-                    self.backup(&place, l);
-                }
+                let kept = match local {
+                    Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+                    _ => Kept::default(),
+                };
                 place.make_dir(&sm)?;
+                self.seal(&kept);
                 let fd = place.open_nofollow(true)?;
                 self.apply_xattrs_fd(&fd, m, &item.key)?;
             }
@@ -638,14 +662,14 @@ impl<'a> Fs<'a> {
                 if same_kind && content_same {
                     place.set_meta(Kind::Symlink, &sm)?;
                 } else {
-                    if let Some(l) = local
-                        && l.item.kind() == Some(Kind::File)
-                    {
-                        self.backup(&place, l);
-                    }
+                    let kept = match local {
+                        Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+                        _ => Kept::default(),
+                    };
                     self.clear_dir_for(&place)?;
                     let t = m.target.as_deref().unwrap_or_default();
                     place.make_symlink(t, &sm)?;
+                    self.seal(&kept);
                 }
                 if let Some(filter) = &self.g.xattrs
                     && !m.xattrs.is_empty()

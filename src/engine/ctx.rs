@@ -76,6 +76,8 @@ pub struct TransferStats {
     /// Items received from peers (`records_in` in the previous release).
     #[serde(alias = "records_in")]
     pub items_in: u64,
+    /// Absent in 0.1's answers.
+    #[serde(default)]
     pub items_out: u64,
 }
 

@@ -54,6 +54,42 @@ pub enum LinkError {
     Bye { peer: String, reason: String },
     #[error("no Hello from {0} in time")]
     NoHello(String),
+    /// The peer answered our `Hello` with `Bye`: it refuses this link (its reason says why,
+    /// e.g. [`crate::net::protocol::BYE_UNKNOWN_KEY`]).
+    #[error("{peer} refused the link: {reason}")]
+    Refused { peer: String, reason: String },
+    /// The peer closed the connection before its `Hello`: what a previous release does when
+    /// it does not know our key.
+    #[error("{0} closed the connection before its Hello")]
+    ClosedBeforeHello(String),
+}
+
+impl LinkError {
+    /// The link ended before the peer's `Hello`: it never came up (a failed dial, not a
+    /// link that ended).
+    pub fn before_hello(&self) -> bool {
+        matches!(
+            self,
+            LinkError::NoHello(_) | LinkError::Refused { .. } | LinkError::ClosedBeforeHello(_)
+        )
+    }
+}
+
+/// Refuse an authenticated connection before `Hello`: tell the peer why in a `Bye` (in its
+/// protocol version), then close.
+pub(crate) async fn refuse(wire: Wire, reason: &str) {
+    let Wire {
+        mut writer,
+        version,
+        ..
+    } = wire;
+    let bye = Msg::Bye {
+        reason: reason.to_string(),
+    };
+    if let Some(frame) = encode_for(version, &bye) {
+        let _ = writer.send_frame(&frame).await;
+    }
+    writer.shutdown().await;
 }
 
 fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
@@ -184,7 +220,7 @@ fn parse_hello(peer: &str, version: u32, frame: &[u8]) -> Result<PeerHello, Link
             groups,
             settings_known: true,
         }),
-        Ok(Msg::Bye { reason }) => Err(LinkError::Bye {
+        Ok(Msg::Bye { reason }) => Err(LinkError::Refused {
             peer: peer.to_string(),
             reason,
         }),
@@ -277,6 +313,33 @@ fn agree_groups(
     (out, problems)
 }
 
+/// Settings of this release that a peer of an older one (protocol before 5) cannot honour
+/// pause their group on this link, named like a config difference (SPEC §5.15): an exclude
+/// anchored at one group path (0.3) matches nothing there, so that peer would send what this
+/// node refuses.
+fn newer_settings(
+    ctx: &Ctx,
+    peer: &str,
+    version: u32,
+    groups: &mut HashMap<String, LinkGroup>,
+    problems: &mut Vec<String>,
+) {
+    if version >= 5 {
+        return;
+    }
+    for (name, lg) in groups.iter_mut().filter(|(_, lg)| lg.paused.is_none()) {
+        let Some(g) = ctx.group(name) else { continue };
+        let anchored = crate::local::filter::anchored(&g.cfg);
+        if let Some(p) = anchored.first() {
+            let why = format!(
+                "group {name}: exclude {p:?} (anchored at one path, since 0.3) is not understood by {peer}, which runs an older release (protocol {version}); nothing of the group is exchanged with {peer} until it is upgraded"
+            );
+            problems.push(why.clone());
+            lg.paused = Some(why);
+        }
+    }
+}
+
 /// Exchange `Hello`s: ours first, then the peer's, checked (it names the node its key belongs
 /// to, and a bounded number of groups). A refusal is audited and said to the peer.
 async fn exchange_hello(
@@ -287,10 +350,18 @@ async fn exchange_hello(
     writer: &mut crate::net::transport::LinkWriter,
 ) -> Result<PeerHello, LinkError> {
     let hello = our_hello(ctx, peer, version)?;
-    writer.send_frame(&hello).await?;
+    // a peer that closes at once (before or after our Hello reached it) refused the link
+    let closed = |e: TransportError| match e {
+        TransportError::Closed | TransportError::Io(_) => {
+            LinkError::ClosedBeforeHello(peer.to_string())
+        }
+        e => LinkError::Transport(e),
+    };
+    writer.send_frame(&hello).await.map_err(closed)?;
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv_frame(HANDSHAKE_TIMEOUT))
         .await
-        .map_err(|_| LinkError::NoHello(peer.to_string()))??;
+        .map_err(|_| LinkError::NoHello(peer.to_string()))?
+        .map_err(closed)?;
     let checked = parse_hello(peer, version, &first).and_then(|h| {
         if h.node != peer {
             return Err(violation(
@@ -430,7 +501,8 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     } = wire;
     let hello = exchange_hello(&ctx, &peer, version, &mut reader, &mut writer).await?;
     detect_rollback(&ctx, &peer, &hello)?;
-    let (groups, problems) = agree_groups(&ctx, &peer, &hello);
+    let (mut groups, mut problems) = agree_groups(&ctx, &peer, &hello);
+    newer_settings(&ctx, &peer, version, &mut groups, &mut problems);
     ctx.links.set_config_problems(&peer, problems);
     let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);
     let (bulk_tx, bulk_rx) = mpsc::channel::<Msg>(8);
@@ -1032,12 +1104,14 @@ fn build_batch(
             continue;
         }
         // an account adopted by a node that joined as new is sent unversioned: any versioned
-        // change wins over it
-        if e.item.version.is_empty() && !is_root(&e.item.key) && !accounts {
+        // change wins over it; protocol 3 refuses an unversioned group root
+        if e.item.version.is_empty() && (!is_root(&e.item.key) || version < 4) && !accounts {
             // adopted without a version (a replica's files): ours alone, never sent. A group
             // path directory nobody changed yet is sent unversioned: it gives way to any
             // versioned one, and between unversioned ones the conflict policy picks the
-            // same on every node, so fresh nodes agree on its mode and mtime
+            // same on every node, so fresh nodes agree on its mode and mtime. Protocol 3
+            // refuses any item without a version (and drops the link): a new or reset node
+            // keeps its unversioned root to itself there, as a replica keeps its files
             last_seq = last_seq.max(e.seq);
             continue;
         }

@@ -278,6 +278,7 @@ fn groups_of(cfg: &Config, name: &str) -> Result<BTreeMap<String, Arc<GroupRt>>,
 fn actions_of(
     groups: &BTreeMap<String, Arc<GroupRt>>,
     name: &str,
+    root: &std::path::Path,
     opts: Opts,
     audit: &Arc<Audit>,
     metrics: &Arc<crate::ops::metrics::Metrics>,
@@ -316,7 +317,10 @@ fn actions_of(
     });
     let (runner, task) = crate::ops::actions::ActionRunner::start(
         specs,
-        crate::ops::actions::RunnerOptions::new(name),
+        crate::ops::actions::RunnerOptions {
+            root: root.to_path_buf(),
+            ..crate::ops::actions::RunnerOptions::new(name)
+        },
         hook,
         shutdown,
     )
@@ -333,6 +337,7 @@ fn make_ctx(
     name: &str,
     state_dir: PathBuf,
     opts: Opts,
+    metrics: Option<Arc<crate::ops::metrics::Metrics>>,
 ) -> Result<(Ctx, Option<tokio::task::JoinHandle<()>>), NodeError> {
     let me = cfg
         .node(name)
@@ -347,9 +352,11 @@ fn make_ctx(
     let groups = groups_of(&cfg, name)?;
     let backups = Backups::open(&state_dir.join("backups"))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let metrics = Arc::new(crate::ops::metrics::Metrics::new());
+    // a reload keeps the metrics: counters and uptime go on from where they were
+    let metrics = metrics.unwrap_or_else(|| Arc::new(crate::ops::metrics::Metrics::new()));
     let audit = Arc::new(Audit::open(&state_dir.join("audit.log")));
-    let (actions, action_task) = actions_of(&groups, name, opts, &audit, &metrics, shutdown_rx)?;
+    let (actions, action_task) =
+        actions_of(&groups, name, &me.root, opts, &audit, &metrics, shutdown_rx)?;
     let ctx = Ctx {
         name: name.to_string(),
         root: me.root.clone(),
@@ -432,7 +439,19 @@ impl Node {
         state_dir: PathBuf,
         opts: Opts,
     ) -> Result<Node, NodeError> {
-        let (ctx, action_task) = make_ctx(cfg, name, state_dir, opts)?;
+        Node::start_keeping(cfg, name, state_dir, opts, None).await
+    }
+
+    /// [`Node::start`] with the metrics of the node it replaces (a SIGHUP reload): counters
+    /// and `uptime_seconds` go on from where they were instead of starting from zero.
+    pub async fn start_keeping(
+        cfg: Config,
+        name: &str,
+        state_dir: PathBuf,
+        opts: Opts,
+        metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    ) -> Result<Node, NodeError> {
+        let (ctx, action_task) = make_ctx(cfg, name, state_dir, opts, metrics)?;
         let ctx = Arc::new(ctx);
         let (lanes, mut runs, owners_task) = make_lanes(&ctx);
         let mut tasks: Vec<tokio::task::JoinHandle<()>> =
@@ -517,7 +536,7 @@ async fn start_listening(e: &Engine) -> Result<Vec<tokio::task::JoinHandle<()>>,
         .me
         .metrics
         .clone()
-        .or_else(|| ctx.cfg.metrics.as_ref().map(|m| m.listen.clone()));
+        .or_else(|| ctx.cfg.metrics.as_ref().and_then(|m| m.listen.clone()));
     let Some(maddr) = maddr else {
         return Ok(tasks);
     };
@@ -579,22 +598,37 @@ async fn listen(e: Engine, listener: tokio::net::TcpListener) {
         let lanes = e.lanes.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let allowed = |id: &str| ctx.node_by_id(id).is_some_and(|n| n != ctx.name);
-            let link = crate::net::transport::accept(stream, &ctx.ident, allowed).await;
+            // every key completes the handshake; one that is not a configured peer's is then
+            // refused with a `Bye` saying so (the dialler has authenticated us: it can report
+            // why instead of dialling again at once), and nothing else is sent or accepted
+            let link = crate::net::transport::accept(stream, &ctx.ident, |_| true).await;
             drop(permit);
             match link {
                 Ok(wire) => {
-                    let Some(peer) = ctx.node_by_id(&wire.remote_id) else {
+                    let peer = ctx.node_by_id(&wire.remote_id).filter(|n| *n != ctx.name);
+                    let refusal = match &peer {
+                        None => Some((
+                            format!("peer key {} is not a configured node id", wire.remote_id),
+                            // what the dialler already knows: its own id (not this node's name)
+                            format!(
+                                "{}: the config here has no node with id {}",
+                                crate::net::protocol::BYE_UNKNOWN_KEY,
+                                wire.remote_id
+                            ),
+                        )),
+                        Some(p) if ctx.shared_groups(p).is_empty() => {
+                            let why = format!("{p} shares no group with {}", ctx.name);
+                            Some((why.clone(), why))
+                        }
+                        Some(_) => None,
+                    };
+                    let (Some(peer), None) = (peer, refusal.as_ref()) else {
+                        if let Some((log, bye)) = refusal {
+                            ctx.links.refused(&ctx.audit, &addr.to_string(), &log);
+                            link::refuse(wire, &bye).await;
+                        }
                         return;
                     };
-                    if ctx.shared_groups(&peer).is_empty() {
-                        ctx.links.refused(
-                            &ctx.audit,
-                            &addr.to_string(),
-                            &format!("{peer} shares no group with this node"),
-                        );
-                        return;
-                    }
                     if let Err(e) = link::run(ctx.clone(), lanes, wire, peer.clone()).await {
                         tracing::debug!(peer = %peer, "link ended: {e}");
                     }
@@ -616,7 +650,8 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         .id
         .clone()
         .ok_or_else(|| format!("[nodes.{peer}] has no id in the config"))?;
-    let mut suite = Suite::preferred();
+    let remembered = lock(&ctx.links.peers).get(peer).and_then(|p| p.suite);
+    let mut suite = remembered.unwrap_or_else(Suite::preferred);
     loop {
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
@@ -631,7 +666,17 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         })?
         .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
         let e = match crate::net::transport::connect(stream, &ctx.ident, peer, &id, suite).await {
-            Ok(link) => return Ok(link),
+            Ok(link) => {
+                // a protocol-3 peer took the fallback: start with it next time; a newer
+                // release answers every suite it knows, so an upgraded peer gets the
+                // preferred one again from its next connect on
+                let keep = (link.version < 4 && suite != Suite::preferred()).then_some(suite);
+                lock(&ctx.links.peers)
+                    .entry(peer.to_string())
+                    .or_default()
+                    .suite = keep;
+                return Ok(link);
+            }
             Err(e) => e,
         };
         if let TransportError::SuiteRefused(s) = &e
@@ -656,8 +701,68 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
 }
 
 /// Half the wait before the first new attempt to reach a peer (each failure doubles it, up to
-/// 5 s, or 60 s for a key mismatch).
+/// 5 s, or 60 s for a key mismatch or a peer that refuses this node's key).
 const FIRST_RETRY: Duration = Duration::from_millis(4);
+/// The longest wait between attempts to reach a peer that refuses this node (its key, or the
+/// link): a config has to change before it can work.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+/// A link that ends sooner than this after it came up counts as a failed dial (the peer closes
+/// it at once, again and again): the next dial waits as after a failure.
+const SHORT_LINK: Duration = Duration::from_secs(1);
+
+/// What a link that ended says for the next dial: `None` when the link was up (dial again at
+/// once), else the longest wait before the next attempt. A link the peer refused before its
+/// `Hello` is recorded as this peer's error for `status` and `sync`, logged once per change of
+/// reason ([`Links::set_error`]).
+pub(crate) fn link_ended(
+    ctx: &Ctx,
+    peer: &str,
+    ended: Result<(), link::LinkError>,
+    lasted: Duration,
+) -> Option<Duration> {
+    use link::LinkError;
+    let e = match ended {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let me = &ctx.name;
+    let id = ctx.ident.id();
+    let fix = format!(
+        "put this node's id into the config on {peer} ([nodes.{me}] id = \"{id}\", as `clustersync id` prints it here; the same file on every node), then reload {peer} (`systemctl reload clustersync`)"
+    );
+    let (why, max) = match &e {
+        LinkError::Refused { reason, .. }
+            if reason.starts_with(crate::net::protocol::BYE_UNKNOWN_KEY) =>
+        {
+            (
+                format!("{peer} refused this node's key ({reason}): {fix}"),
+                REFUSED_RETRY_MAX,
+            )
+        }
+        LinkError::ClosedBeforeHello(_) => (
+            format!(
+                "{peer} closed the link right after the handshake, without a word: it probably refused this node's key (its release does not say why); {fix}"
+            ),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Refused { reason, .. } => (
+            format!("{peer} refused the link: {reason}"),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Bye { reason, .. } => {
+            ctx.links
+                .set_error(peer, format!("{peer} closed the link: {reason}"));
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+        e if e.before_hello() => (e.to_string(), Duration::from_secs(5)),
+        e => {
+            tracing::debug!(peer, "link ended: {e}");
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+    };
+    ctx.links.set_error(peer, why);
+    Some(max)
+}
 
 async fn dialer(e: Engine, peer: String) {
     let ctx = e.ctx.clone();
@@ -681,16 +786,17 @@ async fn dialer(e: Engine, peer: String) {
                 .dialing = false;
             match r {
                 Ok(wire) => {
-                    backoff = FIRST_RETRY;
-                    match link::run(ctx.clone(), e.lanes.clone(), wire, peer.clone()).await {
-                        Err(link::LinkError::Bye { reason, .. }) => {
-                            ctx.links
-                                .set_error(&peer, format!("{peer} closed the link: {reason}"));
+                    let t0 = Instant::now();
+                    let ended = link::run(ctx.clone(), e.lanes.clone(), wire, peer.clone()).await;
+                    match link_ended(&ctx, &peer, ended, t0.elapsed()) {
+                        // the link was up: dial again at once
+                        None => {
+                            backoff = FIRST_RETRY;
+                            continue;
                         }
-                        Err(e) => tracing::info!(peer = %peer, "link ended: {e}"),
-                        Ok(()) => {}
+                        // refused right after the handshake: a failed dial
+                        Some(max) => backoff = (backoff * 2).min(max),
                     }
-                    continue;
                 }
                 Err(e) => {
                     let wrong_key = e.starts_with("key mismatch");

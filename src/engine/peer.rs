@@ -175,6 +175,9 @@ pub struct PeerState {
     pub(crate) config_logged: Option<Instant>,
     /// A dial is in progress.
     pub(crate) dialing: bool,
+    /// The cipher suite this peer took when it refused our preferred one (a protocol-3
+    /// release): later dials start with it, so it does not refuse (and audit) every connect.
+    pub(crate) suite: Option<crate::net::transport::Suite>,
 }
 
 /// The connected peers and what is known of the others.

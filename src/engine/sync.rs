@@ -251,7 +251,11 @@ async fn wait_link(
             Ok(wire) => {
                 let (c, l, p) = (ctx.clone(), e.lanes.clone(), peer.to_string());
                 tokio::spawn(async move {
-                    let _ = crate::engine::link::run(c, l, wire, p).await;
+                    let t0 = std::time::Instant::now();
+                    let ended = crate::engine::link::run(c.clone(), l, wire, p.clone()).await;
+                    // a refusal right after the handshake becomes the peer's error, which
+                    // the loop below returns at once
+                    crate::engine::node::link_ended(&c, &p, ended, t0.elapsed());
                 });
             }
             Err(e) if refusal(&e) => return Err(e),

@@ -4,6 +4,16 @@
 //! connection and one JSON [`Response`]; both sides use these types, so a field renamed on one
 //! side is a compile error, not a silent `null`. Requests are small and bounded; the socket is
 //! never exposed to the network.
+//!
+//! **Versions.** After a package upgrade and before the restart, the command line of one
+//! release talks to the daemon of another (SPEC §4). Both sides add `"control"`
+//! ([`CONTROL_VERSION`]) and `"release"` to their JSON object; releases before 0.3 did not
+//! (0.2 sent typed messages tagged `cmd`/`answer`, 0.1 answered with untagged objects).
+//! Messages only gain fields (each side ignores what it does not know), so the answers of 0.2
+//! and 0.3 daemons read both ways; the recorded messages of the previous release in
+//! `tests/fixtures/control/` keep it so. What cannot be read (a request the daemon does not
+//! know, an answer the command line cannot decode) is never shown as a decoding error: it is
+//! [`ControlError::OtherRelease`], which names the daemon's release and says to restart it.
 
 use crate::engine::node::{Ctx, Engine};
 use crate::engine::status::Status;
@@ -16,6 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+
+/// The control protocol of this release: 2 (0.3). 1 is 0.2's typed messages without a
+/// version field, 0 is 0.1's untagged answers.
+pub const CONTROL_VERSION: u64 = 2;
 
 /// Largest accepted request.
 const MAX_REQUEST: u64 = 1024 * 1024;
@@ -121,6 +135,103 @@ pub enum ControlError {
     },
     #[error("bad answer from the daemon: {0}")]
     BadAnswer(String),
+    /// The daemon runs another release than this command line and the two cannot understand
+    /// each other on this command.
+    #[error(
+        "the running daemon is {daemon}, this command line is clustersync {}: {what}. Restart the daemon so that it runs the installed release (`systemctl restart clustersync`), then run the command again",
+        crate::release::VERSION
+    )]
+    OtherRelease { daemon: String, what: String },
+}
+
+/// Which release a daemon runs, from the version fields of its answer (`None` when absent).
+fn describe_daemon(control: Option<u64>, release: Option<&str>, tagged: bool) -> String {
+    match (control, release) {
+        (Some(c), Some(r)) => format!("clustersync {r} (control protocol {c})"),
+        (Some(c), None) => format!("a release of control protocol {c}"),
+        (None, _) if tagged => "an older release (0.2, whose answers carry no version)".into(),
+        (None, _) => "an older release (0.1, whose answers carry no version)".into(),
+    }
+}
+
+/// `value` as a JSON object with this release's version fields added.
+fn with_version(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(mut m) => {
+            m.insert("control".into(), CONTROL_VERSION.into());
+            m.insert("release".into(), crate::release::VERSION.into());
+            serde_json::Value::Object(m)
+        }
+        v => v,
+    }
+}
+
+/// Read the daemon's answer to `req`, whatever release the daemon runs: this release's and
+/// 0.2's answers decode as they are; 0.1's untagged ones are read where their shape is known;
+/// anything else is [`ControlError::OtherRelease`] naming the daemon's release.
+pub fn decode_answer(req: &Request, v: serde_json::Value) -> Result<Response, ControlError> {
+    let control = v.get("control").and_then(|c| c.as_u64());
+    let release = v.get("release").and_then(|r| r.as_str()).map(str::to_owned);
+    let tagged = v.get("answer").is_some();
+    let daemon = || describe_daemon(control, release.as_deref(), tagged);
+    if !tagged && control.is_none() {
+        if let Some(e) = v.get("error").and_then(|e| e.as_str())
+            && e.starts_with("bad request")
+        {
+            return Err(ControlError::OtherRelease {
+                daemon: daemon(),
+                what: format!("it does not understand this command's request ({e})"),
+            });
+        }
+        return from_release_0_1(req, v).ok_or_else(|| ControlError::OtherRelease {
+            daemon: daemon(),
+            what: "its answer to this command cannot be read by this command line".into(),
+        });
+    }
+    match serde_json::from_value::<Response>(v) {
+        // a daemon that does not know the request (an older release, or a newer command
+        // line's request) answers "bad request"
+        Ok(Response::Error { message })
+            if message.starts_with("bad request") && control != Some(CONTROL_VERSION) =>
+        {
+            Err(ControlError::OtherRelease {
+                daemon: daemon(),
+                what: format!("it does not understand this command's request ({message})"),
+            })
+        }
+        Ok(r) => Ok(r),
+        Err(e) if control == Some(CONTROL_VERSION) => Err(ControlError::BadAnswer(e.to_string())),
+        Err(e) => Err(ControlError::OtherRelease {
+            daemon: daemon(),
+            what: format!("its answer cannot be read by this command line ({e})"),
+        }),
+    }
+}
+
+/// An answer of a 0.1 daemon (untagged JSON), where its shape is known.
+fn from_release_0_1(req: &Request, v: serde_json::Value) -> Option<Response> {
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Some(Response::Error {
+            message: e.to_string(),
+        });
+    }
+    match req {
+        Request::Status => serde_json::from_value::<Box<Status>>(v).ok().map(|mut st| {
+            // 0.1's status has no `daemon` field; it came from one
+            st.daemon = true;
+            Response::Status(st)
+        }),
+        Request::Conflicts => serde_json::from_value(v).ok().map(Response::Conflicts),
+        Request::Sync { dry_run: false, .. } => serde_json::from_value(v).ok().map(Response::Sync),
+        Request::Resolve { .. } => {
+            v.get("ok")
+                .and_then(|m| m.as_str())
+                .map(|m| Response::Resolved {
+                    message: m.to_string(),
+                })
+        }
+        _ => None,
+    }
 }
 
 /// Path of the control socket in a state dir.
@@ -150,8 +261,8 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlEr
         path: path.clone(),
         source,
     };
-    let mut line =
-        serde_json::to_string(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let v = serde_json::to_value(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let mut line = with_version(v).to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).await.map_err(io)?;
     let mut answer = String::new();
@@ -160,7 +271,9 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlEr
         .read_line(&mut answer)
         .await
         .map_err(io)?;
-    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    decode_answer(req, v)
 }
 
 /// Is a daemon answering on this state dir?
@@ -220,14 +333,43 @@ pub async fn serve(
     }
 }
 
+/// The answer as it goes on the socket: the JSON of `answer` with this release's version.
+fn answer_line(answer: &Response) -> String {
+    let mut text = serde_json::to_value(answer)
+        .map(with_version)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
+}
+
 async fn reloading(s: UnixStream) -> std::io::Result<()> {
     let (_, mut w) = s.into_split();
-    let mut text = serde_json::to_string(&Response::Error {
+    let text = answer_line(&Response::Error {
         message: "the daemon is reloading its config; try again in a moment".into(),
-    })
-    .unwrap_or_default();
-    text.push('\n');
+    });
     w.write_all(text.as_bytes()).await
+}
+
+/// Read one request of any release: this one's, or 0.2's (no version fields, the same
+/// messages). A request this daemon does not know is answered with an error that names this
+/// daemon's release and says to restart it when the command line is of another release.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    let control = v.get("control").and_then(|c| c.as_u64());
+    let release = v.get("release").and_then(|r| r.as_str()).map(str::to_owned);
+    serde_json::from_value::<Request>(v).map_err(|e| {
+        let theirs = match (&release, control) {
+            (Some(r), _) if r != crate::release::VERSION => format!("clustersync {r}"),
+            (None, None) => "an older release (0.2 or 0.1)".to_string(),
+            _ => return format!("bad request: {e}"),
+        };
+        format!(
+            "bad request: this daemon runs clustersync {} (control protocol {CONTROL_VERSION}) and does not understand this request of the command line of {theirs} ({e}); restart the daemon so that it runs the installed release (`systemctl restart clustersync`)",
+            crate::release::VERSION
+        )
+    })
 }
 
 async fn handle(ctx: Engine, s: UnixStream) -> std::io::Result<()> {
@@ -237,15 +379,11 @@ async fn handle(ctx: Engine, s: UnixStream) -> std::io::Result<()> {
         .take(MAX_REQUEST)
         .read_line(&mut line)
         .await?;
-    let answer = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+    let answer = match decode_request(&line) {
+        Err(message) => Response::Error { message },
         Ok(req) => answer(&ctx, req).await,
     };
-    let mut text = serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into());
-    text.push('\n');
-    w.write_all(text.as_bytes()).await?;
+    w.write_all(answer_line(&answer).as_bytes()).await?;
     Ok(())
 }
 
@@ -363,4 +501,48 @@ fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
         }
     }
     dry_lines(&d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_this_and_the_previous_release_are_read_and_a_newer_one_is_named() {
+        // 0.2's requests carry no version fields
+        assert!(matches!(
+            decode_request(r#"{"cmd":"status"}"#),
+            Ok(Request::Status)
+        ));
+        assert!(matches!(
+            decode_request(r#"{"cmd":"conflicts","control":2,"release":"0.3.0"}"#),
+            Ok(Request::Conflicts)
+        ));
+        let e = decode_request(r#"{"cmd":"verify","control":3,"release":"0.4.0"}"#).unwrap_err();
+        assert!(
+            e.contains("clustersync 0.4.0") && e.contains("restart the daemon"),
+            "{e}"
+        );
+        let e = decode_request("not json").unwrap_err();
+        assert!(e.starts_with("bad request"), "{e}");
+    }
+
+    #[test]
+    fn answers_carry_this_release_and_are_read_back() {
+        let line = answer_line(&Response::Marked { unknown: vec![] });
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["control"], CONTROL_VERSION);
+        assert_eq!(v["release"], crate::release::VERSION);
+        let req = Request::Mark { paths: vec![] };
+        assert!(matches!(
+            decode_answer(&req, v),
+            Ok(Response::Marked { .. })
+        ));
+        // an answer of this release that does not decode is a bug, not another release
+        let bad = serde_json::json!({"answer": "marked", "control": CONTROL_VERSION});
+        assert!(matches!(
+            decode_answer(&req, bad),
+            Err(ControlError::BadAnswer(_))
+        ));
+    }
 }

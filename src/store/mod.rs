@@ -7,7 +7,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending` | u64 |
+//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending`, `written` (Unix seconds of the last commit; additive, no schema change) | u64 |
 //! | `items` | (group, [`enc`]oded key) | postcard [`QuickStat`] then postcard [`Entry`] |
 //! | `by_seq4` | (group, seq) | encoded key |
 //! | `tombs` | (group, seq) | encoded key (tombstones only, for collection) |
@@ -106,6 +106,8 @@ pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
 pub const SCHEMA_VERSION: u64 = 5;
+/// The oldest schema this build reads (migrated in place on open: 3 -> 4 -> 5).
+pub const MIN_SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ITEMS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("items");
@@ -141,7 +143,9 @@ pub enum StoreError {
         msg: String,
     },
     #[error(
-        "index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION} and older; a newer release wrote it"
+        "index {path} has schema version {found}, this clustersync ({}) reads {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}; {} (nothing was changed; see CHANGELOG.md, \"Going back\")",
+        crate::release::VERSION,
+        if *found > SCHEMA_VERSION { "a newer release wrote it: run that release, or restore the state directory saved before the upgrade, or move the index aside so that this node joins every group as new" } else { "a development build wrote it" }
     )]
     Schema { path: PathBuf, found: u64 },
 }
@@ -561,7 +565,7 @@ impl Store {
                 migrate::v4_to_v5(&db, path)?;
             }
             Some(4) => migrate::v4_to_v5(&db, path)?,
-            Some(v) if v < 3 => {
+            Some(v) if v < MIN_SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
                     path: path.into(),
                     found: v,
@@ -634,6 +638,12 @@ impl Store {
         let tx = self.begin_read()?;
         let meta = tx.open_table(META).map_err(|e| self.err(e))?;
         Ok(meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value()))
+    }
+
+    /// When this index last recorded a change (Unix seconds), if it ever did since the key
+    /// exists (0.3).
+    pub fn written(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_get("written")
     }
 
     /// Highest sequence number given out so far.
@@ -959,6 +969,10 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
             meta.insert("seq", next).map_err(|e| self.err(e))?;
+            // when this index last recorded a change, in Unix seconds (`status` without a
+            // daemon shows it; the file's own time moves whenever anything opens it)
+            meta.insert("written", now / 1_000_000)
+                .map_err(|e| self.err(e))?;
             stats_t
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;

@@ -278,7 +278,7 @@ impl FilesDomain {
                 && self.g.cfg.backup_generations > 0
                 && let Ok(place) = self.fs().place(&key, false)
             {
-                self.fs().backup(&place, &e);
+                self.fs().backup_copy(&place, &e);
             }
         }
     }
