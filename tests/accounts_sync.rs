@@ -296,6 +296,11 @@ fn without_passwords_peers_lock_new_users_and_keep_their_own_hash() {
         assert!(sp.starts_with("niden:!:"), "{n}: not locked: {sp}");
     }
     keep.check(&c, "useradd", &["niden"]);
+    // homes are made right after the account files are written
+    wait_until("the homes on b and c", WAIT, || {
+        owner_mode(&b.join("home/niden")).is_some()
+            && owner_mode(&root(&c, "c").join("home/niden")).is_some()
+    });
     assert_eq!(
         owner_mode(&b.join("home/niden")),
         Some((0o750, 2001, 2001)),
@@ -456,6 +461,17 @@ fn the_same_user_changed_on_both_sides_of_a_partition_newest_wins() {
         |v| v.contains("niden:x:2001:2001:newer, from c:/home/niden:/bin/sh"),
     );
     keep.check(&c, "partition healed", &["niden"]);
+    // the files are written before the commit that records the conflict: wait for a's record
+    let listed_on = |n: &str| -> bool {
+        let out = c.cli(n, &["conflicts", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["conflicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["group"] == "@accounts")
+    };
+    wait_until("the losing node a lists the conflict", WAIT, || listed_on("a"));
     // every node's list, to report which ones show it
     let mut listed = Vec::new();
     for n in ALL {
