@@ -471,7 +471,9 @@ fn the_same_user_changed_on_both_sides_of_a_partition_newest_wins() {
             .flatten()
             .any(|x| x["group"] == "@accounts")
     };
-    wait_until("the losing node a lists the conflict", WAIT, || listed_on("a"));
+    wait_until("the losing node a lists the conflict", WAIT, || {
+        listed_on("a")
+    });
     // every node's list, to report which ones show it
     let mut listed = Vec::new();
     for n in ALL {

@@ -235,45 +235,7 @@ fn resolve(
         .get(name, &key)
         .map_err(|e| e.to_string())?
         .map(|e| e.item);
-    let chosen = if keep == ctx.name {
-        local
-            .clone()
-            .filter(|l| l.origin == ctx.name)
-            .or_else(|| info.versions.iter().find(|v| v.origin == keep).cloned())
-    } else {
-        info.versions.iter().find(|v| v.origin == keep).cloned()
-    }
-    .ok_or_else(|| {
-        let have: BTreeSet<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
-        format!(
-            "no version from {keep} in the conflict on {id} (versions from: {})",
-            have.into_iter().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let mut version = local
-        .as_ref()
-        .map(|l| l.version.clone())
-        .unwrap_or_default();
-    for v in &info.versions {
-        version.merge(&v.version);
-    }
-    let now = crate::item::version::clock_ms();
-    version.bump(&ctx.name, now);
-    let made = i64::try_from(now).unwrap_or(i64::MAX);
-    let body = chosen.body.clone().map(|b| match b {
-        Body::Account(Account::User { user, .. }) => Body::Account(Account::User { user, made }),
-        Body::Account(Account::Group { group, .. }) => {
-            Body::Account(Account::Group { group, made })
-        }
-        other => other,
-    });
-    let item = Item {
-        key: key.clone(),
-        version,
-        origin: ctx.name.clone(),
-        body,
-        beat: Vec::new(),
-    };
+    let (item, chosen) = resolution(ctx, &id, &info, local, key, keep)?;
     let db = AccountDb::new(&ctx.root);
     for _ in 0..4 {
         scan(ctx, g, acc)?;
@@ -292,40 +254,102 @@ fn resolve(
                 "{id}: {keep}'s version cannot be applied here: {reason}"
             ));
         }
-        let extras = Extras {
-            conflicts: vec![(
-                key.clone(),
-                Some(ConflictInfo {
-                    resolved: true,
-                    winner: keep.to_string(),
-                    kept_as: Some(format!(
-                        "resolved by hand on {}: {keep}'s version kept",
-                        ctx.name
-                    )),
-                    time: unix_now(),
-                    ..info.clone()
-                }),
-            )],
-            aside_remove: vec![key.clone()],
-            ..Default::default()
-        };
-        ctx.audit_item(name, "resolve", &item, None);
-        ctx.store
-            .commit(
-                name,
-                vec![StoreChange {
-                    entry: Entry::new(item),
-                    announce: true,
-                }],
-                extras,
-            )
-            .map_err(|e| e.to_string())?;
+        commit_resolution(ctx, name, item, info, keep)?;
         return Ok(format!(
             "{id}: {keep}'s version kept ({}); it is sent to every node",
             summary(&chosen)
         ));
     }
     Err("the account files kept changing; try again".into())
+}
+
+/// The item a resolution puts in place (a new version of this node over every competing one,
+/// with `keep`'s body made now), and the version chosen.
+fn resolution(
+    ctx: &Ctx,
+    id: &AccountId,
+    info: &ConflictInfo,
+    local: Option<Item>,
+    key: Vec<u8>,
+    keep: &str,
+) -> Result<(Item, Item), String> {
+    let chosen = if keep == ctx.name {
+        local
+            .clone()
+            .filter(|l| l.origin == ctx.name)
+            .or_else(|| info.versions.iter().find(|v| v.origin == keep).cloned())
+    } else {
+        info.versions.iter().find(|v| v.origin == keep).cloned()
+    }
+    .ok_or_else(|| {
+        let have: BTreeSet<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
+        format!(
+            "no version from {keep} in the conflict on {id} (versions from: {})",
+            have.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let mut version = local.map(|l| l.version).unwrap_or_default();
+    for v in &info.versions {
+        version.merge(&v.version);
+    }
+    let now = crate::item::version::clock_ms();
+    version.bump(&ctx.name, now);
+    let made = i64::try_from(now).unwrap_or(i64::MAX);
+    let body = chosen.body.clone().map(|b| match b {
+        Body::Account(Account::User { user, .. }) => Body::Account(Account::User { user, made }),
+        Body::Account(Account::Group { group, .. }) => {
+            Body::Account(Account::Group { group, made })
+        }
+        other => other,
+    });
+    let item = Item {
+        key,
+        version,
+        origin: ctx.name.clone(),
+        body,
+        beat: Vec::new(),
+    };
+    Ok((item, chosen))
+}
+
+/// Record a resolution applied: the new version, the conflict settled.
+fn commit_resolution(
+    ctx: &Ctx,
+    group: &str,
+    item: Item,
+    info: ConflictInfo,
+    keep: &str,
+) -> Result<(), String> {
+    let key = item.key.clone();
+    let extras = Extras {
+        conflicts: vec![(
+            key.clone(),
+            Some(ConflictInfo {
+                resolved: true,
+                winner: keep.to_string(),
+                kept_as: Some(format!(
+                    "resolved by hand on {}: {keep}'s version kept",
+                    ctx.name
+                )),
+                time: unix_now(),
+                ..info
+            }),
+        )],
+        aside_remove: vec![key],
+        ..Default::default()
+    };
+    ctx.audit_item(group, "resolve", &item, None);
+    ctx.store
+        .commit(
+            group,
+            vec![StoreChange {
+                entry: Entry::new(item),
+                announce: true,
+            }],
+            extras,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The accounts pseudo-group as a domain.
