@@ -451,6 +451,15 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
         },
     );
     c.wait_connected_pair("a", "b");
+    // c listens (a has met its key): under load c may still be binding when a first dials it,
+    // and `sync` would then rightly report "connection refused" instead of the key
+    wait_until("a to meet c's key", WAIT, || {
+        c.status("a").is_some_and(|s| {
+            peer_of(&s, "c")["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("key mismatch"))
+        })
+    });
     write(&c.path("a", "f"), "x");
     let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "20s"]));
     let (o, e) = texts(&out);
