@@ -51,6 +51,9 @@ pub struct FilePlan {
     pub outcomes: Vec<Outcome>,
     /// Homes to create if missing (only with `create_home`).
     pub homes: Vec<HomeRequest>,
+    /// Local members of managed groups deleted by this or an earlier apply that no group made
+    /// since took over, by gid (see [`plan_in`]).
+    pub carried: HashMap<u32, Vec<Vec<u8>>>,
 }
 
 /// A user's lines after the apply (`None`: deleted).
@@ -70,8 +73,11 @@ struct Plan<'v> {
     members: HashMap<String, Vec<String>>,
     /// Users removed from every list (deleted users).
     dropped: HashSet<String>,
-    /// Local members of deleted managed groups by gid (for a rename in the same apply).
+    /// Local members of deleted managed groups by gid (for a rename, in this apply or a later
+    /// one).
     carried: HashMap<u32, Vec<Vec<u8>>>,
+    /// The gids of `carried` a new group took over.
+    took: HashSet<u32>,
     homes: Vec<HomeRequest>,
     /// Ids taken or freed by this apply's edits (`None`: free).
     uid_over: HashMap<u32, Option<String>>,
@@ -329,6 +335,11 @@ impl<'v> Plan<'v> {
             return collision(&id, rec.gid, &other, rec.gid, ": same gid, different name");
         }
         let old = self.gid_of_group_now(&rec.name);
+        if !self.view.groups.contains_key(rec.name.as_bytes())
+            && self.carried.contains_key(&rec.gid)
+        {
+            self.took.insert(rec.gid);
+        }
         self.set_gid(&rec.name, old, Some(rec.gid));
         self.groups
             .insert(rec.name.clone(), (Some((rec.clone(), true)), rec.gid));
@@ -1094,11 +1105,29 @@ fn shadow_line(rec: &User, policy: &Policy, old: Option<&[u8]>, today: i64) -> V
 /// Plan putting `items` (validated, live or deleted) in place on `files`. `today` is the day
 /// number put in the last-change field of a new user whose hash is not synced.
 pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: i64) -> FilePlan {
-    plan_in(&View::new(files, policy), policy, items, today)
+    plan_in(
+        &View::new(files, policy),
+        policy,
+        items,
+        today,
+        &HashMap::new(),
+    )
 }
 
 /// [`plan_files`] on the files of `view` (kept between applies: nothing is indexed again).
-pub fn plan_in(view: &View, policy: &Policy, items: &[Item], today: i64) -> FilePlan {
+///
+/// `carried`: the local members (names that are not managed users here) of managed groups an
+/// earlier apply deleted, by gid ([`FilePlan::carried`] of that apply). A group this apply
+/// makes with one of those gids gets them: a rename (`groupmod -n`) is a deletion and a new
+/// group with the same gid, which may arrive in two batches (or the new name first, set aside
+/// while the old one still holds the gid), and this node's own members of the group stay.
+pub fn plan_in(
+    view: &View,
+    policy: &Policy,
+    items: &[Item],
+    today: i64,
+    carried: &HashMap<u32, Vec<Vec<u8>>>,
+) -> FilePlan {
     let mut p = Plan {
         view,
         policy,
@@ -1107,7 +1136,8 @@ pub fn plan_in(view: &View, policy: &Policy, items: &[Item], today: i64) -> File
         groups: HashMap::new(),
         members: HashMap::new(),
         dropped: HashSet::new(),
-        carried: HashMap::new(),
+        carried: carried.clone(),
+        took: HashSet::new(),
         homes: Vec::new(),
         uid_over: HashMap::new(),
         gid_over: HashMap::new(),
@@ -1150,10 +1180,13 @@ pub fn plan_in(view: &View, policy: &Policy, items: &[Item], today: i64) -> File
         outcomes[i] = out;
     }
     let files = p.assemble();
+    let mut carried = p.carried;
+    carried.retain(|gid, _| !p.took.contains(gid));
     FilePlan {
         files,
         outcomes,
         homes: p.homes,
+        carried,
     }
 }
 
@@ -1175,6 +1208,7 @@ pub fn canonical_in(view: &View, policy: &Policy, groups: &BTreeSet<String>) -> 
         members: HashMap::new(),
         dropped: HashSet::new(),
         carried: HashMap::new(),
+        took: HashSet::new(),
         homes: Vec::new(),
         uid_over: HashMap::new(),
         gid_over: HashMap::new(),

@@ -47,7 +47,11 @@ use crate::config::ConflictPolicy;
 use crate::item::{Body, Item, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long the local members of a deleted managed group wait for a new group of the same gid
+/// (the other half of a rename) before they are forgotten.
+pub const CARRY_FOR: Duration = Duration::from_secs(600);
 
 /// Names of users, groups and member sets to look at.
 type Names = BTreeSet<Vec<u8>>;
@@ -102,6 +106,9 @@ pub struct Accounts {
     view: Option<Arc<View>>,
     /// The files as last read or written (what the next read compares the stat with).
     last: Option<FileSet>,
+    /// Local members of managed groups deleted here, by gid, until a new group of that gid
+    /// takes them over (a rename that arrives in two batches) or [`CARRY_FOR`] passes.
+    carried: HashMap<u32, (Vec<Vec<u8>>, Instant)>,
     /// Accounts that left the managed set on this node while the index has them live.
     left: BTreeMap<AccountId, String>,
     /// Read problems by account key.
@@ -140,6 +147,7 @@ impl Accounts {
             files: None,
             view: None,
             last: None,
+            carried: HashMap::new(),
             left: BTreeMap::new(),
             problems: BTreeMap::new(),
             malformed: Vec::new(),
@@ -600,7 +608,13 @@ impl Accounts {
         let Some(view) = self.view() else {
             return Ok(stale);
         };
-        let plan = apply::plan_in(&view, &self.policy, items, today);
+        self.carried.retain(|_, (_, at)| at.elapsed() < CARRY_FOR);
+        let carried: HashMap<u32, Vec<Vec<u8>>> = self
+            .carried
+            .iter()
+            .map(|(gid, (m, _))| (*gid, m.clone()))
+            .collect();
+        let plan = apply::plan_in(&view, &self.policy, items, today, &carried);
         let (files, locked) = match db.write(&read, &plan.files)? {
             Written::Stale => return Ok(stale),
             Written::Unchanged => (Vec::new(), Duration::ZERO),
@@ -616,6 +630,18 @@ impl Accounts {
                 self.left.remove(&id);
             }
         }
+        let now = Instant::now();
+        self.carried = plan
+            .carried
+            .into_iter()
+            .map(|(gid, m)| {
+                let at = match self.carried.get(&gid) {
+                    Some((old, at)) if *old == m => *at,
+                    _ => now,
+                };
+                (gid, (m, at))
+            })
+            .collect();
         if !files.is_empty() {
             self.files = Some(plan.files);
             self.view = None;

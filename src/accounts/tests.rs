@@ -371,6 +371,68 @@ fn a_renamed_group_keeps_the_local_members() {
     assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
     assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
     assert!(!gr.contains("webdev"));
+
+    // the same rename in batches of their own, in either order: the deletion first, or the
+    // new name first (set aside: the old one still holds the gid)
+    let del = [
+        item(
+            AccountId::Group("webdev".into()),
+            vv(&[("a", 2)]),
+            "a",
+            None,
+        ),
+        item(
+            AccountId::Members("webdev".into()),
+            vv(&[("a", 2)]),
+            "a",
+            None,
+        ),
+    ];
+    let add = [
+        g_item(group("developers", 2100), vv(&[("a", 2)]), "a", 2),
+        m_item("developers", &[("amy", &[("a", 2)])], vv(&[("a", 2)]), "a"),
+    ];
+    fn plan(
+        f: &AccountFiles,
+        items: &[Item],
+        carried: &std::collections::HashMap<u32, Vec<Vec<u8>>>,
+    ) -> super::apply::FilePlan {
+        super::apply::plan_in(
+            &super::View::new(f, &policy()),
+            &policy(),
+            items,
+            20000,
+            carried,
+        )
+    }
+    for add_first in [false, true] {
+        let mut carried = std::collections::HashMap::new();
+        let mut cur = f.clone();
+        if add_first {
+            let p = plan(&cur, &add, &carried);
+            assert!(
+                matches!(p.outcomes[0], Outcome::Aside { .. }),
+                "{:?}",
+                p.outcomes
+            );
+            cur = p.files;
+        }
+        let p = plan(&cur, &del, &carried);
+        assert!(p.outcomes.iter().all(|o| *o == Outcome::Applied));
+        assert_eq!(p.carried.get(&2100), Some(&vec![b"www-data".to_vec()]));
+        carried = p.carried;
+        cur = p.files;
+        let p = plan(&cur, &add, &carried);
+        assert!(
+            p.outcomes.iter().all(|o| *o == Outcome::Applied),
+            "{:?}",
+            p.outcomes
+        );
+        assert!(p.carried.is_empty(), "taken over");
+        let [_, gr, _, gs] = text(&p.files);
+        assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
+        assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
+    }
 }
 
 #[test]
@@ -1146,8 +1208,8 @@ mod properties {
             prop_assert!(patched_view.blocks.is_some());
             let mut full_view = super::super::View::new(&f, &policy());
             full_view.blocks = None;
-            let a = super::super::apply::plan_in(&patched_view, &policy(), &its, 20000);
-            let b = super::super::apply::plan_in(&full_view, &policy(), &its, 20000);
+            let a = super::super::apply::plan_in(&patched_view, &policy(), &its, 20000, &Default::default());
+            let b = super::super::apply::plan_in(&full_view, &policy(), &its, 20000, &Default::default());
             prop_assert_eq!(&a.outcomes, &b.outcomes);
             prop_assert_eq!(text(&a.files), text(&b.files));
         }
