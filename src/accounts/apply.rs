@@ -58,6 +58,11 @@ pub struct FilePlan {
 
 /// A user's lines after the apply (`None`: deleted).
 type UserLines = Option<(Vec<u8>, Option<Vec<u8>>)>;
+/// A line that joins a block, with its key (id, name).
+type NewLine<'n> = ((u32, &'n [u8]), Vec<u8>);
+/// The key (id, name) of a line kept in a block.
+type KeyOf<'k> = dyn Fn(&[u8]) -> (u32, Vec<u8>) + 'k;
+
 /// The managed block of one kind: (id, name) → (passwd or group line, shadow or gshadow line).
 type Lines = BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)>;
 
@@ -504,8 +509,8 @@ impl<'v> Plan<'v> {
         } else {
             let mut gone: HashSet<usize> = HashSet::new();
             let mut gone_sp: HashSet<usize> = HashSet::new();
-            let mut new_pw: Vec<((u32, &[u8]), Vec<u8>)> = Vec::new();
-            let mut new_sp: Vec<((u32, &[u8]), Vec<u8>)> = Vec::new();
+            let mut new_pw: Vec<NewLine<'_>> = Vec::new();
+            let mut new_sp: Vec<NewLine<'_>> = Vec::new();
             for (n, (lines, uid, _)) in &self.users {
                 if let Some(u) = v.users.get(n.as_bytes()) {
                     gone.insert(u.line);
@@ -561,8 +566,8 @@ impl<'v> Plan<'v> {
         let mut gone: HashSet<usize> = HashSet::new();
         let mut gone_sg: HashSet<usize> = HashSet::new();
         let mut moved_names: HashSet<&str> = HashSet::new();
-        let mut new_gr: Vec<((u32, &[u8]), Vec<u8>)> = Vec::new();
-        let mut new_sg: Vec<((u32, &[u8]), Vec<u8>)> = Vec::new();
+        let mut new_gr: Vec<NewLine<'_>> = Vec::new();
+        let mut new_sg: Vec<NewLine<'_>> = Vec::new();
         for &n in &affected {
             let moved = match self.groups.get(n) {
                 Some((Some((rec, _)), gid)) => {
@@ -985,8 +990,8 @@ fn patched(
     t: &Table,
     block: Option<Block>,
     gone: &HashSet<usize>,
-    mut new: Vec<((u32, &[u8]), Vec<u8>)>,
-    key: &dyn Fn(&[u8]) -> (u32, Vec<u8>),
+    mut new: Vec<NewLine<'_>>,
+    key: &KeyOf<'_>,
     edits: &HashMap<usize, Vec<u8>>,
 ) -> Table {
     let lines = t.lines();
