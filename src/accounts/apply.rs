@@ -731,13 +731,7 @@ impl<'v> Plan<'v> {
                 if let Some(m) = self.new_member_field(name, &gr_members) {
                     line = db::replace_field(&line, 3, &m);
                 }
-                let admins = db::list(sg.admins);
-                if admins.iter().any(|a| self.is_dropped(a)) {
-                    let kept: Vec<&[u8]> =
-                        admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
-                    line = db::replace_field(&line, 2, &kept.join(&b','));
-                }
-                line
+                self.without_dropped_admins(line)
             }
             None => l.to_vec(),
         }
@@ -901,21 +895,26 @@ impl<'v> Plan<'v> {
             gr
         };
         let sg = sg.map(|sg| {
-            let mut line = match db::parse_sg(&sg) {
+            let line = match db::parse_sg(&sg) {
                 Some(s) if s.members != field.as_slice() => db::replace_field(&sg, 3, &field),
                 _ => sg,
             };
-            if let Some(s) = db::parse_sg(&line) {
-                let admins = db::list(s.admins);
-                if admins.iter().any(|a| self.is_dropped(a)) {
-                    let kept: Vec<&[u8]> =
-                        admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
-                    line = db::replace_field(&line, 2, &kept.join(&b','));
-                }
-            }
-            line
+            self.without_dropped_admins(line)
         });
         (gr, sg)
+    }
+
+    /// A gshadow line without the users this apply deletes among its administrators.
+    fn without_dropped_admins(&self, line: Vec<u8>) -> Vec<u8> {
+        let Some(s) = db::parse_sg(&line) else {
+            return line;
+        };
+        let admins = db::list(s.admins);
+        if !admins.iter().any(|a| self.is_dropped(a)) {
+            return line;
+        }
+        let kept: Vec<&[u8]> = admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
+        db::replace_field(&line, 2, &kept.join(&b','))
     }
 
     /// The lines of an upserted group (members: the old line's, or those carried over from a

@@ -341,39 +341,6 @@ fn a_renamed_group_keeps_the_local_members() {
     if let Some(t) = f.gshadow.as_mut().map(std::sync::Arc::make_mut) {
         t.set(sl, b"webdev:!::www-data,amy".to_vec());
     }
-    let p = plan_files(
-        &f,
-        &policy(),
-        &[
-            item(
-                AccountId::Group("webdev".into()),
-                vv(&[("a", 2)]),
-                "a",
-                None,
-            ),
-            item(
-                AccountId::Members("webdev".into()),
-                vv(&[("a", 2)]),
-                "a",
-                None,
-            ),
-            g_item(group("developers", 2100), vv(&[("a", 2)]), "a", 2),
-            m_item("developers", &[("amy", &[("a", 2)])], vv(&[("a", 2)]), "a"),
-        ],
-        20000,
-    );
-    assert!(
-        p.outcomes.iter().all(|o| *o == Outcome::Applied),
-        "{:?}",
-        p.outcomes
-    );
-    let [_, gr, _, gs] = text(&p.files);
-    assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
-    assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
-    assert!(!gr.contains("webdev"));
-
-    // the same rename in batches of their own, in either order: the deletion first, or the
-    // new name first (set aside: the old one still holds the gid)
     let del = [
         item(
             AccountId::Group("webdev".into()),
@@ -392,6 +359,19 @@ fn a_renamed_group_keeps_the_local_members() {
         g_item(group("developers", 2100), vv(&[("a", 2)]), "a", 2),
         m_item("developers", &[("amy", &[("a", 2)])], vv(&[("a", 2)]), "a"),
     ];
+    let p = plan_files(&f, &policy(), &[&del[..], &add[..]].concat(), 20000);
+    assert!(
+        p.outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{:?}",
+        p.outcomes
+    );
+    let [_, gr, _, gs] = text(&p.files);
+    assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
+    assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
+    assert!(!gr.contains("webdev"));
+
+    // the same rename in batches of their own, in either order: the deletion first, or the
+    // new name first (set aside: the old one still holds the gid)
     fn plan(
         f: &AccountFiles,
         items: &[Item],
