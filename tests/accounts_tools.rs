@@ -262,9 +262,9 @@ impl Side {
             self.ix.0.insert(i.key.clone(), i.clone());
         }
         if let Some(c) = d.canonical
-            && let Written::Done { .. } = db.write(&read, &c).expect("write")
+            && let Written::Done { set, .. } = db.write(&read, &c).expect("write")
         {
-            self.acc.written(c);
+            self.acc.written(set);
         }
         d.changes
     }
@@ -330,7 +330,7 @@ fn same_managed_lines(a: &Side, b: &Side) {
         View::new(&pa.files, a.acc.policy()),
         View::new(&pb.files, b.acc.policy()),
     );
-    let block = |v: &View<'_>, f: &clustersync::accounts::AccountFiles| {
+    let block = |v: &View, f: &clustersync::accounts::AccountFiles| {
         let users = v.managed_users();
         let groups = v.managed_groups();
         let mut out = Vec::new();

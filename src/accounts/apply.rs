@@ -24,9 +24,10 @@ use super::db::{self, AccountFiles, DbFile, Table};
 use super::managed::Policy;
 use super::model::{Account, AccountId, Group, Members, Secret, User, shown, shown_bytes};
 use super::report::HomeRequest;
-use super::view::View;
+use super::view::{Block, View};
 use crate::item::{Body, Item};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// What became of one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,15 +51,23 @@ pub struct FilePlan {
     pub outcomes: Vec<Outcome>,
     /// Homes to create if missing (only with `create_home`).
     pub homes: Vec<HomeRequest>,
+    /// Local members of managed groups deleted by this or an earlier apply that no group made
+    /// since took over, by gid (see [`plan_in`]).
+    pub carried: HashMap<u32, Vec<Vec<u8>>>,
 }
 
 /// A user's lines after the apply (`None`: deleted).
 type UserLines = Option<(Vec<u8>, Option<Vec<u8>>)>;
-/// The managed block of one kind: (id, name) → (passwd or group line, shadow or gshadow line).
-type Block = BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)>;
+/// A line that joins a block, with its key (id, name).
+type NewLine<'n> = ((u32, &'n [u8]), Vec<u8>);
+/// The key (id, name) of a line kept in a block.
+type KeyOf<'k> = dyn Fn(&[u8]) -> (u32, Vec<u8>) + 'k;
 
-struct Plan<'v, 'f> {
-    view: &'v View<'f>,
+/// The managed block of one kind: (id, name) → (passwd or group line, shadow or gshadow line).
+type Lines = BTreeMap<(u32, String), (Vec<u8>, Option<Vec<u8>>)>;
+
+struct Plan<'v> {
+    view: &'v View,
     policy: &'v Policy,
     today: i64,
     /// Users: name → new lines and uid/gid (None = deleted).
@@ -69,8 +78,11 @@ struct Plan<'v, 'f> {
     members: HashMap<String, Vec<String>>,
     /// Users removed from every list (deleted users).
     dropped: HashSet<String>,
-    /// Local members of deleted managed groups by gid (for a rename in the same apply).
+    /// Local members of deleted managed groups by gid (for a rename, in this apply or a later
+    /// one).
     carried: HashMap<u32, Vec<Vec<u8>>>,
+    /// The gids of `carried` a new group took over.
+    took: HashSet<u32>,
     homes: Vec<HomeRequest>,
     /// Ids taken or freed by this apply's edits (`None`: free).
     uid_over: HashMap<u32, Option<String>>,
@@ -83,7 +95,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-impl<'v, 'f> Plan<'v, 'f> {
+impl<'v> Plan<'v> {
     // --- the state after the edits so far -------------------------------------------------
 
     /// uid and primary gid of user `name` now (after this apply's edits so far).
@@ -328,6 +340,11 @@ impl<'v, 'f> Plan<'v, 'f> {
             return collision(&id, rec.gid, &other, rec.gid, ": same gid, different name");
         }
         let old = self.gid_of_group_now(&rec.name);
+        if !self.view.groups.contains_key(rec.name.as_bytes())
+            && self.carried.contains_key(&rec.gid)
+        {
+            self.took.insert(rec.gid);
+        }
         self.set_gid(&rec.name, old, Some(rec.gid));
         self.groups
             .insert(rec.name.clone(), (Some((rec.clone(), true)), rec.gid));
@@ -469,11 +486,263 @@ impl<'v, 'f> Plan<'v, 'f> {
         (f != old).then_some(f)
     }
 
+    /// The new files: the blocks of the files patched where they are in canonical layout
+    /// (see [`Plan::patch`]), else built anew.
     fn assemble(&self) -> AccountFiles {
+        match self.view.blocks {
+            Some(blocks) => self.patch(&blocks),
+            None => self.assemble_full(),
+        }
+    }
+
+    /// The new files from files in canonical layout, looking only at the lines of the accounts
+    /// this apply changes: the same bytes as [`Plan::assemble_full`] (tested), at the cost of
+    /// the change plus one copy of each file that changes. The layout is: the lines before the
+    /// block (edited), the lines of changed accounts that stay, the block (its kept lines, the
+    /// new ones put in place by (id, name)), the lines from the first NIS line on (edited).
+    fn patch(&self, blocks: &[Option<Block>; 4]) -> AccountFiles {
         let v = self.view;
-        let f = v.files;
+        let f = &v.files;
+        // passwd and shadow: only when a user changes
+        let (passwd, shadow) = if self.users.is_empty() {
+            (f.passwd.clone(), f.shadow.clone())
+        } else {
+            let mut gone: HashSet<usize> = HashSet::new();
+            let mut gone_sp: HashSet<usize> = HashSet::new();
+            let mut new_pw: Vec<NewLine<'_>> = Vec::new();
+            let mut new_sp: Vec<NewLine<'_>> = Vec::new();
+            for (n, (lines, uid, _)) in &self.users {
+                if let Some(u) = v.users.get(n.as_bytes()) {
+                    gone.insert(u.line);
+                }
+                if let Some(&i) = v.shadow.get(n.as_bytes()) {
+                    gone_sp.insert(i);
+                }
+                if let Some((pw, sp)) = lines {
+                    new_pw.push(((*uid, n.as_bytes()), pw.clone()));
+                    if let Some(sp) = sp {
+                        new_sp.push(((*uid, n.as_bytes()), sp.clone()));
+                    }
+                }
+            }
+            let uid_of = |l: &[u8]| -> (u32, Vec<u8>) {
+                let n = db::entry_name(l).unwrap_or_default();
+                (v.users.get(n).map_or(0, |u| u.uid), n.to_vec())
+            };
+            let passwd = patched(
+                &f.passwd,
+                blocks[0],
+                &gone,
+                new_pw,
+                &uid_of,
+                &HashMap::new(),
+            );
+            let shadow = f
+                .shadow
+                .as_ref()
+                .map(|t| patched(t, blocks[1], &gone_sp, new_sp, &uid_of, &HashMap::new()));
+            (Arc::new(passwd), shadow.map(Arc::new))
+        };
+        // group and gshadow: only when a group, a member list or a user's private group changes
+        let affected: BTreeSet<&str> = self
+            .groups
+            .keys()
+            .map(String::as_str)
+            .chain(
+                self.users
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|n| v.groups.contains_key(n.as_bytes())),
+            )
+            .collect();
+        if affected.is_empty() && self.members.is_empty() && self.dropped.is_empty() {
+            return AccountFiles {
+                passwd,
+                shadow,
+                group: f.group.clone(),
+                gshadow: f.gshadow.clone(),
+            };
+        }
+        let mut gone: HashSet<usize> = HashSet::new();
+        let mut gone_sg: HashSet<usize> = HashSet::new();
+        let mut moved_names: HashSet<&str> = HashSet::new();
+        let mut new_gr: Vec<NewLine<'_>> = Vec::new();
+        let mut new_sg: Vec<NewLine<'_>> = Vec::new();
+        for &n in &affected {
+            let moved = match self.groups.get(n) {
+                Some((Some((rec, _)), gid)) => {
+                    let old_gr = v.groups.get(n.as_bytes()).map(|g| f.group.line(g.line));
+                    let old_sg = match (&f.gshadow, v.gshadow.get(n.as_bytes())) {
+                        (Some(t), Some(&i)) => Some(t.line(i)),
+                        _ => None,
+                    };
+                    let (gr, sg) = self.group_lines(rec, old_gr, old_sg, *gid);
+                    let (gr, sg) = self.with_members(n, gr, sg);
+                    new_gr.push(((*gid, n.as_bytes()), gr));
+                    if let Some(sg) = sg {
+                        new_sg.push(((*gid, n.as_bytes()), sg));
+                    }
+                    true
+                }
+                Some((None, _)) => true,
+                None => {
+                    // a user changed: its private group may become managed (or stay so)
+                    let Some(g) = v.groups.get(n.as_bytes()) else {
+                        continue;
+                    };
+                    let owner = self.user_now(n).map(|(u, gid, _)| (u, gid));
+                    if !(g.managed || self.policy.set.group(n, g.gid, owner)) {
+                        continue;
+                    }
+                    let (gr, sg) = self.block_group_lines(n, g.line);
+                    new_gr.push(((g.gid, n.as_bytes()), gr));
+                    if let Some(sg) = sg {
+                        new_sg.push(((g.gid, n.as_bytes()), sg));
+                    }
+                    true
+                }
+            };
+            if moved {
+                moved_names.insert(n);
+                if let Some(g) = v.groups.get(n.as_bytes()) {
+                    gone.insert(g.line);
+                }
+                if let Some(&i) = v.gshadow.get(n.as_bytes()) {
+                    gone_sg.insert(i);
+                }
+            }
+        }
+        // lines whose member list (or gshadow administrators) may change: the groups of member
+        // sets, and every line that names a deleted user
+        let mut edit_gr: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut edit_sg: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut touched: BTreeSet<&[u8]> = self.members.keys().map(|n| n.as_bytes()).collect();
+        if !self.dropped.is_empty() {
+            let finders: Vec<memchr::memmem::Finder<'_>> = self
+                .dropped
+                .iter()
+                .map(|d| memchr::memmem::Finder::new(d.as_bytes()))
+                .collect();
+            let names = |t: &'v Table| -> Vec<&'v [u8]> {
+                t.lines()
+                    .iter()
+                    .filter(|l| finders.iter().any(|fd| fd.find(l).is_some()))
+                    .filter_map(|l| db::entry_name(l))
+                    .collect()
+            };
+            touched.extend(names(&f.group));
+            if let Some(t) = &f.gshadow {
+                touched.extend(names(t));
+            }
+        }
+        for n in touched {
+            let Ok(name) = std::str::from_utf8(n) else {
+                continue;
+            };
+            if moved_names.contains(name) {
+                continue;
+            }
+            let g = v.groups.get(n).copied();
+            if let Some(g) = g.filter(|g| g.managed) {
+                // in the block: rewritten in place (its key does not change)
+                let (gr, sg) = self.block_group_lines(name, g.line);
+                edit_gr.insert(g.line, gr);
+                if let (Some(sg), Some(&i)) = (sg, v.gshadow.get(n)) {
+                    edit_sg.insert(i, sg);
+                }
+                continue;
+            }
+            if let Some(g) = g {
+                let l = f.group.line(g.line);
+                edit_gr.insert(g.line, self.edit_group_line(l));
+            }
+            if let (Some(t), Some(&i)) = (&f.gshadow, v.gshadow.get(n)) {
+                edit_sg.insert(i, self.edit_gshadow_line(t.line(i)));
+            }
+        }
+        let gid_of = |l: &[u8]| -> (u32, Vec<u8>) {
+            let n = db::entry_name(l).unwrap_or_default();
+            (v.groups.get(n).map_or(0, |g| g.gid), n.to_vec())
+        };
+        let group = patched(&f.group, blocks[2], &gone, new_gr, &gid_of, &edit_gr);
+        let gshadow = f
+            .gshadow
+            .as_ref()
+            .map(|t| patched(t, blocks[3], &gone_sg, new_sg, &gid_of, &edit_sg));
+        AccountFiles {
+            passwd,
+            shadow,
+            group: Arc::new(group),
+            gshadow: gshadow.map(Arc::new),
+        }
+    }
+
+    /// The lines of a managed group of the files that no item changes, as the block has them
+    /// after the apply (member lists rewritten when this apply touches them).
+    fn block_group_lines(&self, name: &str, line: usize) -> (Vec<u8>, Option<Vec<u8>>) {
+        let v = self.view;
+        let f = &v.files;
+        let gr = f.group.line(line).to_vec();
+        let sg = match (&f.gshadow, v.gshadow.get(name.as_bytes())) {
+            (Some(t), Some(&i)) => Some(t.line(i).to_vec()),
+            _ => None,
+        };
+        let field = db::parse_gr(&gr)
+            .map(|x| x.members.to_vec())
+            .unwrap_or_default();
+        if self.touches(name, &field) {
+            self.with_members(name, gr, sg)
+        } else {
+            (gr, sg)
+        }
+    }
+
+    /// A group line that stays in place, its member list edited when this apply touches it.
+    fn edit_group_line(&self, l: &[u8]) -> Vec<u8> {
+        match db::parse_gr(l) {
+            Some(gr) => match std::str::from_utf8(gr.name)
+                .ok()
+                .and_then(|n| self.new_member_field(n, gr.members))
+            {
+                Some(m) => db::replace_field(l, 3, &m),
+                None => l.to_vec(),
+            },
+            None => l.to_vec(),
+        }
+    }
+
+    /// A gshadow line that stays in place: its member list follows group's when this apply
+    /// touches it, deleted users leave its administrators.
+    fn edit_gshadow_line(&self, l: &[u8]) -> Vec<u8> {
+        let v = self.view;
+        match db::parse_sg(l) {
+            Some(sg) => {
+                let Ok(name) = std::str::from_utf8(sg.name) else {
+                    return l.to_vec();
+                };
+                if !self.members.contains_key(name) && self.dropped.is_empty() {
+                    return l.to_vec();
+                }
+                let mut line = l.to_vec();
+                let gr_members = v
+                    .member_field(sg.name)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_else(|| sg.members.to_vec());
+                if let Some(m) = self.new_member_field(name, &gr_members) {
+                    line = db::replace_field(&line, 3, &m);
+                }
+                self.without_dropped_admins(line)
+            }
+            None => l.to_vec(),
+        }
+    }
+
+    /// The new files built anew (files not in canonical layout, or no blocks known).
+    fn assemble_full(&self) -> AccountFiles {
+        let v = self.view;
+        let f = &v.files;
         // managed users after: name → (uid, passwd line, shadow line)
-        let mut users: Block = BTreeMap::new();
+        let mut users: Lines = BTreeMap::new();
         let mut user_key: HashMap<String, (u32, String)> = HashMap::new();
         for (n, u) in &v.users {
             let name = text(n);
@@ -494,7 +763,7 @@ impl<'v, 'f> Plan<'v, 'f> {
             }
         }
         // managed groups after
-        let mut groups: Block = BTreeMap::new();
+        let mut groups: Lines = BTreeMap::new();
         for (n, g) in &v.groups {
             let name = text(n);
             if self.groups.contains_key(&name) {
@@ -571,47 +840,8 @@ impl<'v, 'f> Plan<'v, 'f> {
             )
         });
         // group and gshadow: other groups keep their place, with member lists edited
-        let edit_gr = |l: &[u8]| -> Vec<u8> {
-            match db::parse_gr(l) {
-                Some(gr) => match std::str::from_utf8(gr.name)
-                    .ok()
-                    .and_then(|n| self.new_member_field(n, gr.members))
-                {
-                    Some(m) => db::replace_field(l, 3, &m),
-                    None => l.to_vec(),
-                },
-                None => l.to_vec(),
-            }
-        };
-        let edit_sg = |l: &[u8]| -> Vec<u8> {
-            match db::parse_sg(l) {
-                Some(sg) => {
-                    let Ok(name) = std::str::from_utf8(sg.name) else {
-                        return l.to_vec();
-                    };
-                    if !self.members.contains_key(name) && self.dropped.is_empty() {
-                        return l.to_vec();
-                    }
-                    let mut line = l.to_vec();
-                    // gshadow lists follow group's
-                    let gr_members = v
-                        .member_field(sg.name)
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_else(|| sg.members.to_vec());
-                    if let Some(m) = self.new_member_field(name, &gr_members) {
-                        line = db::replace_field(&line, 3, &m);
-                    }
-                    let admins = db::list(sg.admins);
-                    if admins.iter().any(|a| self.is_dropped(a)) {
-                        let kept: Vec<&[u8]> =
-                            admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
-                        line = db::replace_field(&line, 2, &kept.join(&b','));
-                    }
-                    line
-                }
-                None => l.to_vec(),
-            }
-        };
+        let edit_gr = |l: &[u8]| -> Vec<u8> { self.edit_group_line(l) };
+        let edit_sg = |l: &[u8]| -> Vec<u8> { self.edit_gshadow_line(l) };
         let group = layout(
             &f.group,
             |i, n| {
@@ -633,10 +863,10 @@ impl<'v, 'f> Plan<'v, 'f> {
             )
         });
         AccountFiles {
-            passwd,
-            group,
-            shadow,
-            gshadow,
+            passwd: Arc::new(passwd),
+            group: Arc::new(group),
+            shadow: shadow.map(Arc::new),
+            gshadow: gshadow.map(Arc::new),
         }
     }
 
@@ -665,21 +895,26 @@ impl<'v, 'f> Plan<'v, 'f> {
             gr
         };
         let sg = sg.map(|sg| {
-            let mut line = match db::parse_sg(&sg) {
+            let line = match db::parse_sg(&sg) {
                 Some(s) if s.members != field.as_slice() => db::replace_field(&sg, 3, &field),
                 _ => sg,
             };
-            if let Some(s) = db::parse_sg(&line) {
-                let admins = db::list(s.admins);
-                if admins.iter().any(|a| self.is_dropped(a)) {
-                    let kept: Vec<&[u8]> =
-                        admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
-                    line = db::replace_field(&line, 2, &kept.join(&b','));
-                }
-            }
-            line
+            self.without_dropped_admins(line)
         });
         (gr, sg)
+    }
+
+    /// A gshadow line without the users this apply deletes among its administrators.
+    fn without_dropped_admins(&self, line: Vec<u8>) -> Vec<u8> {
+        let Some(s) = db::parse_sg(&line) else {
+            return line;
+        };
+        let admins = db::list(s.admins);
+        if !admins.iter().any(|a| self.is_dropped(a)) {
+            return line;
+        }
+        let kept: Vec<&[u8]> = admins.into_iter().filter(|a| !self.is_dropped(a)).collect();
+        db::replace_field(&line, 2, &kept.join(&b','))
     }
 
     /// The lines of an upserted group (members: the old line's, or those carried over from a
@@ -745,6 +980,49 @@ fn collision(id: &AccountId, own: u32, local: &str, local_id: u32, why: &str) ->
         ),
         collision: true,
     }
+}
+
+/// A table in canonical layout patched: `gone` lines leave, `new` lines (by key) join the lines
+/// kept of `block` (in key order: `key` gives the key of a kept block line), `edits` replace
+/// lines in place; the lines of `gone` that were not in the block are simply dropped.
+fn patched(
+    t: &Table,
+    block: Option<Block>,
+    gone: &HashSet<usize>,
+    mut new: Vec<NewLine<'_>>,
+    key: &KeyOf<'_>,
+    edits: &HashMap<usize, Vec<u8>>,
+) -> Table {
+    let lines = t.lines();
+    let Some(block) = block else {
+        return t.clone();
+    };
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    let line =
+        |i: usize| -> Vec<u8> { edits.get(&i).cloned().unwrap_or_else(|| lines[i].to_vec()) };
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(lines.len() + new.len());
+    out.extend((0..block.start).filter(|i| !gone.contains(i)).map(line));
+    let kept: Vec<usize> = (block.start..block.end)
+        .filter(|i| !gone.contains(i))
+        .collect();
+    let mut at = 0usize;
+    for (k, l) in new {
+        let upto = at
+            + kept[at..].partition_point(|&i| {
+                let (id, n) = key(&lines[i]);
+                (id, n.as_slice()) < k
+            });
+        out.extend(kept[at..upto].iter().map(|&i| line(i)));
+        out.push(l);
+        at = upto;
+    }
+    out.extend(kept[at..].iter().map(|&i| line(i)));
+    out.extend(
+        (block.end..lines.len())
+            .filter(|i| !gone.contains(i))
+            .map(line),
+    );
+    Table::from_lines(out, t)
 }
 
 /// A table in canonical layout: lines for which `moved(index, name)` holds leave their place;
@@ -831,16 +1109,39 @@ fn shadow_line(rec: &User, policy: &Policy, old: Option<&[u8]>, today: i64) -> V
 /// Plan putting `items` (validated, live or deleted) in place on `files`. `today` is the day
 /// number put in the last-change field of a new user whose hash is not synced.
 pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: i64) -> FilePlan {
-    let view = View::new(files, policy);
+    plan_in(
+        &View::new(files, policy),
+        policy,
+        items,
+        today,
+        &HashMap::new(),
+    )
+}
+
+/// [`plan_files`] on the files of `view` (kept between applies: nothing is indexed again).
+///
+/// `carried`: the local members (names that are not managed users here) of managed groups an
+/// earlier apply deleted, by gid ([`FilePlan::carried`] of that apply). A group this apply
+/// makes with one of those gids gets them: a rename (`groupmod -n`) is a deletion and a new
+/// group with the same gid, which may arrive in two batches (or the new name first, set aside
+/// while the old one still holds the gid), and this node's own members of the group stay.
+pub fn plan_in(
+    view: &View,
+    policy: &Policy,
+    items: &[Item],
+    today: i64,
+    carried: &HashMap<u32, Vec<Vec<u8>>>,
+) -> FilePlan {
     let mut p = Plan {
-        view: &view,
+        view,
         policy,
         today,
         users: HashMap::new(),
         groups: HashMap::new(),
         members: HashMap::new(),
         dropped: HashSet::new(),
-        carried: HashMap::new(),
+        carried: carried.clone(),
+        took: HashSet::new(),
         homes: Vec::new(),
         uid_over: HashMap::new(),
         gid_over: HashMap::new(),
@@ -883,10 +1184,13 @@ pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: 
         outcomes[i] = out;
     }
     let files = p.assemble();
+    let mut carried = p.carried;
+    carried.retain(|gid, _| !p.took.contains(gid));
     FilePlan {
         files,
         outcomes,
         homes: p.homes,
+        carried,
     }
 }
 
@@ -894,9 +1198,13 @@ pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: 
 /// reordered: local members first, managed ones sorted). Used after a tool's change on this
 /// node, so the same accounts give the same bytes everywhere.
 pub fn canonical(files: &AccountFiles, policy: &Policy, groups: &BTreeSet<String>) -> AccountFiles {
-    let view = View::new(files, policy);
+    canonical_in(&View::new(files, policy), policy, groups)
+}
+
+/// [`canonical`] of the files of `view`.
+pub fn canonical_in(view: &View, policy: &Policy, groups: &BTreeSet<String>) -> AccountFiles {
     let mut p = Plan {
-        view: &view,
+        view,
         policy,
         today: 0,
         users: HashMap::new(),
@@ -904,6 +1212,7 @@ pub fn canonical(files: &AccountFiles, policy: &Policy, groups: &BTreeSet<String
         members: HashMap::new(),
         dropped: HashSet::new(),
         carried: HashMap::new(),
+        took: HashSet::new(),
         homes: Vec::new(),
         uid_over: HashMap::new(),
         gid_over: HashMap::new(),

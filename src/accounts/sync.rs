@@ -12,11 +12,20 @@
 //!   items set aside earlier) → one write of the four files → an [`Outcome`] per item.
 //!
 //! [`Accounts`] keeps, between calls, the content of the four files that the index agrees
-//! with (after a detect whose changes were committed, or an apply whose outcomes were), so a
-//! detect looks only at the entries whose lines changed since: the cost of a change grows with
-//! the change, not with the database (one pass comparing lines). The caller must commit what
-//! detect and apply return before calling again, or call [`Accounts::forget`] (then the next
-//! detect compares every account with the index).
+//! with (after a detect whose changes were committed, or an apply whose outcomes were), their
+//! [`View`] (the lookups by name and id, made once per content), and the last [`FileSet`] read
+//! or written, so that:
+//! - a read ([`Accounts::read`]) reads again only the files whose stat changed;
+//! - a detect of files nobody changed costs nothing, and otherwise looks only at the entries
+//!   whose lines changed (the lines between the first and the last that differ);
+//! - an apply to files in canonical layout patches the lines of the accounts it changes
+//!   (see [`apply`]) and writes only the files that change.
+//!
+//! So the cost of a change grows with the change; what remains proportional to the database
+//! is reading a file a tool rewrote (and indexing it), and writing a file that changes (it is
+//! replaced whole, as shadow-utils does). The caller must commit what detect and apply return
+//! before calling again, or call [`Accounts::forget`] (then the next detect compares every
+//! account with the index).
 //!
 //! Invariants: an item is committed as applied only when the files hold it (or it deletes an
 //! account this node does not manage: nothing to delete); an account whose lines cannot be read
@@ -37,7 +46,12 @@ use super::view::View;
 use crate::config::ConflictPolicy;
 use crate::item::{Body, Item, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the local members of a deleted managed group wait for a new group of the same gid
+/// (the other half of a rename) before they are forgotten.
+pub const CARRY_FOR: Duration = Duration::from_secs(600);
 
 /// Names of users, groups and member sets to look at.
 type Names = BTreeSet<Vec<u8>>;
@@ -88,6 +102,13 @@ pub struct Accounts {
     me: String,
     /// The files' content that the index agrees with; `None`: unknown (compare everything).
     files: Option<AccountFiles>,
+    /// The view of `files` (made when first needed).
+    view: Option<Arc<View>>,
+    /// The files as last read or written (what the next read compares the stat with).
+    last: Option<FileSet>,
+    /// Local members of managed groups deleted here, by gid, until a new group of that gid
+    /// takes them over (a rename that arrives in two batches) or [`CARRY_FOR`] passes.
+    carried: HashMap<u32, (Vec<Vec<u8>>, Instant)>,
     /// Accounts that left the managed set on this node while the index has them live.
     left: BTreeMap<AccountId, String>,
     /// Read problems by account key.
@@ -124,6 +145,9 @@ impl Accounts {
             policy,
             me: me.into(),
             files: None,
+            view: None,
+            last: None,
+            carried: HashMap::new(),
             left: BTreeMap::new(),
             problems: BTreeMap::new(),
             malformed: Vec::new(),
@@ -141,16 +165,40 @@ impl Accounts {
         &self.policy
     }
 
-    /// The files were written as `files` (the canonical layout a detect asked for): the index
+    /// The files were written as `set` (the canonical layout a detect asked for): the index
     /// agrees with them as it did with the files read.
-    pub fn written(&mut self, files: AccountFiles) {
-        self.files = Some(files);
+    pub fn written(&mut self, set: FileSet) {
+        self.files = Some(set.files.clone());
+        self.view = None;
+        self.last = Some(set);
     }
 
     /// Forget what the index agrees with (a commit failed, the index was reset): the next
     /// detect compares every account with the index.
     pub fn forget(&mut self) {
         self.files = None;
+        self.view = None;
+    }
+
+    /// Read the four files (under the locks), again only those whose stat changed since the
+    /// last read or write.
+    pub fn read(&mut self, db: &AccountDb) -> Result<FileSet, AccountsError> {
+        let set = db.read_since(self.last.as_ref())?;
+        self.last = Some(set.clone());
+        Ok(set)
+    }
+
+    /// The view of the files the index agrees with.
+    fn view(&mut self) -> Option<Arc<View>> {
+        let files = self.files.as_ref()?;
+        match &self.view {
+            Some(v) if v.files.same_tables(files) => Some(v.clone()),
+            _ => {
+                let v = Arc::new(View::new(files, &self.policy));
+                self.view = Some(v.clone());
+                Some(v)
+            }
+        }
     }
 
     /// What `status` shows: read problems and accounts that left the managed set.
@@ -175,7 +223,22 @@ impl Accounts {
     ) -> Result<Detected, AccountsError> {
         let policy = self.policy.clone();
         let new = &read.files;
-        let view = View::new(new, &policy);
+        if !adopt
+            && self.detected
+            && self
+                .files
+                .as_ref()
+                .is_some_and(|f| f.same_tables(new) || f == new)
+        {
+            // nothing changed since what the index agrees with
+            self.files = Some(new.clone());
+            return Ok(Detected {
+                problems: self.problems(),
+                ..Detected::default()
+            });
+        }
+        let old_view = self.view();
+        let view = Arc::new(View::new(new, &policy));
         let made = if adopt {
             0
         } else {
@@ -214,7 +277,6 @@ impl Accounts {
                 (u, g.clone(), g)
             }
         };
-        let old_view = self.files.as_ref().map(|f| View::new(f, &policy));
         // a user whose managed-ness changed: its memberships changed without its groups' lines
         if let Some(old_view) = &old_view {
             let flipped: BTreeSet<&[u8]> = users
@@ -417,18 +479,19 @@ impl Accounts {
         };
         // only when a tool wrote lines since (what this node wrote itself is canonical already)
         if cold || !users.is_empty() || !member_groups.is_empty() {
-            let canonical = apply::canonical(new, &policy, &reorder);
+            let canonical = apply::canonical_in(&view, &policy, &reorder);
             if canonical != *new {
                 out.canonical = Some(canonical);
             }
         }
         out.problems = self.problems();
         self.files = Some(new.clone());
+        self.view = Some(view);
         self.detected = true;
         Ok(out)
     }
 
-    fn unreadable(&self, view: &View<'_>, id: &AccountId) -> bool {
+    fn unreadable(&self, view: &View, id: &AccountId) -> bool {
         self.problems.contains_key(&key_name(id))
             || view
                 .malformed
@@ -536,15 +599,29 @@ impl Accounts {
             locked: Duration::ZERO,
             homes: Vec::new(),
         };
-        let read = db.read()?;
+        let read = self.read(db)?;
         if self.files.as_ref() != Some(&read.files) {
             return Ok(stale);
         }
-        let plan = apply::plan_files(&read.files, &self.policy, items, today);
+        // the very tables read, so the next read's comparison is by pointer
+        self.files = Some(read.files.clone());
+        let Some(view) = self.view() else {
+            return Ok(stale);
+        };
+        self.carried.retain(|_, (_, at)| at.elapsed() < CARRY_FOR);
+        let carried: HashMap<u32, Vec<Vec<u8>>> = self
+            .carried
+            .iter()
+            .map(|(gid, (m, _))| (*gid, m.clone()))
+            .collect();
+        let plan = apply::plan_in(&view, &self.policy, items, today, &carried);
         let (files, locked) = match db.write(&read, &plan.files)? {
             Written::Stale => return Ok(stale),
             Written::Unchanged => (Vec::new(), Duration::ZERO),
-            Written::Done { files, locked } => (files, locked),
+            Written::Done { files, locked, set } => {
+                self.last = Some(set);
+                (files, locked)
+            }
         };
         for (it, o) in items.iter().zip(&plan.outcomes) {
             if *o == Outcome::Applied
@@ -553,7 +630,22 @@ impl Accounts {
                 self.left.remove(&id);
             }
         }
-        self.files = Some(plan.files);
+        let now = Instant::now();
+        self.carried = plan
+            .carried
+            .into_iter()
+            .map(|(gid, m)| {
+                let at = match self.carried.get(&gid) {
+                    Some((old, at)) if *old == m => *at,
+                    _ => now,
+                };
+                (gid, (m, at))
+            })
+            .collect();
+        if !files.is_empty() {
+            self.files = Some(plan.files);
+            self.view = None;
+        }
         let mut homes = Vec::new();
         if self.policy.create_home && !plan.homes.is_empty() {
             let etc = db.etc();
@@ -574,18 +666,18 @@ impl Accounts {
 
     /// The record of a group as the files have it now (for a group kept local, see
     /// [`Outcome::KeepLocal`]).
-    pub fn local_group(&self, name: &str) -> Option<Group> {
-        let files = self.files.as_ref()?;
-        View::new(files, &self.policy)
-            .group(name.as_bytes(), &self.policy)
+    pub fn local_group(&mut self, name: &str) -> Option<Group> {
+        let policy = self.policy.clone();
+        self.view()?
+            .group(name.as_bytes(), &policy)
             .and_then(Result::ok)
     }
 
     /// The record of a user as the files have it now.
-    pub fn local_user(&self, name: &str) -> Option<User> {
-        let files = self.files.as_ref()?;
-        View::new(files, &self.policy)
-            .user(name.as_bytes(), &self.policy)
+    pub fn local_user(&mut self, name: &str) -> Option<User> {
+        let policy = self.policy.clone();
+        self.view()?
+            .user(name.as_bytes(), &policy)
             .and_then(Result::ok)
     }
 }
@@ -616,51 +708,37 @@ pub fn keep_local(local: &Item, remote: &Item, body: Account, me: &str, now_ms: 
     }
 }
 
-/// The entry names whose lines differ between two tables (first line of each name).
+/// The names of the entry lines between the first and the last line that differ between two
+/// tables (in either): every name whose record may have changed (its first line, a line added
+/// or removed, a duplicate that appeared or went), and only those. Lines before and after
+/// that range are the same lines at the same places, so they are compared, not parsed.
 fn changed_names(old: &db::Table, new: &db::Table) -> BTreeSet<Vec<u8>> {
-    fn map(t: &db::Table) -> HashMap<&[u8], &[u8]> {
-        let mut m = HashMap::with_capacity(t.lines().len());
-        for l in t.lines() {
-            if let Some(n) = db::entry_name(l) {
-                m.entry(n).or_insert(l.as_slice());
-            }
-        }
-        m
-    }
-    let mut out = BTreeSet::new();
-    if old.lines() == new.lines() {
-        return out;
-    }
-    let (a, b) = (map(old), map(new));
-    for (n, l) in &a {
-        if b.get(n) != Some(l) {
-            out.insert(n.to_vec());
-        }
-    }
-    for n in b.keys() {
-        if !a.contains_key(n) {
-            out.insert(n.to_vec());
-        }
-    }
-    // a second line of a name: the name's record may change (duplicate)
-    if old.lines().len() != new.lines().len() {
-        for t in [old, new] {
-            let mut seen = std::collections::HashSet::new();
-            for l in t.lines() {
-                if let Some(n) = db::entry_name(l)
-                    && !seen.insert(n)
-                {
-                    out.insert(n.to_vec());
-                }
-            }
-        }
-    }
-    out
+    let (a, b) = (old.lines(), new.lines());
+    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let room = a.len().min(b.len()) - pre;
+    let suf = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(room)
+        .take_while(|(x, y)| x == y)
+        .count();
+    a[pre..a.len() - suf]
+        .iter()
+        .chain(&b[pre..b.len() - suf])
+        .filter_map(|l| db::entry_name(l))
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
-fn changed_opt(old: Option<&db::Table>, new: Option<&db::Table>) -> BTreeSet<Vec<u8>> {
-    let empty = db::Table::parse(b"");
-    changed_names(old.unwrap_or(&empty), new.unwrap_or(&empty))
+fn changed_opt(old: Option<&Arc<db::Table>>, new: Option<&Arc<db::Table>>) -> BTreeSet<Vec<u8>> {
+    match (old, new) {
+        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => BTreeSet::new(),
+        _ => {
+            let empty = db::Table::parse(b"");
+            changed_names(old.map_or(&empty, |t| t), new.map_or(&empty, |t| t))
+        }
+    }
 }
 
 /// The nodes of the accounts group and the policy a peer's item is checked against.

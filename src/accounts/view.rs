@@ -83,40 +83,56 @@ pub struct GroupLine {
     pub managed: bool,
 }
 
-/// The four tables with their lookups.
-pub struct View<'f> {
-    pub files: &'f AccountFiles,
-    /// First parsed `passwd` line of each name.
-    pub users: HashMap<&'f [u8], UserLine>,
-    /// First parsed `group` line of each name.
-    pub groups: HashMap<&'f [u8], GroupLine>,
-    /// uid → name of its first user; gid → name of its first group.
-    pub uids: HashMap<u32, &'f [u8]>,
-    pub gids: HashMap<u32, &'f [u8]>,
-    /// First `shadow` / `gshadow` line of each name.
-    pub shadow: HashMap<&'f [u8], usize>,
-    pub gshadow: HashMap<&'f [u8], usize>,
-    /// Names with more than one line in passwd / group (the lines after the first).
-    pub dup_users: HashMap<&'f [u8], usize>,
-    pub dup_groups: HashMap<&'f [u8], usize>,
-    /// Lines that do not parse but may be a managed account's (names for messages).
-    pub malformed: Vec<(DbFile, usize, &'f [u8])>,
+/// Where the managed lines of one file are, when they form the canonical block (see
+/// [`super::apply`]): exactly the lines `start..end`, sorted, and `end` is the first NIS line or
+/// the end of the file. An apply to files in this layout patches the block instead of building
+/// the files again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub start: usize,
+    pub end: usize,
 }
 
-impl<'f> View<'f> {
+/// The four tables with their lookups (owned: kept between calls for the files it was made of).
+#[derive(Debug)]
+pub struct View {
+    pub files: AccountFiles,
+    /// First parsed `passwd` line of each name.
+    pub users: HashMap<Vec<u8>, UserLine>,
+    /// First parsed `group` line of each name.
+    pub groups: HashMap<Vec<u8>, GroupLine>,
+    /// uid → name of its first user; gid → name of its first group.
+    pub uids: HashMap<u32, Vec<u8>>,
+    pub gids: HashMap<u32, Vec<u8>>,
+    /// First `shadow` / `gshadow` line of each name.
+    pub shadow: HashMap<Vec<u8>, usize>,
+    pub gshadow: HashMap<Vec<u8>, usize>,
+    /// Names with more than one line in passwd / group (the lines after the first).
+    pub dup_users: HashMap<Vec<u8>, usize>,
+    pub dup_groups: HashMap<Vec<u8>, usize>,
+    /// Lines that do not parse but may be a managed account's (names for messages).
+    pub malformed: Vec<(DbFile, usize, Vec<u8>)>,
+    /// The canonical blocks of passwd, shadow, group, gshadow (in [`DbFile::ALL`] order), when
+    /// every file is in canonical layout; `None` otherwise.
+    pub blocks: Option<[Option<Block>; 4]>,
+}
+
+impl View {
     /// Index the tables (one pass, no record made).
-    pub fn new(files: &'f AccountFiles, policy: &Policy) -> View<'f> {
+    pub fn new(files: &AccountFiles, policy: &Policy) -> View {
+        let files = files.clone();
         let mut v = View {
-            files,
-            users: HashMap::new(),
-            groups: HashMap::new(),
-            uids: HashMap::new(),
-            gids: HashMap::new(),
+            files: files.clone(),
+            users: HashMap::with_capacity(files.passwd.lines().len()),
+            groups: HashMap::with_capacity(files.group.lines().len()),
+            uids: HashMap::with_capacity(files.passwd.lines().len()),
+            gids: HashMap::with_capacity(files.group.lines().len()),
             shadow: HashMap::new(),
             gshadow: HashMap::new(),
             dup_users: HashMap::new(),
             dup_groups: HashMap::new(),
             malformed: Vec::new(),
+            blocks: None,
         };
         let mut pw_malformed = Vec::new();
         for (i, l) in files.passwd.lines().iter().enumerate() {
@@ -126,13 +142,13 @@ impl<'f> View<'f> {
             match db::parse_pw(l) {
                 Some(pw) => {
                     if v.users.contains_key(name) {
-                        v.dup_users.insert(name, i);
+                        v.dup_users.insert(name.to_vec(), i);
                         continue;
                     }
                     let managed =
                         std::str::from_utf8(name).is_ok_and(|n| policy.set.user(n, pw.uid));
                     v.users.insert(
-                        name,
+                        name.to_vec(),
                         UserLine {
                             line: i,
                             uid: pw.uid,
@@ -140,14 +156,14 @@ impl<'f> View<'f> {
                             managed,
                         },
                     );
-                    v.uids.entry(pw.uid).or_insert(name);
+                    v.uids.entry(pw.uid).or_insert_with(|| name.to_vec());
                 }
                 None => pw_malformed.push((i, name, l)),
             }
         }
         for (i, name, l) in pw_malformed {
             if maybe_managed(policy, l, name, &|n, id| policy.set.user(n, id)) {
-                v.malformed.push((DbFile::Passwd, i, name));
+                v.malformed.push((DbFile::Passwd, i, name.to_vec()));
             }
         }
         let mut gr_malformed = Vec::new();
@@ -158,21 +174,21 @@ impl<'f> View<'f> {
             match db::parse_gr(l) {
                 Some(gr) => {
                     if v.groups.contains_key(name) {
-                        v.dup_groups.insert(name, i);
+                        v.dup_groups.insert(name.to_vec(), i);
                         continue;
                     }
                     let owner = v.users.get(name).map(|u| (u.uid, u.gid));
                     let managed =
                         std::str::from_utf8(name).is_ok_and(|n| policy.set.group(n, gr.gid, owner));
                     v.groups.insert(
-                        name,
+                        name.to_vec(),
                         GroupLine {
                             line: i,
                             gid: gr.gid,
                             managed,
                         },
                     );
-                    v.gids.entry(gr.gid).or_insert(name);
+                    v.gids.entry(gr.gid).or_insert_with(|| name.to_vec());
                 }
                 None => gr_malformed.push((i, name, l)),
             }
@@ -180,7 +196,7 @@ impl<'f> View<'f> {
         for (i, name, l) in gr_malformed {
             let owner = v.users.get(name).map(|u| (u.uid, u.gid));
             if maybe_managed(policy, l, name, &|n, id| policy.set.group(n, id, owner)) {
-                v.malformed.push((DbFile::Group, i, name));
+                v.malformed.push((DbFile::Group, i, name.to_vec()));
             }
         }
         if let Some(t) = &files.shadow {
@@ -189,24 +205,77 @@ impl<'f> View<'f> {
         if let Some(t) = &files.gshadow {
             v.gshadow = first_lines(t);
         }
+        v.blocks = v.find_blocks();
         v
     }
 
+    /// The canonical blocks, if every file is in canonical layout with no duplicate or
+    /// malformed line of a managed account (else `None`: an apply builds the files anew).
+    fn find_blocks(&self) -> Option<[Option<Block>; 4]> {
+        if !self.malformed.is_empty()
+            || self.dup_users.keys().any(|n| self.is_managed_user(n))
+            || self
+                .dup_groups
+                .keys()
+                .any(|n| self.groups.get(n.as_slice()).is_some_and(|g| g.managed))
+        {
+            return None;
+        }
+        let mut users: Vec<(u32, &[u8], usize)> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.managed)
+            .map(|(n, u)| (u.uid, n.as_slice(), u.line))
+            .collect();
+        users.sort_unstable();
+        let mut groups: Vec<(u32, &[u8], usize)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.managed)
+            .map(|(n, g)| (g.gid, n.as_slice(), g.line))
+            .collect();
+        groups.sort_unstable();
+        // text order of the names as the canonical layout sorts them (names are UTF-8)
+        let pw = block_of(&self.files.passwd, users.iter().map(|u| Some(u.2)))?;
+        let gr = block_of(&self.files.group, groups.iter().map(|g| Some(g.2)))?;
+        let sp = match &self.files.shadow {
+            Some(t) => Some(block_of(
+                t,
+                users
+                    .iter()
+                    .map(|u| self.shadow.get(u.1).copied())
+                    .filter(Option::is_some),
+            )?),
+            None => None,
+        };
+        let sg = match &self.files.gshadow {
+            Some(t) => Some(block_of(
+                t,
+                groups
+                    .iter()
+                    .map(|g| self.gshadow.get(g.1).copied())
+                    .filter(Option::is_some),
+            )?),
+            None => None,
+        };
+        Some([Some(pw), sp, Some(gr), sg])
+    }
+
     /// Names of the managed users, sorted.
-    pub fn managed_users(&self) -> BTreeSet<&'f [u8]> {
+    pub fn managed_users(&self) -> BTreeSet<&[u8]> {
         self.users
             .iter()
             .filter(|(_, u)| u.managed)
-            .map(|(n, _)| *n)
+            .map(|(n, _)| n.as_slice())
             .collect()
     }
 
     /// Names of the managed groups, sorted.
-    pub fn managed_groups(&self) -> BTreeSet<&'f [u8]> {
+    pub fn managed_groups(&self) -> BTreeSet<&[u8]> {
         self.groups
             .iter()
             .filter(|(_, g)| g.managed)
-            .map(|(n, _)| *n)
+            .map(|(n, _)| n.as_slice())
             .collect()
     }
 
@@ -330,7 +399,7 @@ impl<'f> View<'f> {
     }
 
     /// The raw member field of group `name` (`None`: no such group).
-    pub fn member_field(&self, name: &[u8]) -> Option<&'f [u8]> {
+    pub fn member_field(&self, name: &[u8]) -> Option<&[u8]> {
         let g = self.groups.get(name)?;
         db::parse_gr(self.files.group.line(g.line)).map(|gr| gr.members)
     }
@@ -386,14 +455,39 @@ impl<'f> View<'f> {
     }
 }
 
-fn first_lines(t: &Table) -> HashMap<&[u8], usize> {
-    let mut m = HashMap::with_capacity(t.lines().len());
+fn first_lines(t: &Table) -> HashMap<Vec<u8>, usize> {
+    let mut m: HashMap<Vec<u8>, usize> = HashMap::with_capacity(t.lines().len());
     for (i, l) in t.lines().iter().enumerate() {
-        if let Some(n) = db::entry_name(l) {
-            m.entry(n).or_insert(i);
+        if let Some(n) = db::entry_name(l)
+            && !m.contains_key(n)
+        {
+            m.insert(n.to_vec(), i);
         }
     }
     m
+}
+
+/// The block of `lines` (line numbers of the managed entries in canonical order; `None` items
+/// were filtered out): `Some` when they are exactly the consecutive lines that end at the
+/// first NIS line (or the end of the file).
+fn block_of(t: &Table, lines: impl Iterator<Item = Option<usize>>) -> Option<Block> {
+    let anchor = t
+        .lines()
+        .iter()
+        .position(|l| matches!(l.first(), Some(b'+' | b'-')))
+        .unwrap_or(t.lines().len());
+    let mut n = 0usize;
+    let mut first = None;
+    for (k, i) in lines.enumerate() {
+        let i = i?;
+        let start = *first.get_or_insert(i);
+        if i != start + k {
+            return None;
+        }
+        n = k + 1;
+    }
+    let start = first.unwrap_or(anchor);
+    (start + n == anchor).then_some(Block { start, end: anchor })
 }
 
 /// Whether a malformed line may be a managed account's: its name is listed in `users`, or

@@ -119,7 +119,8 @@ fn index_empty(ctx: &Ctx, group: &str) -> bool {
 fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<String>), String> {
     let name = g.name();
     let db = AccountDb::new(&ctx.root);
-    let read = db.read().map_err(|e| e.to_string())?;
+    let mut a = lock(acc);
+    let read = a.read(&db).map_err(|e| e.to_string())?;
     if let Some(r) = &read.recovery {
         tracing::warn!(
             group = name,
@@ -128,7 +129,6 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
             r.abandoned
         );
     }
-    let mut a = lock(acc);
     let adopt = a.first_detect() && index_empty(ctx, name);
     let det = a
         .detect(
@@ -186,12 +186,12 @@ fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<Strin
     }
     if let Some(c) = det.canonical {
         match db.write(&read, &c) {
-            Ok(crate::accounts::Written::Done { files, locked }) => {
+            Ok(crate::accounts::Written::Done { files, locked, set }) => {
                 tracing::debug!(
                     group = name,
                     "account files put in canonical order ({files:?}, locks held {locked:?})"
                 );
-                a.written(c);
+                a.written(set);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(
@@ -427,6 +427,15 @@ impl AccountsDomain {
                 .map(|_| failed("the account files changed meanwhile", true))
                 .collect();
         }
+        if !r.files.is_empty() {
+            tracing::debug!(
+                group = %self.g.name(),
+                "account files written ({:?}, {} items, locks held {:?})",
+                r.files,
+                steps.len(),
+                r.locked
+            );
+        }
         for h in &r.homes {
             tracing::info!(group = %self.g.name(), "{h}");
         }
@@ -518,7 +527,7 @@ impl AccountsDomain {
     fn keep_here(&self, s: &Step, reason: &str) -> Outcome {
         let t = &s.item;
         let body = {
-            let a = lock(&self.acc);
+            let mut a = lock(&self.acc);
             match id_of(&t.key) {
                 Some(AccountId::Group(n)) => a
                     .local_group(&n)
