@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 
 E = os.environ
 BIN = E["CLUSTERSYNC_BIN"]
@@ -643,7 +644,9 @@ class Pair:
         self.s = Scratch("pair")
         T = self.s.path
         self.T = T
-        self.cl = Cluster(T, ["a", "b"], group="g", paths=["/data"])
+        self.metrics_port = free_ports(1)[0]
+        self.cl = Cluster(T, ["a", "b"], group="g", paths=["/data"],
+                          node_extra={"b": f'metrics = "127.0.0.1:{self.metrics_port}"'})
         self.src = self.cl.data("a")
         say(f"bench: generating {NFILES} files of 1-16 KiB in {NDIRS} dirs + {NMEDIUM} x 5 MiB "
             f"under {T} ({FS})")
@@ -666,6 +669,68 @@ class Pair:
     def ensure_synced(self):
         if not self.synced:
             scenario_initial()
+
+    def peer_bytes_b(self, peer="a"):
+        """(sent, received) frame bytes of b's daemon with `peer`, from b's /metrics: counted per
+        peer for the daemon's life, so they cover links that have ended (a one-shot `sync`)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        got = {}
+        for ln in text.splitlines():
+            for k in ("sent", "received"):
+                if ln.startswith(f'clustersync_peer_{k}_bytes_total{{peer="{peer}"}}'):
+                    got[k] = int(float(ln.split()[-1]))
+        return got.get("sent", 0), got.get("received", 0)
+
+    def ensure_big(self):
+        """The 256 MiB file on a, synced to b and to rsync's destination."""
+        big = os.path.join(self.src, "big", "big.bin")
+        if not os.path.exists(big):
+            self.both_up()
+            gen_big(big, BIG_MIB, 7)
+            t = time.perf_counter()
+            self.cl.wait_in_sync("b", self.n + 1, 600)
+            say(f"   (setup: the new {BIG_MIB} MiB file reached b in {time.perf_counter() - t:.2f} s)")
+            self.n += 1
+            self.sshd.rsync(self.src, self.rdst, "big-setup")
+        return big, self.cl.data("b") + "/big/big.bin"
+
+
+def big_edit(big, scratch, seed, k):
+    """Edit `k` of the big file, written aside (to be renamed over it): 100 B inserted at 4 KiB,
+    1 MiB overwritten at 100 MiB + k * 4 MiB. Returns (temp path, new length, probe), where
+    probe(path) says whether a file holds the new bytes at the edited places and its end."""
+    rnd = random.Random(seed + k)
+    data = bytearray(open(big, "rb").read())
+    ins = rnd.randbytes(100)
+    patch = rnd.randbytes(1 << 20)
+    data[4096:4096] = ins
+    off = (100 << 20) + k * (4 << 20)
+    data[off:off + (1 << 20)] = patch
+    os.makedirs(scratch, exist_ok=True)
+    tmp = os.path.join(scratch, "big.new")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, os.stat(big).st_mode)
+    want_len = len(data)
+    want = bytes(data[4096:4196]), bytes(data[off:off + 4096]), bytes(data[-4096:])
+    del data
+
+    def probe(path):
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != want_len:
+                    return False
+                f.seek(4096)
+                a = f.read(100)
+                f.seek(off)
+                b = f.read(4096)
+                f.seek(want_len - 4096)
+                c = f.read(4096)
+                return (a, b, c) == want
+        except OSError:
+            return False
+    return tmp, want_len, probe
 
 
 # =========================================================================== scenarios
@@ -863,59 +928,23 @@ def scenario_delta():
     P.ensure_synced()
     cl = P.cl
     P.both_up()
-    big = os.path.join(P.src, "big", "big.bin")
-    bigb = cl.data("b") + "/big/big.bin"
-    say(f"\n== delta: 100 B insert at 4 KiB + 1 MiB overwrite at 100 MiB in a {BIG_MIB} MiB file")
-    if not os.path.exists(big):
-        gen_big(big, BIG_MIB, 7)
-        t = time.perf_counter()
-        cl.wait_in_sync("b", P.n + 1, 600)
-        say(f"   (setup: the new {BIG_MIB} MiB file reached b in {time.perf_counter() - t:.2f} s)")
-        P.n += 1
-        P.sshd.rsync(P.src, P.rdst, "big-setup")
+    say(f"\n== delta: 100 B insert at 4 KiB + 1 MiB overwrite at 100 MiB in a {BIG_MIB} MiB file, "
+        f"both daemons running")
+    big, bigb = P.ensure_big()
     wait_idle([cl.pid("a"), cl.pid("b")], 120)
     ino = Inotify()
     ino.watch(os.path.dirname(bigb), IN_CLOSE_WRITE | IN_MOVED_TO)
     scratch = os.path.join(P.T, "a-scratch")
-    os.makedirs(scratch, exist_ok=True)
     rows = []
     for k in range(3):
-        rnd = random.Random(1000 + k)
-        data = bytearray(open(big, "rb").read())
-        ins = rnd.randbytes(100)
-        patch = rnd.randbytes(1 << 20)
-        data[4096:4096] = ins
-        off = (100 << 20) + k * (4 << 20)
-        data[off:off + (1 << 20)] = patch
-        tmp = os.path.join(scratch, "big.new")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        st = os.stat(big)
-        os.chmod(tmp, st.st_mode)
-        want_len = len(data)
-        probe = bytes(data[4096:4196]), bytes(data[off:off + 4096]), bytes(data[-4096:])
-
-        def landed():
-            try:
-                with open(bigb, "rb") as f:
-                    if os.fstat(f.fileno()).st_size != want_len:
-                        return False
-                    f.seek(4096)
-                    a = f.read(100)
-                    f.seek(off)
-                    b = f.read(4096)
-                    f.seek(want_len - 4096)
-                    c = f.read(4096)
-                    return (a, b, c) == probe
-            except OSError:
-                return False
+        tmp, _n, landed = big_edit(big, scratch, 1000, k)
         recv0, tr0 = cl.received("b")
         w0 = cl.tcpbytes("a")
         c0 = cpu_of(cl.pid("a")), cpu_of(cl.pid("b"))
         ino.drain()
         t0 = time.perf_counter()
         os.rename(tmp, big)
-        t1 = ino.wait("big.bin", IN_CLOSE_WRITE | IN_MOVED_TO, landed, time.perf_counter() + 300)
+        t1 = ino.wait("big.bin", IN_CLOSE_WRITE | IN_MOVED_TO, lambda: landed(bigb), time.perf_counter() + 300)
         c_t = t1 - t0
         cl.wait_in_sync("b", P.n, 120)
         recv1, tr1 = cl.received("b")
@@ -923,7 +952,6 @@ def scenario_delta():
         c1 = cpu_of(cl.pid("a")), cpu_of(cl.pid("b"))
         same = run(["cmp", "-s", big, bigb], check=False).returncode == 0
         r_t, r_sent, r_recv = P.sshd.rsync(P.src, P.rdst, f"delta{k}")
-        del data
         row = {"edit": k + 1, "cs_s": c_t, "cs_payload": recv1 - recv0, "cs_tcp_a_to_b": w1[0] - w0[0],
                "cs_tcp_b_to_a": w1[1] - w0[1], "reused": tr1.get("reused_bytes", 0) - tr0.get("reused_bytes", 0),
                "cpu_a": c1[0] - c0[0], "cpu_b": c1[1] - c0[1], "identical": same,
@@ -938,6 +966,66 @@ def scenario_delta():
     bk = run(["du", "-sb", cl.state("b")], check=False).stdout.split()[:1]
     say(f"   b's state dir (index + backups) after the edits: {human(int(bk[0])) if bk else '?'}")
     record("delta", edits=rows, state_b_bytes=int(bk[0]) if bk else None, load=load_note())
+
+
+def scenario_delta1():
+    """The same edits, synced by a one-shot `clustersync sync g` on a while a's daemon is not
+    running (b's is): a's index is opened, its tree rescanned and the big file chunked again
+    in-process, then the change goes to b. rsync -a over ssh runs right after each, on the same
+    edit; the two alternate which goes first."""
+    P = Pair.get()
+    P.ensure_synced()
+    cl = P.cl
+    say(f"\n== delta1: the delta edit in a {BIG_MIB} MiB file, synced by a one-shot `sync` (no daemon on a, "
+        f"b's running)")
+    big, bigb = P.ensure_big()
+    cl.stop("a")
+    if "b" not in cl.procs:
+        cl.start("b")
+    wait_idle([cl.pid("b")], 120)
+    scratch = os.path.join(P.T, "a-scratch")
+    rows = []
+    for k in range(max(RUNS, 3)):
+        tmp, _n, landed = big_edit(big, scratch, 2000, k)
+        os.rename(tmp, big)
+        os.sync()
+
+        def ours():
+            m0, recv0, cpu_b0 = P.peer_bytes_b(), cl.received("b")[0], cpu_of(cl.pid("b"))
+            warm_memory(2 * BIG_MIB)
+            wall, cpu = cl.sync("a")
+            ok = landed(bigb)
+            m1, recv1, cpu_b1 = P.peer_bytes_b(), cl.received("b")[0], cpu_of(cl.pid("b"))
+            return {"cs_s": wall, "cs_cpu_a": cpu, "cs_cpu_b": cpu_b1 - cpu_b0, "cs_a_to_b": m1[1] - m0[1],
+                    "cs_b_to_a": m1[0] - m0[0], "cs_payload": recv1 - recv0, "landed": ok}
+
+        def theirs():
+            warm_memory(2 * BIG_MIB)
+            r_t, r_sent, r_recv = P.sshd.rsync(P.src, P.rdst, f"delta1-{k}")
+            return {"rsync_ssh_s": r_t, "rsync_sent": r_sent, "rsync_recv": r_recv}
+        row = {"edit": k + 1}
+        if k % 2 == 0:
+            row.update(ours())
+            row.update(theirs())
+        else:
+            row.update(theirs())
+            row.update(ours())
+        row["identical"] = run(["cmp", "-s", big, bigb], check=False).returncode == 0
+        cs_wire = row["cs_a_to_b"] + row["cs_b_to_a"]
+        rs_wire = row["rsync_sent"] + row["rsync_recv"]
+        row["cs_wire"], row["rsync_wire"] = cs_wire, rs_wire
+        rows.append(row)
+        say(f"   edit {k + 1}: clustersync {row['cs_s']:.3f} s (CPU a {row['cs_cpu_a']:.2f} s, b {row['cs_cpu_b']:.2f} s), "
+            f"wire a->b {human(row['cs_a_to_b'])} + b->a {human(row['cs_b_to_a'])} = {human(cs_wire)} "
+            f"(payload {human(row['cs_payload'])}), b's copy {'identical' if row['identical'] else 'DIFFERENT'}; "
+            f"rsync over ssh {row['rsync_ssh_s']:.3f} s, {human(row['rsync_sent'])} + {human(row['rsync_recv'])} = "
+            f"{human(rs_wire)}; time ratio {ratio(row['cs_s'], row['rsync_ssh_s'])}, bytes ratio "
+            f"{ratio(cs_wire, rs_wire)}")
+    med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
+    say(f"   medians: clustersync {med('cs_s'):.3f} s / {human(med('cs_wire'))}, rsync over ssh "
+        f"{med('rsync_ssh_s'):.3f} s / {human(med('rsync_wire'))}")
+    record("delta1", edits=rows, load=load_note())
+    P.both_up()
 
 
 def live_events(P, n_events, gap, kinds, ino, bdir, adir, timeout=10):
@@ -1477,9 +1565,9 @@ def scenario_profile():
 
 SCEN = {"initial": scenario_initial, "oneshot": scenario_oneshot, "small": scenario_small,
         "delta": scenario_delta, "live": scenario_live, "delete": scenario_delete,
-        "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
+        "delta1": scenario_delta1, "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
         "profile": scenario_profile}
-ALL = ["initial", "oneshot", "small", "delta", "live", "delete", "fanout", "wan", "scale"]
+ALL = ["initial", "oneshot", "small", "delta", "delta1", "live", "delete", "fanout", "wan", "scale"]
 
 
 def main():
@@ -1507,7 +1595,7 @@ def main():
             say(f"bench: scenario {s} FAILED: {e}")
             record(s, failed=str(e))
             failed.append(s)
-            if s in ("initial",) or Pair.inst is not None and s in ("oneshot", "small", "delta", "live", "delete"):
+            if s in ("initial",) or Pair.inst is not None and s in ("oneshot", "small", "delta", "delta1", "live", "delete"):
                 # the pair may be in a bad state: start over for the next pair scenario
                 try:
                     Pair.inst.cl.stop_all()

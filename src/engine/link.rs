@@ -15,11 +15,12 @@
 //! (relays send the item, and content is fetched where it is missing).
 
 use crate::engine::node::Ctx;
-use crate::item::Hash;
+use crate::engine::relay::{self, LinkRelay};
 use crate::item::v3::RecordV3;
+use crate::item::{ChunkRef, Hash};
 use crate::net::protocol::{
-    GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST, MAX_GROUPS,
-    MAX_UNACKED, Msg, WireItem,
+    GroupHello, HaveFrom, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST,
+    MAX_GROUPS, MAX_HAVE, MAX_LIST_REPLY, MAX_UNACKED, Msg, WireItem,
 };
 use crate::net::transport::{HANDSHAKE_TIMEOUT, Link as Wire, LinkReader, TransportError};
 use crate::net::v3::{self, Msg3};
@@ -41,6 +42,14 @@ const MAX_CHUNKS_REPLY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 type ChunkReply = Vec<Option<Vec<u8>>>;
+type ListReply = Option<Vec<Vec<ChunkRef>>>;
+/// A pump whose batches were all left out (echoes, deferred relays) tells the peer its new
+/// position after this long (or with its next batch), not at once: one change would otherwise
+/// cost an empty `Index` and its `Ack` on every link of every node that received it.
+const LAZY_THROUGH: Duration = Duration::from_secs(60);
+/// On a protocol-5 link, a pump waits this long at most for the peer's first `Have` before
+/// its first batch, so that relays the peer does not need are left out from the start.
+const FIRST_HAVE: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -100,6 +109,7 @@ pub struct Link {
     hi: mpsc::Sender<Msg>,
     bulk: mpsc::Sender<Msg>,
     chunk_waiters: Mutex<HashMap<u64, oneshot::Sender<ChunkReply>>>,
+    list_waiters: Mutex<HashMap<u64, oneshot::Sender<ListReply>>>,
     pong_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     next_req: AtomicU64,
     pub pumps: Mutex<HashMap<String, PumpProgress>>,
@@ -112,6 +122,10 @@ pub struct Link {
     /// Bytes of chunk data sent and received on this link.
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// What the peer told us it holds, and the relays left out for it (`engine::relay`).
+    pub relay: Mutex<LinkRelay>,
+    /// A `Have` arrived.
+    have_seen: Notify,
 }
 
 impl Link {
@@ -148,6 +162,31 @@ impl Link {
             .await
         {
             lock(&self.chunk_waiters).remove(&req);
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Ask the peer for the chunk refs of some groups of its version of `key` (protocol 5).
+    pub async fn get_chunk_lists(
+        &self,
+        group: &str,
+        key: &[u8],
+        hash: &Hash,
+        groups: Vec<u32>,
+    ) -> Option<oneshot::Receiver<ListReply>> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.list_waiters).insert(req, tx);
+        let m = Msg::GetChunkLists {
+            req,
+            group: group.to_string(),
+            key: key.to_vec(),
+            hash: *hash,
+            groups,
+        };
+        if !self.send(m).await {
+            lock(&self.list_waiters).remove(&req);
             return None;
         }
         Some(rx)
@@ -528,6 +567,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         hi: hi_tx.clone(),
         bulk: bulk_tx,
         chunk_waiters: Mutex::new(HashMap::new()),
+        list_waiters: Mutex::new(HashMap::new()),
         pong_waiters: Mutex::new(HashMap::new()),
         next_req: AtomicU64::new(1),
         pumps: Mutex::new(HashMap::new()),
@@ -538,6 +578,8 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         since: Instant::now(),
         bytes_out: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
+        relay: Mutex::new(LinkRelay::default()),
+        have_seen: Notify::new(),
     });
     let how = Sending {
         version,
@@ -558,6 +600,12 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         link: link.clone(),
     };
     tracing::info!(peer = %peer, "connected (protocol {version}, {suite})");
+    // what we hold from each member, before any batch: the peer leaves out what we get from
+    // elsewhere (protocol 5)
+    let mut have_sent: HashMap<String, HashMap<String, HaveFrom>> = HashMap::new();
+    if version >= 5 {
+        send_have(&ctx, &link, &mut have_sent).await;
+    }
 
     let mut pumps = Vec::new();
     for (g, lg) in &link.groups {
@@ -591,6 +639,19 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut shutdown = ctx.shutdown_rx();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    // protocol 5: batches (and `Pong`s, which mark a point among them) pass one ordered intake
+    // that puts grouped chunk lists together (`engine::lists`) before `dispatch` sees them
+    let (intake, mut ordered_rx, intake_task) = if version >= 5 {
+        let (i, o, t) = spawn_intake(ctx.clone(), link.clone());
+        (Some(i), o, Some(t))
+    } else {
+        (None, mpsc::channel(1).1, None)
+    };
+    let mut links_gen = ctx.links.generation();
+    let mut gen_alive = version >= 5;
+    let mut have_at = Instant::now();
+    // a link of ours came or went: say so soon (links made together are said together)
+    let mut have_due: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             _ = crate::engine::node::until_set(&mut closed_rx) => break Ok(()),
@@ -600,6 +661,32 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
             }
             _ = keepalive.tick() => {
                 let _ = hi_tx.try_send(Msg::Ping { token: 0 });
+                if version >= 5 && have_at.elapsed() >= relay::HAVE_EVERY {
+                    have_at = Instant::now();
+                    send_have(&ctx, &link, &mut have_sent).await;
+                }
+            }
+            r = links_gen.changed(), if gen_alive => {
+                if r.is_err() {
+                    gen_alive = false;
+                } else if have_due.is_none() {
+                    have_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+                }
+            }
+            _ = tokio::time::sleep_until(have_due.unwrap_or_else(tokio::time::Instant::now)), if have_due.is_some() => {
+                have_due = None;
+                links_gen.borrow_and_update();
+                send_have(&ctx, &link, &mut have_sent).await;
+            }
+            m = ordered_rx.recv(), if intake.is_some() => {
+                let m = match m {
+                    None => break Err(LinkError::Transport(TransportError::Closed)),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(m)) => m,
+                };
+                if let Err(e) = dispatch(&ctx, &link, &serving, m).await {
+                    break Err(e);
+                }
             }
             m = in_rx.recv() => {
                 let m = match m {
@@ -608,12 +695,25 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
                     Some(Ok(m)) => m,
                 };
                 ctx.links.touch(&peer);
+                let m = match (&intake, m) {
+                    (Some(i), m @ (Msg::Index { .. } | Msg::IndexGrouped { .. } | Msg::Pong { .. })) => {
+                        // a peer within flow control never fills it
+                        if i.try_send(m).is_err() {
+                            break Err(violation(&peer, "ignored flow control"));
+                        }
+                        continue;
+                    }
+                    (_, m) => m,
+                };
                 if let Err(e) = dispatch(&ctx, &link, &serving, m).await {
                     break Err(e);
                 }
             }
         }
     };
+    if let Some(t) = intake_task {
+        t.abort();
+    }
     if let Err(LinkError::Violation { msg, .. }) = &result {
         let _ = hi_tx.try_send(Msg::Bye {
             reason: msg.clone(),
@@ -628,9 +728,109 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     drop(hi_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     lock(&link.chunk_waiters).clear();
+    lock(&link.list_waiters).clear();
     lock(&link.pong_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
+}
+
+/// Tell the peer what we hold from each member of the groups we exchange, where it changed
+/// since we last said (all of it the first time).
+async fn send_have(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    sent: &mut HashMap<String, HashMap<String, HaveFrom>>,
+) {
+    let groups: Vec<String> = link
+        .groups
+        .iter()
+        .filter(|(_, lg)| lg.paused.is_none())
+        .map(|(g, _)| g.clone())
+        .collect();
+    for g in groups {
+        let (c2, g2) = (ctx.clone(), g.clone());
+        let now = tokio::task::spawn_blocking(move || relay::have(&c2, &g2))
+            .await
+            .unwrap_or_default();
+        let before = sent.entry(g.clone()).or_default();
+        let first = before.is_empty();
+        let changed: Vec<HaveFrom> = now
+            .into_iter()
+            .filter(|h| h.node != link.peer && before.get(&h.node) != Some(h))
+            .collect();
+        if changed.is_empty() && !first {
+            continue;
+        }
+        for h in &changed {
+            before.insert(h.node.clone(), h.clone());
+        }
+        if !link
+            .send(Msg::Have {
+                group: g,
+                from: changed,
+            })
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// The ordered intake of a protocol-5 link: batches and `Pong`s in the order they arrived,
+/// grouped chunk lists put together, out to the link's loop for `dispatch`.
+#[allow(clippy::type_complexity)]
+fn spawn_intake(
+    ctx: Arc<Ctx>,
+    link: Arc<Link>,
+) -> (
+    mpsc::Sender<Msg>,
+    mpsc::Receiver<Result<Msg, LinkError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    // a sender within flow control has at most MAX_UNACKED batches per group unacknowledged
+    let room = MAX_UNACKED * link.groups.len().max(1) + 16;
+    let (in_tx, mut in_rx) = mpsc::channel::<Msg>(room);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        while let Some(m) = in_rx.recv().await {
+            let out = match m {
+                Msg::IndexGrouped {
+                    group,
+                    items,
+                    lists,
+                    through,
+                    head,
+                } => {
+                    if !link.groups.contains_key(&group) {
+                        // dispatch names the violation
+                        Ok(Msg::Index {
+                            group,
+                            items,
+                            through,
+                            head,
+                        })
+                    } else {
+                        match crate::engine::lists::expand(&ctx, &link, &group, items, lists).await
+                        {
+                            Ok(items) => Ok(Msg::Index {
+                                group,
+                                items,
+                                through,
+                                head,
+                            }),
+                            Err(e) => Err(violation(&link.peer, e.to_string())),
+                        }
+                    }
+                }
+                m => Ok(m),
+            };
+            let stop = out.is_err();
+            if out_tx.send(out).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (in_tx, out_rx, task)
 }
 
 async fn write_loop(
@@ -880,7 +1080,11 @@ async fn dispatch(
                     let deadline = Instant::now() + Duration::from_secs(3600);
                     while Instant::now() < deadline && !link.is_closed() {
                         let notified = link.pump_notify.notified();
-                        let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
+                        // relays owed to the peer (`engine::relay`) are part of "everything"
+                        let done = targets.iter().all(|(g, t)| {
+                            link.pump(g).scanned >= *t
+                                && !lock(&link.relay).groups.get(g).is_some_and(|r| r.busy())
+                        });
                         if done {
                             break;
                         }
@@ -895,26 +1099,122 @@ async fn dispatch(
                 let _ = tx.send(());
             }
         }
+        Msg::IndexGrouped { .. } => {
+            // a protocol-5 link hands these to its intake (`run`), which makes them `Index`
+            return Err(violation(
+                peer,
+                format!("sent IndexGrouped on a protocol {} link", link.version),
+            ));
+        }
+        Msg::GetChunkLists {
+            req,
+            group,
+            key,
+            hash,
+            groups,
+        } => {
+            if groups.len() > MAX_LIST_REPLY {
+                return Err(violation(peer, "too many chunk groups requested"));
+            }
+            if !check_group(&group)? {
+                let _ = link.send(Msg::ChunkLists { req, lists: None }).await;
+                return Ok(());
+            }
+            let Ok(permit) = serving.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let (ctx, link) = (ctx.clone(), link.clone());
+            tokio::spawn(async move {
+                let c2 = ctx.clone();
+                let lists = tokio::task::spawn_blocking(move || {
+                    crate::engine::lists::serve(&c2, &group, &key, &hash, &groups)
+                })
+                .await
+                .unwrap_or_default();
+                let _ = link.send(Msg::ChunkLists { req, lists }).await;
+                drop(permit);
+            });
+        }
+        Msg::ChunkLists { req, lists } => {
+            let w = lock(&link.list_waiters).remove(&req);
+            match w {
+                Some(tx) => {
+                    let _ = tx.send(lists);
+                }
+                None => return Err(violation(peer, "unsolicited ChunkLists")),
+            }
+        }
+        Msg::Have { group, from } => {
+            if from.len() > MAX_HAVE {
+                return Err(violation(peer, "too many members in Have"));
+            }
+            if !check_group(&group)? {
+                return Ok(());
+            }
+            let (floor, saved) = {
+                let mut r = lock(&link.relay);
+                let g = r.group(&group);
+                g.update(from);
+                (g.floor(), g.saved)
+            };
+            if floor != saved {
+                // settled deferrals lift the floor; a lower one is kept by the pump first
+                let _ = ctx.store.set_relay_floor(peer, &group, floor, false);
+                lock(&link.relay).group(&group).saved = floor;
+            }
+            link.have_seen.notify_waiters();
+            link.pump_notify.notify_waiters();
+        }
     }
     Ok(())
 }
 
-/// Stream our items of `group` to the peer from `pos` on, then new ones as they come.
-async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
+/// Stream our items of `group` to the peer from `start` on (from the relay floor when that is
+/// lower), then new ones as they come.
+async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
     let Some(lane) = ctx.lane(&group) else { return };
     let mut head_rx = lane.head_rx();
     let mut closed = link.closed_rx();
+    // versions left out for the peer before a restart or a cut link: read them again
+    let mut pos = start;
+    let mut replay_until = None;
+    if let Ok(Some(f)) = ctx.store.relay_floor(&link.peer, &group) {
+        lock(&link.relay).group(&group).saved = Some(f);
+        if f <= start {
+            pos = f.saturating_sub(1);
+            replay_until = Some(start);
+        }
+    }
     {
         let mut p = lock(&link.pumps);
         let e = p.entry(group.clone()).or_default();
         e.scanned = pos;
-        e.acked = pos;
-        e.last_sent = pos;
+        e.acked = start;
+        e.last_sent = start;
     }
-    if ctx.store.acked(&link.peer, &group).unwrap_or(0) < pos {
-        let _ = ctx.store.set_acked(&link.peer, &group, pos);
+    if ctx.store.acked(&link.peer, &group).unwrap_or(0) < start {
+        let _ = ctx.store.set_acked(&link.peer, &group, start);
     }
     let peer_inc = link.peer_inc(&group);
+    if link.version >= 5 {
+        // what the peer holds decides which relays it needs: wait for its first `Have`
+        let deadline = Instant::now() + FIRST_HAVE;
+        loop {
+            let notified = link.have_seen.notified();
+            let seen = lock(&link.relay).groups.get(&group).is_some_and(|g| g.seen);
+            if seen || link.is_closed() || Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+    // a position the peer learns later (`LAZY_THROUGH`)
+    let mut lazy: Option<tokio::time::Instant> = None;
+    let mut tell = false;
+    // the highest head of ours the peer heard of (in `Hello`, read before this, or with a
+    // batch): while it is above what we sent, the peer counts itself behind us, so it must
+    // hear of a new position at once
+    let mut head_told = ctx.store.group_head(&group).unwrap_or(u64::MAX);
     loop {
         // flow control
         loop {
@@ -930,13 +1230,23 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
         if link.is_closed() {
             return;
         }
+        // the peer lost a member it was to get versions from: read them again
+        let rewind = lock(&link.relay).group(&group).take_rewind();
+        if let Some(r) = rewind
+            && r.saturating_sub(1) < pos
+        {
+            replay_until = Some(replay_until.map_or(pos, |u: u64| u.max(pos)));
+            pos = r.saturating_sub(1);
+            let mut p = lock(&link.pumps);
+            let e = p.entry(group.clone()).or_default();
+            e.scanned = e.scanned.min(pos);
+        }
         head_rx.borrow_and_update();
         let c2 = ctx.clone();
         let g2 = group.clone();
-        let to = link.peer.clone();
-        let v = link.version;
+        let l2 = link.clone();
         let batch =
-            tokio::task::spawn_blocking(move || build_batch(&c2, &g2, pos, &to, peer_inc, v)).await;
+            tokio::task::spawn_blocking(move || build_batch(&c2, &g2, pos, &l2, peer_inc)).await;
         let b = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -946,11 +1256,36 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
             }
             Err(_) => return,
         };
-        // nothing to send, but the peer should learn it is caught up: move its `through`
+        if replay_until.is_some_and(|u| b.through >= u) {
+            replay_until = None;
+        }
+        // keep the floor before a batch moves the peer's resume position past it
+        let (floor, saved) = {
+            let mut r = lock(&link.relay);
+            let g = r.group(&group);
+            g.replay = replay_until.map(|_| b.through + 1);
+            (g.floor(), g.saved)
+        };
+        if floor != saved {
+            let (c2, g2, p2) = (ctx.clone(), group.clone(), link.peer.clone());
+            let durable = saved.is_none();
+            let _ = tokio::task::spawn_blocking(move || {
+                c2.store.set_relay_floor(&p2, &g2, floor, durable)
+            })
+            .await;
+            lock(&link.relay).group(&group).saved = floor;
+        }
+        // nothing to send, but the peer should learn it is caught up: move its `through`; when
+        // all that was read are versions it has or gets elsewhere, later (`LAZY_THROUGH`)
         let announce_empty = b.items.is_empty() && {
             let e = link.pump(&group);
-            b.head > e.last_sent && b.through > e.last_sent
+            let quiet = (b.lazy || lazy.is_some()) && !tell && head_told <= e.last_sent;
+            b.head > e.last_sent && b.through > e.last_sent && !quiet
         };
+        tell = false;
+        if b.items.is_empty() && b.lazy && !announce_empty && lazy.is_none() {
+            lazy = Some(tokio::time::Instant::now() + LAZY_THROUGH);
+        }
         if b.not_sendable > 0 {
             let mut p = lock(&link.pumps);
             let e = p.entry(group.clone()).or_default();
@@ -958,6 +1293,7 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
             e.not_sendable_why = b.why_not.clone();
         }
         if !b.items.is_empty() || announce_empty {
+            lazy = None;
             let n = b.items.len();
             ctx.audit_items(
                 &group,
@@ -965,29 +1301,42 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
                     .iter()
                     .map(|w| ("sent", &w.item, Some(link.peer.as_str()))),
             );
-            {
+            // reading again, `through` stays where it was: what the peer holds up to there is
+            // unchanged, the versions it may lack come in this batch
+            let through = {
                 let mut p = lock(&link.pumps);
                 let e = p.entry(group.clone()).or_default();
-                e.unacked.push_back(b.through);
-                e.last_sent = b.through;
-            }
-            ctx.sent_seq.fetch_max(b.through, Ordering::Relaxed);
+                let through = b.through.max(e.last_sent);
+                e.unacked.push_back(through);
+                e.last_sent = through;
+                through
+            };
+            ctx.sent_seq.fetch_max(through, Ordering::Relaxed);
             ctx.counters
                 .items_out
                 .fetch_add(n as u64, Ordering::Relaxed);
             ctx.metrics.changes_sent(&group, n as u64);
-            if !link
-                .send(Msg::Index {
+            head_told = head_told.max(b.head);
+            let m = if b.lists.is_empty() {
+                Msg::Index {
                     group: group.clone(),
                     items: b.items,
-                    through: b.through,
+                    through,
                     head: b.head,
-                })
-                .await
-            {
+                }
+            } else {
+                Msg::IndexGrouped {
+                    group: group.clone(),
+                    items: b.items,
+                    lists: b.lists,
+                    through,
+                    head: b.head,
+                }
+            };
+            if !link.send(m).await {
                 return;
             }
-            tracing::debug!(peer = %link.peer, group = %group, "sent {n} items through {}", b.through);
+            tracing::debug!(peer = %link.peer, group = %group, "sent {n} items through {through}");
         }
         pos = b.through;
         let caught_up = {
@@ -1005,12 +1354,29 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
             let _ = ctx.store.set_acked(&link.peer, &group, t);
         }
         link.pump_notify.notify_waiters();
-        if b.more {
+        if b.more || replay_until.is_some() {
+            continue;
+        }
+        // registered before the check, so a `Have` between the two still wakes us
+        let notified = link.have_seen.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let rewound = lock(&link.relay)
+            .groups
+            .get(&group)
+            .is_some_and(|g| g.busy());
+        if rewound {
             continue;
         }
         tokio::select! {
             r = head_rx.changed() => if r.is_err() { return },
             _ = crate::engine::node::until_set(&mut closed) => return,
+            // a `Have` may have asked for a rewind
+            _ = notified => {}
+            _ = tokio::time::sleep_until(lazy.unwrap_or_else(tokio::time::Instant::now)), if lazy.is_some() => {
+                lazy = None;
+                tell = true;
+            }
         }
     }
 }
@@ -1018,23 +1384,30 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
 /// One batch for a peer.
 struct Batch {
     items: Vec<WireItem>,
+    /// Long chunk lists of `items` sent as group hashes (protocol 5).
+    lists: Vec<crate::net::protocol::GroupedList>,
     through: u64,
     more: bool,
     head: u64,
     not_sendable: u64,
     why_not: Option<String>,
+    /// Versions were read and every one left out as held by the peer or due from elsewhere
+    /// (echoes, deferred relays): the peer need not hear of the new position at once.
+    lazy: bool,
 }
 
-/// Read our items of `group` after `pos` into a batch for `to`. Versions that came from `to`'s
-/// current incarnation are skipped; so are items a protocol-3 peer cannot take.
+/// Read our items of `group` after `pos` into a batch for `link`'s peer. Versions that came
+/// from the peer's current incarnation (`to_inc`) are skipped; so are items a protocol-3 peer
+/// cannot take, and relays the peer gets from the member they came from (`engine::relay`).
 fn build_batch(
     ctx: &Ctx,
     group: &str,
     pos: u64,
-    to: &str,
+    link: &Link,
     to_inc: u64,
-    version: u32,
 ) -> Result<Batch, crate::store::StoreError> {
+    let to = link.peer.as_str();
+    let version = link.version;
     let snapshot = ctx.store.max_seq()?;
     let head = ctx.store.group_head(group)?;
     let entries = ctx.store.since(group, pos, MAX_BATCH_ITEMS)?;
@@ -1046,6 +1419,10 @@ fn build_batch(
     let mut encoded = 0usize;
     let mut not_sendable = 0u64;
     let mut why_not = None;
+    let mut left_out = 0usize;
+    let mut other_skips = 0usize;
+    // our position with each member versions came from (`None`: another incarnation now)
+    let mut positions: HashMap<String, Option<u64>> = HashMap::new();
     let rt = ctx.group(group);
     let dirs = crate::fs::safefs::DirCache::default();
     let is_root = |key: &[u8]| {
@@ -1058,6 +1435,7 @@ fn build_batch(
             // versioned one, and between unversioned ones the conflict policy picks the
             // same on every node, so fresh nodes agree on its mode and mtime
             last_seq = last_seq.max(e.seq);
+            other_skips += 1;
             continue;
         }
         if e.from
@@ -1066,7 +1444,32 @@ fn build_batch(
         {
             // it came from that peer as it is: do not echo it back
             last_seq = last_seq.max(e.seq);
+            left_out += 1;
             continue;
+        }
+        if version >= 5
+            && let Some((p, inc)) = &e.from
+        {
+            // a relay: left out while the peer follows the member it came from
+            let need = *positions.entry(p.clone()).or_insert_with(|| {
+                ctx.store
+                    .peer_position(p, group)
+                    .ok()
+                    .filter(|(pi, _)| pi == inc)
+                    .map(|(_, s)| s)
+            });
+            if let Some(need) = need {
+                let mut r = lock(&link.relay);
+                let g = r.group(group);
+                if let Some(wait) = g.deferral(p, *inc, need) {
+                    if let Some(need) = wait {
+                        g.defer(p, *inc, need, e.seq);
+                    }
+                    last_seq = last_seq.max(e.seq);
+                    left_out += 1;
+                    continue;
+                }
+            }
         }
         if version < 4
             && let Err(why) = RecordV3::try_from(&e.item)
@@ -1076,6 +1479,7 @@ fn build_batch(
                 "{to} runs the previous release (protocol 3) and cannot take {why}"
             ));
             last_seq = last_seq.max(e.seq);
+            other_skips += 1;
             continue;
         }
         // rough encoded size: key, vector, chunk list, attributes
@@ -1118,12 +1522,19 @@ fn build_batch(
     } else {
         snapshot.max(last_seq).max(pos)
     };
+    let lists = if version >= 5 {
+        crate::engine::lists::group_items(&mut items)
+    } else {
+        Vec::new()
+    };
     Ok(Batch {
         items,
+        lists,
         through,
         more,
         head,
         not_sendable,
         why_not,
+        lazy: left_out > 0 && other_skips == 0,
     })
 }

@@ -163,6 +163,9 @@ pub struct Links {
     /// Refused connections not yet logged, and when the last log line was written.
     refused: Mutex<(u64, Option<Instant>)>,
     changed: tokio::sync::Notify,
+    /// Counts links registered and gone, for whoever tells peers which links are up
+    /// (`engine::relay`).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Links {
@@ -188,6 +191,7 @@ impl Links {
         st.last_seen = Some(SystemTime::now());
         drop(p);
         self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g += 1);
     }
 
     pub(crate) fn unregister(&self, peer: &str, conn: u64) {
@@ -197,6 +201,12 @@ impl Links {
         }
         drop(m);
         self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a link is registered or goes.
+    pub fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn close_all(&self) {
