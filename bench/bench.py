@@ -42,6 +42,13 @@ SCALE_FILES = int(E.get("BENCH_SCALE_FILES", "1000000"))
 SCALE_DIRS = int(E.get("BENCH_SCALE_DIRS", "10000"))
 FAN_NODES = int(E.get("BENCH_FANOUT_NODES", "10"))
 FAN_FILES = int(E.get("BENCH_FANOUT_FILES", "1000"))
+MESH_NODES = int(E.get("BENCH_MESH_NODES", "30"))
+MESH_SIZES = [int(x) for x in E.get("BENCH_MESH_SIZES", "20000,4096").split(",")]
+MESH_RUNS = int(E.get("BENCH_MESH_RUNS", "3"))
+CHURN_NODES = [int(x) for x in E.get("BENCH_CHURN_NODES", "5,10").split(",")]
+CHURN_RATE = float(E.get("BENCH_CHURN_RATE", "100"))
+CHURN_SECS = float(E.get("BENCH_CHURN_SECS", "60"))
+CHURN_SIZE = int(E.get("BENCH_CHURN_SIZE", "4096"))
 WAN_MIB = int(E.get("BENCH_WAN_MIB", "100"))
 WAN_RTT_MS = int(E.get("BENCH_WAN_RTT_MS", "50"))
 WAN_RATE = E.get("BENCH_WAN_RATE", "100mbit")
@@ -1296,6 +1303,211 @@ def scenario_fanout():
            payload=payload, per_node=rows, load=load_note())
 
 
+def tcp_by_pid(netns=None):
+    """TCP payload bytes (sent, received) per pid, from `ss -tinpH`: what went over each socket
+    after encryption (not counting TCP/IP headers)."""
+    out = run(ns_prefix(netns) + ["ss", "-tinpH"], check=False).stdout.splitlines()
+    res = {}
+    pids = []
+    for line in out:
+        if not line[:1].isspace():
+            pids = [int(x.split(",")[0]) for x in line.split("pid=")[1:]]
+            continue
+        sent = recv = 0
+        for tok in line.split():
+            if tok.startswith("bytes_sent:"):
+                sent = int(tok.split(":")[1])
+            elif tok.startswith("bytes_received:"):
+                recv = int(tok.split(":")[1])
+        for p in pids:
+            a, b = res.get(p, (0, 0))
+            res[p] = (a + sent, b + recv)
+    return res
+
+
+class Mesh:
+    """N daemons in one group on loopback, every one linked with every other."""
+
+    def __init__(self, name, n):
+        self.S = Scratch(name)
+        self.names = [f"n{i + 1:02d}" for i in range(n)]
+        self.cl = Cluster(self.S.path, self.names, group="m", paths=["/data"])
+        for nm in self.names:
+            self.cl.start(nm, wait=False)
+        for nm in self.names:
+            self.cl.wait_up(nm)
+        for nm in self.names:
+            self.cl.wait_connected(nm, 300)
+        self.pids = [self.cl.pid(nm) for nm in self.names]
+
+    def links(self):
+        """Frame bytes per link as {(node, peer): (sent, received)}, from every `status`."""
+        out = {}
+        for nm in self.names:
+            for p in self.cl.status(nm)["peers"]:
+                out[(nm, p["name"])] = (p.get("bytes_sent", 0), p.get("bytes_received", 0))
+        return out
+
+    def tcp(self):
+        by = tcp_by_pid()
+        return sum(by.get(p, (0, 0))[0] for p in self.pids)
+
+    def received(self):
+        """Content written by each node (inline + chunks), from `status`."""
+        return {nm: self.cl.received(nm)[0] for nm in self.names}
+
+    def stop(self):
+        self.cl.stop_all()
+
+
+def scenario_mesh():
+    """One change on a full mesh of MESH_NODES daemons: time until every other node holds it,
+    content written per node, frame bytes per link (status) and TCP bytes in all, against the
+    target 1.2 x (N-1) x payload + 30 KiB (SPEC §7). The keep-alives of the same time without a
+    change are measured first and subtracted."""
+    n = MESH_NODES
+    say(f"\n== mesh: {n} daemons on loopback, full mesh, one change at a time on one node")
+    M = Mesh("mesh", n)
+    cl = M.cl
+    wait_idle(M.pids, 120)
+    rows = []
+    for k, size in enumerate(MESH_SIZES * MESH_RUNS):
+        origin = M.names[k % n]
+        # the cost of the same time without a change: keep-alives
+        f0, t0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        time.sleep(3)
+        f1, t1w = M.links(), M.tcp()
+        idle_s = time.perf_counter() - t0
+        idle_frames = sum(v[0] for v in f1.values()) - sum(v[0] for v in f0.values())
+        idle_tcp = t1w - t0w
+        r0 = M.received()
+        data = random.Random(k).randbytes(size)
+        rel = f"c{k:03d}.bin"
+        paths = [cl.data(nm) + "/" + rel for nm in M.names if nm != origin]
+        # written outside the group and renamed in: one change, not a temp file and a rename
+        tmp = os.path.join(cl.root(origin), rel + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        g0, g0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        os.rename(tmp, cl.data(origin) + "/" + rel)
+        pending = set(paths)
+        deadline = t0 + 60
+        while pending and time.perf_counter() < deadline:
+            for p in list(pending):
+                try:
+                    if os.path.getsize(p) == size:
+                        pending.discard(p)
+                except OSError:
+                    pass
+            if pending:
+                time.sleep(0.002)
+        t_all = time.perf_counter() - t0
+        if pending:
+            raise BenchError(f"mesh: {len(pending)} nodes lack the change after 60 s")
+        # acknowledgements and anything late
+        time.sleep(2)
+        g1, g1w = M.links(), M.tcp()
+        span = time.perf_counter() - t0
+        r1 = M.received()
+        per_link = {key: g1[key][0] - g0.get(key, (0, 0))[0] for key in g1}
+        frames = sum(per_link.values())
+        tcp = g1w - g0w
+        frames_net = frames - idle_frames / idle_s * span
+        tcp_net = tcp - idle_tcp / idle_s * span
+        wrote = {nm: r1[nm] - r0[nm] for nm in M.names}
+        target = 1.2 * (n - 1) * size + 30 * 1024
+        # a keep-alive and its answer are ~100 B a link in this time: count links that carried more
+        busy = sorted(((v, a, b) for (a, b), v in per_link.items() if v > 300), reverse=True)
+        by_sender = {}
+        for (a, b), v in per_link.items():
+            by_sender[a] = by_sender.get(a, 0) + v
+        row = {"size": size, "origin": origin, "t_all_s": t_all, "frames": frames, "tcp": tcp,
+               "frames_net": frames_net, "tcp_net": tcp_net, "idle_frames_per_s": idle_frames / idle_s,
+               "idle_tcp_per_s": idle_tcp / idle_s, "span_s": span, "target": target,
+               "wrote_min": min(v for k2, v in wrote.items() if k2 != origin),
+               "wrote_max": max(v for k2, v in wrote.items() if k2 != origin),
+               "links_used": len(busy), "by_sender": by_sender,
+               "top_links": [(a, b, v) for v, a, b in busy[:8]]}
+        rows.append(row)
+        say(f"   {size} B on {origin}: all {n - 1} complete after {t_all * 1000:.0f} ms; each wrote "
+            f"{row['wrote_min']}-{row['wrote_max']} B; frames {human(frames)} ({human(frames_net)} without "
+            f"the keep-alives of {span:.1f} s, {human(idle_frames / idle_s)}/s), TCP {human(tcp)} "
+            f"({human(tcp_net)} net); target {human(target)}: {'met' if tcp_net <= target else 'MISSED'}")
+        say(f"      links that carried over 300 B: {len(busy)} of {n * (n - 1)} directions; senders of over 2 KiB: "
+            + ", ".join(f"{a} {human(v)}" for a, v in sorted(by_sender.items()) if v > 2048))
+    cl_rss = [proc_kib(p, "VmRSS") for p in M.pids]
+    say(f"   RSS per daemon {min(cl_rss) / 1024:.1f}-{max(cl_rss) / 1024:.1f} MiB")
+    record("mesh", nodes=n, runs=rows, rss_kib=cl_rss, load=load_note())
+    M.stop()
+
+
+def scenario_churn():
+    """CHURN_RATE changes a second on random nodes for CHURN_SECS, on meshes of each size in
+    CHURN_NODES: bytes on the wire (TCP, all daemons) per change and per receiving node, which
+    stays flat when the cost grows linearly with the nodes. Every node writes files of its own
+    (no conflicts); the trees are compared at the end."""
+    for n in CHURN_NODES:
+        say(f"\n== churn: {n} daemons, {CHURN_RATE} changes/s of {CHURN_SIZE} B on random nodes for {CHURN_SECS} s")
+        M = Mesh(f"churn{n}", n)
+        cl = M.cl
+        wait_idle(M.pids, 120)
+        rnd = random.Random(n)
+        f0, t0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        time.sleep(3)
+        idle_tcp = (M.tcp() - t0w) / (time.perf_counter() - t0)
+        t0w = M.tcp()
+        cpu0 = sum(cpu_of(p) for p in M.pids)
+        t0 = time.perf_counter()
+        count = 0
+        while True:
+            now = time.perf_counter() - t0
+            if now >= CHURN_SECS:
+                break
+            due = count / CHURN_RATE
+            if due > now:
+                time.sleep(due - now)
+            nm = rnd.choice(M.names)
+            p = os.path.join(cl.data(nm), nm, f"f{rnd.randrange(50):02d}.bin")
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            tmp = os.path.join(cl.root(nm), "churn.tmp")
+            with open(tmp, "wb") as f:
+                f.write(rnd.randbytes(CHURN_SIZE))
+            os.rename(tmp, p)
+            count += 1
+        t_write = time.perf_counter() - t0
+
+        def trees():
+            out = []
+            for nm in M.names:
+                t = {}
+                for dp, _dn, fn in os.walk(cl.data(nm)):
+                    for f in fn:
+                        q = os.path.join(dp, f)
+                        try:
+                            t[os.path.relpath(q, cl.data(nm))] = hashlib.blake2b(open(q, "rb").read()).hexdigest()
+                        except OSError:
+                            t[q] = None
+                out.append(t)
+            return out
+        wait_until("every node to hold the same tree", lambda: all(t == trees()[0] for t in trees()), 300, 0.5)
+        t_conv = time.perf_counter() - t0
+        time.sleep(2)
+        span = time.perf_counter() - t0
+        tcp = M.tcp() - t0w
+        cpu = sum(cpu_of(p) for p in M.pids) - cpu0
+        net = tcp - idle_tcp * span
+        per = net / count / (n - 1)
+        say(f"   {count} changes in {t_write:.1f} s; converged {t_conv - t_write:.1f} s after the last; TCP "
+            f"{human(tcp)} ({human(net)} without keep-alives): {per:.0f} B per change per receiving node "
+            f"({per / CHURN_SIZE:.2f} x the payload); daemons' CPU {cpu:.1f} s")
+        record("churn", nodes=n, changes=count, secs=t_write, converge_s=t_conv - t_write, tcp=tcp, tcp_net=net,
+               per_change_per_node=per, payload=CHURN_SIZE, cpu=cpu, idle_tcp_per_s=idle_tcp, load=load_note())
+        M.stop()
+
+
 RELAY = r"""
 import asyncio, sys, time
 lh, lp, th, tp, delay, cap = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]) / 1000, int(sys.argv[6])
@@ -1565,9 +1777,10 @@ def scenario_profile():
 
 SCEN = {"initial": scenario_initial, "oneshot": scenario_oneshot, "small": scenario_small,
         "delta": scenario_delta, "live": scenario_live, "delete": scenario_delete,
-        "delta1": scenario_delta1, "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
+        "delta1": scenario_delta1, "mesh": scenario_mesh, "churn": scenario_churn, "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
         "profile": scenario_profile}
-ALL = ["initial", "oneshot", "small", "delta", "delta1", "live", "delete", "fanout", "wan", "scale"]
+ALL = ["initial", "oneshot", "small", "delta", "delta1", "live", "delete", "fanout", "mesh", "churn", "wan",
+       "scale"]
 
 
 def main():
