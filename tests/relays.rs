@@ -61,8 +61,8 @@ fn a_change_on_one_of_five_nodes_is_sent_by_its_origin_alone() {
 
 /// a dials b and c, b dials c: b's proxy carries the a–b link alone, so cutting it separates a
 /// and b while c reaches both.
-#[test]
-fn a_change_crosses_a_cut_link_through_a_relay() {
+/// Three nodes with proxies, synced and in sync.
+fn three() -> Cluster {
     let mut c = Cluster::new(
         &["a", "b", "c"],
         Opts {
@@ -73,6 +73,18 @@ fn a_change_crosses_a_cut_link_through_a_relay() {
     write(&c.path("a", "keep"), "x");
     c.start_all();
     c.wait_converged("start");
+    wait_until("all in sync", WAIT, || c.all_in_sync());
+    c
+}
+
+/// `name` on `node` holds `data` (written by `bytes(n, seed)`).
+fn holds(c: &Cluster, node: &str, name: &str, n: usize, seed: u64) -> bool {
+    std::fs::read(c.path(node, name)).is_ok_and(|d| d == bytes(n, seed))
+}
+
+#[test]
+fn a_change_crosses_a_cut_link_through_a_relay() {
+    let c = three();
     c.node("b").proxy.as_ref().unwrap().cut();
     wait_until("b to see a gone", WAIT, || {
         c.status("b").is_some_and(|s| {
@@ -84,7 +96,7 @@ fn a_change_crosses_a_cut_link_through_a_relay() {
     });
     write(&c.path("a", "across"), bytes(30_000, 5));
     wait_until("the change on b, through c", WAIT, || {
-        std::fs::read(c.path("b", "across")).is_ok_and(|d| d == bytes(30_000, 5))
+        holds(&c, "b", "across", 30_000, 5)
     });
     assert!(
         sent(&c, "c", "across").contains(&"b".to_string()),
@@ -99,21 +111,11 @@ fn a_change_crosses_a_cut_link_through_a_relay() {
 #[test]
 fn a_relay_left_out_is_sent_when_the_link_it_relied_on_dies() {
     let _serial = serial();
-    let mut c = Cluster::new(
-        &["a", "b", "c"],
-        Opts {
-            proxies: true,
-            ..Default::default()
-        },
-    );
-    write(&c.path("a", "keep"), "x");
-    c.start_all();
-    c.wait_converged("start");
-    wait_until("all in sync", WAIT, || c.all_in_sync());
+    let c = three();
     stall(&c);
     write(&c.path("a", "stalled"), bytes(30_000, 6));
     wait_until("the change on c", WAIT, || {
-        std::fs::read(c.path("c", "stalled")).is_ok_and(|d| d == bytes(30_000, 6))
+        holds(&c, "c", "stalled", 30_000, 6)
     });
     assert!(
         !c.path("b", "stalled").exists(),
@@ -127,7 +129,7 @@ fn a_relay_left_out_is_sent_when_the_link_it_relied_on_dies() {
     wait_until(
         "the change on b, through c",
         Duration::from_secs(60),
-        || std::fs::read(c.path("b", "stalled")).is_ok_and(|d| d == bytes(30_000, 6)),
+        || holds(&c, "b", "stalled", 30_000, 6),
     );
     assert!(
         sent(&c, "c", "stalled").contains(&"b".to_string()),
@@ -143,21 +145,11 @@ fn a_relay_left_out_is_sent_when_the_link_it_relied_on_dies() {
 #[test]
 fn a_relay_left_out_survives_a_restart_of_the_relaying_node() {
     let _serial = serial();
-    let mut c = Cluster::new(
-        &["a", "b", "c"],
-        Opts {
-            proxies: true,
-            ..Default::default()
-        },
-    );
-    write(&c.path("a", "keep"), "x");
-    c.start_all();
-    c.wait_converged("start");
-    wait_until("all in sync", WAIT, || c.all_in_sync());
+    let mut c = three();
     stall(&c);
     write(&c.path("a", "kept-duty"), bytes(30_000, 7));
     wait_until("the change on c", WAIT, || {
-        std::fs::read(c.path("c", "kept-duty")).is_ok_and(|d| d == bytes(30_000, 7))
+        holds(&c, "c", "kept-duty", 30_000, 7)
     });
     // a change of c's own moves b's position of c past the version left out
     write(&c.path("c", "own"), "c's own change\n");
@@ -175,7 +167,7 @@ fn a_relay_left_out_survives_a_restart_of_the_relaying_node() {
     wait_until(
         "the change on b, through c",
         Duration::from_secs(60),
-        || std::fs::read(c.path("b", "kept-duty")).is_ok_and(|d| d == bytes(30_000, 7)),
+        || holds(&c, "b", "kept-duty", 30_000, 7),
     );
     c.node("b").proxy.as_ref().unwrap().throttle(0);
     c.wait_converged("after the restart");

@@ -135,21 +135,27 @@ pub async fn expand(
     let known = tokio::task::spawn_blocking(move || known_groups(&c2, &g2, &keys))
         .await
         .unwrap_or_default();
+    // every item's missing groups at once: one round trip for the batch, not one an item
+    let asks = lists.iter().zip(known).filter_map(|(l, known)| {
+        let w = &items[l.item as usize];
+        let hash = w.item.meta().map(|m| m.hash)?;
+        let key = w.item.key.clone();
+        Some(async move {
+            let got = fill(link, group, &key, &hash, &l.groups, &known).await;
+            (l.item as usize, got)
+        })
+    });
     let mut drop = Vec::new();
-    for (l, known) in lists.iter().zip(known) {
-        let w = &mut items[l.item as usize];
-        let Some(hash) = w.item.meta().map(|m| m.hash) else {
-            continue;
-        };
-        match fill(link, group, &w.item.key, &hash, &l.groups, &known).await? {
+    for (i, got) in futures_util::future::join_all(asks).await {
+        match got? {
             Some(chunks) => {
-                if let Some(m) = w.item.meta_mut() {
+                if let Some(m) = items[i].item.meta_mut() {
                     m.chunks = chunks;
                 }
             }
             None => {
-                tracing::debug!(peer = %link.peer, group, "{}: the peer's version moved on; its newer one follows", w.item.show());
-                drop.push(l.item as usize);
+                tracing::debug!(peer = %link.peer, group, "{}: the peer's version moved on; its newer one follows", items[i].item.show());
+                drop.push(i);
             }
         }
     }
