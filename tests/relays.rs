@@ -139,9 +139,10 @@ fn a_relay_left_out_is_sent_when_the_link_it_relied_on_dies() {
     c.wait_converged("after the stall");
 }
 
-/// c leaves a relay out for b, then c is killed before b has the version from a, and a's link
-/// to b stalls: after its restart c reads again from the version it left out (the floor kept
-/// in its index) and sends it once b reports a gone.
+/// c leaves a relay out for b, a change of c's own moves b's position of c past it, then c
+/// is killed before b has the version from a, whose link to b stalls: c's restarted run keeps
+/// nothing of what it left out, and still sends it once b reports a gone (b's report names
+/// its position with a, and c reads again from where a's versions past it can be).
 #[test]
 fn a_relay_left_out_survives_a_restart_of_the_relaying_node() {
     let _serial = serial();

@@ -648,8 +648,20 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         (None, mpsc::channel(1).1, None)
     };
     let mut links_gen = ctx.links.generation();
+    // per group, how far we had the peer's index: the start of its next batch's checkpoint
+    let mut had: HashMap<String, u64> = link
+        .groups
+        .iter()
+        .filter(|(_, lg)| lg.paused.is_none())
+        .map(|(g, lg)| {
+            let (inc, seq) = ctx.store.peer_position(&peer, g).unwrap_or((0, 0));
+            let had = if inc == lg.peer_inc { seq } else { 0 };
+            let ours = ctx.store.max_seq().unwrap_or(0);
+            ctx.links.checkpoints.add(g, &peer, lg.peer_inc, had, ours);
+            (g.clone(), had)
+        })
+        .collect();
     let mut gen_alive = version >= 5;
-    let mut have_at = Instant::now();
     // a link of ours came or went: say so soon (links made together are said together)
     let mut have_due: Option<tokio::time::Instant> = None;
     let result = loop {
@@ -661,10 +673,6 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
             }
             _ = keepalive.tick() => {
                 let _ = hi_tx.try_send(Msg::Ping { token: 0 });
-                if version >= 5 && have_at.elapsed() >= relay::HAVE_EVERY {
-                    have_at = Instant::now();
-                    send_have(&ctx, &link, &mut have_sent).await;
-                }
             }
             r = links_gen.changed(), if gen_alive => {
                 if r.is_err() {
@@ -695,6 +703,14 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
                     Some(Ok(m)) => m,
                 };
                 ctx.links.touch(&peer);
+                if let Msg::Index { group, through, .. } | Msg::IndexGrouped { group, through, .. } = &m
+                    && let Some(had) = had.get_mut(group)
+                {
+                    // versions of the peer's past `had` land above our index now
+                    let ours = ctx.store.max_seq().unwrap_or(0);
+                    ctx.links.checkpoints.add(group, &peer, link.peer_inc(group), *had, ours);
+                    *had = (*had).max(*through);
+                }
                 let m = match (&intake, m) {
                     (Some(i), m @ (Msg::Index { .. } | Msg::IndexGrouped { .. } | Msg::Pong { .. })) => {
                         // a peer within flow control never fills it
@@ -1151,17 +1167,12 @@ async fn dispatch(
             if !check_group(&group)? {
                 return Ok(());
             }
-            let (floor, saved) = {
-                let mut r = lock(&link.relay);
-                let g = r.group(&group);
-                g.update(from);
-                (g.floor(), g.saved)
+            let ours = |m: &str| ctx.store.peer_position(m, &group).unwrap_or((0, 0));
+            let back = |m: &str, pos: u64| {
+                let inc = ours(m).0;
+                ctx.links.checkpoints.back(&group, m, inc, pos)
             };
-            if floor != saved {
-                // settled deferrals lift the floor; a lower one is kept by the pump first
-                let _ = ctx.store.set_relay_floor(peer, &group, floor, false);
-                lock(&link.relay).group(&group).saved = floor;
-            }
+            lock(&link.relay).group(&group).update(from, ours, back);
             link.have_seen.notify_waiters();
             link.pump_notify.notify_waiters();
         }
@@ -1169,22 +1180,14 @@ async fn dispatch(
     Ok(())
 }
 
-/// Stream our items of `group` to the peer from `start` on (from the relay floor when that is
-/// lower), then new ones as they come.
+/// Stream our items of `group` to the peer from `start` on, then new ones as they come.
 async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
     let Some(lane) = ctx.lane(&group) else { return };
     let mut head_rx = lane.head_rx();
     let mut closed = link.closed_rx();
-    // versions left out for the peer before a restart or a cut link: read them again
     let mut pos = start;
-    let mut replay_until = None;
-    if let Ok(Some(f)) = ctx.store.relay_floor(&link.peer, &group) {
-        lock(&link.relay).group(&group).saved = Some(f);
-        if f <= start {
-            pos = f.saturating_sub(1);
-            replay_until = Some(start);
-        }
-    }
+    // reading again (versions left out for the peer that it may lack now), up to here
+    let mut replay_until: Option<u64> = None;
     {
         let mut p = lock(&link.pumps);
         let e = p.entry(group.clone()).or_default();
@@ -1230,13 +1233,14 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
         if link.is_closed() {
             return;
         }
-        // the peer lost a member it was to get versions from: read them again
+        // the peer lacks a member it was to get versions from: read them again
         let rewind = lock(&link.relay).group(&group).take_rewind();
         if let Some(r) = rewind
-            && r.saturating_sub(1) < pos
+            && r < pos
         {
+            tracing::debug!(peer = %link.peer, group = %group, "reading again from {r} (was at {pos}): the peer lacks versions it was to get elsewhere");
             replay_until = Some(replay_until.map_or(pos, |u: u64| u.max(pos)));
-            pos = r.saturating_sub(1);
+            pos = r;
             let mut p = lock(&link.pumps);
             let e = p.entry(group.clone()).or_default();
             e.scanned = e.scanned.min(pos);
@@ -1258,22 +1262,6 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
         };
         if replay_until.is_some_and(|u| b.through >= u) {
             replay_until = None;
-        }
-        // keep the floor before a batch moves the peer's resume position past it
-        let (floor, saved) = {
-            let mut r = lock(&link.relay);
-            let g = r.group(&group);
-            g.replay = replay_until.map(|_| b.through + 1);
-            (g.floor(), g.saved)
-        };
-        if floor != saved {
-            let (c2, g2, p2) = (ctx.clone(), group.clone(), link.peer.clone());
-            let durable = saved.is_none();
-            let _ = tokio::task::spawn_blocking(move || {
-                c2.store.set_relay_floor(&p2, &g2, floor, durable)
-            })
-            .await;
-            lock(&link.relay).group(&group).saved = floor;
         }
         // nothing to send, but the peer should learn it is caught up: move its `through`; when
         // all that was read are versions it has or gets elsewhere, later (`LAZY_THROUGH`)
@@ -1421,8 +1409,6 @@ fn build_batch(
     let mut why_not = None;
     let mut left_out = 0usize;
     let mut other_skips = 0usize;
-    // our position with each member versions came from (`None`: another incarnation now)
-    let mut positions: HashMap<String, Option<u64>> = HashMap::new();
     let rt = ctx.group(group);
     let dirs = crate::fs::safefs::DirCache::default();
     let is_root = |key: &[u8]| {
@@ -1449,27 +1435,14 @@ fn build_batch(
         }
         if version >= 5
             && let Some((p, inc)) = &e.from
+            && *p == e.item.origin
+            && lock(&link.relay).group(group).leave_out(p, *inc)
         {
-            // a relay: left out while the peer follows the member it came from
-            let need = *positions.entry(p.clone()).or_insert_with(|| {
-                ctx.store
-                    .peer_position(p, group)
-                    .ok()
-                    .filter(|(pi, _)| pi == inc)
-                    .map(|(_, s)| s)
-            });
-            if let Some(need) = need {
-                let mut r = lock(&link.relay);
-                let g = r.group(group);
-                if let Some(wait) = g.deferral(p, *inc, need) {
-                    if let Some(need) = wait {
-                        g.defer(p, *inc, need, e.seq);
-                    }
-                    last_seq = last_seq.max(e.seq);
-                    left_out += 1;
-                    continue;
-                }
-            }
+            // a version we got from the node that made it, and the peer is linked with that
+            // node: it gets it from there (`engine::relay`)
+            last_seq = last_seq.max(e.seq);
+            left_out += 1;
+            continue;
         }
         if version < 4
             && let Err(why) = RecordV3::try_from(&e.item)

@@ -166,6 +166,8 @@ pub struct Links {
     /// Counts links registered and gone, for whoever tells peers which links are up
     /// (`engine::relay`).
     generation: tokio::sync::watch::Sender<u64>,
+    /// Where each member's versions start in our index (`engine::relay`).
+    pub checkpoints: crate::engine::relay::Checkpoints,
 }
 
 impl Links {

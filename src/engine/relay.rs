@@ -4,154 +4,97 @@
 //! A node sends each version it made to every linked peer. A version it got from another
 //! member `p` it used to relay to every other peer as well, so one change on N nodes cost
 //! N × (N − 2) relays on top of the N − 1 sends. On a protocol-5 link the receiver `c` tells
-//! us, in `Have` messages, which members it is linked with now and how far it applied each
-//! one's index. A version we got from `p` is then **deferred** for `c` (left out of the batch)
-//! while `c` says it is linked with `p` under the incarnation we got the version from: `p`
-//! sends it to `c` itself. A deferral ends in one of two ways:
+//! us, in `Have` messages (at connect, and whenever one of its links comes or goes), which
+//! members it is linked with now and how far it applied each one's index. A version we got
+//! **from the node that made it** (`Entry::from` is its origin `p`) is left out for `c` while
+//! `c` says it is linked with `p` under the incarnation we got the version from: `p` sends it
+//! to `c` itself, and `p` never leaves out a version of its own. Nothing is recorded per
+//! version: when `c` reports `p` unlinked (or another incarnation of `p`) with its position
+//! `s` with `p`, everything of `p`'s past `s` may be missing there, and the pump goes back to
+//! the first of our seqs that can hold such a version (a checkpoint kept per member, below) and
+//! reads on from there; with `p` gone from `c`'s view nothing of `p`'s is left out, so the
+//! relays go out as before. A version that reached us through a third node is always sent.
 //!
-//! - **confirmed**: `c` reports a position with `p` at or past ours when we deferred (`need`).
-//!   `c` then applied `p`'s index through everything we had applied of it, so it holds the
-//!   version or a newer one of that key, or `p` left it out for `c` too and holds the same duty
-//!   itself;
-//! - **owed**: `c` reports `p` unlinked, or another incarnation of `p`: the pump goes back to
-//!   the earliest seq deferred for `p` and reads on from there, and with `p` gone from `c`'s
-//!   view nothing of `p`'s is deferred: the relays go out as they did before.
+//! **Checkpoints** (node-wide, per group and member): when a batch of `p`'s with `through` =
+//! `t` arrives and we had `p`'s index up to `t0`, every version of `p`'s past `t0` that we will
+//! hold is committed at one of our seqs above our `max_seq` now; so (`t0`, `max_seq`) is a
+//! checkpoint, and for a peer at position `s` with `p` the pump reads again from the latest
+//! checkpoint with `t0 ≤ s`. A link with `p` starts with (our saved position with `p`, our
+//! `max_seq`). Old checkpoints are thinned (which only makes a rewind read more); with none
+//! that fits (after a restart), the pump reads from the start.
 //!
-//! Invariants: a version is deferred only on behalf of the node we received it from, so the
-//! chain of nodes relying on each other follows the path the version took back to the node
-//! that made it, which never defers its own versions: the chain ends, and no cycle of nodes
-//! can each leave a version to another. Our own versions, versions merged here and anything
-//! on a link without `Have` (protocol 3 and 4) are sent as before. The lowest seq deferred on
-//! a link is kept in the index (`Store::set_relay_floor`, written durably when deferring
-//! starts, before a batch can move the peer's resume position past it), and a pump starts at
-//! the floor when it is below the peer's resume position, so a restart or a cut link never
-//! drops a duty: the versions are looked at again (and deferred again, or sent).
+//! Invariants: the peer's position with `p` covers every version `p` made up to it (`p` sends
+//! its own versions to every linked peer, skipping only what came from that peer), so a
+//! version left out is either held by the peer or read again when the peer loses `p`; a `Have`
+//! arrives before any batch on a link (the pump waits for it), and a restart or a cut link
+//! needs no record: the peer's first `Have` on the new link names the members it lacks.
 
 use crate::engine::node::Ctx;
 use crate::net::protocol::HaveFrom;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-/// Positions in `Have` are sent again at most this often when only they moved (a member's
-/// link coming or going is sent at once): a deferral waits at most about this long for its
-/// confirmation, which costs nothing but a little memory.
-pub const HAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// Deferral records (runs of versions with the same `need`) per link, group and member at
-/// most; beyond it versions are relayed as before.
-const MAX_DEFERRED: usize = 100_000;
+/// Checkpoints kept per group and member (older ones are thinned out).
+const MAX_CHECKPOINTS: usize = 1024;
 
-/// One run of versions deferred for the peer on behalf of one member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    /// The member's incarnation the versions came from.
-    inc: u64,
-    /// Our position with the member when we deferred: the peer's position with it must reach
-    /// this.
-    need: u64,
-    /// The lowest of our seqs deferred in this run.
-    seq: u64,
-}
-
-/// What one link knows of the peer's holdings in one group, and what it left out for it.
+/// What one link knows of the peer's holdings in one group.
 #[derive(Debug, Default)]
 pub struct GroupRelay {
     /// The peer's last report per member.
     view: HashMap<String, HaveFrom>,
-    /// Deferred runs per member they came from, in the order deferred.
-    deferred: HashMap<String, VecDeque<Run>>,
-    /// The pump must read again from this seq (inclusive): a member the peer relied on went.
+    /// The pump must read again from this seq (exclusive: items after it).
     rewind: Option<u64>,
-    /// The pump is reading again from this seq (inclusive) after a rewind or a restart, up to
-    /// where it had been.
-    pub replay: Option<u64>,
-    /// The floor last written to the index.
-    pub saved: Option<u64>,
     /// A `Have` for this group arrived.
     pub seen: bool,
 }
 
 impl GroupRelay {
-    /// May a version that came from `from` (its incarnation `inc`) be left out for the peer,
-    /// and how far must the peer's position with `from` reach to confirm it? `None`: send it.
-    /// `Some(None)`: the peer is past `need` already, nothing to record.
-    pub fn deferral(&self, from: &str, inc: u64, need: u64) -> Option<Option<u64>> {
-        let h = self.view.get(from)?;
-        if !h.linked || h.inc != inc || inc == 0 {
-            return None;
-        }
-        if self
-            .deferred
+    /// May a version that came from its origin `from` (incarnation `inc`) be left out for the
+    /// peer (it is linked with `from` under that incarnation)?
+    pub fn leave_out(&self, from: &str, inc: u64) -> bool {
+        self.view
             .get(from)
-            .is_some_and(|q| q.len() >= MAX_DEFERRED)
-        {
-            return None;
-        }
-        Some((h.seq < need).then_some(need))
+            .is_some_and(|h| h.linked && h.inc == inc && inc != 0)
     }
 
-    /// Record that our version at `seq`, from `from` (incarnation `inc`), was left out until
-    /// the peer's position with `from` reaches `need`.
-    pub fn defer(&mut self, from: &str, inc: u64, need: u64, seq: u64) {
-        let q = self.deferred.entry(from.to_string()).or_default();
-        match q.back_mut() {
-            Some(r) if r.inc == inc && r.need == need => r.seq = r.seq.min(seq),
-            _ => q.push_back(Run { inc, need, seq }),
-        }
-    }
-
-    /// Take in the peer's report: confirmed runs are dropped, runs whose member the peer no
-    /// longer follows become a rewind of the pump.
-    pub fn update(&mut self, from: Vec<HaveFrom>) {
+    /// Take in the peer's report. `ours(member)`: our own (incarnation, position) with the
+    /// member; `back(member, position)`: where to read again from for a peer at that position.
+    /// A member the peer no longer follows, and is behind us with, becomes a rewind.
+    pub fn update(
+        &mut self,
+        from: Vec<HaveFrom>,
+        ours: impl Fn(&str) -> (u64, u64),
+        back: impl Fn(&str, u64) -> u64,
+    ) {
+        let first = !self.seen;
         self.seen = true;
         for h in from {
+            let (our_inc, our_pos) = ours(&h.node);
+            // versions of the member were left out for the peer on this link, or may have been
+            // on an earlier one (before the first report)
+            let was_followed = first || self.view.get(&h.node).is_some_and(|b| b.linked);
+            let follows = h.linked && h.inc == our_inc;
+            // nothing to send again when we hold nothing of it or the peer has all we have
+            let behind = our_pos > 0 && (h.inc != our_inc || h.seq < our_pos);
+            if was_followed && !follows && behind {
+                let at = if h.inc == our_inc {
+                    back(&h.node, h.seq)
+                } else {
+                    0
+                };
+                self.rewind = Some(self.rewind.map_or(at, |r| r.min(at)));
+            }
             self.view.insert(h.node.clone(), h);
         }
-        let mut rewind = self.rewind;
-        let mut owe = |q: &VecDeque<Run>| {
-            if let Some(low) = q.iter().map(|r| r.seq).min() {
-                rewind = Some(rewind.map_or(low, |r| r.min(low)));
-            }
-        };
-        let view = &self.view;
-        self.deferred.retain(|member, q| match view.get(member) {
-            Some(h) if h.linked => {
-                while q.front().is_some_and(|r| r.inc == h.inc && r.need <= h.seq) {
-                    q.pop_front();
-                }
-                if q.iter().any(|r| r.inc != h.inc) {
-                    // another incarnation of the member: what came from the old one may never
-                    // reach the peer from it
-                    owe(q);
-                    return false;
-                }
-                !q.is_empty()
-            }
-            _ => {
-                owe(q);
-                false
-            }
-        });
-        self.rewind = rewind;
     }
 
-    /// The seq the pump must read again from, once.
+    /// Where the pump must read again from (items after this seq), once.
     pub fn take_rewind(&mut self) -> Option<u64> {
         self.rewind.take()
     }
 
-    /// A rewind is waiting for the pump, or the pump is reading again.
+    /// A rewind is waiting for the pump.
     pub fn busy(&self) -> bool {
-        self.rewind.is_some() || self.replay.is_some()
-    }
-
-    /// The lowest seq whose version the peer may still need from us: where a pump started
-    /// after a restart must read from.
-    pub fn floor(&self) -> Option<u64> {
-        self.deferred
-            .values()
-            .flat_map(|q| q.iter().map(|r| r.seq))
-            .chain(self.rewind)
-            .chain(self.replay)
-            .min()
+        self.rewind.is_some()
     }
 }
 
@@ -164,6 +107,61 @@ pub struct LinkRelay {
 impl LinkRelay {
     pub fn group(&mut self, group: &str) -> &mut GroupRelay {
         self.groups.entry(group.to_string()).or_default()
+    }
+}
+
+/// The checkpoints of one member in one group: its incarnation, and (its position before a
+/// batch, our `max_seq` when the batch arrived), in order.
+type Log = (u64, Vec<(u64, u64)>);
+
+/// Node-wide checkpoints, per (group, member).
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    map: std::sync::Mutex<HashMap<(String, String), Log>>,
+}
+
+impl Checkpoints {
+    /// A batch of `member`'s arrived: we had its index (incarnation `inc`) up to `had`, and
+    /// our index is at `ours`.
+    pub fn add(&self, group: &str, member: &str, inc: u64, had: u64, ours: u64) {
+        let mut m = crate::engine::link::lock(&self.map);
+        let e = m
+            .entry((group.to_string(), member.to_string()))
+            .or_insert((inc, Vec::new()));
+        if e.0 != inc {
+            *e = (inc, Vec::new());
+        }
+        let v = &mut e.1;
+        if v.last().is_some_and(|&(t, _)| t >= had) {
+            return;
+        }
+        v.push((had, ours));
+        if v.len() > MAX_CHECKPOINTS {
+            // keep the first and every other one of the older half: a rewind then reads a
+            // little more
+            let half = v.len() / 2;
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                i == 1 || i > half || i % 2 == 0
+            });
+        }
+    }
+
+    /// Our seq to read again from for a peer that applied `member`'s index (incarnation `inc`)
+    /// up to `pos`: versions of `member`'s past `pos` are all above it. 0 when unknown.
+    pub fn back(&self, group: &str, member: &str, inc: u64, pos: u64) -> u64 {
+        let m = crate::engine::link::lock(&self.map);
+        let Some((i, v)) = m.get(&(group.to_string(), member.to_string())) else {
+            return 0;
+        };
+        if *i != inc {
+            return 0;
+        }
+        v.iter()
+            .rev()
+            .find(|(had, _)| *had <= pos)
+            .map_or(0, |&(_, ours)| ours)
     }
 }
 
@@ -211,49 +209,74 @@ mod tests {
     }
 
     #[test]
-    fn defers_only_what_the_peer_follows_and_settles_by_position() {
+    fn leaves_out_only_what_the_peer_follows() {
         let mut g = GroupRelay::default();
         // nothing known of the peer: relay
-        assert_eq!(g.deferral("p", 7, 100), None);
-        g.update(vec![h("p", 7, 90, true), h("q", 3, 0, false)]);
+        assert!(!g.leave_out("p", 7));
+        let ours = |m: &str| if m == "p" { (7, 90) } else { (3, 50) };
+        g.update(
+            vec![h("p", 7, 90, true), h("q", 3, 50, false)],
+            ours,
+            |_, _| 0,
+        );
+        // the peer has all we have of q: nothing to send again
+        assert!(!g.busy());
         assert!(g.seen);
-        // linked with p under that incarnation: defer until its position reaches ours
-        assert_eq!(g.deferral("p", 7, 100), Some(Some(100)));
-        assert_eq!(g.deferral("p", 7, 80), Some(None));
+        assert!(g.leave_out("p", 7));
         // another incarnation of p, or q (unlinked): relay
-        assert_eq!(g.deferral("p", 8, 100), None);
-        assert_eq!(g.deferral("q", 3, 1), None);
-        g.defer("p", 7, 100, 500);
-        g.defer("p", 7, 100, 501);
-        g.defer("p", 7, 120, 510);
-        assert_eq!(g.floor(), Some(500));
-        // the peer passes the first need: that run is settled
-        g.update(vec![h("p", 7, 110, true)]);
-        assert_eq!(g.floor(), Some(510));
-        assert_eq!(g.take_rewind(), None);
-        g.update(vec![h("p", 7, 120, true)]);
-        assert_eq!(g.floor(), None);
+        assert!(!g.leave_out("p", 8));
+        assert!(!g.leave_out("q", 3));
     }
 
     #[test]
-    fn a_member_the_peer_lost_turns_deferrals_into_a_rewind() {
+    fn a_member_the_peer_lost_is_read_again_from_its_checkpoint() {
+        let cp = Checkpoints::default();
+        cp.add("g", "p", 7, 0, 1000);
+        cp.add("g", "p", 7, 40, 1100);
+        cp.add("g", "p", 7, 80, 1200);
+        assert_eq!(cp.back("g", "p", 7, 50), 1100);
+        assert_eq!(cp.back("g", "p", 7, 80), 1200);
+        assert_eq!(cp.back("g", "p", 8, 80), 0);
+        assert_eq!(cp.back("g", "q", 7, 80), 0);
+        let ours = |_: &str| (7, 100);
+        let back = |m: &str, s: u64| cp.back("g", m, 7, s);
         let mut g = GroupRelay::default();
-        g.update(vec![h("p", 7, 0, true), h("q", 2, 0, true)]);
-        g.defer("p", 7, 10, 40);
-        g.defer("p", 7, 12, 44);
-        g.defer("q", 2, 5, 42);
-        // p went away from the peer before it got there
-        g.update(vec![h("p", 7, 10, false)]);
-        assert!(g.busy());
-        assert_eq!(g.floor(), Some(40));
-        assert_eq!(g.take_rewind(), Some(40));
-        // q's run stays until it is confirmed
-        assert_eq!(g.floor(), Some(42));
-        // nothing more of p is deferred while the peer is not linked with it
-        assert_eq!(g.deferral("p", 7, 11), None);
-        // q comes back under a new incarnation: what came from the old one is owed
-        g.update(vec![h("q", 3, 0, true)]);
-        assert_eq!(g.take_rewind(), Some(42));
-        assert_eq!(g.floor(), None);
+        g.update(vec![h("p", 7, 60, true)], ours, back);
+        assert!(!g.busy());
+        // p went away from the peer at 60, we have p up to 100: read again from 1100
+        g.update(vec![h("p", 7, 60, false)], ours, back);
+        assert_eq!(g.take_rewind(), Some(1100));
+        assert!(!g.leave_out("p", 7));
+        // a peer that has all we have of p needs nothing again
+        let mut g = GroupRelay::default();
+        g.update(vec![h("p", 7, 100, true)], ours, back);
+        g.update(vec![h("p", 7, 100, false)], ours, back);
+        assert_eq!(g.take_rewind(), None);
+        // the first report on a link names a member the peer lacks: read again (an earlier
+        // link, or a run before a restart, may have left versions out)
+        let mut g = GroupRelay::default();
+        g.update(vec![h("p", 7, 30, false)], ours, back);
+        assert_eq!(g.take_rewind(), Some(1000));
+        // another incarnation while followed: from the start
+        let mut g = GroupRelay::default();
+        g.update(vec![h("p", 7, 100, true)], ours, back);
+        g.update(vec![h("p", 9, 0, true)], ours, back);
+        assert_eq!(g.take_rewind(), Some(0));
+    }
+
+    #[test]
+    fn checkpoints_are_thinned_not_lost() {
+        let cp = Checkpoints::default();
+        for i in 0..5000u64 {
+            cp.add("g", "p", 1, i * 10, 100_000 + i);
+        }
+        // the newest stay exact, older ones fall back to an earlier (lower) seq
+        assert_eq!(cp.back("g", "p", 1, 49_990), 104_999);
+        let old = cp.back("g", "p", 1, 5_000);
+        assert!((100_000..=100_500).contains(&old), "{old}");
+        // a new incarnation starts over
+        cp.add("g", "p", 2, 0, 200_000);
+        assert_eq!(cp.back("g", "p", 1, 49_990), 0);
+        assert_eq!(cp.back("g", "p", 2, 5), 200_000);
     }
 }

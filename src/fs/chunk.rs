@@ -44,12 +44,15 @@ pub fn params_for(size: u64) -> Params {
 }
 
 /// FastCDC (min, avg, max) for a new version of `size` bytes of a file whose previous version
-/// was cut into `previous`: the previous version's scheme while the size allows it, so that an
-/// edit shares the chunks around it with the version peers hold, even when that version was
-/// cut by an older release or when the file just grew past [`FINE_FILE`]. Above
-/// [`LARGE_FILE`] only [`LARGE`] keeps the list small enough.
+/// was cut into `previous`: the previous version's scheme, so that an edit shares the chunks
+/// around it with the version peers hold, even when that version was cut by an older release
+/// or when the file grew a little past [`FINE_FILE`]. A file that at least doubled is mostly
+/// new content, sent anyway: it gets the scheme of its size (a file scanned while it was
+/// being written does not keep the scheme of its first part). Above [`LARGE_FILE`] only
+/// [`LARGE`] keeps the list small enough.
 pub fn params_like(size: u64, previous: &[ChunkRef]) -> Params {
-    if size > LARGE_FILE || previous.len() < 5 {
+    let before: u64 = previous.iter().map(|c| c.len as u64).sum();
+    if size > LARGE_FILE || previous.len() < 5 || size >= 2 * before {
         return params_for(size);
     }
     // the last chunk is cut by the end of the file, not by the content
@@ -460,8 +463,9 @@ mod tests {
         // a large file cut by an older release keeps its scheme, a new one gets the fine one
         assert_eq!(params_like(256 << 20, &refs(64 << 10, 4096)), DEFAULT);
         assert_eq!(params_like(256 << 20, &[]), FINE);
-        // growing past FINE_FILE does not change the cuts
+        // growing a little past FINE_FILE does not change the cuts; doubling does
         assert_eq!(params_like(65 << 20, &refs(70 << 10, 900)), DEFAULT);
+        assert_eq!(params_like(256 << 20, &refs(64 << 10, 700)), FINE);
         assert_eq!(params_like(60 << 20, &refs(17 << 10, 3600)), FINE);
         // above LARGE_FILE only the large scheme keeps the list small
         assert_eq!(params_like(2 << 30, &refs(17 << 10, 60_000)), LARGE);

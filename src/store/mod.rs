@@ -70,10 +70,6 @@ type Loc = (String, Vec<u8>, u64, u64);
 /// Chunk rows to write (`None`: remove the row of that hash).
 type ChunkOps = std::collections::HashMap<Hash, Option<Loc>>;
 
-fn relay_key(peer: &str, group: &str) -> String {
-    format!("relay\0{peer}\0{group}")
-}
-
 /// Chunk rows of bulk commits not written to `chunks4` yet.
 #[derive(Default)]
 struct Pending {
@@ -1176,45 +1172,6 @@ impl Store {
         }
         tx.set_durability(redb::Durability::None)
             .map_err(|e| corrupt(&self.path, b"acked", e))?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// The lowest seq of ours in `group` whose version `peer` may still need from us (a relay
-    /// left out for it, `engine::relay`): a pump to it reads from there after a restart.
-    /// Kept in `meta` under `relay\0<peer>\0<group>` (a key older builds ignore).
-    pub fn relay_floor(&self, peer: &str, group: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(META).map_err(|e| self.err(e))?;
-        Ok(t.get(relay_key(peer, group).as_str())
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value()))
-    }
-
-    /// Set (or, with `None`, remove) [`Store::relay_floor`]. `durable`: fsynced before this
-    /// returns (when a floor is first set: a batch sent after it may move the peer's resume
-    /// position past the versions it stands for); otherwise like acknowledgements, where a
-    /// crash may bring back an older, lower floor, which only costs reading again.
-    pub fn set_relay_floor(
-        &self,
-        peer: &str,
-        group: &str,
-        floor: Option<u64>,
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = tx.open_table(META).map_err(|e| self.err(e))?;
-            let k = relay_key(peer, group);
-            match floor {
-                Some(f) => t.insert(k.as_str(), f).map(|_| ()),
-                None => t.remove(k.as_str()).map(|_| ()),
-            }
-            .map_err(|e| self.err(e))?;
-        }
-        if !durable {
-            tx.set_durability(redb::Durability::None)
-                .map_err(|e| corrupt(&self.path, b"meta", e))?;
-        }
         tx.commit().map_err(|e| self.err(e))
     }
 
