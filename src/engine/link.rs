@@ -11,8 +11,10 @@
 //! once, batches queued for the lanes), and a violation closes this link only, with a logged
 //! reason; at most [`MAX_UNACKED`] batches per group are in flight, so a slow receiver slows the
 //! sender instead of growing memory; our items are not echoed back to the incarnation of the
-//! peer they came from, and content travels inline only from the node that made the change
-//! (relays send the item, and content is fetched where it is missing).
+//! peer they came from, nor relayed to a protocol-5 peer linked with the node that made them
+//! (`engine::relay`), and content travels inline only from the node that made the change
+//! (relays send the item, and content is fetched where it is missing). On a protocol-5 link
+//! batches and `Pong`s pass one ordered intake before `dispatch` (`engine::lists`).
 
 use crate::engine::node::Ctx;
 use crate::engine::relay::{self, LinkRelay};

@@ -222,9 +222,9 @@ pub enum Msg {
         lists: Option<Vec<Vec<ChunkRef>>>,
     },
     /// What the sender holds of `group` from each member it names: how far it applied that
-    /// member's index, and whether it is linked with it now. Sent at connect, when a link of
-    /// the sender comes or goes, and with keep-alives when positions moved; peers use it to
-    /// leave out relays the receiver gets from their origin (`engine::relay`).
+    /// member's index, and whether it is linked with it now. Sent at connect (every member)
+    /// and when a link of the sender comes or goes (the members whose entry changed); peers
+    /// use it to leave out relays the receiver gets from their origin (`engine::relay`).
     Have {
         group: String,
         from: Vec<HaveFrom>,
