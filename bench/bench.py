@@ -2,7 +2,8 @@
 """clustersync benchmark suite (SPEC §7, issue 12). Started by bench/run.sh, which installs the
 prerequisites and picks the binary; see bench/README.md for what each scenario measures.
 
-    bench.py SCENARIO...     initial oneshot small delta live delete scale fanout wan profile
+    bench.py SCENARIO...     initial oneshot small delta delta1 live delete fanout mesh churn wan
+                             scale profile
                              (or `all`: every one but `profile`)
 
 Every wait has a deadline and fails loudly. Results go to stdout (human) and, as JSON lines, to
