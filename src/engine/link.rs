@@ -1306,13 +1306,21 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
                 .items_out
                 .fetch_add(n as u64, Ordering::Relaxed);
             ctx.metrics.changes_sent(&group, n as u64);
-            head_told = head_told.max(b.head);
+            // reading again, `through` is held where it was, and our head may be past it by
+            // versions left out (never announced): a head above `through` would have the peer
+            // count itself behind us until the next batch, which may not come for a while
+            let head = if through > b.through {
+                b.head.min(through)
+            } else {
+                b.head
+            };
+            head_told = head_told.max(head);
             let m = if b.lists.is_empty() {
                 Msg::Index {
                     group: group.clone(),
                     items: b.items,
                     through,
-                    head: b.head,
+                    head,
                 }
             } else {
                 Msg::IndexGrouped {
@@ -1320,7 +1328,7 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, start: u64) {
                     items: b.items,
                     lists: b.lists,
                     through,
-                    head: b.head,
+                    head,
                 }
             };
             if !link.send(m).await {
