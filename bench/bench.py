@@ -2,7 +2,8 @@
 """clustersync benchmark suite (SPEC §7, issue 12). Started by bench/run.sh, which installs the
 prerequisites and picks the binary; see bench/README.md for what each scenario measures.
 
-    bench.py SCENARIO...     initial oneshot small delta live delete scale fanout wan profile
+    bench.py SCENARIO...     initial oneshot small delta delta1 live delete fanout mesh churn wan
+                             scale profile
                              (or `all`: every one but `profile`)
 
 Every wait has a deadline and fails loudly. Results go to stdout (human) and, as JSON lines, to
@@ -24,6 +25,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 
 E = os.environ
 BIN = E["CLUSTERSYNC_BIN"]
@@ -41,6 +43,13 @@ SCALE_FILES = int(E.get("BENCH_SCALE_FILES", "1000000"))
 SCALE_DIRS = int(E.get("BENCH_SCALE_DIRS", "10000"))
 FAN_NODES = int(E.get("BENCH_FANOUT_NODES", "10"))
 FAN_FILES = int(E.get("BENCH_FANOUT_FILES", "1000"))
+MESH_NODES = int(E.get("BENCH_MESH_NODES", "30"))
+MESH_SIZES = [int(x) for x in E.get("BENCH_MESH_SIZES", "20000,4096").split(",")]
+MESH_RUNS = int(E.get("BENCH_MESH_RUNS", "3"))
+CHURN_NODES = [int(x) for x in E.get("BENCH_CHURN_NODES", "5,10").split(",")]
+CHURN_RATE = float(E.get("BENCH_CHURN_RATE", "100"))
+CHURN_SECS = float(E.get("BENCH_CHURN_SECS", "60"))
+CHURN_SIZE = int(E.get("BENCH_CHURN_SIZE", "4096"))
 WAN_MIB = int(E.get("BENCH_WAN_MIB", "100"))
 WAN_RTT_MS = int(E.get("BENCH_WAN_RTT_MS", "50"))
 WAN_RATE = E.get("BENCH_WAN_RATE", "100mbit")
@@ -643,7 +652,9 @@ class Pair:
         self.s = Scratch("pair")
         T = self.s.path
         self.T = T
-        self.cl = Cluster(T, ["a", "b"], group="g", paths=["/data"])
+        self.metrics_port = free_ports(1)[0]
+        self.cl = Cluster(T, ["a", "b"], group="g", paths=["/data"],
+                          node_extra={"b": f'metrics = "127.0.0.1:{self.metrics_port}"'})
         self.src = self.cl.data("a")
         say(f"bench: generating {NFILES} files of 1-16 KiB in {NDIRS} dirs + {NMEDIUM} x 5 MiB "
             f"under {T} ({FS})")
@@ -666,6 +677,68 @@ class Pair:
     def ensure_synced(self):
         if not self.synced:
             scenario_initial()
+
+    def peer_bytes_b(self, peer="a"):
+        """(sent, received) frame bytes of b's daemon with `peer`, from b's /metrics: counted per
+        peer for the daemon's life, so they cover links that have ended (a one-shot `sync`)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        got = {}
+        for ln in text.splitlines():
+            for k in ("sent", "received"):
+                if ln.startswith(f'clustersync_peer_{k}_bytes_total{{peer="{peer}"}}'):
+                    got[k] = int(float(ln.split()[-1]))
+        return got.get("sent", 0), got.get("received", 0)
+
+    def ensure_big(self):
+        """The 256 MiB file on a, synced to b and to rsync's destination."""
+        big = os.path.join(self.src, "big", "big.bin")
+        if not os.path.exists(big):
+            self.both_up()
+            gen_big(big, BIG_MIB, 7)
+            t = time.perf_counter()
+            self.cl.wait_in_sync("b", self.n + 1, 600)
+            say(f"   (setup: the new {BIG_MIB} MiB file reached b in {time.perf_counter() - t:.2f} s)")
+            self.n += 1
+            self.sshd.rsync(self.src, self.rdst, "big-setup")
+        return big, self.cl.data("b") + "/big/big.bin"
+
+
+def big_edit(big, scratch, seed, k):
+    """Edit `k` of the big file, written aside (to be renamed over it): 100 B inserted at 4 KiB,
+    1 MiB overwritten at 100 MiB + k * 4 MiB. Returns (temp path, new length, probe), where
+    probe(path) says whether a file holds the new bytes at the edited places and its end."""
+    rnd = random.Random(seed + k)
+    data = bytearray(open(big, "rb").read())
+    ins = rnd.randbytes(100)
+    patch = rnd.randbytes(1 << 20)
+    data[4096:4096] = ins
+    off = (100 << 20) + k * (4 << 20)
+    data[off:off + (1 << 20)] = patch
+    os.makedirs(scratch, exist_ok=True)
+    tmp = os.path.join(scratch, "big.new")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, os.stat(big).st_mode)
+    want_len = len(data)
+    want = bytes(data[4096:4196]), bytes(data[off:off + 4096]), bytes(data[-4096:])
+    del data
+
+    def probe(path):
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != want_len:
+                    return False
+                f.seek(4096)
+                a = f.read(100)
+                f.seek(off)
+                b = f.read(4096)
+                f.seek(want_len - 4096)
+                c = f.read(4096)
+                return (a, b, c) == want
+        except OSError:
+            return False
+    return tmp, want_len, probe
 
 
 # =========================================================================== scenarios
@@ -863,59 +936,23 @@ def scenario_delta():
     P.ensure_synced()
     cl = P.cl
     P.both_up()
-    big = os.path.join(P.src, "big", "big.bin")
-    bigb = cl.data("b") + "/big/big.bin"
-    say(f"\n== delta: 100 B insert at 4 KiB + 1 MiB overwrite at 100 MiB in a {BIG_MIB} MiB file")
-    if not os.path.exists(big):
-        gen_big(big, BIG_MIB, 7)
-        t = time.perf_counter()
-        cl.wait_in_sync("b", P.n + 1, 600)
-        say(f"   (setup: the new {BIG_MIB} MiB file reached b in {time.perf_counter() - t:.2f} s)")
-        P.n += 1
-        P.sshd.rsync(P.src, P.rdst, "big-setup")
+    say(f"\n== delta: 100 B insert at 4 KiB + 1 MiB overwrite at 100 MiB in a {BIG_MIB} MiB file, "
+        f"both daemons running")
+    big, bigb = P.ensure_big()
     wait_idle([cl.pid("a"), cl.pid("b")], 120)
     ino = Inotify()
     ino.watch(os.path.dirname(bigb), IN_CLOSE_WRITE | IN_MOVED_TO)
     scratch = os.path.join(P.T, "a-scratch")
-    os.makedirs(scratch, exist_ok=True)
     rows = []
     for k in range(3):
-        rnd = random.Random(1000 + k)
-        data = bytearray(open(big, "rb").read())
-        ins = rnd.randbytes(100)
-        patch = rnd.randbytes(1 << 20)
-        data[4096:4096] = ins
-        off = (100 << 20) + k * (4 << 20)
-        data[off:off + (1 << 20)] = patch
-        tmp = os.path.join(scratch, "big.new")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        st = os.stat(big)
-        os.chmod(tmp, st.st_mode)
-        want_len = len(data)
-        probe = bytes(data[4096:4196]), bytes(data[off:off + 4096]), bytes(data[-4096:])
-
-        def landed():
-            try:
-                with open(bigb, "rb") as f:
-                    if os.fstat(f.fileno()).st_size != want_len:
-                        return False
-                    f.seek(4096)
-                    a = f.read(100)
-                    f.seek(off)
-                    b = f.read(4096)
-                    f.seek(want_len - 4096)
-                    c = f.read(4096)
-                    return (a, b, c) == probe
-            except OSError:
-                return False
+        tmp, _n, landed = big_edit(big, scratch, 1000, k)
         recv0, tr0 = cl.received("b")
         w0 = cl.tcpbytes("a")
         c0 = cpu_of(cl.pid("a")), cpu_of(cl.pid("b"))
         ino.drain()
         t0 = time.perf_counter()
         os.rename(tmp, big)
-        t1 = ino.wait("big.bin", IN_CLOSE_WRITE | IN_MOVED_TO, landed, time.perf_counter() + 300)
+        t1 = ino.wait("big.bin", IN_CLOSE_WRITE | IN_MOVED_TO, lambda: landed(bigb), time.perf_counter() + 300)
         c_t = t1 - t0
         cl.wait_in_sync("b", P.n, 120)
         recv1, tr1 = cl.received("b")
@@ -923,7 +960,6 @@ def scenario_delta():
         c1 = cpu_of(cl.pid("a")), cpu_of(cl.pid("b"))
         same = run(["cmp", "-s", big, bigb], check=False).returncode == 0
         r_t, r_sent, r_recv = P.sshd.rsync(P.src, P.rdst, f"delta{k}")
-        del data
         row = {"edit": k + 1, "cs_s": c_t, "cs_payload": recv1 - recv0, "cs_tcp_a_to_b": w1[0] - w0[0],
                "cs_tcp_b_to_a": w1[1] - w0[1], "reused": tr1.get("reused_bytes", 0) - tr0.get("reused_bytes", 0),
                "cpu_a": c1[0] - c0[0], "cpu_b": c1[1] - c0[1], "identical": same,
@@ -938,6 +974,66 @@ def scenario_delta():
     bk = run(["du", "-sb", cl.state("b")], check=False).stdout.split()[:1]
     say(f"   b's state dir (index + backups) after the edits: {human(int(bk[0])) if bk else '?'}")
     record("delta", edits=rows, state_b_bytes=int(bk[0]) if bk else None, load=load_note())
+
+
+def scenario_delta1():
+    """The same edits, synced by a one-shot `clustersync sync g` on a while a's daemon is not
+    running (b's is): a's index is opened, its tree rescanned and the big file chunked again
+    in-process, then the change goes to b. rsync -a over ssh runs right after each, on the same
+    edit; the two alternate which goes first."""
+    P = Pair.get()
+    P.ensure_synced()
+    cl = P.cl
+    say(f"\n== delta1: the delta edit in a {BIG_MIB} MiB file, synced by a one-shot `sync` (no daemon on a, "
+        f"b's running)")
+    big, bigb = P.ensure_big()
+    cl.stop("a")
+    if "b" not in cl.procs:
+        cl.start("b")
+    wait_idle([cl.pid("b")], 120)
+    scratch = os.path.join(P.T, "a-scratch")
+    rows = []
+    for k in range(max(RUNS, 3)):
+        tmp, _n, landed = big_edit(big, scratch, 2000, k)
+        os.rename(tmp, big)
+        os.sync()
+
+        def ours():
+            m0, recv0, cpu_b0 = P.peer_bytes_b(), cl.received("b")[0], cpu_of(cl.pid("b"))
+            warm_memory(2 * BIG_MIB)
+            wall, cpu = cl.sync("a")
+            ok = landed(bigb)
+            m1, recv1, cpu_b1 = P.peer_bytes_b(), cl.received("b")[0], cpu_of(cl.pid("b"))
+            return {"cs_s": wall, "cs_cpu_a": cpu, "cs_cpu_b": cpu_b1 - cpu_b0, "cs_a_to_b": m1[1] - m0[1],
+                    "cs_b_to_a": m1[0] - m0[0], "cs_payload": recv1 - recv0, "landed": ok}
+
+        def theirs():
+            warm_memory(2 * BIG_MIB)
+            r_t, r_sent, r_recv = P.sshd.rsync(P.src, P.rdst, f"delta1-{k}")
+            return {"rsync_ssh_s": r_t, "rsync_sent": r_sent, "rsync_recv": r_recv}
+        row = {"edit": k + 1}
+        if k % 2 == 0:
+            row.update(ours())
+            row.update(theirs())
+        else:
+            row.update(theirs())
+            row.update(ours())
+        row["identical"] = run(["cmp", "-s", big, bigb], check=False).returncode == 0
+        cs_wire = row["cs_a_to_b"] + row["cs_b_to_a"]
+        rs_wire = row["rsync_sent"] + row["rsync_recv"]
+        row["cs_wire"], row["rsync_wire"] = cs_wire, rs_wire
+        rows.append(row)
+        say(f"   edit {k + 1}: clustersync {row['cs_s']:.3f} s (CPU a {row['cs_cpu_a']:.2f} s, b {row['cs_cpu_b']:.2f} s), "
+            f"wire a->b {human(row['cs_a_to_b'])} + b->a {human(row['cs_b_to_a'])} = {human(cs_wire)} "
+            f"(payload {human(row['cs_payload'])}), b's copy {'identical' if row['identical'] else 'DIFFERENT'}; "
+            f"rsync over ssh {row['rsync_ssh_s']:.3f} s, {human(row['rsync_sent'])} + {human(row['rsync_recv'])} = "
+            f"{human(rs_wire)}; time ratio {ratio(row['cs_s'], row['rsync_ssh_s'])}, bytes ratio "
+            f"{ratio(cs_wire, rs_wire)}")
+    med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
+    say(f"   medians: clustersync {med('cs_s'):.3f} s / {human(med('cs_wire'))}, rsync over ssh "
+        f"{med('rsync_ssh_s'):.3f} s / {human(med('rsync_wire'))}")
+    record("delta1", edits=rows, load=load_note())
+    P.both_up()
 
 
 def live_events(P, n_events, gap, kinds, ino, bdir, adir, timeout=10):
@@ -1206,6 +1302,211 @@ def scenario_fanout():
     cl.stop_all()
     record("fanout", nodes=FAN_NODES, files=FAN_FILES, t_all_s=t_all, t_written_s=t_written, total_recv=tot,
            payload=payload, per_node=rows, load=load_note())
+
+
+def tcp_by_pid(netns=None):
+    """TCP payload bytes (sent, received) per pid, from `ss -tinpH`: what went over each socket
+    after encryption (not counting TCP/IP headers)."""
+    out = run(ns_prefix(netns) + ["ss", "-tinpH"], check=False).stdout.splitlines()
+    res = {}
+    pids = []
+    for line in out:
+        if not line[:1].isspace():
+            pids = [int(x.split(",")[0]) for x in line.split("pid=")[1:]]
+            continue
+        sent = recv = 0
+        for tok in line.split():
+            if tok.startswith("bytes_sent:"):
+                sent = int(tok.split(":")[1])
+            elif tok.startswith("bytes_received:"):
+                recv = int(tok.split(":")[1])
+        for p in pids:
+            a, b = res.get(p, (0, 0))
+            res[p] = (a + sent, b + recv)
+    return res
+
+
+class Mesh:
+    """N daemons in one group on loopback, every one linked with every other."""
+
+    def __init__(self, name, n):
+        self.S = Scratch(name)
+        self.names = [f"n{i + 1:02d}" for i in range(n)]
+        self.cl = Cluster(self.S.path, self.names, group="m", paths=["/data"])
+        for nm in self.names:
+            self.cl.start(nm, wait=False)
+        for nm in self.names:
+            self.cl.wait_up(nm)
+        for nm in self.names:
+            self.cl.wait_connected(nm, 300)
+        self.pids = [self.cl.pid(nm) for nm in self.names]
+
+    def links(self):
+        """Frame bytes per link as {(node, peer): (sent, received)}, from every `status`."""
+        out = {}
+        for nm in self.names:
+            for p in self.cl.status(nm)["peers"]:
+                out[(nm, p["name"])] = (p.get("bytes_sent", 0), p.get("bytes_received", 0))
+        return out
+
+    def tcp(self):
+        by = tcp_by_pid()
+        return sum(by.get(p, (0, 0))[0] for p in self.pids)
+
+    def received(self):
+        """Content written by each node (inline + chunks), from `status`."""
+        return {nm: self.cl.received(nm)[0] for nm in self.names}
+
+    def stop(self):
+        self.cl.stop_all()
+
+
+def scenario_mesh():
+    """One change on a full mesh of MESH_NODES daemons: time until every other node holds it,
+    content written per node, frame bytes per link (status) and TCP bytes in all, against the
+    target 1.2 x (N-1) x payload + 30 KiB (SPEC §7). The keep-alives of the same time without a
+    change are measured first and subtracted."""
+    n = MESH_NODES
+    say(f"\n== mesh: {n} daemons on loopback, full mesh, one change at a time on one node")
+    M = Mesh("mesh", n)
+    cl = M.cl
+    wait_idle(M.pids, 120)
+    rows = []
+    for k, size in enumerate(MESH_SIZES * MESH_RUNS):
+        origin = M.names[k % n]
+        # the cost of the same time without a change: keep-alives
+        f0, t0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        time.sleep(3)
+        f1, t1w = M.links(), M.tcp()
+        idle_s = time.perf_counter() - t0
+        idle_frames = sum(v[0] for v in f1.values()) - sum(v[0] for v in f0.values())
+        idle_tcp = t1w - t0w
+        r0 = M.received()
+        data = random.Random(k).randbytes(size)
+        rel = f"c{k:03d}.bin"
+        paths = [cl.data(nm) + "/" + rel for nm in M.names if nm != origin]
+        # written outside the group and renamed in: one change, not a temp file and a rename
+        tmp = os.path.join(cl.root(origin), rel + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        g0, g0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        os.rename(tmp, cl.data(origin) + "/" + rel)
+        pending = set(paths)
+        deadline = t0 + 60
+        while pending and time.perf_counter() < deadline:
+            for p in list(pending):
+                try:
+                    if os.path.getsize(p) == size:
+                        pending.discard(p)
+                except OSError:
+                    pass
+            if pending:
+                time.sleep(0.002)
+        t_all = time.perf_counter() - t0
+        if pending:
+            raise BenchError(f"mesh: {len(pending)} nodes lack the change after 60 s")
+        # acknowledgements and anything late
+        time.sleep(2)
+        g1, g1w = M.links(), M.tcp()
+        span = time.perf_counter() - t0
+        r1 = M.received()
+        per_link = {key: g1[key][0] - g0.get(key, (0, 0))[0] for key in g1}
+        frames = sum(per_link.values())
+        tcp = g1w - g0w
+        frames_net = frames - idle_frames / idle_s * span
+        tcp_net = tcp - idle_tcp / idle_s * span
+        wrote = {nm: r1[nm] - r0[nm] for nm in M.names}
+        target = 1.2 * (n - 1) * size + 30 * 1024
+        # a keep-alive and its answer are ~100 B a link in this time: count links that carried more
+        busy = sorted(((v, a, b) for (a, b), v in per_link.items() if v > 300), reverse=True)
+        by_sender = {}
+        for (a, b), v in per_link.items():
+            by_sender[a] = by_sender.get(a, 0) + v
+        row = {"size": size, "origin": origin, "t_all_s": t_all, "frames": frames, "tcp": tcp,
+               "frames_net": frames_net, "tcp_net": tcp_net, "idle_frames_per_s": idle_frames / idle_s,
+               "idle_tcp_per_s": idle_tcp / idle_s, "span_s": span, "target": target,
+               "wrote_min": min(v for k2, v in wrote.items() if k2 != origin),
+               "wrote_max": max(v for k2, v in wrote.items() if k2 != origin),
+               "links_used": len(busy), "by_sender": by_sender,
+               "top_links": [(a, b, v) for v, a, b in busy[:8]]}
+        rows.append(row)
+        say(f"   {size} B on {origin}: all {n - 1} complete after {t_all * 1000:.0f} ms; each wrote "
+            f"{row['wrote_min']}-{row['wrote_max']} B; frames {human(frames)} ({human(frames_net)} without "
+            f"the keep-alives of {span:.1f} s, {human(idle_frames / idle_s)}/s), TCP {human(tcp)} "
+            f"({human(tcp_net)} net); target {human(target)}: {'met' if tcp_net <= target else 'MISSED'}")
+        say(f"      links that carried over 300 B: {len(busy)} of {n * (n - 1)} directions; senders of over 2 KiB: "
+            + ", ".join(f"{a} {human(v)}" for a, v in sorted(by_sender.items()) if v > 2048))
+    cl_rss = [proc_kib(p, "VmRSS") for p in M.pids]
+    say(f"   RSS per daemon {min(cl_rss) / 1024:.1f}-{max(cl_rss) / 1024:.1f} MiB")
+    record("mesh", nodes=n, runs=rows, rss_kib=cl_rss, load=load_note())
+    M.stop()
+
+
+def scenario_churn():
+    """CHURN_RATE changes a second on random nodes for CHURN_SECS, on meshes of each size in
+    CHURN_NODES: bytes on the wire (TCP, all daemons) per change and per receiving node, which
+    stays flat when the cost grows linearly with the nodes. Every node writes files of its own
+    (no conflicts); the trees are compared at the end."""
+    for n in CHURN_NODES:
+        say(f"\n== churn: {n} daemons, {CHURN_RATE} changes/s of {CHURN_SIZE} B on random nodes for {CHURN_SECS} s")
+        M = Mesh(f"churn{n}", n)
+        cl = M.cl
+        wait_idle(M.pids, 120)
+        rnd = random.Random(n)
+        f0, t0w = M.links(), M.tcp()
+        t0 = time.perf_counter()
+        time.sleep(3)
+        idle_tcp = (M.tcp() - t0w) / (time.perf_counter() - t0)
+        t0w = M.tcp()
+        cpu0 = sum(cpu_of(p) for p in M.pids)
+        t0 = time.perf_counter()
+        count = 0
+        while True:
+            now = time.perf_counter() - t0
+            if now >= CHURN_SECS:
+                break
+            due = count / CHURN_RATE
+            if due > now:
+                time.sleep(due - now)
+            nm = rnd.choice(M.names)
+            p = os.path.join(cl.data(nm), nm, f"f{rnd.randrange(50):02d}.bin")
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            tmp = os.path.join(cl.root(nm), "churn.tmp")
+            with open(tmp, "wb") as f:
+                f.write(rnd.randbytes(CHURN_SIZE))
+            os.rename(tmp, p)
+            count += 1
+        t_write = time.perf_counter() - t0
+
+        def trees():
+            out = []
+            for nm in M.names:
+                t = {}
+                for dp, _dn, fn in os.walk(cl.data(nm)):
+                    for f in fn:
+                        q = os.path.join(dp, f)
+                        try:
+                            t[os.path.relpath(q, cl.data(nm))] = hashlib.blake2b(open(q, "rb").read()).hexdigest()
+                        except OSError:
+                            t[q] = None
+                out.append(t)
+            return out
+        wait_until("every node to hold the same tree", lambda: all(t == trees()[0] for t in trees()), 300, 0.5)
+        t_conv = time.perf_counter() - t0
+        time.sleep(2)
+        span = time.perf_counter() - t0
+        tcp = M.tcp() - t0w
+        cpu = sum(cpu_of(p) for p in M.pids) - cpu0
+        net = tcp - idle_tcp * span
+        per = net / count / (n - 1)
+        say(f"   {count} changes in {t_write:.1f} s; converged {t_conv - t_write:.1f} s after the last; TCP "
+            f"{human(tcp)} ({human(net)} without keep-alives): {per:.0f} B per change per receiving node "
+            f"({per / CHURN_SIZE:.2f} x the payload); daemons' CPU {cpu:.1f} s")
+        record("churn", nodes=n, changes=count, secs=t_write, converge_s=t_conv - t_write, tcp=tcp, tcp_net=net,
+               per_change_per_node=per, payload=CHURN_SIZE, cpu=cpu, idle_tcp_per_s=idle_tcp, load=load_note())
+        M.stop()
 
 
 RELAY = r"""
@@ -1477,9 +1778,10 @@ def scenario_profile():
 
 SCEN = {"initial": scenario_initial, "oneshot": scenario_oneshot, "small": scenario_small,
         "delta": scenario_delta, "live": scenario_live, "delete": scenario_delete,
-        "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
+        "delta1": scenario_delta1, "mesh": scenario_mesh, "churn": scenario_churn, "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
         "profile": scenario_profile}
-ALL = ["initial", "oneshot", "small", "delta", "live", "delete", "fanout", "wan", "scale"]
+ALL = ["initial", "oneshot", "small", "delta", "delta1", "live", "delete", "fanout", "mesh", "churn", "wan",
+       "scale"]
 
 
 def main():
@@ -1507,7 +1809,7 @@ def main():
             say(f"bench: scenario {s} FAILED: {e}")
             record(s, failed=str(e))
             failed.append(s)
-            if s in ("initial",) or Pair.inst is not None and s in ("oneshot", "small", "delta", "live", "delete"):
+            if s in ("initial",) or Pair.inst is not None and s in ("oneshot", "small", "delta", "delta1", "live", "delete"):
                 # the pair may be in a bad state: start over for the next pair scenario
                 try:
                     Pair.inst.cl.stop_all()

@@ -4,9 +4,9 @@
 #   bench/run.sh [SCENARIO...]     default: all
 #
 # Scenarios (bench/README.md says what each measures and how):
-#   initial  oneshot  small  delta  live  delete  scale  fanout  wan  profile   (all = every one
-#   but profile). Each runs alone; the two-node ones (initial..delete) share one cluster and run
-#   the initial sync first when it has not run yet.
+#   initial  oneshot  small  delta  delta1  live  delete  fanout  mesh  churn  wan  scale  profile
+#   (all = every one but profile). Each runs alone; the two-node ones (initial..delete) share one
+#   cluster and run the initial sync first when it has not run yet.
 #
 # Runs as root on Debian: installs rsync, openssh, python3, iproute2, inotify-tools, zstd and
 # linux-perf when missing, starts private sshds on free ports (system sshd untouched), mounts a
@@ -22,6 +22,8 @@
 #   BENCH_LIVE_EVENTS=200 BENCH_LIVE_GAP_MS=50 BENCH_DELETE_EVENTS=100 BENCH_DELETE_GAP_MS=100
 #   BENCH_SCALE_FILES=1000000 BENCH_SCALE_DIRS=10000
 #   BENCH_FANOUT_NODES=10 BENCH_FANOUT_FILES=1000
+#   BENCH_MESH_NODES=30 BENCH_MESH_SIZES=20000,4096 BENCH_MESH_RUNS=3
+#   BENCH_CHURN_NODES=5,10 BENCH_CHURN_RATE=100 BENCH_CHURN_SECS=60 BENCH_CHURN_SIZE=4096
 #   BENCH_WAN_MIB=100 BENCH_WAN_RTT_MS=50 BENCH_WAN_RATE=100mbit BENCH_BWLIMIT=2MiB/s BENCH_BWLIMIT_MIB=24
 #   BENCH_TIMEOUT=900 (s, any convergence wait)  BENCH_DAEMON_LOG=info (CLUSTERSYNC_LOG of daemons)
 #   BENCH_DROP_CACHES=1 (at the start, as root: sync, drop page/dentry/inode caches, compact memory)

@@ -433,43 +433,145 @@ impl<'a> Fs<'a> {
             Some(lm) if lm.kind == Kind::File => place.open_read().ok(),
             _ => None,
         };
+        // the old file is still what the index says (inode, size, times: what a scan trusts to
+        // skip reading a file): its chunks are what its list says, so runs of them are copied
+        // in the kernel (`copy_file_range`), neither read nor hashed here; an edit meanwhile
+        // changes its ctime, and the install's re-check then refuses the rename
+        let trusted = old_file.as_ref().is_some_and(|f| {
+            local.is_some_and(|l| {
+                rustix::fs::fstat(f).is_ok_and(|st| quick_match_stat(&l.quick(), &st))
+            })
+        });
         let mut buf = Vec::new();
-        for (c, src) in m.chunks.iter().zip(sources) {
-            let data: Option<Vec<u8>> = match src {
-                Source::Old(off) => old_file.as_ref().and_then(|f| {
-                    buf.resize(c.len as usize, 0);
-                    f.read_exact_at(&mut buf, *off).ok()?;
-                    (crate::fs::chunk::hash(&buf) == c.hash).then(|| buf.clone())
-                }),
-                Source::Local => self.ctx.read_local_chunk(self.g.name(), &c.hash),
-                Source::Remote => remote.as_mut().and_then(|r| r.blocking_recv()),
-            };
-            let data = match data {
-                Some(d) => {
-                    if !matches!(src, Source::Remote) {
-                        counters
-                            .reused_bytes
-                            .fetch_add(d.len() as u64, Ordering::Relaxed);
+        // a run of old chunks, contiguous in both files, not copied yet: (first chunk, end, offset, bytes)
+        let mut run: Option<(usize, usize, u64, u64)> = None;
+        for (i, (c, src)) in m.chunks.iter().zip(sources).enumerate() {
+            if trusted && let Source::Old(off) = src {
+                match &mut run {
+                    Some((_, end, at, len)) if *end == i && *at + *len == *off => {
+                        *end += 1;
+                        *len += c.len as u64;
                     }
-                    d
+                    _ => {
+                        if let Some(r) = run.take() {
+                            self.copy_run(
+                                place,
+                                &mut tmp,
+                                old_file.as_ref(),
+                                m,
+                                sources,
+                                r,
+                                &mut buf,
+                            )?;
+                        }
+                        run = Some((i, i + 1, *off, c.len as u64));
+                    }
                 }
-                // a local source that moved on: ask the peers for that chunk
-                None if !matches!(src, Source::Remote) => {
-                    crate::engine::fetch::one_blocking(self.ctx, self.g.name(), c).ok_or_else(
-                        || ApplyError::Unavailable {
-                            path: name::show(&place.path).into_owned(),
-                        },
-                    )?
-                }
-                None => {
-                    return Err(ApplyError::Unavailable {
-                        path: name::show(&place.path).into_owned(),
-                    });
-                }
-            };
+                continue;
+            }
+            if let Some(r) = run.take() {
+                self.copy_run(place, &mut tmp, old_file.as_ref(), m, sources, r, &mut buf)?;
+            }
+            let data = self.chunk_data(place, old_file.as_ref(), c, src, &mut remote, &mut buf)?;
             tmp.file.write_all(&data).map_err(werr)?;
         }
+        if let Some(r) = run.take() {
+            self.copy_run(place, &mut tmp, old_file.as_ref(), m, sources, r, &mut buf)?;
+        }
         Ok(tmp)
+    }
+
+    /// Copy a run of chunks of the old file into `tmp` in the kernel; where the filesystem
+    /// cannot, read them chunk by chunk (and check them) instead.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_run(
+        &self,
+        place: &Place,
+        tmp: &mut Temp,
+        old: Option<&std::fs::File>,
+        m: &Meta,
+        sources: &[Source],
+        (first, end, at, len): (usize, usize, u64, u64),
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ApplyError> {
+        let werr = |e: std::io::Error| other(&place.path, format!("write: {e}"));
+        if let Some(f) = old {
+            let (mut off, mut left) = (at, len);
+            while left > 0 {
+                let want = left.min(1 << 30) as usize;
+                match rustix::fs::copy_file_range(f, Some(&mut off), &tmp.file, None, want) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left -= n as u64,
+                }
+            }
+            let copied = len - left;
+            self.ctx
+                .counters
+                .reused_bytes
+                .fetch_add(copied, Ordering::Relaxed);
+            if left == 0 {
+                return Ok(());
+            }
+            if copied > 0 {
+                // part of the run went in: start over for this run the slow way
+                use std::io::Seek;
+                let pos = tmp.file.stream_position().map_err(werr)?;
+                tmp.file
+                    .set_len(pos - copied)
+                    .and_then(|()| tmp.file.seek(std::io::SeekFrom::Start(pos - copied)))
+                    .map_err(werr)?;
+            }
+        }
+        let mut none = None;
+        for (c, src) in m.chunks[first..end].iter().zip(&sources[first..end]) {
+            let data = self.chunk_data(place, old, c, src, &mut none, buf)?;
+            tmp.file.write_all(&data).map_err(werr)?;
+        }
+        Ok(())
+    }
+
+    /// One chunk's bytes from where `src` says, checked against its hash (a local source that
+    /// moved on is asked of the peers instead).
+    fn chunk_data(
+        &self,
+        place: &Place,
+        old: Option<&std::fs::File>,
+        c: &ChunkRef,
+        src: &Source,
+        remote: &mut Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<u8>, ApplyError> {
+        let data: Option<Vec<u8>> = match src {
+            Source::Old(off) => old.and_then(|f| {
+                buf.resize(c.len as usize, 0);
+                f.read_exact_at(buf, *off).ok()?;
+                (crate::fs::chunk::hash(buf) == c.hash).then(|| buf.clone())
+            }),
+            Source::Local => self.ctx.read_local_chunk(self.g.name(), &c.hash),
+            Source::Remote => remote.as_mut().and_then(|r| r.blocking_recv()),
+        };
+        match data {
+            Some(d) => {
+                if !matches!(src, Source::Remote) {
+                    self.ctx
+                        .counters
+                        .reused_bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Ok(d)
+            }
+            // a local source that moved on: ask the peers for that chunk
+            None if !matches!(src, Source::Remote) => {
+                crate::engine::fetch::one_blocking(self.ctx, self.g.name(), c).ok_or_else(|| {
+                    ApplyError::Unavailable {
+                        path: name::show(&place.path).into_owned(),
+                    }
+                })
+            }
+            None => Err(ApplyError::Unavailable {
+                path: name::show(&place.path).into_owned(),
+            }),
+        }
     }
 
     /// Install a filled temporary file as `item` (blocking): metadata and attributes on the

@@ -11,17 +11,21 @@
 //! once, batches queued for the lanes), and a violation closes this link only, with a logged
 //! reason; at most [`MAX_UNACKED`] batches per group are in flight, so a slow receiver slows the
 //! sender instead of growing memory; our items are not echoed back to the incarnation of the
-//! peer they came from, and content travels inline only from the node that made the change
-//! (relays send the item, and content is fetched where it is missing).
+//! peer they came from, nor relayed to a protocol-5 peer linked with the node that made them
+//! (`engine::relay`; deletions excepted), and content travels inline only from the node that
+//! made the change (relays send the item, and content is fetched where it is missing). On a
+//! protocol-5 link batches and `Pong`s pass one ordered intake before `dispatch`
+//! (`engine::lists`).
 
 use crate::engine::lane::Lanes;
 use crate::engine::node::Ctx;
 use crate::engine::peer::{Link, LinkGroup, RemoteProgress, lock};
+use crate::engine::relay::{self, LinkRelay};
 use crate::item::Hash;
 use crate::item::v3::RecordV3;
 use crate::net::protocol::{
-    GroupHello, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST, MAX_GROUPS,
-    MAX_UNACKED, Msg, WireItem,
+    GroupHello, HaveFrom, INLINE_MAX, MAX_BATCH_INLINE, MAX_BATCH_ITEMS, MAX_CHUNKS_PER_REQUEST,
+    MAX_GROUPS, MAX_HAVE, MAX_LIST_REPLY, MAX_UNACKED, Msg, WireItem,
 };
 use crate::net::transport::{HANDSHAKE_TIMEOUT, Link as Wire, LinkReader, TransportError};
 use crate::net::v3::{self, Msg3};
@@ -41,6 +45,13 @@ const MAX_SERVING: usize = 4;
 const MAX_CHUNKS_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded bytes of items in one `Index` batch at most (well under the frame limit).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// A pump whose batches were all left out (echoes, deferred relays) tells the peer its new
+/// position after this long (or with its next batch), not at once: one change would otherwise
+/// cost an empty `Index` and its `Ack` on every link of every node that received it.
+const LAZY_THROUGH: Duration = Duration::from_secs(60);
+/// On a protocol-5 link, a pump waits this long at most for the peer's first `Have` before
+/// its first batch, so that relays the peer does not need are left out from the start.
+const FIRST_HAVE: Duration = Duration::from_secs(1);
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -516,6 +527,7 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         hi: hi_tx.clone(),
         bulk: bulk_tx,
         chunk_waiters: Mutex::new(HashMap::new()),
+        list_waiters: Mutex::new(HashMap::new()),
         pong_waiters: Mutex::new(HashMap::new()),
         next_req: AtomicU64::new(1),
         pumps: Mutex::new(HashMap::new()),
@@ -526,6 +538,8 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         since: Instant::now(),
         bytes_out: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
+        relay: Mutex::new(LinkRelay::default()),
+        have_seen: Notify::new(),
     });
     let how = Sending {
         version,
@@ -546,9 +560,15 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         link: link.clone(),
     };
     tracing::info!(peer = %peer, "connected (protocol {version}, {suite})");
+    // what we hold from each member, before any batch: the peer leaves out what we get from
+    // elsewhere (protocol 5)
+    let mut have_sent = HaveSent::new();
+    if version >= 5 {
+        send_have(&ctx, &link, &mut have_sent).await;
+    }
     let pumps = start_pumps(&ctx, &lanes, &link, &hello);
     let (in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
-    let result = serve(&ctx, &lanes, &link, in_rx, closed_rx, &hi_tx).await;
+    let result = serve(&ctx, &lanes, &link, in_rx, closed_rx, &hi_tx, have_sent).await;
     if let Err(LinkError::Violation { msg, .. }) = &result {
         let _ = hi_tx.try_send(Msg::Bye {
             reason: msg.clone(),
@@ -563,13 +583,17 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     drop(hi_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     lock(&link.chunk_waiters).clear();
+    lock(&link.list_waiters).clear();
     lock(&link.pong_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
 }
 
-/// The link's main loop: the peer's messages, keep-alives, until the link closes, the node
-/// stops or the peer breaks the protocol.
+/// What we last told the peer we hold, per group and member (`Have`).
+type HaveSent = HashMap<String, HashMap<String, HaveFrom>>;
+
+/// The link's main loop: the peer's messages, keep-alives and our `Have`s, until the link
+/// closes, the node stops or the peer breaks the protocol.
 async fn serve(
     ctx: &Arc<Ctx>,
     lanes: &Lanes,
@@ -577,10 +601,25 @@ async fn serve(
     mut in_rx: mpsc::Receiver<Result<Msg, LinkError>>,
     mut closed_rx: watch::Receiver<bool>,
     hi_tx: &mpsc::Sender<Msg>,
+    mut have_sent: HaveSent,
 ) -> Result<(), LinkError> {
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut shutdown = ctx.shutdown_rx();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    // protocol 5: batches (and `Pong`s, which mark a point among them) pass one ordered intake
+    // that puts grouped chunk lists together (`engine::lists`) before `dispatch` sees them
+    let (intake, mut ordered_rx, intake_task) = if link.version >= 5 {
+        let (i, o, t) = spawn_intake(ctx.clone(), link.clone());
+        (Some(i), o, Some(t))
+    } else {
+        (None, mpsc::channel(1).1, None)
+    };
+    let _intake_task = AbortOnDrop(intake_task);
+    let mut links_gen = ctx.links.generation();
+    let mut had = first_checkpoints(ctx, link);
+    let mut gen_alive = link.version >= 5;
+    // a link of ours came or went: say so soon (links made together are said together)
+    let mut have_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = crate::engine::node::until_set(&mut closed_rx) => return Ok(()),
@@ -591,6 +630,26 @@ async fn serve(
             _ = keepalive.tick() => {
                 let _ = hi_tx.try_send(Msg::Ping { token: 0 });
             }
+            r = links_gen.changed(), if gen_alive => {
+                if r.is_err() {
+                    gen_alive = false;
+                } else if have_due.is_none() {
+                    have_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+                }
+            }
+            _ = tokio::time::sleep_until(have_due.unwrap_or_else(tokio::time::Instant::now)), if have_due.is_some() => {
+                have_due = None;
+                links_gen.borrow_and_update();
+                send_have(ctx, link, &mut have_sent).await;
+            }
+            m = ordered_rx.recv(), if intake.is_some() => {
+                let m = match m {
+                    None => return Err(LinkError::Transport(TransportError::Closed)),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(m)) => m,
+                };
+                dispatch(ctx, lanes, link, &serving, m).await?;
+            }
             m = in_rx.recv() => {
                 let m = match m {
                     None => return Err(LinkError::Transport(TransportError::Closed)),
@@ -598,9 +657,166 @@ async fn serve(
                     Some(Ok(m)) => m,
                 };
                 ctx.links.touch(&link.peer);
+                note_checkpoint(ctx, link, &mut had, &m);
+                let m = match (&intake, m) {
+                    (Some(i), m @ (Msg::Index { .. } | Msg::IndexGrouped { .. } | Msg::Pong { .. })) => {
+                        // a peer within flow control never fills it
+                        if i.try_send(m).is_err() {
+                            return Err(violation(&link.peer, "ignored flow control"));
+                        }
+                        continue;
+                    }
+                    (_, m) => m,
+                };
                 dispatch(ctx, lanes, link, &serving, m).await?;
             }
         }
+    }
+}
+
+/// Aborts the task it holds when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Per group, how far we had the peer's index at connect (the start of its next batch's
+/// checkpoint, `engine::relay`), each recorded as a checkpoint.
+fn first_checkpoints(ctx: &Ctx, link: &Link) -> HashMap<String, u64> {
+    link.groups
+        .iter()
+        .filter(|(_, lg)| lg.paused.is_none())
+        .map(|(g, lg)| {
+            let (inc, seq) = ctx.store.peer_position(&link.peer, g).unwrap_or((0, 0));
+            let had = if inc == lg.peer_inc { seq } else { 0 };
+            let ours = ctx.store.max_seq().unwrap_or(0);
+            ctx.links
+                .checkpoints
+                .add(g, &link.peer, lg.peer_inc, had, ours);
+            (g.clone(), had)
+        })
+        .collect()
+}
+
+/// A batch of the peer's arrived: versions of its past what we had land above our index now.
+fn note_checkpoint(ctx: &Ctx, link: &Link, had: &mut HashMap<String, u64>, m: &Msg) {
+    if let Msg::Index { group, through, .. } | Msg::IndexGrouped { group, through, .. } = m
+        && let Some(had) = had.get_mut(group)
+    {
+        let ours = ctx.store.max_seq().unwrap_or(0);
+        ctx.links
+            .checkpoints
+            .add(group, &link.peer, link.peer_inc(group), *had, ours);
+        *had = (*had).max(*through);
+    }
+}
+
+/// Tell the peer what we hold from each member of the groups we exchange, where it changed
+/// since we last said (all of it the first time).
+async fn send_have(ctx: &Arc<Ctx>, link: &Arc<Link>, sent: &mut HaveSent) {
+    let groups: Vec<String> = link
+        .groups
+        .iter()
+        .filter(|(_, lg)| lg.paused.is_none())
+        .map(|(g, _)| g.clone())
+        .collect();
+    for g in groups {
+        let (c2, g2) = (ctx.clone(), g.clone());
+        let now = tokio::task::spawn_blocking(move || relay::have(&c2, &g2))
+            .await
+            .unwrap_or_default();
+        let before = sent.entry(g.clone()).or_default();
+        let first = before.is_empty();
+        let changed: Vec<HaveFrom> = now
+            .into_iter()
+            .filter(|h| h.node != link.peer && before.get(&h.node) != Some(h))
+            .collect();
+        if changed.is_empty() && !first {
+            continue;
+        }
+        for h in &changed {
+            before.insert(h.node.clone(), h.clone());
+        }
+        if !link
+            .send(Msg::Have {
+                group: g,
+                from: changed,
+            })
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// The ordered intake of a protocol-5 link: batches and `Pong`s in the order they arrived,
+/// grouped chunk lists put together, out to the link's loop for `dispatch`.
+#[allow(clippy::type_complexity)]
+fn spawn_intake(
+    ctx: Arc<Ctx>,
+    link: Arc<Link>,
+) -> (
+    mpsc::Sender<Msg>,
+    mpsc::Receiver<Result<Msg, LinkError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    // a sender within flow control has at most MAX_UNACKED batches per group unacknowledged
+    let room = MAX_UNACKED * link.groups.len().max(1) + 16;
+    let (in_tx, mut in_rx) = mpsc::channel::<Msg>(room);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        while let Some(m) = in_rx.recv().await {
+            let out = match m {
+                Msg::IndexGrouped {
+                    group,
+                    items,
+                    lists,
+                    through,
+                    head,
+                } => expand_grouped(&ctx, &link, group, items, lists, through, head).await,
+                m => Ok(m),
+            };
+            let stop = out.is_err();
+            if out_tx.send(out).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (in_tx, out_rx, task)
+}
+
+/// An `IndexGrouped` made an `Index`: its grouped chunk lists fetched and put together.
+async fn expand_grouped(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    group: String,
+    items: Vec<WireItem>,
+    lists: Vec<crate::net::protocol::GroupedList>,
+    through: u64,
+    head: u64,
+) -> Result<Msg, LinkError> {
+    if !link.groups.contains_key(&group) {
+        // dispatch names the violation
+        return Ok(Msg::Index {
+            group,
+            items,
+            through,
+            head,
+        });
+    }
+    match crate::engine::lists::expand(ctx, link, &group, items, lists).await {
+        Ok(items) => Ok(Msg::Index {
+            group,
+            items,
+            through,
+            head,
+        }),
+        Err(e) => Err(violation(&link.peer, e.to_string())),
     }
 }
 
@@ -748,7 +964,87 @@ async fn dispatch(
                 let _ = tx.send(());
             }
         }
+        Msg::IndexGrouped { .. } => {
+            // a protocol-5 link hands these to its intake (`serve`), which makes them `Index`
+            return Err(violation(
+                peer,
+                format!("sent IndexGrouped on a protocol {} link", link.version),
+            ));
+        }
+        Msg::GetChunkLists {
+            req,
+            group,
+            key,
+            hash,
+            groups,
+        } => on_get_chunk_lists(ctx, link, serving, req, group, key, hash, groups).await?,
+        Msg::ChunkLists { req, lists } => {
+            let w = lock(&link.list_waiters).remove(&req);
+            match w {
+                Some(tx) => {
+                    let _ = tx.send(lists);
+                }
+                None => return Err(violation(peer, "unsolicited ChunkLists")),
+            }
+        }
+        Msg::Have { group, from } => on_have(ctx, link, group, from)?,
     }
+    Ok(())
+}
+
+/// Serve the chunk refs of some groups of our version of `key` (protocol 5, `engine::lists`).
+#[allow(clippy::too_many_arguments)]
+async fn on_get_chunk_lists(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    serving: &Arc<Semaphore>,
+    req: u64,
+    group: String,
+    key: Vec<u8>,
+    hash: Hash,
+    groups: Vec<u32>,
+) -> Result<(), LinkError> {
+    if groups.len() > MAX_LIST_REPLY {
+        return Err(violation(&link.peer, "too many chunk groups requested"));
+    }
+    if !check_group(link, &group)? {
+        let _ = link.send(Msg::ChunkLists { req, lists: None }).await;
+        return Ok(());
+    }
+    let Ok(permit) = serving.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let (ctx, link) = (ctx.clone(), link.clone());
+    tokio::spawn(async move {
+        let c2 = ctx.clone();
+        let lists = tokio::task::spawn_blocking(move || {
+            crate::engine::lists::serve(&c2, &group, &key, &hash, &groups)
+        })
+        .await
+        .unwrap_or_default();
+        let _ = link.send(Msg::ChunkLists { req, lists }).await;
+        drop(permit);
+    });
+    Ok(())
+}
+
+/// The peer says what it holds from each member (`engine::relay`): relays it gets elsewhere
+/// are left out, and what it lost a member for is read again.
+fn on_have(ctx: &Ctx, link: &Link, group: String, from: Vec<HaveFrom>) -> Result<(), LinkError> {
+    if from.len() > MAX_HAVE {
+        return Err(violation(&link.peer, "too many members in Have"));
+    }
+    if !check_group(link, &group)? {
+        return Ok(());
+    }
+    let ours = |m: &str| ctx.store.peer_position(m, &group).unwrap_or((0, 0));
+    let back = |m: &str, pos: u64| {
+        let inc = ours(m).0;
+        ctx.links.checkpoints.back(&group, m, inc, pos)
+    };
+    lock(&link.relay).group(&group).update(from, ours, back);
+    link.have_seen.notify_waiters();
+    link.pump_notify.notify_waiters();
     Ok(())
 }
 
@@ -891,7 +1187,11 @@ fn on_ping(ctx: &Ctx, link: &Arc<Link>, token: u64) {
         let deadline = Instant::now() + Duration::from_secs(3600);
         while Instant::now() < deadline && !link.is_closed() {
             let notified = link.pump_notify.notified();
-            let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
+            // relays owed to the peer (`engine::relay`) are part of "everything"
+            let done = targets.iter().all(|(g, t)| {
+                link.pump(g).scanned >= *t
+                    && !lock(&link.relay).groups.get(g).is_some_and(|r| r.busy())
+            });
             if done {
                 break;
             }
@@ -931,51 +1231,64 @@ fn resume_point(ctx: &Ctx, peer: &str, group: &str, pos: u64) -> u64 {
     0
 }
 
-/// Stream our items of `group` to the peer from `pos` on, then new ones as they come.
+/// Where a pump stands between batches.
+struct PumpState {
+    /// Our index was read up to here.
+    pos: u64,
+    /// Reading again (versions left out for the peer that it may lack now), up to here.
+    replay_until: Option<u64>,
+    /// A position the peer learns later (`LAZY_THROUGH`).
+    lazy: Option<tokio::time::Instant>,
+    /// The lazy position is due now.
+    tell: bool,
+    /// The highest head of ours the peer heard of (in `Hello`, read before this, or with a
+    /// batch): while it is above what we sent, the peer counts itself behind us, so it must
+    /// hear of a new position at once.
+    head_told: u64,
+}
+
+/// Stream our items of `group` to the peer from `start` on, then new ones as they come.
 async fn pump(
     ctx: Arc<Ctx>,
     mut head_rx: watch::Receiver<u64>,
     link: Arc<Link>,
     group: String,
-    mut pos: u64,
+    start: u64,
 ) {
     let mut closed = link.closed_rx();
     {
         let mut p = lock(&link.pumps);
         let e = p.entry(group.clone()).or_default();
-        e.scanned = pos;
-        e.acked = pos;
-        e.last_sent = pos;
+        e.scanned = start;
+        e.acked = start;
+        e.last_sent = start;
     }
     // the position the peer says it saved is the truth about it now, also when it is lower
     // than what it acknowledged before (its state restored from an older copy): tombstones
     // above it wait for it again
-    if ctx.store.acked(&link.peer, &group).unwrap_or(0) != pos {
-        let _ = ctx.store.set_acked(&link.peer, &group, pos);
+    if ctx.store.acked(&link.peer, &group).unwrap_or(0) != start {
+        let _ = ctx.store.set_acked(&link.peer, &group, start);
     }
     let peer_inc = link.peer_inc(&group);
+    if link.version >= 5 {
+        wait_first_have(&link, &group).await;
+    }
+    let mut st = PumpState {
+        pos: start,
+        replay_until: None,
+        lazy: None,
+        tell: false,
+        head_told: ctx.store.group_head(&group).unwrap_or(u64::MAX),
+    };
     loop {
-        // flow control
-        loop {
-            let notified = link.pump_notify.notified();
-            if link.pump(&group).unacked.len() < MAX_UNACKED {
-                break;
-            }
-            if link.is_closed() {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-        }
-        if link.is_closed() {
+        if !flow_control(&link, &group).await {
             return;
         }
+        rewind_if_asked(&link, &group, &mut st);
         head_rx.borrow_and_update();
-        let c2 = ctx.clone();
-        let g2 = group.clone();
-        let to = link.peer.clone();
-        let v = link.version;
+        let (c2, g2, l2, pos) = (ctx.clone(), group.clone(), link.clone(), st.pos);
         let batch =
-            tokio::task::spawn_blocking(move || build_batch(&c2, &g2, pos, &to, peer_inc, v)).await;
+            tokio::task::spawn_blocking(move || build_batch(&c2, &g2, pos, &l2, peer_inc)).await;
         let b = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -985,96 +1298,273 @@ async fn pump(
             }
             Err(_) => return,
         };
-        // nothing to send, but the peer should learn it is caught up: move its `through`
-        let announce_empty = b.items.is_empty() && {
-            let e = link.pump(&group);
-            b.head > e.last_sent && b.through > e.last_sent
-        };
-        if b.not_sendable > 0 {
-            let mut p = lock(&link.pumps);
-            let e = p.entry(group.clone()).or_default();
-            e.not_sendable += b.not_sendable;
-            e.not_sendable_why = b.why_not.clone();
+        let (through, more) = (b.through, b.more);
+        if !send_batch(&ctx, &link, &group, b, &mut st).await {
+            return;
         }
-        if !b.items.is_empty() || announce_empty {
-            let n = b.items.len();
-            ctx.audit_items(
-                &group,
-                b.items
-                    .iter()
-                    .map(|w| ("sent", &w.item, Some(link.peer.as_str()))),
-            );
-            {
-                let mut p = lock(&link.pumps);
-                let e = p.entry(group.clone()).or_default();
-                e.unacked.push_back(b.through);
-                e.last_sent = b.through;
-            }
-            ctx.sent_seq.fetch_max(b.through, Ordering::Relaxed);
-            ctx.counters
-                .items_out
-                .fetch_add(n as u64, Ordering::Relaxed);
-            ctx.metrics.changes_sent(&group, n as u64);
-            if !link
-                .send(Msg::Index {
-                    group: group.clone(),
-                    items: b.items,
-                    through: b.through,
-                    head: b.head,
-                })
-                .await
-            {
-                return;
-            }
-            tracing::debug!(peer = %link.peer, group = %group, "sent {n} items through {}", b.through);
+        st.pos = through;
+        caught_up(&ctx, &link, &group, through);
+        if more || st.replay_until.is_some() {
+            continue;
         }
-        pos = b.through;
-        let caught_up = {
-            let mut p = lock(&link.pumps);
-            let e = p.entry(group.clone()).or_default();
-            e.scanned = b.through;
-            if e.unacked.is_empty() && e.acked < b.through {
-                e.acked = b.through;
-                Some(b.through)
-            } else {
-                None
-            }
-        };
-        if let Some(t) = caught_up
-            && durable_acks(&link)
+        // registered before the check, so a `Have` between the two still wakes us
+        let notified = link.have_seen.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if lock(&link.relay)
+            .groups
+            .get(&group)
+            .is_some_and(|g| g.busy())
         {
-            let _ = ctx.store.set_acked(&link.peer, &group, t);
-        }
-        link.pump_notify.notify_waiters();
-        if b.more {
             continue;
         }
         tokio::select! {
             r = head_rx.changed() => if r.is_err() { return },
             _ = crate::engine::node::until_set(&mut closed) => return,
+            // a `Have` may have asked for a rewind
+            _ = notified => {}
+            _ = tokio::time::sleep_until(st.lazy.unwrap_or_else(tokio::time::Instant::now)), if st.lazy.is_some() => {
+                st.lazy = None;
+                st.tell = true;
+            }
         }
     }
+}
+
+/// What the peer holds decides which relays it needs: wait (briefly) for its first `Have`.
+async fn wait_first_have(link: &Link, group: &str) {
+    let deadline = Instant::now() + FIRST_HAVE;
+    loop {
+        let notified = link.have_seen.notified();
+        let seen = lock(&link.relay).groups.get(group).is_some_and(|g| g.seen);
+        if seen || link.is_closed() || Instant::now() >= deadline {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+    }
+}
+
+/// Wait until fewer than [`MAX_UNACKED`] batches are in flight; false when the link is gone.
+async fn flow_control(link: &Link, group: &str) -> bool {
+    loop {
+        let notified = link.pump_notify.notified();
+        if link.pump(group).unacked.len() < MAX_UNACKED {
+            break;
+        }
+        if link.is_closed() {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+    }
+    !link.is_closed()
+}
+
+/// The peer lacks a member it was to get versions from: read them again.
+fn rewind_if_asked(link: &Link, group: &str, st: &mut PumpState) {
+    let rewind = lock(&link.relay).group(group).take_rewind();
+    if let Some(r) = rewind
+        && r < st.pos
+    {
+        tracing::debug!(peer = %link.peer, group = %group, "reading again from {r} (was at {}): the peer lacks versions it was to get elsewhere", st.pos);
+        st.replay_until = Some(st.replay_until.map_or(st.pos, |u| u.max(st.pos)));
+        st.pos = r;
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.to_string()).or_default();
+        e.scanned = e.scanned.min(r);
+    }
+}
+
+/// Send one batch (or an empty one that moves the peer's position); false when the link is
+/// gone.
+async fn send_batch(ctx: &Ctx, link: &Link, group: &str, b: Batch, st: &mut PumpState) -> bool {
+    if st.replay_until.is_some_and(|u| b.through >= u) {
+        st.replay_until = None;
+    }
+    // nothing to send, but the peer should learn it is caught up: move its `through`; when
+    // all that was read are versions it has or gets elsewhere, later (`LAZY_THROUGH`)
+    let announce_empty = b.items.is_empty() && {
+        let e = link.pump(group);
+        let quiet = (b.lazy || st.lazy.is_some()) && !st.tell && st.head_told <= e.last_sent;
+        b.head > e.last_sent && b.through > e.last_sent && !quiet
+    };
+    st.tell = false;
+    if b.items.is_empty() && b.lazy && !announce_empty && st.lazy.is_none() {
+        st.lazy = Some(tokio::time::Instant::now() + LAZY_THROUGH);
+    }
+    if b.not_sendable > 0 {
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.to_string()).or_default();
+        e.not_sendable += b.not_sendable;
+        e.not_sendable_why = b.why_not.clone();
+    }
+    if b.items.is_empty() && !announce_empty {
+        return true;
+    }
+    st.lazy = None;
+    let n = b.items.len();
+    ctx.audit_items(
+        group,
+        b.items
+            .iter()
+            .map(|w| ("sent", &w.item, Some(link.peer.as_str()))),
+    );
+    // reading again, `through` stays where it was: what the peer holds up to there is
+    // unchanged, the versions it may lack come in this batch
+    let through = {
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.to_string()).or_default();
+        let through = b.through.max(e.last_sent);
+        e.unacked.push_back(through);
+        e.last_sent = through;
+        through
+    };
+    ctx.sent_seq.fetch_max(through, Ordering::Relaxed);
+    ctx.counters
+        .items_out
+        .fetch_add(n as u64, Ordering::Relaxed);
+    ctx.metrics.changes_sent(group, n as u64);
+    // reading again, our head may be past `through` by versions left out (never announced):
+    // a head above `through` would have the peer count itself behind us until the next batch
+    let head = if through > b.through {
+        b.head.min(through)
+    } else {
+        b.head
+    };
+    st.head_told = st.head_told.max(head);
+    let group = group.to_string();
+    let m = if b.lists.is_empty() {
+        Msg::Index {
+            group: group.clone(),
+            items: b.items,
+            through,
+            head,
+        }
+    } else {
+        Msg::IndexGrouped {
+            group: group.clone(),
+            items: b.items,
+            lists: b.lists,
+            through,
+            head,
+        }
+    };
+    if !link.send(m).await {
+        return false;
+    }
+    tracing::debug!(peer = %link.peer, group = %group, "sent {n} items through {through}");
+    true
+}
+
+/// Our index was read up to `through`: with nothing in flight, the peer has all of it.
+fn caught_up(ctx: &Ctx, link: &Link, group: &str, through: u64) {
+    let caught_up = {
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.to_string()).or_default();
+        e.scanned = through;
+        if e.unacked.is_empty() && e.acked < through {
+            e.acked = through;
+            Some(through)
+        } else {
+            None
+        }
+    };
+    if let Some(t) = caught_up
+        && durable_acks(link)
+    {
+        let _ = ctx.store.set_acked(&link.peer, group, t);
+    }
+    link.pump_notify.notify_waiters();
 }
 
 /// One batch for a peer.
 struct Batch {
     items: Vec<WireItem>,
+    /// Long chunk lists of `items` sent as group hashes (protocol 5).
+    lists: Vec<crate::net::protocol::GroupedList>,
     through: u64,
     more: bool,
     head: u64,
     not_sendable: u64,
     why_not: Option<String>,
+    /// Versions were read and every one left out as held by the peer or due from elsewhere
+    /// (echoes, deferred relays): the peer need not hear of the new position at once.
+    lazy: bool,
 }
 
-/// Read our items of `group` after `pos` into a batch for `to`. Versions that came from `to`'s
-/// current incarnation are skipped; so are items a protocol-3 peer cannot take.
+/// Why an entry of our index is not sent to a peer.
+enum Skip {
+    /// Ours alone (unversioned).
+    Own,
+    /// The peer has it or gets it from elsewhere (an echo, a relay left out).
+    Held,
+    /// The peer's release cannot take it.
+    NotSendable(String),
+}
+
+/// Is `e` left out of a batch for `link`'s peer (incarnation `to_inc`), and why?
+fn skip(
+    link: &Link,
+    group: &str,
+    e: &crate::item::Entry,
+    to_inc: u64,
+    accounts: bool,
+    is_root: bool,
+) -> Option<Skip> {
+    let (to, version) = (link.peer.as_str(), link.version);
+    if accounts && version < 5 {
+        // account items of this release would be misread by the previous ones
+        return Some(Skip::NotSendable(format!(
+            "{to} runs an older release (protocol {version}): accounts are not exchanged with it until it is upgraded"
+        )));
+    }
+    // an account adopted by a node that joined as new is sent unversioned: any versioned
+    // change wins over it; protocol 3 refuses an unversioned group root
+    if e.item.version.is_empty() && (!is_root || version < 4) && !accounts {
+        // adopted without a version (a replica's files): ours alone, never sent. A group
+        // path directory nobody changed yet is sent unversioned: it gives way to any
+        // versioned one, and between unversioned ones the conflict policy picks the
+        // same on every node, so fresh nodes agree on its mode and mtime. Protocol 3
+        // refuses any item without a version (and drops the link): a new or reset node
+        // keeps its unversioned root to itself there, as a replica keeps its files
+        return Some(Skip::Own);
+    }
+    if e.from
+        .as_ref()
+        .is_some_and(|(p, inc)| p == to && *inc == to_inc)
+    {
+        // it came from that peer as it is: do not echo it back
+        return Some(Skip::Held);
+    }
+    if version >= 5
+        && !e.item.is_deleted()
+        && let Some((p, inc)) = &e.from
+        && *p == e.item.origin
+        && lock(&link.relay).group(group).leave_out(p, *inc)
+    {
+        // a version we got from the node that made it, and the peer is linked with that
+        // node: it gets it from there (`engine::relay`). Deletions are always relayed: they
+        // are small, and a tombstone collected here must not depend on another node
+        return Some(Skip::Held);
+    }
+    if version < 4
+        && let Err(why) = RecordV3::try_from(&e.item)
+    {
+        return Some(Skip::NotSendable(format!(
+            "{to} runs the previous release (protocol 3) and cannot take {why}"
+        )));
+    }
+    None
+}
+
+/// Read our items of `group` after `pos` into a batch for `link`'s peer. Versions that came
+/// from the peer's current incarnation (`to_inc`) are skipped; so are items its release cannot
+/// take, and relays it gets from the member they came from (`engine::relay`).
 fn build_batch(
     ctx: &Ctx,
     group: &str,
     pos: u64,
-    to: &str,
+    link: &Link,
     to_inc: u64,
-    version: u32,
 ) -> Result<Batch, crate::store::StoreError> {
     let snapshot = ctx.store.max_seq()?;
     let head = ctx.store.group_head(group)?;
@@ -1087,6 +1577,7 @@ fn build_batch(
     let mut encoded = 0usize;
     let mut not_sendable = 0u64;
     let mut why_not = None;
+    let (mut left_out, mut other_skips) = (0usize, 0usize);
     let rt = ctx.group(group);
     let dirs = crate::fs::safefs::DirCache::default();
     let is_root = |key: &[u8]| {
@@ -1094,61 +1585,27 @@ fn build_batch(
     };
     let accounts = rt.is_some_and(|g| g.is_accounts());
     for e in entries {
-        if accounts && version < 5 {
-            // account items of this release would be misread by the previous ones
-            not_sendable += 1;
-            why_not = Some(format!(
-                "{to} runs an older release (protocol {version}): accounts are not exchanged with it until it is upgraded"
-            ));
-            last_seq = last_seq.max(e.seq);
-            continue;
+        match skip(link, group, &e, to_inc, accounts, is_root(&e.item.key)) {
+            None => {}
+            Some(why) => {
+                match why {
+                    Skip::Own => other_skips += 1,
+                    Skip::Held => left_out += 1,
+                    Skip::NotSendable(w) => {
+                        not_sendable += 1;
+                        other_skips += 1;
+                        why_not = Some(w);
+                    }
+                }
+                last_seq = last_seq.max(e.seq);
+                continue;
+            }
         }
-        // an account adopted by a node that joined as new is sent unversioned: any versioned
-        // change wins over it; protocol 3 refuses an unversioned group root
-        if e.item.version.is_empty() && (!is_root(&e.item.key) || version < 4) && !accounts {
-            // adopted without a version (a replica's files): ours alone, never sent. A group
-            // path directory nobody changed yet is sent unversioned: it gives way to any
-            // versioned one, and between unversioned ones the conflict policy picks the
-            // same on every node, so fresh nodes agree on its mode and mtime. Protocol 3
-            // refuses any item without a version (and drops the link): a new or reset node
-            // keeps its unversioned root to itself there, as a replica keeps its files
-            last_seq = last_seq.max(e.seq);
-            continue;
-        }
-        if e.from
-            .as_ref()
-            .is_some_and(|(p, inc)| p == to && *inc == to_inc)
-        {
-            // it came from that peer as it is: do not echo it back
-            last_seq = last_seq.max(e.seq);
-            continue;
-        }
-        if version < 4
-            && let Err(why) = RecordV3::try_from(&e.item)
-        {
-            not_sendable += 1;
-            why_not = Some(format!(
-                "{to} runs the previous release (protocol 3) and cannot take {why}"
-            ));
-            last_seq = last_seq.max(e.seq);
-            continue;
-        }
-        // rough encoded size: key, vector, chunk list, attributes
-        let est = 128
-            + e.item.key.len()
-            + e.item.version.len() * 24
-            + e.item.meta().map_or(0, |m| {
-                m.chunks.len() * 40 + m.xattrs.iter().map(|x| x.name.len() + 64).sum::<usize>()
-            })
-            + match &e.item.body {
-                Some(crate::item::Body::Account(a)) => a.size_hint(),
-                _ => 0,
-            };
-        if encoded + est > MAX_BATCH_BYTES && !items.is_empty() {
+        if encoded + estimate(&e.item) > MAX_BATCH_BYTES && !items.is_empty() {
             cut = true;
             break;
         }
-        encoded += est;
+        encoded += estimate(&e.item);
         let mut inline = None;
         if let Some(m) = e.item.meta()
             && m.kind == crate::item::Kind::File
@@ -1177,12 +1634,32 @@ fn build_batch(
     } else {
         snapshot.max(last_seq).max(pos)
     };
+    let lists = if link.version >= 5 {
+        crate::engine::lists::group_items(&mut items)
+    } else {
+        Vec::new()
+    };
     Ok(Batch {
         items,
+        lists,
         through,
         more,
         head,
         not_sendable,
         why_not,
+        lazy: left_out > 0 && other_skips == 0,
     })
+}
+
+/// Rough encoded size of an item: key, vector, chunk list, attributes.
+fn estimate(item: &crate::item::Item) -> usize {
+    128 + item.key.len()
+        + item.version.len() * 24
+        + item.meta().map_or(0, |m| {
+            m.chunks.len() * 40 + m.xattrs.iter().map(|x| x.name.len() + 64).sum::<usize>()
+        })
+        + match &item.body {
+            Some(crate::item::Body::Account(a)) => a.size_hint(),
+            _ => 0,
+        }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub(crate) type ChunkReply = Vec<Option<Vec<u8>>>;
+pub(crate) type ListReply = Option<Vec<Vec<crate::item::ChunkRef>>>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -77,6 +78,7 @@ pub struct Link {
     pub(crate) hi: mpsc::Sender<Msg>,
     pub(crate) bulk: mpsc::Sender<Msg>,
     pub(crate) chunk_waiters: Mutex<HashMap<u64, oneshot::Sender<ChunkReply>>>,
+    pub(crate) list_waiters: Mutex<HashMap<u64, oneshot::Sender<ListReply>>>,
     pub(crate) pong_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     pub(crate) next_req: AtomicU64,
     pub pumps: Mutex<HashMap<String, PumpProgress>>,
@@ -89,6 +91,10 @@ pub struct Link {
     /// Bytes of chunk data sent and received on this link.
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// What the peer told us it holds, and the relays left out for it (`engine::relay`).
+    pub relay: Mutex<crate::engine::relay::LinkRelay>,
+    /// A `Have` arrived.
+    pub(crate) have_seen: Notify,
 }
 
 impl Link {
@@ -125,6 +131,31 @@ impl Link {
             .await
         {
             lock(&self.chunk_waiters).remove(&req);
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Ask the peer for the chunk refs of some groups of its version of `key` (protocol 5).
+    pub async fn get_chunk_lists(
+        &self,
+        group: &str,
+        key: &[u8],
+        hash: &Hash,
+        groups: Vec<u32>,
+    ) -> Option<oneshot::Receiver<ListReply>> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.list_waiters).insert(req, tx);
+        let m = Msg::GetChunkLists {
+            req,
+            group: group.to_string(),
+            key: key.to_vec(),
+            hash: *hash,
+            groups,
+        };
+        if !self.send(m).await {
+            lock(&self.list_waiters).remove(&req);
             return None;
         }
         Some(rx)
@@ -189,6 +220,11 @@ pub struct Links {
     /// Refused connections not yet logged, and when the last log line was written.
     refused: Mutex<(u64, Option<Instant>)>,
     changed: tokio::sync::Notify,
+    /// Counts links registered and gone, for whoever tells peers which links are up
+    /// (`engine::relay`).
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Where each member's versions start in our index (`engine::relay`).
+    pub checkpoints: crate::engine::relay::Checkpoints,
 }
 
 impl Links {
@@ -214,6 +250,7 @@ impl Links {
         st.last_seen = Some(SystemTime::now());
         drop(p);
         self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g += 1);
     }
 
     pub(crate) fn unregister(&self, peer: &str, conn: u64) {
@@ -223,6 +260,12 @@ impl Links {
         }
         drop(m);
         self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a link is registered or goes.
+    pub fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn close_all(&self) {

@@ -221,7 +221,8 @@ fn xerr(e: xattr::XattrError) -> ObserveError {
 
 /// Observe the entry at real path `real` with lstat metadata `md`. `Ok(None)`: an unsupported
 /// type (socket, FIFO, device). `reuse`: the previous metadata, whose content identity is kept
-/// when inode, size and mtime did not change.
+/// when inode, size and mtime did not change, and whose chunking scheme a changed file keeps
+/// (`chunk::params_like`).
 pub fn observe(
     real: &Path,
     md: &Metadata,
@@ -265,8 +266,13 @@ pub fn observe(
                 chunks = m.chunks.clone();
                 md = before;
             } else {
-                // no buffer of our own: small files are read whole, FastCDC buffers the rest
-                let c = chunk::identify(&f, before.len()).map_err(ObserveError::Io)?;
+                // no buffer of our own: small files are read whole, FastCDC buffers the rest;
+                // cut like the previous version, so an edit shares the chunks around it
+                let previous = reuse
+                    .filter(|(m, _)| m.kind == Kind::File)
+                    .map_or(&[][..], |(m, _)| &m.chunks[..]);
+                let params = chunk::params_like(before.len(), previous);
+                let c = chunk::identify_with(&f, before.len(), params).map_err(ObserveError::Io)?;
                 let after = f.metadata().map_err(ObserveError::Io)?;
                 if after.len() != before.len()
                     || after.mtime() != before.mtime()

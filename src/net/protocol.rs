@@ -27,7 +27,7 @@
 //! 4. `Ping`/`Pong` mark a point in the stream for `clustersync sync` (token 0 is a
 //!    keep-alive and gets no answer).
 
-use crate::item::{Hash, Item};
+use crate::item::{ChunkRef, Hash, Item};
 use serde::{Deserialize, Serialize};
 
 /// Highest protocol version this build speaks.
@@ -195,6 +195,111 @@ pub enum Msg {
     Bye {
         reason: String,
     },
+    // ---- protocol 5 (never sent on a link of an older version: `Msg::since`)
+    /// An `Index` whose long chunk lists travel as group hashes: the items that `lists` names
+    /// (by position) carry no chunks here; the receiver takes the groups it knows from its own
+    /// version of the file and asks `GetChunkLists` for the others, then handles the batch
+    /// as an `Index`.
+    IndexGrouped {
+        group: String,
+        items: Vec<WireItem>,
+        lists: Vec<GroupedList>,
+        through: u64,
+        head: u64,
+    },
+    /// Ask for the chunk refs of groups (by position) of the sender's version of `key` whose
+    /// content hash is `hash`.
+    GetChunkLists {
+        req: u64,
+        group: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        hash: Hash,
+        groups: Vec<u32>,
+    },
+    /// Answer to `GetChunkLists`: each group's chunk refs, in order; `None` when the sender's
+    /// version of the key has other content by now (a newer version follows in its index).
+    ChunkLists {
+        req: u64,
+        lists: Option<Vec<Vec<ChunkRef>>>,
+    },
+    /// What the sender holds of `group` from each member it names: how far it applied that
+    /// member's index, and whether it is linked with it now. Sent at connect (every member)
+    /// and when a link of the sender comes or goes (the members whose entry changed); peers
+    /// use it to leave out relays the receiver gets from their origin (`engine::relay`).
+    Have {
+        group: String,
+        from: Vec<HaveFrom>,
+    },
+}
+
+/// Chunk lists of at least this many chunks travel as groups on protocol 5.
+pub const GROUPED_MIN: usize = 128;
+/// A group ends after a chunk whose hash's first byte is a multiple of this (about this many
+/// chunks per group, cut by content: an edit changes only the groups around it)...
+pub const GROUP_EVERY: u8 = 64;
+/// ...or after this many chunks.
+pub const GROUP_MAX: usize = 1024;
+/// Chunk refs in one `ChunkLists` answer at most (~4 MiB).
+pub const MAX_LIST_REPLY: usize = 100_000;
+/// Members named in one `Have` at most.
+pub const MAX_HAVE: usize = 4096;
+
+/// A run of consecutive chunks of a list, named by the BLAKE3 of their refs (hash, then
+/// length as 4 little-endian bytes, for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkGroup {
+    pub hash: Hash,
+    pub chunks: u32,
+}
+
+/// The groups of the chunk list of `IndexGrouped::items[item]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupedList {
+    pub item: u32,
+    pub groups: Vec<ChunkGroup>,
+}
+
+/// One member's entry in `Have`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveFrom {
+    pub node: String,
+    /// The member's incarnation of the group the position refers to (0: none).
+    pub inc: u64,
+    /// The member's last seq applied here.
+    pub seq: u64,
+    /// Linked with the member now, the group exchanged on that link.
+    pub linked: bool,
+}
+
+/// The hash of a group of chunk refs.
+pub fn group_hash(chunks: &[ChunkRef]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    for c in chunks {
+        h.update(&c.hash);
+        h.update(&c.len.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A chunk list cut into groups: each group and the positions of its chunks.
+pub fn chunk_groups(chunks: &[ChunkRef]) -> Vec<(ChunkGroup, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in chunks.iter().enumerate() {
+        let end = i + 1;
+        if c.hash[0] % GROUP_EVERY == 0 || end - start >= GROUP_MAX || end == chunks.len() {
+            out.push((
+                ChunkGroup {
+                    hash: group_hash(&chunks[start..end]),
+                    chunks: (end - start) as u32,
+                },
+                start..end,
+            ));
+            start = end;
+        }
+    }
+    out
 }
 
 /// How the reason of a `Bye` sent instead of `Hello` starts when the listener does not know
@@ -299,6 +404,10 @@ impl Msg {
             | Msg::Ping { .. }
             | Msg::Pong { .. }
             | Msg::Bye { .. } => 4,
+            Msg::IndexGrouped { .. }
+            | Msg::GetChunkLists { .. }
+            | Msg::ChunkLists { .. }
+            | Msg::Have { .. } => 5,
         }
     }
 
@@ -313,6 +422,10 @@ impl Msg {
             Msg::Ping { .. } => "Ping",
             Msg::Pong { .. } => "Pong",
             Msg::Bye { .. } => "Bye",
+            Msg::IndexGrouped { .. } => "IndexGrouped",
+            Msg::GetChunkLists { .. } => "GetChunkLists",
+            Msg::ChunkLists { .. } => "ChunkLists",
+            Msg::Have { .. } => "Have",
         }
     }
 }
@@ -390,6 +503,46 @@ pub(crate) mod tests {
             Msg::Ping { token: 5 },
             Msg::Pong { token: 5 },
             Msg::Bye { reason: "x".into() },
+            Msg::IndexGrouped {
+                group: "www".into(),
+                items: vec![],
+                lists: vec![GroupedList {
+                    item: 0,
+                    groups: vec![ChunkGroup {
+                        hash: [3; 32],
+                        chunks: 70,
+                    }],
+                }],
+                through: 13,
+                head: 14,
+            },
+            Msg::GetChunkLists {
+                req: 2,
+                group: "www".into(),
+                key: b"/srv/big".to_vec(),
+                hash: [4; 32],
+                groups: vec![0, 5],
+            },
+            Msg::ChunkLists {
+                req: 2,
+                lists: Some(vec![vec![ChunkRef {
+                    hash: [5; 32],
+                    len: 9,
+                }]]),
+            },
+            Msg::ChunkLists {
+                req: 3,
+                lists: None,
+            },
+            Msg::Have {
+                group: "www".into(),
+                from: vec![HaveFrom {
+                    node: "c".into(),
+                    inc: 8,
+                    seq: 99,
+                    linked: true,
+                }],
+            },
         ]
     }
 
@@ -447,6 +600,31 @@ pub(crate) mod tests {
         let mut bomb = vec![CODEC_ZSTD];
         bomb.extend(zstd::bulk::compress(&huge, 3).unwrap());
         assert!(Msg::decode(&bomb).is_err());
+    }
+
+    #[test]
+    fn groups_cover_the_list_and_follow_the_content() {
+        let refs: Vec<ChunkRef> = (0..5000u32)
+            .map(|i| ChunkRef {
+                hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+                len: 1000 + i,
+            })
+            .collect();
+        let g = chunk_groups(&refs);
+        assert_eq!(g.first().map(|x| x.1.start), Some(0));
+        assert_eq!(g.last().map(|x| x.1.end), Some(refs.len()));
+        assert!(g.windows(2).all(|w| w[0].1.end == w[1].1.start));
+        assert!(g.iter().all(|(cg, r)| cg.chunks as usize == r.len()
+            && r.len() <= GROUP_MAX
+            && cg.hash == group_hash(&refs[r.clone()])));
+        assert!((40..140).contains(&(refs.len() / g.len())), "{}", g.len());
+        // one chunk replaced: only its group changes
+        let mut edited = refs.clone();
+        edited[2500].hash = [0xff; 32];
+        let h = chunk_groups(&edited);
+        let old: std::collections::HashSet<_> = g.iter().map(|x| x.0).collect();
+        assert!(h.iter().filter(|x| !old.contains(&x.0)).count() <= 2);
+        assert!(chunk_groups(&[]).is_empty());
     }
 
     #[test]

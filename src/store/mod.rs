@@ -651,13 +651,33 @@ impl Store {
         Ok(self.meta_get("seq")?.unwrap_or(0))
     }
 
-    /// This node's incarnation of `group` (created on first use).
+    /// This node's incarnation of `group` (created on first use). Created in the write
+    /// transaction that looks for it, so that links starting together (each building its
+    /// `Hello`) all see the same one: two made at once, the last one written, told peers two
+    /// incarnations of one group.
     pub fn incarnation(&self, group: &str) -> Result<u64, StoreError> {
         let k = format!("inc:{group}");
         if let Some(v) = self.meta_get(&k)? {
             return Ok(v);
         }
-        self.renew_incarnation(group)
+        let tx = self.begin_write()?;
+        let v = {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let had = meta
+                .get(k.as_str())
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            match had {
+                Some(v) => v,
+                None => {
+                    let v = random_u64();
+                    meta.insert(k.as_str(), v).map_err(|e| self.err(e))?;
+                    v
+                }
+            }
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(v)
     }
 
     /// Whether `group` ever had an incarnation here (the node runs it or ran it).

@@ -1,0 +1,175 @@
+//! A change reaches each node once: a node does not relay a version to a peer that gets it
+//! from the node it came from (SPEC §7), and still relays where that peer cannot
+//! (`engine::relay`): a cut link, a link that stalls after the relay was left out.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// The `sent` lines of `node`'s audit log for paths ending in `name`, as (peer, path).
+fn sent(c: &Cluster, node: &str, name: &str) -> Vec<String> {
+    c.audit(node)
+        .into_iter()
+        .filter(|l| l["kind"] == "sent" && l["path"].as_str().is_some_and(|p| p.ends_with(name)))
+        .map(|l| l["peer"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Let the a–b link (b's proxy) pass one byte a second: the proxy takes a new rate with its
+/// next read, so wait for two keep-alives (4 s apart) to go through; after the second the
+/// link passes nothing more for minutes, and dies of silence after `IDLE` (14 s).
+fn stall(c: &Cluster) {
+    c.node("b").proxy.as_ref().unwrap().throttle(1);
+    std::thread::sleep(Duration::from_secs(9));
+}
+
+#[test]
+fn a_change_on_one_of_five_nodes_is_sent_by_its_origin_alone() {
+    let mut c = Cluster::new(&["a", "b", "c", "d", "e"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    c.start_all();
+    c.wait_converged("start");
+    wait_until("all in sync", WAIT, || c.all_in_sync());
+    write(&c.path("c", "one-change"), bytes(20_000, 4));
+    c.wait_converged("the change everywhere");
+    wait_until("all in sync", WAIT, || c.all_in_sync());
+    let mut from_c = sent(&c, "c", "one-change");
+    from_c.sort();
+    assert_eq!(
+        from_c,
+        ["a", "b", "d", "e"],
+        "c sends its change to each peer once"
+    );
+    for n in ["a", "b", "d", "e"] {
+        assert_eq!(
+            sent(&c, n, "one-change"),
+            Vec::<String>::new(),
+            "{n} relayed a version every peer gets from c"
+        );
+    }
+    // and each receiver wrote the content once
+    for n in ["a", "b", "d", "e"] {
+        let t = c.transfer(n);
+        let got =
+            t["inline_bytes_in"].as_u64().unwrap_or(0) + t["chunk_bytes_in"].as_u64().unwrap_or(0);
+        assert!(
+            got < 2 * 20_000,
+            "{n} received {got} bytes for one 20 KB change"
+        );
+    }
+}
+
+/// a dials b and c, b dials c: b's proxy carries the a–b link alone, so cutting it separates a
+/// and b while c reaches both.
+/// Three nodes with proxies, synced and in sync.
+fn three() -> Cluster {
+    let mut c = Cluster::new(
+        &["a", "b", "c"],
+        Opts {
+            proxies: true,
+            ..Default::default()
+        },
+    );
+    write(&c.path("a", "keep"), "x");
+    c.start_all();
+    c.wait_converged("start");
+    wait_until("all in sync", WAIT, || c.all_in_sync());
+    c
+}
+
+/// `name` on `node` holds `data` (written by `bytes(n, seed)`).
+fn holds(c: &Cluster, node: &str, name: &str, n: usize, seed: u64) -> bool {
+    std::fs::read(c.path(node, name)).is_ok_and(|d| d == bytes(n, seed))
+}
+
+#[test]
+fn a_change_crosses_a_cut_link_through_a_relay() {
+    let c = three();
+    c.node("b").proxy.as_ref().unwrap().cut();
+    wait_until("b to see a gone", WAIT, || {
+        c.status("b").is_some_and(|s| {
+            s["peers"].as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|p| p["name"] == "a" && p["connected"] == false)
+            })
+        })
+    });
+    write(&c.path("a", "across"), bytes(30_000, 5));
+    wait_until("the change on b, through c", WAIT, || {
+        holds(&c, "b", "across", 30_000, 5)
+    });
+    assert!(
+        sent(&c, "c", "across").contains(&"b".to_string()),
+        "c relayed a's change to b"
+    );
+    c.node("b").proxy.as_ref().unwrap().heal();
+    c.wait_converged("healed");
+}
+
+/// The relay was left out while b was linked with a, then the a–b link stalls (nothing
+/// passes, the link is declared dead after `IDLE`): c must send it after all.
+#[test]
+fn a_relay_left_out_is_sent_when_the_link_it_relied_on_dies() {
+    let _serial = serial();
+    let c = three();
+    stall(&c);
+    write(&c.path("a", "stalled"), bytes(30_000, 6));
+    wait_until("the change on c", WAIT, || {
+        holds(&c, "c", "stalled", 30_000, 6)
+    });
+    assert!(
+        !c.path("b", "stalled").exists(),
+        "the stalled link passed the change"
+    );
+    assert!(
+        !sent(&c, "c", "stalled").contains(&"b".to_string()),
+        "c relayed while b said it was linked with a"
+    );
+    // b's link with a dies of silence (IDLE, 14 s); b tells c, and c relays
+    wait_until(
+        "the change on b, through c",
+        Duration::from_secs(60),
+        || holds(&c, "b", "stalled", 30_000, 6),
+    );
+    assert!(
+        sent(&c, "c", "stalled").contains(&"b".to_string()),
+        "c relayed a's change to b once b lost a"
+    );
+    c.node("b").proxy.as_ref().unwrap().throttle(0);
+    c.wait_converged("after the stall");
+}
+
+/// c leaves a relay out for b, a change of c's own moves b's position of c past it, then c
+/// is killed before b has the version from a, whose link to b stalls: c's restarted run keeps
+/// nothing of what it left out, and still sends it once b reports a gone (b's report names
+/// its position with a, and c reads again from where a's versions past it can be).
+#[test]
+fn a_relay_left_out_survives_a_restart_of_the_relaying_node() {
+    let _serial = serial();
+    let mut c = three();
+    stall(&c);
+    write(&c.path("a", "kept-duty"), bytes(30_000, 7));
+    wait_until("the change on c", WAIT, || {
+        holds(&c, "c", "kept-duty", 30_000, 7)
+    });
+    // a change of c's own moves b's position of c past the version left out
+    write(&c.path("c", "own"), "c's own change\n");
+    wait_until("c's change on b", WAIT, || c.path("b", "own").exists());
+    wait_until("b to acknowledge it", WAIT, || {
+        c.status("c")
+            .is_some_and(|s| group_of(&s, "www")["pending"] == 0)
+    });
+    assert!(
+        !c.path("b", "kept-duty").exists(),
+        "the stalled link passed the change"
+    );
+    c.kill("c");
+    c.start("c");
+    wait_until(
+        "the change on b, through c",
+        Duration::from_secs(60),
+        || holds(&c, "b", "kept-duty", 30_000, 7),
+    );
+    c.node("b").proxy.as_ref().unwrap().throttle(0);
+    c.wait_converged("after the restart");
+}
