@@ -68,13 +68,19 @@ fn assert_loser_kept(c: &Cluster, loser_node: &str, loser: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(dest).unwrap(), loser);
-    let out = c.cli(loser_node, &["conflicts", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let l = v["conflicts"].as_array().unwrap();
-    let x = l
-        .iter()
-        .find(|x| x["path"] == "/srv/www/doc.txt")
-        .expect("conflict listed");
+    // the record is committed with the index right after the winner's rename, which is what
+    // `wait_converged` saw: under load it can come a moment later
+    let listed = || {
+        let out = c.cli(loser_node, &["conflicts", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["conflicts"]
+            .as_array()?
+            .iter()
+            .find(|x| x["path"] == "/srv/www/doc.txt")
+            .cloned()
+    };
+    wait_until("the conflict listed", WAIT, || listed().is_some());
+    let x = listed().expect("conflict listed");
     assert_eq!(x["group"], "www");
     assert_eq!(x["resolved"], true);
     assert_eq!(x["nodes"], serde_json::json!(["a", "c"]));
