@@ -12,7 +12,8 @@
 //! previous release also acknowledged batches it never saved (a stopped group, a failed
 //! commit), so the acknowledgements it recorded are not trusted for collecting tombstones:
 //! `acked` is emptied (the next exchange with each peer records it again, under the new
-//! meaning). Everything else keeps its meaning.
+//! meaning). The `summary` table (the hash tree of each group, `store::summary`) is built from
+//! `items` and `meta["summary"]` records its format. Everything else keeps its meaning.
 
 use super::{
     ACKED, BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS, StoreError,
@@ -140,12 +141,17 @@ pub(super) fn v4_to_v5(db: &Database, path: &Path) -> Result<(), StoreError> {
         // acknowledgements of the previous release may cover batches never saved
         tx.delete_table(ACKED).map_err(|e| err(e.into()))?;
         tx.open_table(ACKED).map_err(|e| err(e.into()))?;
+    }
+    let n = super::summary::rebuild(&tx, path)?;
+    {
         let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert("summary", super::summary::FORMAT)
+            .map_err(|e| err(e.into()))?;
         meta.insert("schema", 5).map_err(|e| err(e.into()))?;
     }
     tx.commit().map_err(|e| err(e.into()))?;
     tracing::info!(
-        "index {}: migrated from schema 4 to schema 5",
+        "index {}: migrated from schema 4 to schema 5 (summary of {n} items built)",
         path.display()
     );
     Ok(())
