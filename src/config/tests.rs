@@ -471,7 +471,8 @@ fn unknown_keys() {
         message,
         "unknown key \"conflcit\" in [groups.www] (did you mean \"conflict\"?); valid keys: nodes, \
          replicas, paths, exclude, include, conflict, backup_generations, owners, xattrs, \
-         on_drift, watch, rescan, actions, xattrs_include, xattrs_exclude, backup_max_bytes"
+         on_drift, watch, rescan, actions, xattrs_include, xattrs_exclude, backup_max_bytes, \
+         verify_every"
     );
     assert_invalid(
         "[clutser]\nport = 1\n",

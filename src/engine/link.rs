@@ -112,6 +112,8 @@ pub struct Link {
     /// Bytes of chunk data sent and received on this link.
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// Our comparisons' requests waiting for the peer's answer (`engine::verify`).
+    pub(crate) verify_waiters: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
 }
 
 impl Link {
@@ -183,6 +185,22 @@ impl Link {
 
     pub fn remote_of(&self, group: &str) -> RemoteProgress {
         lock(&self.remote).get(group).copied().unwrap_or_default()
+    }
+
+    /// Send a request whose answer names its `req` (`engine::verify`): `make` builds it from a
+    /// fresh number; the receiver yields the answer, or an error if the link drops.
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Msg,
+    ) -> Option<oneshot::Receiver<Msg>> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.verify_waiters).insert(req, tx);
+        if !self.send(make(req)).await {
+            lock(&self.verify_waiters).remove(&req);
+            return None;
+        }
+        Some(rx)
     }
 }
 
@@ -538,6 +556,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         since: Instant::now(),
         bytes_out: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
+        verify_waiters: Mutex::new(HashMap::new()),
     });
     let how = Sending {
         version,
@@ -587,6 +606,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         )));
     }
 
+    let verifier = tokio::spawn(crate::engine::verify::background(ctx.clone(), link.clone()));
     let (mut in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
     let serving = Arc::new(Semaphore::new(MAX_SERVING));
     let mut shutdown = ctx.shutdown_rx();
@@ -622,6 +642,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     }
     link.close();
     reader_task.abort();
+    verifier.abort();
     for p in pumps {
         p.abort();
     }
@@ -629,6 +650,7 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     lock(&link.chunk_waiters).clear();
     lock(&link.pong_waiters).clear();
+    lock(&link.verify_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
 }
@@ -894,6 +916,12 @@ async fn dispatch(
             if let Some(tx) = lock(&link.pong_waiters).remove(&token) {
                 let _ = tx.send(());
             }
+        }
+        m @ (Msg::Compare { .. } | Msg::Differ { .. }) => {
+            crate::engine::verify::serve(ctx, link, serving, m).await?;
+        }
+        m @ (Msg::Rows { .. } | Msg::DifferItems { .. }) => {
+            crate::engine::verify::answered(link, m)?;
         }
     }
     Ok(())

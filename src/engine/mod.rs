@@ -11,3 +11,4 @@ pub mod link;
 pub mod node;
 pub mod status;
 pub mod sync;
+pub mod verify;

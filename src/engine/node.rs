@@ -329,6 +329,8 @@ pub struct Ctx {
     shutdown: watch::Sender<bool>,
     pub opts: Opts,
     pub started: Instant,
+    /// The last summary comparison with each peer, per group (`engine::verify`).
+    pub verified: crate::engine::verify::Verified,
 }
 
 impl Ctx {
@@ -791,6 +793,7 @@ impl Node {
             shutdown,
             opts,
             started: Instant::now(),
+            verified: Default::default(),
         });
         let mut handles = BTreeMap::new();
         let mut lanes = Vec::new();

@@ -98,6 +98,10 @@ pub struct GroupStatus {
     pub applied: u64,
     #[serde(default)]
     pub applied_bytes: u64,
+    /// Per peer: the last comparison of index summaries (time, whether it matched), or why
+    /// none happens (SPEC §4, §5.14). Peers not compared yet are absent.
+    #[serde(default)]
+    pub last_verified: std::collections::BTreeMap<String, crate::engine::verify::LastVerified>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +299,9 @@ fn build(
             warning,
             applied,
             applied_bytes,
+            last_verified: live
+                .map(|c| c.verified.of_group(&g.name))
+                .unwrap_or_default(),
         });
     }
     let mut peers = Vec::new();

@@ -164,6 +164,10 @@ pub fn from_current(m: &Msg) -> Option<Msg3> {
         Msg::Bye { reason } => Msg3::Bye {
             reason: reason.clone(),
         },
+        // protocol 5 only: never sent to an older release
+        Msg::Compare { .. } | Msg::Rows { .. } | Msg::Differ { .. } | Msg::DifferItems { .. } => {
+            return None;
+        }
     })
 }
 

@@ -344,6 +344,18 @@ impl Lane {
         let _ = link.send(Msg::Ack { group, through }).await;
     }
 
+    /// Account items a comparison with a peer found different (validated): decided like a
+    /// batch of that peer, with no position.
+    pub(super) async fn accounts_found(&mut self, from: (String, u64), items: Vec<WireItem>) {
+        let batch: Vec<_> = items
+            .into_iter()
+            .map(|w| (w.item, from.clone(), 0))
+            .collect();
+        if !batch.is_empty() {
+            self.accounts_apply(batch, None).await;
+        }
+    }
+
     /// Set-aside account items whose next try is due.
     pub(super) async fn accounts_retry(&mut self) {
         let ctx = self.ctx.clone();

@@ -270,6 +270,40 @@ impl Lane {
         self.after_scan(r);
     }
 
+    /// Files whose content on disk differs from what the index says although their size and
+    /// mtime did not change (`verify --deep --repair`): the index forgets their inode, so the
+    /// scan reads and hashes them again instead of reusing the stored hash. What it finds is
+    /// a local change (a new version) on a full member, drift on a replica.
+    pub(super) async fn rehash(&mut self, keys: Vec<Vec<u8>>) {
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let k2 = keys.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let mut changes = Vec::new();
+            for k in &k2 {
+                if let Some(mut e) = ctx.store.get(g.name(), k)?
+                    && e.item.kind() == Some(Kind::File)
+                {
+                    e.ino = 0;
+                    changes.push(Change {
+                        entry: e,
+                        announce: false,
+                    });
+                }
+            }
+            if changes.is_empty() {
+                return Ok(0);
+            }
+            ctx.store.commit(g.name(), changes, Extras::default())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(group = %self.name(), "forgetting inodes to read files again: {e}");
+            return;
+        }
+        self.local(keys.into_iter().map(|k| (k, false)).collect(), false)
+            .await;
+    }
+
     /// The scan at start-up (peers may connect meanwhile; each flush is published to them).
     pub(crate) async fn initial_scan(&mut self) {
         if self.g.is_accounts() {

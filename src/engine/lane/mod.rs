@@ -67,6 +67,16 @@ pub enum LaneMsg {
     },
     /// The account files changed: file owners that did not resolve may now.
     OwnersChanged,
+    /// What a comparison with a peer found (`engine::verify`): `items`, that peer's entries
+    /// for keys that differ (validated), decided like a batch of it but with no position and
+    /// no `Ack`; `rehash`, keys whose content on disk differs from the index, looked at again
+    /// without trusting the stored content hash. `reply` once handled.
+    Found {
+        from: (String, u64),
+        items: Vec<WireItem>,
+        rehash: Vec<Vec<u8>>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What a lane tells the rest of the node.
@@ -168,6 +178,20 @@ impl LaneHandle {
 
     pub fn owners_changed(&self) {
         let _ = self.tx.send(LaneMsg::OwnersChanged);
+    }
+
+    /// Hand over what a comparison found ([`LaneMsg::Found`]) and wait until it was handled.
+    pub async fn found(&self, from: (String, u64), items: Vec<WireItem>, rehash: Vec<Vec<u8>>) {
+        let (reply, rx) = oneshot::channel();
+        let m = LaneMsg::Found {
+            from,
+            items,
+            rehash,
+            reply,
+        };
+        if self.tx.send(m).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The group's head (our highest seq), to wake pumps.
@@ -383,6 +407,15 @@ pub(crate) async fn run(mut lane: Lane, mut rx: mpsc::UnboundedReceiver<LaneMsg>
                 let _ = reply.send(lane.resolve(key, keep).await);
             }
             LaneMsg::OwnersChanged => lane.owners_changed().await,
+            LaneMsg::Found {
+                from,
+                items,
+                rehash,
+                reply,
+            } => {
+                lane.found(from, items, rehash).await;
+                let _ = reply.send(());
+            }
         }
     }
 }
@@ -417,6 +450,12 @@ impl Lane {
                 let _ = reply.send(Err(
                     "account conflicts are settled automatically (the newest change wins; the previous files are kept as passwd-, shadow-, group-, gshadow-)".into(),
                 ));
+            }
+            LaneMsg::Found {
+                from, items, reply, ..
+            } => {
+                self.accounts_found(from, items).await;
+                let _ = reply.send(());
             }
         }
     }

@@ -517,6 +517,27 @@ impl Lane {
         self.apply_items(batch, None, None).await;
     }
 
+    /// What a comparison with a peer found ([`super::LaneMsg::Found`]): its items are decided
+    /// like a batch of it, without a position; the keys to rehash are looked at again.
+    pub(super) async fn found(
+        &mut self,
+        from: (String, u64),
+        items: Vec<WireItem>,
+        rehash: Vec<Vec<u8>>,
+    ) {
+        if self.state.is_stopped() {
+            return;
+        }
+        if !items.is_empty() {
+            let peer = from.0.clone();
+            let batch = items.into_iter().map(|w| (w, from.clone(), 0)).collect();
+            self.apply_items(batch, Some(peer), None).await;
+        }
+        if !rehash.is_empty() {
+            self.rehash(rehash).await;
+        }
+    }
+
     /// Decide, fetch, install, commit. `position`: the peer position to save with it.
     async fn apply_items(
         &mut self,
