@@ -41,6 +41,14 @@ pub enum Request {
         path: Vec<u8>,
         keep: String,
     },
+    /// `clustersync verify` (SPEC §4).
+    Verify {
+        groups: Vec<String>,
+        deep: bool,
+        repair: bool,
+        /// How long to wait for changes on their way to settle before comparing.
+        wait_ms: u64,
+    },
 }
 
 /// One conflict as `conflicts --json` shows it.
@@ -100,6 +108,7 @@ pub enum Response {
     Resolved {
         message: String,
     },
+    Verified(crate::engine::verify::VerifyReport),
     Error {
         message: String,
     },
@@ -297,6 +306,15 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
                 None => err(format!("unknown group {g}")),
             },
         },
+        Request::Verify {
+            groups,
+            deep,
+            repair,
+            wait_ms,
+        } => {
+            let wait = Duration::from_millis(wait_ms.max(1));
+            Response::Verified(crate::engine::verify::run(ctx, &groups, deep, repair, wait).await)
+        }
         Request::Mark { paths } => {
             let mut unknown = Vec::new();
             for p in paths {

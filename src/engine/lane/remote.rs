@@ -157,8 +157,10 @@ fn plan(
         let mut d = decide(local.as_ref().map(|e| &e.item), &w.item, &policy);
         // two group path directories that nobody versioned yet and that differ: the policy
         // picked one, the same on every node; it gets a version here so that a node joining
-        // later with its own fresh directory gives way to it
-        if w.item.version.is_empty()
+        // later with its own fresh directory gives way to it (not on a replica, which never
+        // makes a version: its counter would stay in its vector, which no member has)
+        if !g.replica
+            && w.item.version.is_empty()
             && local.as_ref().is_some_and(|l| l.item.version.is_empty())
             && let Decision::Take { item, .. } | Decision::Keep { item, .. } = &mut d
         {
@@ -528,6 +530,11 @@ impl Lane {
         if self.state.is_stopped() {
             return;
         }
+        let items = if self.g.replica {
+            self.adopt_vectors(items).await
+        } else {
+            items
+        };
         if !items.is_empty() {
             let peer = from.0.clone();
             let batch = items.into_iter().map(|w| (w, from.clone(), 0)).collect();
@@ -535,6 +542,48 @@ impl Lane {
         }
         if !rehash.is_empty() {
             self.rehash(rehash).await;
+        }
+    }
+
+    /// On a replica: a member's item with the same body as ours but another vector, where ours
+    /// names this replica (an older release versioned a group path directory on replicas
+    /// too), takes the member's vector in the index; the other items are returned.
+    async fn adopt_vectors(&mut self, items: Vec<WireItem>) -> Vec<WireItem> {
+        let (ctx, g) = (self.ctx.clone(), self.g.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<Vec<WireItem>, StoreError> {
+            let mut rest = Vec::new();
+            let mut fix = Vec::new();
+            for w in items {
+                match ctx.store.get(g.name(), &w.item.key)? {
+                    Some(mut e)
+                        if e.item.version.get(&ctx.name) > 0
+                            && e.item.version != w.item.version
+                            && e.item.same_body(&w.item, g.compare_owner()) =>
+                    {
+                        e.item.version = w.item.version;
+                        e.item.origin = w.item.origin;
+                        e.item.beat = w.item.beat;
+                        fix.push(Change {
+                            entry: e,
+                            announce: false,
+                        });
+                    }
+                    _ => rest.push(w),
+                }
+            }
+            if !fix.is_empty() {
+                ctx.store.commit(g.name(), fix, Extras::default())?;
+            }
+            Ok(rest)
+        })
+        .await;
+        match r {
+            Ok(Ok(rest)) => rest,
+            Ok(Err(e)) => {
+                tracing::warn!(group = %self.name(), "taking members' vectors: {e}");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
         }
     }
 
