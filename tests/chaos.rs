@@ -6,7 +6,9 @@
 //! SIGTERMs. At random checkpoints and at the end, everything is healed and restarted, and
 //! every node must converge (and report `in_sync`) to a tree whose every file holds content
 //! somebody wrote, whole, at a path it was written or renamed to, with no temp file left; then
-//! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4).
+//! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4);
+//! each seed ends with `clustersync verify` exiting 0 on every node (§5.14: the index summaries
+//! agree too).
 //!
 //! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m [CHAOS_NODES=k] cargo test --test chaos -- --nocapture`
 //! (`CHAOS_SEED` also takes `a,b,c` or `a-b`; `CS_TEST_KEEP=1` keeps the test directory, with
@@ -528,6 +530,48 @@ impl Chaos {
         tree
     }
 
+    /// `clustersync verify` on every node says the same everywhere (exit 0): the index
+    /// summaries agree, not only the trees.
+    fn verify_everywhere(&self) {
+        for n in nodes() {
+            let out = tempfile::tempfile().unwrap();
+            let mut child = std::process::Command::new(bin())
+                .arg("-c")
+                .arg(&self.c.cfg)
+                .args(["--node", n, "--state-dir"])
+                .arg(&self.c.node(n).state)
+                .args(["verify", "--timeout", "20s"])
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out.try_clone().unwrap())
+                .spawn()
+                .unwrap();
+            let t0 = Instant::now();
+            let st = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break Some(st);
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            use std::io::{Read, Seek};
+            let mut out = out;
+            let mut text = String::new();
+            let _ = out.rewind();
+            let _ = out.read_to_string(&mut text);
+            if st.and_then(|s| s.code()) != Some(0) {
+                let diag = self.diagnose();
+                panic!("verify on {n} did not say the same everywhere ({st:?}):\n{text}\n{diag}");
+            }
+        }
+        println!("[seed {}] verify: the same everywhere on every node", self.seed);
+    }
+
     /// `status --json` of a node, or None if it does not answer within a few seconds (the
     /// harness's `status` would wait forever on a hung daemon).
     fn status(&self, node: &str) -> Option<serde_json::Value> {
@@ -730,6 +774,7 @@ impl Chaos {
         }
         self.step = steps + 1;
         self.verify("after the chaos", PATHS.len());
+        self.verify_everywhere();
         println!(
             "[seed {}] passed: {steps} steps, {} contents written, {:.1}s",
             self.seed,
