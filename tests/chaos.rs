@@ -569,7 +569,25 @@ impl Chaos {
                 panic!("verify on {n} did not say the same everywhere ({st:?}):\n{text}\n{diag}");
             }
         }
-        println!("[seed {}] verify: the same everywhere on every node", self.seed);
+        // differences the background comparisons found and settled during the run (each one
+        // a divergence the feed did not heal, or a false alarm): printed, for whoever reads
+        let found: Vec<String> = nodes()
+            .iter()
+            .map(|n| {
+                let k = self
+                    .c
+                    .audit(n)
+                    .iter()
+                    .filter(|l| l["kind"] == "diverged")
+                    .count();
+                format!("{n} {k}")
+            })
+            .collect();
+        println!(
+            "[seed {}] verify: the same everywhere on every node; diverged lines during the run: {}",
+            self.seed,
+            found.join(", ")
+        );
     }
 
     /// `status --json` of a node, or None if it does not answer within a few seconds (the

@@ -801,6 +801,7 @@ pub async fn compare(
     let walked = walk(&ctx.store, &far, &peer, group, MAX_DIFFS).await?;
     let (mut keys, truncated) = match walked {
         Walked::Matched => {
+            tracing::debug!(group, "index summary compared with {peer}: the same");
             ctx.verified.record(group, &peer, true, 0);
             return Ok(Outcome {
                 matched: true,
