@@ -5,7 +5,8 @@
 //! Exit codes (SPEC §4): 0 success; 1 runtime error; 2 usage or configuration error; 3 `sync`
 //! finished with unresolved conflicts (and `status` with conflicts); 4 `sync` could not reach
 //! every peer. `status`: 0 in sync and every peer connected, 1 behind, stopped, unreachable or
-//! no daemon, 3 unresolved conflicts.
+//! no daemon, 3 unresolved conflicts. `verify`: 0 the same everywhere, 1 differences (or no
+//! daemon), 4 a peer could not be compared with, 2 usage or configuration error.
 
 use crate::config::Config;
 use crate::engine::node::{Node, Opts};

@@ -913,8 +913,9 @@ pub async fn background(ctx: Arc<Ctx>, link: Arc<Link>) {
         }
         return;
     }
-    if ctx.name.as_str() > link.peer.as_str() || groups.is_empty() {
-        // the peer starts the comparisons; we answer them
+    if ctx.name.as_str() > link.peer.as_str() || groups.is_empty() || !ctx.opts.listen {
+        // the peer starts the comparisons and we answer them; a node run in-process for one
+        // command (`sync`) starts none
         return;
     }
     let mut closed = link.closed_rx();
@@ -1101,9 +1102,12 @@ pub async fn serve(
                 ctx.audit_refused(peer, &e);
                 return Err(violation(peer, format!("refused compared item {e}")));
             }
+            let Ok(permit) = serving.clone().acquire_owned().await else {
+                return Ok(());
+            };
             let (ctx, link) = (ctx.clone(), link.clone());
             tokio::spawn(async move {
-                answer_differ(ctx, link, g, req, keys, items, settle, apply).await;
+                answer_differ(ctx, link, g, req, keys, items, settle, apply, permit).await;
             });
         }
         _ => {}
@@ -1122,6 +1126,7 @@ async fn answer_differ(
     items: Vec<WireItem>,
     settle: bool,
     apply: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let group = g.name().to_string();
     let (c2, g2, k2) = (ctx.clone(), group.clone(), keys.clone());
@@ -1138,6 +1143,10 @@ async fn answer_differ(
         }
         Err(_) => return,
     };
+    // the bounded part (reading) is done; deciding may wait for the lane
+    drop(permit);
+    ctx.verified
+        .record(&group, &link.peer, keys.is_empty(), keys.len() as u64);
     if settle {
         let mut by_key: BTreeMap<Vec<u8>, Item> =
             ours.iter().map(|i| (i.key.clone(), i.clone())).collect();
@@ -1161,8 +1170,6 @@ async fn answer_differ(
             &found,
             &format!("found by {}'s comparison", link.peer),
         );
-        ctx.verified
-            .record(&group, &link.peer, false, keys.len() as u64);
     }
     if apply {
         let take: Vec<WireItem> = items

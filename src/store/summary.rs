@@ -151,8 +151,12 @@ pub fn digest(ek: &[u8], item: &Item) -> Option<u128> {
             h.update(&mode.to_le_bytes());
             h.update(&m.mtime_s.to_le_bytes());
             h.update(&m.mtime_ns.to_le_bytes());
-            let xattrs = postcard::to_allocvec(&m.xattrs).unwrap_or_default();
-            field(&mut h, &xattrs);
+            if m.xattrs.is_empty() {
+                field(&mut h, &[]);
+            } else {
+                let xattrs = postcard::to_allocvec(&m.xattrs).unwrap_or_default();
+                field(&mut h, &xattrs);
+            }
         }
         other => {
             h.update(&[1]);
@@ -195,15 +199,28 @@ impl Ops {
 type SumTable<'t> = redb::Table<'t, (&'static str, u8, &'static [u8]), (u128, u64)>;
 type ItemsTable<'t> = redb::Table<'t, (&'static str, &'static [u8]), &'static [u8]>;
 
+/// The row of one level that the last keys fell in, and what they added to it (not written
+/// yet): keys in descending order mostly fall in the same row, so most changes cost no lookup.
+struct Current {
+    start: Vec<u8>,
+    /// Where the next row starts (`None`: the last row).
+    end: Option<Vec<u8>>,
+    delta: Sum,
+}
+
+impl Current {
+    fn holds(&self, ek: &[u8]) -> bool {
+        self.start.as_slice() <= ek && self.end.as_deref().is_none_or(|e| ek < e)
+    }
+}
+
 struct Applier<'a, 't> {
     sum: SumTable<'t>,
     items: ItemsTable<'t>,
     group: &'a str,
     path: &'a Path,
-    /// Per level: the row last found containing a key, and where the next row starts.
-    cache: Vec<Option<(Vec<u8>, Option<Vec<u8>>)>>,
-    /// Deltas not written yet, per (level, row).
-    pending: BTreeMap<(u8, Vec<u8>), Sum>,
+    /// Per level (index 1 to `TOP`).
+    cur: Vec<Option<Current>>,
 }
 
 impl Applier<'_, '_> {
@@ -236,14 +253,9 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    /// The row of `level` whose range holds `ek`, and where the next row starts.
-    fn containing(&mut self, level: u8, ek: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if let Some((b, e)) = &self.cache[level as usize]
-            && b.as_slice() <= ek
-            && e.as_ref().is_none_or(|e| ek < e.as_slice())
-        {
-            return Ok(b.clone());
-        }
+    /// The row of `level` whose range holds `ek`, and where the next row starts (the first
+    /// row of the level is made when the level has none).
+    fn seek(&mut self, level: u8, ek: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
         let empty: &[u8] = &[];
         let found = self
             .sum
@@ -262,8 +274,7 @@ impl Applier<'_, '_> {
             }
         };
         let e = self.next_after(level, ek)?;
-        self.cache[level as usize] = Some((b.clone(), e));
-        Ok(b)
+        Ok((b, e))
     }
 
     /// The first row of `level` starting after `ek`.
@@ -298,20 +309,50 @@ impl Applier<'_, '_> {
         Ok(r.map(|(k, _)| k.value().2.to_vec()))
     }
 
-    fn pend(&mut self, level: u8, row: Vec<u8>, plus: Option<Sum>, minus: Option<Sum>) {
-        let e = self.pending.entry((level, row)).or_default();
-        if let Some(p) = plus {
-            *e = e.plus(p);
+    /// Add `plus` and take `minus` off the row of `level` holding `ek`.
+    fn add(
+        &mut self,
+        level: u8,
+        ek: &[u8],
+        plus: Option<Sum>,
+        minus: Option<Sum>,
+    ) -> Result<(), StoreError> {
+        let l = level as usize;
+        if !self.cur[l].as_ref().is_some_and(|c| c.holds(ek)) {
+            self.settle(level)?;
+            let (start, end) = self.seek(level, ek)?;
+            self.cur[l] = Some(Current {
+                start,
+                end,
+                delta: Sum::default(),
+            });
         }
-        if let Some(m) = minus {
-            *e = e.minus(m);
+        if let Some(c) = self.cur[l].as_mut() {
+            if let Some(p) = plus {
+                c.delta = c.delta.plus(p);
+            }
+            if let Some(m) = minus {
+                c.delta = c.delta.minus(m);
+            }
         }
+        Ok(())
     }
 
+    /// Write what was added to the current row of `level`, and forget it.
+    fn settle(&mut self, level: u8) -> Result<(), StoreError> {
+        if let Some(c) = self.cur[level as usize].take()
+            && c.delta != Sum::default()
+        {
+            let row = self.get(level, &c.start)?.unwrap_or_default();
+            self.put(level, &c.start, row.plus(c.delta))?;
+        }
+        Ok(())
+    }
+
+    /// Write every level's pending additions (before the shape changes, and at the end).
     fn flush(&mut self) -> Result<(), StoreError> {
-        for ((level, row), d) in std::mem::take(&mut self.pending) {
-            let cur = self.get(level, &row)?.unwrap_or_default();
-            self.put(level, &row, cur.plus(d))?;
+        for level in 1..=TOP {
+            self.settle(level)?;
         }
         Ok(())
     }
@@ -355,24 +396,22 @@ impl Applier<'_, '_> {
     }
 
     /// `ek` (counted with digest `d`) appeared and is a boundary of `level`: its range starts.
+    /// Every level's additions are written (`flush`) before.
     fn split(&mut self, level: u8, ek: &[u8], d: u128) -> Result<(), StoreError> {
-        let b = self.containing(level, ek)?;
-        let e = self.next_after(level, ek)?;
+        let (b, e) = self.seek(level, ek)?;
         let s = self.sum_of(level - 1, ek, e.as_deref())?;
         let old = self.get(level, &b)?.unwrap_or_default();
         // the rest of [ek, e) was in b's range; ek itself was not
         self.put(level, &b, old.minus(s.minus(Sum::one(d))))?;
-        self.put(level, ek, s)?;
-        self.cache[level as usize] = None;
-        Ok(())
+        self.put(level, ek, s)
     }
 
     /// `ek` (counted with digest `d`) went and was a boundary of `level`: its range joins the
-    /// one before.
+    /// one before. Every level's additions are written (`flush`) before.
     fn merge(&mut self, level: u8, ek: &[u8], d: u128) -> Result<(), StoreError> {
         let Some(mine) = self.get(level, ek)? else {
             // not a row (cannot happen while the invariant holds): take d off where it is
-            let b = self.containing(level, ek)?;
+            let (b, _) = self.seek(level, ek)?;
             let cur = self.get(level, &b)?.unwrap_or_default();
             return self.put(level, &b, cur.minus(Sum::one(d)));
         };
@@ -386,7 +425,6 @@ impl Applier<'_, '_> {
                 path: path.into(),
                 source: e.into(),
             })?;
-        self.cache[level as usize] = None;
         Ok(())
     }
 
@@ -394,8 +432,7 @@ impl Applier<'_, '_> {
         match (old, new) {
             (Some(o), Some(n)) if o != n => {
                 for level in 1..=TOP {
-                    let b = self.containing(level, ek)?;
-                    self.pend(level, b, Some(Sum::one(n)), Some(Sum::one(o)));
+                    self.add(level, ek, Some(Sum::one(n)), Some(Sum::one(o)))?;
                 }
             }
             (None, Some(n)) => {
@@ -407,8 +444,7 @@ impl Applier<'_, '_> {
                     self.split(level, ek, n)?;
                 }
                 for level in top + 1..=TOP {
-                    let b = self.containing(level, ek)?;
-                    self.pend(level, b, Some(Sum::one(n)), None);
+                    self.add(level, ek, Some(Sum::one(n)), None)?;
                 }
             }
             (Some(o), None) => {
@@ -420,8 +456,7 @@ impl Applier<'_, '_> {
                     self.merge(level, ek, o)?;
                 }
                 for level in top + 1..=TOP {
-                    let b = self.containing(level, ek)?;
-                    self.pend(level, b, None, Some(Sum::one(o)));
+                    self.add(level, ek, None, Some(Sum::one(o)))?;
                 }
             }
             _ => {}
@@ -450,8 +485,7 @@ pub(crate) fn apply(
         items: tx.open_table(ITEMS).map_err(err)?,
         group,
         path,
-        cache: vec![None; TOP as usize + 1],
-        pending: BTreeMap::new(),
+        cur: (0..=TOP).map(|_| None).collect(),
     };
     // descending: a split reads the level below over keys at or above its own, all done
     for (ek, (old, new)) in ops.0.into_iter().rev() {

@@ -527,7 +527,7 @@ impl Lane {
         items: Vec<WireItem>,
         rehash: Vec<Vec<u8>>,
     ) {
-        if self.state.is_stopped() {
+        if self.state.is_stopped() || self.ctx.opts.dry_run {
             return;
         }
         let items = if self.g.replica {
