@@ -1,9 +1,9 @@
 //! The anti-entropy figures of SPEC §7 (issue 21): two indexes of an N-file group (default
 //! 1,000,000), compared with the real comparison walk (`engine::verify::walk`) over the real
 //! message codec. Measures one comparison of equal groups and finding 10 differing paths among
-//! N: wall time, messages, round trips and bytes on the wire (each message encoded as the link
-//! encodes it, plus the transport's framing: a 4-byte length per frame and a 2-byte length and a
-//! 16-byte tag per packet of at most 65,519 bytes). Not a network benchmark: the far side
+//! N: wall time, messages, round trips and bytes on the wire (`engine::verify::IndexFar`: each
+//! message encoded as the link encodes it, plus the transport's framing). Not a network
+//! benchmark: the far side
 //! answers in-process, so add one loopback round trip (~0.1 ms) per round trip counted.
 //!
 //!     cargo bench --bench summary                       # N = 1,000,000, 10 differences
@@ -13,120 +13,12 @@
 //! the first takes a minute or two (N commits' worth of index writes), the second is a copy.
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
-use clustersync::engine::verify::{Far, RowsAnswer, VerifyError, Walked, rows_answer, walk};
+use clustersync::engine::verify::{Far, IndexFar, VerifyError, Walked, walk};
 use clustersync::item::{Body, ChunkRef, Entry, Item, Kind, Meta, Owner, VersionVector};
-use clustersync::net::protocol::{Msg, SumRow, WireItem};
-use clustersync::store::summary::{Row, Sum};
+use clustersync::net::protocol::WireItem;
 use clustersync::store::{Change, Extras, Store};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-/// Bytes a frame of `n` encoded bytes costs on the wire (framing and AEAD tags).
-fn wire(n: usize) -> u64 {
-    let framed = n + 4;
-    let packets = framed.div_ceil(65_519);
-    (framed + packets * 18) as u64
-}
-
-/// The far side: another index, each request and answer encoded as on the wire.
-struct Peer<'a> {
-    store: &'a Store,
-    bytes: AtomicU64,
-    messages: AtomicU64,
-}
-
-impl Peer<'_> {
-    fn count(&self, m: &Msg) {
-        let n = m.encode().map(|b| b.len()).unwrap_or(0);
-        self.bytes.fetch_add(wire(n), Ordering::Relaxed);
-        self.messages.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Far for Peer<'_> {
-    async fn rows(
-        &self,
-        group: &str,
-        level: u8,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        root: Option<Sum>,
-    ) -> Result<RowsAnswer, VerifyError> {
-        self.count(&Msg::Compare {
-            req: 1,
-            group: group.into(),
-            level,
-            lo: lo.to_vec(),
-            hi: hi.map(<[u8]>::to_vec),
-            root: root.map(|s| SumRow {
-                key: vec![],
-                hash: s.hash,
-                count: s.count,
-            }),
-        });
-        let (rows, more) = rows_answer(self.store, group, level, lo, hi)?;
-        let m = Msg::Rows {
-            req: 1,
-            head: 1,
-            quiet: true,
-            rows,
-            more,
-        };
-        self.count(&m);
-        let Msg::Rows { rows, more, .. } = m else {
-            unreachable!("built above")
-        };
-        Ok(RowsAnswer {
-            head: 1,
-            quiet: true,
-            rows: rows
-                .into_iter()
-                .map(|r| Row {
-                    key: r.key,
-                    sum: Sum {
-                        hash: r.hash,
-                        count: r.count,
-                    },
-                })
-                .collect(),
-            more,
-        })
-    }
-
-    async fn differ(
-        &self,
-        group: &str,
-        keys: Vec<Vec<u8>>,
-        items: Vec<WireItem>,
-        settle: bool,
-    ) -> Result<Vec<WireItem>, VerifyError> {
-        let theirs: Vec<WireItem> = keys
-            .iter()
-            .filter_map(|k| self.store.get(group, k).ok().flatten())
-            .map(|e| WireItem {
-                item: e.item,
-                inline: None,
-            })
-            .collect();
-        self.count(&Msg::Differ {
-            req: 2,
-            group: group.into(),
-            keys,
-            items,
-            settle,
-        });
-        let m = Msg::DifferItems {
-            req: 2,
-            head: 1,
-            items: theirs,
-        };
-        self.count(&m);
-        let Msg::DifferItems { items, .. } = m else {
-            unreachable!("built above")
-        };
-        Ok(items)
-    }
-}
 
 fn key(i: u64) -> Vec<u8> {
     // 10,000 directories as in bench.py's `scale` tree
@@ -225,11 +117,7 @@ fn main() {
     let mut bytes = 0;
     let mut msgs = 0;
     for _ in 0..21 {
-        let far = Peer {
-            store: &b,
-            bytes: 0.into(),
-            messages: 0.into(),
-        };
+        let far = IndexFar::new(&b);
         let t = Instant::now();
         let w = rt
             .block_on(walk(&a, &far, "b", "www", 10_000))
@@ -274,11 +162,7 @@ fn main() {
     let mut msgs = 0;
     let mut found = 0;
     for _ in 0..5 {
-        let far = Peer {
-            store: &b,
-            bytes: 0.into(),
-            messages: 0.into(),
-        };
+        let far = IndexFar::new(&b);
         let t = Instant::now();
         let w = rt
             .block_on(async {

@@ -499,6 +499,42 @@ pub fn rows_answer(
     Ok((out, more))
 }
 
+/// The rows of a `Rows` answer.
+fn rows_of(rows: Vec<SumRow>) -> Vec<Row> {
+    rows.into_iter()
+        .map(|r| Row {
+            key: r.key,
+            sum: Sum {
+                hash: r.hash,
+                count: r.count,
+            },
+        })
+        .collect()
+}
+
+/// Our `Compare` as sent.
+fn compare_msg(
+    req: u64,
+    group: &str,
+    level: u8,
+    lo: &[u8],
+    hi: Option<&[u8]>,
+    root: Option<Sum>,
+) -> Msg {
+    Msg::Compare {
+        req,
+        group: group.to_string(),
+        level,
+        lo: lo.to_vec(),
+        hi: hi.map(<[u8]>::to_vec),
+        root: root.map(|s| SumRow {
+            key: Vec::new(),
+            hash: s.hash,
+            count: s.count,
+        }),
+    }
+}
+
 /// Nothing of `group` is on its way between this node and the link's peer, as far as this node
 /// knows: our pump sent everything and had it acknowledged, we applied everything the peer
 /// announced, and the lane has no work waiting.
@@ -565,18 +601,7 @@ impl Far for LinkFar<'_> {
         root: Option<Sum>,
     ) -> Result<RowsAnswer, VerifyError> {
         let m = self
-            .ask(|req| Msg::Compare {
-                req,
-                group: group.to_string(),
-                level,
-                lo: lo.to_vec(),
-                hi: hi.map(<[u8]>::to_vec),
-                root: root.map(|s| SumRow {
-                    key: Vec::new(),
-                    hash: s.hash,
-                    count: s.count,
-                }),
-            })
+            .ask(|req| compare_msg(req, group, level, lo, hi, root))
             .await?;
         match m {
             Msg::Rows {
@@ -588,16 +613,7 @@ impl Far for LinkFar<'_> {
             } => Ok(RowsAnswer {
                 head,
                 quiet,
-                rows: rows
-                    .into_iter()
-                    .map(|r| Row {
-                        key: r.key,
-                        sum: Sum {
-                            hash: r.hash,
-                            count: r.count,
-                        },
-                    })
-                    .collect(),
+                rows: rows_of(rows),
                 more,
             }),
             _ => Err(self.bad("not Rows")),
@@ -624,6 +640,103 @@ impl Far for LinkFar<'_> {
             Msg::DifferItems { items, .. } => Ok(items),
             _ => Err(self.bad("not DifferItems")),
         }
+    }
+}
+
+/// The far side as another index on this machine (benchmarks and tests): every request and
+/// answer is encoded as the link encodes it, and counted with the transport's framing (a
+/// 4-byte length per frame, a 2-byte length and a 16-byte tag per packet of at most 65,519
+/// bytes). Its head is 1 and it is always quiet.
+pub struct IndexFar<'a> {
+    pub store: &'a Store,
+    /// Bytes on the wire, both ways.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Messages, both ways.
+    pub messages: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> IndexFar<'a> {
+    pub fn new(store: &'a Store) -> IndexFar<'a> {
+        IndexFar {
+            store,
+            bytes: 0.into(),
+            messages: 0.into(),
+        }
+    }
+
+    fn count(&self, m: &Msg) {
+        let framed = m.encode().map(|b| b.len()).unwrap_or(0) + 4;
+        let wire = framed + framed.div_ceil(65_519) * 18;
+        self.bytes.fetch_add(wire as u64, Ordering::Relaxed);
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Far for IndexFar<'_> {
+    async fn rows(
+        &self,
+        group: &str,
+        level: u8,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        root: Option<Sum>,
+    ) -> Result<RowsAnswer, VerifyError> {
+        self.count(&compare_msg(1, group, level, lo, hi, root));
+        let (rows, more) = rows_answer(self.store, group, level, lo, hi)?;
+        let answer = Msg::Rows {
+            req: 1,
+            head: 1,
+            quiet: true,
+            rows,
+            more,
+        };
+        self.count(&answer);
+        let Msg::Rows { rows, .. } = answer else {
+            return Err(VerifyError::BadAnswer {
+                peer: "index".into(),
+                msg: "not Rows".into(),
+            });
+        };
+        Ok(RowsAnswer {
+            head: 1,
+            quiet: true,
+            rows: rows_of(rows),
+            more,
+        })
+    }
+
+    async fn differ(
+        &self,
+        group: &str,
+        keys: Vec<Vec<u8>>,
+        items: Vec<WireItem>,
+        settle: bool,
+    ) -> Result<Vec<WireItem>, VerifyError> {
+        let theirs: Vec<WireItem> = keys
+            .iter()
+            .filter_map(|k| self.store.get(group, k).ok().flatten())
+            .map(|e| WireItem {
+                item: e.item,
+                inline: None,
+            })
+            .collect();
+        self.count(&Msg::Differ {
+            req: 2,
+            group: group.to_string(),
+            keys,
+            items,
+            settle,
+        });
+        let answer = Msg::DifferItems {
+            req: 2,
+            head: 1,
+            items: theirs,
+        };
+        self.count(&answer);
+        let Msg::DifferItems { items, .. } = answer else {
+            return Ok(Vec::new());
+        };
+        Ok(items)
     }
 }
 
@@ -1566,82 +1679,6 @@ mod tests {
     use crate::item::{ChunkRef, Entry, Meta, Owner, VersionVector};
     use crate::store::{Change, Extras, enc};
 
-    /// The far side as another index, over the real message codec (bytes counted).
-    pub(crate) struct StoreFar<'a> {
-        pub store: &'a Store,
-        pub bytes: std::sync::atomic::AtomicU64,
-        pub requests: std::sync::atomic::AtomicU64,
-    }
-
-    impl StoreFar<'_> {
-        fn count(&self, m: &Msg) {
-            let n = m.encode().map(|b| b.len()).unwrap_or(0) as u64;
-            self.bytes.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    impl Far for StoreFar<'_> {
-        async fn rows(
-            &self,
-            group: &str,
-            level: u8,
-            lo: &[u8],
-            hi: Option<&[u8]>,
-            root: Option<Sum>,
-        ) -> Result<RowsAnswer, VerifyError> {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            self.count(&Msg::Compare {
-                req: 1,
-                group: group.into(),
-                level,
-                lo: lo.to_vec(),
-                hi: hi.map(<[u8]>::to_vec),
-                root: root.map(|s| SumRow {
-                    key: vec![],
-                    hash: s.hash,
-                    count: s.count,
-                }),
-            });
-            let (rows, more) = rows_answer(self.store, group, level, lo, hi)?;
-            let answer = Msg::Rows {
-                req: 1,
-                head: 7,
-                quiet: true,
-                rows,
-                more,
-            };
-            self.count(&answer);
-            let Msg::Rows { rows, more, .. } = answer else {
-                unreachable!()
-            };
-            Ok(RowsAnswer {
-                head: 7,
-                quiet: true,
-                rows: rows
-                    .into_iter()
-                    .map(|r| Row {
-                        key: r.key,
-                        sum: Sum {
-                            hash: r.hash,
-                            count: r.count,
-                        },
-                    })
-                    .collect(),
-                more,
-            })
-        }
-
-        async fn differ(
-            &self,
-            _group: &str,
-            _keys: Vec<Vec<u8>>,
-            _items: Vec<WireItem>,
-            _settle: bool,
-        ) -> Result<Vec<WireItem>, VerifyError> {
-            Ok(Vec::new())
-        }
-    }
-
     fn file(path: &str, v: u64, c: u8) -> Entry {
         let mut version = VersionVector::default();
         version.bump("a", v);
@@ -1701,14 +1738,10 @@ mod tests {
         let b = Store::open(&d.path().join("b")).unwrap();
         fill(&a, 20_000, &[], &[]);
         fill(&b, 20_000, &[], &[]);
-        let far = StoreFar {
-            store: &b,
-            bytes: 0.into(),
-            requests: 0.into(),
-        };
+        let far = IndexFar::new(&b);
         let w = rt().block_on(walk(&a, &far, "b", "g", MAX_DIFFS)).unwrap();
         assert_eq!(w, Walked::Matched);
-        assert_eq!(far.requests.load(Ordering::Relaxed), 1);
+        assert_eq!(far.messages.load(Ordering::Relaxed), 2);
         assert!(far.bytes.load(Ordering::Relaxed) < 200);
     }
 
@@ -1720,11 +1753,7 @@ mod tests {
         // a lacks 3 and 17_000, b has other content at 5 and 12_345, b lacks 9_999
         fill(&a, 20_000, &[3, 17_000], &[]);
         fill(&b, 20_000, &[9_999], &[5, 12_345]);
-        let far = StoreFar {
-            store: &b,
-            bytes: 0.into(),
-            requests: 0.into(),
-        };
+        let far = IndexFar::new(&b);
         let w = rt().block_on(walk(&a, &far, "b", "g", MAX_DIFFS)).unwrap();
         let mut want: Vec<Vec<u8>> = [3, 5, 9_999, 12_345, 17_000]
             .iter()
@@ -1754,11 +1783,7 @@ mod tests {
         let a = Store::open(&d.path().join("a")).unwrap();
         let b = Store::open(&d.path().join("b")).unwrap();
         fill(&b, 3_000, &[], &[]);
-        let far = StoreFar {
-            store: &b,
-            bytes: 0.into(),
-            requests: 0.into(),
-        };
+        let far = IndexFar::new(&b);
         let w = rt().block_on(walk(&a, &far, "b", "g", 1_000)).unwrap();
         let Walked::Differ { keys, truncated } = w else {
             panic!()
@@ -1766,17 +1791,7 @@ mod tests {
         assert_eq!(keys.len(), 1_000);
         assert!(truncated);
         let w = rt()
-            .block_on(walk(
-                &b,
-                &StoreFar {
-                    store: &a,
-                    bytes: 0.into(),
-                    requests: 0.into(),
-                },
-                "a",
-                "g",
-                MAX_DIFFS,
-            ))
+            .block_on(walk(&b, &IndexFar::new(&a), "a", "g", MAX_DIFFS))
             .unwrap();
         let Walked::Differ { keys, truncated } = w else {
             panic!()
