@@ -1444,11 +1444,7 @@ impl Store {
 
     /// Recompute `group`'s summary from its items and compare: the first row that differs
     /// (level, encoded key, stored, computed), or `None` when the table is right.
-    #[allow(clippy::type_complexity, reason = "a test helper's plain tuple")]
-    pub fn summary_check(
-        &self,
-        group: &str,
-    ) -> Result<Option<(u8, Vec<u8>, Option<summary::Sum>, Option<summary::Sum>)>, StoreError> {
+    pub fn summary_check(&self, group: &str) -> Result<Option<summary::Mismatch>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         summary::check(&tx, &self.path, group)
     }

@@ -559,9 +559,9 @@ pub(crate) fn rebuild(tx: &WriteTransaction, path: &Path) -> Result<u64, StoreEr
         };
         n += 1;
         let top = level_of(ek);
-        for l in 1..=top as usize {
+        for (l, row) in cur.iter_mut().enumerate().skip(1).take(top as usize) {
             let done = std::mem::replace(
-                &mut cur[l],
+                row,
                 Row {
                     key: ek.to_vec(),
                     sum: Sum::default(),
@@ -583,13 +583,17 @@ pub(crate) fn rebuild(tx: &WriteTransaction, path: &Path) -> Result<u64, StoreEr
     Ok(n)
 }
 
+/// A row of the summary that is not what the items make it: (level, encoded key, stored,
+/// computed).
+pub type Mismatch = (u8, Vec<u8>, Option<Sum>, Option<Sum>);
+
 /// Recompute the summary of `group` from `items` and compare it with the table: the first
-/// row that differs, as (level, encoded key, stored, computed). For tests and `debug` checks.
+/// row that differs. For tests and checks.
 pub(crate) fn check(
     tx: &redb::ReadTransaction,
     path: &Path,
     group: &str,
-) -> Result<Option<(u8, Vec<u8>, Option<Sum>, Option<Sum>)>, StoreError> {
+) -> Result<Option<Mismatch>, StoreError> {
     let err = |e: redb::Error| StoreError::Db {
         path: path.into(),
         source: e,
