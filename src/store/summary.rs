@@ -81,12 +81,14 @@ impl Sum {
         self.count = self.count.wrapping_sub(count);
     }
 
-    fn plus(mut self, o: Sum) -> Sum {
+    /// `self` and `o` together.
+    pub fn plus(mut self, o: Sum) -> Sum {
         self.add(o.hash, o.count);
         self
     }
 
-    fn minus(mut self, o: Sum) -> Sum {
+    /// `self` without `o`.
+    pub fn minus(mut self, o: Sum) -> Sum {
         self.sub(o.hash, o.count);
         self
     }
