@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Build the Debian package: the release binary, its man page and shell completions (generated
-# from the clap definitions into target/dist/), then `cargo deb` with the metadata in
-# Cargo.toml ([package.metadata.deb]). Installs cargo-deb first if it is missing.
+# Build the Debian package: the release binary, its man page (dist/clustersync.1, printed with
+# the release filled in by `clustersync man`) and shell completions (generated from the clap
+# definitions) into target/dist/, then `cargo deb` with the metadata in Cargo.toml
+# ([package.metadata.deb]: also README, CHANGELOG and docs/ into /usr/share/doc/clustersync).
+# Installs cargo-deb first if it is missing. CLUSTERSYNC_COMMIT names the commit in
+# `clustersync --version` when the tree is not a git checkout.
 #
 #   scripts/package-deb.sh [extra cargo-deb arguments]
 #

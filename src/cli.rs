@@ -28,7 +28,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "clustersync",
-    version,
+    version = crate::release::line(),
     about = "Keep directory trees, files and accounts identical across the servers of a cluster"
 )]
 pub struct Args {
@@ -182,11 +182,23 @@ pub enum Cmd {
     Man,
 }
 
-/// The manual page clustersync(1), generated from these definitions.
+/// The manual page clustersync(1): `dist/clustersync.1`, written by hand (every command,
+/// every configuration key with its default, exit status, signals, files, examples; checked
+/// against these definitions and the configuration's keys by `tests/service.rs`), with this
+/// release filled in.
 pub fn man_page() -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Args::command()).render(&mut out)?;
-    Ok(out)
+    Ok(include_str!("../dist/clustersync.1")
+        .replace("@VERSION@", crate::release::VERSION)
+        .into_bytes())
+}
+
+/// The names of the commands, as `clustersync --help` lists them (hidden ones left out).
+pub fn command_names() -> Vec<String> {
+    Args::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect()
 }
 
 /// The completion script for `shell`.
@@ -474,7 +486,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
             return Err(exit(1, format!("control socket: {e}")));
         }
     };
-    let current: control::Current = Arc::new(std::sync::RwLock::new(Some(node.ctx.clone())));
+    let current: control::Current = Arc::new(std::sync::RwLock::new(Some(node.engine())));
     let (stop_ctl, stop_rx) = tokio::sync::watch::channel(false);
     let mut ctl = tokio::spawn(control::serve(
         listener,
@@ -484,14 +496,14 @@ async fn daemon(s: &Settings) -> Result<u8> {
     ));
     // READY only once commands can reach the daemon
     let _ = notify::ready();
-    let _ = notify::status(&daemon_status(&node.ctx));
+    let _ = notify::status(&daemon_status(&node.engine()));
     let (stop_wd, wd_rx) = tokio::sync::watch::channel(false);
     let _watchdog = notify::watchdog_task(wd_rx);
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
     let code = loop {
         tokio::select! {
             _ = status_tick.tick() => {
-                let _ = notify::status(&daemon_status(&node.ctx));
+                let _ = notify::status(&daemon_status(&node.engine()));
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0 }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0 }
@@ -510,11 +522,13 @@ async fn daemon(s: &Settings) -> Result<u8> {
                         tracing::info!("SIGHUP: reloading {}", s.config_path.display());
                         let _ = notify::reloading();
                         set_current(&current, None);
+                        // the metrics live on: counters never go back, uptime is the daemon's
+                        let metrics = node.ctx.metrics.clone();
                         node.stop().await;
-                        match Node::start(c, &s.node, s.state_dir.clone(), opts).await {
+                        match Node::start_keeping(c, &s.node, s.state_dir.clone(), opts, Some(metrics)).await {
                             Ok(n) => {
                                 node = n;
-                                set_current(&current, Some(node.ctx.clone()));
+                                set_current(&current, Some(node.engine()));
                                 tracing::info!("config reloaded");
                                 let _ = notify::ready();
                             }
@@ -548,7 +562,7 @@ async fn daemon(s: &Settings) -> Result<u8> {
     Ok(code)
 }
 
-fn set_current(current: &control::Current, ctx: Option<Arc<crate::engine::node::Ctx>>) {
+fn set_current(current: &control::Current, ctx: Option<crate::engine::node::Engine>) {
     match current.write() {
         Ok(mut w) => *w = ctx,
         Err(poisoned) => *poisoned.into_inner() = ctx,
@@ -556,10 +570,11 @@ fn set_current(current: &control::Current, ctx: Option<Arc<crate::engine::node::
 }
 
 /// The one-line STATUS systemd shows.
-fn daemon_status(ctx: &crate::engine::node::Ctx) -> String {
+fn daemon_status(e: &crate::engine::node::Engine) -> String {
+    let ctx = &e.ctx;
     let peers = ctx.all_peers();
     let connected = peers.iter().filter(|p| ctx.links.get(p).is_some()).count();
-    let stopped = ctx.lanes().filter(|l| l.state.is_stopped()).count();
+    let stopped = e.lanes.iter().filter(|l| l.state.is_stopped()).count();
     let mut s = format!(
         "{} groups, {connected} of {} peers connected",
         ctx.groups.len(),
@@ -635,16 +650,21 @@ async fn sync(s: &Settings, groups: Vec<String>, dry_run: bool, timeout: Duratio
     }
     let node = start_in_process(s, cfg, dry_run).await?;
     // the node scanned everything as it started: no second scan
-    let ctx = node.ctx.clone();
+    let (ctx, lanes) = (node.ctx.clone(), node.lanes.clone());
     let rep = with_progress(
-        crate::engine::sync::sync(&node.ctx, &groups, timeout, false),
+        crate::engine::sync::sync(&node.engine(), &groups, timeout, false),
         !dry_run,
         move || {
-            let st = crate::engine::status::live(&ctx).ok();
+            let st = crate::engine::status::live(&ctx, &lanes).ok();
             async move { st }
         },
     )
     .await;
+    if dry_run {
+        for (what, path) in node.ctx.dry_run_lines() {
+            println!("{what:<9} {path}");
+        }
+    }
     node.stop().await;
     Ok(print_report(&rep, dry_run))
 }
@@ -766,8 +786,17 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
                     ),
                 ));
             }
+            // the index's own time: when it last recorded a change (the file's time, taken
+            // before opening it, for an index of an older release)
+            let file_time = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             let ix = crate::store::Store::open(&path)?;
-            crate::engine::status::offline(&s.node, &cfg, &ix)?
+            let mut st = crate::engine::status::offline(&s.node, &cfg, &ix)?;
+            let written = ix
+                .written()?
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .or(file_time);
+            st.as_of = written.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            st
         }
         Err(e) => return Err(e.into()),
     };
@@ -780,9 +809,10 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         println!("node {}", st.node);
     } else {
         println!(
-            "node {}: no daemon running (state as of {})",
+            "node {}: the daemon is not running (no daemon answers on {}); its index as last written at {}:",
             st.node,
-            st.as_of.as_deref().unwrap_or("unknown")
+            control::socket_path(&s.state_dir).display(),
+            st.as_of.as_deref().unwrap_or("an unknown time")
         );
     }
     for g in &st.groups {
@@ -818,6 +848,9 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         for a in &g.set_aside {
             println!("      not applied yet: {a}");
         }
+        for w in &g.withheld {
+            println!("      withheld: {w}");
+        }
     }
     if let Some(a) = &st.accounts {
         println!(
@@ -829,6 +862,18 @@ async fn status(s: &Settings, json: bool) -> Result<u8> {
         );
         for n in &a.not_applied {
             println!("      not applied: {n}");
+        }
+        for n in &a.problems {
+            println!("      not synced: {n}");
+        }
+        for n in &a.older_peers {
+            println!("      {n}");
+        }
+        if a.conflicts > 0 {
+            println!(
+                "      {} unresolved account conflicts (clustersync conflicts)",
+                a.conflicts
+            );
         }
     }
     for a in &st.actions {
@@ -907,6 +952,12 @@ async fn conflicts(s: &Settings, json: bool) -> Result<u8> {
                     .map(|k| format!("; loser: {k}"))
                     .unwrap_or_default()
             );
+        } else if let Some(k) = c
+            .kept_as
+            .as_deref()
+            .filter(|k| k.starts_with("collision: "))
+        {
+            println!("{} {}: NOT APPLIED here: {}", c.group, c.path, &k[11..]);
         } else {
             println!(
                 "{} {}: {} UNRESOLVED (clustersync resolve {} --keep NODE)",
@@ -980,8 +1031,22 @@ async fn resolve(s: &Settings, path: &std::ffi::OsStr, keep: &str) -> Result<u8>
             format!("--keep {keep}: no such node in the config"),
         ));
     }
-    let path = path_arg(path);
-    let (group, logical) = find_group(&cfg, s, &path)?;
+    // an account: user/NAME, group/NAME (the @accounts pseudo-group)
+    let account = path
+        .to_str()
+        .filter(|p| {
+            cfg.accounts.is_some() && crate::accounts::AccountId::from_key(p.as_bytes()).is_some()
+        })
+        .map(|p| {
+            (
+                crate::engine::group::ACCOUNTS.to_string(),
+                p.as_bytes().to_vec(),
+            )
+        });
+    let (group, logical) = match account {
+        Some(a) => a,
+        None => find_group(&cfg, s, &path_arg(path))?,
+    };
     let req = Request::Resolve {
         path: logical.clone(),
         keep: keep.to_string(),
@@ -993,12 +1058,14 @@ async fn resolve(s: &Settings, path: &std::ffi::OsStr, keep: &str) -> Result<u8>
         Err(control::ControlError::NoDaemon(_)) => {
             // no daemon: do it in-process, connected to the peers, then push the result
             let node = start_in_process(s, cfg, false).await?;
-            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
-            let r = match node.ctx.lane(&group) {
+            let _ = crate::engine::sync::sync(&node.engine(), &[], Duration::from_secs(30), false)
+                .await;
+            let r = match node.lanes.get(&group) {
                 Some(l) => l.resolve(logical, keep.to_string()).await,
                 None => Err(format!("unknown group {group}")),
             };
-            let _ = crate::engine::sync::sync(&node.ctx, &[], Duration::from_secs(30), false).await;
+            let _ = crate::engine::sync::sync(&node.engine(), &[], Duration::from_secs(30), false)
+                .await;
             node.stop().await;
             r
         }
@@ -1285,10 +1352,19 @@ async fn restore(
 
 async fn reset(s: &Settings, group: &str) -> Result<u8> {
     let cfg = load_config(s)?;
-    if !cfg.groups.get(group).is_some_and(|g| g.has_node(&s.node)) {
+    let accounts = group == crate::engine::group::ACCOUNTS
+        && cfg
+            .accounts
+            .as_ref()
+            .is_some_and(|a| crate::engine::group::GroupRt::accounts(a, &cfg, &s.node).is_some());
+    if !accounts && !cfg.groups.get(group).is_some_and(|g| g.has_node(&s.node)) {
         return Err(exit(
             2,
-            format!("group {group:?} is not a group of node {}", s.node),
+            format!(
+                "group {group:?} is not a group of node {} (account sync is reset with `reset {}`)",
+                s.node,
+                crate::engine::group::ACCOUNTS
+            ),
         ));
     }
     if control::daemon_running(&s.state_dir).await {
@@ -1299,6 +1375,14 @@ async fn reset(s: &Settings, group: &str) -> Result<u8> {
     }
     let ix = crate::store::Store::open(&s.state_dir.join("index.redb"))?;
     let n = ix.reset_group(group)?;
+    if accounts {
+        println!(
+            "forgot {} of account sync on node {}; the account files were not touched. Start the daemon: this node then joins account sync as new (what its files have is kept unversioned: every change made on another node wins over it, and accounts only this node has are sent to the others).",
+            plural(n, "index entry", "index entries"),
+            s.node
+        );
+        return Ok(0);
+    }
     println!(
         "forgot {} of group {group} on node {}; no file was touched. Start the daemon: this node then joins {group} as new (it receives everything and deletes nothing; files it has that the others lack are sent to them).",
         plural(n, "index entry", "index entries"),

@@ -136,20 +136,55 @@ fn run_blocking() -> Result<()> {
     Ok(())
 }
 
+/// Start node `n`'s daemon (its log appended to `<dir>/<n>.log`).
+fn spawn(cl: &Cluster, exe: &Path, cfg_path: &Path, n: &str) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cl.dir.path().join(format!("{n}.log")))?;
+    Command::new(exe)
+        .arg("-c")
+        .arg(cfg_path)
+        .args(["--node", n, "--state-dir"])
+        .arg(cl.dir.path().join(n).join("state"))
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting a daemon")
+}
+
+/// Wait until node `n` answers on its control socket and sees every peer connected.
+fn wait_connected(cl: &Cluster, rt: &tokio::runtime::Runtime, n: &str) -> Result<Duration> {
+    let state = cl.dir.path().join(n).join("state");
+    wait_for(&format!("{n} to connect to its peers"), || {
+        match rt.block_on(crate::ops::control::call(
+            &state,
+            &crate::ops::control::Request::Status,
+        )) {
+            Ok(crate::ops::control::Response::Status(st)) => st.peers.iter().all(|p| p.connected),
+            _ => false,
+        }
+    })
+}
+
+/// Stop node `i`'s daemon (SIGTERM) and wait for it to exit.
+fn stop_node(cl: &mut Cluster, i: usize) -> Result<()> {
+    let c = &mut cl.children[i];
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    wait_for(&format!("{} to stop", NAMES[i]), || {
+        matches!(c.try_wait(), Ok(Some(_)))
+    })?;
+    Ok(())
+}
+
 fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
     for n in NAMES {
-        let log = std::fs::File::create(cl.dir.path().join(format!("{n}.log")))?;
-        let child = Command::new(exe)
-            .arg("-c")
-            .arg(cfg_path)
-            .args(["--node", n, "--state-dir"])
-            .arg(cl.dir.path().join(n).join("state"))
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a daemon")?;
+        let child = spawn(cl, exe, cfg_path, n)?;
         cl.children.push(child);
     }
     // wait until every node has its control socket up and sees both peers
@@ -157,18 +192,7 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     for n in NAMES {
-        let state = cl.dir.path().join(n).join("state");
-        wait_for(&format!("{n} to connect to its peers"), || {
-            match rt.block_on(crate::ops::control::call(
-                &state,
-                &crate::ops::control::Request::Status,
-            )) {
-                Ok(crate::ops::control::Response::Status(st)) => {
-                    st.peers.iter().all(|p| p.connected)
-                }
-                _ => false,
-            }
-        })?;
+        wait_connected(cl, &rt, n)?;
     }
     println!(
         "   3 daemons running and connected (logs: {}/web*.log)\n",
@@ -239,43 +263,51 @@ fn steps(cl: &mut Cluster, exe: &Path, cfg_path: &Path) -> Result<()> {
         ms(t3.max(t2))
     );
 
-    // 5. concurrent edit: both nodes write before either has seen the other
+    // 5. concurrent edit: both nodes write before either has seen the other. On one machine
+    // two writes "at the same time" are usually ordered (the first one arrives within a
+    // millisecond), so web2 is cut off for the moment: its daemon is stopped, each node
+    // writes, and web2 starts again with its own version, which no one had seen
     let p1 = cl.www("web1").join("motd.txt");
     let p2 = cl.www("web2").join("motd.txt");
+    stop_node(cl, 1)?;
     std::fs::write(&p1, "motd written on web1\n")?;
-    // a few ms later (file mtimes have a coarse clock), still before either node saw the other
-    std::thread::sleep(Duration::from_millis(8));
-    std::fs::write(&p2, "motd written on web2, a little later\n")?;
-    let t = wait_for("the conflict to converge", || {
+    wait_for("motd.txt on web3", || {
+        read(&cl.www("web3").join("motd.txt")).is_some()
+    })?;
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(
+        &p2,
+        "motd written on web2 while it was cut off, a little later\n",
+    )?;
+    let t0 = Instant::now();
+    cl.children[1] = spawn(cl, exe, cfg_path, NAMES[1])?;
+    wait_connected(cl, &rt, "web2")?;
+    wait_for("the conflict to converge", || {
         let a = read(&p1);
         a.is_some() && a == read(&p2) && a == read(&cl.www("web3").join("motd.txt"))
     })?;
+    let t = t0.elapsed();
     let winner = read(&p1).unwrap_or_default();
     println!(
-        "5. conflict motd.txt written on web1 and web2 8 ms apart -> all nodes agree in {}",
+        "5. conflict motd.txt written on web1, and on web2 while its daemon was stopped -> web2 back, all nodes agree in {}",
         ms(t)
     );
     println!(
         "   winner (policy newest: latest mtime, ties by node name): {}",
         winner.trim()
     );
-    let conflicts =
-        std::fs::read_to_string(cl.dir.path().join("web1/state/audit.log")).unwrap_or_default();
-    let n = conflicts
-        .lines()
-        .filter(|l| l.contains("\"conflict\""))
-        .count()
-        + std::fs::read_to_string(cl.dir.path().join("web2/state/audit.log"))
+    let conflicts = |n: &str| {
+        read(&cl.dir.path().join(n).join("state/audit.log"))
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("\"conflict\""))
-            .count();
-    if n > 0 {
-        println!(
-            "   the conflict is in the audit logs; the losing version is kept as a backup (`clustersync backups PATH`)"
-        );
-    } else {
-        println!("   (the two writes were ordered this time, so there was no conflict to resolve)");
-    }
+            .count()
+    };
+    wait_for("the conflict in the audit logs", || {
+        NAMES.iter().map(|n| conflicts(n)).sum::<usize>() > 0
+    })?;
+    println!(
+        "   the conflict is in the audit logs and `clustersync conflicts`; the losing version is kept as a backup (`clustersync backups PATH`)"
+    );
     Ok(())
 }

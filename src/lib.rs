@@ -19,4 +19,5 @@ pub mod item;
 pub mod local;
 pub mod net;
 pub mod ops;
+pub mod release;
 pub mod store;

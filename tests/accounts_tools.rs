@@ -1,13 +1,17 @@
 //! Accounts made by the real shadow-utils tools (`useradd -P`, `usermod -P`, `groupadd -P`,
-//! `groupmod -P`, `userdel -P`, `gpasswd -Q`, `chpasswd -R`, `chgpasswd -R`) in one root prefix, read with
-//! `clustersync::accounts`, applied to a second root prefix (a peer node with other local
-//! accounts), and checked there with the tools' own consistency checks (`pwck -r`, `grpck -r`)
-//! and byte comparisons. Needs root and shadow-utils; skipped (with a note) otherwise.
+//! `groupmod -P`, `userdel -P`, `gpasswd -Q`, `chpasswd -R`, `chgpasswd -R`) in one root prefix,
+//! found by `accounts::sync` (detect), sent to a second root prefix (a peer node with other local
+//! accounts: validate, plan, apply), and checked there with the tools' own consistency checks
+//! (`pwck -r`, `grpck -r`) and byte comparisons. Needs root and shadow-utils; skipped (with a
+//! note) otherwise. The daemons' end-to-end cases are in `tests/accounts_sync.rs`.
 
 use clustersync::accounts::{
-    AccountDb, AccountsError, ApplyReport, Change, CollisionKind, DbFile, ManagedSet, Policy,
-    Snapshot,
+    AccountDb, Accounts, AccountsError, Check, DbFile, Decision, IndexRead, ManagedSet, Outcome,
+    Policy, View, Written, plan, validate_item,
 };
+use clustersync::config::ConflictPolicy;
+use clustersync::item::Item;
+use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -205,22 +209,175 @@ fn db(n: &Node) -> AccountDb {
     AccountDb::new(&n.root).with_lock_timeout(Duration::from_secs(20))
 }
 
-/// Read node `a`, send what changed since `last` to `b`, and check that `b` now has the same
-/// managed accounts and passes pwck/grpck.
-fn sync(a: &Node, b: &Node, last: &Snapshot) -> (Snapshot, ApplyReport) {
-    let now = db(a).read(&policy()).expect("read a");
-    assert_eq!(now.problems, vec![], "a's accounts read cleanly");
-    let changes: Vec<Change> = now.changes_since(last);
-    let wire: Vec<Change> = changes
-        .iter()
-        .map(|c| Change::decode(&c.encode().expect("encode")).expect("decode"))
-        .collect();
-    let report = db(b).apply(&policy(), &wire).expect("apply on b");
-    let got = db(b).read(&policy()).expect("read b");
-    assert_eq!(got.users, now.users, "users on b");
-    assert_eq!(got.groups, now.groups, "groups on b");
-    b.check_with_tools();
-    (now, report)
+/// An index in memory.
+#[derive(Default)]
+struct Mem(BTreeMap<Vec<u8>, Item>);
+
+impl IndexRead for Mem {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn all(&mut self) -> Result<Vec<Item>, String> {
+        Ok(self.0.values().cloned().collect())
+    }
+}
+
+/// One node as the engine drives it: its root, account state and index.
+struct Side {
+    node: Node,
+    name: &'static str,
+    acc: Accounts,
+    ix: Mem,
+    clock: u64,
+}
+
+impl Side {
+    fn new(node: Node, name: &'static str, policy: Policy) -> Side {
+        Side {
+            node,
+            name,
+            acc: Accounts::new(policy, name),
+            ix: Mem::default(),
+            clock: 1_000,
+        }
+    }
+
+    /// Detect, commit, write the canonical layout; the new items.
+    fn detect(&mut self) -> Vec<Item> {
+        self.clock += 1_000;
+        let db = db(&self.node);
+        let read = db.read().expect("read");
+        let adopt = self.acc.first_detect() && self.ix.0.is_empty();
+        let d = self
+            .acc
+            .detect(&read, &mut self.ix, self.clock, adopt)
+            .expect("detect");
+        assert_eq!(
+            d.problems,
+            Vec::<String>::new(),
+            "{}: accounts read cleanly",
+            self.name
+        );
+        for i in &d.changes {
+            self.ix.0.insert(i.key.clone(), i.clone());
+        }
+        if let Some(c) = d.canonical
+            && let Written::Done { set, .. } = db.write(&read, &c).expect("write")
+        {
+            self.acc.written(set);
+        }
+        d.changes
+    }
+
+    /// Receive a peer's items: validate, plan, apply, commit; the outcome of each taken one.
+    fn receive(&mut self, items: &[Item], from: &[String]) -> Vec<(String, Outcome)> {
+        self.detect();
+        let policy = self.acc.policy().clone();
+        let check = Check {
+            policy: &policy,
+            members: from,
+        };
+        for i in items {
+            validate_item(i, &check).expect("a valid item");
+        }
+        let locals: Vec<Option<Item>> = items
+            .iter()
+            .map(|i| self.ix.0.get(&i.key).cloned())
+            .collect();
+        let mut take = Vec::new();
+        for d in plan(items, &locals, &ConflictPolicy::Newest) {
+            match d {
+                Decision::Take { item, .. } => take.push(item),
+                Decision::Keep { item, .. } => {
+                    self.ix.0.insert(item.key.clone(), item);
+                }
+                _ => {}
+            }
+        }
+        let r = self
+            .acc
+            .apply(&db(&self.node), &take, 20000)
+            .expect("apply");
+        assert!(!r.stale);
+        let mut out = Vec::new();
+        for (t, o) in take.iter().zip(r.outcomes) {
+            if matches!(o, Outcome::Applied | Outcome::Partial { .. }) {
+                self.ix.0.insert(t.key.clone(), t.clone());
+            }
+            out.push((String::from_utf8_lossy(&t.key).into_owned(), o));
+        }
+        out
+    }
+}
+
+/// Send what changed on `a` to `b`; check that `b` has the same managed lines and passes
+/// pwck/grpck, and that nothing applied on b is a local change there (no echo).
+fn sync(a: &mut Side, b: &mut Side) -> Vec<(String, Outcome)> {
+    let items = a.detect();
+    let members = vec![a.name.to_string(), b.name.to_string()];
+    let out = b.receive(&items, &members);
+    assert_eq!(b.detect(), Vec::<Item>::new(), "no echo on b");
+    same_managed_lines(a, b);
+    b.node.check_with_tools();
+    out
+}
+
+/// The lines of managed accounts are byte-identical on both sides.
+fn same_managed_lines(a: &Side, b: &Side) {
+    let pa = db(&a.node).read().expect("read");
+    let pb = db(&b.node).read().expect("read");
+    let (va, vb) = (
+        View::new(&pa.files, a.acc.policy()),
+        View::new(&pb.files, b.acc.policy()),
+    );
+    let block = |v: &View, f: &clustersync::accounts::AccountFiles| {
+        let users = v.managed_users();
+        let groups = v.managed_groups();
+        let mut out = Vec::new();
+        for (file, names) in [(DbFile::Passwd, &users), (DbFile::Shadow, &users)] {
+            let t = f.table(file).expect("table");
+            for l in t.lines() {
+                if clustersync::accounts::db::entry_name(l).is_some_and(|n| names.contains(n)) {
+                    out.push(String::from_utf8_lossy(l).into_owned());
+                }
+            }
+        }
+        for file in [DbFile::Group, DbFile::Gshadow] {
+            let t = f.table(file).expect("table");
+            for l in t.lines() {
+                if clustersync::accounts::db::entry_name(l).is_some_and(|n| groups.contains(n)) {
+                    // local members differ between nodes: compare the managed ones
+                    let mut fields: Vec<String> = String::from_utf8_lossy(l)
+                        .split(':')
+                        .map(String::from)
+                        .collect();
+                    if let Some(m) = fields.last_mut() {
+                        *m = m
+                            .split(',')
+                            .filter(|x| v.is_managed_user(x.as_bytes()))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                    }
+                    out.push(fields.join(":"));
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        block(&va, &pa.files),
+        block(&vb, &pb.files),
+        "managed lines on {} and {}",
+        a.name,
+        b.name
+    );
+}
+
+fn applied(out: &[(String, Outcome)]) -> Vec<String> {
+    out.iter()
+        .filter(|(_, o)| *o == Outcome::Applied)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Lines of `before` not named in `touched` are in `after`, byte for byte and in order.
@@ -244,20 +401,31 @@ fn tool_changes_replicate_to_a_peer() {
     if !can_run() {
         return;
     }
-    let a = Node::new(
-        "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
-        "alice:x:1000:\n",
+    let mut a = Side::new(
+        Node::new(
+            "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
+            "alice:x:1000:\n",
+        ),
+        "a",
+        policy(),
     );
-    let b = Node::new(
-        "carol:x:1000:1000:Carol:/home/carol:/bin/bash\nsvc:x:1500:1500::/srv:/usr/sbin/nologin\n",
-        "carol:x:1000:\nsvc:x:1500:carol\n",
+    let mut b = Side::new(
+        Node::new(
+            "carol:x:1000:1000:Carol:/home/carol:/bin/bash\nsvc:x:1500:1500::/srv:/usr/sbin/nologin\n",
+            "carol:x:1000:\nsvc:x:1500:carol\n",
+        ),
+        "b",
+        policy(),
     );
-    let b_meta = b.meta();
-    let b_before: Vec<String> = DbFile::ALL.iter().map(|f| b.read(f.name())).collect();
+    a.detect();
+    b.detect();
+    let b_meta = b.node.meta();
+    let b_before: Vec<String> = DbFile::ALL.iter().map(|f| b.node.read(f.name())).collect();
 
     // Create: a group, a user with its own group, home and supplementary groups, another user.
-    a.tool("groupadd", "-P", &["-g", "2100", "webdev"], None);
-    a.tool(
+    a.node
+        .tool("groupadd", "-P", &["-g", "2100", "webdev"], None);
+    a.node.tool(
         "useradd",
         "-P",
         &[
@@ -275,71 +443,73 @@ fn tool_changes_replicate_to_a_peer() {
         ],
         None,
     );
-    a.tool(
+    a.node.tool(
         "useradd",
         "-P",
         &["-u", "2002", "-U", "-d", "/home/webapp", "webapp"],
         None,
     );
-    a.tool(
+    a.node.tool(
         "usermod",
         "-P",
         &["-p", "$6$rounds=5000$salt$NIDENHASH1", "niden"],
         None,
     );
-    a.tool(
+    a.node.tool(
         "chpasswd",
         "-R",
         &["-e"],
         Some("webapp:$y$j9T$wsalt$WEBAPPHASH\n"),
     );
-    a.tool(
+    a.node.tool(
         "gpasswd",
         "-Q",
         &["-A", "niden", "-M", "niden,alice", "webdev"],
         None,
     );
-    let (s1, r1) = sync(&a, &b, &Snapshot::default());
-    assert_eq!(r1.collisions, vec![]);
-    assert_eq!(r1.refused, vec![]);
-    assert_eq!(r1.applied.len(), 5, "{r1:?}");
-    assert_eq!(s1.users["niden"].groups, ["sudo", "webdev"]);
-    assert_eq!(b.meta(), b_meta, "modes and owners of the four files kept");
+    let r1 = sync(&mut a, &mut b);
+    assert!(r1.iter().all(|(_, o)| *o == Outcome::Applied), "{r1:?}");
+    assert_eq!(
+        b.node.meta(),
+        b_meta,
+        "modes and owners of the four files kept"
+    );
     for (f, before) in DbFile::ALL.iter().zip(&b_before) {
         assert_eq!(
-            &b.read(f.backup_name()),
+            &b.node.read(f.backup_name()),
             before,
             "{} holds the previous content",
             f.backup_name()
         );
-        kept_lines(before, &b.read(f.name()), &["sudo"]);
+        kept_lines(before, &b.node.read(f.name()), &["sudo"]);
     }
-    let b_group = b.read("group");
+    let b_group = b.node.read("group");
     assert!(b_group.contains("\nsudo:x:27:niden\n"), "{b_group}");
     assert!(
         b_group.contains("\nwebdev:x:2100:niden\n"),
         "alice is a's own member: {b_group}"
     );
     assert!(b_group.contains("\nsvc:x:1500:carol\n"));
-    assert!(b.read("gshadow").contains("\nwebdev:!:niden:niden\n"));
+    assert!(b.node.read("gshadow").contains("\nwebdev:!:niden:niden\n"));
     assert!(
-        b.read("shadow")
+        b.node
+            .read("shadow")
             .contains("\nniden:$6$rounds=5000$salt$NIDENHASH1:")
     );
     assert!(
-        b.read("shadow")
+        b.node
+            .read("shadow")
             .contains("\nwebapp:$y$j9T$wsalt$WEBAPPHASH:")
     );
-    let home = std::fs::metadata(b.root.join("home/niden")).expect("home made on b");
+    let home = std::fs::metadata(b.node.root.join("home/niden")).expect("home made on b");
     assert_eq!(
         (home.mode() & 0o7777, home.uid(), home.gid()),
         (0o700, 2001, 2001)
     );
-    assert!(b.root.join("home/niden/.config/app.conf").exists());
-    assert!(b.root.join("home/webapp/.bashrc").exists());
+    assert!(b.node.root.join("home/niden/.config/app.conf").exists());
 
     // Modify: shell, gecos, group membership, password hash.
-    a.tool(
+    a.node.tool(
         "usermod",
         "-P",
         &[
@@ -353,67 +523,72 @@ fn tool_changes_replicate_to_a_peer() {
         ],
         None,
     );
-    a.tool(
+    a.node.tool(
         "chpasswd",
         "-R",
         &["-e"],
         Some("niden:$y$j9T$nsalt$NIDENHASH2\n"),
     );
-    let (s2, r2) = sync(&a, &b, &s1);
-    assert_eq!(
-        r2.applied,
-        vec![clustersync::accounts::AccountId::User("niden".into())]
-    );
-    assert_eq!(s2.users["niden"].shell, "/bin/sh");
+    let r2 = sync(&mut a, &mut b);
+    assert_eq!(applied(&r2), ["user/niden", "members/sudo"]);
     assert!(
-        b.read("group").contains("\nsudo:x:27:\n"),
+        b.node.read("group").contains("\nsudo:x:27:\n"),
         "membership removed"
     );
     assert!(
-        b.read("shadow")
+        b.node
+            .read("shadow")
             .contains("\nniden:$y$j9T$nsalt$NIDENHASH2:")
     );
     for (f, before) in DbFile::ALL.iter().zip(&b_before) {
-        kept_lines(before, &b.read(f.name()), &[]);
+        kept_lines(before, &b.node.read(f.name()), &[]);
     }
 
-    // Rename a group (delete + add with the same gid).
-    a.tool("groupmod", "-P", &["-n", "developers", "webdev"], None);
-    a.tool(
+    // Rename a group (delete + add with the same gid); b's own member of it stays.
+    b.node.tool("gpasswd", "-Q", &["-a", "svc", "webdev"], None);
+    b.detect();
+    a.node
+        .tool("groupmod", "-P", &["-n", "developers", "webdev"], None);
+    a.node.tool(
         "chgpasswd",
         "-R",
         &["-e"],
         Some("developers:$6$gsalt$GROUPHASH\n"),
     );
-    let (s3, _) = sync(&a, &b, &s2);
-    assert!(s3.groups.contains_key("developers") && !s3.groups.contains_key("webdev"));
-    assert!(b.read("group").contains("\ndevelopers:x:2100:niden\n"));
+    sync(&mut a, &mut b);
     assert!(
-        b.read("gshadow")
-            .contains("\ndevelopers:$6$gsalt$GROUPHASH:niden:niden\n")
+        b.node
+            .read("group")
+            .contains("\ndevelopers:x:2100:svc,niden\n"),
+        "{}",
+        b.node.read("group")
     );
+    assert!(
+        b.node
+            .read("gshadow")
+            .contains("\ndevelopers:$6$gsalt$GROUPHASH:niden:svc,niden\n"),
+        "{}",
+        b.node.read("gshadow")
+    );
+    assert!(!b.node.read("group").contains("webdev"));
 
     // Delete: the user and its group go, its home stays.
-    a.tool("userdel", "-P", &["niden"], None);
-    let (s4, r4) = sync(&a, &b, &s3);
-    assert!(!s4.users.contains_key("niden"));
+    a.node.tool("userdel", "-P", &["niden"], None);
+    let r4 = sync(&mut a, &mut b);
+    assert!(applied(&r4).contains(&"user/niden".to_string()), "{r4:?}");
+    assert!(!b.node.read("passwd").contains("niden") && !b.node.read("shadow").contains("niden"));
     assert!(
-        r4.applied
-            .contains(&clustersync::accounts::AccountId::User("niden".into()))
-    );
-    assert!(!b.read("passwd").contains("niden") && !b.read("shadow").contains("niden"));
-    assert!(
-        !b.read("group").contains("niden"),
+        !b.node.read("group").contains("niden"),
         "group niden and memberships gone"
     );
     assert!(
-        b.root.join("home/niden/.bashrc").exists(),
+        b.node.root.join("home/niden/.bashrc").exists(),
         "a home is never deleted"
     );
     for (f, before) in DbFile::ALL.iter().zip(&b_before) {
-        kept_lines(before, &b.read(f.name()), &[]);
+        kept_lines(before, &b.node.read(f.name()), &["webdev"]);
     }
-    assert_eq!(b.meta(), b_meta);
+    assert_eq!(b.node.meta(), b_meta);
 }
 
 #[test]
@@ -421,120 +596,133 @@ fn a_collision_on_the_peer_is_reported_and_left_alone() {
     if !can_run() {
         return;
     }
-    let a = Node::new("", "");
+    let mut a = Side::new(Node::new("", ""), "a", policy());
     // b already has its own "webapp" (uid 1002, unmanaged) and a "ops" group on gid 2200.
-    let b = Node::new(
-        "webapp:x:1002:1002::/home/webapp:/bin/sh\n",
-        "webapp:x:1002:\nops:x:2200:\n",
+    let mut b = Side::new(
+        Node::new(
+            "webapp:x:1002:1002::/home/webapp:/bin/sh\n",
+            "webapp:x:1002:\nops:x:2200:\n",
+        ),
+        "b",
+        policy(),
     );
-    a.tool("useradd", "-P", &["-u", "2002", "-U", "webapp"], None);
-    a.tool("groupadd", "-P", &["-g", "2200", "admins"], None);
-    a.tool(
+    a.detect();
+    b.detect();
+    a.node
+        .tool("useradd", "-P", &["-u", "2002", "-U", "webapp"], None);
+    a.node
+        .tool("groupadd", "-P", &["-g", "2200", "admins"], None);
+    a.node.tool(
         "useradd",
         "-P",
         &["-u", "2003", "-U", "-G", "admins", "dora"],
         None,
     );
-    let before: Vec<String> = DbFile::ALL.iter().map(|f| b.read(f.name())).collect();
-    let snap = db(&a).read(&policy()).expect("read a");
-    let r = db(&b)
-        .apply(&policy(), &snap.changes_since(&Snapshot::default()))
-        .expect("apply");
-    let kinds: Vec<(String, CollisionKind, String)> = r
-        .collisions
+    let before: Vec<String> = DbFile::ALL.iter().map(|f| b.node.read(f.name())).collect();
+    let items = a.detect();
+    let r = b.receive(&items, &["a".to_string(), "b".to_string()]);
+    let aside: Vec<(String, String)> = r
         .iter()
-        .map(|c| (c.account.to_string(), c.kind, c.local.name.clone()))
+        .filter_map(|(k, o)| match o {
+            Outcome::Aside {
+                reason,
+                collision: true,
+            } => Some((k.clone(), reason.clone())),
+            _ => None,
+        })
         .collect();
+    let keys: Vec<&str> = aside.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
-        kinds,
-        [
-            (
-                "group \"admins\"".into(),
-                CollisionKind::Id,
-                "\"ops\"".into()
-            ),
-            (
-                "group \"webapp\"".into(),
-                CollisionKind::Name,
-                "\"webapp\"".into()
-            ),
-            (
-                "user \"webapp\"".into(),
-                CollisionKind::Name,
-                "\"webapp\"".into()
-            ),
-        ]
+        keys,
+        ["group/admins", "group/webapp", "user/webapp"],
+        "{r:?}"
     );
-    let msg = r.collisions[2].to_string();
     assert!(
-        msg.contains("uid 2002") && msg.contains("local user \"webapp\" (uid 1002)"),
-        "{msg}"
+        aside[0].1.contains("local group \"ops\" (gid 2200)"),
+        "{}",
+        aside[0].1
     );
-    // dora is applied, waiting for "admins", which collided.
-    assert_eq!(r.waiting.len(), 1);
-    assert!(b.read("passwd").contains("\ndora:x:2003:2003:"));
     assert!(
-        b.read("passwd")
+        aside[2].1.contains("uid 2002") && aside[2].1.contains("local user \"webapp\" (uid 1002)"),
+        "{}",
+        aside[2].1
+    );
+    // dora is applied; her membership in admins waits for the group
+    assert!(b.node.read("passwd").contains("\ndora:x:2003:2003:"));
+    assert!(
+        r.iter().any(|(k, o)| k == "members/admins"
+            && matches!(
+                o,
+                Outcome::Aside {
+                    collision: false,
+                    ..
+                }
+            )),
+        "{r:?}"
+    );
+    assert!(
+        b.node
+            .read("passwd")
             .contains("\nwebapp:x:1002:1002::/home/webapp:/bin/sh\n")
     );
     for (f, old) in DbFile::ALL.iter().zip(&before) {
-        kept_lines(old, &b.read(f.name()), &[]);
+        kept_lines(old, &b.node.read(f.name()), &["dora"]);
     }
-    b.check_with_tools();
+    b.node.check_with_tools();
 }
 
 #[test]
-fn hostile_records_refuse_the_batch_and_change_nothing() {
+fn hostile_records_are_refused_and_change_nothing() {
     if !can_run() {
         return;
     }
-    let a = Node::new("", "");
-    let b = Node::new("", "");
-    a.tool("useradd", "-P", &["-u", "2001", "-U", "niden"], None);
-    let snap = db(&a).read(&policy()).expect("read a");
-    let good = snap.users["niden"].clone();
-    let mut hostile = Vec::new();
-    let mut u = good.clone();
-    u.gecos = "x:0:0::/root:/bin/bash\nevil".into();
-    hostile.push(u);
-    let mut u = good.clone();
-    u.home = "/home/niden\nroot::0:0::/:/bin/sh".into();
-    hostile.push(u);
-    let mut u = good.clone();
-    u.shell = "../../bin/sh".into();
-    hostile.push(u);
-    let mut u = good.clone();
-    u.uid = 0;
-    hostile.push(u);
-    let mut u = good.clone();
-    u.name = "www-data".into();
-    u.uid = 33;
-    hostile.push(u);
-    let mut u = good.clone();
-    u.groups = vec!["sudo\nroot".into()];
-    hostile.push(u);
-    let before: Vec<Vec<u8>> = DbFile::ALL
+    let mut a = Side::new(Node::new("", ""), "a", policy());
+    a.detect();
+    a.node
+        .tool("useradd", "-P", &["-u", "2001", "-U", "niden"], None);
+    let items = a.detect();
+    let good = items
         .iter()
-        .map(|f| std::fs::read(b.etc(f.name())).expect("read"))
-        .collect();
-    for u in hostile {
-        let batch = [Change::User(good.clone()), Change::User(u)];
-        let e = db(&b).apply(&policy(), &batch).expect_err("refused");
-        assert!(matches!(e, AccountsError::Invalid { index: 1, .. }), "{e}");
+        .find(|i| i.key == b"user/niden")
+        .expect("niden")
+        .clone();
+    let check_policy = policy();
+    let members = ["a".to_string()];
+    let check = Check {
+        policy: &check_policy,
+        members: &members,
+    };
+    assert_eq!(validate_item(&good, &check), Ok(()));
+    let edit = |f: &dyn Fn(&mut clustersync::accounts::User)| {
+        let mut i = good.clone();
+        if let Some(clustersync::item::Body::Account(clustersync::accounts::Account::User {
+            user,
+            ..
+        })) = &mut i.body
+        {
+            f(user);
+        }
+        i
+    };
+    let hostile = [
+        edit(&|u| u.gecos = "x:0:0::/root:/bin/bash\nevil".into()),
+        edit(&|u| u.home = "/home/niden\nroot::0:0::/:/bin/sh".into()),
+        edit(&|u| u.shell = "../../bin/sh".into()),
+        edit(&|u| u.uid = 0),
+        edit(&|u| {
+            u.name = "www-data".into();
+            u.uid = 33
+        }),
+    ];
+    for h in hostile {
+        assert!(validate_item(&h, &check).is_err(), "{h:?}");
     }
-    // Bytes injected into an encoded record do not decode into anything usable either.
-    let mut bytes = Change::User(good.clone()).encode().expect("encode");
-    let at = bytes.len() / 2;
-    bytes.insert(at, b':');
-    if let Ok(c) = Change::decode(&bytes) {
-        assert!(db(&b).apply(&policy(), &[c]).is_err());
-    }
-    let after: Vec<Vec<u8>> = DbFile::ALL
-        .iter()
-        .map(|f| std::fs::read(b.etc(f.name())).expect("read"))
-        .collect();
-    assert_eq!(before, after);
-    assert!(!b.etc("passwd-").exists(), "nothing was written");
+    let mut other = good.clone();
+    other.origin = "mallory".into();
+    assert!(
+        validate_item(&other, &check).is_err(),
+        "an origin outside [accounts]"
+    );
 }
 
 #[test]
@@ -572,7 +760,7 @@ fn the_tools_and_clustersync_wait_for_each_others_locks() {
     let mut holder = Command::new("sleep").arg("30").spawn().expect("sleep");
     std::fs::write(b.etc("shadow.lock"), format!("{}\0", holder.id())).expect("lock file");
     let short = AccountDb::new(&b.root).with_lock_timeout(Duration::from_millis(500));
-    let e = short.read(&policy()).expect_err("locked");
+    let e = short.read().expect_err("locked");
     assert!(
         matches!(
             e,
@@ -586,8 +774,8 @@ fn the_tools_and_clustersync_wait_for_each_others_locks() {
     holder.kill().expect("kill");
     holder.wait().expect("reap");
     // Its process is gone: the lock is stale and taken over.
-    let s = short.read(&policy()).expect("stale lock taken over");
-    assert!(s.users.contains_key("late"));
+    let s = short.read().expect("stale lock taken over");
+    assert!(!s.files.passwd.find("late").is_empty());
     assert!(!b.etc("shadow.lock").exists());
 }
 
@@ -598,30 +786,30 @@ fn without_passwords_the_peer_gets_a_locked_account() {
     }
     // passwords = false: a's hash never leaves a; b's new shadow line is locked (`!`) with
     // today as last change, and pwck/grpck are satisfied with it.
-    let a = Node::new("", "");
-    let b = Node::new("", "");
-    a.tool(
+    let p = Policy {
+        passwords: false,
+        ..policy()
+    };
+    let mut a = Side::new(Node::new("", ""), "a", p.clone());
+    let mut b = Side::new(Node::new("", ""), "b", p);
+    a.detect();
+    b.detect();
+    a.node.tool(
         "useradd",
         "-P",
         &["-u", "2001", "-U", "-p", "$6$s$NOSYNC", "niden"],
         None,
     );
-    let p = Policy {
-        passwords: false,
-        ..policy()
-    };
-    let snap = db(&a).read(&p).expect("read a");
-    assert!(snap.users["niden"].password.is_none());
-    let r = db(&b)
-        .apply(&p, &snap.changes_since(&Snapshot::default()))
-        .expect("apply");
-    assert_eq!(r.applied.len(), 2);
-    let shadow = b.read("shadow");
+    let items = a.detect();
+    assert!(!format!("{items:?}").contains("NOSYNC"));
+    let r = b.receive(&items, &["a".to_string()]);
+    assert_eq!(applied(&r).len(), 2, "{r:?}");
+    let shadow = b.node.read("shadow");
     let line = shadow
         .lines()
         .find(|l| l.starts_with("niden:"))
         .expect("shadow line");
     assert!(line.starts_with("niden:!:"), "locked, not a's hash: {line}");
     assert!(!shadow.contains("NOSYNC"));
-    b.check_with_tools();
+    b.node.check_with_tools();
 }

@@ -96,3 +96,52 @@ fn three_successive_versions_and_a_delete_are_kept_and_restored() {
         .count();
     assert!(objects <= 4, "{objects} objects for 4 distinct contents");
 }
+
+/// Issue 22 item 12 (SPEC §6): a kept version is private (0600) as soon as it is kept, not
+/// after the next start; the file that replaced it keeps its own mode, and a file deleted by a
+/// peer is kept private too.
+#[test]
+fn kept_versions_are_private_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    c.start_all();
+    let f = c.path("a", "page.html");
+    write(&f, "old\n");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_until("page.html on b", WAIT, || c.path("b", "page.html").exists());
+    write(&c.path("a", "gone.html"), "to be deleted\n");
+    std::fs::set_permissions(
+        c.path("a", "gone.html"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    wait_until("gone.html on b", WAIT, || c.path("b", "gone.html").exists());
+    write(&f, "new\n");
+    std::fs::remove_file(c.path("a", "gone.html")).unwrap();
+    wait_until("the edit and the delete on b", WAIT, || {
+        std::fs::read_to_string(c.path("b", "page.html"))
+            .ok()
+            .as_deref()
+            == Some("new\n")
+            && !c.path("b", "gone.html").exists()
+    });
+    let objects = c.node("b").state.join("backups/www/objects");
+    let mut modes = Vec::new();
+    wait_until("two kept versions on b", WAIT, || {
+        modes = std::fs::read_dir(&objects)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.metadata().unwrap().permissions().mode() & 0o7777)
+                    .collect()
+            })
+            .unwrap_or_default();
+        modes.len() >= 2
+    });
+    assert!(
+        modes.iter().all(|m| *m == 0o600),
+        "kept versions' modes (octal): {:?}",
+        modes.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+    );
+    let live = std::fs::metadata(c.path("b", "page.html")).unwrap();
+    assert_eq!(live.permissions().mode() & 0o7777, 0o644);
+}

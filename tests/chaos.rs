@@ -10,6 +10,10 @@
 //! each seed ends with `clustersync verify` exiting 0 on every node (§5.14: the index summaries
 //! agree too).
 //!
+//! With `CHAOS_STOP_GROUP=1`, the group is also stopped at random on the last node (its group
+//! directory renamed away, as an unmounted disk looks) and brought back a few steps later, while
+//! the others go on: it must get every change made meanwhile, deletions included (SPEC §5.13).
+//!
 //! Reproduce a run: `CHAOS_SEED=n CHAOS_STEPS=m [CHAOS_NODES=k] cargo test --test chaos -- --nocapture`
 //! (`CHAOS_SEED` also takes `a,b,c` or `a-b`; `CS_TEST_KEEP=1` keeps the test directory, with
 //! the daemons' logs, audit logs and, when gdb is installed, their thread backtraces taken when
@@ -171,6 +175,10 @@ struct Chaos {
     /// Require `in_sync` from every node's status when settled (`CHAOS_NO_IN_SYNC=1`: only
     /// compare the trees).
     check_in_sync: bool,
+    /// `CHAOS_STOP_GROUP=1`: the last node's group directory may be away (renamed), until the
+    /// step given.
+    stop_group: bool,
+    away: Option<u64>,
     t0: Instant,
 }
 
@@ -194,6 +202,8 @@ impl Chaos {
             cut: nodes().iter().map(|n| (*n, false)).collect(),
             down: HashMap::new(),
             check_in_sync: std::env::var_os("CHAOS_NO_IN_SYNC").is_none(),
+            stop_group: std::env::var_os("CHAOS_STOP_GROUP").is_some(),
+            away: None,
             t0: Instant::now(),
         }
     }
@@ -290,6 +300,9 @@ impl Chaos {
         let first = self.rng.below(n as u64) as usize;
         for i in 0..k {
             let node = nodes()[(first + i) % n];
+            if self.away.is_some() && node == Self::last() {
+                continue;
+            }
             self.write_at(node, path, false, None);
         }
     }
@@ -424,6 +437,29 @@ impl Chaos {
         self.down.insert(node, at);
     }
 
+    /// The node whose group directory may be taken away.
+    fn last() -> &'static str {
+        nodes()[nodes().len() - 1]
+    }
+
+    /// Take the last node's group directory away (as an unmount looks): its group stops.
+    fn take_away(&mut self) {
+        let n = Self::last();
+        let p = self.c.path(n, "");
+        self.log(n, "group directory taken away (unmounted disk)");
+        std::fs::rename(&p, p.with_file_name("www.away")).unwrap();
+        self.away = Some(self.step + self.rng.range(3, 15));
+    }
+
+    /// Bring the last node's group directory back.
+    fn bring_back(&mut self) {
+        let n = Self::last();
+        let p = self.c.path(n, "");
+        self.log(n, "group directory back");
+        std::fs::rename(p.with_file_name("www.away"), &p).unwrap();
+        self.away = None;
+    }
+
     fn step(&mut self) {
         let due: Vec<&'static str> = nodes()
             .iter()
@@ -433,7 +469,16 @@ impl Chaos {
         for n in due {
             self.start(n);
         }
-        let node = *self.rng.pick(nodes());
+        if self.away.is_some_and(|at| at <= self.step) {
+            self.bring_back();
+        } else if self.stop_group && self.away.is_none() && self.rng.chance(4) {
+            self.take_away();
+        }
+        let mut node = *self.rng.pick(nodes());
+        if self.away.is_some() && node == Self::last() {
+            // nothing is written where the disk is not: another node acts
+            node = nodes()[0];
+        }
         match self.rng.below(100) {
             0..28 => self.write(node, false),
             28..34 => self.write(node, true),
@@ -717,6 +762,9 @@ impl Chaos {
     /// each on a random node, and check that exactly those last versions reach every node.
     fn verify(&mut self, what: &str, round: usize) {
         self.log("*", format_args!("{what}: heal and start everything"));
+        if self.away.is_some() {
+            self.bring_back();
+        }
         for n in nodes() {
             if self.cut[n] {
                 self.toggle_cut(n);
@@ -936,5 +984,158 @@ fn random_faults_converge_without_losing_or_inventing_content() {
         println!("chaos: seed {seed}, {steps} steps, {} nodes", nodes().len());
         let _guard = OnFailure { seed, steps };
         Chaos::new(seed).run(steps);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts under chaos (issue 20): random useradd/usermod/userdel/groupadd/gpasswd on random
+// nodes (running or stopped) under link cuts, SIGKILLs, SIGSTOPs and restarts; at the end every
+// node's four account files are byte-identical, `pwck -r`/`grpck -r` are clean and every node
+// says accounts are in sync. `CHAOS_ACCOUNT_STEPS` (default 30) and `CHAOS_SEED` set the run.
+
+#[path = "common/accounts.rs"]
+mod acct;
+
+/// A shadow-utils tool on a node's root; its failure (a user that exists, a uid taken on that
+/// node) is part of the chaos, not an error.
+fn try_tool(root: &std::path::Path, prog: &str, flag: &str, args: &[&str]) -> bool {
+    std::process::Command::new(prog)
+        .arg(flag)
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn accounts_chaos(seed: u64, steps: u64) {
+    let names = ["a", "b", "c"];
+    let mut c = Cluster::new(
+        &names,
+        Opts {
+            proxies: true,
+            ..Default::default()
+        },
+    );
+    acct::add_accounts(&c, "uid_range = [2000, 2999]\ncreate_home = false");
+    for n in &c.nodes {
+        acct::base(&n.root, "", "", "");
+    }
+    for n in names {
+        start_retrying(&mut c, n).unwrap();
+    }
+    c.wait_connected();
+    let mut rng = Rng(seed.wrapping_mul(7919));
+    let mut stopped: HashSet<&str> = HashSet::new();
+    let mut paused: HashSet<&str> = HashSet::new();
+    let mut cut: HashSet<&str> = HashSet::new();
+    let shells = ["/bin/sh", "/bin/bash", "/bin/dash"];
+    for step in 0..steps {
+        let n = *rng.pick(&names);
+        let root = c.node(n).root.clone();
+        let u = rng.below(8);
+        let (user, uid) = (format!("u{u}"), (2000 + u).to_string());
+        let g = rng.below(3);
+        let (grp, gid) = (format!("g{g}"), (2100 + g).to_string());
+        let what = rng.below(100);
+        let done = match what {
+            0..=19 => try_tool(&root, "useradd", "-P", &["-u", &uid, "-U", &user]),
+            20..=39 => {
+                let shell = *rng.pick(&shells);
+                let gecos = format!("s{step}");
+                try_tool(&root, "usermod", "-P", &["-s", shell, "-c", &gecos, &user])
+            }
+            40..=49 => try_tool(&root, "userdel", "-P", &[&user]),
+            50..=57 => try_tool(&root, "groupadd", "-P", &["-g", &gid, &grp]),
+            58..=69 => try_tool(&root, "gpasswd", "-Q", &["-a", &user, &grp]),
+            70..=77 => try_tool(&root, "gpasswd", "-Q", &["-d", &user, &grp]),
+            78..=83 => {
+                if cut.remove(n) {
+                    c.node(n).proxy.as_ref().unwrap().heal();
+                } else {
+                    c.node(n).proxy.as_ref().unwrap().cut();
+                    cut.insert(n);
+                }
+                true
+            }
+            84..=89 => {
+                if stopped.remove(n) {
+                    start_retrying(&mut c, n).unwrap();
+                } else if !paused.contains(n) {
+                    c.kill(n);
+                    stopped.insert(n);
+                }
+                true
+            }
+            _ => {
+                if stopped.contains(n) {
+                    false
+                } else if paused.remove(n) {
+                    unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "CONT");
+                    true
+                } else {
+                    unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "STOP");
+                    paused.insert(n);
+                    true
+                }
+            }
+        };
+        println!("accounts chaos {seed}/{step}: {n} action {what} ({user}, {grp}): {done}");
+        std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
+    }
+    // heal everything
+    for n in paused.drain() {
+        unsafe_free_kill(c.node(n).child.as_ref().unwrap().id(), "CONT");
+    }
+    for n in cut.drain() {
+        c.node(n).proxy.as_ref().unwrap().heal();
+    }
+    for n in stopped.drain() {
+        start_retrying(&mut c, n).unwrap();
+    }
+    c.wait_connected();
+    let mut last = Vec::new();
+    let same = wait_until_soft(SETTLE, || {
+        last = names.iter().map(|n| acct::files(&c.node(n).root)).collect();
+        last.iter().all(|f| *f == last[0])
+            && names.iter().all(|n| {
+                c.status(n)
+                    .is_some_and(|s| s["accounts"]["in_sync"] == true)
+            })
+    });
+    if !same {
+        let shown: Vec<String> = names
+            .iter()
+            .zip(&last)
+            .map(|(n, f)| {
+                format!(
+                    "-- {n}: {:?}\n{}",
+                    c.status(n).map(|s| s["accounts"].clone()),
+                    f.join("--\n")
+                )
+            })
+            .collect();
+        panic!(
+            "accounts chaos seed {seed}: nodes did not converge:\n{}",
+            shown.join("")
+        );
+    }
+    for n in names {
+        acct::tools_check(&c.node(n).root)
+            .unwrap_or_else(|e| panic!("accounts chaos seed {seed}: {e}"));
+    }
+}
+
+#[test]
+fn accounts_under_chaos_end_byte_identical_and_clean() {
+    if !acct::can_run() {
+        return;
+    }
+    let steps = env_u64("CHAOS_ACCOUNT_STEPS").unwrap_or(30);
+    for seed in seeds() {
+        println!("accounts chaos: seed {seed}, {steps} steps");
+        accounts_chaos(seed, steps);
     }
 }

@@ -237,3 +237,25 @@ fn a_key_that_is_not_configured_is_refused_before_any_data() {
         "data reached an unknown key"
     );
 }
+
+/// Issue 22 item 12: the demo's concurrent edit is a conflict every time (the two writes are
+/// made while one node is cut off), never "the two writes were ordered this time".
+#[test]
+fn the_demo_shows_a_conflict_every_time() {
+    for run in 0..2 {
+        let out = std::process::Command::new(BIN)
+            .arg("demo")
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "run {run}: {o}{e}");
+        assert!(
+            o.contains("5. conflict") && o.contains("the conflict is in the audit logs"),
+            "run {run}:\n{o}"
+        );
+        assert!(!o.contains("ordered this time"), "{o}");
+    }
+}

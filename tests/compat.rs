@@ -216,6 +216,16 @@ async fn a_node_of_the_previous_release_syncs_both_ways() {
                 .as_str()
                 .is_some_and(|e| e.contains("protocol 3") && e.contains("not UTF-8"))
     });
+    // and it does not say in sync while b lacks that file (SPEC §4)
+    let st = c.status("a").unwrap();
+    assert_eq!(st["groups"][0]["in_sync"], false, "{st}");
+    assert!(
+        st["groups"][0]["withheld"]
+            .to_string()
+            .contains("held back from b"),
+        "{st}"
+    );
+    assert_eq!(c.cli("a", &["status"]).status.code(), Some(1));
 
     // what came from b is not echoed back to it
     let quiet = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -338,5 +348,81 @@ async fn dialling_a_node_of_the_previous_release_falls_back_to_its_cipher() {
         },
     );
     drop(link);
+    // a remembers what b speaks (issue 22 item 2): its next connect offers ChaChaPoly at once,
+    // so b's release does not refuse (and audit) an AES-GCM attempt on every connect
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (s, _) = tokio::time::timeout_at(deadline, listener.accept())
+        .await
+        .expect("a dials b again")
+        .unwrap();
+    let again = transport::accept_speaking(s, &ident, |id| id == a_id, None)
+        .await
+        .expect("the next connect is accepted at once: a offers b's suite");
+    assert_eq!(
+        (again.version, again.suite),
+        (3, transport::Suite::ChaChaPoly)
+    );
+    drop(again);
+    assert!(!c.log("a").contains("panicked"));
+}
+
+/// Issue 22 item 3: protocol 3 refuses an item without a version vector (it audits it and
+/// drops the link). A node that has just joined, or whose group was reset, holds its group
+/// root unversioned until someone versions it; it must keep that to itself on a protocol-3
+/// link and send only versioned items, in both states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_or_reset_node_sends_a_previous_release_node_only_versioned_items() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    write(&c.path("a", "keep"), "x");
+    std::fs::create_dir(c.path("a", "sub")).unwrap();
+    write(&c.path("a", "sub/f"), "y");
+    c.start("a");
+    for state in ["new", "reset"] {
+        let mut link = dial_as_previous_release(&c).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        match next(&mut link, deadline).await {
+            Some(Msg3::Hello { version: 3, .. }) => {}
+            other => panic!("{state}: a did not open with a protocol-3 Hello: {other:?}"),
+        }
+        send(&mut link, &hello_v3()).await;
+        let mut paths = Vec::new();
+        while !(paths.iter().any(|p| p == "/srv/www/keep")
+            && paths.iter().any(|p| p == "/srv/www/sub/f"))
+        {
+            match next(&mut link, deadline).await {
+                Some(Msg3::Index {
+                    group,
+                    records,
+                    through,
+                    ..
+                }) => {
+                    for w in &records {
+                        // what the previous release's validate refuses first
+                        assert!(
+                            !w.rec.version.0.is_empty(),
+                            "{state} node: {} sent without a version (protocol 3 refuses the batch)",
+                            w.rec.path
+                        );
+                    }
+                    paths.extend(records.into_iter().map(|w| w.rec.path));
+                    send(&mut link, &Msg3::Ack { group, through }).await;
+                }
+                Some(Msg3::SyncPing { token }) if token != 0 => {
+                    send(&mut link, &Msg3::SyncPong { token }).await;
+                }
+                Some(Msg3::Bye { reason }) => panic!("{state}: a closed the link: {reason}"),
+                Some(_) => {}
+                None => panic!("{state}: a's items did not come (got {paths:?})"),
+            }
+        }
+        assert!(paths.iter().any(|p| p == "/srv/www/sub"), "{paths:?}");
+        drop(link);
+        if state == "new" {
+            c.stop("a");
+            let out = c.cli("a", &["reset", "www"]);
+            assert!(out.status.success(), "{out:?}");
+            c.start("a");
+        }
+    }
     assert!(!c.log("a").contains("panicked"));
 }

@@ -188,7 +188,8 @@ fn debian_example_config_passes_check_config() {
     assert_eq!(g.nodes, ["host1", "host2", "host4"]);
     assert_eq!(g.replicas, ["host3"]);
     assert_eq!(g.paths, ["/etc/apache", "/export/users/bob"]);
-    assert_eq!(g.exclude, ["*~", ".*", "/temp"]);
+    // csync2 excluded bob's temp only, not /etc/apache/temp: anchored at its path
+    assert_eq!(g.exclude, ["*~", ".*", "/export/users/bob/temp"]);
     assert_eq!(g.conflict.to_string(), "manual");
     assert_eq!(g.backup_generations, 3);
     assert_eq!(g.actions.len(), 1);
@@ -249,7 +250,7 @@ fn multi_file_config_with_includes_passes_check_config() {
     assert!(
         c.groups["www"].actions[0]
             .run
-            .contains("\"$CLUSTERSYNC_PATHS\""),
+            .contains("\"$CLUSTERSYNC_REAL_PATHS\""),
         "{:?}",
         c.groups["www"].actions
     );

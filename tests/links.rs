@@ -154,6 +154,22 @@ fn an_extra_exclude_on_one_node_pauses_that_group_only_until_a_reload_makes_the_
             })
         });
     }
+    // neither side says www is in sync: what it has is withheld from the other
+    for (n, cfg) in [("a", &a_cfg), ("b", &shared)] {
+        let st = status_with(&c, n, cfg).unwrap();
+        let www = st["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "www")
+            .unwrap()
+            .clone();
+        assert_eq!(www["in_sync"], false, "{n} says www is in sync: {www}");
+        assert!(
+            www["withheld"].to_string().contains("exclude"),
+            "{n} does not say why: {www}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(6));
     assert!(
         !c.path("b", "page.html").exists(),
@@ -186,6 +202,13 @@ fn an_extra_exclude_on_one_node_pauses_that_group_only_until_a_reload_makes_the_
     for (n, cfg, p) in [("a", &a_cfg, "b"), ("b", &shared, "a")] {
         wait_until(&format!("{n}'s peer error to clear"), WAIT, || {
             status_with(&c, n, cfg).is_some_and(|s| peer_of(&s, p)["error"].is_null())
+        });
+        wait_until(&format!("{n} in sync again"), WAIT, || {
+            status_with(&c, n, cfg).is_some_and(|s| {
+                s["groups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().all(|g| g["in_sync"] == true))
+            })
         });
     }
 }
@@ -308,6 +331,110 @@ fn a_peer_with_the_wrong_key_is_backed_off_reported_and_logged_at_a_bounded_rate
     assert_eq!(link_ups(&c, "c", "a") + link_ups(&c, "c", "b"), 0);
 }
 
+/// Failed dials of `peer` in `node`'s log so far (each writes one "cannot reach peer" line).
+fn dials(c: &Cluster, node: &str, peer: &str) -> usize {
+    log_lines(c, node, &["cannot reach peer", &format!("peer=\"{peer}\"")]).len()
+}
+
+/// Issue 22 item 1: a node reinstalled with a new key, whose own config alone was updated,
+/// dials peers that sort after it; they complete the handshake, then refuse its key. It must
+/// not re-dial at once forever (5,000 log lines in 20 s before): it backs off as after a
+/// failed dial, logs the cause once, and `status` says the peer refused its key and what to
+/// run. A `sync` on it says so at once instead of waiting out `--timeout` (item 12).
+#[test]
+fn a_reinstalled_node_whose_key_its_peers_do_not_know_backs_off_and_says_what_to_run() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    let a_cfg = rekey(&c, "a");
+    let new_id = texts(&c.cli("a", &["id"])).0.trim().to_owned();
+    c.start("b");
+    c.start("c");
+    c.wait_connected_pair("b", "c");
+    start_with(
+        &mut c,
+        "a",
+        Start {
+            cfg: &a_cfg,
+            harness_log: true,
+            env: vec![],
+        },
+    );
+    let t0 = Instant::now();
+    for p in ["b", "c"] {
+        wait_until(&format!("a to say {p} refused its key"), WAIT, || {
+            status_with(&c, "a", &a_cfg).is_some_and(|s| {
+                let e = peer_of(&s, p)["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                e.contains(&format!("{p} refused this node's key"))
+                    && e.contains("[nodes.a] id")
+                    && e.contains(&new_id)
+                    && e.contains("reload")
+            })
+        });
+    }
+    let st = status_with(&c, "a", &a_cfg).unwrap();
+    eprintln!("a's view of b: {}", peer_of(&st, "b"));
+    assert_eq!(peer_of(&st, "b")["connected"], false);
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed()));
+    let at_10s = (dials(&c, "a", "b"), dials(&c, "a", "c"));
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(t0.elapsed()));
+    let at_20s = (dials(&c, "a", "b"), dials(&c, "a", "c"));
+    let log = c.log("a");
+    eprintln!(
+        "a's refused dials of b/c: {at_10s:?} in the first 10 s, {at_20s:?} in 20 s; a's log: {} lines, {} bytes",
+        log.lines().count(),
+        log.len()
+    );
+    assert!(
+        at_20s.0 - at_10s.0 <= 2 && at_20s.1 - at_10s.1 <= 2,
+        "no back-off: a dialled b/c {at_10s:?} times in 10 s, {at_20s:?} in 20 s"
+    );
+    assert!(
+        log.lines().count() < 200,
+        "a's log grows with the refusals ({} lines in 20 s):\n{log}",
+        log.lines().count()
+    );
+    for p in ["b", "c"] {
+        assert_eq!(
+            log_lines(
+                &c,
+                "a",
+                &[
+                    " WARN ",
+                    "refused this node's key",
+                    &format!("peer=\"{p}\"")
+                ]
+            )
+            .len(),
+            1,
+            "the cause is logged once at WARN:\n{log}"
+        );
+        // the refusing side logs and audits at its bounded rate
+        let refused = log_lines(&c, p, &["refused connection"]);
+        assert!(
+            (1..=2).contains(&refused.len()),
+            "{p} logged {} refused-connection lines in 20 s: {refused:#?}",
+            refused.len()
+        );
+    }
+    assert!(!log.contains("link ended"), "{log}");
+    // `sync` names the refusal at once (it waited out --timeout and said "not connected")
+    sync_says_at_once_that_its_key_was_refused(&c, "a", &a_cfg, "b");
+    // once the others know the new key (the shared config updated and reloaded), a connects
+    std::fs::copy(&a_cfg, &c.cfg).unwrap();
+    for p in ["b", "c"] {
+        unsafe_free_kill(pid(&c, p), "HUP");
+    }
+    for p in ["b", "c"] {
+        wait_until(
+            &format!("a connected to {p} after the reload"),
+            Duration::from_secs(90),
+            || status_with(&c, "a", &a_cfg).is_some_and(|s| peer_of(&s, p)["connected"] == true),
+        );
+    }
+}
+
 #[test]
 fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
     let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
@@ -324,6 +451,15 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
         },
     );
     c.wait_connected_pair("a", "b");
+    // c listens (a has met its key): under load c may still be binding when a first dials it,
+    // and `sync` would then rightly report "connection refused" instead of the key
+    wait_until("a to meet c's key", WAIT, || {
+        c.status("a").is_some_and(|s| {
+            peer_of(&s, "c")["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("key mismatch"))
+        })
+    });
     write(&c.path("a", "f"), "x");
     let (out, took) = timed(|| c.cli("a", &["sync", "--timeout", "20s"]));
     let (o, e) = texts(&out);
@@ -350,6 +486,33 @@ fn sync_fails_fast_on_a_peer_with_the_wrong_key_and_names_the_reason() {
     assert!(
         daemon_took < Duration::from_secs(10) && took < Duration::from_secs(10),
         "a refusal fails fast: sync took {daemon_took:?} with a daemon, {took:?} in-process (--timeout 20s)"
+    );
+    // c itself, whose key the others do not know: its daemon dials b (which sorts before it;
+    // a is stopped) for the sync, b refuses the key after the handshake, and c says so at once
+    sync_says_at_once_that_its_key_was_refused(&c, "c", &c_cfg, "b");
+}
+
+/// `sync` on `node` (run with its own config `cfg`) exits 4 at once (well within its
+/// `--timeout`) naming `peer`'s refusal of this node's key (issue 22 item 12).
+fn sync_says_at_once_that_its_key_was_refused(
+    c: &Cluster,
+    node: &str,
+    cfg: &std::path::Path,
+    peer: &str,
+) {
+    let (out, took) = timed(|| cli_with(c, node, cfg, &["sync", "--timeout", "30s"]));
+    let (o, e) = texts(&out);
+    eprintln!("sync on {node}, whose key {peer} refuses: {took:?}: {e}");
+    assert_eq!(out.status.code(), Some(4), "{o}{e}");
+    assert!(
+        e.lines()
+            .any(|l| l.starts_with(&format!("could not reach {peer}: "))
+                && l.contains("refused this node's key")),
+        "{e}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "sync on {node} took {took:?}"
     );
 }
 

@@ -393,12 +393,28 @@ fn status_exit_codes_in_sync_peer_down_group_stopped_conflict_and_no_daemon() {
     assert!(out.status.success(), "{}", texts(&out).1);
     wait_until("status 0 after resolve", WAIT, || code(&c) == Some(0));
 
-    // no daemon -> 1, and it says so
+    // no daemon -> 1, and it says so, with the time of the index (not the time of asking)
     c.stop("a");
+    let stopped_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(2100));
     let out = c.cli("a", &["status"]);
     let (o, _) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{o}");
-    assert!(o.contains("no daemon running (state as of"), "{o}");
+    assert!(
+        o.contains("the daemon is not running (no daemon answers on"),
+        "{o}"
+    );
+    let st = c.status("a").unwrap();
+    assert_eq!(st["daemon"], false);
+    let as_of = st["as_of"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !as_of.is_empty() && as_of <= stopped_at,
+        "the index's own time, not the time of asking: as_of {as_of}, stopped at {stopped_at}"
+    );
+    assert!(
+        o.contains(&format!("its index as last written at {as_of}")),
+        "{o}"
+    );
     // SPEC §5.6 / issue 11: "a stopped group says in status what happened and what to run"
     assert!(
         stopped.contains("clustersync "),
@@ -535,14 +551,15 @@ fn sync_dry_run_with_a_daemon_prints_one_line_per_path_and_action_and_changes_no
     for (what, path) in [("send", "new.txt"), ("send", "old"), ("delete", "doomed")] {
         assert!(
             o.lines()
-                .any(|l| l.starts_with(what) && l.ends_with(&format!("/srv/www/{path}"))),
+                .any(|l| l.starts_with(what) && l.contains(&format!("/srv/www/{path}  ("))),
             "`{what} /srv/www/{path}` missing:\n{o}"
         );
     }
 }
 
-/// Every line is `ACTION PATH` (send, receive, delete, conflict), each path once, no JSON and
-/// no "in sync".
+/// Every line is `ACTION PATH` (send, receive, delete, conflict), optionally followed by the
+/// peers it goes to or comes from (`  (to b, c)`, `  (from a)`), each path once, no JSON and no
+/// "in sync".
 fn check_dry_run_lines(o: &str) {
     assert!(!o.contains('{'), "no JSON: {o}");
     assert!(
@@ -552,6 +569,16 @@ fn check_dry_run_lines(o: &str) {
     let lines: Vec<&str> = o.lines().collect();
     for l in &lines {
         let (what, path) = l.split_once(char::is_whitespace).unwrap_or(("", ""));
+        let path = match path.rsplit_once("  (") {
+            Some((p, peers)) if peers.ends_with(')') => {
+                assert!(
+                    peers.starts_with("to ") || peers.starts_with("from "),
+                    "line {l:?} names its peers with a direction:\n{o}"
+                );
+                p
+            }
+            _ => path,
+        };
         assert!(
             ["send", "receive", "delete", "conflict"].contains(&what)
                 && (path.trim() == "/srv/www" || path.trim().starts_with("/srv/www/")),
@@ -593,7 +620,7 @@ fn sync_dry_run_without_a_daemon_prints_what_would_be_received_and_changes_nothi
     ] {
         assert!(
             o.lines()
-                .any(|l| l.starts_with(what) && l.ends_with(&format!("/srv/www/{path}"))),
+                .any(|l| l.starts_with(what) && l.contains(&format!("/srv/www/{path}  ("))),
             "`{what} /srv/www/{path}` missing:\n{o}"
         );
     }
@@ -706,7 +733,7 @@ fn sync_dry_run_exits_as_sync_would_when_a_peer_is_down() {
     assert_eq!(out.status.code(), Some(0), "{o}{e}");
     assert!(
         o.lines()
-            .any(|l| l.starts_with("receive") && l.ends_with("/srv/www/new.txt")),
+            .any(|l| l.starts_with("receive") && l.contains("/srv/www/new.txt  (from ")),
         "{o}"
     );
     let out = c.cli("a", &["sync", "--dry-run", "--timeout", "5s"]);

@@ -604,3 +604,86 @@ fn metrics_pending_and_behind_agree_with_status_while_a_peer_is_cut_off() {
         "status says pending {pending}:\n{text}"
     );
 }
+
+/// Issue 22 item 12: a SIGHUP reload keeps the metrics: counters never go back and
+/// `uptime_seconds` is the daemon's, not the reload's.
+#[test]
+fn a_sighup_reload_keeps_metrics_counters_and_uptime() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let pa = metrics_on(&c, "a");
+    c.start_all();
+    for i in 0..3 {
+        write(&c.path("a", &format!("f{i}")), format!("{i}"));
+    }
+    c.wait_converged("three files");
+    let www = [("group", "www")];
+    let mut before = (0.0, 0.0);
+    wait_until("a's counters", WAIT, || {
+        let (s, _) = scrape(pa);
+        before = (
+            sample(&s, "clustersync_changes_sent_total", &www).unwrap_or(0.0),
+            sample(&s, "clustersync_uptime_seconds", &[]).unwrap_or(0.0),
+        );
+        before.0 >= 3.0 && before.1 >= 1.0
+    });
+    unsafe_free_kill(pid(&c, "a"), "HUP");
+    wait_until("a reloaded", WAIT, || {
+        !log_lines(&c, "a", &["config reloaded"]).is_empty()
+    });
+    let mut after = (0.0, 0.0);
+    wait_until("a's metrics served again", WAIT, || {
+        let Some((200, _)) = http_get(pa, "/metrics") else {
+            return false;
+        };
+        let (s, _) = scrape(pa);
+        after = (
+            sample(&s, "clustersync_changes_sent_total", &www).unwrap_or(0.0),
+            sample(&s, "clustersync_uptime_seconds", &[]).unwrap_or(0.0),
+        );
+        true
+    });
+    eprintln!("changes sent, uptime: {before:?} before the reload, {after:?} after");
+    assert!(
+        after.0 >= before.0,
+        "a counter went back: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 >= before.1,
+        "uptime went back: {before:?} -> {after:?}"
+    );
+}
+
+/// Issue 22 item 10: on a node with a `root` (every node of the harness has one), an action
+/// gets the root and the paths where they are on that machine, so the csync2 importer's
+/// translation of `exec "... %%"` acts on the node's own files, not on the host's.
+#[test]
+fn a_translated_csync2_action_acts_on_the_receiving_nodes_own_files() {
+    let mut c = Cluster::new(&["a", "b"], Opts::default());
+    let out = c.dir.path().join("wc.out");
+    let run = clustersync::import::translate::translate_exec(&format!(
+        "wc -c %% >> {} 2>&1; echo \"root=$CLUSTERSYNC_ROOT\" >> {}",
+        out.display(),
+        out.display()
+    ));
+    append_cfg(
+        &c,
+        &format!(
+            "[[groups.www.actions]]\npattern = [\"*.conf\"]\nrun = {}\n",
+            toml::Value::String(run.clone())
+        ),
+    );
+    c.start_all();
+    write(&c.path("a", "site.conf"), "12345");
+    wait_until("the action on b", WAIT, || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("root="))
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    let real = c.path("b", "site.conf");
+    eprintln!("{run}\n{text}");
+    assert!(text.contains(&format!("5 {}", real.display())), "{text}");
+    assert!(
+        text.contains(&format!("root={}", c.node("b").root.display())),
+        "{text}"
+    );
+    assert!(!text.contains("No such file"), "{text}");
+}

@@ -134,3 +134,45 @@ fn drift_kept_until_resolved() {
             .is_some_and(|s| s["groups"][0]["drift"] == serde_json::json!([]))
     });
 }
+
+/// One full member and two replicas (the web1 with web2 and web3): replicas never send,
+/// so their heads say nothing about what a node is missing. After a replica restarts, every
+/// node says in sync again (exit 0) once the trees agree, and a change still reaches both.
+#[test]
+fn a_replica_restart_leaves_every_node_honestly_in_sync() {
+    let mut c = Cluster::new(
+        &["web1", "web2", "web3"],
+        Opts {
+            replicas: vec!["web2", "web3"],
+            ..Default::default()
+        },
+    );
+    write(&c.path("web1", "index.html"), "v1");
+    c.start_all();
+    c.wait_converged("start");
+    wait_until("everyone in sync", WAIT, || c.all_in_sync());
+    c.stop("web2");
+    c.start("web2");
+    c.wait_connected();
+    c.wait_converged("after the replica restarted");
+    wait_until("everyone in sync after the restart", WAIT, || {
+        c.all_in_sync()
+    });
+    for n in ["web1", "web2", "web3"] {
+        let out = c.cli(n, &["status"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{n}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let st = c.status(n).unwrap();
+        assert_eq!(st["groups"][0]["pending"], 0, "{n}: {st}");
+    }
+    write(&c.path("web1", "index.html"), "v2");
+    wait_until("both replicas get v2", WAIT, || {
+        read(&c, "web2", "index.html").as_deref() == Some("v2")
+            && read(&c, "web3", "index.html").as_deref() == Some("v2")
+    });
+    wait_until("in sync again", WAIT, || c.all_in_sync());
+}

@@ -18,7 +18,8 @@
 //! before engine v2; the test checks the protocol-3 and schema-3 types still produce exactly
 //! those bytes, and nothing rewrites them.
 
-use clustersync::accounts::GroupRecord;
+use clustersync::accounts::v4::GroupRecord;
+use clustersync::accounts::{Account, Aging, Dot, Group, Member, Members, Secret, User};
 use clustersync::config::Config;
 use clustersync::engine::apply::validate;
 use clustersync::engine::group::GroupRt;
@@ -222,7 +223,82 @@ fn body() -> impl Strategy<Value = Body> {
                 admins,
             })
         ),
+        2 => account().prop_map(Body::Account),
     ]
+}
+
+/// An account item body of this release: a user, a group, or a member set with dots.
+fn account() -> impl Strategy<Value = Account> {
+    let opt = || proptest::option::of(any::<i64>());
+    let user = (
+        ("[a-z_][a-z0-9_@-]{0,8}", any::<u32>(), any::<u32>()),
+        (".{0,12}", "/[a-z]{0,8}", "(/bin/[a-z]{1,5})?"),
+        proptest::option::of("[!*$a-zA-Z0-9./]{0,20}"),
+        (opt(), opt(), opt(), opt(), opt(), opt(), opt()),
+        any::<i64>(),
+    )
+        .prop_map(
+            |((name, uid, gid), (gecos, home, shell), hash, a, made)| Account::User {
+                user: User {
+                    name,
+                    uid,
+                    gid,
+                    gecos,
+                    home,
+                    shell,
+                    password: hash.map(Secret::new),
+                    aging: Aging {
+                        last_change: a.0,
+                        min: a.1,
+                        max: a.2,
+                        warn: a.3,
+                        inactive: a.4,
+                        expire: a.5,
+                        reserved: a.6,
+                    },
+                },
+                made,
+            },
+        );
+    let group = (
+        "[a-z_][a-z0-9_-]{0,8}",
+        any::<u32>(),
+        proptest::option::of("[!*]"),
+        vec("[a-z][a-z0-9]{0,6}", 0..3),
+        any::<i64>(),
+    )
+        .prop_map(|(name, gid, hash, admins, made)| Account::Group {
+            group: Group {
+                name,
+                gid,
+                password: hash.map(Secret::new),
+                admins,
+            },
+            made,
+        });
+    let members = (
+        "[a-z_][a-z0-9_-]{0,8}",
+        vec(
+            ("[a-z][a-z0-9]{0,6}", vec((node_name(), any::<u64>()), 0..3)),
+            0..4,
+        ),
+    )
+        .prop_map(|(group, ms)| {
+            Account::Members(Members {
+                group,
+                members: ms
+                    .into_iter()
+                    .map(|(user, dots)| Member {
+                        user,
+                        dots: dots
+                            .into_iter()
+                            .map(|(node, counter)| Dot { node, counter })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        });
+    prop_oneof![user, group, members]
 }
 
 fn item() -> impl Strategy<Value = Item> {
@@ -807,7 +883,7 @@ proptest! {
             Err(NotInV3::Name) => prop_assert!(!name_ok),
             Err(NotInV3::Xattrs) => prop_assert!(attrs),
             Err(NotInV3::Account) => prop_assert!(
-                name_ok && matches!(i.body, Some(Body::User(_) | Body::Group(_)))
+                name_ok && matches!(i.body, Some(Body::User(_) | Body::Group(_) | Body::Account(_)))
             ),
         }
     }

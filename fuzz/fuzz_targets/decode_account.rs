@@ -1,11 +1,16 @@
-//! An account record from a peer: `Change::decode` (postcard, size limit, no trailing bytes),
-//! then `validate_change`; whatever the bytes, no panic. A change that validates is planned
-//! against fixed Debian-like files: no injection is possible, so every line of the files that
-//! is not the record's own is kept byte for byte (only member lists may change), and reading
-//! the result back gives the record's fields as they were sent.
+//! An account item body from a peer: `Account::decode` (postcard, size limit, no trailing
+//! bytes), then `validate_account`; whatever the bytes, no panic. A body that validates is
+//! planned against fixed Debian-like files: no injection is possible, so every line of the
+//! files that is not the record's own is kept (only member lists may change, and managed lines
+//! move into their sorted block), and reading the result back gives the record's fields as
+//! they were sent.
 #![no_main]
 
-use clustersync::accounts::{AccountFiles, Change, DbFile, ManagedSet, Policy, validate_change};
+use clustersync::accounts::apply::{Outcome, plan_files};
+use clustersync::accounts::{
+    Account, AccountFiles, DbFile, ManagedSet, Policy, View, validate_account,
+};
+use clustersync::item::{Body, Item, VersionVector};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -64,8 +69,8 @@ fn fixed(file: DbFile, line: &[u8]) -> Vec<u8> {
     fields[..keep].join(&b':')
 }
 
-/// Lines of the file before that are not named `name` are still there, in order, unchanged
-/// but for member lists.
+/// Lines of the file before that are not named `name` are still there, unchanged but for
+/// member lists (managed lines may move into their block, so order is not checked).
 fn kept(file: DbFile, after: &AccountFiles, name: &str) {
     let before = FILES.bytes(file).unwrap_or_default();
     let after = after.bytes(file).unwrap_or_default();
@@ -73,55 +78,58 @@ fn kept(file: DbFile, after: &AccountFiles, name: &str) {
         .split(|&c| c == b'\n')
         .map(|l| fixed(file, l))
         .collect();
-    let mut pos = 0;
     for line in before.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
         let n = name.as_bytes();
         if line.starts_with(n) && line.get(n.len()) == Some(&b':') {
             continue;
         }
         let want = fixed(file, line);
-        let off = after[pos..].iter().position(|l| *l == want);
         assert!(
-            off.is_some(),
+            after.contains(&want),
             "{file} line lost: {}",
             String::from_utf8_lossy(line)
         );
-        pos += off.unwrap_or(0) + 1;
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(change) = Change::decode(data) else {
+    let Ok(account) = Account::decode(data) else {
         return;
     };
     let policy = policy();
-    let _ = format!("{change:?} {}", change.id());
-    if let Err(e) = validate_change(&change, &policy.set) {
+    let _ = format!("{account:?} {}", account.id());
+    if let Err(e) = validate_account(&account, &policy.set, &|_| u64::MAX) {
         let _ = e.to_string();
         return;
     }
-    let plan = FILES.plan(std::slice::from_ref(&change), &policy, 20000);
-    for r in &plan.report.refused {
-        let _ = r.to_string();
-    }
-    for c in &plan.report.collisions {
-        let _ = c.to_string();
-    }
-    let name = match &change {
-        Change::User(u) => u.name.clone(),
-        Change::Group(g) => g.name.clone(),
-        Change::DeleteUser(n) | Change::DeleteGroup(n) => n.clone(),
+    let id = account.id();
+    let mut version = VersionVector::default();
+    version.bump("a", u64::MAX - 1);
+    let item = Item {
+        key: id.key(),
+        version,
+        origin: "a".into(),
+        body: Some(Body::Account(account.clone())),
+        beat: vec![],
     };
+    let plan = plan_files(&FILES, &policy, std::slice::from_ref(&item), 20000);
+    for o in &plan.outcomes {
+        let _ = format!("{o:?}");
+    }
+    let name = id.name().to_string();
     for f in DbFile::ALL {
         kept(f, &plan.files, &name);
     }
-    if !plan.report.applied.contains(&change.id()) {
+    if plan.outcomes[0] != Outcome::Applied {
         return;
     }
-    let back = plan.files.snapshot(&policy);
-    match &change {
-        Change::User(u) => {
-            let got = back.users.get(&u.name).expect("an applied user reads back");
+    let view = View::new(&plan.files, &policy);
+    match &account {
+        Account::User { user: u, .. } => {
+            let got = view
+                .user(u.name.as_bytes(), &policy)
+                .and_then(Result::ok)
+                .expect("an applied user reads back");
             assert_eq!(
                 (got.uid, got.gid, &got.gecos, &got.home, &got.shell),
                 (u.uid, u.gid, &u.gecos, &u.home, &u.shell)
@@ -131,17 +139,23 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(got.aging, u.aging);
             }
         }
-        Change::Group(g) => {
-            let got = back
-                .groups
-                .get(&g.name)
+        Account::Group { group: g, .. } => {
+            let got = view
+                .group(g.name.as_bytes(), &policy)
+                .and_then(Result::ok)
                 .expect("an applied group reads back");
             assert_eq!((got.gid, &got.admins), (g.gid, &g.admins));
             if g.password.is_some() {
                 assert_eq!(got.password, g.password);
             }
         }
-        Change::DeleteUser(n) => assert!(!back.users.contains_key(n)),
-        Change::DeleteGroup(n) => assert!(!back.groups.contains_key(n)),
+        Account::Members(m) => {
+            let got = view.members_of(m.group.as_bytes()).unwrap_or_default();
+            for u in m.names() {
+                if view.is_managed_user(u.as_bytes()) {
+                    assert!(got.iter().any(|g| g == u), "member {u} applied");
+                }
+            }
+        }
     }
 });

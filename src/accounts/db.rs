@@ -10,6 +10,7 @@
 
 use super::model::Aging;
 use std::fmt;
+use std::sync::Arc;
 
 /// Which of the four files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,7 +85,14 @@ impl Table {
                 final_newline: true,
             };
         }
-        let mut lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        let mut lines: Vec<Vec<u8>> =
+            Vec::with_capacity(memchr::memchr_iter(b'\n', bytes).count() + 1);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            lines.push(bytes[start..end].to_vec());
+            start = end + 1;
+        }
+        lines.push(bytes[start..].to_vec());
         let final_newline = bytes.ends_with(b"\n");
         if final_newline {
             lines.pop();
@@ -93,6 +101,29 @@ impl Table {
             lines,
             final_newline,
         }
+    }
+
+    /// A table of `lines` replacing `like`: it keeps `like`'s missing final newline only when
+    /// the lines are the same.
+    pub fn from_lines(lines: Vec<Vec<u8>>, like: &Table) -> Table {
+        let final_newline = like.final_newline || lines != like.lines;
+        Table {
+            lines,
+            final_newline,
+        }
+    }
+
+    /// A table of these lines, ending with a newline.
+    pub fn of_lines(lines: Vec<Vec<u8>>) -> Table {
+        Table {
+            lines,
+            final_newline: true,
+        }
+    }
+
+    /// Whether the last line ends with a newline.
+    pub fn final_newline(&self) -> bool {
+        self.final_newline
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -156,9 +187,21 @@ pub fn entry_name(line: &[u8]) -> Option<&[u8]> {
     Some(&line[..end])
 }
 
-fn fields(line: &[u8], n: usize) -> Option<Vec<&[u8]>> {
-    let f: Vec<&[u8]> = line.split(|&c| c == b':').collect();
-    (f.len() == n && entry_name(line) == Some(f[0])).then_some(f)
+/// The `N` fields of an entry line that has exactly `N` (found with `memchr`, no allocation:
+/// a group line with a thousand members is scanned once, fast).
+fn fields<const N: usize>(line: &[u8]) -> Option<[&[u8]; N]> {
+    let mut out: [&[u8]; N] = [&[]; N];
+    let mut rest = line;
+    for slot in out.iter_mut().take(N - 1) {
+        let i = memchr::memchr(b':', rest)?;
+        *slot = &rest[..i];
+        rest = &rest[i + 1..];
+    }
+    if memchr::memchr(b':', rest).is_some() {
+        return None;
+    }
+    out[N - 1] = rest;
+    (entry_name(line) == Some(out[0])).then_some(out)
 }
 
 /// A decimal id as the files write it: digits only.
@@ -193,7 +236,7 @@ pub struct Pw<'a> {
 }
 
 pub fn parse_pw(line: &[u8]) -> Option<Pw<'_>> {
-    let f = fields(line, 7)?;
+    let f = fields::<7>(line)?;
     Some(Pw {
         name: f[0],
         passwd: f[1],
@@ -214,7 +257,7 @@ pub struct Gr<'a> {
 }
 
 pub fn parse_gr(line: &[u8]) -> Option<Gr<'_>> {
-    let f = fields(line, 4)?;
+    let f = fields::<4>(line)?;
     Some(Gr {
         name: f[0],
         passwd: f[1],
@@ -231,7 +274,7 @@ pub struct Sp<'a> {
 }
 
 pub fn parse_sp(line: &[u8]) -> Option<Sp<'_>> {
-    let f = fields(line, 9)?;
+    let f = fields::<9>(line)?;
     Some(Sp {
         name: f[0],
         hash: f[1],
@@ -256,7 +299,7 @@ pub struct Sg<'a> {
 }
 
 pub fn parse_sg(line: &[u8]) -> Option<Sg<'_>> {
-    let f = fields(line, 4)?;
+    let f = fields::<4>(line)?;
     Some(Sg {
         name: f[0],
         hash: f[1],
@@ -313,13 +356,15 @@ pub fn num(v: Option<i64>) -> Vec<u8> {
     v.map(|v| v.to_string().into_bytes()).unwrap_or_default()
 }
 
-/// The four files of one root.
+/// The four files of one root. Each table is shared (`Arc`): a copy of the files is cheap, a
+/// table nobody changed stays the same allocation (compared by pointer first), and a change
+/// makes a new table of that file only ([`Arc::make_mut`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct AccountFiles {
-    pub passwd: Table,
-    pub group: Table,
-    pub shadow: Option<Table>,
-    pub gshadow: Option<Table>,
+    pub passwd: Arc<Table>,
+    pub group: Arc<Table>,
+    pub shadow: Option<Arc<Table>>,
+    pub gshadow: Option<Arc<Table>>,
 }
 
 impl AccountFiles {
@@ -331,20 +376,36 @@ impl AccountFiles {
         gshadow: Option<&[u8]>,
     ) -> Self {
         AccountFiles {
-            passwd: Table::parse(passwd),
-            group: Table::parse(group),
-            shadow: shadow.map(Table::parse),
-            gshadow: gshadow.map(Table::parse),
+            passwd: Arc::new(Table::parse(passwd)),
+            group: Arc::new(Table::parse(group)),
+            shadow: shadow.map(|b| Arc::new(Table::parse(b))),
+            gshadow: gshadow.map(|b| Arc::new(Table::parse(b))),
         }
     }
 
     pub fn table(&self, f: DbFile) -> Option<&Table> {
+        self.shared(f).map(|t| &**t)
+    }
+
+    /// The shared table of one file.
+    pub fn shared(&self, f: DbFile) -> Option<&Arc<Table>> {
         match f {
             DbFile::Passwd => Some(&self.passwd),
             DbFile::Group => Some(&self.group),
             DbFile::Shadow => self.shadow.as_ref(),
             DbFile::Gshadow => self.gshadow.as_ref(),
         }
+    }
+
+    /// Whether both hold the very same tables (no comparison of lines).
+    pub fn same_tables(&self, other: &AccountFiles) -> bool {
+        DbFile::ALL
+            .into_iter()
+            .all(|f| match (self.shared(f), other.shared(f)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
     }
 
     /// The bytes of one file, `None` when it does not exist.

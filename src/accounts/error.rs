@@ -27,9 +27,12 @@ pub enum AccountsError {
         waited: Duration,
         holder: Option<u32>,
     },
-    /// A change of the batch fails validation: the whole batch is refused.
-    #[error("account batch refused, change #{index}: {error}")]
-    Invalid { index: usize, error: InvalidRecord },
+    /// A record fails validation.
+    #[error("{0}")]
+    Invalid(InvalidRecord),
+    /// Reading the index failed.
+    #[error("reading the index: {0}")]
+    Index(String),
     #[error("{}: bad journal of an interrupted apply: {why}", path.display())]
     Journal { path: PathBuf, why: String },
 }

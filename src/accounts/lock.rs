@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 /// glibc's and shadow-utils' wait for the lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A busy lock is tried again after 1 ms, then twice as long each time up to this: a tool
+/// holds the locks for a few milliseconds, and a read that waits for it (the watcher saw the
+/// tool's first file) should not wait much longer than the tool.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
 static IN_PROCESS: Mutex<()> = Mutex::new(());
 
 /// Held locks on one root's account files.
@@ -84,11 +89,13 @@ fn lckpwdf(etc: &Path, deadline: Instant, timeout: Duration) -> Result<OwnedFd, 
         Mode::from_raw_mode(0o600),
     )
     .map_err(|e| io("open", &path, e))?;
+    let mut pause = Duration::from_millis(1);
     loop {
         match rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Ok(fd),
             Err(Errno::AGAIN | Errno::ACCESS | Errno::INTR) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_PAUSE);
             }
             Err(Errno::AGAIN | Errno::ACCESS) => {
                 return Err(AccountsError::Locked {
@@ -117,6 +124,7 @@ fn file_lock(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), AccountsError> {
+    let mut pause = Duration::from_millis(1);
     loop {
         let busy = try_file_lock(etc, name, lock)?;
         let Some(busy) = busy else { return Ok(()) };
@@ -130,7 +138,8 @@ fn file_lock(
                 },
             });
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

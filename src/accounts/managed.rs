@@ -1,9 +1,12 @@
 //! Which users and groups are managed, from `[accounts]` (SPEC §3).
 //!
 //! A user is managed when its name is in `users` or its uid is in `uid_range`. A group is
-//! managed when its gid is in `uid_range`, its name is in `users` (the user's own group, as
-//! `useradd` makes with `USERGROUPS_ENAB`), it is the primary group of a managed user on this
-//! node, or the engine asked to keep it ([`ManagedSet::keep_groups`]).
+//! managed when its gid is in `uid_range`, its name is in `users`, or it is the private group
+//! of a managed user (a group named like the user that is the user's primary group, as
+//! `useradd` makes with `USERGROUPS_ENAB`). A shared primary group outside the range (`users`,
+//! gid 100) is not managed: its lines are never written; only the membership of managed users
+//! in it is (see [`super::model::Members`]). The same accounts give the same answer on every
+//! node.
 //!
 //! Invariant: uid/gid 0 and 4294967295 (`(uid_t)-1`) are never managed, whatever the config
 //! says, so `root` and the "no id" value can never be written by a peer.
@@ -21,7 +24,6 @@ pub fn reserved_id(id: u32) -> bool {
 pub struct ManagedSet {
     users: BTreeSet<String>,
     range: Option<(u32, u32)>,
-    kept_groups: BTreeSet<String>,
 }
 
 impl ManagedSet {
@@ -32,19 +34,11 @@ impl ManagedSet {
         ManagedSet {
             users: users.into_iter().map(Into::into).collect(),
             range: uid_range,
-            kept_groups: BTreeSet::new(),
         }
     }
 
     pub fn from_config(cfg: &AccountsConfig) -> Self {
         Self::new(cfg.users.iter().cloned(), cfg.uid_range)
-    }
-
-    /// Keep these groups managed while they exist, even when they no longer are in the range or
-    /// anyone's primary group (the engine passes the groups its index holds, so a group that
-    /// stops being a primary group is not taken for deleted).
-    pub fn keep_groups(&mut self, names: impl IntoIterator<Item = String>) {
-        self.kept_groups.extend(names);
     }
 
     /// `users` from the config.
@@ -66,14 +60,13 @@ impl ManagedSet {
         !reserved_id(uid) && (self.users.contains(name) || self.in_range(uid))
     }
 
-    /// Whether the group `name` with `gid` is managed, given the primary gids of the managed
-    /// users on this node.
-    pub fn group(&self, name: &str, gid: u32, primary_gids: &BTreeSet<u32>) -> bool {
+    /// Whether the group `name` with `gid` is managed. `owner` is the user named like the
+    /// group on this node, if any: its uid and primary gid.
+    pub fn group(&self, name: &str, gid: u32, owner: Option<(u32, u32)>) -> bool {
         !reserved_id(gid)
             && (self.in_range(gid)
                 || self.users.contains(name)
-                || primary_gids.contains(&gid)
-                || self.kept_groups.contains(name))
+                || owner.is_some_and(|(uid, pgid)| pgid == gid && self.user(name, uid)))
     }
 
     /// One line for `check-config`, e.g. `users "niden", "beauty"; uids and gids 2000-2999`.
@@ -86,7 +79,7 @@ impl ManagedSet {
         if let Some((lo, hi)) = self.range {
             parts.push(format!("uids and gids {lo}-{hi}"));
         }
-        parts.push("their primary groups".to_owned());
+        parts.push("their private groups".to_owned());
         parts.join("; ")
     }
 }
@@ -122,6 +115,7 @@ mod tests {
             uid_range: range,
             passwords: true,
             create_home: true,
+            conflict: crate::config::ConflictPolicy::Newest,
         }
     }
 
@@ -142,19 +136,31 @@ mod tests {
     }
 
     #[test]
-    fn groups_by_range_own_name_primary_or_kept() {
-        let mut s = ManagedSet::from_config(&cfg(&["niden"], Some((2000, 2999))));
-        let primary = BTreeSet::from([100]);
-        assert!(s.group("web", 2100, &BTreeSet::new()));
-        assert!(s.group("niden", 1001, &BTreeSet::new()));
-        assert!(s.group("users", 100, &primary));
-        assert!(!s.group("sudo", 27, &primary));
-        assert!(!s.group("root", 0, &BTreeSet::from([0])));
-        s.keep_groups(["old".to_owned()]);
-        assert!(s.group("old", 1500, &BTreeSet::new()));
+    fn groups_by_range_own_name_or_private() {
+        let s = ManagedSet::from_config(&cfg(&["niden"], Some((2000, 2999))));
+        assert!(s.group("web", 2100, None));
+        assert!(s.group("niden", 1001, None));
+        assert!(
+            !s.group("users", 100, None),
+            "a shared primary group is not managed"
+        );
+        assert!(
+            s.group("alice", 1500, Some((2005, 1500))),
+            "private group of a managed user"
+        );
+        assert!(
+            !s.group("alice", 1500, Some((2005, 1501))),
+            "not its primary group"
+        );
+        assert!(
+            !s.group("bob", 1500, Some((1500, 1500))),
+            "bob is not managed"
+        );
+        assert!(!s.group("sudo", 27, None));
+        assert!(!s.group("root", 0, None));
         assert_eq!(
             s.summary(),
-            "users \"niden\"; uids and gids 2000-2999; their primary groups"
+            "users \"niden\"; uids and gids 2000-2999; their private groups"
         );
     }
 }

@@ -1,18 +1,30 @@
-//! The account records that travel between nodes, and the changes an apply takes.
+//! The account items that travel between nodes (the `@accounts` pseudo-group).
 //!
-//! A [`UserRecord`] is one managed user: its `passwd` line, its `shadow` line and the names of
-//! the groups it belongs to. A [`GroupRecord`] is one managed group: its `group` line and its
-//! `gshadow` line, without the member lists (members belong to the user records, see the
-//! module documentation of [`crate::accounts`]).
+//! Three kinds of item, each its own unit of replication and conflict, because administrators
+//! change them independently:
+//!
+//! - `user/NAME` → [`Account::User`]: a user's `passwd` and `shadow` fields;
+//! - `group/NAME` → [`Account::Group`]: a group's gid, hash and administrators;
+//! - `members/NAME` → [`Account::Members`]: the managed users listed as members of group NAME
+//!   (managed or not), as an observed-remove set: each member carries the dots (node, counter)
+//!   of the changes that added it, so concurrent versions merge without a conflict —
+//!   concurrent adds both survive, a removal removes what its node had seen (see
+//!   [`super::merge`]).
+//!
+//! A user or group carries `made`: when the change was made, in milliseconds since the epoch
+//! (the account files' modification time when it was found, so a change made while the daemon
+//! was stopped keeps its own time), `0` for an account adopted by a node that joined as new
+//! (such a copy loses against any change made anywhere).
 //!
 //! Invariant: the password hash lives only in a [`Secret`], whose `Debug` is redacted and which
-//! has no `Display`, so no formatted record, change or error can show it.
+//! has no `Display`, so no formatted record, item or error can show it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Largest encoded [`Change`] accepted by [`Change::decode`] (a record is a few hundred bytes).
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Largest encoded [`Account`] accepted by [`Account::decode`] (a member set of 10,000 users
+/// with a dot each is about 300 KiB).
+pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 /// A password hash (the second field of `shadow` or `gshadow`), e.g. `$y$j9T$…`, `!`, `*`.
 ///
@@ -54,32 +66,26 @@ pub struct Aging {
     pub reserved: Option<i64>,
 }
 
-/// One managed user.
+/// A managed user's fields (its memberships are in the [`Members`] of its groups).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct UserRecord {
+pub struct User {
     pub name: String,
     pub uid: u32,
     /// Primary gid.
     pub gid: u32,
-    /// Name of the primary group on the node that read the record; `None` when no group has
-    /// that gid there.
-    pub group: Option<String>,
     pub gecos: String,
     pub home: String,
     /// Login shell; empty means `/bin/sh`, as in `passwd`.
     pub shell: String,
-    /// Supplementary groups by name, sorted and without duplicates: every group whose member
-    /// list names this user.
-    pub groups: Vec<String>,
     /// The hash from `shadow` (or from `passwd` when there is no `shadow` line); `None` when
     /// hashes are not synced (`passwords = false`).
     pub password: Option<Secret>,
     pub aging: Aging,
 }
 
-/// One managed group (its members are in the user records).
+/// A managed group's fields.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct GroupRecord {
+pub struct Group {
     pub name: String,
     pub gid: u32,
     /// The hash from `gshadow` (or from `group` when there is no `gshadow` line); `None` when
@@ -89,11 +95,167 @@ pub struct GroupRecord {
     pub admins: Vec<String>,
 }
 
-/// Which account an item is about. Users and groups are separate namespaces.
+/// The change (node, counter) that added a member: the node's counter in the item's version
+/// vector right after that change.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Dot {
+    pub node: String,
+    pub counter: u64,
+}
+
+/// One managed user in a group's member set. `dots` is sorted and empty only for a member of
+/// an adopted (unversioned) set.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub dots: Vec<Dot>,
+}
+
+/// The managed members of one group, sorted by user name, each once.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Members {
+    pub group: String,
+    pub members: Vec<Member>,
+}
+
+impl Members {
+    /// The member names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| m.user.as_str())
+    }
+
+    pub fn contains(&self, user: &str) -> bool {
+        self.members
+            .binary_search_by(|m| m.user.as_str().cmp(user))
+            .is_ok()
+    }
+}
+
+/// The body of a live account item.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Account {
+    /// `made`: milliseconds since the epoch when the change was made; 0 = adopted.
+    User {
+        user: User,
+        made: i64,
+    },
+    Group {
+        group: Group,
+        made: i64,
+    },
+    Members(Members),
+}
+
+impl Account {
+    /// The account this body is about.
+    pub fn id(&self) -> AccountId {
+        match self {
+            Account::User { user, .. } => AccountId::User(user.name.clone()),
+            Account::Group { group, .. } => AccountId::Group(group.name.clone()),
+            Account::Members(m) => AccountId::Members(m.group.clone()),
+        }
+    }
+
+    /// When the change was made (0: unknown, adopted); members have none.
+    pub fn made(&self) -> i64 {
+        match self {
+            Account::User { made, .. } | Account::Group { made, .. } => *made,
+            Account::Members(_) => 0,
+        }
+    }
+
+    /// The same fields (everything but `made`).
+    pub fn same_fields(&self, other: &Account) -> bool {
+        match (self, other) {
+            (Account::User { user: a, .. }, Account::User { user: b, .. }) => a == b,
+            (Account::Group { group: a, .. }, Account::Group { group: b, .. }) => a == b,
+            (Account::Members(a), Account::Members(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The postcard encoding (what [`Account::decode`] reads).
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        postcard::to_allocvec(self).map_err(DecodeError::Postcard)
+    }
+
+    /// Decode untrusted bytes: at most [`MAX_RECORD_BYTES`], no trailing data. The result is
+    /// not validated yet: call [`crate::accounts::validate_account`] before using it.
+    pub fn decode(bytes: &[u8]) -> Result<Account, DecodeError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(DecodeError::TooLong {
+                len: bytes.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        let (a, rest) =
+            postcard::take_from_bytes::<Account>(bytes).map_err(DecodeError::Postcard)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(rest.len()));
+        }
+        Ok(a)
+    }
+
+    /// A rough size of the encoding, for batch limits.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Account::User { user, .. } => {
+                96 + user.gecos.len() + user.home.len() + user.shell.len()
+            }
+            Account::Group { group, .. } => {
+                64 + group.admins.iter().map(|a| a.len() + 1).sum::<usize>()
+            }
+            Account::Members(m) => {
+                32 + m
+                    .members
+                    .iter()
+                    .map(|x| {
+                        2 + x.user.len() + x.dots.iter().map(|d| d.node.len() + 11).sum::<usize>()
+                    })
+                    .sum::<usize>()
+            }
+        }
+    }
+}
+
+/// Which account an item is about. Users, groups and member sets are separate namespaces.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub enum AccountId {
     User(String),
     Group(String),
+    /// The member set of a group.
+    Members(String),
+}
+
+impl AccountId {
+    /// The item key: `user/NAME`, `group/NAME`, `members/NAME`.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            AccountId::User(n) => format!("user/{n}").into_bytes(),
+            AccountId::Group(n) => format!("group/{n}").into_bytes(),
+            AccountId::Members(n) => format!("members/{n}").into_bytes(),
+        }
+    }
+
+    /// The account a key names (`None`: not an account key).
+    pub fn from_key(key: &[u8]) -> Option<AccountId> {
+        let s = std::str::from_utf8(key).ok()?;
+        if let Some(n) = s.strip_prefix("user/") {
+            return Some(AccountId::User(n.to_string()));
+        }
+        if let Some(n) = s.strip_prefix("group/") {
+            return Some(AccountId::Group(n.to_string()));
+        }
+        s.strip_prefix("members/")
+            .map(|n| AccountId::Members(n.to_string()))
+    }
+
+    /// The name in the key.
+    pub fn name(&self) -> &str {
+        match self {
+            AccountId::User(n) | AccountId::Group(n) | AccountId::Members(n) => n,
+        }
+    }
 }
 
 impl fmt::Display for AccountId {
@@ -101,69 +263,12 @@ impl fmt::Display for AccountId {
         match self {
             AccountId::User(n) => write!(f, "user {}", shown(n)),
             AccountId::Group(n) => write!(f, "group {}", shown(n)),
+            AccountId::Members(n) => write!(f, "members of group {}", shown(n)),
         }
     }
 }
 
-/// One change to apply: a managed account as it should be, or its removal.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a few hundred bytes per change; boxing would only burden every caller"
-)]
-pub enum Change {
-    User(UserRecord),
-    Group(GroupRecord),
-    DeleteUser(String),
-    DeleteGroup(String),
-}
-
-impl UserRecord {
-    pub fn id(&self) -> AccountId {
-        AccountId::User(self.name.clone())
-    }
-}
-
-impl GroupRecord {
-    pub fn id(&self) -> AccountId {
-        AccountId::Group(self.name.clone())
-    }
-}
-
-impl Change {
-    pub fn id(&self) -> AccountId {
-        match self {
-            Change::User(u) => u.id(),
-            Change::Group(g) => g.id(),
-            Change::DeleteUser(n) => AccountId::User(n.clone()),
-            Change::DeleteGroup(n) => AccountId::Group(n.clone()),
-        }
-    }
-
-    /// The postcard encoding (what [`Change::decode`] reads).
-    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
-        postcard::to_allocvec(self).map_err(DecodeError::Postcard)
-    }
-
-    /// Decode untrusted bytes: at most [`MAX_RECORD_BYTES`], no trailing data. The result is
-    /// not validated yet: call [`crate::accounts::validate_change`] before using it.
-    pub fn decode(bytes: &[u8]) -> Result<Change, DecodeError> {
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(DecodeError::TooLong {
-                len: bytes.len(),
-                max: MAX_RECORD_BYTES,
-            });
-        }
-        let (change, rest) =
-            postcard::take_from_bytes::<Change>(bytes).map_err(DecodeError::Postcard)?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Trailing(rest.len()));
-        }
-        Ok(change)
-    }
-}
-
-/// Why bytes did not decode into a [`Change`].
+/// Why bytes did not decode into an [`Account`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {

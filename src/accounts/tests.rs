@@ -1,751 +1,680 @@
-//! Tests of the accounts module on Debian-like files: pure parsing, snapshots and plans first,
-//! then applies on a temp root (locks, backups, modes, crash journal, homes).
+//! Unit tests of account sync's pure steps: detect against an index in memory, merge of
+//! concurrent versions, apply into the canonical layout. The end-to-end cases with the real
+//! tools and daemons are in `tests/accounts_sync.rs` and `tests/accounts_tools.rs`.
 
-use super::*;
-use std::collections::BTreeSet;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use super::apply::{Outcome, canonical, plan_files};
+use super::merge::{Decision, decide, merge_members};
+use super::model::{Account, AccountId, Aging, Dot, Group, Member, Members, Secret, User};
+use super::sync::{Accounts, IndexRead};
+use super::{AccountFiles, ManagedSet, Policy};
+use crate::config::ConflictPolicy;
+use crate::item::{Body, Item, VersionVector};
+use std::collections::BTreeMap;
 
-const SECRET: &str = "NIDENSECRETHASH";
-
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/bash
-daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
-bin:x:2:2:bin:/bin:/usr/sbin/nologin
-sys:x:3:3:sys:/dev:/usr/sbin/nologin
-sync:x:4:65534:sync:/bin:/bin/sync
-games:x:5:60:games:/usr/games:/usr/sbin/nologin
-man:x:6:12:man:/var/cache/man:/usr/sbin/nologin
-lp:x:7:7:lp:/var/spool/lpd:/usr/sbin/nologin
-mail:x:8:8:mail:/var/mail:/usr/sbin/nologin
-www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin
-_apt:x:42:65534::/nonexistent:/usr/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
-# local admins below
-
-alice:x:1000:1000:Alice,,,:/home/alice:/bin/bash
-niden:x:2001:2001:Ni Den,,,:/home/niden:/bin/bash
-beauty:x:1500:1500::/home/beauty:/bin/zsh
-caf\xe9:x:1600:1600:g\xe9cos latin-1:/home/cafe:/bin/sh
-broken line without colons
-+@netadmins::::::
--baduser::::::
-webapp:x:2002:2002:Web App:/srv/webapp:/usr/sbin/nologin";
-
-const GROUP: &[u8] = b"root:x:0:
-daemon:x:1:
-bin:x:2:
-sys:x:3:
-adm:x:4:alice
-tty:x:5:
-cdrom:x:24:alice
-sudo:x:27:alice,niden
-www-data:x:33:niden
-shadow:x:42:
-staff:x:50:
-users:x:100:
-nogroup:x:65534:
-alice:x:1000:
-niden:x:2001:
-beauty:x:1500:
-caf\xe9:x:1600:
-webapp:x:2002:
-webdev:x:2100:niden,alice,webapp
-+:::
-";
-
-const SHADOW: &[u8] = b"root:*:19000:0:99999:7:::
-daemon:*:19000:0:99999:7:::
-bin:*:19000:0:99999:7:::
-sys:*:19000:0:99999:7:::
-sync:*:19000:0:99999:7:::
-games:*:19000:0:99999:7:::
-man:*:19000:0:99999:7:::
-lp:*:19000:0:99999:7:::
-mail:*:19000:0:99999:7:::
-www-data:*:19000:0:99999:7:::
-_apt:*:19000:0:99999:7:::
-nobody:*:19000:0:99999:7:::
-alice:$y$j9T$alicesalt$ALICEHASH:19500:0:99999:7:::
-niden:$y$j9T$nidensalt$NIDENSECRETHASH:19600:0:99999:7:::
-beauty:!:19601:0:99999:7:::
-caf\xe9:!:19602:0:99999:7:::
-+::::::::
-webapp:!*:19603::::::
-";
-
-const GSHADOW: &[u8] = b"root:*::
-daemon:*::
-adm:*::alice
-cdrom:*::alice
-sudo:*::alice,niden
-www-data:*::niden
-shadow:*::
-users:*::
-alice:!::
-niden:!::
-beauty:!::
-caf\xe9:!::
-webapp:!::
-webdev:!:niden:niden,alice,webapp
-";
-
-/// A peer node: the Debian base and other local accounts (carol), no managed one yet.
-const PEER_PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/bash
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
 www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
-carol:x:1000:1000:Carol:/home/carol:/bin/bash
+carol:x:1500:1500::/home/carol:/bin/sh
++@nis::::::
 ";
-const PEER_GROUP: &[u8] = b"root:x:0:
-daemon:x:1:
-sudo:x:27:carol
+const GROUP: &str = "root:x:0:
+sudo:x:27:
 www-data:x:33:
 users:x:100:
-nogroup:x:65534:
-carol:x:1000:
+carol:x:1500:
++@nis:::
 ";
-const PEER_SHADOW: &[u8] = b"root:*:19000:0:99999:7:::
+const SHADOW: &str = "root:*:19000:0:99999:7:::
 daemon:*:19000:0:99999:7:::
 www-data:*:19000:0:99999:7:::
-nobody:*:19000:0:99999:7:::
-carol:$6$carolsalt$CAROLHASH:19100:0:99999:7:::
+carol:!:19000:0:99999:7:::
 ";
-const PEER_GSHADOW: &[u8] = b"root:*::
-daemon:*::
-sudo:*::carol
+const GSHADOW: &str = "root:*::
+sudo:*::
 www-data:*::
-users:*::
-nogroup:*::
+users:$6$grouphash$x:localadm:
 carol:!::
 ";
 
 fn policy() -> Policy {
     Policy {
-        set: ManagedSet::new(["beauty", "niden"], Some((2000, 2999))),
+        set: ManagedSet::new(["niden"], Some((2000, 2999))),
         passwords: true,
-        create_home: true,
+        create_home: false,
     }
 }
 
-fn source() -> AccountFiles {
-    AccountFiles::parse(PASSWD, GROUP, Some(SHADOW), Some(GSHADOW))
-}
-
-fn peer() -> AccountFiles {
+fn files(p: &str, g: &str, s: &str, gs: &str) -> AccountFiles {
     AccountFiles::parse(
-        PEER_PASSWD,
-        PEER_GROUP,
-        Some(PEER_SHADOW),
-        Some(PEER_GSHADOW),
+        p.as_bytes(),
+        g.as_bytes(),
+        Some(s.as_bytes()),
+        Some(gs.as_bytes()),
     )
 }
 
-fn text(f: &AccountFiles, which: DbFile) -> String {
-    String::from_utf8_lossy(&f.bytes(which).unwrap_or_default()).into_owned()
+fn base() -> AccountFiles {
+    files(PASSWD, GROUP, SHADOW, GSHADOW)
 }
 
-fn all_changes(s: &Snapshot) -> Vec<Change> {
-    s.changes_since(&Snapshot::default())
+fn text(f: &AccountFiles) -> [String; 4] {
+    [
+        String::from_utf8_lossy(&f.passwd.to_bytes()).into_owned(),
+        String::from_utf8_lossy(&f.group.to_bytes()).into_owned(),
+        String::from_utf8_lossy(&f.shadow.as_ref().map(|t| t.to_bytes()).unwrap_or_default())
+            .into_owned(),
+        String::from_utf8_lossy(&f.gshadow.as_ref().map(|t| t.to_bytes()).unwrap_or_default())
+            .into_owned(),
+    ]
 }
 
-/// Every line of `before` that is not in `touched` is in `after`, in the same order.
-fn untouched_lines_kept(before: &[u8], after: &[u8], touched: &[&str]) {
-    let after_lines: Vec<&[u8]> = after.split(|&c| c == b'\n').collect();
-    let mut pos = 0;
-    for line in before.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-        let name = db::entry_name(line).unwrap_or_default();
-        if touched.iter().any(|t| t.as_bytes() == name) {
-            continue;
-        }
-        let found = after_lines[pos..].iter().position(|l| *l == line);
-        let Some(off) = found else {
-            panic!("line {:?} lost or moved", String::from_utf8_lossy(line));
-        };
-        pos += off + 1;
+fn user(name: &str, uid: u32, gid: u32) -> User {
+    User {
+        name: name.into(),
+        uid,
+        gid,
+        gecos: String::new(),
+        home: format!("/home/{name}"),
+        shell: "/bin/bash".into(),
+        password: Some(Secret::new("!")),
+        aging: Aging {
+            last_change: Some(20000),
+            ..Aging::default()
+        },
     }
 }
 
-// --- parse and snapshot ------------------------------------------------------------------
-
-#[test]
-fn files_round_trip_byte_for_byte() {
-    let f = source();
-    assert_eq!(f.bytes(DbFile::Passwd).as_deref(), Some(PASSWD));
-    assert_eq!(f.bytes(DbFile::Group).as_deref(), Some(GROUP));
-    assert_eq!(f.bytes(DbFile::Shadow).as_deref(), Some(SHADOW));
-    assert_eq!(f.bytes(DbFile::Gshadow).as_deref(), Some(GSHADOW));
-    let none = AccountFiles::parse(PASSWD, GROUP, None, None);
-    assert_eq!(none.bytes(DbFile::Shadow), None);
-}
-
-#[test]
-fn snapshot_holds_the_managed_accounts_only() {
-    let s = source().snapshot(&policy());
-    assert_eq!(s.problems, vec![]);
-    let users: Vec<&str> = s.users.keys().map(String::as_str).collect();
-    assert_eq!(users, ["beauty", "niden", "webapp"]);
-    let groups: Vec<&str> = s.groups.keys().map(String::as_str).collect();
-    assert_eq!(groups, ["beauty", "niden", "webapp", "webdev"]);
-    let n = &s.users["niden"];
-    assert_eq!(
-        (n.uid, n.gid, n.group.as_deref()),
-        (2001, 2001, Some("niden"))
-    );
-    assert_eq!(n.gecos, "Ni Den,,,");
-    assert_eq!(n.groups, ["sudo", "webdev", "www-data"]);
-    assert_eq!(
-        n.password.as_ref().map(Secret::expose),
-        Some("$y$j9T$nidensalt$NIDENSECRETHASH")
-    );
-    assert_eq!(n.aging.last_change, Some(19600));
-    assert_eq!(n.aging.max, Some(99999));
-    assert_eq!(n.aging.inactive, None);
-    assert_eq!(s.users["webapp"].groups, ["webdev"]);
-    assert_eq!(
-        s.users["webapp"].password.as_ref().map(Secret::expose),
-        Some("!*")
-    );
-    assert_eq!(s.groups["webdev"].admins, ["niden"]);
-    assert_eq!(
-        s.groups["webdev"].password.as_ref().map(Secret::expose),
-        Some("!")
-    );
-}
-
-#[test]
-fn snapshot_without_passwords_carries_no_hash() {
-    let p = Policy {
-        passwords: false,
-        ..policy()
-    };
-    let s = source().snapshot(&p);
-    assert!(
-        s.users
-            .values()
-            .all(|u| u.password.is_none() && u.aging.last_change.is_none())
-    );
-    assert!(s.groups.values().all(|g| g.password.is_none()));
-    assert_eq!(
-        s.users["niden"].aging.max,
-        Some(99999),
-        "aging still travels"
-    );
-}
-
-#[test]
-fn snapshot_reports_bad_managed_lines_and_skips_them() {
-    let passwd = [
-        PASSWD,
-        b"\nniden:x:2001:2001:dup:/x:/bin/sh\nbad:x:2500:2500:a:b:c:d\n",
-    ]
-    .concat();
-    let shadow = SHADOW.to_vec();
-    let shadow =
-        String::from_utf8_lossy(&shadow).replace("beauty:!:19601:0:99999:7:::", "beauty:!:oops");
-    let f = AccountFiles::parse(&passwd, GROUP, Some(shadow.as_bytes()), Some(GSHADOW));
-    let s = f.snapshot(&policy());
-    assert!(
-        !s.users.contains_key("beauty"),
-        "malformed shadow line: no record"
-    );
-    assert!(s.users.contains_key("niden"));
-    let kinds: Vec<(DbFile, String)> = s
-        .problems
-        .iter()
-        .map(|p| (p.file, format!("{:?}", p.kind)))
-        .collect();
-    assert!(
-        kinds.contains(&(DbFile::Shadow, "Malformed".into())),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&(DbFile::Passwd, "Duplicate".into())),
-        "{kinds:?}"
-    );
-    let dup = s
-        .problems
-        .iter()
-        .find(|p| p.kind == ProblemKind::Duplicate)
-        .expect("dup");
-    assert_eq!(
-        dup.to_string(),
-        "passwd line 23: account \"niden\": duplicate name, this line is ignored"
-    );
-    // A managed user whose line breaks (here: by vipw) is unreadable, not deleted.
-    let passwd = String::from_utf8_lossy(PASSWD).replace("webapp:x:2002:2002:", "webapp:x:2002:");
-    let broken = AccountFiles::parse(passwd.as_bytes(), GROUP, Some(SHADOW), Some(GSHADOW));
-    let now = broken.snapshot(&policy());
-    assert_eq!(
-        now.unreadable().collect::<Vec<_>>(),
-        [&AccountId::User("webapp".into())]
-    );
-    assert_eq!(now.changes_since(&source().snapshot(&policy())), vec![]);
-    // An invalid field (relative home) is a problem too, never a record.
-    let passwd = [PASSWD, b"\nrel:x:2600:2600::home/rel:/bin/sh\n"].concat();
-    let s = AccountFiles::parse(&passwd, GROUP, Some(SHADOW), Some(GSHADOW)).snapshot(&policy());
-    assert!(!s.users.contains_key("rel"));
-    assert!(
-        matches!(s.problems[0].kind, ProblemKind::Invalid(_)),
-        "{:?}",
-        s.problems
-    );
-}
-
-#[test]
-fn changes_since_finds_upserts_and_deletions() {
-    let before = source().snapshot(&policy());
-    let mut after = before.clone();
-    after.users.remove("webapp");
-    if let Some(n) = after.users.get_mut("niden") {
-        n.shell = "/bin/sh".into();
-    }
-    let ch = after.changes_since(&before);
-    assert_eq!(ch.len(), 2);
-    assert!(matches!(&ch[0], Change::User(u) if u.name == "niden" && u.shell == "/bin/sh"));
-    assert_eq!(ch[1], Change::DeleteUser("webapp".into()));
-}
-
-// --- plan --------------------------------------------------------------------------------
-
-#[test]
-fn applying_a_nodes_own_records_changes_nothing() {
-    let f = source();
-    let s = f.snapshot(&policy());
-    let plan = f.plan(&all_changes(&s), &policy(), 20000);
-    assert!(plan.changed.is_empty(), "{:?}", plan.report);
-    assert_eq!(plan.report.unchanged.len(), 7);
-    assert_eq!(plan.files, f);
-}
-
-#[test]
-fn records_applied_to_a_peer_reproduce_the_source_and_keep_its_lines() {
-    let src = source().snapshot(&policy());
-    let p = peer();
-    let plan = p.plan(&all_changes(&src), &policy(), 20000);
-    assert_eq!(plan.report.collisions, vec![]);
-    assert_eq!(plan.report.refused, vec![]);
-    assert_eq!(plan.report.applied.len(), 7);
-    assert_eq!(plan.changed.len(), 4);
-    let got = plan.files.snapshot(&policy());
-    assert_eq!(got.users, src.users);
-    assert_eq!(got.groups, src.groups);
-    // Unmanaged lines byte-identical and in place, except the member lists naming niden.
-    untouched_lines_kept(
-        PEER_PASSWD,
-        &plan.files.bytes(DbFile::Passwd).unwrap_or_default(),
-        &[],
-    );
-    untouched_lines_kept(
-        PEER_SHADOW,
-        &plan.files.bytes(DbFile::Shadow).unwrap_or_default(),
-        &[],
-    );
-    let group = plan.files.bytes(DbFile::Group).unwrap_or_default();
-    untouched_lines_kept(PEER_GROUP, &group, &["sudo", "www-data"]);
-    untouched_lines_kept(
-        PEER_GSHADOW,
-        &plan.files.bytes(DbFile::Gshadow).unwrap_or_default(),
-        &["sudo", "www-data"],
-    );
-    let g = text(&plan.files, DbFile::Group);
-    assert!(g.contains("\nsudo:x:27:carol,niden\n"), "{g}");
-    assert!(g.contains("\nwww-data:x:33:niden\n"), "{g}");
-    assert!(
-        g.contains("\nwebdev:x:2100:niden,webapp\n"),
-        "only managed members: {g}"
-    );
-    assert!(g.starts_with(std::str::from_utf8(&PEER_GROUP[..30]).unwrap_or_default()));
-    let sg = text(&plan.files, DbFile::Gshadow);
-    assert!(sg.contains("\nsudo:*::carol,niden\n"), "{sg}");
-    assert!(sg.contains("\nwebdev:!:niden:niden,webapp\n"), "{sg}");
-    let sp = text(&plan.files, DbFile::Shadow);
-    assert!(
-        sp.contains("\nniden:$y$j9T$nidensalt$NIDENSECRETHASH:19600:0:99999:7:::\n"),
-        "{sp}"
-    );
-    let pw = text(&plan.files, DbFile::Passwd);
-    assert!(pw.ends_with("niden:x:2001:2001:Ni Den,,,:/home/niden:/bin/bash\nwebapp:x:2002:2002:Web App:/srv/webapp:/usr/sbin/nologin\n"), "{pw}");
-    assert_eq!(plan.homes.len(), 3);
-    // And once more: nothing left to do.
-    let again = plan.files.plan(&all_changes(&src), &policy(), 20000);
-    assert!(again.changed.is_empty());
-}
-
-#[test]
-fn a_changed_record_replaces_its_lines_in_place() {
-    let f = source();
-    let mut n = f.snapshot(&policy()).users["niden"].clone();
-    n.shell = "/bin/sh".into();
-    n.gecos = "Niden".into();
-    n.groups = vec!["cdrom".into(), "webdev".into()];
-    n.password = Some(Secret::new("$6$new$NEWHASH"));
-    n.aging.last_change = Some(20001);
-    let plan = f.plan(&[Change::User(n)], &policy(), 20002);
-    assert_eq!(plan.report.applied, vec![AccountId::User("niden".into())]);
-    let pw = text(&plan.files, DbFile::Passwd);
-    let old = String::from_utf8_lossy(PASSWD).replace(
-        "niden:x:2001:2001:Ni Den,,,:/home/niden:/bin/bash",
-        "niden:x:2001:2001:Niden:/home/niden:/bin/sh",
-    );
-    assert_eq!(
-        pw, old,
-        "same place, the rest untouched (no newline added at the end)"
-    );
-    let g = text(&plan.files, DbFile::Group);
-    assert!(g.contains("\ncdrom:x:24:alice,niden\n") && g.contains("\nsudo:x:27:alice\n"));
-    assert!(g.contains("\nwww-data:x:33:\n") && g.contains("\nwebdev:x:2100:niden,alice,webapp\n"));
-    let sg = text(&plan.files, DbFile::Gshadow);
-    assert!(
-        sg.contains("\ncdrom:*::alice,niden\n") && sg.contains("\nsudo:*::alice\n"),
-        "{sg}"
-    );
-    let sp = text(&plan.files, DbFile::Shadow);
-    assert!(
-        sp.contains("\nniden:$6$new$NEWHASH:20001:0:99999:7:::\n"),
-        "{sp}"
-    );
-    assert_eq!(plan.changed, BTreeSet::from(DbFile::ALL));
-}
-
-#[test]
-fn deleting_a_user_removes_its_lines_and_memberships_only() {
-    let f = source();
-    let plan = f.plan(&[Change::DeleteUser("niden".into())], &policy(), 0);
-    assert_eq!(plan.report.applied, vec![AccountId::User("niden".into())]);
-    let pw = text(&plan.files, DbFile::Passwd);
-    assert!(!pw.contains("niden"));
-    assert!(!text(&plan.files, DbFile::Shadow).contains("niden"));
-    let g = text(&plan.files, DbFile::Group);
-    assert!(g.contains("\nsudo:x:27:alice\n") && g.contains("\nwebdev:x:2100:alice,webapp\n"));
-    assert!(
-        g.contains("\nniden:x:2001:\n"),
-        "its group is a separate item"
-    );
-    let sg = text(&plan.files, DbFile::Gshadow);
-    assert!(
-        sg.contains("\nwebdev:!::alice,webapp\n"),
-        "removed as admin and member: {sg}"
-    );
-    assert!(plan.homes.is_empty(), "a deletion never touches a home");
-    // User and its group together (userdel with USERGROUPS_ENAB).
-    let both = [
-        Change::DeleteGroup("niden".into()),
-        Change::DeleteUser("niden".into()),
-    ];
-    let plan = f.plan(&both, &policy(), 0);
-    assert_eq!(plan.report.applied.len(), 2, "{:?}", plan.report);
-    assert!(!text(&plan.files, DbFile::Group).contains("\nniden:"));
-    assert!(!text(&plan.files, DbFile::Gshadow).contains("\nniden:"));
-}
-
-#[test]
-fn deletions_outside_the_managed_set_are_refused() {
-    let f = source();
-    let ch = [
-        Change::DeleteUser("alice".into()),
-        Change::DeleteUser("root".into()),
-        Change::DeleteGroup("sudo".into()),
-        Change::DeleteGroup("niden".into()),
-        Change::DeleteUser("ghost".into()),
-    ];
-    let plan = f.plan(&ch, &policy(), 0);
-    assert!(plan.changed.is_empty());
-    let reasons: Vec<String> = plan
-        .report
-        .refused
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(
-        reasons,
-        [
-            "user \"alice\" not applied: the local account (id 1000) is not managed on this node",
-            "user \"root\" not applied: the local account (id 0) is not managed on this node",
-            "group \"sudo\" not applied: the local account (id 27) is not managed on this node",
-            "group \"niden\" not applied: it is the primary group of user \"niden\"",
-        ]
-    );
-    assert_eq!(plan.report.unchanged, vec![AccountId::User("ghost".into())]);
-}
-
-#[test]
-fn collisions_name_both_accounts_and_change_nothing() {
-    let src = source().snapshot(&policy());
-    // The peer has its own webapp (uid 1002, unmanaged), a "devs" group on gid 2100 and a
-    // "beauty" group with another gid.
-    let passwd = [PEER_PASSWD, b"webapp:x:1002:1002::/home/webapp:/bin/sh\n"].concat();
-    let group = [
-        PEER_GROUP,
-        b"webapp:x:1002:\ndevs:x:2100:carol\nbeauty:x:1501:\n",
-    ]
-    .concat();
-    let p = AccountFiles::parse(&passwd, &group, Some(PEER_SHADOW), Some(PEER_GSHADOW));
-    let plan = p.plan(&all_changes(&src), &policy(), 0);
-    let got: Vec<String> = plan
-        .report
-        .collisions
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(
-        got,
-        [
-            "group \"beauty\" (gid 1500) collides with local group \"beauty\" (gid 1501): same name, different id; not applied on this node",
-            "group \"webapp\" (gid 2002) collides with local group \"webapp\" (gid 1002): same name, different id; not applied on this node",
-            "group \"webdev\" (gid 2100) collides with local group \"devs\" (gid 2100): same id, different name; not applied on this node",
-            "user \"beauty\" (uid 1500) collides with local group \"beauty\" (gid 1501): its primary group differs here; not applied on this node",
-            "user \"webapp\" (uid 2002) collides with local user \"webapp\" (uid 1002): same name, different id; not applied on this node",
-        ]
-    );
-    assert_eq!(
-        plan.report.applied,
-        [
-            AccountId::Group("niden".into()),
-            AccountId::User("niden".into())
-        ]
-    );
-    let pw = text(&plan.files, DbFile::Passwd);
-    assert!(pw.contains("\nwebapp:x:1002:1002::/home/webapp:/bin/sh\n"));
-    assert!(!pw.contains("beauty"));
-    assert!(text(&plan.files, DbFile::Group).contains("\ndevs:x:2100:carol\n"));
-    // niden lists webdev, which collided: it waits for it.
-    assert_eq!(
-        plan.report.waiting,
-        vec![Waiting {
-            user: "niden".into(),
-            groups: vec!["webdev".into()]
-        }]
-    );
-}
-
-#[test]
-fn uid_taken_by_another_name_is_a_collision() {
-    let passwd = [PEER_PASSWD, b"other:x:2001:100::/home/other:/bin/sh\n"].concat();
-    let p = AccountFiles::parse(&passwd, PEER_GROUP, Some(PEER_SHADOW), Some(PEER_GSHADOW));
-    let n = source().snapshot(&policy()).users["niden"].clone();
-    let plan = p.plan(&[Change::User(n)], &policy(), 0);
-    assert_eq!(plan.report.collisions.len(), 1);
-    assert_eq!(plan.report.collisions[0].kind, CollisionKind::Id);
-    assert_eq!(plan.report.collisions[0].local.name, "\"other\"");
-    assert!(plan.changed.is_empty());
-}
-
-#[test]
-fn a_rename_frees_the_uid_first() {
-    let f = source();
-    let mut n = f.snapshot(&policy()).users["niden"].clone();
-    n.name = "nid".into();
-    let plan = f.plan(
-        &[Change::User(n), Change::DeleteUser("niden".into())],
-        &policy(),
-        0,
-    );
-    assert_eq!(plan.report.collisions, vec![]);
-    assert_eq!(plan.report.applied.len(), 2);
-    let pw = text(&plan.files, DbFile::Passwd);
-    assert!(pw.contains("\nnid:x:2001:2001:") && !pw.contains("\nniden:"));
-    assert!(text(&plan.files, DbFile::Group).contains("\nsudo:x:27:alice,nid\n"));
-}
-
-#[test]
-fn a_new_group_and_its_member_in_one_batch() {
-    let p = peer();
-    let g = GroupRecord {
-        name: "ops".into(),
-        gid: 2200,
-        password: None,
-        admins: vec!["x".into()],
-    };
-    let mut u = source().snapshot(&policy()).users["niden"].clone();
-    u.groups = vec!["ghost".into(), "ops".into()];
-    let mut own = source().snapshot(&policy()).groups["niden"].clone();
-    own.password = Some(Secret::new("!"));
-    let plan = p.plan(
-        &[Change::User(u), Change::Group(g), Change::Group(own)],
-        &policy(),
-        0,
-    );
-    assert_eq!(plan.report.applied.len(), 3, "{:?}", plan.report);
-    let g = text(&plan.files, DbFile::Group);
-    assert!(g.ends_with("ops:x:2200:niden\nniden:x:2001:\n"), "{g}");
-    let sg = text(&plan.files, DbFile::Gshadow);
-    assert!(sg.ends_with("ops:!:x:niden\nniden:!::\n"), "{sg}");
-    assert_eq!(
-        plan.report.waiting,
-        vec![Waiting {
-            user: "niden".into(),
-            groups: vec!["ghost".into()]
-        }]
-    );
-}
-
-#[test]
-fn a_group_outside_the_set_is_refused() {
-    let g = GroupRecord {
-        name: "evil".into(),
-        gid: 5,
-        password: None,
+fn group(name: &str, gid: u32) -> Group {
+    Group {
+        name: name.into(),
+        gid,
+        password: Some(Secret::new("!")),
         admins: vec![],
-    };
-    let plan = peer().plan(&[Change::Group(g)], &policy(), 0);
-    assert_eq!(plan.report.refused.len(), 1);
-    assert!(matches!(
-        plan.report.refused[0].reason,
-        RefusalReason::NotManaged { local_id: None }
-    ));
-    assert!(plan.changed.is_empty());
+    }
 }
 
-#[test]
-fn without_passwords_new_users_are_locked_and_local_hashes_kept() {
-    let p = Policy {
-        passwords: false,
-        ..policy()
-    };
-    let src = source().snapshot(&policy());
-    // Records read with hashes (as if from a misconfigured peer): the hashes are ignored.
-    let plan = peer().plan(&all_changes(&src), &p, 20123);
-    let sp = text(&plan.files, DbFile::Shadow);
-    assert!(sp.contains("\nniden:!:20123:0:99999:7:::\n"), "{sp}");
-    assert!(!sp.contains(SECRET));
-    assert!(text(&plan.files, DbFile::Gshadow).contains("\nwebdev:!:niden:niden,webapp\n"));
-    // Existing user: its hash and last change stay.
-    let mut n = src.users["niden"].clone();
-    n.password = None;
-    n.aging.last_change = None;
-    n.shell = "/bin/sh".into();
-    let plan = source().plan(&[Change::User(n)], &p, 20123);
-    let sp = text(&plan.files, DbFile::Shadow);
-    assert!(
-        sp.contains("\nniden:$y$j9T$nidensalt$NIDENSECRETHASH:19600:0:99999:7:::\n"),
-        "{sp}"
-    );
-    assert_eq!(plan.changed, BTreeSet::from([DbFile::Passwd]));
+fn vv(pairs: &[(&str, u64)]) -> VersionVector {
+    VersionVector(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect())
 }
 
+fn item(id: AccountId, v: VersionVector, origin: &str, body: Option<Account>) -> Item {
+    Item {
+        key: id.key(),
+        version: v,
+        origin: origin.into(),
+        body: body.map(Body::Account),
+        beat: vec![],
+    }
+}
+
+fn u_item(u: User, v: VersionVector, origin: &str, made: i64) -> Item {
+    item(
+        AccountId::User(u.name.clone()),
+        v,
+        origin,
+        Some(Account::User { user: u, made }),
+    )
+}
+
+fn g_item(g: Group, v: VersionVector, origin: &str, made: i64) -> Item {
+    item(
+        AccountId::Group(g.name.clone()),
+        v,
+        origin,
+        Some(Account::Group { group: g, made }),
+    )
+}
+
+fn m_item(g: &str, members: &[(&str, &[(&str, u64)])], v: VersionVector, origin: &str) -> Item {
+    item(
+        AccountId::Members(g.into()),
+        v,
+        origin,
+        Some(Account::Members(Members {
+            group: g.into(),
+            members: members
+                .iter()
+                .map(|(u, d)| Member {
+                    user: u.to_string(),
+                    dots: d
+                        .iter()
+                        .map(|(n, c)| Dot {
+                            node: n.to_string(),
+                            counter: *c,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })),
+    )
+}
+
+// --- apply -------------------------------------------------------------------------------------
+
 #[test]
-fn without_shadow_files_hashes_go_to_passwd_and_group() {
-    let p = AccountFiles::parse(PEER_PASSWD, PEER_GROUP, None, None);
-    let src = source().snapshot(&policy());
-    let plan = p.plan(&all_changes(&src), &policy(), 0);
-    assert_eq!(
-        plan.changed,
-        BTreeSet::from([DbFile::Passwd, DbFile::Group])
-    );
-    let pw = text(&plan.files, DbFile::Passwd);
+fn new_accounts_go_in_one_sorted_block_before_the_nis_lines() {
+    let items = vec![
+        u_item(user("zed", 2002, 2002), vv(&[("a", 1)]), "a", 1),
+        g_item(group("zed", 2002), vv(&[("a", 1)]), "a", 1),
+        u_item(user("amy", 2001, 2001), vv(&[("a", 1)]), "a", 1),
+        g_item(group("amy", 2001), vv(&[("a", 1)]), "a", 1),
+        m_item("sudo", &[("amy", &[("a", 1)])], vv(&[("a", 1)]), "a"),
+    ];
+    let p = plan_files(&base(), &policy(), &items, 20000);
     assert!(
-        pw.contains("\nniden:$y$j9T$nidensalt$NIDENSECRETHASH:2001:2001:"),
+        p.outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{:?}",
+        p.outcomes
+    );
+    let [pw, gr, sp, gs] = text(&p.files);
+    assert!(
+        pw.ends_with("carol:x:1500:1500::/home/carol:/bin/sh\namy:x:2001:2001::/home/amy:/bin/bash\nzed:x:2002:2002::/home/zed:/bin/bash\n+@nis::::::\n"),
         "{pw}"
     );
-    assert!(text(&plan.files, DbFile::Group).contains("\nwebdev:!:2100:niden,webapp\n"));
-    let back = plan.files.snapshot(&policy());
-    assert_eq!(back.users["niden"].password, src.users["niden"].password);
+    assert!(gr.contains("sudo:x:27:amy\n"), "{gr}");
+    assert!(gr.ends_with("amy:x:2001:\nzed:x:2002:\n+@nis:::\n"), "{gr}");
+    assert!(
+        sp.ends_with("carol:!:19000:0:99999:7:::\namy:!:20000::::::\nzed:!:20000::::::\n"),
+        "{sp}"
+    );
+    assert!(gs.contains("sudo:*::amy\n"), "{gs}");
+    // an unmanaged group's gshadow line is untouched (issue 20, case 8)
+    assert!(gs.contains("users:$6$grouphash$x:localadm:\n"), "{gs}");
+    // the same items in another order give the same bytes
+    let mut rev = items.clone();
+    rev.reverse();
+    assert_eq!(
+        text(&plan_files(&base(), &policy(), &rev, 20000).files),
+        text(&p.files)
+    );
 }
 
 #[test]
-fn malformed_or_duplicate_local_lines_are_left_alone() {
-    let passwd = [PEER_PASSWD, b"niden:x:2001:oops\n"].concat();
-    let p = AccountFiles::parse(&passwd, PEER_GROUP, Some(PEER_SHADOW), Some(PEER_GSHADOW));
-    let n = source().snapshot(&policy()).users["niden"].clone();
-    let plan = p.plan(&[Change::User(n.clone())], &policy(), 0);
-    assert!(plan.changed.is_empty());
-    assert_eq!(
-        plan.report.refused[0].reason,
-        RefusalReason::MalformedLocal {
-            file: DbFile::Passwd,
-            line: 6
-        }
+fn a_different_local_account_is_a_collision_and_changes_nothing() {
+    // carol is local (uid 1500, not managed); a managed carol arrives with uid 2005
+    let items = vec![
+        g_item(group("carolg", 2005), vv(&[("a", 1)]), "a", 1),
+        u_item(user("carol", 2005, 2005), vv(&[("a", 1)]), "a", 1),
+    ];
+    let p = plan_files(&base(), &policy(), &items, 20000);
+    assert_eq!(p.outcomes[0], Outcome::Applied);
+    assert!(
+        matches!(&p.outcomes[1], Outcome::Aside { collision: true, reason } if reason.contains("local user \"carol\" (uid 1500)")),
+        "{:?}",
+        p.outcomes
     );
-    let shadow = [PEER_SHADOW, b"niden:!::::::::\nniden:!::::::::\n"].concat();
-    let p = AccountFiles::parse(PEER_PASSWD, PEER_GROUP, Some(&shadow), Some(PEER_GSHADOW));
-    let plan = p.plan(&[Change::User(n)], &policy(), 0);
-    assert!(plan.changed.is_empty(), "checked before the passwd edit");
+    assert!(text(&p.files)[0].contains("carol:x:1500:1500"));
+    // deleting the managed carol does not delete the local one (issue 20, case 1)
+    let del = vec![item(
+        AccountId::User("carol".into()),
+        vv(&[("a", 2)]),
+        "a",
+        None,
+    )];
+    let p = plan_files(&base(), &policy(), &del, 20000);
+    assert_eq!(p.outcomes, vec![Outcome::Applied]);
+    assert_eq!(text(&p.files), text(&base()));
+    // a uid held by another name
+    let items = vec![u_item(user("dan", 2001, 100), vv(&[("a", 1)]), "a", 1)];
+    let f = plan_files(&base(), &policy(), &items, 20000).files;
+    let items = vec![u_item(user("eve", 2001, 100), vv(&[("b", 1)]), "b", 1)];
+    let p = plan_files(&f, &policy(), &items, 20000);
     assert!(matches!(
-        plan.report.refused[0].reason,
-        RefusalReason::MalformedLocal {
-            file: DbFile::Shadow,
+        &p.outcomes[0],
+        Outcome::Aside {
+            collision: true,
             ..
-        } | RefusalReason::DuplicateLocal {
-            file: DbFile::Shadow
         }
     ));
 }
 
 #[test]
-fn hostile_records_are_refused_by_the_plan_too() {
-    let mut n = source().snapshot(&policy()).users["niden"].clone();
-    n.gecos = "x:0:0:root:/root:/bin/bash\nroot2".into();
-    let mut root = n.clone();
-    root.name = "toor".into();
-    root.uid = 0;
-    root.gecos = String::new();
-    let plan = peer().plan(&[Change::User(n), Change::User(root)], &policy(), 0);
-    assert!(plan.changed.is_empty());
-    assert_eq!(plan.report.refused.len(), 2);
+fn uid_changes_inside_the_range_are_applied_in_place() {
+    let f = plan_files(
+        &base(),
+        &policy(),
+        &[
+            g_item(group("fred", 2008), vv(&[("a", 1)]), "a", 1),
+            u_item(user("fred", 2008, 2008), vv(&[("a", 1)]), "a", 1),
+        ],
+        20000,
+    )
+    .files;
+    let mut u = user("fred", 2018, 2008);
+    u.shell = "/bin/sh".into();
+    let p = plan_files(&f, &policy(), &[u_item(u, vv(&[("a", 2)]), "a", 2)], 20000);
+    assert_eq!(p.outcomes, vec![Outcome::Applied]);
+    assert!(text(&p.files)[0].contains("fred:x:2018:2008::/home/fred:/bin/sh\n"));
+    assert!(!text(&p.files)[0].contains("2008:2008"));
+}
+
+#[test]
+fn a_user_waits_for_its_primary_group_and_members_for_their_users() {
+    let p = plan_files(
+        &base(),
+        &policy(),
+        &[
+            u_item(user("gina", 2010, 2010), vv(&[("a", 1)]), "a", 1),
+            m_item(
+                "sudo",
+                &[("gina", &[("a", 1)]), ("hal", &[("a", 1)])],
+                vv(&[("a", 1)]),
+                "a",
+            ),
+        ],
+        20000,
+    );
     assert!(
-        plan.report
-            .refused
-            .iter()
-            .all(|r| matches!(r.reason, RefusalReason::Invalid(_)))
+        matches!(
+            &p.outcomes[0],
+            Outcome::Aside {
+                collision: false,
+                ..
+            }
+        ),
+        "{:?}",
+        p.outcomes
     );
+    assert_eq!(
+        p.outcomes[1],
+        Outcome::Partial {
+            waiting: vec!["gina".into(), "hal".into()]
+        }
+    );
+    // a user whose primary group is an unmanaged one that exists (users, gid 100)
+    let p = plan_files(
+        &base(),
+        &policy(),
+        &[u_item(user("gina", 2010, 100), vv(&[("a", 1)]), "a", 1)],
+        20000,
+    );
+    assert_eq!(p.outcomes, vec![Outcome::Applied]);
+    let [_, gr, _, gs] = text(&p.files);
+    assert!(gr.contains("users:x:100:\n") && gs.contains("users:$6$grouphash$x:localadm:\n"));
 }
 
 #[test]
-fn nothing_formatted_shows_a_hash() {
-    let f = source();
-    let s = f.snapshot(&policy());
-    let plan = peer().plan(&all_changes(&s), &policy(), 0);
-    let mut bad = s.users["niden"].clone();
-    bad.password = Some(Secret::new(format!("$6$x${SECRET}\n")));
-    let err = validate_user(&bad, &policy().set).err();
-    let shown = format!(
-        "{s:?} {f:?} {plan:?} {:?} {err:?} {}",
-        all_changes(&s),
-        err.as_ref().map(ToString::to_string).unwrap_or_default()
+fn a_group_still_someones_primary_group_is_kept() {
+    let f = plan_files(
+        &base(),
+        &policy(),
+        &[
+            g_item(group("dan", 2040), vv(&[("a", 1)]), "a", 1),
+            u_item(user("dan", 2040, 2040), vv(&[("a", 1)]), "a", 1),
+        ],
+        20000,
+    )
+    .files;
+    let del = item(AccountId::Group("dan".into()), vv(&[("a", 2)]), "a", None);
+    let p = plan_files(&f, &policy(), std::slice::from_ref(&del), 20000);
+    assert!(
+        matches!(p.outcomes[0], Outcome::KeepLocal { .. }),
+        "{:?}",
+        p.outcomes
     );
-    assert!(!shown.contains(SECRET), "{shown}");
-    assert!(shown.contains("Secret(<redacted>)"));
+    // with the user deleted in the same apply, both go
+    let udel = item(AccountId::User("dan".into()), vv(&[("a", 2)]), "a", None);
+    let p = plan_files(&f, &policy(), &[del, udel], 20000);
+    assert_eq!(p.outcomes, vec![Outcome::Applied, Outcome::Applied]);
+    assert_eq!(text(&p.files), text(&base()));
 }
 
 #[test]
-fn change_codec_limits_and_round_trip() {
-    let s = source().snapshot(&policy());
-    for c in all_changes(&s) {
-        let b = c.encode().expect("encode");
-        assert_eq!(Change::decode(&b).expect("decode"), c);
-        let mut longer = b.clone();
-        longer.push(0);
-        assert!(matches!(
-            Change::decode(&longer),
-            Err(DecodeError::Trailing(1))
-        ));
+fn a_renamed_group_keeps_the_local_members() {
+    // webdev (managed, gid 2100) has local member www-data and managed member amy
+    let f = plan_files(
+        &base(),
+        &policy(),
+        &[
+            g_item(group("amy", 2001), vv(&[("a", 1)]), "a", 1),
+            u_item(user("amy", 2001, 2001), vv(&[("a", 1)]), "a", 1),
+            g_item(group("webdev", 2100), vv(&[("a", 1)]), "a", 1),
+            m_item("webdev", &[("amy", &[("a", 1)])], vv(&[("a", 1)]), "a"),
+        ],
+        20000,
+    )
+    .files;
+    let mut f = f;
+    let gl = f.group.find("webdev")[0];
+    std::sync::Arc::make_mut(&mut f.group).set(gl, b"webdev:x:2100:www-data,amy".to_vec());
+    let sl = f.gshadow.as_ref().map(|t| t.find("webdev")[0]).unwrap_or(0);
+    if let Some(t) = f.gshadow.as_mut().map(std::sync::Arc::make_mut) {
+        t.set(sl, b"webdev:!::www-data,amy".to_vec());
+    }
+    let del = [
+        item(
+            AccountId::Group("webdev".into()),
+            vv(&[("a", 2)]),
+            "a",
+            None,
+        ),
+        item(
+            AccountId::Members("webdev".into()),
+            vv(&[("a", 2)]),
+            "a",
+            None,
+        ),
+    ];
+    let add = [
+        g_item(group("developers", 2100), vv(&[("a", 2)]), "a", 2),
+        m_item("developers", &[("amy", &[("a", 2)])], vv(&[("a", 2)]), "a"),
+    ];
+    let p = plan_files(&f, &policy(), &[&del[..], &add[..]].concat(), 20000);
+    assert!(
+        p.outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{:?}",
+        p.outcomes
+    );
+    let [_, gr, _, gs] = text(&p.files);
+    assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
+    assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
+    assert!(!gr.contains("webdev"));
+
+    // the same rename in batches of their own, in either order: the deletion first, or the
+    // new name first (set aside: the old one still holds the gid)
+    fn plan(
+        f: &AccountFiles,
+        items: &[Item],
+        carried: &std::collections::HashMap<u32, Vec<Vec<u8>>>,
+    ) -> super::apply::FilePlan {
+        super::apply::plan_in(
+            &super::View::new(f, &policy()),
+            &policy(),
+            items,
+            20000,
+            carried,
+        )
+    }
+    for add_first in [false, true] {
+        let mut carried = std::collections::HashMap::new();
+        let mut cur = f.clone();
+        if add_first {
+            let p = plan(&cur, &add, &carried);
+            assert!(
+                matches!(p.outcomes[0], Outcome::Aside { .. }),
+                "{:?}",
+                p.outcomes
+            );
+            cur = p.files;
+        }
+        let p = plan(&cur, &del, &carried);
+        assert!(p.outcomes.iter().all(|o| *o == Outcome::Applied));
+        assert_eq!(p.carried.get(&2100), Some(&vec![b"www-data".to_vec()]));
+        carried = p.carried;
+        cur = p.files;
+        let p = plan(&cur, &add, &carried);
+        assert!(
+            p.outcomes.iter().all(|o| *o == Outcome::Applied),
+            "{:?}",
+            p.outcomes
+        );
+        assert!(p.carried.is_empty(), "taken over");
+        let [_, gr, _, gs] = text(&p.files);
+        assert!(gr.contains("developers:x:2100:www-data,amy\n"), "{gr}");
+        assert!(gs.contains("developers:!::www-data,amy\n"), "{gs}");
+    }
+}
+
+#[test]
+fn canonical_order_sorts_managed_members_after_local_ones() {
+    let mut f = plan_files(
+        &base(),
+        &policy(),
+        &[
+            g_item(group("big", 2200), vv(&[("a", 1)]), "a", 1),
+            u_item(user("amy", 2001, 100), vv(&[("a", 1)]), "a", 1),
+            u_item(user("bob", 2002, 100), vv(&[("a", 1)]), "a", 1),
+        ],
+        20000,
+    )
+    .files;
+    let i = f.group.find("big")[0];
+    std::sync::Arc::make_mut(&mut f.group).set(i, b"big:x:2200:bob,www-data,amy".to_vec());
+    let c = canonical(&f, &policy(), &["big".to_string()].into_iter().collect());
+    assert!(
+        text(&c)[1].contains("big:x:2200:www-data,amy,bob\n"),
+        "{}",
+        text(&c)[1]
+    );
+}
+
+// --- merge ---------------------------------------------------------------------------------
+
+#[test]
+fn concurrent_member_adds_both_survive_and_a_removal_removes() {
+    // base: {amy} added by a at 1; a adds bob (a:2), b adds cid (b:1) concurrently
+    let a = m_item(
+        "web",
+        &[("amy", &[("a", 1)]), ("bob", &[("a", 2)])],
+        vv(&[("a", 2)]),
+        "a",
+    );
+    let b = m_item(
+        "web",
+        &[("amy", &[("a", 1)]), ("cid", &[("b", 1)])],
+        vv(&[("a", 1), ("b", 1)]),
+        "b",
+    );
+    let m = merge_members(&a, &b).expect("a set");
+    assert_eq!(m.names().collect::<Vec<_>>(), ["amy", "bob", "cid"]);
+    assert_eq!(merge_members(&b, &a), Some(m));
+    // b removed amy (having seen her add), a added bob: amy goes, bob stays
+    let b = m_item("web", &[], vv(&[("a", 1), ("b", 1)]), "b");
+    let m = merge_members(&a, &b).expect("a set");
+    assert_eq!(m.names().collect::<Vec<_>>(), ["bob"]);
+    // a tombstone is an empty set
+    let t = item(
+        AccountId::Members("web".into()),
+        vv(&[("a", 1), ("b", 1)]),
+        "b",
+        None,
+    );
+    assert_eq!(merge_members(&a, &t), Some(m));
+    match decide(Some(&a), &b, &ConflictPolicy::Newest) {
+        Decision::Take {
+            item,
+            conflict: None,
+        } => {
+            assert_eq!(item.version, vv(&[("a", 2), ("b", 1)]));
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn concurrent_user_changes_are_a_conflict_won_by_the_change_made_last() {
+    let mut u1 = user("alice", 2050, 2050);
+    u1.gecos = "one".into();
+    let mut u2 = user("alice", 2051, 2051);
+    u2.gecos = "two".into();
+    // n3's change was made first (time 100) but noticed last (its counter is higher)
+    let early = u_item(u1, vv(&[("n3", 900)]), "n3", 100);
+    let late = u_item(u2, vv(&[("n1", 200)]), "n1", 200);
+    for (local, remote) in [(&early, &late), (&late, &early)] {
+        let d = decide(Some(local), remote, &ConflictPolicy::Newest);
+        let (item, c) = match d {
+            Decision::Take { item, conflict } | Decision::Keep { item, conflict } => {
+                (item, conflict)
+            }
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(item.origin, "n1");
+        assert_eq!(item.version, vv(&[("n1", 200), ("n3", 900)]));
+        let c = c.expect("a conflict");
+        assert_eq!(c.winner.as_deref(), Some("n1"));
+        assert_eq!(c.versions.len(), 2);
     }
     assert!(matches!(
-        Change::decode(&vec![0; MAX_RECORD_BYTES + 1]),
-        Err(DecodeError::TooLong { .. })
+        decide(Some(&early), &late, &ConflictPolicy::Manual),
+        Decision::Unresolved { .. }
     ));
-    assert!(Change::decode(&[9, 9, 9]).is_err());
+    let d = decide(Some(&late), &early, &ConflictPolicy::Prefer("n3".into()));
+    assert!(
+        matches!(d, Decision::Take { ref item, .. } if item.origin == "n3"),
+        "{d:?}"
+    );
+    // the same change on two nodes is no conflict, and every node keeps the same body
+    let a = u_item(user("x", 2001, 2001), vv(&[("n1", 5)]), "n1", 5);
+    let b = u_item(user("x", 2001, 2001), vv(&[("n2", 6)]), "n2", 6);
+    let (da, db) = (
+        decide(Some(&a), &b, &ConflictPolicy::Newest),
+        decide(Some(&b), &a, &ConflictPolicy::Newest),
+    );
+    let body = |d: &Decision| match d {
+        Decision::Keep {
+            item,
+            conflict: None,
+        } => item.clone(),
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(body(&da), body(&db));
+}
+
+#[test]
+fn adopted_copies_lose_to_any_change_without_a_conflict() {
+    let adopted = u_item(user("bob", 2001, 2001), VersionVector::default(), "", 0);
+    let del = item(AccountId::User("bob".into()), vv(&[("n1", 10)]), "n1", None);
+    assert!(matches!(
+        decide(Some(&adopted), &del, &ConflictPolicy::Newest),
+        Decision::Take { conflict: None, .. }
+    ));
+    assert_eq!(
+        decide(Some(&del), &adopted, &ConflictPolicy::Newest),
+        Decision::Ignore
+    );
+}
+
+// --- detect --------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Mem(BTreeMap<Vec<u8>, Item>);
+
+impl IndexRead for Mem {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn all(&mut self) -> Result<Vec<Item>, String> {
+        Ok(self.0.values().cloned().collect())
+    }
+}
+
+fn read_set(f: &AccountFiles) -> super::FileSet {
+    super::store::testing::file_set(f.clone())
+}
+
+fn commit(ix: &mut Mem, items: Vec<Item>) {
+    for i in items {
+        ix.0.insert(i.key.clone(), i);
+    }
+}
+
+#[test]
+fn detect_reports_changes_once_and_leaving_the_set_is_no_delete() {
+    let mut acc = Accounts::new(policy(), "n1");
+    let mut ix = Mem::default();
+    let mut f = base();
+    std::sync::Arc::make_mut(&mut f.passwd).push(b"fred:x:2008:2008::/home/fred:/bin/sh".to_vec());
+    std::sync::Arc::make_mut(&mut f.group).push(b"fred:x:2008:".to_vec());
+    let i = f.group.find("sudo")[0];
+    std::sync::Arc::make_mut(&mut f.group).set(i, b"sudo:x:27:fred".to_vec());
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 1000, false)
+        .expect("detect");
+    let keys: Vec<String> = d
+        .changes
+        .iter()
+        .map(|i| String::from_utf8_lossy(&i.key).into_owned())
+        .collect();
+    assert_eq!(keys, ["group/fred", "user/fred", "members/sudo"]);
+    commit(&mut ix, d.changes);
+    // nothing new
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 2000, false)
+        .expect("detect");
+    assert!(d.changes.is_empty(), "{:?}", d.changes);
+    // uid out of the range: reported, not deleted
+    let j = f.passwd.find("fred")[0];
+    std::sync::Arc::make_mut(&mut f.passwd)
+        .set(j, b"fred:x:5000:2008::/home/fred:/bin/sh".to_vec());
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 3000, false)
+        .expect("detect");
+    assert!(
+        d.changes.iter().all(|i| !i.key.starts_with(b"user/")),
+        "{:?}",
+        d.changes
+    );
+    assert!(
+        d.problems
+            .iter()
+            .any(|p| p.contains("outside the managed set")),
+        "{:?}",
+        d.problems
+    );
+    // a malformed line of a managed account is reported and not taken for deleted
+    let mut acc = Accounts::new(policy(), "n1");
+    let mut g = f.clone();
+    let j = g.passwd.find("fred")[0];
+    std::sync::Arc::make_mut(&mut g.passwd).set(j, b"fred:x:2008:2008::/home/fred".to_vec());
+    let d = acc
+        .detect(&read_set(&g), &mut ix, 4000, false)
+        .expect("detect");
+    assert!(
+        d.changes
+            .iter()
+            .all(|i| !(i.key == b"user/fred" && i.is_deleted())),
+        "{:?}",
+        d.changes
+    );
+    assert!(
+        d.problems.iter().any(|p| p.contains("malformed")),
+        "{:?}",
+        d.problems
+    );
+}
+
+#[test]
+fn detect_adopts_unversioned_and_a_group_named_like_debian_allows() {
+    let mut acc = Accounts::new(policy(), "n3");
+    let mut ix = Mem::default();
+    let mut f = base();
+    std::sync::Arc::make_mut(&mut f.group).push(b"dev@corp:x:2300:".to_vec());
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 1000, true)
+        .expect("detect");
+    assert_eq!(d.changes.len(), 1);
+    let i = &d.changes[0];
+    assert_eq!(
+        (i.key.as_slice(), i.origin.as_str()),
+        (&b"group/dev@corp"[..], "")
+    );
+    assert!(i.version.is_empty());
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
 }
 
 // --- on disk -----------------------------------------------------------------------------
 
-/// A root with the four files (shadow files 0640 root:shadow as on Debian) and etc/login.defs.
-fn make_root(passwd: &[u8], group: &[u8], shadow: &[u8], gshadow: &[u8]) -> tempfile::TempDir {
+use super::store::{self, Written};
+use super::{AccountDb, AccountsError, DbFile, HomeOutcome, HomeRequest, Recovery, home};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// A root with the four files (shadow files 0640 root:shadow as on Debian).
+fn make_root(f: &AccountFiles) -> tempfile::TempDir {
     let d = tempfile::tempdir().expect("tempdir");
     let etc = d.path().join("etc");
     std::fs::create_dir_all(&etc).expect("mkdir");
     std::fs::create_dir_all(d.path().join("home")).expect("mkdir home");
-    std::fs::create_dir_all(d.path().join("srv")).expect("mkdir srv");
-    for (name, bytes, mode) in [
-        ("passwd", passwd, 0o644),
-        ("group", group, 0o644),
-        ("shadow", shadow, 0o640),
-        ("gshadow", gshadow, 0o640),
+    for (file, mode) in [
+        (DbFile::Passwd, 0o644),
+        (DbFile::Group, 0o644),
+        (DbFile::Shadow, 0o640),
+        (DbFile::Gshadow, 0o640),
     ] {
-        let p = etc.join(name);
-        std::fs::write(&p, bytes).expect("write");
+        let p = etc.join(file.name());
+        std::fs::write(&p, f.bytes(file).unwrap_or_default()).expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        if name.contains("shadow") {
+        if mode == 0o640 {
             let _ = std::os::unix::fs::chown(&p, Some(0), Some(42));
         }
     }
@@ -757,42 +686,56 @@ fn meta(p: &Path) -> (u32, u32, u32) {
     (m.mode() & 0o7777, m.uid(), m.gid())
 }
 
+fn some_items() -> Vec<Item> {
+    vec![
+        g_item(group("niden", 2001), vv(&[("a", 1)]), "a", 1),
+        u_item(user("niden", 2001, 2001), vv(&[("a", 1)]), "a", 1),
+        m_item("sudo", &[("niden", &[("a", 1)])], vv(&[("a", 1)]), "a"),
+    ]
+}
+
 #[test]
-fn apply_on_disk_keeps_modes_owners_and_backups() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
+fn apply_on_disk_keeps_modes_owners_and_backups_and_holds_the_lock_briefly() {
+    let root = make_root(&base());
     let etc = root.path().join("etc");
     let before: Vec<_> = DbFile::ALL
         .iter()
         .map(|f| meta(&etc.join(f.name())))
         .collect();
     let db = AccountDb::new(root.path());
-    let src = source().snapshot(&policy());
-    let p = Policy {
-        create_home: false,
-        ..policy()
-    };
-    let report = db.apply(&p, &all_changes(&src)).expect("apply");
-    assert_eq!(report.applied.len(), 7, "{report:?}");
-    assert_eq!(report.files, DbFile::ALL.to_vec());
+    let mut acc = Accounts::new(policy(), "b");
+    let mut ix = Mem::default();
+    // apply before any detect: stale, nothing written
+    let r = acc.apply(&db, &some_items(), 20000).expect("apply");
+    assert!(r.stale);
+    let d = acc
+        .detect(&db.read().expect("read"), &mut ix, 1, false)
+        .expect("detect");
+    assert!(d.changes.is_empty() && d.canonical.is_none(), "{d:?}");
+    let r = acc.apply(&db, &some_items(), 20000).expect("apply");
+    assert!(
+        !r.stale && r.outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{r:?}"
+    );
+    assert_eq!(r.files, DbFile::ALL.to_vec());
+    assert!(r.locked < std::time::Duration::from_secs(1));
     let after: Vec<_> = DbFile::ALL
         .iter()
         .map(|f| meta(&etc.join(f.name())))
         .collect();
     assert_eq!(before, after, "modes and owners kept");
-    for (f, old) in DbFile::ALL
-        .iter()
-        .zip([PEER_PASSWD, PEER_SHADOW, PEER_GROUP, PEER_GSHADOW])
-    {
+    for f in DbFile::ALL {
         assert_eq!(
             std::fs::read(etc.join(f.backup_name())).expect("backup"),
-            old
+            base().bytes(f).unwrap_or_default()
         );
-        assert_eq!(meta(&etc.join(f.backup_name())), meta(&etc.join(f.name())));
     }
-    let back = db.read(&p).expect("read");
-    assert_eq!(back.users, src.users);
-    assert_eq!(back.recovery, None);
-    // Nothing left behind: no lock, temp or journal files.
+    // what was applied is no local change
+    commit(&mut ix, some_items());
+    let d = acc
+        .detect(&db.read().expect("read"), &mut ix, 2, false)
+        .expect("detect");
+    assert!(d.changes.is_empty(), "{:?}", d.changes);
     let mut names: Vec<String> = std::fs::read_dir(&etc)
         .expect("ls")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -812,106 +755,81 @@ fn apply_on_disk_keeps_modes_owners_and_backups() {
             "shadow-"
         ]
     );
-    // A second apply of the same records writes nothing.
-    let mtime = std::fs::metadata(etc.join("passwd-"))
-        .expect("stat")
-        .mtime_nsec();
-    let again = db.apply(&p, &all_changes(&src)).expect("apply");
-    assert!(again.files.is_empty() && again.applied.is_empty());
-    assert_eq!(
-        std::fs::metadata(etc.join("passwd-"))
-            .expect("stat")
-            .mtime_nsec(),
-        mtime
+    // a tool's change between detect and apply: nothing replaced
+    let read = db.read().expect("read");
+    let mut other = read.files.clone();
+    std::sync::Arc::make_mut(&mut other.passwd).push(b"zz:x:2999:100::/:/bin/sh".to_vec());
+    std::fs::write(
+        etc.join("passwd"),
+        [
+            base().bytes(DbFile::Passwd).unwrap_or_default(),
+            b"tool:x:1600:100::/:/bin/sh\n".to_vec(),
+        ]
+        .concat(),
+    )
+    .expect("tool");
+    assert!(matches!(
+        db.write(&read, &other).expect("write"),
+        Written::Stale
+    ));
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(etc.join("passwd")).expect("read")).contains("zz:")
     );
-}
-
-#[test]
-fn an_invalid_change_refuses_the_whole_batch() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
-    let db = AccountDb::new(root.path());
-    let src = source().snapshot(&policy());
-    let mut ch = all_changes(&src);
-    ch.push(Change::DeleteUser("a:b".into()));
-    let e = db.apply(&policy(), &ch).expect_err("refused");
-    assert!(matches!(e, AccountsError::Invalid { index: 7, .. }), "{e}");
-    assert_eq!(
-        std::fs::read(root.path().join("etc/passwd")).expect("read"),
-        PEER_PASSWD
-    );
-    assert!(!root.path().join("etc/passwd-").exists());
 }
 
 #[test]
 fn missing_files_and_symlinks_are_errors() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
+    let root = make_root(&base());
     let etc = root.path().join("etc");
     std::fs::remove_file(etc.join("gshadow")).expect("rm");
     let db = AccountDb::new(root.path());
-    let s = db.read(&policy()).expect("gshadow is optional");
-    assert!(s.users.is_empty());
+    assert!(
+        db.read()
+            .expect("gshadow is optional")
+            .files
+            .gshadow
+            .is_none()
+    );
     std::fs::remove_file(etc.join("group")).expect("rm");
     std::os::unix::fs::symlink("/etc/group", etc.join("group")).expect("symlink");
-    assert!(matches!(
-        db.read(&policy()),
-        Err(AccountsError::NotAFile { .. })
-    ));
+    assert!(matches!(db.read(), Err(AccountsError::NotAFile { .. })));
     std::fs::remove_file(etc.join("group")).expect("rm");
-    assert!(matches!(
-        db.read(&policy()),
-        Err(AccountsError::Missing { .. })
-    ));
+    assert!(matches!(db.read(), Err(AccountsError::Missing { .. })));
 }
 
 #[test]
-fn an_interrupted_apply_is_finished_by_the_next_read() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
+fn an_interrupted_write_is_finished_by_the_next_read_or_gives_way() {
+    let root = make_root(&base());
     let db = AccountDb::new(root.path());
-    let src = source().snapshot(&policy());
-    store::testing::apply_until_journal(&db, &policy(), &all_changes(&src)).expect("stage");
+    let read = db.read().expect("read");
+    let new = plan_files(&read.files, &policy(), &some_items(), 20000).files;
+    store::testing::write_until_journal(&db, &read, &new).expect("stage");
+    let back = db.read().expect("read");
     assert_eq!(
-        std::fs::read(root.path().join("etc/passwd")).expect("read"),
-        PEER_PASSWD
-    );
-    let s = db.read(&policy()).expect("read");
-    assert_eq!(
-        s.recovery,
+        back.recovery,
         Some(Recovery {
             completed: DbFile::ALL.to_vec(),
             abandoned: vec![]
         })
     );
-    assert_eq!(s.users, src.users);
-    assert_eq!(
-        std::fs::read(root.path().join("etc/passwd-")).expect("read"),
-        PEER_PASSWD
-    );
-    assert_eq!(db.read(&policy()).expect("read").recovery, None);
-}
-
-#[test]
-fn an_interrupted_apply_gives_way_to_a_file_changed_since() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
+    assert_eq!(back.files, new);
+    // again, but a tool writes passwd after the crash
+    let root = make_root(&base());
     let db = AccountDb::new(root.path());
-    let src = source().snapshot(&policy());
-    store::testing::apply_until_journal(&db, &policy(), &all_changes(&src)).expect("stage");
-    let edited = [PEER_PASSWD, b"dave:x:1001:1001::/home/dave:/bin/sh\n"].concat();
+    let read = db.read().expect("read");
+    store::testing::write_until_journal(&db, &read, &new).expect("stage");
+    let edited = [
+        base().bytes(DbFile::Passwd).unwrap_or_default(),
+        b"dave:x:1001:1001::/home/dave:/bin/sh\n".to_vec(),
+    ]
+    .concat();
     std::fs::write(root.path().join("etc/passwd"), &edited).expect("a tool writes passwd");
-    let r = db
-        .apply(
-            &Policy {
-                create_home: false,
-                ..policy()
-            },
-            &[],
-        )
-        .expect("apply");
-    let rec = r.recovery.expect("recovered");
-    assert_eq!(rec.abandoned, vec![DbFile::Passwd]);
+    let back = db.read().expect("read");
     assert_eq!(
-        std::fs::read(root.path().join("etc/passwd")).expect("read"),
-        edited
+        back.recovery.map(|r| r.abandoned),
+        Some(vec![DbFile::Passwd])
     );
+    assert_eq!(back.files.passwd.to_bytes(), edited);
     let leftovers = std::fs::read_dir(root.path().join("etc"))
         .expect("ls")
         .filter_map(Result::ok)
@@ -924,164 +842,121 @@ fn an_interrupted_apply_gives_way_to_a_file_changed_since() {
     assert_eq!(leftovers, 0);
 }
 
-// --- homes -------------------------------------------------------------------------------
-
-fn skel(root: &Path) {
-    let skel = root.join("etc/skel");
-    std::fs::create_dir_all(skel.join(".config/app")).expect("mkdir");
-    std::fs::write(skel.join(".bashrc"), b"# bashrc\n").expect("write");
-    std::fs::set_permissions(skel.join(".bashrc"), std::fs::Permissions::from_mode(0o644))
-        .expect("chmod");
-    std::fs::write(skel.join(".config/app/secret"), b"s").expect("write");
-    std::fs::set_permissions(
-        skel.join(".config/app/secret"),
-        std::fs::Permissions::from_mode(0o4600),
+#[test]
+fn without_passwords_new_users_are_locked_and_local_hashes_kept() {
+    let p = Policy {
+        passwords: false,
+        ..policy()
+    };
+    let mut u = user("niden", 2001, 100);
+    u.password = None;
+    u.aging.last_change = None;
+    let f = plan_files(
+        &base(),
+        &p,
+        &[u_item(u.clone(), vv(&[("a", 1)]), "a", 1)],
+        20000,
     )
-    .expect("chmod");
-    std::os::unix::fs::symlink("/etc/shadow", skel.join("link-out")).expect("symlink");
+    .files;
+    assert!(text(&f)[2].contains("niden:!:20000:"), "{}", text(&f)[2]);
+    let mut f2 = f.clone();
+    let i = f2.shadow.as_ref().map(|t| t.find("niden")[0]).unwrap_or(0);
+    if let Some(t) = f2.shadow.as_mut().map(std::sync::Arc::make_mut) {
+        t.set(i, b"niden:$6$local$hash:19999::::::".to_vec());
+    }
+    u.shell = "/bin/sh".into();
+    let f3 = plan_files(&f2, &p, &[u_item(u, vv(&[("a", 2)]), "a", 2)], 20000).files;
+    assert!(
+        text(&f3)[2].contains("niden:$6$local$hash:19999:"),
+        "{}",
+        text(&f3)[2]
+    );
+    assert!(text(&f3)[0].contains("niden:x:2001:100::/home/niden:/bin/sh"));
 }
 
 #[test]
-fn homes_are_made_from_skel_with_owner_and_mode() {
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
-    skel(root.path());
+fn homes_are_made_from_skel_and_never_deleted() {
+    let root = make_root(&base());
+    let skel = root.path().join("etc/skel");
+    std::fs::create_dir_all(skel.join(".config")).expect("mkdir");
+    std::fs::write(skel.join(".bashrc"), b"# bashrc\n").expect("write");
     let db = AccountDb::new(root.path());
-    let src = source().snapshot(&policy());
-    // An existing home is left alone; webapp's parent /srv exists; beauty's home is there.
-    std::fs::create_dir_all(root.path().join("home/beauty")).expect("mkdir");
-    std::fs::write(root.path().join("home/beauty/keep"), b"k").expect("write");
-    let r = db.apply(&policy(), &all_changes(&src)).expect("apply");
-    let created: Vec<String> = r.homes.iter().map(ToString::to_string).collect();
+    let p = Policy {
+        create_home: true,
+        ..policy()
+    };
+    let mut acc = Accounts::new(p, "b");
+    acc.detect(&db.read().expect("read"), &mut Mem::default(), 1, false)
+        .expect("detect");
+    let r = acc.apply(&db, &some_items(), 20000).expect("apply");
+    let made: Vec<String> = r.homes.iter().map(ToString::to_string).collect();
     assert_eq!(
-        created,
-        [
-            "created home \"/home/niden\" of \"niden\" (mode 0700)",
-            "created home \"/srv/webapp\" of \"webapp\" (mode 0700)",
-        ]
+        made,
+        ["created home \"/home/niden\" of \"niden\" (mode 0700)"]
     );
     let h = root.path().join("home/niden");
     assert_eq!(meta(&h), (0o700, 2001, 2001));
-    assert_eq!(meta(&h.join(".bashrc")), (0o644, 2001, 2001));
-    assert_eq!(
-        std::fs::read(h.join(".bashrc")).expect("read"),
-        b"# bashrc\n"
-    );
-    assert_eq!(
-        meta(&h.join(".config/app/secret")),
-        (0o600, 2001, 2001),
-        "setuid dropped"
-    );
-    assert_eq!(meta(&h.join(".config")).1, 2001);
-    let l = std::fs::symlink_metadata(h.join("link-out")).expect("lstat");
-    assert!(l.file_type().is_symlink() && l.uid() == 2001);
-    assert_eq!(
-        std::fs::read_link(h.join("link-out")).expect("readlink"),
-        Path::new("/etc/shadow")
-    );
-    assert_eq!(
-        meta(&root.path().join("home/beauty")).1,
-        0,
-        "existing home untouched"
-    );
-    let names: Vec<_> = std::fs::read_dir(root.path().join("home/beauty"))
-        .expect("ls")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(names, ["keep"], "nothing copied into an existing home");
-    // Deleting the user never deletes the home.
-    let r = db
-        .apply(&policy(), &[Change::DeleteUser("niden".into())])
-        .expect("delete");
-    assert_eq!(r.applied.len(), 1);
-    assert!(h.join(".bashrc").exists());
-}
-
-#[test]
-fn home_mode_from_login_defs_and_careful_parents() {
-    assert_eq!(home::home_mode(""), 0o700);
-    assert_eq!(
-        home::home_mode("UMASK 022\n#HOME_MODE 0755\n"),
-        0o700,
-        "UMASK is not used"
-    );
-    assert_eq!(home::home_mode("HOME_MODE\t0750\n"), 0o750);
-    assert_eq!(home::home_mode("HOME_MODE 0x1e8\n"), 0o750);
-    assert_eq!(
-        home::home_mode("HOME_MODE 488\n"),
-        0o750,
-        "decimal, as strtol reads it"
-    );
-    assert_eq!(
-        home::home_mode("HOME_MODE 04755\n"),
-        0o755,
-        "no setuid on a home"
-    );
-    assert_eq!(home::home_mode("HOME_MODE nonsense\n"), 0o700);
-
-    let root = make_root(PEER_PASSWD, PEER_GROUP, PEER_SHADOW, PEER_GSHADOW);
-    std::fs::write(root.path().join("etc/login.defs"), b"HOME_MODE 0750\n").expect("write");
-    std::os::unix::fs::symlink("/etc", root.path().join("etc/skel")).expect("skel symlink");
-    let req = |home: &str| HomeRequest {
+    assert_eq!(meta(&h.join(".bashrc")).1, 2001);
+    let del = item(AccountId::User("niden".into()), vv(&[("a", 2)]), "a", None);
+    let gdel = item(AccountId::Group("niden".into()), vv(&[("a", 2)]), "a", None);
+    let r = acc.apply(&db, &[del, gdel], 20000).expect("delete");
+    assert_eq!(r.outcomes, vec![Outcome::Applied, Outcome::Applied]);
+    assert!(h.join(".bashrc").exists(), "a home is never deleted");
+    assert_eq!(home::home_mode("HOME_MODE 0750\n"), 0o750);
+    let req = HomeRequest {
         user: "u".into(),
-        home: home.into(),
+        home: "/root/.ssh".into(),
         uid: 2050,
         gid: 2050,
     };
-    let r = home::ensure_home(root.path(), &req("/home/u"), 0o750);
-    assert!(
-        matches!(r, Some(HomeOutcome::Created { mode: 0o750, .. })),
-        "{r:?}"
-    );
-    assert_eq!(
-        std::fs::read_dir(root.path().join("home/u"))
-            .expect("ls")
-            .count(),
-        0,
-        "skel symlink not followed"
-    );
-    assert_eq!(home::ensure_home(root.path(), &req("/home/u"), 0o750), None);
-    for home in ["/root/.ssh", "/etc/cron.d", "/", "/nonexistent/u"] {
-        let r = home::ensure_home(root.path(), &req(home), 0o700);
-        assert!(
-            matches!(r, Some(HomeOutcome::Skipped { .. })),
-            "{home}: {r:?}"
-        );
-    }
-    std::fs::create_dir_all(root.path().join("tmp")).expect("mkdir");
-    std::fs::set_permissions(
-        root.path().join("tmp"),
-        std::fs::Permissions::from_mode(0o1777),
-    )
-    .expect("chmod");
-    let r = home::ensure_home(root.path(), &req("/tmp/u"), 0o700);
-    assert!(
-        matches!(r, Some(HomeOutcome::Skipped { .. })),
-        "world-writable parent: {r:?}"
-    );
-    assert!(!root.path().join("tmp/u").exists());
+    assert!(matches!(
+        home::ensure_home(root.path(), &req, 0o700),
+        Some(HomeOutcome::Skipped { .. })
+    ));
 }
 
-// --- fuzz seeds --------------------------------------------------------------------------
+// --- codec and fuzz seeds ------------------------------------------------------------------
 
 fn account_seeds() -> Vec<(String, Vec<u8>)> {
-    let s = source().snapshot(&policy());
-    let mut changes = all_changes(&s);
-    let mut unsynced = s.users["niden"].clone();
-    unsynced.password = None;
-    unsynced.name = "beauty".into();
-    changes.push(Change::User(unsynced));
-    changes.push(Change::DeleteUser("niden".into()));
-    changes.push(Change::DeleteGroup("webdev".into()));
-    changes
+    let mut bodies: Vec<Account> = some_items()
+        .into_iter()
+        .filter_map(|i| match i.body {
+            Some(Body::Account(a)) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut u = user("beauty", 2002, 2002);
+    u.password = None;
+    bodies.push(Account::User { user: u, made: 0 });
+    bodies
         .iter()
         .enumerate()
-        .map(|(i, c)| (format!("seed-{i:02}"), c.encode().expect("encode")))
+        .map(|(i, a)| (format!("seed-{i:02}"), a.encode().expect("encode")))
         .collect()
 }
 
 fn account_corpus() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_account")
+}
+
+#[test]
+fn account_codec_limits_and_round_trip() {
+    use super::model::{DecodeError, MAX_RECORD_BYTES};
+    for (_, b) in account_seeds() {
+        let a = Account::decode(&b).expect("decode");
+        assert_eq!(a.encode().expect("encode"), b);
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(matches!(
+            Account::decode(&longer),
+            Err(DecodeError::Trailing(1))
+        ));
+    }
+    assert!(matches!(
+        Account::decode(&vec![0; MAX_RECORD_BYTES + 1]),
+        Err(DecodeError::TooLong { .. })
+    ));
+    assert!(Account::decode(&[9, 9, 9]).is_err());
 }
 
 /// The committed seeds of the `decode_account` fuzz target are what the samples encode to.
@@ -1112,133 +987,222 @@ fn write_account_fuzz_seeds() {
     }
 }
 
-// --- properties --------------------------------------------------------------------------
+// --- properties ----------------------------------------------------------------------------
 
 mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    fn opt_days() -> impl Strategy<Value = Option<i64>> {
-        proptest::option::of(-1i64..100_000)
+    fn settle(local: &Item, remote: &Item) -> Item {
+        match decide(Some(local), remote, &ConflictPolicy::Newest) {
+            Decision::Take { item, .. } | Decision::Keep { item, .. } => item,
+            Decision::Ignore | Decision::Unresolved { .. } => local.clone(),
+        }
     }
 
-    fn user() -> impl Strategy<Value = UserRecord> {
-        let hash = prop_oneof![
-            Just("!".to_owned()),
-            Just("*".to_owned()),
-            Just(String::new()),
-            "\\$(6|y|2b)\\$[a-zA-Z0-9./]{1,16}\\$[a-zA-Z0-9./]{1,43}",
-        ];
-        let groups = proptest::sample::subsequence(vec!["sudo", "users", "www-data"], 0..=3);
-        (
-            ("u[a-z0-9_-]{0,15}", 2000u32..=2999, 2000u32..=2999),
-            (
-                "[A-Za-z0-9 ,.()-]{0,30}",
-                "/(home|srv/www)/[a-z][a-z0-9.]{0,10}",
-            ),
-            (
-                prop_oneof![Just(""), Just("/bin/bash"), Just("/usr/sbin/nologin")],
-                groups,
-            ),
-            proptest::option::of(hash),
-            (
-                opt_days(),
-                opt_days(),
-                opt_days(),
-                opt_days(),
-                opt_days(),
-                opt_days(),
-            ),
-        )
-            .prop_map(
-                |((name, uid, gid), (gecos, home), (shell, groups), hash, a)| UserRecord {
-                    name,
-                    uid,
-                    gid,
-                    group: None,
-                    gecos,
-                    home,
-                    shell: shell.to_owned(),
-                    groups: groups.into_iter().map(str::to_owned).collect(),
-                    aging: Aging {
-                        last_change: if hash.is_some() { a.0 } else { None },
-                        min: a.1,
-                        max: a.2,
-                        warn: a.3,
-                        inactive: a.4,
-                        expire: a.5,
-                        reserved: None,
-                    },
-                    password: hash.map(Secret::new),
-                },
-            )
+    /// One step of a simulated cluster of three nodes.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Node changes the item (a member added or removed, or a shell set).
+        Local { node: usize, what: u8 },
+        /// Node `to` receives node `from`'s item.
+        Send { from: usize, to: usize },
     }
 
-    fn group() -> impl Strategy<Value = GroupRecord> {
-        (
-            "g[a-z0-9_-]{0,15}",
-            2000u32..=2999,
-            proptest::option::of("!|\\*|\\$6\\$[a-z]{1,8}\\$[a-zA-Z0-9./]{1,20}"),
-            proptest::collection::vec("[a-z][a-z0-9]{0,7}", 0..3),
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(
+            prop_oneof![
+                (0usize..3, 0u8..8).prop_map(|(node, what)| Op::Local { node, what }),
+                (0usize..3, 0usize..3).prop_map(|(from, to)| Op::Send { from, to }),
+            ],
+            0..24,
         )
-            .prop_map(|(name, gid, hash, admins)| GroupRecord {
-                name,
-                gid,
-                password: hash.map(Secret::new),
-                admins,
-            })
+    }
+
+    const NODES: [&str; 3] = ["a", "b", "c"];
+
+    /// A local change of node `n` on top of `cur`, as detect makes it: a member set with user
+    /// `u{what/2}` added (even) or removed (odd), or a user with shell number `what`.
+    fn local(n: usize, cur: Option<&Item>, what: u8, members: bool, clock: u64) -> Item {
+        let me = NODES[n];
+        let mut version = cur.map(|c| c.version.clone()).unwrap_or_default();
+        version.bump(me, clock);
+        if members {
+            let mut set: Vec<Member> = match cur.and_then(|c| c.body.as_ref()) {
+                Some(Body::Account(Account::Members(m))) => m.members.clone(),
+                _ => vec![],
+            };
+            let u = format!("u{}", what / 2);
+            set.retain(|m| m.user != u);
+            if what.is_multiple_of(2) {
+                set.push(Member {
+                    user: u,
+                    dots: vec![Dot {
+                        node: me.into(),
+                        counter: version.get(me),
+                    }],
+                });
+                set.sort_by(|x, y| x.user.cmp(&y.user));
+            }
+            Item {
+                key: b"members/web".to_vec(),
+                version,
+                origin: me.into(),
+                body: (!set.is_empty()).then(|| {
+                    Body::Account(Account::Members(Members {
+                        group: "web".into(),
+                        members: set,
+                    }))
+                }),
+                beat: vec![],
+            }
+        } else {
+            let mut u = user("x", 2001, 2001);
+            u.shell = format!("/bin/sh{}", what % 3);
+            let mut it = u_item(u, version, me, clock as i64);
+            if what == 7 {
+                it.body = None;
+            }
+            it
+        }
+    }
+
+    fn run(ops: &[Op], members: bool) -> Vec<Option<Item>> {
+        let mut node: Vec<Option<Item>> = vec![None, None, None];
+        let mut clock = 0u64;
+        for op in ops {
+            clock += 1;
+            match op {
+                Op::Local { node: n, what } => {
+                    node[*n] = Some(local(*n, node[*n].as_ref(), *what, members, clock));
+                }
+                Op::Send { from, to } => {
+                    if let Some(r) = node[*from].clone() {
+                        node[*to] = Some(match &node[*to] {
+                            Some(l) => settle(l, &r),
+                            None => r,
+                        });
+                    }
+                }
+            }
+        }
+        // everyone exchanges with everyone until nothing changes
+        for _ in 0..4 {
+            for from in 0..3 {
+                for to in 0..3 {
+                    if let Some(r) = node[from].clone() {
+                        node[to] = Some(match &node[to] {
+                            Some(l) => settle(l, &r),
+                            None => r,
+                        });
+                    }
+                }
+            }
+        }
+        node
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
-        /// A valid record applied to a peer reads back as sent (with the password, when it
-        /// has one), keeps every other line, and a second apply changes nothing.
+        /// Member sets: whatever the changes and the order of delivery, every node converges
+        /// to one set.
         #[test]
-        fn users_round_trip_through_the_files(u in user()) {
-            prop_assert_eq!(validate_user(&u, &policy().set), Ok(()));
-            let c = Change::User(u.clone());
-            prop_assert_eq!(Change::decode(&c.encode().expect("encode")).expect("decode"), c.clone());
-            let plan = peer().plan(std::slice::from_ref(&c), &policy(), 20000);
-            prop_assert_eq!(&plan.report.applied, &vec![u.id()]);
-            let mut back = plan.files.snapshot(&policy()).users.remove(&u.name).expect("read back");
-            if u.password.is_none() {
-                prop_assert_eq!(back.password.as_ref().map(Secret::expose), Some("!"));
-                prop_assert_eq!(back.aging.last_change, Some(20000));
-                back.password = None;
-                back.aging.last_change = None;
-            }
-            prop_assert_eq!(back, u);
-            untouched_lines_kept(PEER_PASSWD, &plan.files.bytes(DbFile::Passwd).unwrap_or_default(), &[]);
-            untouched_lines_kept(PEER_SHADOW, &plan.files.bytes(DbFile::Shadow).unwrap_or_default(), &[]);
-            let again = plan.files.plan(&[c], &policy(), 20000);
-            prop_assert!(again.changed.is_empty());
+        fn member_sets_converge(ops in ops()) {
+            let n = run(&ops, true);
+            prop_assert_eq!(&n[0], &n[1]);
+            prop_assert_eq!(&n[1], &n[2]);
         }
 
+        /// Users: whatever the changes and the order of delivery, every node ends with the
+        /// same item.
         #[test]
-        fn groups_round_trip_through_the_files(g in group()) {
-            prop_assert_eq!(validate_group(&g, &policy().set), Ok(()));
-            let c = Change::Group(g.clone());
-            let plan = peer().plan(std::slice::from_ref(&c), &policy(), 0);
-            prop_assert_eq!(&plan.report.applied, &vec![g.id()]);
-            let mut back = plan.files.snapshot(&policy()).groups.remove(&g.name).expect("read back");
-            if g.password.is_none() {
-                prop_assert_eq!(back.password.as_ref().map(Secret::expose), Some("!"));
-                back.password = None;
-            }
-            prop_assert_eq!(back, g);
-            untouched_lines_kept(PEER_GROUP, &plan.files.bytes(DbFile::Group).unwrap_or_default(), &[]);
-            untouched_lines_kept(PEER_GSHADOW, &plan.files.bytes(DbFile::Gshadow).unwrap_or_default(), &[]);
+        fn user_decisions_converge(ops in ops()) {
+            let n = run(&ops, false);
+            prop_assert_eq!(&n[0], &n[1]);
+            prop_assert_eq!(&n[1], &n[2]);
         }
 
-        /// Whatever the bytes, decoding and validating never panics, and what validates can be
-        /// planned without disturbing other lines.
+        /// An apply to files in canonical layout patches their blocks: the same files and
+        /// outcomes as building them anew, whatever the files and the items.
+        #[test]
+        fn patching_the_blocks_gives_the_files_built_anew(
+            users in proptest::collection::vec((0u8..12, any::<bool>(), any::<bool>()), 0..10),
+            groups in proptest::collection::vec((0u8..6, any::<bool>(), proptest::collection::vec(0u8..13, 0..6)), 0..6),
+            items in proptest::collection::vec((0u8..5, 0u8..12, 0u8..4, proptest::collection::vec(0u8..13, 0..5)), 1..8),
+        ) {
+            let (mut p, mut g, mut sp, mut gs) = (String::new(), String::new(), String::new(), String::new());
+            let mut seen = std::collections::BTreeSet::new();
+            for (k, managed, private) in &users {
+                if !seen.insert(*k) {
+                    continue;
+                }
+                let id = if *managed { 2000 + u32::from(*k) } else { 1000 + u32::from(*k) };
+                p.push_str(&format!("u{k}:x:{id}:{}::/home/u{k}:/bin/sh\n", if *private { id } else { 100 }));
+                sp.push_str(&format!("u{k}:!:19000:0:99999:7:::\n"));
+                if *private {
+                    g.push_str(&format!("u{k}:x:{id}:\n"));
+                    gs.push_str(&format!("u{k}:!::\n"));
+                }
+            }
+            let mut gseen = std::collections::BTreeSet::new();
+            for (k, managed, members) in &groups {
+                if !gseen.insert(*k) {
+                    continue;
+                }
+                let gid = if *managed { 2500 + u32::from(*k) } else { 500 + u32::from(*k) };
+                let m: Vec<String> = members
+                    .iter()
+                    .map(|m| if *m == 12 { "www-data".to_string() } else { format!("u{m}") })
+                    .collect();
+                g.push_str(&format!("g{k}:x:{gid}:{}\n", m.join(",")));
+                gs.push_str(&format!("g{k}:!:u1:{}\n", m.join(",")));
+            }
+            let f = files(
+                &PASSWD.replace("+@nis", &format!("{p}+@nis")),
+                &GROUP.replace("+@nis", &format!("{g}+@nis")),
+                &format!("{SHADOW}{sp}"),
+                &format!("{GSHADOW}{gs}"),
+            );
+            let all: std::collections::BTreeSet<String> = (0..6).map(|k| format!("g{k}")).chain((0..12).map(|k| format!("u{k}"))).chain(["sudo".to_string()]).collect();
+            let f = canonical(&f, &policy(), &all);
+            let mut its = Vec::new();
+            for (kind, k, x, members) in &items {
+                let v = vv(&[("a", 1)]);
+                its.push(match kind {
+                    0 => u_item(user(&format!("u{k}"), 2000 + u32::from(*k) + 100 * u32::from(*x % 2), if *x >= 2 { 100 } else { 2000 + u32::from(*k) }), v, "a", 1),
+                    1 => item(AccountId::User(format!("u{k}")), v, "a", None),
+                    2 => g_item(group(&format!("{}{}", if *x % 2 == 0 { "g" } else { "u" }, k % 6), 2500 + u32::from(*k) + 10 * u32::from(*x)), v, "a", 1),
+                    3 => item(AccountId::Group(format!("g{}", k % 6)), v, "a", None),
+                    _ => {
+                        let name = if *x == 3 { "sudo".to_string() } else { format!("g{}", k % 6) };
+                        let mut ms: Vec<String> = members.iter().map(|m| format!("u{m}")).collect();
+                        ms.sort();
+                        ms.dedup();
+                        let ms: Vec<(&str, &[(&str, u64)])> = ms.iter().map(|m| (m.as_str(), &[("a", 1u64)][..])).collect();
+                        m_item(&name, &ms, v, "a")
+                    }
+                });
+            }
+            let patched_view = super::super::View::new(&f, &policy());
+            prop_assert!(patched_view.blocks.is_some());
+            let mut full_view = super::super::View::new(&f, &policy());
+            full_view.blocks = None;
+            let a = super::super::apply::plan_in(&patched_view, &policy(), &its, 20000, &Default::default());
+            let b = super::super::apply::plan_in(&full_view, &policy(), &its, 20000, &Default::default());
+            prop_assert_eq!(&a.outcomes, &b.outcomes);
+            prop_assert_eq!(text(&a.files), text(&b.files));
+        }
+
+        /// Whatever the bytes, decoding and validating never panics, and a valid item can be
+        /// planned onto the files.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            if let Ok(c) = Change::decode(&bytes)
-                && validate_change(&c, &policy().set).is_ok()
+            if let Ok(a) = Account::decode(&bytes)
+                && super::super::validate_account(&a, &policy().set, &|_| u64::MAX).is_ok()
             {
-                let _ = source().plan(&[c], &policy(), 0);
+                let it = item(a.id(), vv(&[("a", u64::MAX)]), "a", Some(a));
+                let _ = plan_files(&base(), &policy(), &[it], 0);
             }
         }
     }

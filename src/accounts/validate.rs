@@ -1,17 +1,17 @@
-//! Checks on account records before anything uses them (a peer's, or one read locally).
+//! Checks on account items before anything uses them (a peer's, or one read locally).
 //!
-//! Names follow shadow-utils' portable rule (upstream `is_valid_user_name`): 1 to 32 bytes of
-//! `[A-Za-z0-9_.-]`, not starting with `-`, optionally ending in `$` (Samba machine
-//! accounts), and not `.`, `..` or all digits (a numeric name would be read as an id by
-//! `chown`). Debian's `useradd` accepts more (`é`, `a/b`, `..`); such accounts are not
-//! replicated. No field may hold `:`, a newline, NUL or another control character, so no record
-//! can add a field or a line to the files. Ids are never 0 or 4294967295 and users must be in
-//! the managed set; whether a group is managed depends on the node's users, so that is checked
-//! when the change is applied. The hash is checked for plausibility and never appears in an
-//! error.
+//! Names: what Debian's shadow-utils accepts and the files can hold unambiguously: 1 to 32
+//! bytes of UTF-8 without `:`, `,`, `/`, whitespace or control characters, not starting with
+//! `-`, `+`, `#` or `~`, and not `.`, `..` or all digits (a numeric name would be read as an id
+//! by `chown`). So `dev@corp` and `dé` are synced; a name outside that is reported on the node
+//! that has it (`status`), never sent. No field may hold `:`, a newline, NUL or another control
+//! character, so no record can add a field or a line to the files. Ids are never 0 or
+//! 4294967295 and users must be in the managed set; whether a group is managed depends on the
+//! node's users, so that is checked when it is applied. The hash is checked for plausibility
+//! and never appears in an error.
 
 use super::managed::{ManagedSet, reserved_id};
-use super::model::{Aging, Change, GroupRecord, Secret, UserRecord, shown};
+use super::model::{Account, Aging, Group, Members, Secret, User, shown};
 use std::fmt;
 
 /// Longest user or group name (Debian's shadow-utils: 32).
@@ -27,11 +27,12 @@ pub const MAX_LIST: usize = 4096;
 /// Largest aging value (days): beyond year 275,000.
 pub const MAX_DAYS: i64 = 100_000_000;
 
-/// Whether a record is a user or a group, for messages.
+/// Whether a record is a user, a group or a member set, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     User,
     Group,
+    Members,
 }
 
 impl fmt::Display for RecordKind {
@@ -39,6 +40,7 @@ impl fmt::Display for RecordKind {
         f.write_str(match self {
             RecordKind::User => "user",
             RecordKind::Group => "group",
+            RecordKind::Members => "member set",
         })
     }
 }
@@ -50,16 +52,17 @@ pub enum Field {
     Name,
     Uid,
     Gid,
-    PrimaryGroup,
     Gecos,
     Home,
     Shell,
-    /// A supplementary group, by position.
-    Groups(usize),
+    /// A member of a member set, by position.
+    Member(usize),
     Password,
     Aging(&'static str),
     /// A group administrator, by position.
     Admins(usize),
+    /// The time of the change.
+    Made,
 }
 
 impl fmt::Display for Field {
@@ -68,14 +71,14 @@ impl fmt::Display for Field {
             Field::Name => f.write_str("name"),
             Field::Uid => f.write_str("uid"),
             Field::Gid => f.write_str("gid"),
-            Field::PrimaryGroup => f.write_str("primary group"),
             Field::Gecos => f.write_str("gecos"),
             Field::Home => f.write_str("home"),
             Field::Shell => f.write_str("shell"),
-            Field::Groups(i) => write!(f, "groups[{i}]"),
+            Field::Member(i) => write!(f, "members[{i}]"),
             Field::Password => f.write_str("password hash"),
             Field::Aging(which) => write!(f, "aging {which}"),
             Field::Admins(i) => write!(f, "administrators[{i}]"),
+            Field::Made => f.write_str("time of change"),
         }
     }
 }
@@ -101,7 +104,7 @@ pub enum Reason {
     ReservedId,
     /// Neither in `users` nor in `uid_range`.
     NotManaged,
-    /// Supplementary groups must be sorted and unique.
+    /// Members must be sorted and unique, dots sorted, unique and not above the version.
     NotSorted,
     /// `$id$…` without its parts.
     BadHashFormat,
@@ -127,7 +130,7 @@ impl fmt::Display for Reason {
             Reason::NotManaged => {
                 f.write_str("is outside the managed set ([accounts] users/uid_range)")
             }
-            Reason::NotSorted => f.write_str("is not sorted or repeats a group"),
+            Reason::NotSorted => f.write_str("is not sorted or repeats an entry"),
             Reason::BadHashFormat => f.write_str("is not a plausible crypt(3) hash"),
             Reason::OutOfRange => write!(f, "is out of range (-1 to {MAX_DAYS})"),
             Reason::TooMany { max } => write!(f, "has more than {max} entries"),
@@ -148,8 +151,8 @@ pub struct InvalidRecord {
 
 type Check = Result<(), (Field, Reason)>;
 
-/// Check a user record from a peer (or read locally) against the managed set.
-pub fn validate_user(rec: &UserRecord, set: &ManagedSet) -> Result<(), InvalidRecord> {
+/// Check a user against the managed set.
+pub fn validate_user(rec: &User, set: &ManagedSet) -> Result<(), InvalidRecord> {
     user_fields(rec, set).map_err(|(field, reason)| InvalidRecord {
         kind: RecordKind::User,
         name: shown(&rec.name),
@@ -158,9 +161,9 @@ pub fn validate_user(rec: &UserRecord, set: &ManagedSet) -> Result<(), InvalidRe
     })
 }
 
-/// Check a group record. Whether the group is managed on a node (its gid in the range, or the
-/// primary group of a managed user there) is decided when it is applied.
-pub fn validate_group(rec: &GroupRecord, _set: &ManagedSet) -> Result<(), InvalidRecord> {
+/// Check a group. Whether the group is managed on a node (its gid in the range, or the private
+/// group of a managed user there) is decided when it is applied.
+pub fn validate_group(rec: &Group) -> Result<(), InvalidRecord> {
     group_fields(rec).map_err(|(field, reason)| InvalidRecord {
         kind: RecordKind::Group,
         name: shown(&rec.name),
@@ -169,36 +172,91 @@ pub fn validate_group(rec: &GroupRecord, _set: &ManagedSet) -> Result<(), Invali
     })
 }
 
-/// Check one change: its record, or the name it deletes.
-pub fn validate_change(change: &Change, set: &ManagedSet) -> Result<(), InvalidRecord> {
-    let bad_name = |kind, name: &str| {
-        check_name(name).map_err(|reason| InvalidRecord {
-            kind,
-            name: shown(name),
-            field: Field::Name,
-            reason,
-        })
-    };
-    match change {
-        Change::User(u) => validate_user(u, set),
-        Change::Group(g) => validate_group(g, set),
-        Change::DeleteUser(n) => bad_name(RecordKind::User, n),
-        Change::DeleteGroup(n) => bad_name(RecordKind::Group, n),
-    }
+/// Check a member set: names, order, and that every dot is covered by the item's version
+/// (`counter_of(node)`: that node's counter in it).
+pub fn validate_members(
+    m: &Members,
+    counter_of: &dyn Fn(&str) -> u64,
+) -> Result<(), InvalidRecord> {
+    members_fields(m, counter_of).map_err(|(field, reason)| InvalidRecord {
+        kind: RecordKind::Members,
+        name: shown(&m.group),
+        field,
+        reason,
+    })
 }
 
-/// Check a batch; the first bad change refuses the whole batch (its index is returned).
-pub fn validate_changes(
-    changes: &[Change],
-    set: &ManagedSet,
-) -> Result<(), (usize, InvalidRecord)> {
-    for (i, c) in changes.iter().enumerate() {
-        validate_change(c, set).map_err(|e| (i, e))?;
+/// Most members of one set.
+pub const MAX_MEMBERS: usize = 65_536;
+/// Most dots of one member.
+pub const MAX_DOTS: usize = 64;
+
+fn members_fields(m: &Members, counter_of: &dyn Fn(&str) -> u64) -> Check {
+    check_name(&m.group).map_err(|r| (Field::Name, r))?;
+    if m.members.len() > MAX_MEMBERS {
+        return Err((
+            Field::Member(MAX_MEMBERS),
+            Reason::TooMany { max: MAX_MEMBERS },
+        ));
+    }
+    for (i, x) in m.members.iter().enumerate() {
+        check_name(&x.user).map_err(|r| (Field::Member(i), r))?;
+        if x.dots.len() > MAX_DOTS {
+            return Err((Field::Member(i), Reason::TooMany { max: MAX_DOTS }));
+        }
+        if x.dots.windows(2).any(|w| w[0] >= w[1])
+            || x.dots
+                .iter()
+                .any(|d| d.node.is_empty() || d.node.len() > 255 || d.counter > counter_of(&d.node))
+        {
+            return Err((Field::Member(i), Reason::NotSorted));
+        }
+    }
+    if m.members.windows(2).any(|w| w[0].user >= w[1].user) {
+        return Err((Field::Member(0), Reason::NotSorted));
     }
     Ok(())
 }
 
-fn user_fields(rec: &UserRecord, set: &ManagedSet) -> Check {
+/// Check any account body (`counter_of`: the item's version, for member sets).
+pub fn validate_account(
+    a: &Account,
+    set: &ManagedSet,
+    counter_of: &dyn Fn(&str) -> u64,
+) -> Result<(), InvalidRecord> {
+    match a {
+        Account::User { user, made } => {
+            validate_user(user, set)?;
+            check_made(*made).map_err(|reason| InvalidRecord {
+                kind: RecordKind::User,
+                name: shown(&user.name),
+                field: Field::Made,
+                reason,
+            })
+        }
+        Account::Group { group, made } => {
+            validate_group(group)?;
+            check_made(*made).map_err(|reason| InvalidRecord {
+                kind: RecordKind::Group,
+                name: shown(&group.name),
+                field: Field::Made,
+                reason,
+            })
+        }
+        Account::Members(m) => validate_members(m, counter_of),
+    }
+}
+
+/// A time of change: 0 (adopted) up to year 10,000.
+fn check_made(made: i64) -> Result<(), Reason> {
+    if (0..=253_402_300_800_000).contains(&made) {
+        Ok(())
+    } else {
+        Err(Reason::OutOfRange)
+    }
+}
+
+fn user_fields(rec: &User, set: &ManagedSet) -> Check {
     check_name(&rec.name).map_err(|r| (Field::Name, r))?;
     if reserved_id(rec.uid) {
         return Err((Field::Uid, Reason::ReservedId));
@@ -209,17 +267,10 @@ fn user_fields(rec: &UserRecord, set: &ManagedSet) -> Check {
     if reserved_id(rec.gid) {
         return Err((Field::Gid, Reason::ReservedId));
     }
-    if let Some(g) = &rec.group {
-        check_name(g).map_err(|r| (Field::PrimaryGroup, r))?;
-    }
     check_text(&rec.gecos, MAX_GECOS).map_err(|r| (Field::Gecos, r))?;
     check_path(&rec.home).map_err(|r| (Field::Home, r))?;
     if !rec.shell.is_empty() {
         check_path(&rec.shell).map_err(|r| (Field::Shell, r))?;
-    }
-    check_list(&rec.groups, Field::Groups)?;
-    if rec.groups.windows(2).any(|w| w[0] >= w[1]) {
-        return Err((Field::Groups(0), Reason::NotSorted));
     }
     if let Some(h) = &rec.password {
         check_hash(h).map_err(|r| (Field::Password, r))?;
@@ -227,7 +278,7 @@ fn user_fields(rec: &UserRecord, set: &ManagedSet) -> Check {
     check_aging(&rec.aging)
 }
 
-fn group_fields(rec: &GroupRecord) -> Check {
+fn group_fields(rec: &Group) -> Check {
     check_name(&rec.name).map_err(|r| (Field::Name, r))?;
     if reserved_id(rec.gid) {
         return Err((Field::Gid, Reason::ReservedId));
@@ -248,7 +299,8 @@ fn check_list(names: &[String], field: fn(usize) -> Field) -> Check {
     Ok(())
 }
 
-/// A user or group name as shadow-utils (upstream) accepts it.
+/// A user or group name as the files can hold it and Debian's tools accept it (see the
+/// module documentation).
 pub fn check_name(name: &str) -> Result<(), Reason> {
     let b = name.as_bytes();
     if b.is_empty() {
@@ -257,12 +309,13 @@ pub fn check_name(name: &str) -> Result<(), Reason> {
     if b.len() > MAX_NAME {
         return Err(Reason::TooLong { max: MAX_NAME });
     }
-    let body = b.strip_suffix(b"$").unwrap_or(b);
-    if body.is_empty()
-        || !body
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    if name
+        .chars()
+        .any(|c| matches!(c, ':' | ',' | '/') || c.is_whitespace() || c.is_control())
     {
+        return Err(Reason::ForbiddenChar);
+    }
+    if matches!(b[0], b'+' | b'#' | b'~') {
         return Err(Reason::ForbiddenChar);
     }
     if b[0] == b'-' {
@@ -350,6 +403,7 @@ fn check_aging(a: &Aging) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::model::{Dot, Member};
 
     const HASH: &str = "$y$j9T$abcdefghijklmnop$QRSTUVWXYZ0123456789abcdefghijklmnopqrstu";
 
@@ -357,16 +411,14 @@ mod tests {
         ManagedSet::new(["niden"], Some((2000, 2999)))
     }
 
-    fn user() -> UserRecord {
-        UserRecord {
+    fn user() -> User {
+        User {
             name: "niden".into(),
             uid: 2001,
             gid: 2001,
-            group: Some("niden".into()),
             gecos: "Ni Den,,,".into(),
             home: "/home/niden".into(),
             shell: "/bin/bash".into(),
-            groups: vec!["sudo".into(), "webdev".into()],
             password: Some(Secret::new(HASH)),
             aging: Aging {
                 last_change: Some(20000),
@@ -384,19 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn a_normal_user_and_group_pass() {
-        assert_eq!(validate_user(&user(), &set()), Ok(()));
-        let g = GroupRecord {
-            name: "webdev".into(),
-            gid: 2100,
-            password: Some(Secret::new("!")),
-            admins: vec!["niden".into()],
-        };
-        assert_eq!(validate_group(&g, &set()), Ok(()));
-    }
-
-    #[test]
-    fn names() {
+    fn names_debian_accepts_pass_and_ambiguous_ones_do_not() {
         for ok in [
             "a",
             "niden",
@@ -405,7 +445,11 @@ mod tests {
             "_svc",
             "web_1",
             "host$",
-            "a.",
+            "dev@corp",
+            "dé",
+            "x~",
+            "*",
+            "ab\\",
             "32charsxxxxxxxxxxxxxxxxxxxxxxxxx",
         ] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
@@ -423,10 +467,8 @@ mod tests {
             ("a b", Reason::ForbiddenChar),
             ("a,b", Reason::ForbiddenChar),
             ("a/b", Reason::ForbiddenChar),
-            ("é", Reason::ForbiddenChar),
             ("+nis", Reason::ForbiddenChar),
-            ("$", Reason::ForbiddenChar),
-            ("a$b", Reason::ForbiddenChar),
+            ("#x", Reason::ForbiddenChar),
             (".", Reason::ReservedName),
             ("..", Reason::ReservedName),
             ("123", Reason::ReservedName),
@@ -450,35 +492,31 @@ mod tests {
             );
             let mut u = user();
             u.home = format!("/home/x{bad}");
-            assert_eq!(
-                field_of(validate_user(&u, &set())),
-                (Field::Home, Reason::ForbiddenChar)
-            );
+            assert_eq!(field_of(validate_user(&u, &set())).0, Field::Home);
             let mut u = user();
             u.shell = format!("/bin/sh{bad}");
-            assert_eq!(
-                field_of(validate_user(&u, &set())),
-                (Field::Shell, Reason::ForbiddenChar)
-            );
-            let mut u = user();
-            u.group = Some(format!("g{bad}"));
-            assert_eq!(field_of(validate_user(&u, &set())).0, Field::PrimaryGroup);
-            let mut u = user();
-            u.groups = vec!["a".into(), format!("b{bad}")];
-            assert_eq!(field_of(validate_user(&u, &set())).0, Field::Groups(1));
+            assert_eq!(field_of(validate_user(&u, &set())).0, Field::Shell);
             let mut u = user();
             u.password = Some(Secret::new(format!("$6$salt$hash{bad}root::0:0")));
             assert_eq!(
                 field_of(validate_user(&u, &set())),
                 (Field::Password, Reason::ForbiddenChar)
             );
-            let g = GroupRecord {
+            let g = Group {
                 name: "g".into(),
                 gid: 2100,
                 password: None,
                 admins: vec![format!("a{bad}")],
             };
-            assert_eq!(field_of(validate_group(&g, &set())).0, Field::Admins(0));
+            assert_eq!(field_of(validate_group(&g)).0, Field::Admins(0));
+            let m = Members {
+                group: "g".into(),
+                members: vec![Member {
+                    user: format!("a{bad}"),
+                    dots: vec![],
+                }],
+            };
+            assert_eq!(field_of(validate_members(&m, &|_| 5)).0, Field::Member(0));
         }
     }
 
@@ -497,13 +535,6 @@ mod tests {
             (Field::Gid, Reason::ReservedId)
         );
         let mut u = user();
-        u.name = "www-data".into();
-        u.uid = 33;
-        assert_eq!(
-            field_of(validate_user(&u, &set())),
-            (Field::Uid, Reason::NotManaged)
-        );
-        let mut u = user();
         u.name = "other".into();
         u.uid = 1500;
         assert_eq!(
@@ -511,123 +542,87 @@ mod tests {
             (Field::Uid, Reason::NotManaged)
         );
         let mut u = user();
-        u.name = "niden".into();
         u.uid = 1500;
         assert_eq!(validate_user(&u, &set()), Ok(()), "managed by name");
-        let g = GroupRecord {
+        let g = Group {
             name: "root".into(),
             gid: 0,
             password: None,
             admins: vec![],
         };
         assert_eq!(
-            field_of(validate_group(&g, &set())),
+            field_of(validate_group(&g)),
             (Field::Gid, Reason::ReservedId)
         );
     }
 
     #[test]
-    fn paths() {
-        for ok in ["/", "/home/niden", "/var/www/ni den", "/srv/é"] {
-            assert_eq!(check_path(ok), Ok(()), "{ok}");
-        }
-        for (bad, why) in [
-            ("", Reason::Empty),
-            ("home/x", Reason::NotAbsolute),
-            ("/home/../root", Reason::NotPlain),
-            ("/home/./x", Reason::NotPlain),
-            ("//x", Reason::NotPlain),
-            ("/home/x/", Reason::NotPlain),
-            ("/home/x/..", Reason::NotPlain),
-        ] {
-            assert_eq!(check_path(bad), Err(why), "{bad}");
-        }
-        let mut u = user();
-        u.shell = String::new();
-        assert_eq!(validate_user(&u, &set()), Ok(()), "empty shell is /bin/sh");
-        u.home = String::new();
+    fn member_sets_sorted_with_dots_under_the_version() {
+        let dot = |n: &str, c| Dot {
+            node: n.into(),
+            counter: c,
+        };
+        let m = |names: &[(&str, Vec<Dot>)]| Members {
+            group: "web".into(),
+            members: names
+                .iter()
+                .map(|(u, d)| Member {
+                    user: u.to_string(),
+                    dots: d.clone(),
+                })
+                .collect(),
+        };
+        let vv = |n: &str| if n == "a" { 10 } else { 0 };
         assert_eq!(
-            field_of(validate_user(&u, &set())),
-            (Field::Home, Reason::Empty)
+            validate_members(&m(&[("x", vec![dot("a", 3)]), ("y", vec![])]), &vv),
+            Ok(())
         );
+        assert!(validate_members(&m(&[("y", vec![]), ("x", vec![])]), &vv).is_err());
+        assert!(validate_members(&m(&[("x", vec![]), ("x", vec![])]), &vv).is_err());
+        assert!(validate_members(&m(&[("x", vec![dot("a", 11)])]), &vv).is_err());
+        assert!(validate_members(&m(&[("x", vec![dot("b", 1)])]), &vv).is_err());
+        assert!(validate_members(&m(&[("x", vec![dot("a", 2), dot("a", 1)])]), &vv).is_err());
     }
 
     #[test]
-    fn hashes() {
+    fn paths_hashes_and_aging() {
+        for ok in ["/", "/home/niden", "/var/www/ni den", "/srv/é"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "home/x", "/home/../root", "//x", "/home/x/"] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
         for ok in [
             "",
             "!",
             "*",
             "!!",
-            "!*",
-            "x",
-            "abcdefghijklm",
             HASH,
             "!$6$salt$hash",
-            "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
             "$2b$10$abcdefghijklmnopqrstuu",
         ] {
             assert_eq!(check_hash(&Secret::new(ok)), Ok(()), "{ok}");
         }
-        for (bad, why) in [
-            ("a b", Reason::ForbiddenChar),
-            ("$6$x", Reason::BadHashFormat),
-            ("$$x$y", Reason::BadHashFormat),
-            ("é", Reason::ForbiddenChar),
-        ] {
-            assert_eq!(check_hash(&Secret::new(bad)), Err(why), "{bad}");
+        for bad in ["a b", "$6$x", "é"] {
+            assert!(check_hash(&Secret::new(bad)).is_err(), "{bad}");
         }
-        assert_eq!(
-            check_hash(&Secret::new("a".repeat(MAX_HASH + 1))),
-            Err(Reason::TooLong { max: MAX_HASH })
-        );
-    }
-
-    #[test]
-    fn groups_sorted_and_aging_in_range() {
-        let mut u = user();
-        u.groups = vec!["b".into(), "a".into()];
-        assert_eq!(
-            field_of(validate_user(&u, &set())),
-            (Field::Groups(0), Reason::NotSorted)
-        );
-        u.groups = vec!["a".into(), "a".into()];
-        assert_eq!(field_of(validate_user(&u, &set())).1, Reason::NotSorted);
         let mut u = user();
         u.aging.expire = Some(-2);
         assert_eq!(
             field_of(validate_user(&u, &set())),
             (Field::Aging("expire"), Reason::OutOfRange)
         );
-        u.aging.expire = Some(-1);
-        assert_eq!(validate_user(&u, &set()), Ok(()));
     }
 
     #[test]
-    fn errors_never_show_the_hash() {
+    fn errors_never_show_the_hash_and_escape_names() {
         let mut u = user();
         u.password = Some(Secret::new(format!("{HASH}\n")));
         let e = validate_user(&u, &set()).expect_err("newline in hash");
         let shown = format!("{e} {e:?}");
         assert!(!shown.contains("QRSTUVWXYZ"), "{shown}");
-        assert!(shown.contains("password hash"), "{shown}");
-        let dbg = format!("{:?} {:?}", user(), Change::User(user()));
+        let dbg = format!("{:?}", user());
         assert!(!dbg.contains("QRSTUVWXYZ") && !dbg.contains("$y$"), "{dbg}");
-    }
-
-    #[test]
-    fn deletions_check_the_name() {
-        assert!(validate_change(&Change::DeleteUser("a\nb".into()), &set()).is_err());
-        assert!(validate_change(&Change::DeleteGroup("ok".into()), &set()).is_ok());
-        let batch = [
-            Change::DeleteUser("ok".into()),
-            Change::DeleteGroup(":".into()),
-        ];
-        assert_eq!(validate_changes(&batch, &set()).map_err(|e| e.0), Err(1));
-    }
-
-    #[test]
-    fn hostile_names_are_escaped_in_messages() {
         let mut u = user();
         u.name = "evil\nERROR forged line".into();
         let e = validate_user(&u, &set()).expect_err("bad name");

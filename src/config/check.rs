@@ -125,7 +125,7 @@ impl<'s> Checker<'s> {
             None => None,
         };
         let metrics = match raw.metrics {
-            Some(m) => Some(self.metrics(m)?),
+            Some(m) => Some(self.metrics(m, &nodes)?),
             None => None,
         };
         Ok(Config {
@@ -788,12 +788,34 @@ impl<'s> Checker<'s> {
                 "[accounts] manages no account: set users = [\"name\", ...] and/or uid_range = [LO, HI]",
             ));
         }
+        let all: Vec<String> = match &members {
+            Some(m) => m.clone(),
+            None => nodes.keys().cloned().collect(),
+        };
+        let conflict = match &a.conflict {
+            Some(c) => {
+                let p = self.conflict(c, "accounts.conflict", &all, nodes)?;
+                if matches!(p, ConflictPolicy::Largest | ConflictPolicy::Smallest) {
+                    return Err(self.err(
+                        &c.span(),
+                        "accounts.conflict",
+                        format!(
+                            "{} does not apply to accounts; valid: newest, oldest, prefer:NODE, manual",
+                            c.get_ref()
+                        ),
+                    ));
+                }
+                p
+            }
+            None => ConflictPolicy::Newest,
+        };
         Ok(AccountsConfig {
             nodes: members,
             users,
             uid_range,
             passwords: a.passwords.as_ref().is_none_or(|p| *p.get_ref()),
             create_home: a.create_home.as_ref().is_none_or(|c| *c.get_ref()),
+            conflict,
         })
     }
 
@@ -836,22 +858,43 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn metrics(&self, m: RawMetrics) -> Result<MetricsConfig> {
-        let Some(l) = &m.listen else {
-            return Err(self.missing(
-                "metrics",
-                "listen",
-                "the HTTP address to serve, e.g. \"127.0.0.1:9373\"",
-            ));
+    /// `[metrics]`: `listen` is needed unless every node has a `metrics =` of its own.
+    fn metrics(
+        &self,
+        m: RawMetrics,
+        nodes: &BTreeMap<String, NodeConfig>,
+    ) -> Result<MetricsConfig> {
+        let listen = match &m.listen {
+            Some(l) => {
+                let raw = l.get_ref();
+                Some(normalise_address(raw, None).map_err(|why| {
+                    self.err(
+                        &l.span(),
+                        "metrics.listen",
+                        format!("bad listen address {raw:?}: {why}"),
+                    )
+                })?)
+            }
+            None => {
+                let without: Vec<&str> = nodes
+                    .values()
+                    .filter(|n| n.metrics.is_none())
+                    .map(|n| n.name.as_str())
+                    .collect();
+                if !without.is_empty() {
+                    return Err(self.missing(
+                        "metrics",
+                        "listen",
+                        &format!(
+                            "the HTTP address to serve, e.g. \"127.0.0.1:9373\" (or give each node its own `metrics =`; {} {} none)",
+                            without.join(", "),
+                            if without.len() == 1 { "has" } else { "have" }
+                        ),
+                    ));
+                }
+                None
+            }
         };
-        let raw = l.get_ref();
-        let listen = normalise_address(raw, None).map_err(|why| {
-            self.err(
-                &l.span(),
-                "metrics.listen",
-                format!("bad listen address {raw:?}: {why}"),
-            )
-        })?;
         let stale_after = match &m.stale_after {
             Some(s) => self
                 .duration(

@@ -553,8 +553,7 @@ where
     }
 }
 
-/// The fields of a struct, as serde lists them (for tests and messages).
-#[cfg(test)]
+/// The fields of a struct, as serde lists them (for tests, messages and `config::keys`).
 pub(super) fn fields_of<T: de::DeserializeOwned>() -> Vec<&'static str> {
     struct Probe;
     #[derive(Debug)]

@@ -56,6 +56,7 @@
 //! | `[[groups.NAME.actions]] timeout` | duration, then the command is killed | `"60s"` |
 //! | `[[groups.NAME.actions]] logfile` | absolute path the command's output is appended to | none (the log) |
 //! | `[metrics] stale_after` | how long remote changes may wait unapplied before `/health` says 503 | `"10s"` |
+//! | `[metrics] listen` | optional when every node has `[nodes.NAME] metrics` | none |
 //!
 //! Sizes and rates take decimal units (kB, MB, GB, TB: powers of 1000) or binary ones (KiB,
 //! MiB, GiB, TiB: powers of 1024); a rate ends in `/s`.
@@ -76,6 +77,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use values::{check_host, check_pattern, normalise_path, valid_name};
+
+/// Every key of the file, by table (`cluster`, `nodes.NAME`, `groups.NAME`,
+/// `groups.NAME.actions`, `accounts`, `metrics`): what the manual page must describe.
+pub fn keys() -> Vec<(&'static str, Vec<&'static str>)> {
+    use de::fields_of;
+    use raw::*;
+    vec![
+        ("cluster", fields_of::<RawCluster>()),
+        ("nodes.NAME", fields_of::<RawNode>()),
+        ("groups.NAME", fields_of::<RawGroup>()),
+        ("groups.NAME.actions", fields_of::<RawAction>()),
+        ("accounts", fields_of::<RawAccounts>()),
+        ("metrics", fields_of::<RawMetrics>()),
+    ]
+}
 pub use write::Annotations;
 
 /// Where the configuration file is read from unless `-c/--config` or `CLUSTERSYNC_CONFIG`
@@ -270,13 +286,16 @@ pub struct AccountsConfig {
     pub passwords: bool,
     /// Create home directories; default true.
     pub create_home: bool,
+    /// Concurrent changes of one account: newest (default), oldest, prefer:NODE or manual.
+    pub conflict: ConflictPolicy,
 }
 
 /// The `[metrics]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// `host:port` of the HTTP listener.
-    pub listen: String,
+    /// `host:port` of the HTTP listener of every node without a `metrics =` of its own;
+    /// `None` when every node has one (then `[metrics]` only holds `stale_after`).
+    pub listen: Option<String>,
     /// How long remote changes may be known but not applied before `/health` answers 503;
     /// default 10 s; never zero.
     pub stale_after: Duration,

@@ -130,6 +130,8 @@ pub(super) struct RawAccounts {
     pub passwords: Option<Spanned<bool>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub create_home: Option<Spanned<bool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<Spanned<String>>,
 }
 
 /// `[metrics]`.

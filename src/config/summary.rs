@@ -121,13 +121,52 @@ pub(super) fn summary(config: &Config, this_node: Option<&str>) -> String {
         }
         let _ = writeln!(s, "accounts:  {} on {nodes}", what.join(" and "));
     }
-    if let Some(m) = &config.metrics {
-        let _ = writeln!(
-            s,
-            "metrics:   {} (stale after {})",
-            m.listen,
-            humantime::format_duration(m.stale_after)
-        );
+    // where /metrics is served: this node's own address over the cluster's, when asked
+    // for one node; else the cluster's and every node's own
+    let shared = config.metrics.as_ref().and_then(|m| m.listen.as_deref());
+    let stale = config
+        .metrics
+        .as_ref()
+        .map_or(super::DEFAULT_STALE_AFTER, |m| m.stale_after);
+    let stale = humantime::format_duration(stale);
+    let own: Vec<&NodeConfig> = config
+        .nodes
+        .values()
+        .filter(|n| n.metrics.is_some())
+        .collect();
+    match this_node.and_then(|n| config.node(n)) {
+        Some(n) => match (n.metrics.as_deref(), shared) {
+            (Some(a), _) => {
+                let _ = writeln!(
+                    s,
+                    "metrics:   {a} ([nodes.{}] metrics; stale after {stale})",
+                    n.name
+                );
+            }
+            (None, Some(a)) => {
+                let _ = writeln!(s, "metrics:   {a} ([metrics] listen; stale after {stale})");
+            }
+            (None, None) if !own.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "metrics:   none on this node (only nodes with their own `metrics =` serve it)"
+                );
+            }
+            (None, None) => {}
+        },
+        None => {
+            if let Some(a) = shared {
+                let _ = writeln!(s, "metrics:   {a} (stale after {stale})");
+            }
+            for n in own {
+                let _ = writeln!(
+                    s,
+                    "metrics:   {} on {}",
+                    n.metrics.as_deref().unwrap_or_default(),
+                    n.name
+                );
+            }
+        }
     }
     let _ = writeln!(s);
     let describe = |n: &NodeConfig| {

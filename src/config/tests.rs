@@ -164,12 +164,13 @@ fn spec_example_parses() {
             uid_range: Some((2000, 2999)),
             passwords: true,
             create_home: true,
+            conflict: ConflictPolicy::Newest,
         })
     );
     assert_eq!(
         c.metrics,
         Some(MetricsConfig {
-            listen: "127.0.0.1:9373".into(),
+            listen: Some("127.0.0.1:9373".into()),
             stale_after: DEFAULT_STALE_AFTER,
         })
     );
@@ -929,6 +930,7 @@ fn accounts() {
             uid_range: Some((2000, 2000)),
             passwords: false,
             create_home: false,
+            conflict: ConflictPolicy::Newest,
         })
     );
     let acc = |body: &str| format!("{NODES}[accounts]\n{body}");
@@ -986,13 +988,49 @@ fn accounts() {
 #[test]
 fn metrics() {
     let c = parse(&format!("{NODES}[metrics]\nlisten = \"[::1]:9373\"\n"));
-    assert_eq!(c.metrics.unwrap().listen, "[::1]:9373");
+    assert_eq!(c.metrics.unwrap().listen.as_deref(), Some("[::1]:9373"));
     assert_invalid(
         &format!("{NODES}[metrics]\n"),
         7,
         "metrics.listen",
         "needs \"listen\"",
     );
+    // issue 22 item 9: not needed when every node has its own address; the summary of a node
+    // names that node's address
+    let own = NODES
+        .replace(
+            "[nodes.web1]\n",
+            "[nodes.web1]\nmetrics = \"127.0.0.1:9001\"\n",
+        )
+        .replace(
+            "[nodes.web2]\n",
+            "[nodes.web2]\nmetrics = \"127.0.0.1:9002\"\n",
+        )
+        .replace(
+            "[nodes.web3]\n",
+            "[nodes.web3]\nmetrics = \"127.0.0.1:9003\"\n",
+        );
+    let c = parse(&format!("{own}[metrics]\nstale_after = \"30s\"\n"));
+    let m = c.metrics.clone().unwrap();
+    assert_eq!((m.listen, m.stale_after), (None, Duration::from_secs(30)));
+    let sum = c.summary(Some("web2"));
+    assert!(
+        sum.contains("metrics:   127.0.0.1:9002 ([nodes.web2] metrics; stale after 30s)"),
+        "{sum}"
+    );
+    let c = parse(&format!("{own}[metrics]\nlisten = \"127.0.0.1:9373\"\n"));
+    assert!(
+        c.summary(Some("web1"))
+            .contains("metrics:   127.0.0.1:9001 ([nodes.web1] metrics")
+    );
+    // a node without one still needs [metrics] listen, and the message names it
+    let one = NODES.replace(
+        "[nodes.web1]\n",
+        "[nodes.web1]\nmetrics = \"127.0.0.1:9001\"\n",
+    );
+    let (_, key, message) = invalid(&format!("{one}[metrics]\nstale_after = \"30s\"\n"));
+    assert_eq!(key, "metrics.listen");
+    assert!(message.contains("web2, web3 have none"), "{message}");
     assert_invalid(
         &format!("{NODES}[metrics]\nlisten = \"x\"\n"),
         8,
@@ -1818,10 +1856,11 @@ mod prop {
                             uid_range: Some((lo, lo + span)),
                             passwords,
                             create_home,
+                            conflict: ConflictPolicy::Newest,
                         }
                     });
                     c.metrics = metrics.map(|(stale_after, port)| MetricsConfig {
-                        listen: format!("127.0.0.1:{port}"),
+                        listen: Some(format!("127.0.0.1:{port}")),
                         stale_after,
                     });
                     c

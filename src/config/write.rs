@@ -124,6 +124,8 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
             }),
             passwords: (!a.passwords).then(|| unplaced(false)),
             create_home: (!a.create_home).then(|| unplaced(false)),
+            conflict: (a.conflict != super::ConflictPolicy::Newest)
+                .then(|| unplaced(a.conflict.to_string())),
         };
         section(
             &mut out,
@@ -137,7 +139,7 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
     }
     if let Some(m) = &c.metrics {
         let metrics = RawMetrics {
-            listen: Some(unplaced(m.listen.clone())),
+            listen: m.listen.clone().map(unplaced),
             stale_after: (m.stale_after != DEFAULT_STALE_AFTER)
                 .then(|| unplaced(Scalar::Str(format_duration(m.stale_after)))),
         };

@@ -23,6 +23,7 @@
 use crate::config::Owners;
 use crate::engine::group::GroupRt;
 use crate::engine::node::Ctx;
+use crate::fs::backup::Kept;
 use crate::fs::chunk::MAX_CHUNK;
 use crate::fs::safefs::{FsError, NewInstall, Place, SetMeta, Temp};
 use crate::fs::xattr;
@@ -106,68 +107,80 @@ pub fn validate(
     if !g.filter.accepts(gp, &r.key, r.kind() == Some(Kind::Dir)) {
         return Err(refuse("path is excluded in this group".into()));
     }
-    if !known_node(&r.origin) {
-        return Err(refuse(format!("unknown origin node {:?}", r.origin)));
-    }
-    if g.is_replica(&r.origin) {
-        return Err(refuse(format!(
-            "origin {:?} is a replica: it cannot make versions",
-            r.origin
-        )));
-    }
-    if r.version.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
-        return Err(refuse("oversized version vector".into()));
-    }
-    if r.version.is_empty()
-        && !(r.kind() == Some(Kind::Dir) && g.cfg.paths.iter().any(|p| p.as_bytes() == r.key))
-    {
-        // only a group path directory nobody has changed travels without a version
-        return Err(refuse("empty version vector".into()));
-    }
-    if r.version.0.values().any(|c| *c > max_counter()) {
-        return Err(refuse(
-            "a version counter from the future (more than a year ahead of this node's clock)"
-                .into(),
-        ));
-    }
-    if r.beat.len() > 1024 || r.beat.iter().any(|b| b.len() > 255) {
-        return Err(refuse("oversized list of beaten nodes".into()));
-    }
+    check_history(g, r, known_node).map_err(refuse)?;
     let Some(m) = r.meta() else {
         if w.inline.is_some() {
             return Err(refuse("content attached to a deletion".into()));
         }
         return Ok(());
     };
+    check_meta(g, m).map_err(refuse)?;
+    check_kind(m, w.inline.as_deref()).map_err(refuse)
+}
+
+/// Who made the item and its version vector.
+fn check_history(g: &GroupRt, r: &Item, known_node: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    if !known_node(&r.origin) {
+        return Err(format!("unknown origin node {:?}", r.origin));
+    }
+    if g.is_replica(&r.origin) {
+        return Err(format!(
+            "origin {:?} is a replica: it cannot make versions",
+            r.origin
+        ));
+    }
+    if r.version.len() > 1024 || r.version.0.keys().any(|k| k.len() > 255) {
+        return Err("oversized version vector".into());
+    }
+    if r.version.is_empty()
+        && !(r.kind() == Some(Kind::Dir) && g.cfg.paths.iter().any(|p| p.as_bytes() == r.key))
+    {
+        // only a group path directory nobody has changed travels without a version
+        return Err("empty version vector".into());
+    }
+    if r.version.0.values().any(|c| *c > max_counter()) {
+        return Err(
+            "a version counter from the future (more than a year ahead of this node's clock)"
+                .into(),
+        );
+    }
+    if r.beat.len() > 1024 || r.beat.iter().any(|b| b.len() > 255) {
+        return Err("oversized list of beaten nodes".into());
+    }
+    Ok(())
+}
+
+/// Mode, mtime, owner names, attributes.
+fn check_meta(g: &GroupRt, m: &Meta) -> Result<(), String> {
     if m.mode > 0o7777 {
-        return Err(refuse("bad mode".into()));
+        return Err("bad mode".into());
     }
     if m.mtime_ns >= 1_000_000_000 {
-        return Err(refuse("bad mtime".into()));
+        return Err("bad mtime".into());
     }
-    if m.owner
-        .user
-        .as_ref()
-        .is_some_and(|u| u.len() > 256 || u.contains('\0'))
-        || m.owner
-            .group
-            .as_ref()
+    let bad_name = |n: &Option<String>| {
+        n.as_ref()
             .is_some_and(|u| u.len() > 256 || u.contains('\0'))
-    {
-        return Err(refuse("bad owner name".into()));
+    };
+    if bad_name(&m.owner.user) || bad_name(&m.owner.group) {
+        return Err("bad owner name".into());
     }
     if !m.xattrs.is_empty() {
         if g.xattrs.is_none() {
-            return Err(refuse(
-                "extended attributes in a group without xattrs = true".into(),
-            ));
+            return Err("extended attributes in a group without xattrs = true".into());
         }
-        xattr::validate(&m.xattrs).map_err(|e| refuse(e.to_string()))?;
+        xattr::validate(&m.xattrs).map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+/// What each kind may carry: a file's chunk list against its size and its inline content
+/// against its hash, a symlink's text, a directory nothing.
+fn check_kind(m: &Meta, inline: Option<&[u8]>) -> Result<(), String> {
     match m.kind {
         Kind::File => {
             if m.target.is_some() || m.size > MAX_FILE {
-                return Err(refuse("bad file metadata".into()));
+                return Err("bad file metadata".into());
             }
             let sum: u64 = m.chunks.iter().map(|c| c.len as u64).sum();
             if sum != m.size
@@ -176,14 +189,14 @@ pub fn validate(
                     .any(|c| c.len == 0 || c.len as usize > MAX_CHUNK)
                 || (m.size == 0) != m.chunks.is_empty()
             {
-                return Err(refuse("chunk list does not match the size".into()));
+                return Err("chunk list does not match the size".into());
             }
-            if let Some(data) = &w.inline
+            if let Some(data) = inline
                 && (m.size > INLINE_MAX
                     || data.len() as u64 != m.size
                     || crate::fs::chunk::hash(data) != m.hash)
             {
-                return Err(refuse("inline content does not match its hash".into()));
+                return Err("inline content does not match its hash".into());
             }
         }
         Kind::Symlink => {
@@ -191,13 +204,13 @@ pub fn validate(
                 .target
                 .as_ref()
                 .is_some_and(|t| !t.is_empty() && t.len() <= 4096 && !t.contains(&0));
-            if !ok || !m.chunks.is_empty() || w.inline.is_some() {
-                return Err(refuse("bad symlink".into()));
+            if !ok || !m.chunks.is_empty() || inline.is_some() {
+                return Err("bad symlink".into());
             }
         }
         Kind::Dir => {
-            if m.target.is_some() || !m.chunks.is_empty() || w.inline.is_some() {
-                return Err(refuse("bad directory".into()));
+            if m.target.is_some() || !m.chunks.is_empty() || inline.is_some() {
+                return Err("bad directory".into());
             }
         }
     }
@@ -321,19 +334,43 @@ impl<'a> Fs<'a> {
         }
     }
 
-    /// Keep the current content of the file at `place` (described by `local`) as a backup.
-    pub fn backup(&self, place: &Place, local: &Entry) {
+    /// Keep the current content of the file at `place` (described by `local`) as a backup,
+    /// by a hard link: the caller replaces or removes the file, then [`Fs::seal`]s the result.
+    pub fn backup(&self, place: &Place, local: &Entry) -> Kept {
+        self.backup_as(place, local, true)
+    }
+
+    /// [`Fs::backup`] of a file that stays in place: a private copy.
+    pub fn backup_copy(&self, place: &Place, local: &Entry) {
+        let _ = self.backup_as(place, local, false);
+    }
+
+    /// Make a kept version private (0600) now that its file was replaced or removed.
+    pub fn seal(&self, kept: &Kept) {
+        self.ctx.backups.seal(kept);
+    }
+
+    fn backup_as(&self, place: &Place, local: &Entry, by_link: bool) -> Kept {
         if self.g.cfg.backup_generations == 0 || local.item.kind() != Some(Kind::File) {
-            return;
+            return Kept::default();
         }
         let group = self.g.name();
-        match self
-            .ctx
-            .backups
-            .keep(group, place, local, self.g.cfg.backup_generations)
-        {
-            Err(e) => tracing::warn!(group, "backup of {}: {e}", local.item.show()),
-            Ok(_) => self.ctx.audit_item(group, "backup", &local.item, None),
+        let b = &self.ctx.backups;
+        let n = self.g.cfg.backup_generations;
+        let r = if by_link {
+            b.keep(group, place, local, n)
+        } else {
+            b.keep_copy(group, place, local, n)
+        };
+        match r {
+            Err(e) => {
+                tracing::warn!(group, "backup of {}: {e}", local.item.show());
+                Kept::default()
+            }
+            Ok(kept) => {
+                self.ctx.audit_item(group, "backup", &local.item, None);
+                kept
+            }
         }
     }
 
@@ -466,13 +503,13 @@ impl<'a> Fs<'a> {
                 path: item.show().into_owned(),
             });
         }
-        if let Some(l) = local
-            && l.item.kind() == Some(Kind::File)
-        {
-            self.backup(place, l);
-        }
+        let kept = match local {
+            Some(l) if l.item.kind() == Some(Kind::File) => self.backup(place, l),
+            _ => Kept::default(),
+        };
         let st = self.clear_dir_for_stat(place, st)?;
         let st = place.install_synced(tmp, st.as_ref())?;
+        self.seal(&kept);
         Ok(self.finish_with(item, Some(st)))
     }
 
@@ -552,13 +589,15 @@ impl<'a> Fs<'a> {
                 path: item.show().into_owned(),
             });
         }
-        if let Some(l) = local
-            && l.item.kind() == Some(Kind::File)
-        {
-            self.backup(&place, l);
-        }
+        let kept = match local {
+            Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+            _ => Kept::default(),
+        };
         match place.remove() {
-            Ok(()) => Ok(Entry::new(item.clone())),
+            Ok(()) => {
+                self.seal(&kept);
+                Ok(Entry::new(item.clone()))
+            }
             Err(e) if e.source.raw_os_error() == Some(libc::ENOTEMPTY) => {
                 let real = name::real(&self.ctx.root, &item.key);
                 let left: Vec<String> = std::fs::read_dir(&real)
@@ -586,6 +625,12 @@ impl<'a> Fs<'a> {
         let sm = self.set_meta(m);
         if item.key == gp.as_bytes() && m.kind == Kind::Dir {
             let real = name::real(&self.ctx.root, gp.as_bytes());
+            let known = local.is_some_and(|l| l.item.kind() == Some(Kind::Dir));
+            if known && !real.is_dir() {
+                // a group path this node had is gone (an unmounted disk): never made again
+                // here, where the disk is not; the group stops on its next look
+                return Err(other(&item.key, "the group path is missing on this node"));
+            }
             std::fs::create_dir_all(&real).map_err(|e| other(&item.key, e))?;
             let fd = crate::fs::safefs::open_group_dir(&self.ctx.root, gp)?;
             crate::fs::safefs::set_meta_fd(&fd, &sm).map_err(|e| other(&item.key, e))?;
@@ -604,15 +649,12 @@ impl<'a> Fs<'a> {
         }
         match m.kind {
             Kind::Dir => {
-                if local
-                    .and_then(|l| l.item.kind())
-                    .is_some_and(|k| k != Kind::Dir)
-                    && let Some(l) = local
-                    && l.item.kind() == Some(Kind::File)
-                {
-                    self.backup(&place, l);
-                }
+                let kept = match local {
+                    Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+                    _ => Kept::default(),
+                };
                 place.make_dir(&sm)?;
+                self.seal(&kept);
                 let fd = place.open_nofollow(true)?;
                 self.apply_xattrs_fd(&fd, m, &item.key)?;
             }
@@ -620,14 +662,14 @@ impl<'a> Fs<'a> {
                 if same_kind && content_same {
                     place.set_meta(Kind::Symlink, &sm)?;
                 } else {
-                    if let Some(l) = local
-                        && l.item.kind() == Some(Kind::File)
-                    {
-                        self.backup(&place, l);
-                    }
+                    let kept = match local {
+                        Some(l) if l.item.kind() == Some(Kind::File) => self.backup(&place, l),
+                        _ => Kept::default(),
+                    };
                     self.clear_dir_for(&place)?;
                     let t = m.target.as_deref().unwrap_or_default();
                     place.make_symlink(t, &sm)?;
+                    self.seal(&kept);
                 }
                 if let Some(filter) = &self.g.xattrs
                     && !m.xattrs.is_empty()

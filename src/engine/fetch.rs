@@ -23,7 +23,7 @@ pub const WINDOW: usize = 4;
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The peers to ask for `group`'s content, `prefer` first.
-fn sources(ctx: &Ctx, group: &str, prefer: Option<&str>) -> Vec<Arc<crate::engine::link::Link>> {
+fn sources(ctx: &Ctx, group: &str, prefer: Option<&str>) -> Vec<Arc<crate::engine::peer::Link>> {
     let mut out = Vec::new();
     if let Some(p) = prefer
         && let Some(l) = ctx.links.get(p)

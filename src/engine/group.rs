@@ -13,7 +13,7 @@ pub const ACCOUNTS: &str = "@accounts";
 /// A group as node `me` runs it.
 pub struct GroupRt {
     pub cfg: GroupConfig,
-    pub filter: Filter,
+    pub filter: std::sync::Arc<Filter>,
     /// The other members (full members and replicas).
     pub peers: Vec<String>,
     /// This node only receives in this group.
@@ -40,7 +40,7 @@ impl GroupRt {
         let mut replicas = cfg.replicas.clone();
         replicas.sort();
         Ok(GroupRt {
-            filter: Filter::new(cfg)?,
+            filter: std::sync::Arc::new(Filter::new(cfg)?),
             peers: cfg
                 .members()
                 .filter(|m| *m != me)
@@ -67,7 +67,8 @@ impl GroupRt {
     }
 
     /// The accounts pseudo-group (SPEC §5.7): its members are `[accounts] nodes` (every node by
-    /// default); it has no paths; concurrent changes of one account are settled by `newest`.
+    /// default); it has no paths; concurrent changes of one account are settled by
+    /// `[accounts] conflict` (default `newest`).
     pub fn accounts(
         ac: &crate::config::AccountsConfig,
         cfg: &crate::config::Config,
@@ -84,6 +85,7 @@ impl GroupRt {
         gc.nodes = members.clone();
         gc.watch = false;
         gc.verify_every = cfg.verify_every;
+        gc.conflict = ac.conflict.clone();
         let policy = crate::accounts::Policy::from_config(ac);
         let mut nodes = members;
         nodes.sort();
@@ -104,7 +106,7 @@ impl GroupRt {
             ("create_home".to_string(), ac.create_home.to_string()),
         ];
         Some(GroupRt {
-            filter: Filter::new(&gc).ok()?,
+            filter: std::sync::Arc::new(Filter::new(&gc).ok()?),
             peers: gc.nodes.iter().filter(|m| *m != me).cloned().collect(),
             replica: false,
             xattrs: None,

@@ -14,7 +14,9 @@
 //! peer they came from, and content travels inline only from the node that made the change
 //! (relays send the item, and content is fetched where it is missing).
 
-use crate::engine::node::Ctx;
+use crate::engine::lane::Lanes;
+use crate::engine::node::{Ctx, Engine};
+use crate::engine::peer::{Link, LinkGroup, RemoteProgress, lock};
 use crate::item::Hash;
 use crate::item::v3::RecordV3;
 use crate::net::protocol::{
@@ -23,11 +25,11 @@ use crate::net::protocol::{
 };
 use crate::net::transport::{HANDSHAKE_TIMEOUT, Link as Wire, LinkReader, TransportError};
 use crate::net::v3::{self, Msg3};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 /// A link with no packet for this long is dead (SPEC §5.12: a vanished peer within 15 s).
 pub const IDLE: Duration = Duration::from_secs(14);
@@ -39,170 +41,6 @@ const MAX_SERVING: usize = 4;
 const MAX_CHUNKS_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded bytes of items in one `Index` batch at most (well under the frame limit).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-type ChunkReply = Vec<Option<Vec<u8>>>;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// What our pump has sent and the peer has acknowledged, for one group.
-#[derive(Debug, Default, Clone)]
-pub struct PumpProgress {
-    /// Our index has been read up to this seq (everything up to it was sent or skipped).
-    pub scanned: u64,
-    /// `through` of batches sent and not yet acknowledged.
-    pub unacked: VecDeque<u64>,
-    /// `through` of the last batch sent.
-    pub last_sent: u64,
-    /// Highest `through` the peer acknowledged.
-    pub acked: u64,
-    /// Items not sent because the peer's protocol cannot carry them.
-    pub not_sendable: u64,
-    /// What the peer could not take, for `status`.
-    pub not_sendable_why: Option<String>,
-}
-
-/// What the peer has and we have applied, for one group.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RemoteProgress {
-    /// The peer's head.
-    pub head: u64,
-    /// How far we applied its items.
-    pub applied: u64,
-    /// Items it said it held above our position at `Hello`, and items received since.
-    pub expected: u64,
-    pub received: u64,
-    /// The same in bytes of file content.
-    pub expected_bytes: u64,
-    pub received_bytes: u64,
-}
-
-/// A shared group on this link.
-#[derive(Debug, Clone)]
-pub struct LinkGroup {
-    /// The peer's incarnation of the group.
-    pub peer_inc: u64,
-    /// Why nothing of this group is exchanged with this peer (settings differ).
-    pub paused: Option<String>,
-}
-
-/// A connected peer, shared by the link's tasks, the lanes and the fetcher.
-pub struct Link {
-    pub peer: String,
-    pub conn: u64,
-    /// The protocol version spoken.
-    pub version: u32,
-    pub groups: HashMap<String, LinkGroup>,
-    hi: mpsc::Sender<Msg>,
-    bulk: mpsc::Sender<Msg>,
-    chunk_waiters: Mutex<HashMap<u64, oneshot::Sender<ChunkReply>>>,
-    pong_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-    next_req: AtomicU64,
-    pub pumps: Mutex<HashMap<String, PumpProgress>>,
-    pub pump_notify: Notify,
-    /// Index batches handed to lanes and not applied yet.
-    pub queued: AtomicUsize,
-    pub remote: Mutex<HashMap<String, RemoteProgress>>,
-    closed: watch::Sender<bool>,
-    pub since: Instant,
-    /// Bytes of chunk data sent and received on this link.
-    pub bytes_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    /// Our comparisons' requests waiting for the peer's answer (`engine::verify`).
-    pub(crate) verify_waiters: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
-}
-
-impl Link {
-    /// Queue a control or index message; false when the link is gone.
-    pub async fn send(&self, m: Msg) -> bool {
-        self.hi.send(m).await.is_ok()
-    }
-
-    /// Is `group` exchanged on this link (shared and not paused)?
-    pub fn active(&self, group: &str) -> bool {
-        self.groups.get(group).is_some_and(|g| g.paused.is_none())
-    }
-
-    /// The peer's incarnation of `group`.
-    pub fn peer_inc(&self, group: &str) -> u64 {
-        self.groups.get(group).map(|g| g.peer_inc).unwrap_or(0)
-    }
-
-    /// Ask the peer for chunks; the receiver yields an error if the link drops.
-    pub async fn get_chunks(
-        &self,
-        group: &str,
-        hashes: Vec<Hash>,
-    ) -> Option<oneshot::Receiver<ChunkReply>> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.chunk_waiters).insert(req, tx);
-        if !self
-            .send(Msg::GetChunks {
-                req,
-                group: group.to_string(),
-                hashes,
-            })
-            .await
-        {
-            lock(&self.chunk_waiters).remove(&req);
-            return None;
-        }
-        Some(rx)
-    }
-
-    /// Mark a point in the peer's stream; resolves once the peer has sent everything before it.
-    pub async fn ping(&self) -> Option<oneshot::Receiver<()>> {
-        let token = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pong_waiters).insert(token, tx);
-        if !self.send(Msg::Ping { token }).await {
-            return None;
-        }
-        Some(rx)
-    }
-
-    pub fn close(&self) {
-        self.closed.send_replace(true);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
-    pub fn closed_rx(&self) -> watch::Receiver<bool> {
-        self.closed.subscribe()
-    }
-
-    /// Progress of our pump for `group`.
-    pub fn pump(&self, group: &str) -> PumpProgress {
-        lock(&self.pumps).get(group).cloned().unwrap_or_default()
-    }
-
-    pub fn remote_of(&self, group: &str) -> RemoteProgress {
-        lock(&self.remote).get(group).copied().unwrap_or_default()
-    }
-
-    /// Send a request whose answer names its `req` (`engine::verify`): `make` builds it from a
-    /// fresh number; the receiver yields the answer, or an error if the link drops.
-    pub(crate) async fn request(
-        &self,
-        make: impl FnOnce(u64) -> Msg,
-    ) -> Option<oneshot::Receiver<Msg>> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.verify_waiters).insert(req, tx);
-        if !self.send(make(req)).await {
-            lock(&self.verify_waiters).remove(&req);
-            return None;
-        }
-        Some(rx)
-    }
-}
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +54,42 @@ pub enum LinkError {
     Bye { peer: String, reason: String },
     #[error("no Hello from {0} in time")]
     NoHello(String),
+    /// The peer answered our `Hello` with `Bye`: it refuses this link (its reason says why,
+    /// e.g. [`crate::net::protocol::BYE_UNKNOWN_KEY`]).
+    #[error("{peer} refused the link: {reason}")]
+    Refused { peer: String, reason: String },
+    /// The peer closed the connection before its `Hello`: what a previous release does when
+    /// it does not know our key.
+    #[error("{0} closed the connection before its Hello")]
+    ClosedBeforeHello(String),
+}
+
+impl LinkError {
+    /// The link ended before the peer's `Hello`: it never came up (a failed dial, not a
+    /// link that ended).
+    pub fn before_hello(&self) -> bool {
+        matches!(
+            self,
+            LinkError::NoHello(_) | LinkError::Refused { .. } | LinkError::ClosedBeforeHello(_)
+        )
+    }
+}
+
+/// Refuse an authenticated connection before `Hello`: tell the peer why in a `Bye` (in its
+/// protocol version), then close.
+pub(crate) async fn refuse(wire: Wire, reason: &str) {
+    let Wire {
+        mut writer,
+        version,
+        ..
+    } = wire;
+    let bye = Msg::Bye {
+        reason: reason.to_string(),
+    };
+    if let Some(frame) = encode_for(version, &bye) {
+        let _ = writer.send_frame(&frame).await;
+    }
+    writer.shutdown().await;
 }
 
 fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
@@ -346,7 +220,7 @@ fn parse_hello(peer: &str, version: u32, frame: &[u8]) -> Result<PeerHello, Link
             groups,
             settings_known: true,
         }),
-        Ok(Msg::Bye { reason }) => Err(LinkError::Bye {
+        Ok(Msg::Bye { reason }) => Err(LinkError::Refused {
             peer: peer.to_string(),
             reason,
         }),
@@ -439,51 +313,86 @@ fn agree_groups(
     (out, problems)
 }
 
-/// Run an authenticated link with `peer` until it ends.
-pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkError> {
-    let Wire {
-        mut reader,
-        mut writer,
-        version,
-        suite,
-        ..
-    } = wire;
-    let hello = our_hello(&ctx, &peer, version)?;
-    writer.send_frame(&hello).await?;
+/// Settings of this release that a peer of an older one (protocol before 5) cannot honour
+/// pause their group on this link, named like a config difference (SPEC §5.15): an exclude
+/// anchored at one group path (0.3) matches nothing there, so that peer would send what this
+/// node refuses.
+fn newer_settings(
+    ctx: &Ctx,
+    peer: &str,
+    version: u32,
+    groups: &mut HashMap<String, LinkGroup>,
+    problems: &mut Vec<String>,
+) {
+    if version >= 5 {
+        return;
+    }
+    for (name, lg) in groups.iter_mut().filter(|(_, lg)| lg.paused.is_none()) {
+        let Some(g) = ctx.group(name) else { continue };
+        let anchored = crate::local::filter::anchored(&g.cfg);
+        if let Some(p) = anchored.first() {
+            let why = format!(
+                "group {name}: exclude {p:?} (anchored at one path, since 0.3) is not understood by {peer}, which runs an older release (protocol {version}); nothing of the group is exchanged with {peer} until it is upgraded"
+            );
+            problems.push(why.clone());
+            lg.paused = Some(why);
+        }
+    }
+}
+
+/// Exchange `Hello`s: ours first, then the peer's, checked (it names the node its key belongs
+/// to, and a bounded number of groups). A refusal is audited and said to the peer.
+async fn exchange_hello(
+    ctx: &Ctx,
+    peer: &str,
+    version: u32,
+    reader: &mut LinkReader,
+    writer: &mut crate::net::transport::LinkWriter,
+) -> Result<PeerHello, LinkError> {
+    let hello = our_hello(ctx, peer, version)?;
+    // a peer that closes at once (before or after our Hello reached it) refused the link
+    let closed = |e: TransportError| match e {
+        TransportError::Closed | TransportError::Io(_) => {
+            LinkError::ClosedBeforeHello(peer.to_string())
+        }
+        e => LinkError::Transport(e),
+    };
+    writer.send_frame(&hello).await.map_err(closed)?;
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv_frame(HANDSHAKE_TIMEOUT))
         .await
-        .map_err(|_| LinkError::NoHello(peer.clone()))??;
-    let hello = match parse_hello(&peer, version, &first).and_then(|h| {
+        .map_err(|_| LinkError::NoHello(peer.to_string()))?
+        .map_err(closed)?;
+    let checked = parse_hello(peer, version, &first).and_then(|h| {
         if h.node != peer {
             return Err(violation(
-                &peer,
+                peer,
                 format!("introduced itself as {:?}", h.node),
             ));
         }
         if h.groups.len() > MAX_GROUPS {
-            return Err(violation(&peer, "too many groups in Hello"));
+            return Err(violation(peer, "too many groups in Hello"));
         }
         Ok(h)
-    }) {
-        Ok(h) => h,
-        Err(e) => {
-            if let LinkError::Violation { msg, .. } = &e {
-                ctx.audit_refused(&peer, msg);
-                tracing::warn!(peer = %peer, "refused link: {msg}");
-                if let Some(frame) = encode_for(
-                    version,
-                    &Msg::Bye {
-                        reason: msg.clone(),
-                    },
-                ) {
-                    let _ = writer.send_frame(&frame).await;
-                }
-            }
-            return Err(e);
+    });
+    if let Err(LinkError::Violation { msg, .. }) = &checked {
+        ctx.audit_refused(peer, msg);
+        tracing::warn!(peer = %peer, "refused link: {msg}");
+        if let Some(frame) = encode_for(
+            version,
+            &Msg::Bye {
+                reason: msg.clone(),
+            },
+        ) {
+            let _ = writer.send_frame(&frame).await;
         }
-    };
-    // an index restored from an old snapshot: the peer has seen more of us than this index
-    // ever held (what it held when it was opened, and what we sent since)
+    }
+    checked
+}
+
+/// An index restored from an old snapshot: the peer has seen more of us than this index ever
+/// held (what it held when it was opened, and what we sent since). The group gets a new
+/// incarnation and every link is closed, so all peers send and receive everything again.
+fn detect_rollback(ctx: &Ctx, peer: &str, hello: &PeerHello) -> Result<(), LinkError> {
     let known = ctx
         .store
         .opened_seq()
@@ -491,38 +400,40 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     for h in &hello.groups {
         if let Ok(inc) = ctx.store.incarnation(&h.group)
             && h.resume_inc == inc
-            && ctx.shared_groups(&peer).iter().any(|g| g.name() == h.group)
+            && ctx.shared_groups(peer).iter().any(|g| g.name() == h.group)
+            && h.resume_seq > known
         {
-            let head = known;
-            if h.resume_seq > head {
-                tracing::warn!(
-                    group = %h.group,
-                    "{peer} has seen this node's changes up to {} but this node's index only goes to {head} (restored from an older snapshot?); starting the group's exchange over with every peer",
-                    h.resume_seq
-                );
-                let _ = ctx.store.renew_incarnation(&h.group);
-                ctx.links.close_all();
-                return Err(LinkError::Bye {
-                    peer,
-                    reason: "index rollback detected; reconnecting".into(),
-                });
-            }
+            tracing::warn!(
+                group = %h.group,
+                "{peer} has seen this node's changes up to {} but this node's index only goes to {known} (restored from an older snapshot?); starting the group's exchange over with every peer",
+                h.resume_seq
+            );
+            let _ = ctx.store.renew_incarnation(&h.group);
+            ctx.links.close_all();
+            return Err(LinkError::Bye {
+                peer: peer.to_string(),
+                reason: "index rollback detected; reconnecting".into(),
+            });
         }
     }
-    let (groups, problems) = agree_groups(&ctx, &peer, &hello);
-    ctx.links.set_config_problems(&peer, problems);
+    Ok(())
+}
 
-    let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);
-    let (bulk_tx, bulk_rx) = mpsc::channel::<Msg>(8);
-    let (closed_tx, mut closed_rx) = watch::channel(false);
-    let remote: HashMap<String, RemoteProgress> = hello
+/// What the peer has of each group it exchanges with us, from its `Hello` (for progress).
+fn remote_progress(
+    ctx: &Ctx,
+    peer: &str,
+    hello: &PeerHello,
+    groups: &HashMap<String, LinkGroup>,
+) -> HashMap<String, RemoteProgress> {
+    hello
         .groups
         .iter()
         .filter(|h| groups.get(&h.group).is_some_and(|g| g.paused.is_none()))
         .map(|h| {
             let applied = ctx
                 .store
-                .peer_position(&peer, &h.group)
+                .peer_position(peer, &h.group)
                 .map(|p| if p.0 == h.inc { p.1 } else { 0 })
                 .unwrap_or(0);
             (
@@ -537,7 +448,66 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Start one pump per group we send to this peer, each from where the peer says it is.
+fn start_pumps(
+    ctx: &Arc<Ctx>,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    hello: &PeerHello,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut pumps = Vec::new();
+    for (g, lg) in &link.groups {
+        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) || ctx.opts.dry_run {
+            // a replica only receives; a dry run sends nothing
+            continue;
+        }
+        let ours = if link.version >= 4 {
+            ctx.store.incarnation(g).unwrap_or(0)
+        } else {
+            ctx.store.index_id()
+        };
+        let start = hello
+            .groups
+            .iter()
+            .find(|h| &h.group == g && h.resume_inc == ours)
+            .map(|h| h.resume_seq)
+            .unwrap_or(0);
+        let start = resume_point(ctx, &link.peer, g, start);
+        let Some(head_rx) = lanes.get(g).map(|l| l.head_rx()) else {
+            continue;
+        };
+        pumps.push(tokio::spawn(pump(
+            ctx.clone(),
+            head_rx,
+            link.clone(),
+            g.clone(),
+            start,
+        )));
+    }
+    pumps
+}
+
+/// Run an authenticated link with `peer` until it ends.
+pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Result<(), LinkError> {
+    let Wire {
+        mut reader,
+        mut writer,
+        version,
+        suite,
+        ..
+    } = wire;
+    let hello = exchange_hello(&ctx, &peer, version, &mut reader, &mut writer).await?;
+    detect_rollback(&ctx, &peer, &hello)?;
+    let (mut groups, mut problems) = agree_groups(&ctx, &peer, &hello);
+    newer_settings(&ctx, &peer, version, &mut groups, &mut problems);
+    ctx.links.set_config_problems(&peer, problems);
+    let (hi_tx, hi_rx) = mpsc::channel::<Msg>(64);
+    let (bulk_tx, bulk_rx) = mpsc::channel::<Msg>(8);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let remote = remote_progress(&ctx, &peer, &hello, &groups);
     let link = Arc::new(Link {
         peer: peer.clone(),
         conn: ctx.links.next_conn(),
@@ -577,63 +547,14 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
         link: link.clone(),
     };
     tracing::info!(peer = %peer, "connected (protocol {version}, {suite})");
-
-    let mut pumps = Vec::new();
-    for (g, lg) in &link.groups {
-        if lg.paused.is_some() || ctx.group(g).is_none_or(|gr| gr.replica) {
-            // a replica only receives
-            continue;
-        }
-        let start = hello
-            .groups
-            .iter()
-            .find(|h| &h.group == g)
-            .filter(|h| {
-                let ours = if version >= 4 {
-                    ctx.store.incarnation(g).unwrap_or(0)
-                } else {
-                    ctx.store.index_id()
-                };
-                h.resume_inc == ours
-            })
-            .map(|h| h.resume_seq)
-            .unwrap_or(0);
-        pumps.push(tokio::spawn(pump(
-            ctx.clone(),
-            link.clone(),
-            g.clone(),
-            start,
-        )));
-    }
-
-    let verifier = tokio::spawn(crate::engine::verify::background(ctx.clone(), link.clone()));
-    let (mut in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
-    let serving = Arc::new(Semaphore::new(MAX_SERVING));
-    let mut shutdown = ctx.shutdown_rx();
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    let result = loop {
-        tokio::select! {
-            _ = crate::engine::node::until_set(&mut closed_rx) => break Ok(()),
-            _ = crate::engine::node::until_set(&mut shutdown) => {
-                let _ = hi_tx.try_send(Msg::Bye { reason: "shutting down".into() });
-                break Ok(());
-            }
-            _ = keepalive.tick() => {
-                let _ = hi_tx.try_send(Msg::Ping { token: 0 });
-            }
-            m = in_rx.recv() => {
-                let m = match m {
-                    None => break Err(LinkError::Transport(TransportError::Closed)),
-                    Some(Err(e)) => break Err(e),
-                    Some(Ok(m)) => m,
-                };
-                ctx.links.touch(&peer);
-                if let Err(e) = dispatch(&ctx, &link, &serving, m).await {
-                    break Err(e);
-                }
-            }
-        }
+    let pumps = start_pumps(&ctx, &lanes, &link, &hello);
+    let engine = Engine {
+        ctx: ctx.clone(),
+        lanes: lanes.clone(),
     };
+    let verifier = tokio::spawn(crate::engine::verify::background(engine, link.clone()));
+    let (in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
+    let result = serve(&ctx, &lanes, &link, in_rx, closed_rx, &hi_tx).await;
     if let Err(LinkError::Violation { msg, .. }) = &result {
         let _ = hi_tx.try_send(Msg::Bye {
             reason: msg.clone(),
@@ -653,6 +574,42 @@ pub async fn run(ctx: Arc<Ctx>, wire: Wire, peer: String) -> Result<(), LinkErro
     lock(&link.verify_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
+}
+
+/// The link's main loop: the peer's messages, keep-alives, until the link closes, the node
+/// stops or the peer breaks the protocol.
+async fn serve(
+    ctx: &Arc<Ctx>,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    mut in_rx: mpsc::Receiver<Result<Msg, LinkError>>,
+    mut closed_rx: watch::Receiver<bool>,
+    hi_tx: &mpsc::Sender<Msg>,
+) -> Result<(), LinkError> {
+    let serving = Arc::new(Semaphore::new(MAX_SERVING));
+    let mut shutdown = ctx.shutdown_rx();
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    loop {
+        tokio::select! {
+            _ = crate::engine::node::until_set(&mut closed_rx) => return Ok(()),
+            _ = crate::engine::node::until_set(&mut shutdown) => {
+                let _ = hi_tx.try_send(Msg::Bye { reason: "shutting down".into() });
+                return Ok(());
+            }
+            _ = keepalive.tick() => {
+                let _ = hi_tx.try_send(Msg::Ping { token: 0 });
+            }
+            m = in_rx.recv() => {
+                let m = match m {
+                    None => return Err(LinkError::Transport(TransportError::Closed)),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(m)) => m,
+                };
+                ctx.links.touch(&link.peer);
+                dispatch(ctx, lanes, link, &serving, m).await?;
+            }
+        }
+    }
 }
 
 async fn write_loop(
@@ -746,23 +703,26 @@ fn spawn_reader(
     (rx, task)
 }
 
+/// Is `g` shared with the peer (else a violation), and exchanged (settings agree)?
+fn check_group(link: &Link, g: &str) -> Result<bool, LinkError> {
+    match link.groups.get(g) {
+        None => Err(violation(
+            &link.peer,
+            format!("named group {g:?}, which it does not share with us"),
+        )),
+        // settings differ: nothing of it is exchanged (the peer knows it too)
+        Some(lg) => Ok(lg.paused.is_none()),
+    }
+}
+
 async fn dispatch(
     ctx: &Arc<Ctx>,
+    lanes: &Lanes,
     link: &Arc<Link>,
     serving: &Arc<Semaphore>,
     m: Msg,
 ) -> Result<(), LinkError> {
     let peer = link.peer.as_str();
-    let check_group = |g: &str| -> Result<bool, LinkError> {
-        match link.groups.get(g) {
-            None => Err(violation(
-                peer,
-                format!("named group {g:?}, which it does not share with us"),
-            )),
-            // settings differ: nothing of it is exchanged (the peer knows it too)
-            Some(lg) => Ok(lg.paused.is_none()),
-        }
-    };
     match m {
         Msg::Hello { .. } => return Err(violation(peer, "second Hello")),
         Msg::Bye { reason } => {
@@ -776,106 +736,10 @@ async fn dispatch(
             items,
             through,
             head,
-        } => {
-            if !check_group(&group)? {
-                return Ok(());
-            }
-            if ctx.group(&group).is_some_and(|g| g.is_replica(peer)) {
-                return Err(violation(
-                    peer,
-                    format!("is a replica of group {group} but sent changes"),
-                ));
-            }
-            if items.len() > MAX_BATCH_ITEMS {
-                return Err(violation(peer, "index batch too large"));
-            }
-            {
-                let mut r = lock(&link.remote);
-                let e = r.entry(group.clone()).or_default();
-                e.head = e.head.max(head);
-                e.received += items.len() as u64;
-                e.received_bytes += items.iter().map(|w| w.item.size()).sum::<u64>();
-            }
-            let q = link.queued.fetch_add(1, Ordering::AcqRel);
-            if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
-                return Err(violation(peer, "ignored flow control"));
-            }
-            let Some(lane) = ctx.lane(&group) else {
-                return Ok(());
-            };
-            lane.remote(link.clone(), items, through, head).await;
-        }
-        Msg::Ack { group, through } => {
-            if !check_group(&group)? {
-                return Ok(());
-            }
-            let acked = {
-                let mut p = lock(&link.pumps);
-                let e = p.entry(group.clone()).or_default();
-                if through > e.last_sent {
-                    return Err(violation(peer, "acknowledged more than was sent"));
-                }
-                e.acked = e.acked.max(through);
-                while e.unacked.front().is_some_and(|t| *t <= through) {
-                    e.unacked.pop_front();
-                }
-                if e.unacked.is_empty() {
-                    // nothing in flight: what we skipped counts as acknowledged too
-                    e.acked = e.acked.max(e.scanned);
-                }
-                e.acked
-            };
-            let _ = ctx.store.set_acked(peer, &group, acked);
-            link.pump_notify.notify_waiters();
-        }
+        } => on_index(ctx, lanes, link, group, items, through, head).await?,
+        Msg::Ack { group, through } => on_ack(ctx, link, group, through)?,
         Msg::GetChunks { req, group, hashes } => {
-            if !check_group(&group)? {
-                let _ = link
-                    .bulk
-                    .send(Msg::Chunks {
-                        req,
-                        data: vec![None; hashes.len()],
-                    })
-                    .await;
-                return Ok(());
-            }
-            if hashes.len() > MAX_CHUNKS_PER_REQUEST {
-                return Err(violation(peer, "too many chunks requested"));
-            }
-            let Ok(permit) = serving.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            let ctx = ctx.clone();
-            let link = link.clone();
-            // with a bandwidth limit, one answer takes at most about two seconds to send, so
-            // keep-alives and small changes never wait long behind it
-            let cap = match ctx.cfg.bwlimit_to(&link.peer) {
-                Some(rate) => (rate as usize * 2).clamp(256 * 1024, MAX_CHUNKS_REPLY_BYTES),
-                None => MAX_CHUNKS_REPLY_BYTES,
-            };
-            tokio::spawn(async move {
-                let c2 = ctx.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut total = 0usize;
-                    hashes
-                        .iter()
-                        .map(|h| {
-                            if total >= cap {
-                                return None;
-                            }
-                            let d = c2.read_chunk(&group, h);
-                            total += d.as_ref().map_or(0, |d| d.len());
-                            d
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                let n: u64 = data.iter().flatten().map(|d| d.len() as u64).sum();
-                ctx.counters.chunk_bytes_out.fetch_add(n, Ordering::Relaxed);
-                let _ = link.bulk.send(Msg::Chunks { req, data }).await;
-                drop(permit);
-            });
+            on_get_chunks(ctx, link, serving, req, group, hashes).await?
         }
         Msg::Chunks { req, data } => {
             let w = lock(&link.chunk_waiters).remove(&req);
@@ -886,39 +750,18 @@ async fn dispatch(
                 None => return Err(violation(peer, "unsolicited Chunks")),
             }
         }
-        Msg::Ping { token } => {
-            if token != 0 {
-                // answer once our pumps to this peer have read everything indexed before now
-                let targets: Vec<(String, u64)> = link
-                    .groups
-                    .iter()
-                    .filter(|(g, lg)| {
-                        lg.paused.is_none() && ctx.group(g).is_some_and(|gr| !gr.replica)
-                    })
-                    .map(|(g, _)| (g.clone(), ctx.store.group_head(g).unwrap_or(0)))
-                    .collect();
-                let link = link.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + Duration::from_secs(3600);
-                    while Instant::now() < deadline && !link.is_closed() {
-                        let notified = link.pump_notify.notified();
-                        let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
-                        if done {
-                            break;
-                        }
-                        let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-                    }
-                    let _ = link.send(Msg::Pong { token }).await;
-                });
-            }
-        }
+        Msg::Ping { token } => on_ping(ctx, link, token),
         Msg::Pong { token } => {
             if let Some(tx) = lock(&link.pong_waiters).remove(&token) {
                 let _ = tx.send(());
             }
         }
         m @ (Msg::Compare { .. } | Msg::Differ { .. }) => {
-            crate::engine::verify::serve(ctx, link, serving, m).await?;
+            let e = Engine {
+                ctx: ctx.clone(),
+                lanes: lanes.clone(),
+            };
+            crate::engine::verify::serve(&e, link, serving, m).await?;
         }
         m @ (Msg::Rows { .. } | Msg::DifferItems { .. }) => {
             crate::engine::verify::answered(link, m)?;
@@ -927,10 +770,193 @@ async fn dispatch(
     Ok(())
 }
 
+/// A peer's batch: checked for the link's rules, then handed to the group's lane.
+async fn on_index(
+    ctx: &Ctx,
+    lanes: &Lanes,
+    link: &Arc<Link>,
+    group: String,
+    items: Vec<WireItem>,
+    through: u64,
+    head: u64,
+) -> Result<(), LinkError> {
+    let peer = link.peer.as_str();
+    if !check_group(link, &group)? {
+        return Ok(());
+    }
+    if ctx.group(&group).is_some_and(|g| g.is_replica(peer)) {
+        return Err(violation(
+            peer,
+            format!("is a replica of group {group} but sent changes"),
+        ));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(violation(peer, "index batch too large"));
+    }
+    {
+        let mut r = lock(&link.remote);
+        let e = r.entry(group.clone()).or_default();
+        e.head = e.head.max(head);
+        e.received += items.len() as u64;
+        e.received_bytes += items.iter().map(|w| w.item.size()).sum::<u64>();
+    }
+    let q = link.queued.fetch_add(1, Ordering::AcqRel);
+    if q > MAX_UNACKED * link.groups.len().max(1) + 2 {
+        return Err(violation(peer, "ignored flow control"));
+    }
+    if let Some(lane) = lanes.get(&group) {
+        lane.remote(link.clone(), items, through).await;
+    }
+    Ok(())
+}
+
+/// The peer applied and saved our items up to `through`.
+fn on_ack(ctx: &Ctx, link: &Link, group: String, through: u64) -> Result<(), LinkError> {
+    if !check_group(link, &group)? {
+        return Ok(());
+    }
+    let acked = {
+        let mut p = lock(&link.pumps);
+        let e = p.entry(group.clone()).or_default();
+        if through > e.last_sent {
+            return Err(violation(&link.peer, "acknowledged more than was sent"));
+        }
+        e.acked = e.acked.max(through);
+        while e.unacked.front().is_some_and(|t| *t <= through) {
+            e.unacked.pop_front();
+        }
+        if e.unacked.is_empty() {
+            // nothing in flight: what we skipped counts as acknowledged too
+            e.acked = e.acked.max(e.scanned);
+        }
+        e.acked
+    };
+    if durable_acks(link) {
+        let _ = ctx.store.set_acked(&link.peer, &group, acked);
+    }
+    link.pump_notify.notify_waiters();
+    Ok(())
+}
+
+/// Serve chunks of `group` by hash (on the blocking pool, a bounded number at once, the
+/// answer capped in bytes).
+async fn on_get_chunks(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    serving: &Arc<Semaphore>,
+    req: u64,
+    group: String,
+    hashes: Vec<Hash>,
+) -> Result<(), LinkError> {
+    if !check_group(link, &group)? {
+        let data = vec![None; hashes.len()];
+        let _ = link.bulk.send(Msg::Chunks { req, data }).await;
+        return Ok(());
+    }
+    if hashes.len() > MAX_CHUNKS_PER_REQUEST {
+        return Err(violation(&link.peer, "too many chunks requested"));
+    }
+    let Ok(permit) = serving.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let (ctx, link) = (ctx.clone(), link.clone());
+    // with a bandwidth limit, one answer takes at most about two seconds to send, so
+    // keep-alives and small changes never wait long behind it
+    let cap = match ctx.cfg.bwlimit_to(&link.peer) {
+        Some(rate) => (rate as usize * 2).clamp(256 * 1024, MAX_CHUNKS_REPLY_BYTES),
+        None => MAX_CHUNKS_REPLY_BYTES,
+    };
+    tokio::spawn(async move {
+        let c2 = ctx.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let mut total = 0usize;
+            hashes
+                .iter()
+                .map(|h| {
+                    if total >= cap {
+                        return None;
+                    }
+                    let d = c2.read_chunk(&group, h);
+                    total += d.as_ref().map_or(0, |d| d.len());
+                    d
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let n: u64 = data.iter().flatten().map(|d| d.len() as u64).sum();
+        ctx.counters.chunk_bytes_out.fetch_add(n, Ordering::Relaxed);
+        let _ = link.bulk.send(Msg::Chunks { req, data }).await;
+        drop(permit);
+    });
+    Ok(())
+}
+
+/// A marked point (`sync`): answered once our pumps to this peer have read everything indexed
+/// before now. Token 0 is a keep-alive.
+fn on_ping(ctx: &Ctx, link: &Arc<Link>, token: u64) {
+    if token == 0 {
+        return;
+    }
+    let targets: Vec<(String, u64)> = link
+        .groups
+        .iter()
+        .filter(|(g, lg)| lg.paused.is_none() && ctx.group(g).is_some_and(|gr| !gr.replica))
+        .map(|(g, _)| (g.clone(), ctx.store.group_head(g).unwrap_or(0)))
+        .collect();
+    let link = link.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while Instant::now() < deadline && !link.is_closed() {
+            let notified = link.pump_notify.notified();
+            let done = targets.iter().all(|(g, t)| link.pump(g).scanned >= *t);
+            if done {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+        let _ = link.send(Msg::Pong { token }).await;
+    });
+}
+
+/// Do this peer's acknowledgements mean "applied and saved" (SPEC §5.13)? Protocol 5 on; the
+/// previous releases also acknowledged batches they never saved (a stopped group, a failed
+/// commit), so only the positions they send in `Hello` (saved with what they applied) count
+/// for collecting tombstones. `status` still counts their live acknowledgements.
+fn durable_acks(link: &Link) -> bool {
+    link.version >= 5
+}
+
+/// Where our feed of `group` to `peer` starts: the position it says it applied, unless
+/// tombstones above that position were collected here meanwhile (its state was restored from
+/// an old copy): then everything is sent again, and the gap is said, not left silent.
+fn resume_point(ctx: &Ctx, peer: &str, group: &str, pos: u64) -> u64 {
+    let floor = ctx.store.collected_floor(group).unwrap_or(0);
+    if pos == 0 || pos >= floor {
+        return pos;
+    }
+    let msg = format!(
+        "{peer} resumes group {group} from position {pos}, but deletions up to {floor} were already collected here (its state dir restored from an older copy?); sending it the whole index instead of what came after its position"
+    );
+    tracing::warn!(peer, group, "{msg}");
+    ctx.audit.log(crate::ops::audit::Rec {
+        group,
+        kind: "resend-all",
+        peer: Some(peer),
+        detail: Some(&msg),
+        ..Default::default()
+    });
+    0
+}
+
 /// Stream our items of `group` to the peer from `pos` on, then new ones as they come.
-async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
-    let Some(lane) = ctx.lane(&group) else { return };
-    let mut head_rx = lane.head_rx();
+async fn pump(
+    ctx: Arc<Ctx>,
+    mut head_rx: watch::Receiver<u64>,
+    link: Arc<Link>,
+    group: String,
+    mut pos: u64,
+) {
     let mut closed = link.closed_rx();
     {
         let mut p = lock(&link.pumps);
@@ -939,7 +965,10 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
         e.acked = pos;
         e.last_sent = pos;
     }
-    if ctx.store.acked(&link.peer, &group).unwrap_or(0) < pos {
+    // the position the peer says it saved is the truth about it now, also when it is lower
+    // than what it acknowledged before (its state restored from an older copy): tombstones
+    // above it wait for it again
+    if ctx.store.acked(&link.peer, &group).unwrap_or(0) != pos {
         let _ = ctx.store.set_acked(&link.peer, &group, pos);
     }
     let peer_inc = link.peer_inc(&group);
@@ -1029,7 +1058,9 @@ async fn pump(ctx: Arc<Ctx>, link: Arc<Link>, group: String, mut pos: u64) {
                 None
             }
         };
-        if let Some(t) = caught_up {
+        if let Some(t) = caught_up
+            && durable_acks(&link)
+        {
             let _ = ctx.store.set_acked(&link.peer, &group, t);
         }
         link.pump_notify.notify_waiters();
@@ -1079,12 +1110,26 @@ fn build_batch(
     let is_root = |key: &[u8]| {
         rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
     };
+    let accounts = rt.is_some_and(|g| g.is_accounts());
     for e in entries {
-        if e.item.version.is_empty() && !is_root(&e.item.key) {
+        if accounts && version < 5 {
+            // account items of this release would be misread by the previous ones
+            not_sendable += 1;
+            why_not = Some(format!(
+                "{to} runs an older release (protocol {version}): accounts are not exchanged with it until it is upgraded"
+            ));
+            last_seq = last_seq.max(e.seq);
+            continue;
+        }
+        // an account adopted by a node that joined as new is sent unversioned: any versioned
+        // change wins over it; protocol 3 refuses an unversioned group root
+        if e.item.version.is_empty() && (!is_root(&e.item.key) || version < 4) && !accounts {
             // adopted without a version (a replica's files): ours alone, never sent. A group
             // path directory nobody changed yet is sent unversioned: it gives way to any
             // versioned one, and between unversioned ones the conflict policy picks the
-            // same on every node, so fresh nodes agree on its mode and mtime
+            // same on every node, so fresh nodes agree on its mode and mtime. Protocol 3
+            // refuses any item without a version (and drops the link): a new or reset node
+            // keeps its unversioned root to itself there, as a replica keeps its files
             last_seq = last_seq.max(e.seq);
             continue;
         }
@@ -1112,7 +1157,11 @@ fn build_batch(
             + e.item.version.len() * 24
             + e.item.meta().map_or(0, |m| {
                 m.chunks.len() * 40 + m.xattrs.iter().map(|x| x.name.len() + 64).sum::<usize>()
-            });
+            })
+            + match &e.item.body {
+                Some(crate::item::Body::Account(a)) => a.size_hint(),
+                _ => 0,
+            };
         if encoded + est > MAX_BATCH_BYTES && !items.is_empty() {
             cut = true;
             break;

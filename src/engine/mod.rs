@@ -3,12 +3,14 @@
 //! node that wires them (`node`), and what `status` and `sync` report (`status`, `sync`).
 
 pub mod apply;
+pub mod ctx;
 pub mod decide;
 pub mod fetch;
 pub mod group;
 pub mod lane;
 pub mod link;
 pub mod node;
+pub mod peer;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -1,6 +1,7 @@
-//! A running node: its context ([`Ctx`]: the configuration, the index, the audit log, the
-//! backup store, the lanes and the links), and the tasks around the lanes: the listener, one
-//! dialer per peer, the watcher.
+//! A running node: it makes the shared context ([`Ctx`]), then the lanes ([`Lanes`]), and
+//! wires the tasks around them: the listener, one dialer per peer, the watcher (which reports
+//! to the lanes through `local::watch::Sink`), the metrics server. [`Engine`] is what the
+//! control socket, `sync` and `status` get: the context and the lanes.
 //!
 //! Data flow: the watcher (or a rescan, or `mark`) reports paths to the group's lane → the lane
 //! scans them and commits new versions → each link's pump for the group sees the new head and
@@ -15,36 +16,26 @@
 //! the reason is kept for `status`; refused connections are logged and audited at a bounded
 //! rate.
 
-use crate::config::{Config, NodeConfig};
+use crate::config::Config;
+pub use crate::engine::ctx::{
+    Counters, Ctx, Opts, TransferStats, group_of_path, unix_now, until_set,
+};
 use crate::engine::group::GroupRt;
-use crate::engine::lane::{self, LaneHandle};
-use crate::engine::link::{self, Link, lock};
+use crate::engine::lane::{self, LaneHandle, Lanes};
+use crate::engine::link;
+use crate::engine::peer::{Links, lock};
 use crate::fs::backup::Backups;
 use crate::identity::Identity;
-use crate::item::{Hash, Item, name};
+use crate::item::name;
 use crate::local::owners::OwnerMap;
 use crate::ops::audit::{Audit, Rec};
 use crate::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Resolve once the flag is set, also when it was set before this was called.
-pub async fn until_set(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -84,536 +75,23 @@ pub enum NodeError {
     Backup(#[from] crate::fs::backup::BackupError),
 }
 
-/// How to run a node.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Opts {
-    /// Accept connections (daemon) or not (in-process `sync`).
-    pub listen: bool,
-    /// Watch for changes live.
-    pub watch: bool,
-    /// Dial every peer (in-process `sync`) or only those after us (daemon).
-    pub dial_all: bool,
-    /// Print what would change instead of changing it.
-    pub dry_run: bool,
-}
-
-/// Transfer counters of this process, for `status --json`, metrics and benchmarks.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Chunk bytes received from peers.
-    pub chunk_bytes_in: AtomicU64,
-    /// Chunk bytes sent to peers.
-    pub chunk_bytes_out: AtomicU64,
-    /// Small-file content received inside index batches.
-    pub inline_bytes_in: AtomicU64,
-    /// Chunk bytes copied from files this node already had.
-    pub reused_bytes: AtomicU64,
-    /// Items received from and sent to peers.
-    pub items_in: AtomicU64,
-    pub items_out: AtomicU64,
-}
-
-/// Snapshot of [`Counters`].
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct TransferStats {
-    pub chunk_bytes_in: u64,
-    pub chunk_bytes_out: u64,
-    pub inline_bytes_in: u64,
-    pub reused_bytes: u64,
-    /// Items received from peers (`records_in` in the previous release).
-    #[serde(alias = "records_in")]
-    pub items_in: u64,
-    pub items_out: u64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> TransferStats {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        TransferStats {
-            chunk_bytes_in: g(&self.chunk_bytes_in),
-            chunk_bytes_out: g(&self.chunk_bytes_out),
-            inline_bytes_in: g(&self.inline_bytes_in),
-            reused_bytes: g(&self.reused_bytes),
-            items_in: g(&self.items_in),
-            items_out: g(&self.items_out),
-        }
-    }
-}
-
-/// What this node knows of one peer besides its link.
-#[derive(Debug, Default, Clone)]
-pub struct PeerState {
-    /// Why the last dial failed, or the link was refused (cleared when a link is up).
-    pub error: Option<String>,
-    /// Settings that differ between the configs (set at connect).
-    pub config: Vec<String>,
-    pub last_seen: Option<SystemTime>,
-    /// When the config problems were last logged.
-    config_logged: Option<Instant>,
-    /// A dial is in progress.
-    dialing: bool,
-}
-
-/// The connected peers and what is known of the others.
-#[derive(Default)]
-pub struct Links {
-    map: Mutex<HashMap<String, Arc<Link>>>,
-    peers: Mutex<HashMap<String, PeerState>>,
-    next_conn: AtomicU64,
-    /// Refused connections not yet logged, and when the last log line was written.
-    refused: Mutex<(u64, Option<Instant>)>,
-    changed: tokio::sync::Notify,
-}
-
-impl Links {
-    pub fn next_conn(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// The live link to `peer`.
-    pub fn get(&self, peer: &str) -> Option<Arc<Link>> {
-        lock(&self.map)
-            .get(peer)
-            .cloned()
-            .filter(|l| !l.is_closed())
-    }
-
-    pub(crate) fn register(&self, l: Arc<Link>) {
-        if let Some(old) = lock(&self.map).insert(l.peer.clone(), l.clone()) {
-            old.close();
-        }
-        let mut p = lock(&self.peers);
-        let st = p.entry(l.peer.clone()).or_default();
-        st.error = None;
-        st.last_seen = Some(SystemTime::now());
-        drop(p);
-        self.changed.notify_waiters();
-    }
-
-    pub(crate) fn unregister(&self, peer: &str, conn: u64) {
-        let mut m = lock(&self.map);
-        if m.get(peer).is_some_and(|l| l.conn == conn) {
-            m.remove(peer);
-        }
-        drop(m);
-        self.changed.notify_waiters();
-    }
-
-    pub fn close_all(&self) {
-        for l in lock(&self.map).values() {
-            l.close();
-        }
-    }
-
-    pub(crate) fn touch(&self, peer: &str) {
-        lock(&self.peers)
-            .entry(peer.to_string())
-            .or_default()
-            .last_seen = Some(SystemTime::now());
-    }
-
-    pub fn state(&self, peer: &str) -> PeerState {
-        lock(&self.peers).get(peer).cloned().unwrap_or_default()
-    }
-
-    /// Remember why `peer` cannot be reached; logged when the reason changes.
-    pub(crate) fn set_error(&self, peer: &str, err: String) {
-        let mut p = lock(&self.peers);
-        let st = p.entry(peer.to_string()).or_default();
-        if st.error.as_deref() != Some(err.as_str()) {
-            tracing::warn!(peer, "cannot reach peer: {err} (retrying)");
-        } else {
-            tracing::debug!(peer, "cannot reach peer: {err}");
-        }
-        st.error = Some(err);
-        drop(p);
-        self.changed.notify_waiters();
-    }
-
-    /// Config differences found at connect: logged at ERROR, at most once a minute.
-    pub(crate) fn set_config_problems(&self, peer: &str, problems: Vec<String>) {
-        let mut p = lock(&self.peers);
-        let st = p.entry(peer.to_string()).or_default();
-        let log = !problems.is_empty()
-            && (st.config != problems
-                || st
-                    .config_logged
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60)));
-        if log {
-            for m in &problems {
-                tracing::error!(
-                    peer,
-                    "{m}; nothing of that group is exchanged with {peer} until the configs agree"
-                );
-            }
-            st.config_logged = Some(Instant::now());
-        }
-        st.config = problems;
-    }
-
-    /// A refused connection: logged and audited at most once a minute, with the count.
-    pub(crate) fn refused(&self, audit: &Audit, from: &str, why: &str) {
-        let mut r = lock(&self.refused);
-        r.0 += 1;
-        if r.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            let n = r.0;
-            r.0 = 0;
-            r.1 = Some(Instant::now());
-            drop(r);
-            let detail = if n > 1 {
-                format!("{why} ({n} refused connections since the last report)")
-            } else {
-                why.to_string()
-            };
-            tracing::warn!("refused connection from {from}: {detail}");
-            audit.log(Rec {
-                kind: "refused",
-                peer: Some(from),
-                detail: Some(&detail),
-                ..Default::default()
-            });
-        }
-    }
-
-    /// Wait until `peer` has a link or `deadline`; fails early with the dial error once one
-    /// attempt has failed and `fail_fast` is set.
-    pub async fn wait_for(
-        &self,
-        peer: &str,
-        deadline: tokio::time::Instant,
-        fail_fast: bool,
-    ) -> Result<Arc<Link>, String> {
-        loop {
-            let changed = self.changed.notified();
-            if let Some(l) = self.get(peer) {
-                return Ok(l);
-            }
-            let st = self.state(peer);
-            if fail_fast && let Some(e) = st.error.clone() {
-                return Err(e);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(st.error.unwrap_or_else(|| "not connected".into()));
-            }
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
-                changed,
-            )
-            .await;
-        }
-    }
-}
-
-/// Everything a running node's tasks share. Immutable apart from the services' own state.
-pub struct Ctx {
-    pub name: String,
-    pub cfg: Config,
-    pub me: NodeConfig,
-    pub root: PathBuf,
-    pub state_dir: PathBuf,
-    pub ident: Identity,
-    pub store: Store,
-    pub owners: OwnerMap,
-    pub audit: Arc<Audit>,
-    pub backups: Backups,
-    pub groups: BTreeMap<String, Arc<GroupRt>>,
-    lanes: OnceLock<BTreeMap<String, LaneHandle>>,
-    pub links: Links,
-    pub counters: Counters,
-    /// The highest sequence number sent to any peer during this run (rollback detection).
-    pub sent_seq: AtomicU64,
-    /// Prometheus metrics (served when `[metrics] listen` is set).
-    pub metrics: Arc<crate::ops::metrics::Metrics>,
-    /// Commands run after synced changes (groups with actions).
-    pub actions: Option<crate::ops::actions::ActionRunner>,
-    shutdown: watch::Sender<bool>,
-    pub opts: Opts,
-    pub started: Instant,
-    /// The last summary comparison with each peer, per group (`engine::verify`).
-    pub verified: crate::engine::verify::Verified,
-}
-
-impl Ctx {
-    pub fn group(&self, name: &str) -> Option<&Arc<GroupRt>> {
-        self.groups.get(name)
-    }
-
-    pub fn lane(&self, name: &str) -> Option<&LaneHandle> {
-        self.lanes.get().and_then(|l| l.get(name))
-    }
-
-    pub fn lanes(&self) -> impl Iterator<Item = &LaneHandle> {
-        self.lanes.get().into_iter().flat_map(|l| l.values())
-    }
-
-    /// Groups this node shares with `peer`.
-    pub fn shared_groups(&self, peer: &str) -> Vec<&Arc<GroupRt>> {
-        self.groups
-            .values()
-            .filter(|g| g.peers.iter().any(|p| p == peer))
-            .collect()
-    }
-
-    /// Every peer of this node.
-    pub fn all_peers(&self) -> BTreeSet<String> {
-        self.groups
-            .values()
-            .flat_map(|g| g.peers.iter().cloned())
-            .collect()
-    }
-
-    /// The node name whose configured id is `id`.
-    pub fn node_by_id(&self, id: &str) -> Option<String> {
-        self.cfg
-            .nodes
-            .values()
-            .find(|n| n.id.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(id)))
-            .map(|n| n.name.clone())
-    }
-
-    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    pub fn stop(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// One audit line about an item.
-    pub fn audit_item(&self, group: &str, kind: &str, item: &Item, peer: Option<&str>) {
-        self.audit_items(group, [(kind, item, peer)]);
-    }
-
-    /// Audit lines about items (kind, item, peer), written together.
-    pub fn audit_items<'a>(
-        &self,
-        group: &str,
-        items: impl IntoIterator<Item = (&'a str, &'a Item, Option<&'a str>)>,
-    ) {
-        let lines: Vec<_> = items
-            .into_iter()
-            .map(|(kind, item, peer)| (kind, item, peer, item.version.display()))
-            .collect();
-        self.audit
-            .log_all(lines.iter().map(|(kind, item, peer, version)| Rec {
-                group,
-                path: &item.key,
-                kind,
-                origin: &item.origin,
-                version,
-                peer: *peer,
-                detail: None,
-            }));
-    }
-
-    pub fn audit_refused(&self, peer: &str, msg: &str) {
-        self.audit.log(Rec {
-            kind: "refused",
-            peer: Some(peer),
-            detail: Some(msg),
-            ..Default::default()
-        });
-    }
-
-    /// A peer's item refused: the group and path it was about, and why.
-    pub fn audit_refused_item(&self, group: &str, key: &[u8], peer: &str, msg: &str) {
-        self.audit.log(Rec {
-            group,
-            path: key,
-            kind: "refused",
-            peer: Some(peer),
-            detail: Some(msg),
-            ..Default::default()
-        });
-    }
-
-    /// `sync --dry-run`: one line per path and action.
-    pub fn dry_run_line(&self, what: &str, key: &[u8]) {
-        println!("{what:<9} {}", name::show(key));
-    }
-
-    /// A small file's content for an `Index` batch, verified.
-    pub fn read_inline(
-        &self,
-        group: &str,
-        key: &[u8],
-        size: u64,
-        hash: &Hash,
-        dirs: &crate::fs::safefs::DirCache,
-    ) -> Option<Vec<u8>> {
-        let g = self.group(group)?;
-        let gp = name::validate(key, &g.cfg.paths).ok()?;
-        let data =
-            crate::fs::safefs::read_at(&self.root, gp, key, 0, size as usize, Some(dirs)).ok()?;
-        (crate::fs::chunk::hash(&data) == *hash).then_some(data)
-    }
-
-    /// A chunk of `group` by hash, from wherever this node has it in that group, verified.
-    pub fn read_chunk(&self, group: &str, hash: &Hash) -> Option<Vec<u8>> {
-        let loc = self.store.chunk_location(hash).ok()??;
-        if loc.group != group || loc.len > crate::fs::chunk::MAX_CHUNK as u64 {
-            return None;
-        }
-        let g = self.group(group)?;
-        let gp = name::validate(&loc.key, &g.cfg.paths).ok()?;
-        let data = crate::fs::safefs::read_at(
-            &self.root,
-            gp,
-            &loc.key,
-            loc.offset,
-            loc.len as usize,
-            None,
-        )
-        .ok()?;
-        (crate::fs::chunk::hash(&data) == *hash).then_some(data)
-    }
-
-    /// A chunk from any of this node's own files (any group), verified.
-    pub fn read_local_chunk(&self, group: &str, hash: &Hash) -> Option<Vec<u8>> {
-        self.read_chunk(group, hash).or_else(|| {
-            let loc = self.store.chunk_location(hash).ok()??;
-            self.read_chunk(&loc.group, hash)
-        })
-    }
-
-    /// Which group a path (logical, or real with this node's root prefix) belongs to.
-    pub fn group_of_path(&self, p: &[u8]) -> Option<(String, Vec<u8>)> {
-        group_of_path(&self.cfg, &self.name, &self.root, p)
-    }
-
-    /// Tell the actions runner that these keys of `group` changed (applied from a peer, or
-    /// with `local`, made here).
-    pub fn changed(&self, group: &str, keys: &[Vec<u8>], local: bool) {
-        if keys.is_empty() {
-            return;
-        }
-        if let Some(a) = &self.actions {
-            a.notify(
-                group,
-                keys.iter().map(|k| name::show(k).into_owned()),
-                local,
-            );
-        }
-    }
-
-    /// `/health` (SPEC §5.10): O(1) per request, from the lanes' and links' state.
-    pub fn health(&self) -> crate::ops::metrics::Health {
-        let stale = self
-            .cfg
-            .metrics
-            .as_ref()
-            .map(|m| m.stale_after)
-            .unwrap_or(crate::ops::metrics::DEFAULT_STALE_AFTER);
-        type Row = (String, Option<String>, Option<Instant>, usize, usize);
-        let stopped: Vec<Row> = self
-            .lanes()
-            .map(|l| {
-                let g = &l.group;
-                let connected = g
-                    .peers
-                    .iter()
-                    .filter(|p| self.links.get(p).is_some_and(|k| k.active(g.name())))
-                    .count();
-                (
-                    g.name().to_string(),
-                    lock(&l.state.stopped).clone(),
-                    *lock(&l.state.behind_since),
-                    g.peers.len(),
-                    connected,
-                )
-            })
-            .collect();
-        crate::ops::metrics::judge(
-            stopped
-                .iter()
-                .map(|(n, s, b, p, c)| crate::ops::metrics::GroupHealth {
-                    name: n,
-                    stopped: s.as_deref(),
-                    unapplied_since: *b,
-                    peers: *p,
-                    peers_connected: *c,
-                }),
-            Instant::now(),
-            stale,
-        )
-    }
-
-    /// Refresh the gauges from live state (at scrape time; per group and per peer only).
-    pub fn collect_metrics(&self, m: &crate::ops::metrics::Metrics) {
-        let mut backups = 0;
-        for l in self.lanes() {
-            let g = l.group.name();
-            let st = self.store.stats(g).unwrap_or_default();
-            let conflicts = self
-                .store
-                .conflicts()
-                .map(|c| c.iter().filter(|(cg, _, c)| cg == g && !c.resolved).count())
-                .unwrap_or(0);
-            let pending = crate::engine::status::group_pending(self, l);
-            m.set_group(
-                g,
-                crate::ops::metrics::GroupGauges {
-                    files: st.files,
-                    bytes: st.bytes,
-                    pending,
-                    conflicts: conflicts as u64,
-                    stopped: l.state.is_stopped(),
-                },
-            );
-            backups += self.backups.usage(g);
-        }
-        m.set_backups_bytes(backups);
-        for p in self.all_peers() {
-            let link = self.links.get(&p);
-            let mut behind = 0;
-            for g in self.shared_groups(&p) {
-                if !g.replica {
-                    behind += self
-                        .store
-                        .count_since(g.name(), self.store.acked(&p, g.name()).unwrap_or(0))
-                        .unwrap_or(0);
-                }
-            }
-            m.set_peer(&p, link.is_some(), behind);
-        }
-    }
-}
-
-/// Which of `node`'s groups a path (logical, or real with the root prefix) belongs to.
-pub fn group_of_path(
-    cfg: &Config,
-    node: &str,
-    root: &std::path::Path,
-    p: &[u8],
-) -> Option<(String, Vec<u8>)> {
-    use std::os::unix::ffi::OsStrExt;
-    let root = root.as_os_str().as_bytes();
-    let root = if root.len() > 1 && root.ends_with(b"/") {
-        &root[..root.len() - 1]
-    } else {
-        root
-    };
-    let mut cands = vec![p.to_vec()];
-    if root != b"/"
-        && let Some(r) = p.strip_prefix(root)
+/// This node's key, checked against the `id` its section configures.
+fn identity(
+    me: &crate::config::NodeConfig,
+    state_dir: &std::path::Path,
+) -> Result<Identity, NodeError> {
+    let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
+    let ident = Identity::load(&key_path)?;
+    if let Some(id) = &me.id
+        && !id.eq_ignore_ascii_case(&ident.id())
     {
-        cands.push(r.to_vec());
+        return Err(NodeError::IdMismatch {
+            node: me.name.clone(),
+            actual: ident.id(),
+            configured: id.clone(),
+        });
     }
-    for mut c in cands {
-        while c.len() > 1 && c.ends_with(b"/") {
-            c.pop();
-        }
-        for g in cfg.groups_of(node) {
-            if name::validate(&c, &g.paths).is_ok() {
-                return Some((g.name.clone(), c));
-            }
-        }
-    }
-    None
+    Ok(ident)
 }
 
 /// What `daemon` checks before it starts (and `check-config` reports): this node has a
@@ -627,17 +105,7 @@ pub fn preflight(
     let me = cfg
         .node(name)
         .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
-    let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
-    let ident = Identity::load(&key_path)?;
-    if let Some(id) = &me.id
-        && !id.eq_ignore_ascii_case(&ident.id())
-    {
-        return Err(NodeError::IdMismatch {
-            node: me.name.clone(),
-            actual: ident.id(),
-            configured: id.clone(),
-        });
-    }
+    identity(me, state_dir)?;
     let mut warnings = Vec::new();
     for g in cfg.groups_of(name) {
         for gp in &g.paths {
@@ -682,13 +150,289 @@ fn private_state_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A running node as its users see it: the shared context and the lanes.
+#[derive(Clone)]
+pub struct Engine {
+    pub ctx: Arc<Ctx>,
+    pub lanes: Lanes,
+}
+
+impl Engine {
+    pub fn lane(&self, group: &str) -> Option<&LaneHandle> {
+        self.lanes.get(group)
+    }
+
+    /// `/health` (SPEC §5.10): O(1) per request, from the lanes' and links' state.
+    pub fn health(&self) -> crate::ops::metrics::Health {
+        let stale = self
+            .ctx
+            .cfg
+            .metrics
+            .as_ref()
+            .map(|m| m.stale_after)
+            .unwrap_or(crate::ops::metrics::DEFAULT_STALE_AFTER);
+        type Row = (String, Option<String>, Option<Instant>, usize, usize);
+        let stopped: Vec<Row> = self
+            .lanes
+            .iter()
+            .map(|l| {
+                let g = &l.group;
+                let connected = g
+                    .peers
+                    .iter()
+                    .filter(|p| self.ctx.links.get(p).is_some_and(|k| k.active(g.name())))
+                    .count();
+                (
+                    g.name().to_string(),
+                    lock(&l.state.stopped).clone(),
+                    *lock(&l.state.behind_since),
+                    g.peers.len(),
+                    connected,
+                )
+            })
+            .collect();
+        crate::ops::metrics::judge(
+            stopped
+                .iter()
+                .map(|(n, s, b, p, c)| crate::ops::metrics::GroupHealth {
+                    name: n,
+                    stopped: s.as_deref(),
+                    unapplied_since: *b,
+                    peers: *p,
+                    peers_connected: *c,
+                }),
+            Instant::now(),
+            stale,
+        )
+    }
+
+    /// Refresh the gauges from live state (at scrape time; per group and per peer only).
+    pub fn collect_metrics(&self, m: &crate::ops::metrics::Metrics) {
+        let mut backups = 0;
+        for l in self.lanes.iter() {
+            let g = l.group.name();
+            let st = self.ctx.store.stats(g).unwrap_or_default();
+            let conflicts = self
+                .ctx
+                .store
+                .conflicts()
+                .map(|c| c.iter().filter(|(cg, _, c)| cg == g && !c.resolved).count())
+                .unwrap_or(0);
+            let pending = crate::engine::status::group_pending(&self.ctx, l);
+            m.set_group(
+                g,
+                crate::ops::metrics::GroupGauges {
+                    files: st.files,
+                    bytes: st.bytes,
+                    pending,
+                    conflicts: conflicts as u64,
+                    stopped: l.state.is_stopped(),
+                },
+            );
+            backups += self.ctx.backups.usage(g);
+        }
+        m.set_backups_bytes(backups);
+        for p in self.ctx.all_peers() {
+            let link = self.ctx.links.get(&p);
+            let mut behind = 0;
+            for g in self.ctx.shared_groups(&p) {
+                if !g.replica {
+                    behind += self
+                        .ctx
+                        .store
+                        .count_since(g.name(), self.ctx.store.acked(&p, g.name()).unwrap_or(0))
+                        .unwrap_or(0);
+                }
+            }
+            m.set_peer(&p, link.is_some(), behind);
+        }
+    }
+}
+
 /// A started node.
 pub struct Node {
     pub ctx: Arc<Ctx>,
+    pub lanes: Lanes,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The groups this node runs, by name (the accounts pseudo-group too when it is a member).
+fn groups_of(cfg: &Config, name: &str) -> Result<BTreeMap<String, Arc<GroupRt>>, NodeError> {
+    let mut groups = BTreeMap::new();
+    for g in cfg.groups_of(name) {
+        let rt = GroupRt::new(g, name).map_err(|msg| NodeError::Group {
+            group: g.name.clone(),
+            msg,
+        })?;
+        groups.insert(g.name.clone(), Arc::new(rt));
+    }
+    if let Some(ac) = &cfg.accounts
+        && let Some(rt) = GroupRt::accounts(ac, cfg, name)
+    {
+        groups.insert(rt.name().to_string(), Arc::new(rt));
+    }
+    Ok(groups)
+}
+
+/// The actions runner of `groups` (none without actions or in a dry run), and its task.
+fn actions_of(
+    groups: &BTreeMap<String, Arc<GroupRt>>,
+    name: &str,
+    root: &std::path::Path,
+    opts: Opts,
+    audit: &Arc<Audit>,
+    metrics: &Arc<crate::ops::metrics::Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<
+    (
+        Option<crate::ops::actions::ActionRunner>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    NodeError,
+> {
+    let mut specs = Vec::new();
+    for g in groups.values() {
+        for (i, a) in g.cfg.actions.iter().enumerate() {
+            specs.push(crate::ops::actions::ActionSpec::from_config(g.name(), i, a));
+        }
+    }
+    if specs.is_empty() || opts.dry_run {
+        return Ok((None, None));
+    }
+    let (a2, m2) = (audit.clone(), metrics.clone());
+    let hook: crate::ops::actions::ResultHook = Arc::new(move |r| {
+        let detail = format!(
+            "{} in {} ms, {} paths",
+            r.outcome,
+            r.duration.as_millis(),
+            r.paths
+        );
+        a2.log(Rec {
+            group: &r.group,
+            kind: "action",
+            detail: Some(&detail),
+            ..Default::default()
+        });
+        m2.observe_action(r);
+    });
+    let (runner, task) = crate::ops::actions::ActionRunner::start(
+        specs,
+        crate::ops::actions::RunnerOptions {
+            root: root.to_path_buf(),
+            ..crate::ops::actions::RunnerOptions::new(name)
+        },
+        hook,
+        shutdown,
+    )
+    .map_err(|e| NodeError::Group {
+        group: "*".into(),
+        msg: e.to_string(),
+    })?;
+    Ok((Some(runner), Some(task)))
+}
+
+/// Open what the node's context holds and make it.
+fn make_ctx(
+    cfg: Config,
+    name: &str,
+    state_dir: PathBuf,
+    opts: Opts,
+    metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+) -> Result<(Ctx, Option<tokio::task::JoinHandle<()>>), NodeError> {
+    let me = cfg
+        .node(name)
+        .cloned()
+        .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
+    private_state_dir(&state_dir).map_err(|source| NodeError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let ident = identity(&me, &state_dir)?;
+    let store = Store::open(&state_dir.join("index.redb"))?;
+    let groups = groups_of(&cfg, name)?;
+    let backups = Backups::open(&state_dir.join("backups"))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // a reload keeps the metrics: counters and uptime go on from where they were
+    let metrics = metrics.unwrap_or_else(|| Arc::new(crate::ops::metrics::Metrics::new()));
+    let audit = Arc::new(Audit::open(&state_dir.join("audit.log")));
+    let (actions, action_task) =
+        actions_of(&groups, name, &me.root, opts, &audit, &metrics, shutdown_rx)?;
+    let ctx = Ctx {
+        name: name.to_string(),
+        root: me.root.clone(),
+        me,
+        cfg,
+        state_dir,
+        ident,
+        store,
+        owners: OwnerMap::default(),
+        audit,
+        backups,
+        groups,
+        links: Links::default(),
+        counters: Counters::default(),
+        sent_seq: AtomicU64::new(0),
+        metrics,
+        actions,
+        shutdown,
+        opts,
+        started: Instant::now(),
+        dry: Default::default(),
+        verified: Default::default(),
+    };
+    Ok((ctx, action_task))
+}
+
+/// Make every lane; accounts applied tell the file lanes (file owners given by name may
+/// resolve now) through a small task.
+fn make_lanes(
+    ctx: &Arc<Ctx>,
+) -> (
+    Lanes,
+    Vec<lane::AnyLane>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let (owners_tx, mut owners_rx) = watch::channel(0u64);
+    let owners_tx = Arc::new(owners_tx);
+    let mut handles = BTreeMap::new();
+    let mut lanes = Vec::new();
+    for g in ctx.groups.values() {
+        let tx = owners_tx.clone();
+        let hook: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+            tx.send_modify(|n| *n += 1);
+        });
+        let (h, l) = lane::new(ctx, g.clone(), hook);
+        handles.insert(g.name().to_string(), h);
+        lanes.push(l);
+    }
+    let lanes_reg = Lanes::new(handles);
+    let task = ctx.group(crate::engine::group::ACCOUNTS).map(|_| {
+        let reg = lanes_reg.clone();
+        let mut shutdown = ctx.shutdown_rx();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = owners_rx.changed() => if r.is_err() { return },
+                    _ = until_set(&mut shutdown) => return,
+                }
+                for l in reg.iter().filter(|l| !l.group.is_accounts()) {
+                    l.owners_changed();
+                }
+            }
+        })
+    });
+    (lanes_reg, lanes, task)
+}
+
 impl Node {
+    /// The context and the lanes, for the control socket, `sync` and `status`.
+    pub fn engine(&self) -> Engine {
+        Engine {
+            ctx: self.ctx.clone(),
+            lanes: self.lanes.clone(),
+        }
+    }
+
     /// Open the index, scan, and start every task.
     pub async fn start(
         cfg: Config,
@@ -696,172 +440,52 @@ impl Node {
         state_dir: PathBuf,
         opts: Opts,
     ) -> Result<Node, NodeError> {
-        let me = cfg
-            .node(name)
-            .cloned()
-            .ok_or_else(|| NodeError::UnknownNode(name.to_string()))?;
-        private_state_dir(&state_dir).map_err(|source| NodeError::StateDir {
-            path: state_dir.clone(),
-            source,
-        })?;
-        let key_path = me.key.clone().unwrap_or_else(|| state_dir.join("node.key"));
-        let ident = Identity::load(&key_path)?;
-        if let Some(id) = &me.id
-            && !id.eq_ignore_ascii_case(&ident.id())
-        {
-            return Err(NodeError::IdMismatch {
-                node: me.name.clone(),
-                actual: ident.id(),
-                configured: id.clone(),
-            });
-        }
-        let store = Store::open(&state_dir.join("index.redb"))?;
-        let mut groups = BTreeMap::new();
-        for g in cfg.groups_of(name) {
-            let rt = GroupRt::new(g, name).map_err(|msg| NodeError::Group {
-                group: g.name.clone(),
-                msg,
-            })?;
-            groups.insert(g.name.clone(), Arc::new(rt));
-        }
-        if let Some(ac) = &cfg.accounts
-            && let Some(rt) = GroupRt::accounts(ac, &cfg, name)
-        {
-            groups.insert(rt.name().to_string(), Arc::new(rt));
-        }
-        let backups = Backups::open(&state_dir.join("backups"))?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let metrics = Arc::new(crate::ops::metrics::Metrics::new());
-        let mut specs = Vec::new();
-        for g in groups.values() {
-            for (i, a) in g.cfg.actions.iter().enumerate() {
-                specs.push(crate::ops::actions::ActionSpec::from_config(g.name(), i, a));
-            }
-        }
-        let audit = Arc::new(Audit::open(&state_dir.join("audit.log")));
-        let mut action_task = None;
-        let actions = if specs.is_empty() || opts.dry_run {
-            None
-        } else {
-            let (a2, m2) = (audit.clone(), metrics.clone());
-            let hook: crate::ops::actions::ResultHook = Arc::new(move |r| {
-                let detail = format!(
-                    "{} in {} ms, {} paths",
-                    r.outcome,
-                    r.duration.as_millis(),
-                    r.paths
-                );
-                a2.log(Rec {
-                    group: &r.group,
-                    kind: "action",
-                    detail: Some(&detail),
-                    ..Default::default()
-                });
-                m2.observe_action(r);
-            });
-            let (runner, task) = crate::ops::actions::ActionRunner::start(
-                specs,
-                crate::ops::actions::RunnerOptions::new(name),
-                hook,
-                shutdown_rx.clone(),
-            )
-            .map_err(|e| NodeError::Group {
-                group: "*".into(),
-                msg: e.to_string(),
-            })?;
-            action_task = Some(task);
-            Some(runner)
-        };
-        let ctx = Arc::new(Ctx {
-            name: name.to_string(),
-            root: me.root.clone(),
-            me: me.clone(),
-            cfg: cfg.clone(),
-            state_dir: state_dir.clone(),
-            ident,
-            store,
-            owners: OwnerMap::default(),
-            audit,
-            backups,
-            groups,
-            lanes: OnceLock::new(),
-            links: Links::default(),
-            counters: Counters::default(),
-            sent_seq: AtomicU64::new(0),
-            metrics,
-            actions,
-            shutdown,
-            opts,
-            started: Instant::now(),
-            verified: Default::default(),
-        });
-        let mut handles = BTreeMap::new();
-        let mut lanes = Vec::new();
-        for g in ctx.groups.values() {
-            let (h, l, rx) = lane::new(&ctx, g.clone());
-            handles.insert(g.name().to_string(), h);
-            lanes.push((l, rx));
-        }
-        let _ = ctx.lanes.set(handles);
-        let mut tasks: Vec<tokio::task::JoinHandle<()>> = action_task.into_iter().collect();
+        Node::start_keeping(cfg, name, state_dir, opts, None).await
+    }
+
+    /// [`Node::start`] with the metrics of the node it replaces (a SIGHUP reload): counters
+    /// and `uptime_seconds` go on from where they were instead of starting from zero.
+    pub async fn start_keeping(
+        cfg: Config,
+        name: &str,
+        state_dir: PathBuf,
+        opts: Opts,
+        metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    ) -> Result<Node, NodeError> {
+        let (ctx, action_task) = make_ctx(cfg, name, state_dir, opts, metrics)?;
+        let ctx = Arc::new(ctx);
+        let (lanes, mut runs, owners_task) = make_lanes(&ctx);
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> =
+            action_task.into_iter().chain(owners_task).collect();
         // the watcher starts before the initial scan so nothing falls between them
         if opts.watch && ctx.groups.values().any(|g| g.cfg.watch || g.is_accounts()) {
-            tasks.push(crate::local::watch::spawn(ctx.clone()));
+            tasks.push(crate::local::watch::spawn(
+                watch_spec(&ctx),
+                Arc::new(lanes.clone()),
+                ctx.shutdown_rx(),
+            ));
         }
+        let engine = Engine {
+            ctx: ctx.clone(),
+            lanes: lanes.clone(),
+        };
         if opts.listen {
-            let addr = me.listen_addr();
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            tracing::info!("node {} listening on {addr}", ctx.name);
-            tasks.push(tokio::spawn(listen(ctx.clone(), listener)));
-            let maddr = me
-                .metrics
-                .clone()
-                .or_else(|| ctx.cfg.metrics.as_ref().map(|m| m.listen.clone()));
-            if let Some(maddr) = maddr {
-                let c = Arc::downgrade(&ctx);
-                ctx.metrics.set_collector(Arc::new(move |m| {
-                    if let Some(c) = c.upgrade() {
-                        c.collect_metrics(m);
-                    }
-                }));
-                let c = Arc::downgrade(&ctx);
-                let health: crate::ops::metrics::HealthFn = Arc::new(move || match c.upgrade() {
-                    Some(c) => c.health(),
-                    None => crate::ops::metrics::Health::Unhealthy("stopping".into()),
-                });
-                let server = crate::ops::metrics::serve(
-                    &maddr,
-                    ctx.metrics.clone(),
-                    health,
-                    ctx.shutdown_rx(),
-                )
-                .await
-                .map_err(|e| NodeError::Listen {
-                    addr: maddr.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                tasks.push(server.task);
-            }
+            tasks.extend(start_listening(&engine).await?);
         }
         for p in ctx.all_peers() {
             if opts.dial_all || p > ctx.name {
-                tasks.push(tokio::spawn(dialer(ctx.clone(), p)));
+                tasks.push(tokio::spawn(dialer(engine.clone(), p)));
             }
         }
         // the initial scan: its flushes are streamed to peers as they are committed, and
         // what peers send waits in the lanes' queues until it is done
-        for (l, _) in lanes.iter_mut() {
+        for l in runs.iter_mut() {
             l.initial_scan().await;
         }
-        for (l, rx) in lanes {
-            tasks.push(tokio::spawn(lane::run(l, rx)));
+        for l in runs {
+            tasks.push(tokio::spawn(l.run()));
         }
-        Ok(Node { ctx, tasks })
+        Ok(Node { ctx, lanes, tasks })
     }
 
     /// Stop every task, and wait (a bounded time) until nothing holds the node's context
@@ -879,10 +503,79 @@ impl Node {
     }
 }
 
+/// What the watcher needs to know of this node's groups.
+fn watch_spec(ctx: &Ctx) -> crate::local::watch::Spec {
+    crate::local::watch::Spec {
+        root: ctx.root.clone(),
+        groups: ctx
+            .groups
+            .values()
+            .filter(|g| g.cfg.watch && !g.is_accounts())
+            .map(|g| crate::local::watch::Watched {
+                name: g.name().to_string(),
+                paths: g.cfg.paths.clone(),
+                filter: g.filter.clone(),
+            })
+            .collect(),
+        accounts: ctx.group(crate::engine::group::ACCOUNTS).is_some(),
+    }
+}
+
+/// Listen for peers, and serve metrics and health when configured.
+async fn start_listening(e: &Engine) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
+    let ctx = &e.ctx;
+    let addr = ctx.me.listen_addr();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    tracing::info!("node {} listening on {addr}", ctx.name);
+    let mut tasks = vec![tokio::spawn(listen(e.clone(), listener))];
+    let maddr = ctx
+        .me
+        .metrics
+        .clone()
+        .or_else(|| ctx.cfg.metrics.as_ref().and_then(|m| m.listen.clone()));
+    let Some(maddr) = maddr else {
+        return Ok(tasks);
+    };
+    // weak: a stopping node's context is not kept alive by its metrics server
+    let (c, lanes) = (Arc::downgrade(ctx), e.lanes.clone());
+    ctx.metrics.set_collector(Arc::new(move |m| {
+        if let Some(ctx) = c.upgrade() {
+            let e = Engine {
+                ctx,
+                lanes: lanes.clone(),
+            };
+            e.collect_metrics(m);
+        }
+    }));
+    let (c, lanes) = (Arc::downgrade(ctx), e.lanes.clone());
+    let health: crate::ops::metrics::HealthFn = Arc::new(move || match c.upgrade() {
+        Some(ctx) => Engine {
+            ctx,
+            lanes: lanes.clone(),
+        }
+        .health(),
+        None => crate::ops::metrics::Health::Unhealthy("stopping".into()),
+    });
+    let server = crate::ops::metrics::serve(&maddr, ctx.metrics.clone(), health, ctx.shutdown_rx())
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: maddr.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    tasks.push(server.task);
+    Ok(tasks)
+}
+
 /// Handshakes in progress at most; more connections are closed at once.
 pub const MAX_HANDSHAKES: usize = 256;
 
-async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+async fn listen(e: Engine, listener: tokio::net::TcpListener) {
+    let ctx = e.ctx.clone();
     let mut shutdown = ctx.shutdown_rx();
     // bound the cost of unauthenticated connections
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
@@ -903,25 +596,41 @@ async fn listen(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             continue;
         };
         let ctx = ctx.clone();
+        let lanes = e.lanes.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let allowed = |id: &str| ctx.node_by_id(id).is_some_and(|n| n != ctx.name);
-            let link = crate::net::transport::accept(stream, &ctx.ident, allowed).await;
+            // every key completes the handshake; one that is not a configured peer's is then
+            // refused with a `Bye` saying so (the dialler has authenticated us: it can report
+            // why instead of dialling again at once), and nothing else is sent or accepted
+            let link = crate::net::transport::accept(stream, &ctx.ident, |_| true).await;
             drop(permit);
             match link {
                 Ok(wire) => {
-                    let Some(peer) = ctx.node_by_id(&wire.remote_id) else {
+                    let peer = ctx.node_by_id(&wire.remote_id).filter(|n| *n != ctx.name);
+                    let refusal = match &peer {
+                        None => Some((
+                            format!("peer key {} is not a configured node id", wire.remote_id),
+                            // what the dialler already knows: its own id (not this node's name)
+                            format!(
+                                "{}: the config here has no node with id {}",
+                                crate::net::protocol::BYE_UNKNOWN_KEY,
+                                wire.remote_id
+                            ),
+                        )),
+                        Some(p) if ctx.shared_groups(p).is_empty() => {
+                            let why = format!("{p} shares no group with {}", ctx.name);
+                            Some((why.clone(), why))
+                        }
+                        Some(_) => None,
+                    };
+                    let (Some(peer), None) = (peer, refusal.as_ref()) else {
+                        if let Some((log, bye)) = refusal {
+                            ctx.links.refused(&ctx.audit, &addr.to_string(), &log);
+                            link::refuse(wire, &bye).await;
+                        }
                         return;
                     };
-                    if ctx.shared_groups(&peer).is_empty() {
-                        ctx.links.refused(
-                            &ctx.audit,
-                            &addr.to_string(),
-                            &format!("{peer} shares no group with this node"),
-                        );
-                        return;
-                    }
-                    if let Err(e) = link::run(ctx.clone(), wire, peer.clone()).await {
+                    if let Err(e) = link::run(ctx.clone(), lanes, wire, peer.clone()).await {
                         tracing::debug!(peer = %peer, "link ended: {e}");
                     }
                 }
@@ -942,7 +651,8 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         .id
         .clone()
         .ok_or_else(|| format!("[nodes.{peer}] has no id in the config"))?;
-    let mut suite = Suite::preferred();
+    let remembered = lock(&ctx.links.peers).get(peer).and_then(|p| p.suite);
+    let mut suite = remembered.unwrap_or_else(Suite::preferred);
     loop {
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
@@ -957,7 +667,17 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
         })?
         .map_err(|e| format!("connecting to {}: {e}", nc.address))?;
         let e = match crate::net::transport::connect(stream, &ctx.ident, peer, &id, suite).await {
-            Ok(link) => return Ok(link),
+            Ok(link) => {
+                // a protocol-3 peer took the fallback: start with it next time; a newer
+                // release answers every suite it knows, so an upgraded peer gets the
+                // preferred one again from its next connect on
+                let keep = (link.version < 4 && suite != Suite::preferred()).then_some(suite);
+                lock(&ctx.links.peers)
+                    .entry(peer.to_string())
+                    .or_default()
+                    .suite = keep;
+                return Ok(link);
+            }
             Err(e) => e,
         };
         if let TransportError::SuiteRefused(s) = &e
@@ -982,10 +702,71 @@ pub async fn connect_once(ctx: &Ctx, peer: &str) -> Result<crate::net::transport
 }
 
 /// Half the wait before the first new attempt to reach a peer (each failure doubles it, up to
-/// 5 s, or 60 s for a key mismatch).
+/// 5 s, or 60 s for a key mismatch or a peer that refuses this node's key).
 const FIRST_RETRY: Duration = Duration::from_millis(4);
+/// The longest wait between attempts to reach a peer that refuses this node (its key, or the
+/// link): a config has to change before it can work.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+/// A link that ends sooner than this after it came up counts as a failed dial (the peer closes
+/// it at once, again and again): the next dial waits as after a failure.
+const SHORT_LINK: Duration = Duration::from_secs(1);
 
-async fn dialer(ctx: Arc<Ctx>, peer: String) {
+/// What a link that ended says for the next dial: `None` when the link was up (dial again at
+/// once), else the longest wait before the next attempt. A link the peer refused before its
+/// `Hello` is recorded as this peer's error for `status` and `sync`, logged once per change of
+/// reason ([`Links::set_error`]).
+pub(crate) fn link_ended(
+    ctx: &Ctx,
+    peer: &str,
+    ended: Result<(), link::LinkError>,
+    lasted: Duration,
+) -> Option<Duration> {
+    use link::LinkError;
+    let e = match ended {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let me = &ctx.name;
+    let id = ctx.ident.id();
+    let fix = format!(
+        "put this node's id into the config on {peer} ([nodes.{me}] id = \"{id}\", as `clustersync id` prints it here; the same file on every node), then reload {peer} (`systemctl reload clustersync`)"
+    );
+    let (why, max) = match &e {
+        LinkError::Refused { reason, .. }
+            if reason.starts_with(crate::net::protocol::BYE_UNKNOWN_KEY) =>
+        {
+            (
+                format!("{peer} refused this node's key ({reason}): {fix}"),
+                REFUSED_RETRY_MAX,
+            )
+        }
+        LinkError::ClosedBeforeHello(_) => (
+            format!(
+                "{peer} closed the link right after the handshake, without a word: it probably refused this node's key (its release does not say why); {fix}"
+            ),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Refused { reason, .. } => (
+            format!("{peer} refused the link: {reason}"),
+            REFUSED_RETRY_MAX,
+        ),
+        LinkError::Bye { reason, .. } => {
+            ctx.links
+                .set_error(peer, format!("{peer} closed the link: {reason}"));
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+        e if e.before_hello() => (e.to_string(), Duration::from_secs(5)),
+        e => {
+            tracing::debug!(peer, "link ended: {e}");
+            return (lasted < SHORT_LINK).then_some(Duration::from_secs(5));
+        }
+    };
+    ctx.links.set_error(peer, why);
+    Some(max)
+}
+
+async fn dialer(e: Engine, peer: String) {
+    let ctx = e.ctx.clone();
     let mut shutdown = ctx.shutdown_rx();
     // the first retries come quickly: nodes started together (a reboot, a deploy) find each
     // other's listener a few milliseconds apart; the doubling keeps a dead peer cheap
@@ -1006,16 +787,17 @@ async fn dialer(ctx: Arc<Ctx>, peer: String) {
                 .dialing = false;
             match r {
                 Ok(wire) => {
-                    backoff = FIRST_RETRY;
-                    match link::run(ctx.clone(), wire, peer.clone()).await {
-                        Err(link::LinkError::Bye { reason, .. }) => {
-                            ctx.links
-                                .set_error(&peer, format!("{peer} closed the link: {reason}"));
+                    let t0 = Instant::now();
+                    let ended = link::run(ctx.clone(), e.lanes.clone(), wire, peer.clone()).await;
+                    match link_ended(&ctx, &peer, ended, t0.elapsed()) {
+                        // the link was up: dial again at once
+                        None => {
+                            backoff = FIRST_RETRY;
+                            continue;
                         }
-                        Err(e) => tracing::info!(peer = %peer, "link ended: {e}"),
-                        Ok(()) => {}
+                        // refused right after the handshake: a failed dial
+                        Some(max) => backoff = (backoff * 2).min(max),
                     }
-                    continue;
                 }
                 Err(e) => {
                     let wrong_key = e.starts_with("key mismatch");

@@ -7,8 +7,8 @@
 //! to that peer have read our whole index and the peer acknowledged every batch. No step waits
 //! on a timer: a sync with nothing to do takes a round trip per peer.
 
-use crate::engine::link::Link;
-use crate::engine::node::Ctx;
+use crate::engine::node::Engine;
+use crate::engine::peer::Link;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -60,7 +60,8 @@ fn refusal(e: &str) -> bool {
 
 /// What `sync` would report now without exchanging anything (`sync --dry-run` with a daemon):
 /// peers not connected, with why, items set aside, stopped groups, unresolved conflicts.
-pub fn dry_report(ctx: &Ctx, groups: &[String]) -> SyncReport {
+pub fn dry_report(e: &Engine, groups: &[String]) -> SyncReport {
+    let ctx = &e.ctx;
     let selected: Vec<_> = ctx
         .groups
         .values()
@@ -83,8 +84,8 @@ pub fn dry_report(ctx: &Ctx, groups: &[String]) -> SyncReport {
         if let Ok(aside) = ctx.store.aside(g.name()) {
             report.pending += aside.len();
         }
-        if let Some(l) = ctx.lane(g.name())
-            && let Some(r) = crate::engine::link::lock(&l.state.stopped).clone()
+        if let Some(l) = e.lane(g.name())
+            && let Some(r) = crate::engine::peer::lock(&l.state.stopped).clone()
         {
             report.stopped.push(format!("{}: {r}", g.name()));
         }
@@ -105,12 +106,8 @@ pub fn dry_report(ctx: &Ctx, groups: &[String]) -> SyncReport {
 
 /// Reconcile `groups` (all of this node's when empty) with every peer, within `timeout`.
 /// `rescan`: scan the groups first (groups not watched live always are).
-pub async fn sync(
-    ctx: &Arc<Ctx>,
-    groups: &[String],
-    timeout: Duration,
-    rescan: bool,
-) -> SyncReport {
+pub async fn sync(e: &Engine, groups: &[String], timeout: Duration, rescan: bool) -> SyncReport {
+    let ctx = &e.ctx;
     let deadline = tokio::time::Instant::now() + timeout;
     let selected: Vec<_> = ctx
         .groups
@@ -122,7 +119,7 @@ pub async fn sync(
     let mut scans = Vec::new();
     for g in &selected {
         if (rescan || !g.cfg.watch)
-            && let Some(l) = ctx.lane(g.name())
+            && let Some(l) = e.lane(g.name())
         {
             let l = l.clone();
             scans.push(tokio::spawn(async move { l.rescan().await }));
@@ -137,7 +134,7 @@ pub async fn sync(
     // wait (a file written without pause is taken as its snapshot then)
     let held = tokio::time::Instant::now() + WINDOW_MAX;
     for g in selected.iter().filter(|g| !rescan && g.cfg.watch) {
-        let Some(l) = ctx.lane(g.name()) else {
+        let Some(l) = e.lane(g.name()) else {
             continue;
         };
         while l
@@ -165,10 +162,10 @@ pub async fn sync(
     let mut report = SyncReport::default();
     let mut waits = Vec::new();
     for p in peers {
-        let ctx = ctx.clone();
+        let e = e.clone();
         let names = names.clone();
         waits.push(tokio::spawn(async move {
-            let r = tokio::time::timeout_at(deadline, with_peer(&ctx, &p, &names, deadline)).await;
+            let r = tokio::time::timeout_at(deadline, with_peer(&e, &p, &names, deadline)).await;
             (p, r.unwrap_or_else(|_| Err("timed out".into())))
         }));
     }
@@ -187,8 +184,8 @@ pub async fn sync(
                     .map(|a| format!("{}: {}", crate::item::name::show(&a.item.key), a.error)),
             );
         }
-        if let Some(l) = ctx.lane(g.name())
-            && let Some(r) = crate::engine::link::lock(&l.state.stopped).clone()
+        if let Some(l) = e.lane(g.name())
+            && let Some(r) = crate::engine::peer::lock(&l.state.stopped).clone()
         {
             report.stopped.push(format!("{}: {r}", g.name()));
         }
@@ -208,14 +205,15 @@ pub async fn sync(
 }
 
 async fn with_peer(
-    ctx: &Arc<Ctx>,
+    e: &Engine,
     peer: &str,
     groups: &[String],
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
+    let ctx = &e.ctx;
     // a link may be replaced while we use it (the peer restarted): try again on the new one
     for _ in 0..5 {
-        let link = wait_link(ctx, peer, deadline).await?;
+        let link = wait_link(e, peer, deadline).await?;
         let shared: Vec<String> = groups.iter().filter(|g| link.active(g)).cloned().collect();
         if let Some(why) = groups
             .iter()
@@ -228,7 +226,7 @@ async fn with_peer(
         {
             return Err(why);
         }
-        if over(ctx, &link, &shared).await {
+        if over(e, &link, &shared).await {
             return Ok(());
         }
         if !link.is_closed() {
@@ -239,10 +237,11 @@ async fn with_peer(
 }
 
 async fn wait_link(
-    ctx: &Arc<Ctx>,
+    e: &Engine,
     peer: &str,
     deadline: tokio::time::Instant,
 ) -> Result<Arc<Link>, String> {
+    let ctx = &e.ctx;
     if let Some(l) = ctx.links.get(peer) {
         return Ok(l);
     }
@@ -250,9 +249,13 @@ async fn wait_link(
         // the daemon does not dial peers that sort before it: try once now
         match crate::engine::node::connect_once(ctx, peer).await {
             Ok(wire) => {
-                let (c, p) = (ctx.clone(), peer.to_string());
+                let (c, l, p) = (ctx.clone(), e.lanes.clone(), peer.to_string());
                 tokio::spawn(async move {
-                    let _ = crate::engine::link::run(c, wire, p).await;
+                    let t0 = std::time::Instant::now();
+                    let ended = crate::engine::link::run(c.clone(), l, wire, p.clone()).await;
+                    // a refusal right after the handshake becomes the peer's error, which
+                    // the loop below returns at once
+                    crate::engine::node::link_ended(&c, &p, ended, t0.elapsed());
                 });
             }
             Err(e) if refusal(&e) => return Err(e),
@@ -280,7 +283,8 @@ async fn wait_link(
 }
 
 /// Exchange everything with the peer over one link: false if the link went away.
-async fn over(ctx: &Arc<Ctx>, link: &Arc<Link>, groups: &[String]) -> bool {
+async fn over(e: &Engine, link: &Arc<Link>, groups: &[String]) -> bool {
+    let ctx = &e.ctx;
     // their side: everything they had is received and applied
     let Some(pong) = link.ping().await else {
         return false;
@@ -289,9 +293,13 @@ async fn over(ctx: &Arc<Ctx>, link: &Arc<Link>, groups: &[String]) -> bool {
         return false;
     }
     for g in groups {
-        if let Some(l) = ctx.lane(g) {
+        if let Some(l) = e.lane(g) {
             l.marker().await;
         }
+    }
+    if ctx.opts.dry_run {
+        // a dry run sends nothing: only what they have was looked at
+        return true;
     }
     // our side: they applied everything we had
     let ours: Vec<(&String, u64)> = groups

@@ -60,6 +60,17 @@ pub enum BackupError {
     },
 }
 
+/// What [`Backups::keep`] did.
+#[derive(Debug, Default)]
+#[must_use = "a linked object must be sealed once its file is replaced or removed"]
+pub struct Kept {
+    /// Bytes newly stored.
+    pub stored: u64,
+    /// The object, when it is a hard link to the live file (it has that file's mode until
+    /// [`Backups::seal`]).
+    pub linked: Option<PathBuf>,
+}
+
 /// The backup store of a node.
 pub struct Backups {
     dir: PathBuf,
@@ -117,14 +128,26 @@ impl Backups {
             .join(format!("{}.json", hex(&crate::fs::chunk::hash(path))))
     }
 
-    /// Path of a stored object of `group`.
+    /// Path of a stored object of `group` (in a store of the 0.1 layout that its daemon has
+    /// not moved over yet: where that layout keeps it).
     pub fn object(&self, group: &str, hash: &str) -> PathBuf {
-        self.group_dir(group).join("objects").join(hash)
+        let p = self.group_dir(group).join("objects").join(hash);
+        let old = self.dir.join("objects").join(hash);
+        if !p.exists() && old.is_file() { old } else { p }
     }
 
-    /// The kept versions of `path`, newest first.
+    /// The kept versions of `path`, newest first. A store of the 0.1 layout is read where it
+    /// is: a command line of this release works before the daemon of 0.1 is restarted (which
+    /// moves the store over, [`Backups::open`]).
     pub fn list(&self, group: &str, path: &[u8]) -> Vec<BackupInfo> {
-        read_list(&self.list_path(group, path))
+        let list = read_list(&self.list_path(group, path));
+        if !list.is_empty() {
+            return list;
+        }
+        let old = self
+            .group_dir(group)
+            .join(format!("{}.json", hex(&crate::fs::chunk::hash(path))));
+        read_list(&old)
     }
 
     fn write_list(&self, group: &str, path: &[u8], list: &[BackupInfo]) -> Result<(), BackupError> {
@@ -154,27 +177,68 @@ impl Backups {
     }
 
     /// Keep the current content of the file at `place`, described by the index entry `e`
-    /// (the caller checked that the disk still matches `e`). Returns the bytes newly stored.
+    /// (the caller checked that the disk still matches `e`), by a hard link to it: the caller
+    /// is about to replace or remove that file, and then [`Backups::seal`]s what this returns.
     pub fn keep(
         &self,
         group: &str,
         place: &Place,
         e: &Entry,
         generations: u32,
-    ) -> Result<u64, BackupError> {
+    ) -> Result<Kept, BackupError> {
+        self.keep_as(group, place, e, generations, true)
+    }
+
+    /// [`Backups::keep`] by a copy, for a file that stays in place (drift kept on a replica):
+    /// a link would share its mode and every later edit made in place.
+    pub fn keep_copy(
+        &self,
+        group: &str,
+        place: &Place,
+        e: &Entry,
+        generations: u32,
+    ) -> Result<Kept, BackupError> {
+        self.keep_as(group, place, e, generations, false)
+    }
+
+    /// Make a kept object private (0600) once the file it was linked from is no longer in
+    /// place (a hard link shares the mode of the live file, 0644 for most; `fix_modes` at the
+    /// next start would be too late, SPEC §6).
+    pub fn seal(&self, kept: &Kept) {
+        let Some(obj) = &kept.linked else { return };
+        if let Ok(md) = std::fs::symlink_metadata(obj)
+            && md.is_file()
+            && md.mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(obj, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!("making the kept version {} private: {e}", obj.display());
+        }
+    }
+
+    fn keep_as(
+        &self,
+        group: &str,
+        place: &Place,
+        e: &Entry,
+        generations: u32,
+        by_link: bool,
+    ) -> Result<Kept, BackupError> {
         let Some(m) = e.item.meta() else {
-            return Ok(0);
+            return Ok(Kept::default());
         };
         let hash = hex(&m.hash);
         let objects = self.group_dir(group).join("objects");
         private_dir(&objects).map_err(Self::io(&objects))?;
         let obj = objects.join(&hash);
-        let mut stored = 0;
+        let mut kept = Kept::default();
         if !obj.exists() {
-            match place.link_to(&obj) {
-                Ok(()) => stored = m.size,
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(_) => stored = self.copy_in(place, &objects, &obj)?,
+            match by_link.then(|| place.link_to(&obj)) {
+                Some(Ok(())) => {
+                    kept.stored = m.size;
+                    kept.linked = Some(obj.clone());
+                }
+                Some(Err(err)) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                _ => kept.stored = self.copy_in(place, &objects, &obj)?,
             }
         }
         let info = BackupInfo {
@@ -193,12 +257,12 @@ impl Backups {
         };
         let mut list = self.list(group, &e.item.key);
         if list.first().is_some_and(|b| b.hash == info.hash) {
-            return Ok(stored);
+            return Ok(kept);
         }
         list.insert(0, info);
         list.truncate(generations as usize);
         self.write_list(group, &e.item.key, &list)?;
-        Ok(stored)
+        Ok(kept)
     }
 
     /// Keep `info` (what a restore in place replaced, already stored as an object) as the
@@ -455,8 +519,18 @@ mod tests {
             let real = name::real(&root, b"/g/f\xe9");
             let _ = std::fs::remove_file(&real);
             std::fs::write(&real, v).unwrap();
-            b.keep("grp", &place, &entry(b"/g/f\xe9", v.as_bytes()), 3)
+            let real = name::real(&root, b"/g/f\xe9");
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let kept = b
+                .keep("grp", &place, &entry(b"/g/f\xe9", v.as_bytes()), 3)
                 .unwrap();
+            if let Some(obj) = &kept.linked {
+                // the object shares the live file's mode until it is sealed (after the caller
+                // replaced the file)
+                assert_eq!(std::fs::metadata(obj).unwrap().mode() & 0o777, 0o644);
+                b.seal(&kept);
+                assert_eq!(std::fs::metadata(obj).unwrap().mode() & 0o777, 0o600);
+            }
         }
         let list = b.list("grp", b"/g/f\xe9");
         assert_eq!(list.len(), 3, "{list:?}");
@@ -519,6 +593,13 @@ mod tests {
             serde_json::to_vec(&[info]).unwrap(),
         )
         .unwrap();
+        // a command line of this release reads it before the old daemon is restarted
+        let before = Backups::new(&dir);
+        assert_eq!(before.list("www", b"/srv/www/x").len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(before.object("www", "abc")).unwrap(),
+            "old"
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let b = Backups::open(&dir).unwrap();
         assert_eq!(b.list("www", b"/srv/www/x").len(), 1);

@@ -148,9 +148,9 @@ pub fn resolve(root: &Path, gp: &str, p: &[u8], create: bool) -> Result<Place, F
             std::io::Error::other("path is not below its group path"),
         ));
     }
-    if create && !real_gp.exists() {
-        std::fs::create_dir_all(&real_gp).map_err(|e| fe("create", p, e))?;
-    }
+    // the group path itself is made only by its own item (parents come first in a batch),
+    // never as a side effect of a path below it: a group path that went away (an unmounted
+    // disk) is not made again where the disk is not
     let mut cur = open_trusted_dir(&real_gp).map_err(|e| fe("open", gp.as_bytes(), e))?;
     let comps: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
     let (last, mids) = comps

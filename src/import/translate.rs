@@ -23,7 +23,9 @@
 //!   inside another one collapsed into it, an include that covers earlier excludes cancelling
 //!   them, as in csync2); a path `exclude` becomes an exclude relative to the group path it
 //!   falls in (`exclude /var/www/cache` with path `/var/www` → `/cache`, anchored, which as a
-//!   directory excludes everything below, like `FNM_LEADING_DIR`); a basename `exclude` becomes
+//!   directory excludes everything below, like `FNM_LEADING_DIR`), written with that path in
+//!   front when the group has several paths (`/var/www/cache`: it then applies below that path
+//!   only, as in csync2, not below the others); a basename `exclude` becomes
 //!   a gitignore name pattern (matched at any depth, like csync2's basename match), and a
 //!   basename `include` after one becomes its negation (`!name`). Name patterns come first and
 //!   path excludes last, so that a path exclude always wins, as in csync2. An `include` with
@@ -44,9 +46,11 @@
 //!   action's `pattern`s (an action without patterns ran for every file of the group: `/**`),
 //!   `logfile` (unless `/dev/null`, csync2's default), and `local = true` for `do-local`.
 //!   `do-local-only` (run only where the change was made) has no equivalent: `local = true`
-//!   plus a note. `%%` (csync2's list of changed files, joined by spaces) becomes the paths of
-//!   `$CLUSTERSYNC_PATHS`, one argument each: `printf '%s\n' "$CLUSTERSYNC_PATHS" | xargs -d
-//!   '\n' CMD` when `%%` ends a plain command, else `xargs -d '\n' sh -c 'BEFORE "$@" AFTER' sh`.
+//!   plus a note. `%%` (csync2's list of changed files, joined by spaces, as they are on the
+//!   host: with its prefix) becomes the paths of `$CLUSTERSYNC_REAL_PATHS` (the changed paths
+//!   with the node's `root`, so a node with a root acts on its own files), one argument each:
+//!   `printf '%s\n' "$CLUSTERSYNC_REAL_PATHS" | xargs -d '\n' CMD` when `%%` ends a plain
+//!   command, else `xargs -d '\n' sh -c 'BEFORE "$@" AFTER' sh`.
 //! - **Backups.** `backup-generations N` → `backup_generations = N`; without it, csync2's
 //!   default of 3. csync2 keeps backups only with a `backup-directory`; clustersync always
 //!   keeps them in its state dir, so the directory is not carried over (noted), and a group
@@ -907,36 +911,45 @@ impl Translation<'_> {
 
         let mut path_excludes = Vec::new();
         for (e, loc) in excludes {
-            let Some(rel) = paths.iter().find_map(|p| relative_pattern(&e, p)) else {
-                continue;
-            };
-            let (rel, exact) = gitignore_stars(&rel);
-            if !exact {
-                self.note(
-                    &loc,
-                    sec(),
-                    format!(
-                        "exclude {e}: in csync2 a pattern with '**' lets every '*' match '/'; \
-                         written as {rel}, where a single '*' stays within one directory"
-                    ),
-                );
+            // below each group path it falls in, and there only: with several paths, the
+            // exclude is written with its path in front, which anchors it at that path
+            let hits: Vec<(&String, String)> = paths
+                .iter()
+                .filter_map(|p| relative_pattern(&e, p).map(|r| (p, r)))
+                .collect();
+            for (p, rel) in hits {
+                let (rel, exact) = gitignore_stars(&rel);
+                if !exact {
+                    self.note(
+                        &loc,
+                        sec(),
+                        format!(
+                            "exclude {e}: in csync2 a pattern with '**' lets every '*' match '/'; \
+                             written as {rel}, where a single '*' stays within one directory"
+                        ),
+                    );
+                }
+                if let Err(why) = check_pattern(&rel) {
+                    self.note(&loc, sec(), format!("exclude {e} not carried over: {why}"));
+                    continue;
+                }
+                if paths.len() == 1 {
+                    path_excludes.push(rel);
+                } else if p != "/" {
+                    path_excludes.push(format!("{p}{rel}"));
+                } else {
+                    self.note(
+                        &loc,
+                        sec(),
+                        format!(
+                            "exclude {e} is written {rel}, relative to each path of the group: \
+                             clustersync applies it under every path of the group, csync2 only \
+                             below /"
+                        ),
+                    );
+                    path_excludes.push(rel);
+                }
             }
-            if let Err(why) = check_pattern(&rel) {
-                self.note(&loc, sec(), format!("exclude {e} not carried over: {why}"));
-                continue;
-            }
-            if paths.len() > 1 {
-                self.note(
-                    &loc,
-                    sec(),
-                    format!(
-                        "exclude {e} is written {rel}, relative to each path of the group: \
-                         clustersync applies it under every path of the group, csync2 only where \
-                         it was"
-                    ),
-                );
-            }
-            path_excludes.push(rel);
         }
         let mut exclude = Vec::new();
         for n in names {
@@ -1081,7 +1094,7 @@ impl Translation<'_> {
                     comments.push(format!("csync2 {}: exec \"{}\"", e.loc, e.value));
                     comments.push(
                         "(%% was csync2's list of changed files; here they come from \
-                         $CLUSTERSYNC_PATHS, one per line)"
+                         $CLUSTERSYNC_REAL_PATHS, one per line, with this node's root)"
                             .to_owned(),
                     );
                 }
@@ -1348,13 +1361,13 @@ fn fnmatch_leading(pattern: &str, path: &str) -> bool {
 }
 
 /// A csync2 `exec` with its first `%%` (the changed files, joined by spaces; csync2 leaves any
-/// later `%%` as it is) turned into the paths of `$CLUSTERSYNC_PATHS` (one per line), passed
-/// as one argument each.
+/// later `%%` as it is) turned into the paths of `$CLUSTERSYNC_REAL_PATHS` (one per line, with
+/// the node's root prefix, where the files are on that machine), passed as one argument each.
 pub fn translate_exec(cmd: &str) -> String {
     if !cmd.contains("%%") {
         return cmd.to_owned();
     }
-    let feed = "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n'";
+    let feed = "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n'";
     // csync2 replaces the first `%%` only.
     let parts: Vec<&str> = cmd.splitn(2, "%%").collect();
     let before = parts[0].trim();
@@ -1488,12 +1501,27 @@ mod tests {
         assert_eq!(
             g.exclude,
             [
-                "*~", ".*", "\\!bang", "\\#hash", "!keep.me", "/cache", "/*/tmp", "/**/.svn"
+                "*~",
+                ".*",
+                "\\!bang",
+                "\\#hash",
+                "!keep.me",
+                "/var/www/cache",
+                "/var/www/*/tmp",
+                "/var/www/**/.svn"
             ]
         );
         assert_noted(&i, 7, "it never matched");
         assert_noted(&i, 8, "compare /etc/passwd not carried over");
-        assert_noted(&i, 4, "applies it under every path of the group");
+        // issue 22 item 11: anchored at /var/www, not applied below /etc/nginx
+        let f = crate::local::filter::Filter::new(g).unwrap();
+        use crate::local::filter::Want;
+        assert_eq!(f.want("/var/www", b"/var/www/site/tmp", true), Want::Skip);
+        assert_eq!(
+            f.want("/etc/nginx", b"/etc/nginx/site/tmp", true),
+            Want::Sync
+        );
+        assert_eq!(f.want("/etc/nginx", b"/etc/nginx/cache", true), Want::Sync);
     }
 
     #[test]
@@ -1621,12 +1649,12 @@ mod tests {
         assert_eq!(a[0].logfile.as_deref(), Some(Path::new("/var/log/a.log")));
         assert_eq!(
             a[1].run,
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' touch /run/x"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' touch /run/x"
         );
         assert_eq!(a[2].pattern, ["/**"]);
         assert_eq!(
             a[2].run,
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' sh -c '/usr/bin/notify \"$@\" --now' sh"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' sh -c '/usr/bin/notify \"$@\" --now' sh"
         );
         assert!(a[2].local && a[2].logfile.is_none());
         assert_eq!(a[3].pattern, ["x"]);
@@ -1660,11 +1688,11 @@ mod tests {
         );
         assert_eq!(
             translate_exec("/usr/bin/x %%"),
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' /usr/bin/x"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' /usr/bin/x"
         );
         assert_eq!(
             translate_exec("cd /srv && make %% 'a' %%"),
-            "printf '%s\\n' \"$CLUSTERSYNC_PATHS\" | xargs -d '\\n' sh -c 'cd /srv && make \"$@\" '\\''a'\\'' %%' sh"
+            "printf '%s\\n' \"$CLUSTERSYNC_REAL_PATHS\" | xargs -d '\\n' sh -c 'cd /srv && make \"$@\" '\\''a'\\'' %%' sh"
         );
     }
 

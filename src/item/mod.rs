@@ -115,10 +115,14 @@ impl Meta {
 pub enum Body {
     /// A file, directory or symlink.
     Fs(Meta),
-    /// A managed user (the accounts pseudo-group; key `user/NAME`).
-    User(crate::accounts::UserRecord),
-    /// A managed group (key `group/NAME`).
-    Group(crate::accounts::GroupRecord),
+    /// A managed user of the previous release (protocol 4, index schema 4): decoded from a
+    /// protocol-4 peer and migrated from an old index, never made or applied by this release.
+    User(crate::accounts::v4::UserRecord),
+    /// A managed group of the previous release (see `User`).
+    Group(crate::accounts::v4::GroupRecord),
+    /// An account item of the `@accounts` pseudo-group (key `user/NAME`, `group/NAME` or
+    /// `members/NAME`; protocol 5, index schema 5).
+    Account(crate::accounts::Account),
 }
 
 /// The cluster-wide state of one key of a group.

@@ -150,7 +150,9 @@ impl TryFrom<&Item> for RecordV3 {
         let path = String::from_utf8(i.key.clone()).map_err(|_| NotInV3::Name)?;
         let meta = match &i.body {
             None => None,
-            Some(Body::User(_) | Body::Group(_)) => return Err(NotInV3::Account),
+            Some(Body::User(_) | Body::Group(_) | Body::Account(_)) => {
+                return Err(NotInV3::Account);
+            }
             Some(Body::Fs(m)) => {
                 if !m.xattrs.is_empty() {
                     return Err(NotInV3::Xattrs);
@@ -213,7 +215,7 @@ mod tests {
         // an account is not a tombstone to a node of the previous release (found by fuzzing)
         let mut acct = i.clone();
         acct.key = b"group/web".to_vec();
-        acct.body = Some(Body::Group(crate::accounts::GroupRecord {
+        acct.body = Some(Body::Group(crate::accounts::v4::GroupRecord {
             name: "web".into(),
             gid: 1000,
             password: None,

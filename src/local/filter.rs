@@ -1,6 +1,8 @@
 //! Which entries of a group are synced: gitignore-style `exclude` and optional `include`
 //! patterns, relative to each configured path, plus clustersync's own temporary files, which
-//! are never synced.
+//! are never synced. An `exclude` written with one of the group's paths in front
+//! (`/var/www/*/cache` in a group of `/var/www` and `/etc/nginx`) applies below that path only,
+//! as `/*/cache` relative to it ([`anchored`]; since 0.3, what csync2's path excludes mean).
 //!
 //! Invariants: an excluded directory is not descended into; with `include` set, only entries
 //! that match it (or lie below a matching directory) are synced, while directories are still
@@ -43,6 +45,49 @@ fn build(base: &str, pats: &[String]) -> Result<Gitignore, String> {
     b.build().map_err(|e| e.to_string())
 }
 
+/// The group path a pattern is anchored at (written with that path in front, the longest
+/// one), if any.
+fn anchor<'a>(paths: &'a [String], pattern: &str) -> Option<&'a str> {
+    let body = pattern.strip_prefix('!').unwrap_or(pattern);
+    paths
+        .iter()
+        .filter(|gp| {
+            gp.len() > 1
+                && body.len() > gp.len() + 1
+                && body.starts_with(gp.as_str())
+                && body.as_bytes()[gp.len()] == b'/'
+        })
+        .max_by_key(|gp| gp.len())
+        .map(String::as_str)
+}
+
+/// The excludes of `g` that are anchored at one of its paths (written with it in front): a
+/// release before 0.3 reads them relative to every path, where they match nothing.
+pub fn anchored(g: &GroupConfig) -> Vec<&str> {
+    g.exclude
+        .iter()
+        .filter(|p| anchor(&g.paths, p).is_some())
+        .map(String::as_str)
+        .collect()
+}
+
+/// The excludes that apply below `base`: the ones anchored at it, made relative to it, and
+/// every one not anchored at any path.
+fn excludes_for(base: &str, g: &GroupConfig) -> Vec<String> {
+    g.exclude
+        .iter()
+        .filter_map(|p| match anchor(&g.paths, p) {
+            None => Some(p.clone()),
+            Some(gp) if gp == base => {
+                let neg = if p.starts_with('!') { "!" } else { "" };
+                let body = p.strip_prefix('!').unwrap_or(p);
+                Some(format!("{neg}{}", &body[gp.len()..]))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}
+
 impl Filter {
     /// Compile a group's patterns.
     pub fn new(g: &GroupConfig) -> Result<Filter, String> {
@@ -50,7 +95,7 @@ impl Filter {
         for base in &g.paths {
             rules.push(PathRules {
                 base: base.clone(),
-                exclude: build(base, &g.exclude)?,
+                exclude: build(base, &excludes_for(base, g))?,
                 include: if g.include.is_empty() {
                     None
                 } else {
@@ -153,6 +198,31 @@ mod tests {
             f.want("/srv/www", b"/srv/www/caf\xe9.txt", false),
             Want::Sync
         );
+    }
+
+    /// Issue 22 item 11: an exclude written with one group path in front applies below that
+    /// path only (csync2's `exclude /var/www/*/cache` must not exclude
+    /// `/etc/nginx/sites-available/conf/cache`).
+    #[test]
+    fn an_exclude_anchored_at_one_path_applies_below_that_path_only() {
+        let text = "[nodes.a]\naddress = \"127.0.0.1:1\"\n[groups.g]\nnodes = [\"a\"]\npaths = [\"/var/www\", \"/etc/nginx/sites-available\"]\nexclude = [\"/var/www/*/cache\", \"*.tmp\"]\n";
+        let c = crate::config::Config::parse(text, Path::new("t.toml")).unwrap();
+        let g = &c.groups["g"];
+        assert_eq!(anchored(g), ["/var/www/*/cache"]);
+        let f = Filter::new(g).unwrap();
+        assert_eq!(f.want("/var/www", b"/var/www/site/cache", true), Want::Skip);
+        assert_eq!(f.want("/var/www", b"/var/www/site/x", true), Want::Sync);
+        let nginx = "/etc/nginx/sites-available";
+        assert_eq!(
+            f.want(nginx, b"/etc/nginx/sites-available/conf/cache", false),
+            Want::Sync
+        );
+        assert_eq!(
+            f.want(nginx, b"/etc/nginx/sites-available/a.tmp", false),
+            Want::Skip
+        );
+        assert!(!f.accepts("/var/www", b"/var/www/site/cache/f", false));
+        assert!(f.accepts(nginx, b"/etc/nginx/sites-available/conf/cache", false));
     }
 
     #[test]

@@ -15,19 +15,56 @@
 //! (`.clustersync.tmp.*`) into place is the apply's own install, already indexed: it causes
 //! no scan.
 
-use crate::engine::node::Ctx;
 use crate::fs::safefs::TEMP_PREFIX;
 use crate::item::name;
-use crate::local::filter::Want;
+use crate::local::filter::{Filter, Want};
 use crate::local::window::{Event, Params, Windows};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Where the watcher hands what it saw: the engine implements it (the watcher knows nothing of
+/// lanes).
+pub trait Sink: Send + Sync {
+    /// Paths of `group` changed: (logical path, recursive); `deletes`: they went through the
+    /// deletion window.
+    fn changed(&self, group: &str, paths: Vec<(Vec<u8>, bool)>, deletes: bool);
+    /// Scan all of `group` (the event queue overflowed).
+    fn rescan(&self, group: &str);
+    /// How many paths of `group` the windows hold now.
+    fn waiting(&self, group: &str, n: usize);
+}
+
+/// A group the watcher watches.
+pub struct Watched {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub filter: Arc<Filter>,
+}
+
+/// What to watch.
+pub struct Spec {
+    /// This node's root prefix.
+    pub root: PathBuf,
+    /// Groups with `watch = true`.
+    pub groups: Vec<Watched>,
+    /// Watch `<root>/etc` for the account files (reported as a change of group `@accounts`).
+    pub accounts: bool,
+}
+
+impl Spec {
+    fn group(&self, name: &str) -> Option<&Watched> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// The accounts pseudo-group's name (`engine::group::ACCOUNTS`).
+const ACCOUNTS: &str = "@accounts";
 
 /// Rescan period of directories that could not be watched.
 pub const UNWATCHED_RESCAN: Duration = Duration::from_secs(5);
@@ -94,7 +131,8 @@ struct Target {
 }
 
 struct State {
-    ctx: Arc<Ctx>,
+    spec: Arc<Spec>,
+    sink: Arc<dyn Sink>,
     watches: Watches,
     wds: HashMap<WatchDescriptor, Vec<Target>>,
     unwatched: Vec<(String, Vec<u8>)>,
@@ -130,10 +168,14 @@ fn mask() -> WatchMask {
         | WatchMask::EXCL_UNLINK
 }
 
-/// Start the watcher task.
-pub fn spawn(ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
+/// Start the watcher task; it ends when `shutdown` is set.
+pub fn spawn(
+    spec: Spec,
+    sink: Arc<dyn Sink>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = run(ctx.clone()).await {
+        if let Err(e) = run(Arc::new(spec), sink, shutdown).await {
             tracing::error!(
                 "inotify unavailable ({e}); relying on periodic rescans and `clustersync mark`"
             );
@@ -184,8 +226,8 @@ impl State {
 
     /// Watch directory `dir` (logical) and every directory below it that is synced.
     fn add_tree(&mut self, group: &str, gp: &str, dir: &[u8]) {
-        let ctx = self.ctx.clone();
-        let Some(g) = ctx.group(group) else { return };
+        let spec = self.spec.clone();
+        let Some(g) = spec.group(group) else { return };
         let mut stack = vec![dir.to_vec()];
         let mut budget = 10_000_000usize;
         while let Some(d) = stack.pop() {
@@ -193,7 +235,7 @@ impl State {
             if budget == 0 {
                 break;
             }
-            let real = name::real(&ctx.root, &d);
+            let real = name::real(&spec.root, &d);
             let t = Target {
                 group: group.to_string(),
                 gp: gp.to_string(),
@@ -228,20 +270,20 @@ impl State {
 
     /// Re-watch group paths that came back (a remount, a recreated directory).
     fn rewatch_roots(&mut self) {
-        let ctx = self.ctx.clone();
-        for g in ctx.groups.values().filter(|g| g.cfg.watch) {
-            for gp in &g.cfg.paths {
-                let real = name::real(&ctx.root, gp.as_bytes());
+        let spec = self.spec.clone();
+        for g in &spec.groups {
+            for gp in &g.paths {
+                let real = name::real(&spec.root, gp.as_bytes());
                 let single = self
                     .wds
                     .values()
                     .flatten()
-                    .any(|t| t.group == g.name() && t.gp == *gp && t.only.is_some());
-                if !single && !self.root_watched(g.name(), gp) && real.is_dir() {
-                    tracing::info!(group = %g.name(), "watching {gp} again");
-                    self.add_tree(g.name(), gp, gp.as_bytes());
+                    .any(|t| t.group == g.name && t.gp == *gp && t.only.is_some());
+                if !single && !self.root_watched(&g.name, gp) && real.is_dir() {
+                    tracing::info!(group = %g.name, "watching {gp} again");
+                    self.add_tree(&g.name, gp, gp.as_bytes());
                     self.windows.event(
-                        g.name(),
+                        &g.name,
                         gp.as_bytes().to_vec(),
                         Event::Done,
                         true,
@@ -263,9 +305,8 @@ impl State {
                 && ev
                     .mask
                     .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
-                && let Some(l) = self.ctx.lane(crate::engine::group::ACCOUNTS)
             {
-                l.local(Vec::new(), false);
+                self.sink.changed(ACCOUNTS, Vec::new(), false);
             }
             return;
         }
@@ -273,10 +314,8 @@ impl State {
             tracing::warn!(
                 "inotify queue overflowed; rescanning the watched groups (a compare with the index, nothing is reset)"
             );
-            for l in self.ctx.lanes() {
-                if l.group.cfg.watch {
-                    l.rescan_later();
-                }
+            for g in &self.spec.groups {
+                self.sink.rescan(&g.name);
             }
             return;
         }
@@ -353,7 +392,7 @@ impl State {
             }
             let path = name::join(&t.dir, n);
             let is_dir = ev.mask.contains(EventMask::ISDIR);
-            let Some(g) = self.ctx.group(&t.group) else {
+            let Some(g) = self.spec.group(&t.group) else {
                 continue;
             };
             if !name::is_within(&path, t.gp.as_bytes())
@@ -372,7 +411,7 @@ impl State {
                 self.add_tree(&group, &t.gp, &path);
                 self.windows.event(&group, path, Event::Done, true, now);
             } else if ev.mask.contains(EventMask::CREATE) {
-                let real = name::real(&self.ctx.root, &path);
+                let real = name::real(&self.spec.root, &path);
                 let regular = std::fs::symlink_metadata(real)
                     .map(|m| m.is_file())
                     .unwrap_or(false);
@@ -404,20 +443,20 @@ impl State {
         let now = Instant::now().into_std();
         let (ready, next) = self.windows.take_due(now);
         for r in ready {
-            if let Some(l) = self.ctx.lane(&r.group) {
-                l.local(r.paths, r.deletes);
-            }
+            self.sink.changed(&r.group, r.paths, r.deletes);
         }
-        for l in self.ctx.lanes() {
-            l.state
-                .waiting_local
-                .store(self.windows.waiting(l.group.name()), Ordering::Relaxed);
+        for g in &self.spec.groups {
+            self.sink.waiting(&g.name, self.windows.waiting(&g.name));
         }
         next.map(Instant::from_std)
     }
 }
 
-async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
+async fn run(
+    spec: Arc<Spec>,
+    sink: Arc<dyn Sink>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let inotify = Inotify::init()?;
     let watches = inotify.watches();
     let (tx, mut events) = tokio::sync::mpsc::channel(64);
@@ -430,7 +469,8 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok());
     let mut st = State {
-        ctx: ctx.clone(),
+        spec: spec.clone(),
+        sink: sink.clone(),
         watches,
         wds: HashMap::new(),
         unwatched: Vec::new(),
@@ -441,8 +481,8 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
         own_moves: std::collections::VecDeque::new(),
         own_closes: std::collections::VecDeque::new(),
     };
-    if ctx.group(crate::engine::group::ACCOUNTS).is_some() {
-        let etc = ctx.root.join("etc");
+    if spec.accounts {
+        let etc = spec.root.join("etc");
         match st.watches.add(
             &etc,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::DONT_FOLLOW,
@@ -454,28 +494,24 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
             ),
         }
     }
-    for g in ctx.groups.values() {
-        if !g.cfg.watch {
-            continue;
-        }
-        for gp in &g.cfg.paths {
-            let real = name::real(&ctx.root, gp.as_bytes());
+    for g in &spec.groups {
+        for gp in &g.paths {
+            let real = name::real(&spec.root, gp.as_bytes());
             if real.is_dir() {
-                st.add_tree(g.name(), gp, gp.as_bytes());
+                st.add_tree(&g.name, gp, gp.as_bytes());
             } else {
                 let parent = name::parent(gp.as_bytes()).to_vec();
                 let t = Target {
-                    group: g.name().to_string(),
+                    group: g.name.clone(),
                     gp: gp.clone(),
                     dir: parent.clone(),
                     only: Some(name::file_name(gp.as_bytes()).to_vec()),
                 };
-                st.add_watch(&name::real(&ctx.root, &parent), t);
+                st.add_watch(&name::real(&spec.root, &parent), t);
             }
         }
     }
     tracing::debug!("watching {} directories", st.wds.len());
-    let mut shutdown = ctx.shutdown_rx();
     let mut unwatched_tick = tokio::time::interval(UNWATCHED_RESCAN);
     let mut next: Option<Instant> = None;
     loop {
@@ -499,12 +535,10 @@ async fn run(ctx: Arc<Ctx>) -> std::io::Result<()> {
                     by_group.entry(g.clone()).or_default().push((d.clone(), true));
                 }
                 for (group, paths) in by_group {
-                    if let Some(l) = ctx.lane(&group) {
-                        l.local(paths, false);
-                    }
+                    sink.changed(&group, paths, false);
                 }
             }
-            _ = crate::engine::node::until_set(&mut shutdown) => return Ok(()),
+            _ = shutdown.wait_for(|v| *v) => return Ok(()),
         }
         next = st.flush();
     }

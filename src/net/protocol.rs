@@ -212,7 +212,9 @@ pub enum Msg {
     Pong {
         token: u64,
     },
-    /// The sender is closing the link, and why.
+    /// The sender is closing the link, and why. A listener that refuses the dialler's key
+    /// after the handshake sends one `Bye` whose reason starts with [`BYE_UNKNOWN_KEY`]
+    /// instead of its `Hello` (every protocol version carries `Bye`).
     Bye {
         reason: String,
     },
@@ -260,6 +262,11 @@ pub enum Msg {
         items: Vec<WireItem>,
     },
 }
+
+/// How the reason of a `Bye` sent instead of `Hello` starts when the listener does not know
+/// the dialler's key; the dialler, which has authenticated the listener, reports it and backs
+/// off (the rest of the reason is for people).
+pub const BYE_UNKNOWN_KEY: &str = "unknown key";
 
 /// Errors decoding a peer's bytes.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,9 @@
 //! standard Noise protocols run entirely by snow (on ring's implementations).
 //!
 //! Invariants: the remote static key is checked against the configured node ids as soon as the
-//! handshake reveals it, before any application data is sent or accepted; the handshake has a
+//! handshake reveals it, before any application data is sent or accepted (the dialler checks
+//! the responder's key here; a listener that refuses the initiator's key after the handshake
+//! sends at most one `Bye` saying why and reads nothing, see `engine::node`); the handshake has a
 //! deadline; every length read from the wire is checked against a limit before allocation;
 //! nonces are counters that never repeat (a link is dropped rather than reuse one); a link with
 //! no packet for the idle time given to [`LinkReader::recv_frame`] is dead.

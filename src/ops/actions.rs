@@ -31,9 +31,13 @@
 //! - `!pattern` re-includes, the last matching pattern wins (as in gitignore).
 //!
 //! The command runs as `/bin/sh -c RUN` in its own process group, working directory `/`,
-//! stdin from /dev/null, with `CLUSTERSYNC_PATHS` (the matched paths, sorted, de-duplicated,
-//! newline-separated), `CLUSTERSYNC_NODE`, `CLUSTERSYNC_GROUP` and `CLUSTERSYNC_PATHS_COUNT`
-//! (how many paths matched in all). Linux refuses a single variable over 128 KiB, so a list
+//! stdin from /dev/null, with `CLUSTERSYNC_PATHS` (the matched paths as in the config, sorted,
+//! de-duplicated, newline-separated), `CLUSTERSYNC_ROOT` (this node's `root` prefix, `/` by
+//! default), `CLUSTERSYNC_REAL_PATHS` (the same paths where they are on this machine: with the
+//! root prefix; equal to `CLUSTERSYNC_PATHS` when the root is `/`), `CLUSTERSYNC_NODE`,
+//! `CLUSTERSYNC_GROUP` and `CLUSTERSYNC_PATHS_COUNT` (how many paths matched in all). A
+//! command that touches the files (`chown`, `chmod`) takes `CLUSTERSYNC_REAL_PATHS`, so that on
+//! a node with a root it acts on that node's files, not on the host's. Linux refuses a single variable over 128 KiB, so a list
 //! longer than [`ENV_PATHS_MAX_BYTES`] is cut there (at a whole path), and then
 //! `CLUSTERSYNC_PATHS_TRUNCATED=1` is set and `CLUSTERSYNC_PATHS_FILE` names a private temporary
 //! file with the whole list, one path per line, removed after the run. Over `max_paths` the
@@ -129,6 +133,8 @@ impl ActionSpec {
 pub struct RunnerOptions {
     /// This node's name (`CLUSTERSYNC_NODE`).
     pub node: String,
+    /// This node's root prefix (`CLUSTERSYNC_ROOT`; `CLUSTERSYNC_REAL_PATHS` are below it).
+    pub root: PathBuf,
     /// Run once no matching path arrived for this long.
     pub quiet: Duration,
     /// ... but at the latest this long after the first pending path.
@@ -152,6 +158,7 @@ impl RunnerOptions {
     pub fn new(node: &str) -> RunnerOptions {
         RunnerOptions {
             node: node.to_owned(),
+            root: PathBuf::from("/"),
             quiet: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
             kill_grace: Duration::from_secs(5),
@@ -739,6 +746,10 @@ async fn execute(inner: &Inner, i: usize, batch: Batch) -> ActionResult {
     let t0 = Instant::now();
     let total = batch.paths.len() + batch.dropped;
     let (env_paths, omitted) = join_paths(&batch.paths, ENV_PATHS_MAX_BYTES);
+    let root = opts.root.to_string_lossy();
+    let prefix = root.trim_end_matches('/');
+    let real: Vec<String> = batch.paths.iter().map(|p| format!("{prefix}{p}")).collect();
+    let (env_real, _) = join_paths(&real, ENV_PATHS_MAX_BYTES);
     // removed when dropped, at the end of the run
     let list_file = if omitted > 0 {
         match write_list(&opts.tmp_dir, &batch.paths).await {
@@ -795,6 +806,8 @@ async fn execute(inner: &Inner, i: usize, batch: Batch) -> ActionResult {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("CLUSTERSYNC_PATHS", &env_paths)
+        .env("CLUSTERSYNC_ROOT", &opts.root)
+        .env("CLUSTERSYNC_REAL_PATHS", &env_real)
         .env("CLUSTERSYNC_PATHS_COUNT", total.to_string())
         .env("CLUSTERSYNC_NODE", &opts.node)
         .env("CLUSTERSYNC_GROUP", &spec.group)
@@ -1269,6 +1282,35 @@ mod tests {
             "web1|www|/x/a\n/x/b\n/x/c d|3|unset|/"
         );
         f.shutdown().await;
+    }
+
+    /// Issue 22 item 10: on a node with a root prefix, the action learns the root and gets the
+    /// paths where they are on this machine too.
+    #[tokio::test]
+    async fn a_node_with_a_root_gives_its_actions_the_root_and_the_real_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let run = format!(
+            "printf '%s|%s|%s' \"$CLUSTERSYNC_ROOT\" \"$CLUSTERSYNC_PATHS\" \"$CLUSTERSYNC_REAL_PATHS\" > {}",
+            q(&out)
+        );
+        for (root, want) in [
+            (
+                "/srv/node1/",
+                "/srv/node1/|/x/a\n/x/b|/srv/node1/x/a\n/srv/node1/x/b",
+            ),
+            ("/", "/|/x/a\n/x/b|/x/a\n/x/b"),
+        ] {
+            let o = RunnerOptions {
+                root: PathBuf::from(root),
+                ..opts()
+            };
+            let f = Fixture::new(vec![spec(&["/x/**"], &run)], o);
+            f.runner.notify("www", ["/x/b", "/x/a"], false);
+            f.wait_runs(0, 1).await;
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+            f.shutdown().await;
+        }
     }
 
     #[tokio::test]

@@ -4,8 +4,18 @@
 //! connection and one JSON [`Response`]; both sides use these types, so a field renamed on one
 //! side is a compile error, not a silent `null`. Requests are small and bounded; the socket is
 //! never exposed to the network.
+//!
+//! **Versions.** After a package upgrade and before the restart, the command line of one
+//! release talks to the daemon of another (SPEC §4). Both sides add `"control"`
+//! ([`CONTROL_VERSION`]) and `"release"` to their JSON object; releases before 0.3 did not
+//! (0.2 sent typed messages tagged `cmd`/`answer`, 0.1 answered with untagged objects).
+//! Messages only gain fields (each side ignores what it does not know), so the answers of 0.2
+//! and 0.3 daemons read both ways; the recorded messages of the previous release in
+//! `tests/fixtures/control/` keep it so. What cannot be read (a request the daemon does not
+//! know, an answer the command line cannot decode) is never shown as a decoding error: it is
+//! [`ControlError::OtherRelease`], which names the daemon's release and says to restart it.
 
-use crate::engine::node::Ctx;
+use crate::engine::node::{Ctx, Engine};
 use crate::engine::status::Status;
 use crate::engine::sync::SyncReport;
 use crate::item::name;
@@ -16,6 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+
+/// The control protocol of this release: 2 (0.3). 1 is 0.2's typed messages without a
+/// version field, 0 is 0.1's untagged answers.
+pub const CONTROL_VERSION: u64 = 2;
 
 /// Largest accepted request.
 const MAX_REQUEST: u64 = 1024 * 1024;
@@ -130,6 +144,103 @@ pub enum ControlError {
     },
     #[error("bad answer from the daemon: {0}")]
     BadAnswer(String),
+    /// The daemon runs another release than this command line and the two cannot understand
+    /// each other on this command.
+    #[error(
+        "the running daemon is {daemon}, this command line is clustersync {}: {what}. Restart the daemon so that it runs the installed release (`systemctl restart clustersync`), then run the command again",
+        crate::release::VERSION
+    )]
+    OtherRelease { daemon: String, what: String },
+}
+
+/// Which release a daemon runs, from the version fields of its answer (`None` when absent).
+fn describe_daemon(control: Option<u64>, release: Option<&str>, tagged: bool) -> String {
+    match (control, release) {
+        (Some(c), Some(r)) => format!("clustersync {r} (control protocol {c})"),
+        (Some(c), None) => format!("a release of control protocol {c}"),
+        (None, _) if tagged => "an older release (0.2, whose answers carry no version)".into(),
+        (None, _) => "an older release (0.1, whose answers carry no version)".into(),
+    }
+}
+
+/// `value` as a JSON object with this release's version fields added.
+fn with_version(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(mut m) => {
+            m.insert("control".into(), CONTROL_VERSION.into());
+            m.insert("release".into(), crate::release::VERSION.into());
+            serde_json::Value::Object(m)
+        }
+        v => v,
+    }
+}
+
+/// Read the daemon's answer to `req`, whatever release the daemon runs: this release's and
+/// 0.2's answers decode as they are; 0.1's untagged ones are read where their shape is known;
+/// anything else is [`ControlError::OtherRelease`] naming the daemon's release.
+pub fn decode_answer(req: &Request, v: serde_json::Value) -> Result<Response, ControlError> {
+    let control = v.get("control").and_then(|c| c.as_u64());
+    let release = v.get("release").and_then(|r| r.as_str()).map(str::to_owned);
+    let tagged = v.get("answer").is_some();
+    let daemon = || describe_daemon(control, release.as_deref(), tagged);
+    if !tagged && control.is_none() {
+        if let Some(e) = v.get("error").and_then(|e| e.as_str())
+            && e.starts_with("bad request")
+        {
+            return Err(ControlError::OtherRelease {
+                daemon: daemon(),
+                what: format!("it does not understand this command's request ({e})"),
+            });
+        }
+        return from_release_0_1(req, v).ok_or_else(|| ControlError::OtherRelease {
+            daemon: daemon(),
+            what: "its answer to this command cannot be read by this command line".into(),
+        });
+    }
+    match serde_json::from_value::<Response>(v) {
+        // a daemon that does not know the request (an older release, or a newer command
+        // line's request) answers "bad request"
+        Ok(Response::Error { message })
+            if message.starts_with("bad request") && control != Some(CONTROL_VERSION) =>
+        {
+            Err(ControlError::OtherRelease {
+                daemon: daemon(),
+                what: format!("it does not understand this command's request ({message})"),
+            })
+        }
+        Ok(r) => Ok(r),
+        Err(e) if control == Some(CONTROL_VERSION) => Err(ControlError::BadAnswer(e.to_string())),
+        Err(e) => Err(ControlError::OtherRelease {
+            daemon: daemon(),
+            what: format!("its answer cannot be read by this command line ({e})"),
+        }),
+    }
+}
+
+/// An answer of a 0.1 daemon (untagged JSON), where its shape is known.
+fn from_release_0_1(req: &Request, v: serde_json::Value) -> Option<Response> {
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Some(Response::Error {
+            message: e.to_string(),
+        });
+    }
+    match req {
+        Request::Status => serde_json::from_value::<Box<Status>>(v).ok().map(|mut st| {
+            // 0.1's status has no `daemon` field; it came from one
+            st.daemon = true;
+            Response::Status(st)
+        }),
+        Request::Conflicts => serde_json::from_value(v).ok().map(Response::Conflicts),
+        Request::Sync { dry_run: false, .. } => serde_json::from_value(v).ok().map(Response::Sync),
+        Request::Resolve { .. } => {
+            v.get("ok")
+                .and_then(|m| m.as_str())
+                .map(|m| Response::Resolved {
+                    message: m.to_string(),
+                })
+        }
+        _ => None,
+    }
 }
 
 /// Path of the control socket in a state dir.
@@ -159,8 +270,8 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlEr
         path: path.clone(),
         source,
     };
-    let mut line =
-        serde_json::to_string(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let v = serde_json::to_value(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let mut line = with_version(v).to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).await.map_err(io)?;
     let mut answer = String::new();
@@ -169,7 +280,9 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response, ControlEr
         .read_line(&mut answer)
         .await
         .map_err(io)?;
-    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    decode_answer(req, v)
 }
 
 /// Is a daemon answering on this state dir?
@@ -194,7 +307,7 @@ pub async fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// The node the control socket serves: `None` while a reload swaps it.
-pub type Current = Arc<std::sync::RwLock<Option<Arc<Ctx>>>>;
+pub type Current = Arc<std::sync::RwLock<Option<Engine>>>;
 
 /// Serve the control socket until shutdown; the node is read for each request, so a reloaded
 /// node is served as soon as it is in place.
@@ -229,32 +342,57 @@ pub async fn serve(
     }
 }
 
+/// The answer as it goes on the socket: the JSON of `answer` with this release's version.
+fn answer_line(answer: &Response) -> String {
+    let mut text = serde_json::to_value(answer)
+        .map(with_version)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
+}
+
 async fn reloading(s: UnixStream) -> std::io::Result<()> {
     let (_, mut w) = s.into_split();
-    let mut text = serde_json::to_string(&Response::Error {
+    let text = answer_line(&Response::Error {
         message: "the daemon is reloading its config; try again in a moment".into(),
-    })
-    .unwrap_or_default();
-    text.push('\n');
+    });
     w.write_all(text.as_bytes()).await
 }
 
-async fn handle(ctx: Arc<Ctx>, s: UnixStream) -> std::io::Result<()> {
+/// Read one request of any release: this one's, or 0.2's (no version fields, the same
+/// messages). A request this daemon does not know is answered with an error that names this
+/// daemon's release and says to restart it when the command line is of another release.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    let control = v.get("control").and_then(|c| c.as_u64());
+    let release = v.get("release").and_then(|r| r.as_str()).map(str::to_owned);
+    serde_json::from_value::<Request>(v).map_err(|e| {
+        let theirs = match (&release, control) {
+            (Some(r), _) if r != crate::release::VERSION => format!("clustersync {r}"),
+            (None, None) => "an older release (0.2 or 0.1)".to_string(),
+            _ => return format!("bad request: {e}"),
+        };
+        format!(
+            "bad request: this daemon runs clustersync {} (control protocol {CONTROL_VERSION}) and does not understand this request of the command line of {theirs} ({e}); restart the daemon so that it runs the installed release (`systemctl restart clustersync`)",
+            crate::release::VERSION
+        )
+    })
+}
+
+async fn handle(ctx: Engine, s: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = s.into_split();
     let mut line = String::new();
     BufReader::new(r)
         .take(MAX_REQUEST)
         .read_line(&mut line)
         .await?;
-    let answer = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+    let answer = match decode_request(&line) {
+        Err(message) => Response::Error { message },
         Ok(req) => answer(&ctx, req).await,
     };
-    let mut text = serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into());
-    text.push('\n');
-    w.write_all(text.as_bytes()).await?;
+    w.write_all(answer_line(&answer).as_bytes()).await?;
     Ok(())
 }
 
@@ -264,9 +402,10 @@ fn err(e: impl std::fmt::Display) -> Response {
     }
 }
 
-async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
+async fn answer(e: &Engine, req: Request) -> Response {
+    let ctx = &e.ctx;
     match req {
-        Request::Status => match crate::engine::status::live(ctx) {
+        Request::Status => match crate::engine::status::live(ctx, &e.lanes) {
             Ok(st) => Response::Status(Box::new(st)),
             Err(e) => err(e),
         },
@@ -283,22 +422,27 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
                 let lines = tokio::task::spawn_blocking(move || pending_lines(&c, &gs))
                     .await
                     .unwrap_or_default();
-                let report = crate::engine::sync::dry_report(ctx, &groups);
+                let report = crate::engine::sync::dry_report(e, &groups);
                 Response::DryRun { lines, report }
             } else {
-                Response::Sync(crate::engine::sync::sync(ctx, &groups, timeout, false).await)
+                Response::Sync(crate::engine::sync::sync(e, &groups, timeout, false).await)
             }
         }
         Request::Conflicts => match ctx.store.conflicts() {
             Ok(list) => Response::Conflicts(ConflictList::from_store(&list)),
             Err(e) => err(e),
         },
-        Request::Resolve { path, keep } => match ctx.group_of_path(&path) {
+        Request::Resolve { path, keep } => match ctx
+            .group(crate::engine::group::ACCOUNTS)
+            .filter(|_| crate::accounts::AccountId::from_key(&path).is_some())
+            .map(|g| (g.name().to_string(), path.clone()))
+            .or_else(|| ctx.group_of_path(&path))
+        {
             None => err(format!(
                 "{} is not in any group of this node",
                 name::show(&path)
             )),
-            Some((g, key)) => match ctx.lane(&g) {
+            Some((g, key)) => match e.lane(&g) {
                 Some(l) => match l.resolve(key, keep).await {
                     Ok(message) => Response::Resolved { message },
                     Err(e) => err(e),
@@ -313,14 +457,14 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
             wait_ms,
         } => {
             let wait = Duration::from_millis(wait_ms.max(1));
-            Response::Verified(crate::engine::verify::run(ctx, &groups, deep, repair, wait).await)
+            Response::Verified(crate::engine::verify::run(e, &groups, deep, repair, wait).await)
         }
         Request::Mark { paths } => {
             let mut unknown = Vec::new();
             for p in paths {
                 match ctx.group_of_path(&p) {
                     Some((g, key)) => {
-                        if let Some(l) = ctx.lane(&g) {
+                        if let Some(l) = e.lane(&g) {
                             l.local(vec![(key, true)], false);
                         }
                     }
@@ -333,53 +477,91 @@ async fn answer(ctx: &Arc<Ctx>, req: Request) -> Response {
 }
 
 /// With a daemon, `sync --dry-run` lists what is still on its way: our changes some peer has
-/// not confirmed (`send`), peers' items not applied yet (`receive`), unresolved conflicts.
+/// not confirmed (`send`, to those peers), peers' items not applied yet (`receive`/`delete`,
+/// from the peer that sent them), unresolved conflicts (with the nodes involved); each path
+/// once.
 fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    use crate::engine::ctx::{DryRun, dry_lines, dry_note};
+    let mut d = DryRun::new();
     for g in ctx.groups.values() {
         if !groups.is_empty() && !groups.iter().any(|n| n == g.name()) {
             continue;
         }
-        // what a scan would find that the index does not know yet (unwatched groups, or
-        // changes still in the quiet window)
         if !g.replica {
+            // what a scan would find that the index does not know yet (unwatched groups, or
+            // changes still in the quiet window)
             for (what, key) in crate::engine::lane::dry_scan(ctx, g) {
-                out.push((what.to_string(), name::show(&key).into_owned()));
+                for p in &g.peers {
+                    dry_note(&mut d, what, &key, p);
+                }
             }
-        }
-        if !g.replica {
-            let mut from = u64::MAX;
             for p in &g.peers {
-                from = from.min(ctx.store.acked(p, g.name()).unwrap_or(0));
-            }
-            if from != u64::MAX
-                && let Ok(items) = ctx.store.since(g.name(), from, 10_000)
-            {
-                for e in items {
-                    out.push(("send".to_string(), e.item.show().into_owned()));
+                let acked = ctx.store.acked(p, g.name()).unwrap_or(0);
+                for e in ctx.store.since(g.name(), acked, 10_000).unwrap_or_default() {
+                    dry_note(&mut d, "send", &e.item.key, p);
                 }
             }
         }
-        if let Ok(aside) = ctx.store.aside(g.name()) {
-            for a in aside {
-                let what = if a.item.is_deleted() {
-                    "delete"
-                } else {
-                    "receive"
-                };
-                out.push((what.to_string(), a.item.show().into_owned()));
+        for a in ctx.store.aside(g.name()).unwrap_or_default() {
+            let what = if a.item.is_deleted() {
+                "delete"
+            } else {
+                "receive"
+            };
+            dry_note(&mut d, what, &a.item.key, &a.peer);
+        }
+    }
+    for (g, p, c) in ctx.store.conflicts().unwrap_or_default() {
+        if !c.resolved && (groups.is_empty() || groups.contains(&g)) {
+            for n in c.nodes.iter().filter(|n| **n != ctx.name) {
+                dry_note(&mut d, "conflict", &p, n);
             }
         }
     }
-    if let Ok(list) = ctx.store.conflicts() {
-        for (g, p, c) in list {
-            if !c.resolved && (groups.is_empty() || groups.contains(&g)) {
-                out.push(("conflict".to_string(), name::show(&p).into_owned()));
-            }
-        }
+    dry_lines(&d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_this_and_the_previous_release_are_read_and_a_newer_one_is_named() {
+        // 0.2's requests carry no version fields
+        assert!(matches!(
+            decode_request(r#"{"cmd":"status"}"#),
+            Ok(Request::Status)
+        ));
+        assert!(matches!(
+            decode_request(r#"{"cmd":"conflicts","control":2,"release":"0.3.0"}"#),
+            Ok(Request::Conflicts)
+        ));
+        let e =
+            decode_request(r#"{"cmd":"frobnicate","control":3,"release":"0.4.0"}"#).unwrap_err();
+        assert!(
+            e.contains("clustersync 0.4.0") && e.contains("restart the daemon"),
+            "{e}"
+        );
+        let e = decode_request("not json").unwrap_err();
+        assert!(e.starts_with("bad request"), "{e}");
     }
-    // each path once: the first reason found (a fresh scan before what the index holds)
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|(_, p)| seen.insert(p.clone()));
-    out
+
+    #[test]
+    fn answers_carry_this_release_and_are_read_back() {
+        let line = answer_line(&Response::Marked { unknown: vec![] });
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["control"], CONTROL_VERSION);
+        assert_eq!(v["release"], crate::release::VERSION);
+        let req = Request::Mark { paths: vec![] };
+        assert!(matches!(
+            decode_answer(&req, v),
+            Ok(Response::Marked { .. })
+        ));
+        // an answer of this release that does not decode is a bug, not another release
+        let bad = serde_json::json!({"answer": "marked", "control": CONTROL_VERSION});
+        assert!(matches!(
+            decode_answer(&req, bad),
+            Err(ControlError::BadAnswer(_))
+        ));
+    }
 }

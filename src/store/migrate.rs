@@ -12,15 +12,22 @@
 //! previous release also acknowledged batches it never saved (a stopped group, a failed
 //! commit), so the acknowledgements it recorded are not trusted for collecting tombstones:
 //! `acked` is emptied (the next exchange with each peer records it again, under the new
-//! meaning). The `summary` table (the hash tree of each group, `store::summary`) is built from
-//! `items` and `meta["summary"]` records its format. Everything else keeps its meaning.
+//! meaning). Account items change format (SPEC §5.7, second version): a schema-4 `User`
+//! body becomes this release's user (its fields; `made` = its origin's counter, the time the
+//! change was noticed) and a `Group` body this release's group, in items, set-aside items and
+//! conflicts, with their version vectors kept. Memberships (the `groups` of a schema-4 user)
+//! are not migrated: the first scan after the upgrade records each group's member set from the
+//! files as a change of this node, and the member sets of the nodes that upgrade merge without
+//! a conflict. The `summary` table (the hash tree of each group, `store::summary`) is built
+//! from `items` (account items already in this release's format) and `meta["summary"]`
+//! records its format. Everything else keeps its meaning.
 
 use super::{
-    ACKED, BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS, StoreError,
-    TOMBS, enc, encode_entry,
+    ACKED, ASIDE, Aside, BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS,
+    StoreError, TOMBS, decode_entry, enc, encode_entry,
 };
-use crate::item::Entry;
 use crate::item::v3::{ConflictInfoV3, EntryV3, QuickStatV3};
+use crate::item::{Body, Entry, Item};
 use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
@@ -136,13 +143,66 @@ pub(super) fn v4_to_v5(db: &Database, path: &Path) -> Result<(), StoreError> {
         path: path.into(),
         source: e,
     };
+    let corrupt = |key: &[u8], e: postcard::Error| StoreError::Corrupt {
+        path: path.into(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        msg: format!("schema 4 entry: {e}"),
+    };
+    let group = crate::engine::group::ACCOUNTS;
+    let lo: &[u8] = &[];
     let tx = db.begin_write().map_err(|e| err(e.into()))?;
+    let mut n = 0usize;
     {
+        // account items: this release's bodies
+        let mut items = tx.open_table(ITEMS).map_err(|e| err(e.into()))?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = items
+            .range((group, lo)..)
+            .map_err(|e| err(e.into()))?
+            .map_while(|r| r.ok())
+            .take_while(|(k, _)| k.value().0 == group)
+            .map(|(k, v)| (k.value().1.to_vec(), v.value().to_vec()))
+            .collect();
+        for (k, v) in rows {
+            let mut e = decode_entry(path, &k, &v)?;
+            if account_v5(&mut e.item) {
+                let bytes = encode_entry(path, &e)?;
+                items
+                    .insert((group, k.as_slice()), bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+                n += 1;
+            }
+        }
+        for (is_aside, def) in [(true, ASIDE), (false, CONFLICTS)] {
+            let mut t = tx.open_table(def).map_err(|e| err(e.into()))?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+                .range((group, lo)..)
+                .map_err(|e| err(e.into()))?
+                .map_while(|r| r.ok())
+                .take_while(|(k, _)| k.value().0 == group)
+                .map(|(k, v)| (k.value().1.to_vec(), v.value().to_vec()))
+                .collect();
+            for (k, v) in rows {
+                let bytes = if is_aside {
+                    let mut a: Aside = postcard::from_bytes(&v).map_err(|e| corrupt(&k, e))?;
+                    account_v5(&mut a.item);
+                    postcard::to_allocvec(&a).map_err(|e| corrupt(&k, e))?
+                } else {
+                    let mut c: ConflictInfo =
+                        postcard::from_bytes(&v).map_err(|e| corrupt(&k, e))?;
+                    for i in &mut c.versions {
+                        account_v5(i);
+                    }
+                    postcard::to_allocvec(&c).map_err(|e| corrupt(&k, e))?
+                };
+                t.insert((group, k.as_slice()), bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
         // acknowledgements of the previous release may cover batches never saved
         tx.delete_table(ACKED).map_err(|e| err(e.into()))?;
         tx.open_table(ACKED).map_err(|e| err(e.into()))?;
     }
-    let n = super::summary::rebuild(&tx, path)?;
+    let summed = super::summary::rebuild(&tx, path)?;
     {
         let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
         meta.insert("summary", super::summary::FORMAT)
@@ -151,8 +211,27 @@ pub(super) fn v4_to_v5(db: &Database, path: &Path) -> Result<(), StoreError> {
     }
     tx.commit().map_err(|e| err(e.into()))?;
     tracing::info!(
-        "index {}: migrated from schema 4 to schema 5 (summary of {n} items built)",
+        "index {}: migrated from schema 4 to schema 5 ({n} account items in this release's format, summary of {summed} items built)",
         path.display()
     );
     Ok(())
+}
+
+/// Turn a schema-4 account body into this release's (true when it changed).
+pub(crate) fn account_v5(i: &mut Item) -> bool {
+    use crate::accounts::Account;
+    let made = i64::try_from(i.version.get(&i.origin)).unwrap_or(i64::MAX);
+    let body = match &i.body {
+        Some(Body::User(u)) => Account::User {
+            user: u.to_user(),
+            made,
+        },
+        Some(Body::Group(g)) => Account::Group {
+            group: g.to_group(),
+            made,
+        },
+        _ => return false,
+    };
+    i.body = Some(Body::Account(body));
+    true
 }

@@ -7,7 +7,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending` | u64 |
+//! | `meta` | `schema`, `index_id`, `seq`, `inc:<group>`, `chunks_pending`, `written` (Unix seconds of the last commit; additive, no schema change) | u64 |
 //! | `items` | (group, [`enc`]oded key) | postcard [`QuickStat`] then postcard [`Entry`] |
 //! | `by_seq4` | (group, seq) | encoded key |
 //! | `tombs` | (group, seq) | encoded key (tombstones only, for collection) |
@@ -111,6 +111,8 @@ pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// On-disk schema version of the index.
 pub const SCHEMA_VERSION: u64 = 5;
+/// The oldest schema this build reads (migrated in place on open: 3 -> 4 -> 5).
+pub const MIN_SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ITEMS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("items");
@@ -118,6 +120,9 @@ pub(crate) const BY_SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::
 pub(crate) const TOMBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tombs");
 pub(crate) const PEERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("peers");
 pub(crate) const ACKED: TableDefinition<(&str, &str), u64> = TableDefinition::new("acked");
+/// Per group, the highest seq of a tombstone collected here (schema 5): a peer resuming from
+/// below it would miss deletions.
+pub(crate) const COLLECTED: TableDefinition<&str, u64> = TableDefinition::new("collected");
 pub(crate) const CHUNKS: TableDefinition<&[u8; 32], (&str, &[u8], u64, u64)> =
     TableDefinition::new("chunks4");
 pub(crate) const CONFLICTS: TableDefinition<(&str, &[u8]), &[u8]> =
@@ -143,7 +148,9 @@ pub enum StoreError {
         msg: String,
     },
     #[error(
-        "index {path} has schema version {found}, this clustersync reads {SCHEMA_VERSION} and older; a newer release wrote it"
+        "index {path} has schema version {found}, this clustersync ({}) reads {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}; {} (nothing was changed; see CHANGELOG.md, \"Going back\")",
+        crate::release::VERSION,
+        if *found > SCHEMA_VERSION { "a newer release wrote it: run that release, or restore the state directory saved before the upgrade, or move the index aside so that this node joins every group as new" } else { "a development build wrote it" }
     )]
     Schema { path: PathBuf, found: u64 },
 }
@@ -227,8 +234,16 @@ impl GroupStats {
                 Kind::Dir => f(&mut self.dirs, 1),
                 Kind::Symlink => f(&mut self.symlinks, 1),
             },
-            Some(crate::item::Body::User(_)) => f(&mut self.files, 1),
-            Some(crate::item::Body::Group(_)) => f(&mut self.dirs, 1),
+            Some(crate::item::Body::User(_))
+            | Some(crate::item::Body::Account(crate::accounts::Account::User { .. })) => {
+                f(&mut self.files, 1)
+            }
+            Some(crate::item::Body::Group(_))
+            | Some(crate::item::Body::Account(crate::accounts::Account::Group { .. })) => {
+                f(&mut self.dirs, 1)
+            }
+            // member sets are part of their groups
+            Some(crate::item::Body::Account(crate::accounts::Account::Members(_))) => {}
             None => f(&mut self.tombstones, 1),
         }
     }
@@ -319,7 +334,12 @@ pub fn subtree_range(p: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 /// The index database.
 pub struct Store {
-    db: Database,
+    /// `None` only while it is being opened again after an I/O error.
+    db: std::sync::RwLock<Option<Database>>,
+    /// An I/O error happened: redb answers every later call with `PreviousIo` until the
+    /// database is opened again, which the next call tries first (a full disk that was freed,
+    /// a filesystem that refused writes for a while: no restart needed).
+    broken: std::sync::atomic::AtomicBool,
     path: PathBuf,
     index_id: u64,
     /// The highest sequence number when the index was opened (rollback detection).
@@ -435,10 +455,81 @@ pub fn encode_entry(path: &Path, e: &Entry) -> Result<Vec<u8>, StoreError> {
 
 impl Store {
     fn err<E: Into<redb::Error>>(&self, e: E) -> StoreError {
+        let source: redb::Error = e.into();
+        if matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         StoreError::Db {
             path: self.path.clone(),
-            source: e.into(),
+            source,
         }
+    }
+
+    /// After an I/O error, open the database again (redb refuses everything until then).
+    /// Fails while a transaction of the old one is still alive; the next call tries again.
+    fn heal(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if !self.broken.load(Acquire) {
+            return Ok(());
+        }
+        let mut g = match self.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if !self.broken.swap(false, AcqRel) {
+            return Ok(());
+        }
+        // the old handle holds the file's lock: drop it first
+        *g = None;
+        match Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&self.path)
+        {
+            Ok(db) => {
+                tracing::warn!(
+                    "index {}: opened again after an I/O error",
+                    self.path.display()
+                );
+                *g = Some(db);
+                Ok(())
+            }
+            Err(e) => {
+                self.broken
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(StoreError::Db {
+                    path: self.path.clone(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+
+    /// The database, opened again first if an I/O error broke it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.heal()?;
+        let g = match self.db.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match g.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Db {
+                path: self.path.clone(),
+                source: redb::Error::DatabaseClosed,
+            }),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.with_db(|db| db.begin_read().map_err(|e| self.err(e)))
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.with_db(|db| db.begin_write().map_err(|e| self.err(e)))
     }
 
     /// Open (or create, or migrate) the index at `path`.
@@ -456,22 +547,15 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        let mut st = Store {
-            db,
-            path: path.into(),
-            index_id: 0,
-            opened_seq: 0,
-            pending: Default::default(),
-        };
         let schema = {
-            let tx = st.db.begin_read().map_err(|e| st.err(e))?;
+            let tx = db.begin_read().map_err(|e| dberr(e.into()))?;
             match tx.open_table(META) {
                 Ok(meta) => meta
                     .get("schema")
-                    .map_err(|e| st.err(e))?
+                    .map_err(|e| dberr(e.into()))?
                     .map(|v| v.value()),
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(st.err(e)),
+                Err(e) => return Err(dberr(e.into())),
             }
         };
         match schema {
@@ -482,11 +566,11 @@ impl Store {
                 });
             }
             Some(3) => {
-                migrate::v3_to_v4(&st.db, path)?;
-                migrate::v4_to_v5(&st.db, path)?;
+                migrate::v3_to_v4(&db, path)?;
+                migrate::v4_to_v5(&db, path)?;
             }
-            Some(4) => migrate::v4_to_v5(&st.db, path)?,
-            Some(v) if v < 3 => {
+            Some(4) => migrate::v4_to_v5(&db, path)?,
+            Some(v) if v < MIN_SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
                     path: path.into(),
                     found: v,
@@ -494,7 +578,15 @@ impl Store {
             }
             _ => {}
         }
-        let tx = st.db.begin_write().map_err(|e| st.err(e))?;
+        let mut st = Store {
+            db: std::sync::RwLock::new(Some(db)),
+            broken: Default::default(),
+            path: path.into(),
+            index_id: 0,
+            opened_seq: 0,
+            pending: Default::default(),
+        };
+        let tx = st.begin_write()?;
         let id;
         {
             let mut meta = tx.open_table(META).map_err(|e| st.err(e))?;
@@ -519,6 +611,7 @@ impl Store {
             tx.open_table(TOMBS).map_err(|e| st.err(e))?;
             tx.open_table(PEERS).map_err(|e| st.err(e))?;
             tx.open_table(ACKED).map_err(|e| st.err(e))?;
+            tx.open_table(COLLECTED).map_err(|e| st.err(e))?;
             tx.open_table(CHUNKS).map_err(|e| st.err(e))?;
             tx.open_table(CONFLICTS).map_err(|e| st.err(e))?;
             tx.open_table(ASIDE).map_err(|e| st.err(e))?;
@@ -567,9 +660,15 @@ impl Store {
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let meta = tx.open_table(META).map_err(|e| self.err(e))?;
         Ok(meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value()))
+    }
+
+    /// When this index last recorded a change (Unix seconds), if it ever did since the key
+    /// exists (0.3).
+    pub fn written(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_get("written")
     }
 
     /// Highest sequence number given out so far.
@@ -599,7 +698,7 @@ impl Store {
     pub fn renew_incarnation(&self, group: &str) -> Result<u64, StoreError> {
         let k = format!("inc:{group}");
         let v = random_u64();
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(k.as_str(), v).map_err(|e| self.err(e))?;
@@ -610,7 +709,7 @@ impl Store {
 
     /// The quick-check view of one key.
     pub fn get_quick(&self, group: &str, key: &[u8]) -> Result<Option<QuickStat>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         let k = enc(key);
         match t.get((group, k.as_slice())).map_err(|e| self.err(e))? {
@@ -621,7 +720,7 @@ impl Store {
 
     /// The entry of one key.
     pub fn get(&self, group: &str, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         self.entry_in(&t, group, key)
     }
@@ -645,7 +744,7 @@ impl Store {
     /// One read snapshot of the entries and conflicts, for looking up many keys (a received
     /// batch) without a transaction each. It sees nothing committed after it was taken.
     pub fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         Ok(Snapshot {
             store: self,
             items: tx.open_table(ITEMS).map_err(|e| self.err(e))?,
@@ -665,7 +764,7 @@ impl Store {
 
     /// The quick-check views strictly below `path`, in walk order, from one snapshot.
     pub fn quick_below(&self, group: &str, path: &[u8]) -> Result<QuickRange, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         let (lo, hi) = subtree_range(path);
         // the range keeps the snapshot alive; keys are copied out as it goes
@@ -685,7 +784,7 @@ impl Store {
             out.push(e);
         }
         let (lo, hi) = subtree_range(path);
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         for item in t
             .range((group, lo.as_slice())..(group, hi.as_slice()))
@@ -703,7 +802,7 @@ impl Store {
         group: &str,
         mut f: impl FnMut(&Entry) -> bool,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         let lo: &[u8] = &[];
         for item in t.range((group, lo)..).map_err(|e| self.err(e))? {
@@ -720,7 +819,7 @@ impl Store {
 
     /// Entries of `group` with a sequence number above `after`, in sequence order.
     pub fn since(&self, group: &str, after: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
         let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -742,7 +841,7 @@ impl Store {
 
     /// The highest sequence number of an entry of `group` (0 when it has none).
     pub fn group_head(&self, group: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
         let mut r = bs
             .range((group, 0u64)..=(group, u64::MAX))
@@ -755,7 +854,7 @@ impl Store {
 
     /// Number of entries of `group` with a sequence number above `after` (O(that number)).
     pub fn count_since(&self, group: &str, after: u64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
         let mut n = 0;
         for item in bs
@@ -770,7 +869,7 @@ impl Store {
 
     /// Number and bytes of the entries of `group` above `after` (O(that number)).
     pub fn pending_since(&self, group: &str, after: u64) -> Result<(u64, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
         let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
         let (mut n, mut bytes) = (0, 0);
@@ -792,7 +891,7 @@ impl Store {
 
     /// The counters of `group`.
     pub fn stats(&self, group: &str) -> Result<GroupStats, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(STATS).map_err(|e| self.err(e))?;
         Ok(t.get(group)
             .map_err(|e| self.err(e))?
@@ -808,7 +907,7 @@ impl Store {
         changes: Vec<Change>,
         extras: Extras,
     ) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let seq;
         let bulk = changes.len() >= DEFER_MIN;
         let mut ops = ChunkOps::new();
@@ -897,6 +996,10 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
             meta.insert("seq", next).map_err(|e| self.err(e))?;
+            // when this index last recorded a change, in Unix seconds (`status` without a
+            // daemon shows it; the file's own time moves whenever anything opens it)
+            meta.insert("written", now / 1_000_000)
+                .map_err(|e| self.err(e))?;
             stats_t
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;
@@ -996,7 +1099,7 @@ impl Store {
         if extras.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut ops = ChunkOps::new();
         let mut sums = summary::Ops::default();
         self.write_extras(&tx, group, extras, &mut ops, &mut sums)?;
@@ -1088,7 +1191,7 @@ impl Store {
         if self.lock_pending().ops.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let staged = self.stage_chunks(&tx, ChunkOps::new(), true)?;
         tx.commit().map_err(|e| self.err(e))?;
         staged.done();
@@ -1099,7 +1202,7 @@ impl Store {
     /// again, from `items`.
     fn rebuild_chunks_if_pending(&self) -> Result<(), StoreError> {
         let pending = {
-            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let tx = self.begin_read()?;
             let meta = tx.open_table(META).map_err(|e| self.err(e))?;
             meta.get("chunks_pending")
                 .map_err(|e| self.err(e))?
@@ -1109,7 +1212,7 @@ impl Store {
             return Ok(());
         }
         let t0 = std::time::Instant::now();
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut n = 0u64;
         {
             let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -1151,7 +1254,7 @@ impl Store {
                 len: *len,
             }));
         }
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
         Ok(t.get(hash).map_err(|e| self.err(e))?.map(|v| {
             let (g, p, o, l) = v.value();
@@ -1166,7 +1269,7 @@ impl Store {
 
     /// Highest seq of ours that `peer` confirmed for `group`.
     pub fn acked(&self, peer: &str, group: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
         Ok(t.get((peer, group))
             .map_err(|e| self.err(e))?
@@ -1177,7 +1280,7 @@ impl Store {
     /// Remember that `peer` confirmed our items of `group` up to `seq` (not fsynced: a crash
     /// may lose the latest, which only makes `status` count some items as pending again).
     pub fn set_acked(&self, peer: &str, group: &str, seq: u64) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.begin_write()?;
         {
             let mut t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
             t.insert((peer, group), seq).map_err(|e| self.err(e))?;
@@ -1189,7 +1292,7 @@ impl Store {
 
     /// What we have applied of `peer`'s items of `group`: (its incarnation then, seq).
     pub fn peer_position(&self, peer: &str, group: &str) -> Result<(u64, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(PEERS).map_err(|e| self.err(e))?;
         Ok(t.get((peer, group))
             .map_err(|e| self.err(e))?
@@ -1199,7 +1302,7 @@ impl Store {
 
     /// The recorded conflict of one key, if any.
     pub fn conflict(&self, group: &str, key: &[u8]) -> Result<Option<ConflictInfo>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
         self.conflict_in(&t, group, key)
     }
@@ -1224,7 +1327,7 @@ impl Store {
 
     /// All recorded conflicts: (group, key, info).
     pub fn conflicts(&self) -> Result<Vec<(String, Vec<u8>, ConflictInfo)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(CONFLICTS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
@@ -1240,7 +1343,7 @@ impl Store {
 
     /// Items of `group` set aside.
     pub fn aside(&self, group: &str) -> Result<Vec<Aside>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(ASIDE).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         let lo: &[u8] = &[];
@@ -1259,8 +1362,9 @@ impl Store {
     /// confirmed them), except those of paths with an item set aside here. Returns how many
     /// went.
     pub fn collect_tombstones(&self, group: &str, upto: u64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut n = 0u64;
+        let mut floor = 0u64;
         {
             let mut tombs = tx.open_table(TOMBS).map_err(|e| self.err(e))?;
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -1310,20 +1414,41 @@ impl Store {
                     stats.tombstones = stats.tombstones.saturating_sub(1);
                     n += 1;
                 }
+                floor = floor.max(seq);
             }
             stats_t
                 .insert(group, stats.tuple())
                 .map_err(|e| self.err(e))?;
+            let mut col = tx.open_table(COLLECTED).map_err(|e| self.err(e))?;
+            let was = col
+                .get(group)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if floor > was {
+                col.insert(group, floor).map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n)
+    }
+
+    /// The highest seq of `group` whose tombstone was collected here (0: none): a peer whose
+    /// position is below it would miss deletions if it were only sent what came after.
+    pub fn collected_floor(&self, group: &str) -> Result<u64, StoreError> {
+        let tx = self.begin_read()?;
+        let t = tx.open_table(COLLECTED).map_err(|e| self.err(e))?;
+        Ok(t.get(group)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     /// Forget everything of `group` on this node (`clustersync reset`): its items, positions,
     /// acknowledgements, conflicts, set-aside items and counters, and renew its incarnation.
     /// Files on disk are not touched.
     pub fn reset_group(&self, group: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         // pending chunk rows go to the table first, where the group's are removed below
         let staged = self.stage_chunks(&tx, ChunkOps::new(), true)?;
         let mut n = 0u64;
@@ -1381,6 +1506,10 @@ impl Store {
                     t.remove((p.as_str(), group)).map_err(|e| self.err(e))?;
                 }
             }
+            tx.open_table(COLLECTED)
+                .map_err(|e| self.err(e))?
+                .remove(group)
+                .map_err(|e| self.err(e))?;
             {
                 let mut t = tx.open_table(ACKED).map_err(|e| self.err(e))?;
                 let ks: Vec<String> = t
@@ -1422,7 +1551,7 @@ impl Store {
     /// The root of `group`'s summary: the sum of the digests of every counted item, and how
     /// many there are ([`summary`]).
     pub fn summary_root(&self, group: &str) -> Result<summary::Sum, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let (rows, _) = summary::rows(&tx, &self.path, group, summary::TOP, &[], None, 1)?;
         Ok(rows.first().map(|r| r.sum).unwrap_or_default())
     }
@@ -1438,20 +1567,20 @@ impl Store {
         hi: Option<&[u8]>,
         max: usize,
     ) -> Result<(Vec<summary::Row>, bool), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         summary::rows(&tx, &self.path, group, level, lo, hi, max)
     }
 
     /// Recompute `group`'s summary from its items and compare: the first row that differs
     /// (level, encoded key, stored, computed), or `None` when the table is right.
     pub fn summary_check(&self, group: &str) -> Result<Option<summary::Mismatch>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         summary::check(&tx, &self.path, group)
     }
 
     /// Groups that have entries in this index.
     pub fn groups(&self) -> Result<Vec<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(STATS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
@@ -1748,7 +1877,11 @@ mod tests {
     }
 
     /// (row in `chunks4`, `chunks_pending` set), read from the database itself.
-    fn on_disk(db: &Database, h: &Hash) -> (bool, bool) {
+    fn on_disk(st: &Store, h: &Hash) -> (bool, bool) {
+        st.with_db(|db| Ok(on_disk_db(db, h))).unwrap()
+    }
+
+    fn on_disk_db(db: &Database, h: &Hash) -> (bool, bool) {
         let tx = db.begin_read().unwrap();
         let row = tx.open_table(CHUNKS).unwrap().get(h).unwrap().is_some();
         let meta = tx.open_table(META).unwrap();
@@ -1765,7 +1898,7 @@ mod tests {
         let ix = Store::open(&p).unwrap();
         ix.commit("g", bulk(0, DEFER_MIN), Extras::default())
             .unwrap();
-        assert_eq!(on_disk(&ix.db, &hash_of(3)), (false, true), "deferred");
+        assert_eq!(on_disk(&ix, &hash_of(3)), (false, true), "deferred");
         let found = ix.chunk_location(&hash_of(3)).unwrap().unwrap();
         assert_eq!((found.key.as_slice(), found.len), (&b"/r/f3"[..], 5));
         // a second bulk commit replaces f3's content: its old row is gone for readers too
@@ -1781,15 +1914,15 @@ mod tests {
         );
         // a small commit writes everything pending
         ix.commit("g", bulk(10_000, 1), Extras::default()).unwrap();
-        assert_eq!(on_disk(&ix.db, &hash_of(DEFER_MIN + 1)), (true, false));
-        assert_eq!(on_disk(&ix.db, &[7; 32]), (true, false));
-        assert_eq!(on_disk(&ix.db, &hash_of(3)), (false, false), "removed");
+        assert_eq!(on_disk(&ix, &hash_of(DEFER_MIN + 1)), (true, false));
+        assert_eq!(on_disk(&ix, &[7; 32]), (true, false));
+        assert_eq!(on_disk(&ix, &hash_of(3)), (false, false), "removed");
         // closing writes them
         ix.commit("g", bulk(20_000, DEFER_MIN), Extras::default())
             .unwrap();
         drop(ix);
         let db = Database::open(&p).unwrap();
-        assert_eq!(on_disk(&db, &hash_of(20_005)), (true, false));
+        assert_eq!(on_disk_db(&db, &hash_of(20_005)), (true, false));
         drop(db);
         // a crash: the pending rows die with the process
         let ix = Store::open(&p).unwrap();
@@ -1798,10 +1931,10 @@ mod tests {
         ix.lock_pending().ops.clear();
         drop(ix);
         let db = Database::open(&p).unwrap();
-        assert_eq!(on_disk(&db, &hash_of(30_005)), (false, true));
+        assert_eq!(on_disk_db(&db, &hash_of(30_005)), (false, true));
         drop(db);
         let ix = Store::open(&p).unwrap();
-        assert_eq!(on_disk(&ix.db, &hash_of(30_005)), (true, false), "rebuilt");
+        assert_eq!(on_disk(&ix, &hash_of(30_005)), (true, false), "rebuilt");
         for i in [0, 5, DEFER_MIN + 2, 10_000, 20_001, 30_000 + DEFER_MIN - 1] {
             assert!(ix.chunk_location(&hash_of(i)).unwrap().is_some(), "{i}");
         }
@@ -1814,6 +1947,6 @@ mod tests {
             .unwrap();
         ix.reset_group("g").unwrap();
         assert_eq!(ix.chunk_location(&hash_of(40_001)).unwrap(), None);
-        assert_eq!(on_disk(&ix.db, &hash_of(40_001)), (false, false));
+        assert_eq!(on_disk(&ix, &hash_of(40_001)), (false, false));
     }
 }

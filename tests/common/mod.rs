@@ -214,6 +214,8 @@ pub struct Node {
     pub child: Option<Child>,
     pub proxy: Option<Proxy>,
     pub env: Vec<(String, String)>,
+    /// The binary this node's daemon and commands run ([`Cluster::set_bin`]; default [`bin`]).
+    pub bin: Option<String>,
 }
 
 /// A cluster of test nodes sharing one config file.
@@ -285,6 +287,7 @@ impl Cluster {
                 child: None,
                 proxy,
                 env: vec![],
+                bin: None,
             });
         }
         let mut cfg = String::new();
@@ -441,6 +444,12 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Run node `name` (daemon and commands) with another binary from its next start, e.g. a
+    /// previous release for a mixed-release cluster; `None`: the harness's [`bin`].
+    pub fn set_bin(&mut self, name: &str, path: Option<&str>) {
+        self.node_mut(name).bin = path.map(str::to_owned);
+    }
+
     pub fn set_env(&mut self, name: &str, k: &str, v: &str) {
         self.node_mut(name).env.push((k.into(), v.into()));
     }
@@ -461,7 +470,7 @@ impl Cluster {
             .unwrap();
         let n = self.node_mut(name);
         assert!(n.child.is_none(), "{name} already running");
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(n.bin.as_deref().unwrap_or(bin()));
         cmd.arg("-c")
             .arg(&cfg)
             .args(["--node", name, "--state-dir"])
@@ -558,7 +567,7 @@ impl Cluster {
     /// Run a CLI command as node `name`.
     pub fn cli(&self, name: &str, args: &[&str]) -> Output {
         let n = self.node(name);
-        Command::new(bin())
+        Command::new(n.bin.as_deref().unwrap_or(bin()))
             .arg("-c")
             .arg(&self.cfg)
             .args(["--node", name, "--state-dir"])

@@ -1,265 +1,57 @@
-//! The accounts pseudo-group's lane (SPEC §5.7): each managed user and group is an item (key
-//! `user/NAME` or `group/NAME`, body [`Body::User`]/[`Body::Group`]) that rides the same
-//! version vectors, index, protocol, conflicts and audit log as files.
+//! The accounts pseudo-group as a domain of the lane's one pipeline (SPEC §5.7). All account
+//! logic is in [`crate::accounts::sync`]; this file moves its inputs and outputs between the
+//! index, the lane core, the audit log and the log.
 //!
-//! - **Detect**: a scan reads `<root>/etc/{passwd,group,shadow,gshadow}` through
-//!   [`AccountDb::read`] and compares each managed account with its index item; a difference
-//!   is a new local version, an account gone from the files a tombstone (one that could not be
-//!   read is never taken for deleted). The watcher reports writes and renames into `<root>/etc`;
-//!   a timer compares the files' stat every second as a safety net.
-//! - **Apply**: a peer's items are validated as account records ([`validate_change`]; a bad one
-//!   refuses the whole batch, closes the link and is audited without its content), decided like
-//!   any item (policy `newest`: the change made last by its origin's clock), and written in one
-//!   [`AccountDb::apply`]: the shadow-utils lock, atomic rewrites, `-` backups. A collision
-//!   with a different local account, or a refusal, sets the item aside (visible in `status`,
-//!   audited, logged at ERROR naming both accounts) and it is tried again. File owners given by
-//!   name are fixed in every file group once their accounts exist.
-//! - Password hashes never reach a log line or the audit log: only names and versions do.
+//! - **check**: each item of a peer's batch is validated ([`validate_item`]); a refused one is
+//!   audited and dropped, never a reason to close the link. A peer of the previous release
+//!   (protocol 4) sends account items this release does not apply: its batches are held
+//!   (neither applied nor acknowledged) until it is upgraded, and status says so.
+//! - **observe**: the account files are scanned first ([`Accounts::detect`], committed as
+//!   local changes), so a tool's change is decided against, never overwritten unseen; then the
+//!   index entries of the batch's keys.
+//! - **plan** ([`AccountsPlanner`], pure): [`plan`] merges by the accounts' own rules (the time
+//!   a change was made, member sets that merge without conflicts); conflicts are recorded with
+//!   what the loser had.
+//! - **apply**: [`Accounts::apply`] writes the four files once under the shadow-utils locks; per
+//!   item: applied, set aside (a collision with a local account is also a conflict record),
+//!   applied in part (members waiting for their users), or kept here (a group still some user's
+//!   primary group) and announced as a new version of ours.
+//! - Password hashes never reach a log line or the audit log: only names, ids and versions do.
 
-use super::Lane;
-use crate::accounts::{AccountDb, AccountId, Change, Snapshot, validate_change};
-use crate::engine::decide::{Decision, Policy, decide};
+use super::LaneState;
+use super::core::{Failure, Outcome, ScanReport, Source};
+use super::domain::{Applied, Checked, Domain, ObserveError, ScanRequest};
+use super::plan::{Incoming, Observed, Plan, PlanCtx, Planner, Step};
+use crate::accounts::sync::summary;
+use crate::accounts::{
+    Account, AccountDb, AccountId, Accounts, Check, Decision, IndexRead, Outcome as AccOutcome,
+    keep_local, plan, validate_item,
+};
 use crate::engine::group::GroupRt;
-use crate::engine::link::{Link, lock};
 use crate::engine::node::{Ctx, unix_now};
+use crate::engine::peer::lock;
 use crate::item::{Body, Entry, Item};
-use crate::net::protocol::{Msg, WireItem};
-use crate::store::{Aside, Change as StoreChange, Extras, StoreError};
+use crate::net::protocol::WireItem;
+use crate::store::{Change as StoreChange, ConflictInfo, Extras};
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// The item key of an account.
 pub fn key_of(id: &AccountId) -> Vec<u8> {
-    match id {
-        AccountId::User(n) => format!("user/{n}").into_bytes(),
-        AccountId::Group(n) => format!("group/{n}").into_bytes(),
-    }
+    id.key()
 }
 
 /// The account a key names.
 pub fn id_of(key: &[u8]) -> Option<AccountId> {
-    let s = std::str::from_utf8(key).ok()?;
-    if let Some(n) = s.strip_prefix("user/") {
-        return Some(AccountId::User(n.to_string()));
-    }
-    s.strip_prefix("group/")
-        .map(|n| AccountId::Group(n.to_string()))
+    AccountId::from_key(key)
 }
 
-/// The change that puts `item` in place (or removes its account).
-fn change_of(item: &Item) -> Option<Change> {
-    match (&item.body, id_of(&item.key)?) {
-        (Some(Body::User(u)), AccountId::User(n)) if u.name == n => Some(Change::User(u.clone())),
-        (Some(Body::Group(g)), AccountId::Group(n)) if g.name == n => {
-            Some(Change::Group(g.clone()))
-        }
-        (None, AccountId::User(n)) => Some(Change::DeleteUser(n)),
-        (None, AccountId::Group(n)) => Some(Change::DeleteGroup(n)),
-        _ => None,
-    }
-}
-
-/// Check a peer's account item before anything uses it.
-pub fn validate_item(
-    g: &GroupRt,
-    w: &WireItem,
-    known_node: &dyn Fn(&str) -> bool,
-) -> Result<(), String> {
-    let i = &w.item;
-    let Some(policy) = &g.accounts else {
-        return Err("not the accounts group".into());
-    };
-    if w.inline.is_some() {
-        return Err("content attached to an account".into());
-    }
-    if !known_node(&i.origin) || !g.cfg.nodes.contains(&i.origin) {
-        return Err(format!(
-            "origin {:?} is not a member of [accounts]",
-            i.origin
-        ));
-    }
-    if i.version.len() > 1024
-        || i.version.0.keys().any(|k| k.len() > 255)
-        || i.version.is_empty()
-        || i.version
-            .0
-            .values()
-            .any(|c| *c > crate::engine::apply::max_counter())
-    {
-        return Err("bad version vector".into());
-    }
-    if i.beat.len() > 1024 {
-        return Err("oversized list of beaten nodes".into());
-    }
-    let change = change_of(i).ok_or("key and record do not match")?;
-    validate_change(&change, &policy.set).map_err(|e| e.to_string())
-}
-
-fn read_snapshot(ctx: &Ctx, g: &GroupRt) -> Result<Snapshot, String> {
-    let Some(policy) = &g.accounts else {
-        return Err("not the accounts group".into());
-    };
-    let mut policy = policy.clone();
-    // groups the index holds stay managed while they exist
-    let mut kept = Vec::new();
-    let _ = ctx.store.for_each(g.name(), |e| {
-        if let Some(Body::Group(gr)) = &e.item.body {
-            kept.push(gr.name.clone());
-        }
-        true
-    });
-    policy.set.keep_groups(kept);
-    AccountDb::new(&ctx.root)
-        .read(&policy)
-        .map_err(|e| e.to_string())
-}
-
-/// Is the index body `known` what the files show (`now`), apart from memberships in groups
-/// that do not exist here (a user applied before its groups)?
-fn same_account(known: &Body, now: &Body, local_groups: &BTreeSet<String>) -> bool {
-    match (known, now) {
-        (Body::User(a), Body::User(b)) => {
-            let mut a = a.clone();
-            a.groups.retain(|x| local_groups.contains(x));
-            let mut b = b.clone();
-            b.groups.retain(|x| local_groups.contains(x));
-            a == b
-        }
-        (a, b) => a == b,
-    }
-}
-
-/// Compare the account files with the index and commit new versions (blocking).
-fn scan(ctx: &Ctx, g: &GroupRt) -> Result<u64, String> {
-    let snap = read_snapshot(ctx, g)?;
-    for p in &snap.problems {
-        tracing::warn!(group = %g.name(), "accounts: {p:?}");
-    }
-    let local_groups: BTreeSet<String> = group_names(&ctx.root);
-    let clock = crate::item::version::clock_ms();
-    let mut changes = Vec::new();
-    let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let bodies = snap
-        .users
-        .values()
-        .map(|u| (AccountId::User(u.name.clone()), Body::User(u.clone())))
-        .chain(
-            snap.groups
-                .values()
-                .map(|gr| (AccountId::Group(gr.name.clone()), Body::Group(gr.clone()))),
-        );
-    for (id, body) in bodies {
-        let key = key_of(&id);
-        seen.insert(key.clone());
-        let old = ctx.store.get(g.name(), &key).map_err(|e| e.to_string())?;
-        let same = old
-            .as_ref()
-            .and_then(|o| o.item.body.as_ref())
-            .is_some_and(|b| same_account(b, &body, &local_groups));
-        if same {
-            continue;
-        }
-        let mut version = old.map(|o| o.item.version).unwrap_or_default();
-        version.bump(&ctx.name, clock);
-        changes.push(StoreChange {
-            entry: Entry::new(Item {
-                key,
-                version,
-                origin: ctx.name.clone(),
-                body: Some(body),
-                beat: vec![],
-            }),
-            announce: true,
-        });
-    }
-    let unreadable: BTreeSet<Vec<u8>> = snap.unreadable().map(key_of).collect();
-    let mut gone = Vec::new();
-    ctx.store
-        .for_each(g.name(), |e| {
-            if !e.item.is_deleted()
-                && !seen.contains(&e.item.key)
-                && !unreadable.contains(&e.item.key)
-            {
-                gone.push(e.clone());
-            }
-            true
-        })
-        .map_err(|e| e.to_string())?;
-    for e in gone {
-        let mut version = e.item.version.clone();
-        version.bump(&ctx.name, clock);
-        changes.push(StoreChange {
-            entry: Entry::new(Item {
-                key: e.item.key,
-                version,
-                origin: ctx.name.clone(),
-                body: None,
-                beat: vec![],
-            }),
-            announce: true,
-        });
-    }
-    if changes.is_empty() {
-        return Ok(0);
-    }
-    for c in &changes {
-        let kind = if c.entry.item.is_deleted() {
-            "local-delete"
-        } else {
-            "local-change"
-        };
-        ctx.audit_item(g.name(), kind, &c.entry.item, None);
-        tracing::info!(group = %g.name(), "{} {}", describe(&c.entry.item), if c.entry.item.is_deleted() { "deleted here" } else { "changed here" });
-    }
-    ctx.store
-        .commit(g.name(), changes, Extras::default())
-        .map_err(|e| e.to_string())
-}
-
-/// The keys of `deletions` that name an account existing here that is not managed (a peer
-/// may only delete managed accounts).
-fn unmanaged_deletions(ctx: &Ctx, g: &GroupRt, deletions: &[Item]) -> BTreeSet<Vec<u8>> {
-    if deletions.is_empty() {
-        return BTreeSet::new();
-    }
-    let Ok(snap) = read_snapshot(ctx, g) else {
-        return BTreeSet::new();
-    };
-    let users = names_in(&ctx.root.join("etc/passwd"));
-    let groups = names_in(&ctx.root.join("etc/group"));
-    deletions
-        .iter()
-        .filter(|i| match id_of(&i.key) {
-            Some(AccountId::User(n)) => users.contains(&n) && !snap.users.contains_key(&n),
-            Some(AccountId::Group(n)) => groups.contains(&n) && !snap.groups.contains_key(&n),
-            None => true,
-        })
-        .map(|i| i.key.clone())
-        .collect()
-}
-
-/// The names of the entries of a passwd-like file.
-fn names_in(file: &std::path::Path) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(':').next())
-        .filter(|n| {
-            !n.is_empty() && !n.starts_with('#') && !n.starts_with('+') && !n.starts_with('-')
-        })
-        .map(String::from)
-        .collect()
-}
-
-/// `user niden` / `group devs`.
+/// `user "niden"` / `group "devs"` / `members of group "devs"`.
 pub fn describe(item: &Item) -> String {
     id_of(&item.key)
         .map(|i| i.to_string())
         .unwrap_or_else(|| item.show().into_owned())
-}
-
-fn group_names(root: &std::path::Path) -> BTreeSet<String> {
-    names_in(&root.join("etc/group"))
 }
 
 /// The stat of the four files, to notice changes cheaply.
@@ -275,319 +67,774 @@ pub fn files_stamp(root: &std::path::Path) -> Vec<(u64, i64, i64, u64)> {
         .collect()
 }
 
-impl Lane {
-    /// Scan the account files.
-    pub(super) async fn accounts_scan(&mut self) {
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        self.accounts_stamp = files_stamp(&ctx.root);
-        match tokio::task::spawn_blocking(move || scan(&ctx, &g)).await {
-            Ok(Ok(head)) => self.publish(head),
-            Ok(Err(e)) => tracing::error!(group = %self.name(), "reading the account files: {e}"),
-            Err(e) => tracing::error!(group = %self.name(), "account scan: {e}"),
-        }
+/// Whether a conflict record is a collision (a different local account in the way), which
+/// `status` counts as "not applied" (exit 1), not as an unresolved conflict (exit 3).
+pub fn is_collision(c: &ConflictInfo) -> bool {
+    !c.resolved
+        && c.kept_as
+            .as_deref()
+            .is_some_and(|k| k.starts_with("collision: "))
+}
+
+/// The index entries of the accounts group, for detect.
+struct StoreIndex<'a> {
+    ctx: &'a Ctx,
+    group: &'a str,
+}
+
+impl IndexRead for StoreIndex<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String> {
+        self.ctx
+            .store
+            .get(self.group, key)
+            .map(|e| e.map(|e| e.item))
+            .map_err(|e| e.to_string())
     }
 
-    /// The account files changed since the last scan (their stat).
-    pub(super) fn accounts_touched(&self) -> bool {
-        files_stamp(&self.ctx.root) != self.accounts_stamp
+    fn all(&mut self) -> Result<Vec<Item>, String> {
+        let mut v = Vec::new();
+        self.ctx
+            .store
+            .for_each(self.group, |e| {
+                v.push(e.item.clone());
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(v)
     }
+}
 
-    /// A peer's batch of account items.
-    pub(super) async fn accounts_remote(
-        &mut self,
-        link: Arc<Link>,
-        items: Vec<WireItem>,
-        through: u64,
-    ) {
-        let group = self.name().to_string();
-        let known = |n: &str| self.ctx.cfg.nodes.contains_key(n);
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let deletions: Vec<Item> = items
-            .iter()
-            .filter(|w| w.item.is_deleted())
-            .map(|w| w.item.clone())
-            .collect();
-        let unmanaged =
-            tokio::task::spawn_blocking(move || unmanaged_deletions(&ctx, &g, &deletions))
-                .await
-                .unwrap_or_default();
-        for w in &items {
-            let check = validate_item(&self.g, w, &known).and_then(|()| {
-                if unmanaged.contains(&w.item.key) {
-                    Err("it deletes an account this node does not manage".to_string())
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = check {
-                let msg = format!("refused account record {}: {e}", describe(&w.item));
-                tracing::error!(peer = %link.peer, group = %group, "{msg}; closing the link");
-                self.ctx
-                    .audit_refused_item(&group, &w.item.key, &link.peer, &msg);
-                let _ = link.send(Msg::Bye { reason: msg }).await;
-                link.close();
-                return;
+/// Whether the index holds no account item yet (the node joins accounts as new).
+fn index_empty(ctx: &Ctx, group: &str) -> bool {
+    let mut any = false;
+    let _ = ctx.store.for_each(group, |_| {
+        any = true;
+        false
+    });
+    !any
+}
+
+/// Read the files, commit what changed here, write the canonical layout (blocking). Returns
+/// the head after the commit and the problems to show.
+fn scan(ctx: &Ctx, g: &GroupRt, acc: &Mutex<Accounts>) -> Result<(u64, Vec<String>), String> {
+    let name = g.name();
+    let db = AccountDb::new(&ctx.root);
+    let mut a = lock(acc);
+    let read = a.read(&db).map_err(|e| e.to_string())?;
+    if let Some(r) = &read.recovery {
+        tracing::warn!(
+            group = name,
+            "an interrupted write of the account files was finished ({:?} completed, {:?} abandoned)",
+            r.completed,
+            r.abandoned
+        );
+    }
+    let adopt = a.first_detect() && index_empty(ctx, name);
+    let det = a
+        .detect(
+            &read,
+            &mut StoreIndex { ctx, group: name },
+            crate::item::version::clock_ms(),
+            adopt,
+        )
+        .map_err(|e| e.to_string())?;
+    let mut head = 0;
+    if !det.changes.is_empty() {
+        let n = det.changes.len();
+        let kind = |i: &Item| {
+            if det.adopted {
+                "adopt"
+            } else if i.is_deleted() {
+                "local-delete"
+            } else {
+                "local-change"
             }
-        }
-        let inc = link.peer_inc(&group);
-        let batch = items
-            .into_iter()
-            .map(|w| (w.item, (link.peer.clone(), inc), 0))
-            .collect();
-        self.accounts_apply(batch, Some((link.peer.clone(), inc, through)))
-            .await;
-        {
-            let mut r = lock(&link.remote);
-            let e = r.entry(group.clone()).or_default();
-            e.applied = e.applied.max(through);
-        }
-        let _ = link.send(Msg::Ack { group, through }).await;
-    }
-
-    /// Account items a comparison with a peer found different (validated): decided like a
-    /// batch of that peer, with no position.
-    pub(super) async fn accounts_found(&mut self, from: (String, u64), items: Vec<WireItem>) {
-        let batch: Vec<_> = items
-            .into_iter()
-            .map(|w| (w.item, from.clone(), 0))
-            .collect();
-        if !batch.is_empty() {
-            self.accounts_apply(batch, None).await;
-        }
-    }
-
-    /// Set-aside account items whose next try is due.
-    pub(super) async fn accounts_retry(&mut self) {
-        let ctx = self.ctx.clone();
-        let name = self.name().to_string();
-        let Ok(Ok(all)) = tokio::task::spawn_blocking(move || ctx.store.aside(&name)).await else {
-            return;
         };
-        let batch: Vec<_> = all
+        ctx.audit_items(name, det.changes.iter().map(|i| (kind(i), i, None)));
+        if det.adopted {
+            tracing::info!(
+                group = name,
+                "joined accounts as new: {n} accounts found here, kept unversioned (any change made elsewhere wins over them)"
+            );
+        } else if n <= 20 {
+            for i in &det.changes {
+                let what = if i.is_deleted() {
+                    "deleted here"
+                } else {
+                    "changed here"
+                };
+                tracing::info!(group = name, "{} {what}", describe(i));
+            }
+        } else {
+            tracing::info!(group = name, "{n} account items changed here");
+        }
+        let changes = det
+            .changes
             .into_iter()
-            .map(|a| (a.item, (a.peer, a.peer_inc), a.attempts))
+            .map(|i| StoreChange {
+                entry: Entry::new(i),
+                announce: true,
+            })
             .collect();
-        if !batch.is_empty() {
-            self.accounts_apply(batch, None).await;
+        match ctx.store.commit(name, changes, Extras::default()) {
+            Ok(h) => head = h,
+            Err(e) => {
+                a.forget();
+                return Err(e.to_string());
+            }
+        }
+    }
+    if let Some(c) = det.canonical {
+        match db.write(&read, &c) {
+            Ok(crate::accounts::Written::Done { files, locked, set }) => {
+                tracing::debug!(
+                    group = name,
+                    "account files put in canonical order ({files:?}, locks held {locked:?})"
+                );
+                a.written(set);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                group = name,
+                "writing the account files in canonical order: {e}"
+            ),
+        }
+    }
+    Ok((head, det.problems))
+}
+
+/// `clustersync resolve user/NAME --keep NODE` (blocking): the chosen version becomes a new
+/// version of this node, which descends from every competing one, so every node takes it.
+fn resolve(
+    ctx: &Ctx,
+    g: &GroupRt,
+    acc: &Mutex<Accounts>,
+    key: Vec<u8>,
+    keep: &str,
+) -> Result<String, String> {
+    let name = g.name();
+    let id = id_of(&key).ok_or_else(|| {
+        format!(
+            "{} is not an account (user/NAME, group/NAME)",
+            String::from_utf8_lossy(&key)
+        )
+    })?;
+    let info = ctx
+        .store
+        .conflict(name, &key)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no conflict on {id} on this node (see `clustersync conflicts`)"))?;
+    if is_collision(&info) {
+        return Err(format!(
+            "{id} is a collision with a local account on this node, which no version choice settles: {}",
+            info.kept_as.unwrap_or_default()
+        ));
+    }
+    let local = ctx
+        .store
+        .get(name, &key)
+        .map_err(|e| e.to_string())?
+        .map(|e| e.item);
+    let (item, chosen) = resolution(ctx, &id, &info, local, key, keep)?;
+    let db = AccountDb::new(&ctx.root);
+    for _ in 0..4 {
+        scan(ctx, g, acc)?;
+        let r = lock(acc)
+            .apply(
+                &db,
+                std::slice::from_ref(&item),
+                crate::accounts::store::today(),
+            )
+            .map_err(|e| e.to_string())?;
+        if r.stale {
+            continue;
+        }
+        if let Some(AccOutcome::Aside { reason, .. }) = r.outcomes.first() {
+            return Err(format!(
+                "{id}: {keep}'s version cannot be applied here: {reason}"
+            ));
+        }
+        commit_resolution(ctx, name, item, info, keep)?;
+        return Ok(format!(
+            "{id}: {keep}'s version kept ({}); it is sent to every node",
+            summary(&chosen)
+        ));
+    }
+    Err("the account files kept changing; try again".into())
+}
+
+/// The item a resolution puts in place (a new version of this node over every competing one,
+/// with `keep`'s body made now), and the version chosen.
+fn resolution(
+    ctx: &Ctx,
+    id: &AccountId,
+    info: &ConflictInfo,
+    local: Option<Item>,
+    key: Vec<u8>,
+    keep: &str,
+) -> Result<(Item, Item), String> {
+    let chosen = if keep == ctx.name {
+        local
+            .clone()
+            .filter(|l| l.origin == ctx.name)
+            .or_else(|| info.versions.iter().find(|v| v.origin == keep).cloned())
+    } else {
+        info.versions.iter().find(|v| v.origin == keep).cloned()
+    }
+    .ok_or_else(|| {
+        let have: BTreeSet<&str> = info.versions.iter().map(|v| v.origin.as_str()).collect();
+        format!(
+            "no version from {keep} in the conflict on {id} (versions from: {})",
+            have.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let mut version = local.map(|l| l.version).unwrap_or_default();
+    for v in &info.versions {
+        version.merge(&v.version);
+    }
+    let now = crate::item::version::clock_ms();
+    version.bump(&ctx.name, now);
+    let made = i64::try_from(now).unwrap_or(i64::MAX);
+    let body = chosen.body.clone().map(|b| match b {
+        Body::Account(Account::User { user, .. }) => Body::Account(Account::User { user, made }),
+        Body::Account(Account::Group { group, .. }) => {
+            Body::Account(Account::Group { group, made })
+        }
+        other => other,
+    });
+    let item = Item {
+        key,
+        version,
+        origin: ctx.name.clone(),
+        body,
+        beat: Vec::new(),
+    };
+    Ok((item, chosen))
+}
+
+/// Record a resolution applied: the new version, the conflict settled.
+fn commit_resolution(
+    ctx: &Ctx,
+    group: &str,
+    item: Item,
+    info: ConflictInfo,
+    keep: &str,
+) -> Result<(), String> {
+    let key = item.key.clone();
+    let extras = Extras {
+        conflicts: vec![(
+            key.clone(),
+            Some(ConflictInfo {
+                resolved: true,
+                winner: keep.to_string(),
+                kept_as: Some(format!(
+                    "resolved by hand on {}: {keep}'s version kept",
+                    ctx.name
+                )),
+                time: unix_now(),
+                ..info
+            }),
+        )],
+        aside_remove: vec![key],
+        ..Default::default()
+    };
+    ctx.audit_item(group, "resolve", &item, None);
+    ctx.store
+        .commit(
+            group,
+            vec![StoreChange {
+                entry: Entry::new(item),
+                announce: true,
+            }],
+            extras,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The accounts pseudo-group as a domain.
+pub struct AccountsDomain {
+    ctx: Arc<Ctx>,
+    g: Arc<GroupRt>,
+    head: Arc<watch::Sender<u64>>,
+    state: Arc<LaneState>,
+    /// Account sync's state between calls (what the files held, what was written).
+    acc: Mutex<Accounts>,
+    /// The stat of the account files at the last scan.
+    stamp: Mutex<Vec<(u64, i64, i64, u64)>>,
+    /// Called once accounts were applied: file owners given by name may resolve now.
+    on_applied: Box<dyn Fn() + Send + Sync>,
+}
+
+impl AccountsDomain {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        g: Arc<GroupRt>,
+        head: Arc<watch::Sender<u64>>,
+        state: Arc<LaneState>,
+        on_applied: Box<dyn Fn() + Send + Sync>,
+    ) -> AccountsDomain {
+        let policy = g.accounts.clone().unwrap_or(crate::accounts::Policy {
+            set: crate::accounts::ManagedSet::default(),
+            passwords: false,
+            create_home: false,
+        });
+        let acc = Mutex::new(Accounts::new(policy, ctx.name.clone()));
+        AccountsDomain {
+            ctx,
+            g,
+            head,
+            state,
+            acc,
+            stamp: Mutex::new(Vec::new()),
+            on_applied,
         }
     }
 
-    /// Decide, write the account files once, commit.
-    async fn accounts_apply(
-        &mut self,
-        items: Vec<(Item, (String, u64), u32)>,
-        position: Option<(String, u64, u64)>,
-    ) {
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let group = self.name().to_string();
-        if ctx.opts.dry_run {
-            for (i, _, _) in &items {
-                ctx.dry_run_line(if i.is_deleted() { "delete" } else { "receive" }, &i.key);
-            }
-            return;
+    /// Scan the files and commit what changed here (blocking); problems go to `status`.
+    fn scan_now(&self) -> Result<(), String> {
+        *lock(&self.stamp) = files_stamp(&self.ctx.root);
+        let (head, problems) = scan(&self.ctx, &self.g, &self.acc)?;
+        super::publish_head(&self.head, head);
+        let mut p = lock(&self.state.notes);
+        for n in problems.iter().filter(|n| !p.contains(n)) {
+            tracing::warn!(group = %self.g.name(), "accounts: {n}");
         }
-        let r = tokio::task::spawn_blocking(move || -> Result<(u64, usize, bool), StoreError> {
-            let name = g.name();
-            let policy_d = Policy {
-                conflict: &g.cfg.conflict,
-                compare_owner: true,
-                me: &ctx.name,
-            };
-            let mut extras = Extras {
-                position,
-                ..Default::default()
-            };
-            let mut keeps = Vec::new();
-            let mut takes: Vec<(Item, (String, u64), u32, bool)> = Vec::new();
-            for (item, from, attempts) in items {
-                let local = ctx.store.get(name, &item.key)?;
-                match decide(local.as_ref().map(|e| &e.item), &item, &policy_d) {
-                    Decision::Ignore | Decision::Unresolved { .. } => {
-                        extras.aside_remove.push(item.key.clone())
-                    }
-                    Decision::Take { item: t, conflict } => {
-                        if let Some(c) = conflict {
-                            tracing::warn!(
-                                group = name,
-                                "conflict on {}: versions from {}; {} wins (newest)",
-                                describe(&t),
-                                c.nodes.join(" and "),
-                                c.winner.clone().unwrap_or_default()
-                            );
-                            ctx.audit_item(name, "conflict", &t, None);
-                            extras.conflicts.push((
-                                t.key.clone(),
-                                Some(crate::store::ConflictInfo {
-                                    nodes: c.nodes,
-                                    resolved: true,
-                                    winner: c.winner.unwrap_or_default(),
-                                    kept_as: Some(format!(
-                                        "passwd-, shadow-, group-, gshadow- on {}",
-                                        ctx.name
-                                    )),
-                                    time: unix_now(),
-                                    versions: vec![],
-                                }),
-                            ));
-                        }
-                        let as_sent = t.version == item.version;
-                        takes.push((t, from, attempts, as_sent));
-                    }
-                    Decision::Keep { item: k, .. } => {
-                        if let Some(mut e) = local {
-                            e.item = k;
-                            e.from = None;
-                            keeps.push(StoreChange {
-                                entry: e,
-                                announce: true,
-                            });
-                        }
-                    }
-                }
-            }
-            let changes: Vec<Change> = takes.iter().filter_map(|t| change_of(&t.0)).collect();
-            let mut committed = keeps;
-            let mut owners = false;
-            if let Some(policy) = g.accounts.clone()
-                && !changes.is_empty()
-            {
-                let report = AccountDb::new(&ctx.root).apply(&policy, &changes);
-                let report = match report {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(group = name, "applying account changes: {e}");
-                        for (t, from, attempts, _) in takes {
-                            extras.aside_put.push(Aside {
-                                item: t,
-                                peer: from.0,
-                                peer_inc: from.1,
-                                error: e.to_string(),
-                                attempts: attempts + 1,
-                                since: unix_now(),
-                            });
-                        }
-                        let n = ctx.store.commit(name, committed, extras)?;
-                        return Ok((n, ctx.store.aside(name)?.len(), false));
-                    }
-                };
-                let mut failed: std::collections::HashMap<AccountId, String> = Default::default();
-                let collided: BTreeSet<AccountId> = report
-                    .collisions
+        *p = problems;
+        Ok(())
+    }
+
+    /// Write the taken accounts once, under the shadow-utils locks (blocking).
+    fn apply_blocking(&self, steps: &[Step]) -> Vec<Outcome> {
+        let db = AccountDb::new(&self.ctx.root);
+        let items: Vec<Item> = steps.iter().map(|s| s.item.clone()).collect();
+        let r = lock(&self.acc).apply(&db, &items, crate::accounts::store::today());
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(group = %self.g.name(), "applying account items: {e}");
+                return steps
                     .iter()
-                    .map(|c| c.account.clone())
+                    .map(|_| failed(&e.to_string(), false))
                     .collect();
-                for c in &report.collisions {
-                    tracing::error!(group = name, "{c}");
-                    failed.insert(c.account.clone(), c.to_string());
-                }
-                for r in &report.refused {
-                    tracing::error!(group = name, "{r}");
-                    failed.insert(r.account.clone(), r.to_string());
-                }
-                for h in &report.homes {
-                    tracing::info!(group = name, "{h}");
-                }
-                for (t, from, attempts, as_sent) in takes {
-                    let Some(id) = id_of(&t.key) else { continue };
-                    if let Some(why) = failed.get(&id) {
-                        let collision = collided.contains(&id);
-                        if attempts == 0 {
-                            ctx.audit.log(crate::ops::audit::Rec {
-                                group: name,
-                                path: &t.key,
-                                kind: if collision {
-                                    "collision"
-                                } else {
-                                    "not-applied"
-                                },
-                                origin: &t.origin,
-                                version: &t.version.display(),
-                                peer: Some(&from.0),
-                                detail: Some(why),
-                            });
-                        }
-                        if collision {
-                            // reported as a conflict until the administrator settles it
-                            let mut nodes = vec![t.origin.clone(), ctx.name.clone()];
-                            nodes.sort();
-                            nodes.dedup();
-                            extras.conflicts.push((
-                                t.key.clone(),
-                                Some(crate::store::ConflictInfo {
-                                    nodes,
-                                    resolved: false,
-                                    winner: String::new(),
-                                    kept_as: Some(why.clone()),
-                                    time: unix_now(),
-                                    versions: vec![],
-                                }),
-                            ));
-                        }
-                        extras.aside_remove.retain(|k| *k != t.key);
-                        extras.aside_put.push(Aside {
-                            item: t,
-                            peer: from.0,
-                            peer_inc: from.1,
-                            error: why.clone(),
-                            attempts: attempts + 1,
-                            since: unix_now(),
-                        });
-                        continue;
-                    }
-                    owners = true;
-                    // a collision settled by the administrator: no longer a conflict
-                    if ctx
-                        .store
-                        .conflict(name, &t.key)?
-                        .is_some_and(|c| !c.resolved)
-                    {
-                        extras.conflicts.push((t.key.clone(), None));
-                    }
-                    ctx.audit_item(
-                        name,
-                        if t.is_deleted() { "delete" } else { "apply" },
-                        &t,
-                        Some(&from.0),
-                    );
-                    tracing::info!(
-                        group = name,
-                        "{} {} (from {})",
-                        describe(&t),
-                        if t.is_deleted() { "deleted" } else { "applied" },
-                        from.0
-                    );
-                    extras.aside_remove.push(t.key.clone());
-                    let mut e = Entry::new(t);
-                    if as_sent {
-                        e.from = Some(from);
-                    }
-                    committed.push(StoreChange {
-                        entry: e,
-                        announce: true,
-                    });
-                }
             }
-            let n = ctx.store.commit(name, committed, extras)?;
-            Ok((n, ctx.store.aside(name)?.len(), owners))
-        })
-        .await;
-        match r {
-            Ok(Ok((head, aside, owners))) => {
-                self.publish(head);
-                self.state.aside.store(aside as u64, Ordering::Relaxed);
-                self.accounts_stamp = files_stamp(&self.ctx.root);
-                if owners {
-                    // files owned by these accounts get their owner by name now
-                    self.ctx.owners.invalidate();
-                    for l in self.ctx.lanes() {
-                        if !l.group.is_accounts() {
-                            l.owners_changed();
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => tracing::error!(group = %group, "index commit: {e}"),
-            Err(e) => tracing::error!(group = %group, "account apply task: {e}"),
+        };
+        *lock(&self.stamp) = files_stamp(&self.ctx.root);
+        if r.stale {
+            // a tool wrote the files meanwhile: scanned, then tried again shortly
+            return steps
+                .iter()
+                .map(|_| failed("the account files changed meanwhile", true))
+                .collect();
         }
+        if !r.files.is_empty() {
+            tracing::debug!(
+                group = %self.g.name(),
+                "account files written ({:?}, {} items, locks held {:?})",
+                r.files,
+                steps.len(),
+                r.locked
+            );
+        }
+        for h in &r.homes {
+            tracing::info!(group = %self.g.name(), "{h}");
+        }
+        let quiet = steps.len() > 20;
+        let out: Vec<Outcome> = steps
+            .iter()
+            .zip(&r.outcomes)
+            .map(|(s, o)| self.outcome(s, o, quiet))
+            .collect();
+        let n = out.iter().filter(|o| matches!(o, Outcome::Done(_))).count();
+        if quiet && n > 0 {
+            tracing::info!(group = %self.g.name(), "{n} account items applied");
+        }
+        out
+    }
+
+    fn outcome(&self, s: &Step, o: &AccOutcome, quiet: bool) -> Outcome {
+        let group = self.g.name();
+        match o {
+            AccOutcome::Applied => {
+                if !quiet && !s.again {
+                    tracing::info!(
+                        group,
+                        "{} {} (from {})",
+                        describe(&s.item),
+                        if s.item.is_deleted() {
+                            "deleted"
+                        } else {
+                            "applied"
+                        },
+                        s.from.0
+                    );
+                }
+                Outcome::Done(Box::new(Entry::new(s.item.clone())))
+            }
+            AccOutcome::Partial { waiting } => {
+                let why = format!(
+                    "{}: waiting for {} to exist here",
+                    describe(&s.item),
+                    waiting
+                        .iter()
+                        .map(|w| format!("user {w:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Outcome::Partial(
+                    Box::new(Entry::new(s.item.clone())),
+                    Failure {
+                        error: why,
+                        ..Default::default()
+                    },
+                )
+            }
+            AccOutcome::Aside { reason, collision } => {
+                if *collision && s.attempts == 0 {
+                    tracing::error!(group, "{reason}");
+                }
+                let conflict = collision.then(|| {
+                    let mut nodes = vec![s.item.origin.clone(), self.ctx.name.clone()];
+                    nodes.retain(|n| !n.is_empty());
+                    nodes.sort();
+                    nodes.dedup();
+                    ConflictInfo {
+                        nodes,
+                        resolved: false,
+                        winner: String::new(),
+                        kept_as: Some(format!("collision: {reason}")),
+                        time: unix_now(),
+                        versions: vec![],
+                    }
+                });
+                Outcome::Failed(Failure {
+                    error: reason.clone(),
+                    audit_first: Some(if *collision {
+                        "collision"
+                    } else {
+                        "not-applied"
+                    }),
+                    conflict,
+                    ..Default::default()
+                })
+            }
+            AccOutcome::KeepLocal { reason } => self.keep_here(s, reason),
+        }
+    }
+
+    /// This node keeps its own copy and announces it as a new version (a group still some
+    /// user's primary group here would otherwise leave that user without it).
+    fn keep_here(&self, s: &Step, reason: &str) -> Outcome {
+        let t = &s.item;
+        let body = {
+            let mut a = lock(&self.acc);
+            match id_of(&t.key) {
+                Some(AccountId::Group(n)) => a
+                    .local_group(&n)
+                    .map(|group| Account::Group { group, made: 0 }),
+                Some(AccountId::User(n)) => {
+                    a.local_user(&n).map(|user| Account::User { user, made: 0 })
+                }
+                _ => None,
+            }
+        };
+        let local = s.local.as_ref().map(|e| &e.item);
+        let (Some(body), Some(local)) = (body, local) else {
+            return failed(reason, false);
+        };
+        let mine = keep_local(
+            local,
+            t,
+            body,
+            &self.ctx.name,
+            crate::item::version::clock_ms(),
+        );
+        tracing::warn!(
+            group = %self.g.name(),
+            "{} kept on this node and announced again: {reason} (its deletion on {} would leave that user without it)",
+            describe(t),
+            t.origin
+        );
+        self.ctx.audit.log(crate::ops::audit::Rec {
+            group: self.g.name(),
+            path: &t.key,
+            kind: "kept",
+            origin: &self.ctx.name,
+            version: &mine.version.display(),
+            peer: Some(&s.from.0),
+            detail: Some(reason),
+        });
+        Outcome::Kept(Box::new(Entry::new(mine)))
+    }
+}
+
+/// A step not applied, set aside; `rescan`: the files changed meanwhile.
+fn failed(why: &str, rescan: bool) -> Outcome {
+    Outcome::Failed(Failure {
+        error: why.to_string(),
+        rescan,
+        audit_first: (!rescan).then_some("not-applied"),
+        ..Default::default()
+    })
+}
+
+/// How account items are decided: [`plan`], by the accounts' own merge rules.
+#[derive(Debug)]
+pub struct AccountsPlanner;
+
+impl Planner for AccountsPlanner {
+    fn plan(&self, pc: &PlanCtx, items: Vec<Incoming>, observed: Vec<Observed>) -> Plan {
+        let locals: Vec<Option<Item>> = observed
+            .iter()
+            .map(|o| o.local.as_ref().map(|e| e.item.clone()))
+            .collect();
+        let peer_items: Vec<Item> = items.iter().map(|i| i.wire.item.clone()).collect();
+        let decisions = plan(&peer_items, &locals, pc.policy.conflict);
+        let mut out = Plan::default();
+        for ((inc, obs), d) in items.into_iter().zip(observed).zip(decisions) {
+            plan_one(pc, inc, obs, d, &mut out);
+        }
+        out
+    }
+}
+
+fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, d: Decision, out: &mut Plan) {
+    let key = inc.wire.item.key.clone();
+    let collided = obs.conflict.as_ref().is_some_and(is_collision);
+    let step = |item: Item, again: bool, local: Option<Entry>| Step {
+        as_sent: item.version == inc.wire.item.version && item.body == inc.wire.item.body,
+        item,
+        inline: None,
+        local,
+        from: inc.from.clone(),
+        attempts: inc.attempts,
+        had_conflict: collided,
+        again,
+    };
+    match d {
+        Decision::Ignore => {
+            // a member set committed but only partly applied (set aside): apply it again
+            let same = obs.local.as_ref().is_some_and(|l| {
+                l.item.version == inc.wire.item.version && l.item.body == inc.wire.item.body
+            });
+            if inc.attempts > 0 && same {
+                out.steps.push(step(inc.wire.item.clone(), true, obs.local));
+            } else {
+                out.aside_remove.push(key);
+            }
+        }
+        Decision::Take { item, conflict } => {
+            if let Some(c) = conflict {
+                record_conflict(pc, &item, &c, out);
+            }
+            out.steps.push(step(item, false, obs.local));
+        }
+        Decision::Keep { item, conflict } => {
+            if let Some(c) = conflict {
+                record_conflict(pc, &item, &c, out);
+            }
+            out.aside_remove.push(key);
+            out.keeps.push(StoreChange {
+                entry: Entry::new(item),
+                announce: true,
+            });
+        }
+        Decision::Unresolved { conflict } => {
+            let shown = String::from_utf8_lossy(&key).into_owned();
+            let mut info = conflict_info(pc, &conflict, false);
+            info.kept_as = Some(format!(
+                "each node keeps its own until `clustersync resolve {shown} --keep NODE`"
+            ));
+            tracing::warn!(
+                "conflict on {}: versions from {}; unresolved (conflict = \"manual\"): clustersync resolve {shown} --keep NODE",
+                describe(&inc.wire.item),
+                conflict.nodes.join(" and "),
+            );
+            out.audit.push((
+                "conflict",
+                inc.wire.item.clone(),
+                Some("unresolved (manual)".into()),
+            ));
+            out.conflicts.push((key.clone(), Some(info)));
+            out.aside_remove.push(key);
+        }
+    }
+}
+
+fn conflict_info(pc: &PlanCtx, c: &crate::accounts::Conflict, resolved: bool) -> ConflictInfo {
+    ConflictInfo {
+        nodes: c.nodes.clone(),
+        resolved,
+        winner: c.winner.clone().unwrap_or_default(),
+        kept_as: None,
+        time: pc.now,
+        versions: c
+            .versions
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                if v.origin.is_empty() {
+                    v.origin = pc.policy.me.to_string();
+                }
+                v
+            })
+            .collect(),
+    }
+}
+
+/// A conflict settled by the policy: logged, audited, listed by `conflicts` with what the
+/// loser had.
+fn record_conflict(pc: &PlanCtx, winner: &Item, c: &crate::accounts::Conflict, out: &mut Plan) {
+    let loser = c
+        .versions
+        .iter()
+        .find(|v| v.origin != winner.origin)
+        .or(c.versions.first());
+    let lost = loser.map(summary).unwrap_or_default();
+    let loser_node = loser.map(|l| l.origin.clone()).unwrap_or_default();
+    let mut info = conflict_info(pc, c, true);
+    info.kept_as = Some(format!(
+        "{loser_node}'s version lost ({lost}); redo it with the tools or run `clustersync resolve {} --keep {loser_node}`",
+        String::from_utf8_lossy(&winner.key)
+    ));
+    tracing::warn!(
+        "conflict on {}: versions from {}; {}'s kept ({}); {loser_node}'s version had {lost}",
+        describe(winner),
+        c.nodes.join(" and "),
+        winner.origin,
+        summary(winner),
+    );
+    let detail = format!("winner {}, loser {loser_node} ({lost})", winner.origin);
+    out.audit.push(("conflict", winner.clone(), Some(detail)));
+    out.conflicts.push((winner.key.clone(), Some(info)));
+}
+
+impl Domain for AccountsDomain {
+    fn check(&self, items: &[WireItem], source: &Source) -> Checked {
+        if source.version < 5 {
+            return Checked::Held(format!(
+                "{} runs the previous release (protocol {}): accounts are not exchanged with it until it is upgraded",
+                source.peer, source.version
+            ));
+        }
+        let Some(policy) = &self.g.accounts else {
+            return Checked::Held("not the accounts group".into());
+        };
+        let members: Vec<String> = self.g.cfg.nodes.clone();
+        let check = Check {
+            policy,
+            members: &members,
+        };
+        let mut keep = Vec::with_capacity(items.len());
+        let mut refused = 0usize;
+        for w in items {
+            let r = if w.inline.is_some() {
+                Err("content attached to an account".to_string())
+            } else {
+                validate_item(&w.item, &check)
+            };
+            if let Err(e) = &r {
+                let msg = format!("refused account item {}: {e}", describe(&w.item));
+                self.ctx
+                    .audit_refused_item(self.g.name(), &w.item.key, &source.peer, &msg);
+                if refused == 0 {
+                    tracing::error!(peer = %source.peer, group = %self.g.name(), "{msg} (not applied; the link stays up)");
+                }
+                refused += 1;
+            }
+            keep.push(r.is_ok());
+        }
+        if refused == 0 {
+            Checked::All
+        } else {
+            Checked::Some(keep)
+        }
+    }
+
+    fn planner(&self) -> Arc<dyn Planner> {
+        Arc::new(AccountsPlanner)
+    }
+
+    fn observe(&self, keys: &[Vec<u8>], dry: bool) -> Result<Vec<Observed>, ObserveError> {
+        if !dry {
+            // a tool's change first: it is decided against, never overwritten unseen
+            self.scan_now().map_err(ObserveError::Failed)?;
+        }
+        let name = self.g.name();
+        let fail = |e: crate::store::StoreError| ObserveError::Failed(e.to_string());
+        let snap = self.ctx.store.snapshot().map_err(fail)?;
+        keys.iter()
+            .map(|k| {
+                Ok(Observed {
+                    local: snap.get(name, k).map_err(fail)?,
+                    conflict: snap
+                        .conflict(name, k)
+                        .map_err(fail)?
+                        .filter(|c| !c.resolved),
+                    keep_drift: false,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply(self: Arc<Self>, steps: Vec<Step>, _prefer: Option<String>) -> Applied {
+        let n = steps.len();
+        tokio::task::spawn_blocking(move || {
+            let outcomes = self.apply_blocking(&steps);
+            Applied {
+                results: steps.into_iter().zip(outcomes).collect(),
+                lost: 0,
+            }
+        })
+        .await
+        .unwrap_or(Applied {
+            results: Vec::new(),
+            lost: n,
+        })
+    }
+
+    async fn resolve(self: Arc<Self>, key: Vec<u8>, keep: String) -> Result<String, String> {
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || resolve(&me.ctx, &me.g, &me.acc, key, &keep))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok(head) = self.ctx.store.group_head(self.g.name()) {
+            super::publish_head(&self.head, head);
+        }
+        *lock(&self.stamp) = files_stamp(&self.ctx.root);
+        r
+    }
+
+    fn scan(&self, _req: &ScanRequest) -> ScanReport {
+        match self.scan_now() {
+            Ok(()) => ScanReport::default(),
+            Err(e) => {
+                tracing::error!(group = %self.g.name(), "reading the account files: {e}");
+                ScanReport {
+                    failed: true,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    fn dry_scan(&self) -> Vec<(&'static str, Vec<u8>)> {
+        Vec::new()
+    }
+
+    fn after_commit(&self, applied: &[Vec<u8>]) {
+        if !applied.is_empty() {
+            // files owned by these accounts get their owner by name now
+            self.ctx.owners.invalidate();
+            (self.on_applied)();
+        }
+    }
+
+    fn commit_failed(&self) {
+        lock(&self.acc).forget();
+    }
+
+    fn poll(&self) -> bool {
+        files_stamp(&self.ctx.root) != *lock(&self.stamp)
     }
 }

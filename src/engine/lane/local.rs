@@ -2,12 +2,9 @@
 //! mass-deletion guard, commits of new versions (deletions numbered deepest first), and on a
 //! replica, drift instead of new versions.
 
-use super::{Lane, UNSTABLE_RETRY};
-use crate::config::OnDrift;
 use crate::engine::group::GroupRt;
-use crate::engine::link::lock;
 use crate::engine::node::Ctx;
-use crate::item::{Entry, Kind, VersionVector, name};
+use crate::item::{Entry, VersionVector, name};
 use crate::local::scan::Scanner;
 use crate::store::{Change, Extras, StoreError};
 use std::time::Instant;
@@ -58,7 +55,18 @@ pub fn dry_scan(ctx: &Ctx, g: &GroupRt) -> Vec<(&'static str, Vec<u8>)> {
             continue;
         }
         seen.extend(res.changes);
-        for c in seen.into_iter().filter(|c| c.announce) {
+        // a group path directory the index does not know yet is adopted without a version
+        // (`commit_local`), not sent
+        let fresh_root = |c: &Change| {
+            c.entry.item.key == gp.as_bytes()
+                && ctx
+                    .store
+                    .get_quick(g.name(), gp.as_bytes())
+                    .ok()
+                    .flatten()
+                    .is_none()
+        };
+        for c in seen.into_iter().filter(|c| c.announce && !fresh_root(c)) {
             let what = if c.entry.item.is_deleted() {
                 "delete"
             } else {
@@ -252,216 +260,44 @@ pub(super) fn scan_and_commit(
     Ok(res)
 }
 
-impl Lane {
-    /// Scan the paths the watcher (or `mark`) reported.
-    pub(super) async fn local(&mut self, paths: Vec<(Vec<u8>, bool)>, deletes: bool) {
-        if self.state.is_stopped() {
-            // a stopped group is checked as a whole, on the timer
-            return;
-        }
-        let ctx = self.ctx.clone();
-        let g = self.g.clone();
-        let adopt = self.adopt;
-        let head = self.head.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            scan_and_commit(&ctx, &g, &paths, adopt, false, deletes, Some(&head))
-        })
-        .await;
-        self.after_scan(r);
+/// File owners given by name that did not resolve when their files arrived may resolve now
+/// (account sync created the users): set them again (blocking).
+pub(super) fn owners_changed(ctx: &Ctx, g: &GroupRt) {
+    if g.cfg.owners != crate::config::Owners::ByName {
+        return;
     }
-
-    /// Files whose content on disk differs from what the index says although their size and
-    /// mtime did not change (`verify --deep --repair`): the index forgets their inode, so the
-    /// scan reads and hashes them again instead of reusing the stored hash. What it finds is
-    /// a local change (a new version) on a full member, drift on a replica.
-    pub(super) async fn rehash(&mut self, keys: Vec<Vec<u8>>) {
-        let (ctx, g) = (self.ctx.clone(), self.g.clone());
-        let k2 = keys.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let mut changes = Vec::new();
-            for k in &k2 {
-                if let Some(mut e) = ctx.store.get(g.name(), k)?
-                    && e.item.kind() == Some(Kind::File)
-                {
-                    e.ino = 0;
-                    changes.push(Change {
-                        entry: e,
-                        announce: false,
-                    });
-                }
-            }
-            if changes.is_empty() {
-                return Ok(0);
-            }
-            ctx.store.commit(g.name(), changes, Extras::default())
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!(group = %self.name(), "forgetting inodes to read files again: {e}");
-            return;
-        }
-        self.local(keys.into_iter().map(|k| (k, false)).collect(), false)
-            .await;
+    if let Err(e) = fix_owners(ctx, g) {
+        tracing::warn!(group = %g.name(), "fixing owners: {e}");
     }
+}
 
-    /// The scan at start-up (peers may connect meanwhile; each flush is published to them).
-    pub(crate) async fn initial_scan(&mut self) {
-        if self.g.is_accounts() {
-            self.accounts_scan().await;
-        } else {
-            self.full_scan().await;
+fn fix_owners(ctx: &Ctx, g: &GroupRt) -> Result<u64, StoreError> {
+    ctx.owners.invalidate();
+    let mut fix: Vec<Entry> = Vec::new();
+    ctx.store.for_each(g.name(), |e| {
+        if let Some(m) = e.item.meta()
+            && let Some((u, gi)) = ctx.owners.local_ids(&m.owner, g.cfg.owners)
+            && (u != m.owner.uid || gi != m.owner.gid)
+        {
+            fix.push(e.clone());
         }
-    }
-
-    /// Scan every path of the group (start-up, periodic rescan, `sync`, stopped-group check).
-    pub(super) async fn full_scan(&mut self) {
-        let t0 = Instant::now();
-        self.last_rescan = t0;
-        let ctx = self.ctx.clone();
-        let g = self.g.clone();
-        let adopt = self.adopt;
-        let was_stopped = self.state.is_stopped();
-        let targets: Vec<(Vec<u8>, bool)> = g
-            .cfg
-            .paths
-            .iter()
-            .map(|p| (p.as_bytes().to_vec(), true))
-            .collect();
-        let head = self.head.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            scan_and_commit(&ctx, &g, &targets, adopt, was_stopped, true, Some(&head))
-        })
-        .await;
-        let resumed = match &r {
-            Ok(Ok(s)) => was_stopped && s.stopped.is_none(),
-            _ => false,
-        };
-        self.after_scan(r);
-        self.ctx.metrics.observe_scan(self.g.name(), t0.elapsed());
-        self.adopt = false;
-        if resumed {
-            // peers resend what was acknowledged but not applied while stopped
-            for p in &self.g.peers {
-                if let Some(l) = self.ctx.links.get(p) {
-                    l.close();
-                }
-            }
-        }
-    }
-
-    fn after_scan(&mut self, r: Result<Result<Scanned, StoreError>, tokio::task::JoinError>) {
-        let s = match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::error!(group = %self.name(), "scan: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(group = %self.name(), "scan task: {e}");
-                return;
-            }
-        };
-        self.set_stopped(s.stopped);
-        self.publish(s.head);
-        let due = Instant::now() + UNSTABLE_RETRY;
-        for u in s.unstable {
-            if !self.unstable.iter().any(|(_, p)| *p == u) {
-                self.unstable.push((due, u));
-            }
-        }
-        let due = Instant::now() + super::DELETE_SETTLE;
-        for d in s.deferred {
-            if !self.deferred.iter().any(|(_, p)| *p == d) {
-                self.deferred.push((due, d));
-            }
-        }
-        if !s.drift.is_empty() {
-            self.record_drift(s.drift);
-        }
-    }
-
-    /// Local changes on a replica: reported, audited, kept as a backup, and (with `on_drift =
-    /// "revert"`) put back on the next tick.
-    fn record_drift(&self, drift: Drift) {
-        let group = self.name().to_string();
-        for (key, what, entry) in drift {
-            let new = lock(&self.state.drift)
-                .insert(key.clone(), what.clone())
-                .as_deref()
-                != Some(what.as_str());
-            if !new {
-                continue;
-            }
-            let action = match self.g.cfg.on_drift {
-                OnDrift::Revert => "putting the group's version back",
-                OnDrift::Keep => "left alone until resolved (on_drift = keep)",
-            };
-            tracing::warn!(group = %group, "drift on this replica: {} {what}; {action}", name::show(&key));
-            self.ctx.audit.log(crate::ops::audit::Rec {
-                group: &group,
-                path: &key,
-                kind: "drift",
-                origin: &self.ctx.name,
-                detail: Some(&what),
-                ..Default::default()
+        true
+    })?;
+    let fs = crate::engine::apply::Fs { ctx, g };
+    let mut changes = Vec::new();
+    for e in fix {
+        if let Ok(mut fresh) = fs.make(&e.item, Some(&e)) {
+            fresh.seq = e.seq;
+            fresh.from = e.from.clone();
+            fresh.item.version = e.item.version.clone();
+            changes.push(Change {
+                entry: fresh,
+                announce: false,
             });
-            if let Some(e) = entry
-                && e.item.kind() == Some(Kind::File)
-                && self.g.cfg.backup_generations > 0
-            {
-                let fs = crate::engine::apply::Fs {
-                    ctx: &self.ctx,
-                    g: &self.g,
-                };
-                if let Ok(place) = fs.place(&key, false) {
-                    fs.backup(&place, &e);
-                }
-            }
         }
     }
-
-    /// File owners given by name that did not resolve when their files arrived may resolve
-    /// now (account sync created the users): set them again.
-    pub(super) async fn owners_changed(&mut self) {
-        if self.g.cfg.owners != crate::config::Owners::ByName {
-            return;
-        }
-        let ctx = self.ctx.clone();
-        let g = self.g.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            ctx.owners.invalidate();
-            let mut fix: Vec<Entry> = Vec::new();
-            ctx.store.for_each(g.name(), |e| {
-                if let Some(m) = e.item.meta()
-                    && let Some((u, gi)) = ctx.owners.local_ids(&m.owner, g.cfg.owners)
-                    && (u != m.owner.uid || gi != m.owner.gid)
-                {
-                    fix.push(e.clone());
-                }
-                true
-            })?;
-            let fs = crate::engine::apply::Fs { ctx: &ctx, g: &g };
-            let mut changes = Vec::new();
-            for e in fix {
-                if let Ok(fresh) = fs.make(&e.item, Some(&e)) {
-                    let mut fresh = fresh;
-                    fresh.seq = e.seq;
-                    fresh.from = e.from.clone();
-                    fresh.item.version = e.item.version.clone();
-                    changes.push(Change {
-                        entry: fresh,
-                        announce: false,
-                    });
-                }
-            }
-            if changes.is_empty() {
-                return Ok(0);
-            }
-            ctx.store.commit(g.name(), changes, Extras::default())
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!(group = %self.name(), "fixing owners: {e}");
-        }
+    if changes.is_empty() {
+        return Ok(0);
     }
+    ctx.store.commit(g.name(), changes, Extras::default())
 }

@@ -5,16 +5,16 @@
 //! change of this node, so it descends from all of them and every node takes it; what it
 //! replaces on disk is kept as a backup.
 
-use super::Lane;
+use super::files::FilesDomain;
 use crate::engine::apply::{ApplyError, Fs};
-use crate::engine::link::lock;
+use crate::engine::peer::lock;
 use crate::item::{Entry, Item, name};
 use crate::store::{Change, Extras};
 use std::collections::BTreeSet;
 
-impl Lane {
-    pub(super) async fn resolve(&mut self, key: Vec<u8>, keep: String) -> Result<String, String> {
-        let group = self.name().to_string();
+impl FilesDomain {
+    pub(super) async fn resolve_key(&self, key: Vec<u8>, keep: String) -> Result<String, String> {
+        let group = self.g.name().to_string();
         let shown = name::show(&key).into_owned();
         if self.g.replica && lock(&self.state.drift).contains_key(&key) {
             if keep == self.ctx.name {
@@ -23,7 +23,7 @@ impl Lane {
                     self.ctx.name
                 ));
             }
-            self.revert(vec![key.clone()]).await;
+            self.revert_keys(vec![key.clone()]).await;
             return if lock(&self.state.drift).contains_key(&key) {
                 Err(format!(
                     "{shown}: could not put the group's version back yet (see the log)"
@@ -103,7 +103,7 @@ impl Lane {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        self.publish(head);
+        super::publish_head(&self.head, head);
         Ok(format!(
             "{shown}: kept the version of {keep}; it now travels to every node"
         ))
@@ -138,15 +138,9 @@ impl Lane {
                 msg: e.to_string(),
             })?;
         }
-        let (place, tmp) = super::remote::prepare(
-            ctx.clone(),
-            g.clone(),
-            item.clone(),
-            None,
-            local.clone(),
-            prefer,
-        )
-        .await?;
+        let (place, tmp) =
+            super::files::prepare(ctx.clone(), g.clone(), item.clone(), local.clone(), prefer)
+                .await?;
         tokio::task::spawn_blocking(move || {
             let fs = Fs { ctx: &ctx, g: &g };
             let _ = crate::fs::safefs::sync_filesystem(&tmp.file);
@@ -163,8 +157,8 @@ impl Lane {
 
     /// Put the group's version back over drift on a replica (`on_drift = "revert"`, or a
     /// `resolve` of drift).
-    pub(super) async fn revert(&mut self, keys: Vec<Vec<u8>>) {
-        let group = self.name().to_string();
+    pub(super) async fn revert_keys(&self, keys: Vec<Vec<u8>>) {
+        let group = self.g.name().to_string();
         let mut items: Vec<(Vec<u8>, Option<Entry>)> = keys
             .into_iter()
             .map(|k| {

@@ -3,7 +3,7 @@
 
 use super::{Outcome, VerifyError, compare, state};
 use crate::engine::group::GroupRt;
-use crate::engine::node::Ctx;
+use crate::engine::node::{Ctx, Engine};
 use crate::item::{Kind, name};
 use crate::net::protocol::Msg;
 use crate::store::StoreError;
@@ -211,12 +211,13 @@ fn selected(ctx: &Ctx, groups: &[String]) -> Vec<Arc<GroupRt>> {
 /// its index), then each selected group with each of its peers, waiting up to `wait` for
 /// changes on their way to settle.
 pub async fn run(
-    ctx: &Arc<Ctx>,
+    e: &Engine,
     groups: &[String],
     deep: bool,
     repair: bool,
     wait: Duration,
 ) -> VerifyReport {
+    let ctx = &e.ctx;
     let mut report = VerifyReport {
         node: ctx.name.clone(),
         repaired: repair,
@@ -224,56 +225,15 @@ pub async fn run(
     };
     let chosen = selected(ctx, groups);
     if deep {
-        for g in chosen.iter().filter(|g| !g.is_accounts()) {
-            let (c2, g2) = (ctx.clone(), g.clone());
-            let d = match tokio::task::spawn_blocking(move || deep_check(&c2, &g2)).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    tracing::error!(group = %g.name(), "verify --deep: {e}");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            report.deep_files += d.files;
-            report.deep_bytes += d.bytes;
-            let keys: Vec<Vec<u8>> = d.found.iter().map(|(k, _, _)| k.clone()).collect();
-            for (k, disk, index) in d.found {
-                ctx.audit.log(crate::ops::audit::Rec {
-                    group: g.name(),
-                    path: &k,
-                    kind: "diverged",
-                    origin: &ctx.name,
-                    detail: Some(&format!(
-                        "found by verify --deep: on disk {disk}, in the index {index}"
-                    )),
-                    ..Default::default()
-                });
-                report.differences.push(Difference {
-                    group: g.name().to_string(),
-                    path: name::show(&k).into_owned(),
-                    peer: None,
-                    here: disk,
-                    there: index,
-                });
-            }
-            if !keys.is_empty() {
-                ctx.metrics.diverged(g.name(), keys.len() as u64);
-            }
-            if repair
-                && !keys.is_empty()
-                && let Some(lane) = ctx.lane(g.name())
-            {
-                lane.found((ctx.name.clone(), 0), Vec::new(), keys).await;
-            }
-        }
+        deep_all(e, &chosen, repair, &mut report).await;
     }
     let deadline = tokio::time::Instant::now() + wait;
     let mut tasks = Vec::new();
     for g in &chosen {
         for p in &g.peers {
-            let (ctx, g, p) = (ctx.clone(), g.clone(), p.clone());
+            let (e, g, p) = (e.clone(), g.clone(), p.clone());
             tasks.push(tokio::spawn(async move {
-                let r = with_peer(&ctx, &g, &p, repair, deadline).await;
+                let r = with_peer(&e, &g, &p, repair, deadline).await;
                 (g, p, r)
             }));
         }
@@ -311,14 +271,63 @@ pub async fn run(
     report
 }
 
+/// `--deep` over the chosen groups: each file group's disk against its index, every
+/// finding audited and reported; with `repair`, the lane reads those files again.
+async fn deep_all(e: &Engine, chosen: &[Arc<GroupRt>], repair: bool, report: &mut VerifyReport) {
+    let ctx = &e.ctx;
+    for g in chosen.iter().filter(|g| !g.is_accounts()) {
+        let (c2, g2) = (ctx.clone(), g.clone());
+        let d = match tokio::task::spawn_blocking(move || deep_check(&c2, &g2)).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::error!(group = %g.name(), "verify --deep: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        report.deep_files += d.files;
+        report.deep_bytes += d.bytes;
+        let keys: Vec<Vec<u8>> = d.found.iter().map(|(k, _, _)| k.clone()).collect();
+        for (k, disk, index) in d.found {
+            ctx.audit.log(crate::ops::audit::Rec {
+                group: g.name(),
+                path: &k,
+                kind: "diverged",
+                origin: &ctx.name,
+                detail: Some(&format!(
+                    "found by verify --deep: on disk {disk}, in the index {index}"
+                )),
+                ..Default::default()
+            });
+            report.differences.push(Difference {
+                group: g.name().to_string(),
+                path: name::show(&k).into_owned(),
+                peer: None,
+                here: disk,
+                there: index,
+            });
+        }
+        if !keys.is_empty() {
+            ctx.metrics.diverged(g.name(), keys.len() as u64);
+        }
+        if repair
+            && !keys.is_empty()
+            && let Some(lane) = e.lane(g.name())
+        {
+            lane.found((ctx.name.clone(), 0), Vec::new(), keys).await;
+        }
+    }
+}
+
 /// Compare `g` with `peer`, waiting (until `deadline`) for the link and for quiet.
 async fn with_peer(
-    ctx: &Arc<Ctx>,
+    e: &Engine,
     g: &GroupRt,
     peer: &str,
     repair: bool,
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, String> {
+    let ctx = &e.ctx;
     let mut busy_since: Option<tokio::time::Instant> = None;
     loop {
         let Some(link) = ctx.links.get(peer) else {
@@ -337,7 +346,7 @@ async fn with_peer(
         if !link.groups.contains_key(g.name()) {
             return Err(format!("{peer} does not share group {}", g.name()));
         }
-        match compare(ctx, &link, g.name(), repair, false).await {
+        match compare(e, &link, g.name(), repair, false).await {
             Ok(o) => return Ok(o),
             Err(VerifyError::Busy) => {
                 let now = tokio::time::Instant::now();

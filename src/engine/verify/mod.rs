@@ -54,8 +54,9 @@ pub use walk::{Far, IndexFar, LinkFar, RowsAnswer, Walked, rows_answer, walk};
 
 use crate::engine::apply;
 use crate::engine::group::GroupRt;
-use crate::engine::link::{Link, LinkError, lock};
-use crate::engine::node::Ctx;
+use crate::engine::link::LinkError;
+use crate::engine::node::{Ctx, Engine};
+use crate::engine::peer::{Link, lock};
 use crate::item::{Body, Item, Kind, name};
 use crate::net::protocol::{MAX_BOUND, MAX_DIFFER_KEYS, Msg, WireItem};
 use crate::store::StoreError;
@@ -154,8 +155,9 @@ pub enum VerifyError {
 /// Nothing of `group` is on its way between this node and the link's peer, as far as this node
 /// knows: our pump sent everything and had it acknowledged, we applied everything the peer
 /// announced, and the lane has no work waiting.
-pub fn quiet(ctx: &Ctx, link: &Link, group: &str) -> bool {
-    let (Some(g), Some(lane)) = (ctx.group(group), ctx.lane(group)) else {
+pub fn quiet(e: &Engine, link: &Link, group: &str) -> bool {
+    let ctx = &e.ctx;
+    let (Some(g), Some(lane)) = (ctx.group(group), e.lane(group)) else {
         return false;
     };
     if !link.active(group) || lane.state.is_stopped() {
@@ -209,9 +211,17 @@ fn entries(ctx: &Ctx, group: &str, keys: &[Vec<u8>]) -> Result<Vec<Item>, StoreE
     Ok(out)
 }
 
-/// Check a peer's entries before they go to the lane, as its batches are checked.
-fn validate(ctx: &Ctx, g: &GroupRt, items: &[WireItem]) -> Result<(), String> {
+/// Check a peer's entries before they go to the lane, as its batches are checked (the lane
+/// takes found items without checking them again): a bad file item is a bad answer; a refused
+/// account item is audited and left out, as in a batch (it never closes the link).
+fn validate(
+    ctx: &Ctx,
+    g: &GroupRt,
+    peer: &str,
+    items: Vec<WireItem>,
+) -> Result<Vec<WireItem>, String> {
     let known = |n: &str| ctx.cfg.nodes.contains_key(n);
+    let mut out = Vec::with_capacity(items.len());
     for w in items {
         if w.inline.is_some() {
             return Err(format!(
@@ -219,14 +229,25 @@ fn validate(ctx: &Ctx, g: &GroupRt, items: &[WireItem]) -> Result<(), String> {
                 w.item.show()
             ));
         }
-        if g.is_accounts() {
-            crate::engine::lane::accounts::validate_item(g, w, &known)
-                .map_err(|e| format!("{}: {e}", w.item.show()))?;
-        } else {
-            apply::validate(g, w, &known).map_err(|e| e.to_string())?;
+        let Some(policy) = g.accounts.as_ref().filter(|_| g.is_accounts()) else {
+            apply::validate(g, &w, &known).map_err(|e| e.to_string())?;
+            out.push(w);
+            continue;
+        };
+        let check = crate::accounts::sync::Check {
+            policy,
+            members: &g.cfg.nodes,
+        };
+        match crate::accounts::sync::validate_item(&w.item, &check) {
+            Ok(()) => out.push(w),
+            Err(e) => {
+                let msg = format!("refused compared account item {}: {e}", w.item.show());
+                tracing::warn!(peer, group = %g.name(), "{msg} (not applied)");
+                ctx.audit_refused_item(g.name(), &w.item.key, peer, &msg);
+            }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Keys known to differ for a reason already reported (set aside, an unresolved conflict):
@@ -286,6 +307,17 @@ pub fn state(item: Option<&Item>) -> String {
         }
         Some(Body::User(u)) => format!("user {} uid {}", u.name, u.uid),
         Some(Body::Group(g)) => format!("group {} gid {}", g.name, g.gid),
+        Some(Body::Account(a)) => match a {
+            crate::accounts::Account::User { user, .. } => {
+                format!("user {} uid {}", user.name, user.uid)
+            }
+            crate::accounts::Account::Group { group, .. } => {
+                format!("group {} gid {}", group.name, group.gid)
+            }
+            crate::accounts::Account::Members(m) => {
+                format!("members of {}: {}", m.group, m.members.len())
+            }
+        },
     };
     format!("{what} version [{version}]")
 }
@@ -332,48 +364,25 @@ fn report(ctx: &Ctx, group: &str, peer: &str, found: &[Found], by: &str) {
     );
 }
 
-/// Compare `group` with the link's peer; with `settle`, hand every difference to both lanes.
-/// `background`: differences already reported otherwise (set aside, unresolved conflicts)
-/// are left out.
-pub async fn compare(
-    ctx: &Arc<Ctx>,
-    link: &Arc<Link>,
-    group: &str,
+/// Exchange the entries of the differing `keys` with the peer (`Differ`/`DifferItems`, in
+/// chunks): what each side holds of each key, and (settling) the peer's items this node
+/// takes, checked.
+async fn exchange(
+    ctx: &Ctx,
+    far: &LinkFar<'_>,
+    g: &GroupRt,
+    peer: &str,
+    keys: &[Vec<u8>],
     settle: bool,
-    background: bool,
-) -> Result<Outcome, VerifyError> {
-    let peer = link.peer.clone();
-    let g = ctx
-        .group(group)
-        .cloned()
-        .ok_or_else(|| VerifyError::Gone(peer.clone()))?;
-    if !quiet(ctx, link, group) {
-        return Err(VerifyError::Busy);
-    }
-    let head0 = ctx.store.group_head(group)?;
-    let far = LinkFar { link };
-    let walked = walk(&ctx.store, &far, &peer, group, MAX_DIFFS).await?;
-    let (mut keys, truncated) = match walked {
-        Walked::Matched => {
-            tracing::debug!(group, "index summary compared with {peer}: the same");
-            ctx.verified.record(group, &peer, true, 0);
-            return Ok(Outcome {
-                matched: true,
-                ..Default::default()
-            });
-        }
-        Walked::Differ { keys, truncated } => (keys, truncated),
+) -> Result<(Vec<Found>, Vec<WireItem>), VerifyError> {
+    let group = g.name();
+    let bad = |msg: String| VerifyError::BadAnswer {
+        peer: peer.to_string(),
+        msg,
     };
-    if ctx.store.group_head(group)? != head0 || !quiet(ctx, link, group) {
-        return Err(VerifyError::Busy);
-    }
-    if background {
-        let known = known_differences(ctx, group);
-        keys.retain(|k| !known.contains(k));
-    }
     let mut found = Vec::new();
     let send_ours = settle && !g.replica;
-    let take_theirs = settle && !g.is_replica(&peer);
+    let take_theirs = settle && !g.is_replica(peer);
     let mut take = Vec::new();
     for chunk in keys.chunks(MAX_DIFFER_KEYS) {
         let ours = entries(ctx, group, chunk)?;
@@ -391,22 +400,18 @@ pub async fn compare(
         let theirs = far.differ(group, chunk.to_vec(), items, settle).await?;
         let asked: HashSet<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
         if theirs.len() > chunk.len() || theirs.iter().any(|w| !asked.contains(&*w.item.key)) {
-            return Err(VerifyError::BadAnswer {
-                peer,
-                msg: "entries of keys not asked for".into(),
-            });
+            return Err(bad("entries of keys not asked for".into()));
         }
-        if take_theirs {
-            validate(ctx, &g, &theirs).map_err(|msg| VerifyError::BadAnswer {
-                peer: peer.clone(),
-                msg,
-            })?;
-        }
+        let usable = if take_theirs {
+            validate(ctx, g, peer, theirs.clone()).map_err(bad)?
+        } else {
+            Vec::new()
+        };
         let mut ours: BTreeMap<Vec<u8>, Item> =
             ours.into_iter().map(|i| (i.key.clone(), i)).collect();
         let mut theirs_by: BTreeMap<Vec<u8>, Item> = theirs
-            .iter()
-            .map(|w| (w.item.key.clone(), w.item.clone()))
+            .into_iter()
+            .map(|w| (w.item.key.clone(), w.item))
             .collect();
         for k in chunk {
             found.push(Found {
@@ -415,10 +420,52 @@ pub async fn compare(
                 there: theirs_by.remove(k),
             });
         }
-        if take_theirs {
-            take.extend(theirs.into_iter().filter(|w| !w.item.version.is_empty()));
-        }
+        take.extend(usable.into_iter().filter(|w| !w.item.version.is_empty()));
     }
+    Ok((found, take))
+}
+
+/// Compare `group` with the link's peer; with `settle`, hand every difference to both lanes.
+/// `background`: differences already reported otherwise (set aside, unresolved conflicts)
+/// are left out.
+pub async fn compare(
+    e: &Engine,
+    link: &Arc<Link>,
+    group: &str,
+    settle: bool,
+    background: bool,
+) -> Result<Outcome, VerifyError> {
+    let ctx = &e.ctx;
+    let peer = link.peer.clone();
+    let g = ctx
+        .group(group)
+        .cloned()
+        .ok_or_else(|| VerifyError::Gone(peer.clone()))?;
+    if !quiet(e, link, group) {
+        return Err(VerifyError::Busy);
+    }
+    let head0 = ctx.store.group_head(group)?;
+    let far = LinkFar { link };
+    let walked = walk(&ctx.store, &far, &peer, group, MAX_DIFFS).await?;
+    let (mut keys, truncated) = match walked {
+        Walked::Matched => {
+            tracing::debug!(group, "index summary compared with {peer}: the same");
+            ctx.verified.record(group, &peer, true, 0);
+            return Ok(Outcome {
+                matched: true,
+                ..Default::default()
+            });
+        }
+        Walked::Differ { keys, truncated } => (keys, truncated),
+    };
+    if ctx.store.group_head(group)? != head0 || !quiet(e, link, group) {
+        return Err(VerifyError::Busy);
+    }
+    if background {
+        let known = known_differences(ctx, group);
+        keys.retain(|k| !known.contains(k));
+    }
+    let (found, take) = exchange(ctx, &far, &g, &peer, &keys, settle).await?;
     let by = if background {
         "found by comparing index summaries"
     } else if settle {
@@ -428,7 +475,7 @@ pub async fn compare(
     };
     report(ctx, group, &peer, &found, by);
     if !take.is_empty()
-        && let Some(lane) = ctx.lane(group)
+        && let Some(lane) = e.lane(group)
     {
         lane.found((peer.clone(), link.peer_inc(group)), take, Vec::new())
             .await;
@@ -444,7 +491,8 @@ pub async fn compare(
 
 /// The comparisons a link runs in the background (spawned by `link::run`): on connect, then
 /// every `verify_every` of each shared group, started by the node whose name sorts first.
-pub async fn background(ctx: Arc<Ctx>, link: Arc<Link>) {
+pub async fn background(e: Engine, link: Arc<Link>) {
+    let ctx = e.ctx.clone();
     let groups: Vec<(String, Duration)> = link
         .groups
         .iter()
@@ -496,7 +544,7 @@ pub async fn background(ctx: Arc<Ctx>, link: Arc<Link>) {
         for g in ready {
             let period = every.get(&g).copied().unwrap_or(BUSY_MAX);
             let backoff = due.get(&g).map(|d| d.1).unwrap_or(BUSY_RETRY);
-            let r = compare(&ctx, &link, &g, true, true).await;
+            let r = compare(&e, &link, &g, true, true).await;
             let next = match r {
                 Ok(o) if o.matched && !o.truncated => (Instant::now() + period, BUSY_RETRY),
                 Ok(_) => (Instant::now() + RECHECK.min(period), BUSY_RETRY),
@@ -531,148 +579,180 @@ fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
 
 /// A peer's `Compare` or `Differ` (from `link::dispatch`).
 pub async fn serve(
-    ctx: &Arc<Ctx>,
+    e: &Engine,
+    link: &Arc<Link>,
+    serving: &Arc<Semaphore>,
+    m: Msg,
+) -> Result<(), LinkError> {
+    match m {
+        m @ Msg::Compare { .. } => serve_compare(e, link, serving, m).await,
+        m @ Msg::Differ { .. } => serve_differ(e, link, serving, m).await,
+        _ => Ok(()),
+    }
+}
+
+/// A peer's `Compare`: one bounded page of our summary's rows, read under the link's serving
+/// permits.
+async fn serve_compare(
+    e: &Engine,
     link: &Arc<Link>,
     serving: &Arc<Semaphore>,
     m: Msg,
 ) -> Result<(), LinkError> {
     let peer = link.peer.as_str();
-    match m {
-        Msg::Compare {
-            req,
-            group,
-            level,
-            lo,
-            hi,
-            root,
-        } => {
-            let Some(lg) = link.groups.get(&group) else {
-                return Err(violation(
-                    peer,
-                    format!("named group {group:?}, which it does not share with us"),
-                ));
-            };
-            if level > TOP
-                || lo.len() > MAX_BOUND
-                || hi.as_ref().is_some_and(|h| h.len() > MAX_BOUND)
-            {
-                return Err(violation(peer, "a summary request out of bounds"));
+    let Msg::Compare {
+        req,
+        group,
+        level,
+        lo,
+        hi,
+        root,
+    } = m
+    else {
+        return Ok(());
+    };
+    let Some(lg) = link.groups.get(&group) else {
+        return Err(violation(
+            peer,
+            format!("named group {group:?}, which it does not share with us"),
+        ));
+    };
+    if level > TOP || lo.len() > MAX_BOUND || hi.as_ref().is_some_and(|h| h.len() > MAX_BOUND) {
+        return Err(violation(peer, "a summary request out of bounds"));
+    }
+    if lg.paused.is_some() {
+        let _ = link
+            .send(Msg::Rows {
+                req,
+                head: 0,
+                quiet: false,
+                rows: Vec::new(),
+                more: false,
+            })
+            .await;
+        return Ok(());
+    }
+    let Ok(permit) = serving.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let (e, link) = (e.clone(), link.clone());
+    tokio::spawn(async move {
+        let quiet = quiet(&e, &link, &group);
+        let ctx = e.ctx.clone();
+        let (c2, g2) = (ctx.clone(), group.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let head = c2.store.group_head(&g2)?;
+            let (rows, more) = rows_answer(&c2.store, &g2, level, &lo, hi.as_deref())?;
+            Ok::<_, StoreError>((head, rows, more))
+        })
+        .await;
+        drop(permit);
+        let (head, rows, more) = match r {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::warn!(group = %group, "reading the summary for {}: {e}", link.peer);
+                (0, Vec::new(), false)
             }
-            if lg.paused.is_some() {
-                let _ = link
-                    .send(Msg::Rows {
-                        req,
-                        head: 0,
-                        quiet: false,
-                        rows: Vec::new(),
-                        more: false,
-                    })
-                    .await;
-                return Ok(());
-            }
-            let Ok(permit) = serving.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            let (ctx, link) = (ctx.clone(), link.clone());
-            tokio::spawn(async move {
-                let quiet = quiet(&ctx, &link, &group);
-                let (c2, g2) = (ctx.clone(), group.clone());
-                let r = tokio::task::spawn_blocking(move || {
-                    let head = c2.store.group_head(&g2)?;
-                    let (rows, more) = rows_answer(&c2.store, &g2, level, &lo, hi.as_deref())?;
-                    Ok::<_, StoreError>((head, rows, more))
-                })
-                .await;
-                drop(permit);
-                let (head, rows, more) = match r {
-                    Ok(Ok(x)) => x,
-                    Ok(Err(e)) => {
-                        tracing::warn!(group = %group, "reading the summary for {}: {e}", link.peer);
-                        (0, Vec::new(), false)
-                    }
-                    Err(_) => return,
-                };
-                if let Some(theirs) = root
-                    && quiet
-                    && level == TOP
-                {
-                    let ours = rows.first().filter(|r| r.key.is_empty());
-                    let same = ours.map_or(theirs.hash == 0 && theirs.count == 0, |o| {
-                        o.hash == theirs.hash && o.count == theirs.count
-                    });
-                    if same {
-                        ctx.verified.record(&group, &link.peer, true, 0);
-                    }
-                }
-                let _ = link
-                    .send(Msg::Rows {
-                        req,
-                        head,
-                        quiet,
-                        rows,
-                        more,
-                    })
-                    .await;
+            Err(_) => return,
+        };
+        if let Some(theirs) = root
+            && quiet
+            && level == TOP
+        {
+            let ours = rows.first().filter(|r| r.key.is_empty());
+            let same = ours.map_or(theirs.hash == 0 && theirs.count == 0, |o| {
+                o.hash == theirs.hash && o.count == theirs.count
             });
+            if same {
+                ctx.verified.record(&group, &link.peer, true, 0);
+            }
         }
-        Msg::Differ {
-            req,
-            group,
-            keys,
-            items,
-            settle,
-        } => {
-            let Some(lg) = link.groups.get(&group) else {
-                return Err(violation(
-                    peer,
-                    format!("named group {group:?}, which it does not share with us"),
-                ));
-            };
-            if keys.len() > MAX_DIFFER_KEYS
-                || items.len() > keys.len()
-                || keys.iter().any(|k| k.len() > name::MAX_PATH)
-            {
-                return Err(violation(peer, "a list of differing keys out of bounds"));
-            }
-            let asked: HashSet<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            if items.iter().any(|w| !asked.contains(&*w.item.key)) {
-                return Err(violation(peer, "entries of keys it did not name"));
-            }
-            let Some(g) = ctx.group(&group).cloned() else {
-                return Err(violation(peer, "a group this node does not run"));
-            };
-            if lg.paused.is_some() {
-                let _ = link
-                    .send(Msg::DifferItems {
-                        req,
-                        head: 0,
-                        items: Vec::new(),
-                    })
-                    .await;
-                return Ok(());
-            }
-            let apply = settle && !g.is_replica(peer) && !items.is_empty();
-            if apply && let Err(e) = validate(ctx, &g, &items) {
+        let _ = link
+            .send(Msg::Rows {
+                req,
+                head,
+                quiet,
+                rows,
+                more,
+            })
+            .await;
+    });
+    Ok(())
+}
+
+/// A peer's `Differ`: checked, then answered (and settled) by [`answer_differ`].
+async fn serve_differ(
+    e: &Engine,
+    link: &Arc<Link>,
+    serving: &Arc<Semaphore>,
+    m: Msg,
+) -> Result<(), LinkError> {
+    let (ctx, peer) = (&e.ctx, link.peer.as_str());
+    let Msg::Differ {
+        req,
+        group,
+        keys,
+        items,
+        settle,
+    } = m
+    else {
+        return Ok(());
+    };
+    let Some(lg) = link.groups.get(&group) else {
+        return Err(violation(
+            peer,
+            format!("named group {group:?}, which it does not share with us"),
+        ));
+    };
+    if keys.len() > MAX_DIFFER_KEYS
+        || items.len() > keys.len()
+        || keys.iter().any(|k| k.len() > name::MAX_PATH)
+    {
+        return Err(violation(peer, "a list of differing keys out of bounds"));
+    }
+    let asked: HashSet<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    if items.iter().any(|w| !asked.contains(&*w.item.key)) {
+        return Err(violation(peer, "entries of keys it did not name"));
+    }
+    let Some(g) = ctx.group(&group).cloned() else {
+        return Err(violation(peer, "a group this node does not run"));
+    };
+    if lg.paused.is_some() {
+        let _ = link
+            .send(Msg::DifferItems {
+                req,
+                head: 0,
+                items: Vec::new(),
+            })
+            .await;
+        return Ok(());
+    }
+    let apply = settle && !g.is_replica(peer) && !items.is_empty();
+    let items = if apply {
+        match validate(ctx, &g, peer, items) {
+            Ok(items) => items,
+            Err(e) => {
                 ctx.audit_refused(peer, &e);
                 return Err(violation(peer, format!("refused compared item {e}")));
             }
-            let Ok(permit) = serving.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            let (ctx, link) = (ctx.clone(), link.clone());
-            tokio::spawn(async move {
-                answer_differ(ctx, link, g, req, keys, items, settle, apply, permit).await;
-            });
         }
-        _ => {}
-    }
+    } else {
+        items
+    };
+    let Ok(permit) = serving.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let (e, link) = (e.clone(), link.clone());
+    tokio::spawn(async move {
+        answer_differ(e, link, g, req, keys, items, settle, apply, permit).await;
+    });
     Ok(())
 }
 
 /// Answer a `Differ`: our entries as they are, then (settling) the peer's decided here.
 #[allow(clippy::too_many_arguments, reason = "the fields of one message")]
 async fn answer_differ(
-    ctx: Arc<Ctx>,
+    e: Engine,
     link: Arc<Link>,
     g: Arc<GroupRt>,
     req: u64,
@@ -682,6 +762,7 @@ async fn answer_differ(
     apply: bool,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let ctx = e.ctx.clone();
     let group = g.name().to_string();
     let (c2, g2, k2) = (ctx.clone(), group.clone(), keys.clone());
     let ours = tokio::task::spawn_blocking(move || {
@@ -730,7 +811,7 @@ async fn answer_differ(
             .into_iter()
             .filter(|w| !known.contains(&w.item.key) && !w.item.version.is_empty())
             .collect();
-        if let Some(lane) = ctx.lane(&group)
+        if let Some(lane) = e.lane(&group)
             && !take.is_empty()
         {
             lane.found((link.peer.clone(), link.peer_inc(&group)), take, Vec::new())

@@ -4,7 +4,7 @@
 //! tests).
 
 use super::VerifyError;
-use crate::engine::link::Link;
+use crate::engine::peer::Link;
 use crate::net::protocol::{MAX_BOUND, MAX_ROWS, MAX_ROWS_BYTES, Msg, SumRow, WireItem};
 use crate::store::summary::{Row, Sum, TOP};
 use crate::store::{Store, StoreError, dec};
