@@ -3,7 +3,7 @@
 prerequisites and picks the binary; see bench/README.md for what each scenario measures.
 
     bench.py SCENARIO...     initial oneshot small delta delta1 live delete fanout mesh churn wan
-                             scale profile
+                             scale verify profile
                              (or `all`: every one but `profile`)
 
 Every wait has a deadline and fails loudly. Results go to stdout (human) and, as JSON lines, to
@@ -56,6 +56,7 @@ WAN_RATE = E.get("BENCH_WAN_RATE", "100mbit")
 BWLIMIT = E.get("BENCH_BWLIMIT", "2MiB/s")
 BWLIMIT_MIB = int(E.get("BENCH_BWLIMIT_MIB", "24"))
 TIMEOUT = float(E.get("BENCH_TIMEOUT", "900"))
+IDLE_S = float(E.get("BENCH_IDLE_S", "120"))
 DLOG = E.get("BENCH_DAEMON_LOG", "info")
 FS = E.get("BENCH_FS", "tmpfs")
 LOG_ROOT = E.get("BENCH_LOG_DIR", "/tmp/bench-logs")
@@ -1776,12 +1777,89 @@ def scenario_profile():
     Pair.inst = None
 
 
+def link_bytes(cl, n):
+    """Bytes n's daemon sent and received on its current links (status --json, every peer)."""
+    st = cl.status(n)
+    return sum(p.get("bytes_sent", 0) + p.get("bytes_received", 0) for p in st["peers"])
+
+
+def idle_cpu(names, cl, seconds):
+    """CPU seconds the daemons of names used over `seconds` of idling, and that as % of one core."""
+    pids = [cl.pid(n) for n in names]
+    before = [cpu_of(p) for p in pids]
+    time.sleep(seconds)
+    used = sum(cpu_of(p) - b for p, b in zip(pids, before))
+    return used, 100.0 * used / (seconds * len(names))
+
+
+def scenario_verify():
+    """Anti-entropy (SPEC §5.14): `verify` and `verify --deep` on the 20,020-file pair, and the
+    CPU an idle 3-node cluster spends, with the default verify_every and with comparisons every
+    second. (The 1,000,000-file figures come from `cargo bench --bench summary`.)"""
+    P = Pair.get()
+    P.ensure_synced()
+    P.both_up()
+    cl = P.cl
+    say(f"\n== verify: `clustersync verify` and `verify --deep` on a ({P.n} files, {human(P.bytes)})")
+    ts, bs = [], []
+    for _ in range(max(RUNS, 5)):
+        b0 = link_bytes(cl, "a")
+        t, _, r = timed(cl.cmd("a", "verify", "--json"))
+        b1 = link_bytes(cl, "a")
+        rep = json.loads(r.stdout)
+        if r.returncode != 0 or not all(c["matched"] for c in rep["compared"]):
+            raise BenchError(f"verify on an equal pair said {r.returncode}: {r.stdout[-300:]}")
+        ts.append(t)
+        bs.append(b1 - b0)
+    say(f"   verify (equal, whole command): {', '.join(f'{x * 1000:.1f}' for x in ts)} ms; "
+        f"bytes on the link {', '.join(str(x) for x in bs)} (keep-alives included)")
+    ds = []
+    for _ in range(RUNS):
+        t, _, r = timed(cl.cmd("a", "verify", "--deep", "--json"))
+        rep = json.loads(r.stdout)
+        if r.returncode != 0:
+            raise BenchError(f"verify --deep said {r.returncode}: {r.stdout[-300:]}")
+        ds.append(t)
+    say(f"   verify --deep: {', '.join(f'{x:.3f}' for x in ds)} s for {rep['deep_files']} files, "
+        f"{human(rep['deep_bytes'])} (page cache warm)")
+    record("verify", files=P.n, bytes=P.bytes, verify_s=ts, verify_link_bytes=bs, deep_s=ds,
+           deep_files=rep["deep_files"], deep_bytes=rep["deep_bytes"], load=load_note())
+
+    say(f"\n== verify-idle: an idle 3-node cluster, {IDLE_S:.0f} s")
+    res = {}
+    for every in ("10m", "1s"):
+        S = Scratch("idle-" + every)
+        c3 = Cluster(S.path, ["a", "b", "c"], group="g", paths=["/data"],
+                     group_extra=f'verify_every = "{every}"\n')
+        gen_tree(c3.data("a"), 1000, 10, 0, 7)
+        for n in ("a", "b", "c"):
+            c3.start(n)
+        c3.wait_in_sync("c", 1000, TIMEOUT)
+        c3.wait_in_sync("b", 1000, TIMEOUT)
+        wait_idle([c3.pid(n) for n in ("a", "b", "c")])
+        used, pct = idle_cpu(["a", "b", "c"], c3, IDLE_S)
+        st = c3.status("a")
+        lv = next(g for g in st["groups"] if g["name"] == "g").get("last_verified", {})
+        say(f"   verify_every = {every}: {used:.3f} CPU s over {IDLE_S:.0f} s for 3 daemons = "
+            f"{pct:.4f} % of a core per daemon; a's last_verified: "
+            + ", ".join(f"{p} {v.get('time')} matched={v.get('matched')}" for p, v in lv.items()))
+        res[every] = (used, pct)
+        c3.stop_all()
+        S.remove()
+    per = (res["1s"][0] - res["10m"][0]) / (3 * IDLE_S)
+    say(f"   one comparison (equal groups of 1,000 files, both sides) costs about "
+        f"{per * 1000:.2f} ms of CPU; at the default 10m that is {per / 600 * 100:.5f} % of a core "
+        f"per pair")
+    record("verify-idle", idle_s=IDLE_S, cpu_default=res["10m"][0], pct_default=res["10m"][1],
+           cpu_1s=res["1s"][0], pct_1s=res["1s"][1], per_comparison_cpu_s=per, load=load_note())
+
+
 SCEN = {"initial": scenario_initial, "oneshot": scenario_oneshot, "small": scenario_small,
         "delta": scenario_delta, "live": scenario_live, "delete": scenario_delete,
         "delta1": scenario_delta1, "mesh": scenario_mesh, "churn": scenario_churn, "scale": scenario_scale, "fanout": scenario_fanout, "wan": scenario_wan,
-        "profile": scenario_profile}
+        "verify": scenario_verify, "profile": scenario_profile}
 ALL = ["initial", "oneshot", "small", "delta", "delta1", "live", "delete", "fanout", "mesh", "churn", "wan",
-       "scale"]
+       "scale", "verify"]
 
 
 def main():

@@ -5,7 +5,8 @@
 //! Exit codes (SPEC §4): 0 success; 1 runtime error; 2 usage or configuration error; 3 `sync`
 //! finished with unresolved conflicts (and `status` with conflicts); 4 `sync` could not reach
 //! every peer. `status`: 0 in sync and every peer connected, 1 behind, stopped, unreachable or
-//! no daemon, 3 unresolved conflicts.
+//! no daemon, 3 unresolved conflicts. `verify`: 0 the same everywhere, 1 differences (or no
+//! daemon), 4 a peer could not be compared with, 2 usage or configuration error.
 
 use crate::config::Config;
 use crate::engine::node::{Node, Opts};
@@ -102,6 +103,28 @@ pub enum Cmd {
         /// the current directory)
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<OsString>,
+    },
+    /// Compare this node with every reachable peer of each group (index summaries, then the
+    /// paths that differ) and print one line per path that differs: `PATH: here <state>, PEER
+    /// <state>`. Exit 0: the same everywhere; 1: differences (listed); 4: a peer could not be
+    /// compared with; 2: usage or config error. Needs the running daemon.
+    Verify {
+        /// Groups to verify [default: all of this node's]
+        groups: Vec<String>,
+        /// Also read every file on this node's disk again and compare it with the index (finds
+        /// edits made while the daemon was down that kept size and mtime, and bit rot)
+        #[arg(long)]
+        deep: bool,
+        /// Make every difference found converge by the group's usual rules, keeping what is
+        /// replaced as a backup
+        #[arg(long)]
+        repair: bool,
+        /// Print one JSON object (differences, compared, unreachable) instead of lines
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for changes on their way to settle before comparing (e.g. 30s)
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// List kept previous versions of PATH (root only)
     Backups {
@@ -326,6 +349,13 @@ async fn run(args: Args) -> Result<u8> {
         Cmd::Conflicts { json } => conflicts(&s, json).await,
         Cmd::Resolve { path, keep } => resolve(&s, &path, &keep).await,
         Cmd::Mark { paths } => mark(&s, paths).await,
+        Cmd::Verify {
+            groups,
+            deep,
+            repair,
+            json,
+            timeout,
+        } => verify(&s, groups, deep, repair, json, timeout).await,
         Cmd::Backups { path } => backups(&s, &path),
         Cmd::Restore {
             path,
@@ -1067,6 +1097,111 @@ async fn mark(s: &Settings, paths: Vec<OsString>) -> Result<u8> {
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `clustersync verify`: through the running daemon only (what matters is what the daemon
+/// holds; without one there is nothing running to compare, and an in-process node would first
+/// exchange everything with its peers, which is `sync`).
+async fn verify(
+    s: &Settings,
+    groups: Vec<String>,
+    deep: bool,
+    repair: bool,
+    json: bool,
+    timeout: Duration,
+) -> Result<u8> {
+    let cfg = load_config(s)?;
+    for g in &groups {
+        let accounts = g == crate::engine::group::ACCOUNTS && cfg.accounts.is_some();
+        if !accounts && !cfg.groups.get(g).is_some_and(|gc| gc.has_node(&s.node)) {
+            return Err(exit(
+                2,
+                format!("group {g:?} is not a group of node {}", s.node),
+            ));
+        }
+    }
+    let req = Request::Verify {
+        groups,
+        deep,
+        repair,
+        wait_ms: timeout.as_millis() as u64,
+    };
+    let rep = match control::call(&s.state_dir, &req).await {
+        Ok(Response::Verified(rep)) => rep,
+        Ok(Response::Error { message }) => return Err(exit(1, message)),
+        Ok(other) => return Err(exit(1, format!("unexpected answer: {other:?}"))),
+        Err(e @ control::ControlError::NoDaemon(_)) => {
+            return Err(exit(
+                1,
+                format!(
+                    "{e}: verify compares what the running daemon holds with its peers; start it (clustersync daemon, or systemctl start clustersync) and run verify again"
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let code = rep.exit_code();
+    if json {
+        println!("{}", serde_json::to_string(&rep)?);
+        return Ok(code);
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        for d in &rep.differences {
+            if writeln!(out, "{}", d.line()).is_err() {
+                break;
+            }
+        }
+    }
+    for u in &rep.unreachable {
+        eprintln!(
+            "could not compare group {} with {}: {}",
+            u.group, u.peer, u.why
+        );
+    }
+    if rep.truncated {
+        eprintln!(
+            "more paths differ than one comparison lists ({} per group and peer); run verify again",
+            crate::engine::verify::MAX_DIFFS
+        );
+    }
+    let peers: std::collections::BTreeSet<&str> =
+        rep.compared.iter().map(|c| c.peer.as_str()).collect();
+    let mut summary = format!(
+        "verify: {} compared with {}",
+        plural(
+            rep.compared
+                .iter()
+                .map(|c| c.group.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u64,
+            "group",
+            "groups"
+        ),
+        plural(peers.len() as u64, "peer", "peers")
+    );
+    if deep {
+        summary.push_str(&format!(
+            ", {} ({}) read again from disk",
+            plural(rep.deep_files, "file", "files"),
+            human_bytes(rep.deep_bytes)
+        ));
+    }
+    match rep.differences.len() {
+        0 if rep.unreachable.is_empty() => summary.push_str(": the same everywhere"),
+        0 => {}
+        n => summary.push_str(&format!(
+            ": {}{}",
+            plural(n as u64, "difference", "differences"),
+            if repair {
+                " (each settled by the group's usual rules; what was replaced is kept as a backup)"
+            } else {
+                " (clustersync verify --repair settles them)"
+            }
+        )),
+    }
+    eprintln!("{summary}");
+    Ok(code)
 }
 
 fn require_root(what: &str) -> Result<()> {

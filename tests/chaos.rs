@@ -6,7 +6,9 @@
 //! SIGTERMs. At random checkpoints and at the end, everything is healed and restarted, and
 //! every node must converge (and report `in_sync`) to a tree whose every file holds content
 //! somebody wrote, whole, at a path it was written or renamed to, with no temp file left; then
-//! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4).
+//! a round of writes and deletes must reach every node exactly (SPEC §4 status, §5.2–§5.4);
+//! each seed ends with `clustersync verify` exiting 0 on every node (§5.14: the index summaries
+//! agree too).
 //!
 //! With `CHAOS_STOP_GROUP=1`, the group is also stopped at random on the last node (its group
 //! directory renamed away, as an unmounted disk looks) and brought back a few steps later, while
@@ -573,6 +575,66 @@ impl Chaos {
         tree
     }
 
+    /// `clustersync verify` on every node says the same everywhere (exit 0): the index
+    /// summaries agree, not only the trees.
+    fn verify_everywhere(&self) {
+        for n in nodes() {
+            let out = tempfile::tempfile().unwrap();
+            let mut child = std::process::Command::new(bin())
+                .arg("-c")
+                .arg(&self.c.cfg)
+                .args(["--node", n, "--state-dir"])
+                .arg(&self.c.node(n).state)
+                .args(["verify", "--timeout", "20s"])
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out.try_clone().unwrap())
+                .spawn()
+                .unwrap();
+            let t0 = Instant::now();
+            let st = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break Some(st);
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            use std::io::{Read, Seek};
+            let mut out = out;
+            let mut text = String::new();
+            let _ = out.rewind();
+            let _ = out.read_to_string(&mut text);
+            if st.and_then(|s| s.code()) != Some(0) {
+                let diag = self.diagnose();
+                panic!("verify on {n} did not say the same everywhere ({st:?}):\n{text}\n{diag}");
+            }
+        }
+        // differences the background comparisons found and settled during the run (each one
+        // a divergence the feed did not heal, or a false alarm): printed, for whoever reads
+        let found: Vec<String> = nodes()
+            .iter()
+            .map(|n| {
+                let k = self
+                    .c
+                    .audit(n)
+                    .iter()
+                    .filter(|l| l["kind"] == "diverged")
+                    .count();
+                format!("{n} {k}")
+            })
+            .collect();
+        println!(
+            "[seed {}] verify: the same everywhere on every node; diverged lines during the run: {}",
+            self.seed,
+            found.join(", ")
+        );
+    }
+
     /// `status --json` of a node, or None if it does not answer within a few seconds (the
     /// harness's `status` would wait forever on a hung daemon).
     fn status(&self, node: &str) -> Option<serde_json::Value> {
@@ -778,6 +840,7 @@ impl Chaos {
         }
         self.step = steps + 1;
         self.verify("after the chaos", PATHS.len());
+        self.verify_everywhere();
         println!(
             "[seed {}] passed: {steps} steps, {} contents written, {:.1}s",
             self.seed,

@@ -33,7 +33,7 @@ use clustersync::item::{
     Body, ChunkRef, Entry, Hash, Item, Kind, Meta, Owner, VersionVector, name,
 };
 use clustersync::net::protocol::{
-    CODEC_PLAIN, GroupHello, Msg, ProtocolError, SharedSettings, WireItem,
+    CODEC_PLAIN, GroupHello, Msg, ProtocolError, SharedSettings, SumRow, WireItem,
 };
 use clustersync::net::v3::{GroupResume, Msg3, WireRecord, from_current, to_current};
 use clustersync::store::{Aside, ConflictInfo, decode_entry, decode_quick, encode_entry};
@@ -411,6 +411,59 @@ fn msg_without_index() -> impl Strategy<Value = Msg> {
     ]
 }
 
+fn sum_row() -> impl Strategy<Value = SumRow> {
+    (vec(any::<u8>(), 0..40), any::<u128>(), any::<u64>()).prop_map(|(key, hash, count)| SumRow {
+        key,
+        hash,
+        count,
+    })
+}
+
+/// Every message protocol 5 added (anti-entropy), equally often.
+fn msg5() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        (
+            (any::<u64>(), text(), any::<u8>()),
+            vec(any::<u8>(), 0..40),
+            proptest::option::of(vec(any::<u8>(), 0..40)),
+            proptest::option::of(sum_row()),
+        )
+            .prop_map(|((req, group, level), lo, hi, root)| Msg::Compare {
+                req,
+                group,
+                level,
+                lo,
+                hi,
+                root
+            }),
+        (
+            (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()),
+            vec(sum_row(), 0..5)
+        )
+            .prop_map(|((req, head, quiet, more), rows)| Msg::Rows {
+                req,
+                head,
+                quiet,
+                rows,
+                more
+            }),
+        (
+            (any::<u64>(), text(), any::<bool>()),
+            vec(key(), 0..4),
+            vec(wire_item(), 0..3)
+        )
+            .prop_map(|((req, group, settle), keys, items)| Msg::Differ {
+                req,
+                group,
+                keys,
+                items,
+                settle
+            }),
+        (any::<u64>(), any::<u64>(), vec(wire_item(), 0..3))
+            .prop_map(|(req, head, items)| Msg::DifferItems { req, head, items }),
+    ]
+}
+
 fn index_of(items: impl Strategy<Value = Vec<WireItem>>) -> impl Strategy<Value = Msg> {
     (text(), items, any::<u64>(), any::<u64>()).prop_map(|(group, items, through, head)| {
         Msg::Index {
@@ -422,12 +475,13 @@ fn index_of(items: impl Strategy<Value = Vec<WireItem>>) -> impl Strategy<Value 
     })
 }
 
-/// Every variant of [`Msg`] (protocol 4); `Index` as often as all the others together, since
-/// it carries the items.
+/// Every variant of [`Msg`] (protocols 4 and 5); `Index` as often as all the others of
+/// protocol 4 together, since it carries the items.
 fn msg() -> impl Strategy<Value = Msg> {
     prop_oneof![
-        1 => msg_without_index(),
-        1 => index_of(vec(wire_item(), 0..4)),
+        2 => msg_without_index(),
+        2 => index_of(vec(wire_item(), 0..4)),
+        1 => msg5(),
     ]
 }
 
@@ -789,7 +843,11 @@ proptest! {
     #[test]
     fn v3_translation_drops_only_what_it_cannot_carry(m in msg()) {
         let Some(old) = from_current(&m) else {
-            prop_assert!(matches!(m, Msg::Hello { .. }), "only Hello is not translated: {:?}", m.kind());
+            prop_assert!(
+                matches!(m, Msg::Hello { .. }) || m.since() >= 5,
+                "only Hello and protocol-5 messages are not translated: {:?}",
+                m.kind()
+            );
             return Ok(());
         };
         let expected = match m {
@@ -1287,6 +1345,56 @@ mod seeds {
             Msg::Pong { token: u64::MAX },
             Msg::Bye {
                 reason: "no protocol version in common".into(),
+            },
+            Msg::Compare {
+                req: 2,
+                group: "www".into(),
+                level: 6,
+                lo: vec![],
+                hi: None,
+                root: Some(SumRow {
+                    key: vec![],
+                    hash: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                    count: 1_000_000,
+                }),
+            },
+            Msg::Compare {
+                req: 3,
+                group: "www".into(),
+                level: 0,
+                lo: b"\0srv\0www\0a".to_vec(),
+                hi: Some(b"\0srv\0www\0b".to_vec()),
+                root: None,
+            },
+            Msg::Rows {
+                req: 3,
+                head: 17,
+                quiet: true,
+                rows: vec![
+                    SumRow {
+                        key: b"\0srv\0www\0a".to_vec(),
+                        hash: 5,
+                        count: 1,
+                    },
+                    SumRow {
+                        key: b"\0srv\0www\0a\0x".to_vec(),
+                        hash: u128::MAX,
+                        count: 1,
+                    },
+                ],
+                more: true,
+            },
+            Msg::Differ {
+                req: 4,
+                group: "www".into(),
+                keys: vec![b"/srv/www/a".to_vec(), b"/srv/www/caf\xe9".to_vec()],
+                items: vec![small_file(b"/srv/www/a", b"x")],
+                settle: true,
+            },
+            Msg::DifferItems {
+                req: 4,
+                head: 18,
+                items: vec![small_file(b"/srv/www/a", b"y")],
             },
         ]
     }

@@ -74,6 +74,10 @@ impl<'s> Checker<'s> {
             Some(c) => self.cluster(c)?,
             None => (DEFAULT_PORT, None, Compress::Auto),
         };
+        let verify_every = match raw.cluster.as_ref().and_then(|c| c.verify_every.as_ref()) {
+            Some(v) => self.verify_every(v, "cluster.verify_every")?,
+            None => Some(DEFAULT_VERIFY_EVERY),
+        };
         let mut nodes = BTreeMap::new();
         for (name, n) in raw.nodes.map(|e| e.0).unwrap_or_default() {
             let node = self.node(&name, n, port)?;
@@ -112,7 +116,7 @@ impl<'s> Checker<'s> {
         let mut groups = BTreeMap::new();
         let mut seen = Vec::new();
         for (name, g) in raw.groups.map(|e| e.0).unwrap_or_default() {
-            let group = self.group(&name, g, &nodes, &mut seen)?;
+            let group = self.group(&name, g, &nodes, &mut seen, verify_every)?;
             groups.insert(name, group);
         }
         self.overlaps(seen)?;
@@ -129,6 +133,7 @@ impl<'s> Checker<'s> {
             port,
             bwlimit,
             compress,
+            verify_every,
             nodes,
             groups,
             accounts,
@@ -362,6 +367,7 @@ impl<'s> Checker<'s> {
         g: RawGroup,
         nodes: &BTreeMap<String, NodeConfig>,
         seen: &mut Vec<PathSeen>,
+        cluster_verify_every: Option<Duration>,
     ) -> Result<GroupConfig> {
         let key = format!("groups.{name}");
         let k = |field: &str| format!("{key}.{field}");
@@ -511,6 +517,10 @@ impl<'s> Checker<'s> {
             )?,
             None => Some(DEFAULT_RESCAN),
         };
+        let verify_every = match &g.verify_every {
+            Some(v) => self.verify_every(v, &k("verify_every"))?,
+            None => cluster_verify_every,
+        };
         let backup_max_bytes = match &g.backup_max_bytes {
             None => None,
             Some(b) => {
@@ -558,8 +568,20 @@ impl<'s> Checker<'s> {
             on_drift_set: g.on_drift.is_some(),
             watch,
             rescan,
+            verify_every,
             actions,
         })
+    }
+
+    /// `verify_every` (cluster or group): a duration, or "0" for off.
+    fn verify_every(&self, v: &Spanned<Scalar>, key: &str) -> Result<Option<Duration>> {
+        self.duration(
+            v,
+            key,
+            true,
+            "a duration string such as \"10m\" (or \"0\" to turn comparisons off)",
+            "\"30s\", \"10m\", \"1h\", or \"0\" for off",
+        )
     }
 
     /// A duration; `Ok(None)` for "0" when `zero_disables`.

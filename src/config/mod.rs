@@ -34,7 +34,8 @@
 //! - every exclude/include/action pattern and every `xattrs_include`/`xattrs_exclude` pattern
 //!   compiles as a gitignore-style glob; `xattrs_include`/`xattrs_exclude` are only written
 //!   in a group with `xattrs = true`;
-//! - `rescan` is `None` when disabled (`"0"`), otherwise a non-zero duration; an action's
+//! - `rescan` and `verify_every` are `None` when disabled (`"0"`), otherwise a non-zero
+//!   duration (a group's `verify_every` is resolved: its own, else the cluster's); an action's
 //!   `timeout` and `[metrics] stale_after` are non-zero durations; an action's `logfile` is
 //!   absolute;
 //! - a rate (`bwlimit`) or size (`backup_max_bytes`) of `"0"` is stored as `None` (no limit),
@@ -46,6 +47,8 @@
 //! |---|---|---|
 //! | `[cluster] bwlimit` | rate per peer link: `"0"` (none), `"20MiB/s"`, `"500KiB/s"`, `"10MB/s"`, `"1GiB/s"` | none |
 //! | `[cluster] compress` | `"auto"` (zstd where it pays) or `"off"` | auto |
+//! | `[cluster] verify_every` | how often summaries are compared with each peer (SPEC §5.14); `"0"`: off | `"10m"` |
+//! | `[groups.NAME] verify_every` | the same for one group | the cluster's |
 //! | `[nodes.NAME] bwlimit` | rate for links to that node, overriding `[cluster] bwlimit` (`"0"`: none) | the cluster's |
 //! | `[groups.NAME] xattrs_include` | globs of attribute names (`user.*`); when set, only matching attributes are synced | all |
 //! | `[groups.NAME] xattrs_exclude` | globs of attribute names never synced | `["security.selinux"]` |
@@ -100,6 +103,8 @@ pub const DEFAULT_PORT: u16 = 7373;
 pub const DEFAULT_BACKUP_GENERATIONS: u32 = 3;
 /// Default of a group's `rescan`.
 pub const DEFAULT_RESCAN: Duration = Duration::from_secs(3600);
+/// Default of `verify_every` (cluster and group).
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(600);
 /// Default of an action's `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default of `[metrics] stale_after`.
@@ -122,6 +127,9 @@ pub struct Config {
     pub bwlimit: Option<u64>,
     /// `[cluster] compress`.
     pub compress: Compress,
+    /// `[cluster] verify_every`: how often each group's summary is compared with each peer,
+    /// unless the group says otherwise; default 10 minutes; `None` when off (`"0"`).
+    pub verify_every: Option<Duration>,
     /// `[nodes.NAME]`, by name.
     pub nodes: BTreeMap<String, NodeConfig>,
     /// `[groups.NAME]`, by name.
@@ -258,6 +266,9 @@ pub struct GroupConfig {
     pub watch: bool,
     /// Period of the safety-net full rescan; default 1 hour; `None` when disabled (`"0"`).
     pub rescan: Option<Duration>,
+    /// How often the group's summary is compared with each peer (SPEC §5.14): the group's
+    /// `verify_every`, else `[cluster] verify_every`, else 10 minutes; `None` when off.
+    pub verify_every: Option<Duration>,
     /// `[[groups.NAME.actions]]`, in the order written.
     pub actions: Vec<ActionConfig>,
 }
@@ -409,6 +420,7 @@ impl Config {
             port: DEFAULT_PORT,
             bwlimit: None,
             compress: Compress::Auto,
+            verify_every: Some(DEFAULT_VERIFY_EVERY),
             nodes: BTreeMap::new(),
             groups: BTreeMap::new(),
             accounts: None,
@@ -517,6 +529,7 @@ impl PartialEq for Config {
             && self.port == other.port
             && self.bwlimit == other.bwlimit
             && self.compress == other.compress
+            && self.verify_every == other.verify_every
             && self.nodes == other.nodes
             && self.groups == other.groups
             && self.accounts == other.accounts
@@ -584,6 +597,7 @@ impl GroupConfig {
             on_drift_set: false,
             watch: true,
             rescan: Some(DEFAULT_RESCAN),
+            verify_every: Some(DEFAULT_VERIFY_EVERY),
             actions: Vec::new(),
         }
     }

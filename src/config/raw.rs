@@ -39,6 +39,8 @@ pub(super) struct RawCluster {
     pub bwlimit: Option<Spanned<Scalar>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compress: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_every: Option<Spanned<Scalar>>,
 }
 
 /// `[nodes.NAME]`.
@@ -96,6 +98,8 @@ pub(super) struct RawGroup {
     pub xattrs_exclude: Option<Spanned<Strings>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_max_bytes: Option<Spanned<Scalar>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_every: Option<Spanned<Scalar>>,
 }
 
 /// `[[groups.NAME.actions]]`.

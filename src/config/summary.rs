@@ -71,6 +71,14 @@ pub(super) fn summary(config: &Config, this_node: Option<&str>) -> String {
         if let Some(max) = g.backup_max_bytes {
             let _ = write!(s, ", backups up to {}", format_size(max));
         }
+        match g.verify_every {
+            Some(d) => {
+                let _ = write!(s, ", verify every {}", humantime::format_duration(d));
+            }
+            None => {
+                let _ = write!(s, ", verify off");
+            }
+        }
         let _ = writeln!(s);
         if g.xattrs {
             let mut x = Vec::new();

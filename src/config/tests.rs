@@ -472,7 +472,8 @@ fn unknown_keys() {
         message,
         "unknown key \"conflcit\" in [groups.www] (did you mean \"conflict\"?); valid keys: nodes, \
          replicas, paths, exclude, include, conflict, backup_generations, owners, xattrs, \
-         on_drift, watch, rescan, actions, xattrs_include, xattrs_exclude, backup_max_bytes"
+         on_drift, watch, rescan, actions, xattrs_include, xattrs_exclude, backup_max_bytes, \
+         verify_every"
     );
     assert_invalid(
         "[clutser]\nport = 1\n",
@@ -1220,7 +1221,7 @@ fn fields_of_the_serde_types_are_the_valid_keys() {
     );
     assert_eq!(
         de::fields_of::<raw::RawCluster>(),
-        ["port", "bwlimit", "compress"]
+        ["port", "bwlimit", "compress", "verify_every"]
     );
     assert_eq!(
         de::fields_of::<raw::RawAction>(),
@@ -1877,4 +1878,42 @@ mod prop {
             prop_assert_eq!(back.ok(), Some(c));
         }
     }
+}
+
+/// `verify_every` (SPEC §3, §5.14): 10 minutes by default, `[cluster]` for every group, a
+/// group's own overrides it, "0" turns comparisons off; a bad value names file, line and key;
+/// writing keeps what was set where.
+#[test]
+fn verify_every_cluster_group_and_off() {
+    let g = "[groups.g]\nnodes = [\"web1\"]\npaths = [\"/a\"]\n";
+    let h = "[groups.h]\nnodes = [\"web1\"]\npaths = [\"/b\"]\nverify_every = \"30s\"\n";
+    let c = parse(&with_nodes(&format!("{g}{h}")));
+    assert_eq!(c.verify_every, Some(Duration::from_secs(600)));
+    assert_eq!(c.groups["g"].verify_every, Some(Duration::from_secs(600)));
+    assert_eq!(c.groups["h"].verify_every, Some(Duration::from_secs(30)));
+    let text = format!(
+        "[cluster]\nverify_every = \"0\"\n{}",
+        with_nodes(&format!("{g}{h}"))
+    );
+    let c = parse(&text);
+    assert_eq!(c.verify_every, None);
+    assert_eq!(c.groups["g"].verify_every, None, "the cluster's off");
+    assert_eq!(c.groups["h"].verify_every, Some(Duration::from_secs(30)));
+    let back = Config::parse(&c.to_toml(), Path::new("/etc/cs.toml")).unwrap();
+    assert_eq!(back, c);
+    let text = format!("[cluster]\nverify_every = \"1h\"\n{}", with_nodes(g));
+    let off = format!("{text}verify_every = 0\n");
+    assert_eq!(parse(&off).groups["g"].verify_every, None);
+    assert_eq!(
+        parse(&text).groups["g"].verify_every,
+        Some(Duration::from_secs(3600))
+    );
+    let (_, key, msg) = invalid(&with_nodes(&format!("{g}verify_every = \"often\"\n")));
+    assert_eq!(key, "groups.g.verify_every");
+    assert!(msg.contains("bad duration \"often\""), "{msg}");
+    let (line, key, _) = invalid(&format!(
+        "[cluster]\nverify_every = true\n{}",
+        with_nodes(g)
+    ));
+    assert_eq!((line, key.as_str()), (2, "cluster.verify_every"));
 }

@@ -56,6 +56,8 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
             .bwlimit
             .map(|b| unplaced(Scalar::Str(format_rate(Some(b))))),
         compress: (c.compress != Compress::Auto).then(|| unplaced(c.compress.to_string())),
+        verify_every: (c.verify_every != Some(DEFAULT_VERIFY_EVERY))
+            .then(|| unplaced(Scalar::Str(period_text(c.verify_every)))),
     };
     section(
         &mut out,
@@ -87,7 +89,10 @@ pub(super) fn to_toml(c: &Config, notes: &Annotations) -> String {
             notes,
             &format!("groups.{}", g.name),
             &RawConfig {
-                groups: Some(Entries(vec![(g.name.clone(), raw_group(g))])),
+                groups: Some(Entries(vec![(
+                    g.name.clone(),
+                    raw_group(g, c.verify_every),
+                )])),
                 ..RawConfig::default()
             },
         );
@@ -202,7 +207,16 @@ fn raw_node(n: &NodeConfig) -> RawNode {
     }
 }
 
-fn raw_group(g: &GroupConfig) -> RawGroup {
+/// A period as written in the file: a duration, or "0" for off.
+fn period_text(p: Option<std::time::Duration>) -> String {
+    match p {
+        Some(d) => format_duration(d),
+        None => "0".to_owned(),
+    }
+}
+
+/// A group's section; `verify_every` is written when it is not the cluster's.
+fn raw_group(g: &GroupConfig, cluster_verify_every: Option<std::time::Duration>) -> RawGroup {
     let listed = |v: &Vec<String>| (!v.is_empty()).then(|| strings(v));
     let default_xattrs_exclude = g
         .xattrs_exclude
@@ -234,6 +248,8 @@ fn raw_group(g: &GroupConfig) -> RawGroup {
             None
         },
         xattrs_exclude: (g.xattrs && !default_xattrs_exclude).then(|| strings(&g.xattrs_exclude)),
+        verify_every: (g.verify_every != cluster_verify_every)
+            .then(|| unplaced(Scalar::Str(period_text(g.verify_every)))),
         backup_max_bytes: g
             .backup_max_bytes
             .map(|b| unplaced(Scalar::Str(format_size(b)))),

@@ -162,6 +162,8 @@ pub struct Ctx {
     /// `sync --dry-run`: what would change, by path: (what, the peers it would go to or come
     /// from).
     pub dry: Mutex<DryRun>,
+    /// The last summary comparison with each peer, per group (`engine::verify`).
+    pub verified: crate::engine::verify::Verified,
 }
 
 impl Ctx {

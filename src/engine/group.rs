@@ -84,6 +84,7 @@ impl GroupRt {
         let mut gc = GroupConfig::new(ACCOUNTS);
         gc.nodes = members.clone();
         gc.watch = false;
+        gc.verify_every = cfg.verify_every;
         gc.conflict = ac.conflict.clone();
         let policy = crate::accounts::Policy::from_config(ac);
         let mut nodes = members;

@@ -18,7 +18,7 @@
 //! (`engine::lists`).
 
 use crate::engine::lane::Lanes;
-use crate::engine::node::Ctx;
+use crate::engine::node::{Ctx, Engine};
 use crate::engine::peer::{Link, LinkGroup, RemoteProgress, lock};
 use crate::engine::relay::{self, LinkRelay};
 use crate::item::Hash;
@@ -540,6 +540,7 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         bytes_in: AtomicU64::new(0),
         relay: Mutex::new(LinkRelay::default()),
         have_seen: Notify::new(),
+        verify_waiters: Mutex::new(HashMap::new()),
     });
     let how = Sending {
         version,
@@ -567,6 +568,11 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
         send_have(&ctx, &link, &mut have_sent).await;
     }
     let pumps = start_pumps(&ctx, &lanes, &link, &hello);
+    let engine = Engine {
+        ctx: ctx.clone(),
+        lanes: lanes.clone(),
+    };
+    let verifier = tokio::spawn(crate::engine::verify::background(engine, link.clone()));
     let (in_rx, reader_task) = spawn_reader(reader, version, link.clone(), ctx.clone());
     let result = serve(&ctx, &lanes, &link, in_rx, closed_rx, &hi_tx, have_sent).await;
     if let Err(LinkError::Violation { msg, .. }) = &result {
@@ -577,6 +583,7 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     }
     link.close();
     reader_task.abort();
+    verifier.abort();
     for p in pumps {
         p.abort();
     }
@@ -585,6 +592,7 @@ pub async fn run(ctx: Arc<Ctx>, lanes: Lanes, wire: Wire, peer: String) -> Resul
     lock(&link.chunk_waiters).clear();
     lock(&link.list_waiters).clear();
     lock(&link.pong_waiters).clear();
+    lock(&link.verify_waiters).clear();
     tracing::info!(peer = %peer, "disconnected{}", match &result { Ok(()) => String::new(), Err(e) => format!(": {e}") });
     result
 }
@@ -988,6 +996,16 @@ async fn dispatch(
             }
         }
         Msg::Have { group, from } => on_have(ctx, link, group, from)?,
+        m @ (Msg::Compare { .. } | Msg::Differ { .. }) => {
+            let e = Engine {
+                ctx: ctx.clone(),
+                lanes: lanes.clone(),
+            };
+            crate::engine::verify::serve(&e, link, serving, m).await?;
+        }
+        m @ (Msg::Rows { .. } | Msg::DifferItems { .. }) => {
+            crate::engine::verify::answered(link, m)?;
+        }
     }
     Ok(())
 }

@@ -16,3 +16,4 @@ pub mod peer;
 pub mod relay;
 pub mod status;
 pub mod sync;
+pub mod verify;

@@ -378,6 +378,7 @@ fn make_ctx(
         opts,
         started: Instant::now(),
         dry: Default::default(),
+        verified: Default::default(),
     };
     Ok((ctx, action_task))
 }

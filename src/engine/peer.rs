@@ -95,6 +95,8 @@ pub struct Link {
     pub relay: Mutex<crate::engine::relay::LinkRelay>,
     /// A `Have` arrived.
     pub(crate) have_seen: Notify,
+    /// Our comparisons' requests waiting for the peer's answer (`engine::verify`).
+    pub(crate) verify_waiters: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
 }
 
 impl Link {
@@ -191,6 +193,22 @@ impl Link {
 
     pub fn remote_of(&self, group: &str) -> RemoteProgress {
         lock(&self.remote).get(group).copied().unwrap_or_default()
+    }
+
+    /// Send a request whose answer names its `req` (`engine::verify`): `make` builds it from a
+    /// fresh number; the receiver yields the answer, or an error if the link drops.
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Msg,
+    ) -> Option<oneshot::Receiver<Msg>> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.verify_waiters).insert(req, tx);
+        if !self.send(make(req)).await {
+            lock(&self.verify_waiters).remove(&req);
+            return None;
+        }
+        Some(rx)
     }
 }
 

@@ -121,6 +121,10 @@ pub struct GroupStatus {
     /// release cannot take): each a reason the trees may differ.
     #[serde(default)]
     pub withheld: Vec<String>,
+    /// Per peer: the last comparison of index summaries (time, whether it matched), or why
+    /// none happens (SPEC §4, §5.14). Peers not compared yet are absent.
+    #[serde(default)]
+    pub last_verified: BTreeMap<String, crate::engine::verify::LastVerified>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +225,8 @@ pub struct LaneView {
     pub warning: Option<String>,
     pub applied: u64,
     pub applied_bytes: u64,
+    /// The last summary comparison with each peer (`engine::verify`).
+    pub last_verified: BTreeMap<String, crate::engine::verify::LastVerified>,
 }
 
 /// A peer as its link and the peer registry show it.
@@ -273,6 +279,7 @@ impl View {
                     warning: lock(&s.warning).clone(),
                     applied: s.applied.load(Ordering::Relaxed),
                     applied_bytes: s.applied_bytes.load(Ordering::Relaxed),
+                    last_verified: ctx.verified.of_group(l.group.name()),
                 };
                 (l.group.name().to_string(), v)
             })
@@ -524,6 +531,7 @@ fn group_status(
         applied: lane.applied,
         applied_bytes: lane.applied_bytes,
         withheld: withheld_why,
+        last_verified: lane.last_verified,
     })
 }
 

@@ -25,7 +25,9 @@
 //! 3. the receiver applies a batch (content comes inline for small files the sender changed
 //!    itself, otherwise by `GetChunks`/`Chunks` from any peer that has it) and answers `Ack`;
 //! 4. `Ping`/`Pong` mark a point in the stream for `clustersync sync` (token 0 is a
-//!    keep-alive and gets no answer).
+//!    keep-alive and gets no answer);
+//! 5. (protocol 5) `Compare`/`Rows` walk down two summaries of a group to the keys that differ,
+//!    `Differ`/`DifferItems` exchange the entries of those keys (`engine::verify`).
 
 use crate::item::{ChunkRef, Hash, Item};
 use serde::{Deserialize, Serialize};
@@ -150,7 +152,28 @@ pub struct WireItem {
     pub inline: Option<Vec<u8>>,
 }
 
-/// Every message of protocol 4.
+/// One row of a group's summary (`store::summary`): the range starting at the encoded key
+/// `key` (empty: the first range) and the sum and number of the digests in it; at level 0 one
+/// item, its encoded key and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SumRow {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub hash: u128,
+    pub count: u64,
+}
+
+/// Rows per `Rows` answer at most (the sender also stops at [`MAX_ROWS_BYTES`]).
+pub const MAX_ROWS: usize = 4096;
+/// Encoded bytes of the rows of one `Rows` answer at most (a sender stops adding rows once
+/// past it).
+pub const MAX_ROWS_BYTES: usize = 1024 * 1024;
+/// Keys per `Differ` (and items per `Differ`/`DifferItems`) at most.
+pub const MAX_DIFFER_KEYS: usize = MAX_BATCH_ITEMS;
+/// Longest key bound in a `Compare` (an encoded path, and one byte more for "just after").
+pub const MAX_BOUND: usize = crate::item::name::MAX_PATH + 1;
+
+/// Every message of protocol 4, and after `Bye` those of protocol 5 ([`Msg::since`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     Hello {
@@ -230,6 +253,49 @@ pub enum Msg {
     Have {
         group: String,
         from: Vec<HaveFrom>,
+    },
+    /// Protocol 5 (anti-entropy, SPEC §5.14): ask for the receiver's summary rows of `group` at
+    /// `level` whose ranges start in [`lo`, `hi`) (encoded keys; `hi` `None`: to the end).
+    /// `root`: the asker's root, sent with the first request of a comparison (level
+    /// `store::summary::TOP`), so the receiver learns whether they matched.
+    Compare {
+        req: u64,
+        group: String,
+        level: u8,
+        #[serde(with = "serde_bytes")]
+        lo: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        hi: Option<Vec<u8>>,
+        root: Option<SumRow>,
+    },
+    /// Answer to `Compare`: the rows in key order, at most [`MAX_ROWS`]; `more` when some were
+    /// left out (ask again from after the last). `head`: the sender's head of the group;
+    /// `quiet`: nothing of the group is on its way between the two nodes as far as the sender
+    /// knows (a comparison is only meaningful then).
+    Rows {
+        req: u64,
+        head: u64,
+        quiet: bool,
+        rows: Vec<SumRow>,
+        more: bool,
+    },
+    /// The keys of `group` a comparison found different (paths, not encoded), with the
+    /// sender's entries for them (tombstones included; none from a replica, or when only
+    /// listing). `settle`: the receiver decides the sender's entries by the usual rules, as a
+    /// peer's batch. Answered by `DifferItems`.
+    Differ {
+        req: u64,
+        group: String,
+        keys: Vec<Vec<u8>>,
+        items: Vec<WireItem>,
+        settle: bool,
+    },
+    /// Answer to `Differ`: the receiver's entries for those keys (once it decided the sender's,
+    /// when asked to settle).
+    DifferItems {
+        req: u64,
+        head: u64,
+        items: Vec<WireItem>,
     },
 }
 
@@ -408,6 +474,10 @@ impl Msg {
             | Msg::GetChunkLists { .. }
             | Msg::ChunkLists { .. }
             | Msg::Have { .. } => 5,
+            Msg::Compare { .. }
+            | Msg::Rows { .. }
+            | Msg::Differ { .. }
+            | Msg::DifferItems { .. } => 5,
         }
     }
 
@@ -426,6 +496,10 @@ impl Msg {
             Msg::GetChunkLists { .. } => "GetChunkLists",
             Msg::ChunkLists { .. } => "ChunkLists",
             Msg::Have { .. } => "Have",
+            Msg::Compare { .. } => "Compare",
+            Msg::Rows { .. } => "Rows",
+            Msg::Differ { .. } => "Differ",
+            Msg::DifferItems { .. } => "DifferItems",
         }
     }
 }
@@ -542,6 +616,41 @@ pub(crate) mod tests {
                     seq: 99,
                     linked: true,
                 }],
+            },
+            Msg::Compare {
+                req: 3,
+                group: "www".into(),
+                level: 6,
+                lo: vec![],
+                hi: Some(vec![0, b'a']),
+                root: Some(SumRow {
+                    key: vec![],
+                    hash: u128::MAX,
+                    count: 3,
+                }),
+            },
+            Msg::Rows {
+                req: 3,
+                head: 9,
+                quiet: true,
+                rows: vec![SumRow {
+                    key: vec![0, b'a'],
+                    hash: 5,
+                    count: 1,
+                }],
+                more: false,
+            },
+            Msg::Differ {
+                req: 4,
+                group: "www".into(),
+                keys: vec![b"/srv/a".to_vec()],
+                items: vec![],
+                settle: true,
+            },
+            Msg::DifferItems {
+                req: 4,
+                head: 1,
+                items: vec![],
             },
         ]
     }

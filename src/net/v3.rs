@@ -168,7 +168,11 @@ pub fn from_current(m: &Msg) -> Option<Msg3> {
         Msg::IndexGrouped { .. }
         | Msg::GetChunkLists { .. }
         | Msg::ChunkLists { .. }
-        | Msg::Have { .. } => return None,
+        | Msg::Have { .. }
+        | Msg::Compare { .. }
+        | Msg::Rows { .. }
+        | Msg::Differ { .. }
+        | Msg::DifferItems { .. } => return None,
     })
 }
 
@@ -180,7 +184,8 @@ mod tests {
     fn every_message_but_hello_translates_both_ways() {
         for m in crate::net::protocol::tests::sample() {
             match from_current(&m) {
-                None => assert!(matches!(m, Msg::Hello { .. }) || m.since() > 4),
+                // protocol 5's messages are never sent to a node of protocol 3
+                None => assert!(matches!(m, Msg::Hello { .. }) || m.since() >= 5),
                 Some(old) => {
                     let bytes = old.encode().unwrap();
                     let back = to_current(Msg3::decode(&bytes).unwrap()).unwrap();

@@ -55,6 +55,14 @@ pub enum Request {
         path: Vec<u8>,
         keep: String,
     },
+    /// `clustersync verify` (SPEC §4).
+    Verify {
+        groups: Vec<String>,
+        deep: bool,
+        repair: bool,
+        /// How long to wait for changes on their way to settle before comparing.
+        wait_ms: u64,
+    },
 }
 
 /// One conflict as `conflicts --json` shows it.
@@ -114,6 +122,7 @@ pub enum Response {
     Resolved {
         message: String,
     },
+    Verified(crate::engine::verify::VerifyReport),
     Error {
         message: String,
     },
@@ -441,6 +450,15 @@ async fn answer(e: &Engine, req: Request) -> Response {
                 None => err(format!("unknown group {g}")),
             },
         },
+        Request::Verify {
+            groups,
+            deep,
+            repair,
+            wait_ms,
+        } => {
+            let wait = Duration::from_millis(wait_ms.max(1));
+            Response::Verified(crate::engine::verify::run(e, &groups, deep, repair, wait).await)
+        }
         Request::Mark { paths } => {
             let mut unknown = Vec::new();
             for p in paths {
@@ -518,7 +536,8 @@ mod tests {
             decode_request(r#"{"cmd":"conflicts","control":2,"release":"0.3.0"}"#),
             Ok(Request::Conflicts)
         ));
-        let e = decode_request(r#"{"cmd":"verify","control":3,"release":"0.4.0"}"#).unwrap_err();
+        let e =
+            decode_request(r#"{"cmd":"frobnicate","control":3,"release":"0.4.0"}"#).unwrap_err();
         assert!(
             e.contains("clustersync 0.4.0") && e.contains("restart the daemon"),
             "{e}"

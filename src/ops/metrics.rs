@@ -127,6 +127,7 @@ pub struct Metrics {
     peer_received: Family<PeerLabels, Counter>,
     changes_applied: Family<GroupLabels, Counter>,
     changes_sent: Family<GroupLabels, Counter>,
+    diverged: Family<GroupLabels, Counter>,
     apply_latency: HistogramFamily<GroupLabels>,
     scan_duration: HistogramFamily<GroupLabels>,
     action_runs: Family<ActionLabels, Counter>,
@@ -167,6 +168,7 @@ impl Metrics {
             peer_received: Family::default(),
             changes_applied: Family::default(),
             changes_sent: Family::default(),
+            diverged: Family::default(),
             apply_latency: Family::new_with_constructor(latency_histogram),
             scan_duration: Family::new_with_constructor(scan_histogram),
             action_runs: Family::default(),
@@ -228,6 +230,11 @@ impl Metrics {
             "changes_sent",
             "Changes of this node sent to peers",
             m.changes_sent.clone(),
+        );
+        r.register(
+            "diverged",
+            "Paths found different from a peer (or, with verify --deep, from the disk) by comparing index summaries",
+            m.diverged.clone(),
         );
         r.register(
             "apply_latency_seconds",
@@ -333,6 +340,11 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Count paths of `group` found different by a comparison (SPEC §5.14).
+    pub fn diverged(&self, group: &str, n: u64) {
+        self.diverged.get_or_create(&Self::group(group)).inc_by(n);
+    }
+
     /// One change's latency from the origin's commit to the local rename (when measurable).
     pub fn observe_apply_latency(&self, group: &str, d: Duration) {
         self.apply_latency
@@ -386,6 +398,7 @@ impl Metrics {
         }
         self.changes_applied.remove(&l);
         self.changes_sent.remove(&l);
+        self.diverged.remove(&l);
         self.apply_latency.remove(&l);
         self.scan_duration.remove(&l);
     }

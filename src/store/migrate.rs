@@ -18,7 +18,9 @@
 //! conflicts, with their version vectors kept. Memberships (the `groups` of a schema-4 user)
 //! are not migrated: the first scan after the upgrade records each group's member set from the
 //! files as a change of this node, and the member sets of the nodes that upgrade merge without
-//! a conflict. Everything else keeps its meaning.
+//! a conflict. The `summary` table (the hash tree of each group, `store::summary`) is built
+//! from `items` (account items already in this release's format) and `meta["summary"]`
+//! records its format. Everything else keeps its meaning.
 
 use super::{
     ACKED, ASIDE, Aside, BY_SEQ, CHUNKS, CONFLICTS, ConflictInfo, GroupStats, ITEMS, META, STATS,
@@ -199,12 +201,17 @@ pub(super) fn v4_to_v5(db: &Database, path: &Path) -> Result<(), StoreError> {
         // acknowledgements of the previous release may cover batches never saved
         tx.delete_table(ACKED).map_err(|e| err(e.into()))?;
         tx.open_table(ACKED).map_err(|e| err(e.into()))?;
+    }
+    let summed = super::summary::rebuild(&tx, path)?;
+    {
         let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert("summary", super::summary::FORMAT)
+            .map_err(|e| err(e.into()))?;
         meta.insert("schema", 5).map_err(|e| err(e.into()))?;
     }
     tx.commit().map_err(|e| err(e.into()))?;
     tracing::info!(
-        "index {}: migrated from schema 4 to schema 5 ({n} account items in this release's format)",
+        "index {}: migrated from schema 4 to schema 5 ({n} account items in this release's format, summary of {summed} items built)",
         path.display()
     );
     Ok(())

@@ -17,6 +17,7 @@
 //! | `conflicts4` | (group, encoded key) | postcard [`ConflictInfo`] |
 //! | `aside` | (group, encoded key) | postcard [`Aside`]: a peer's item not applied yet |
 //! | `stats` | group | (files, directories, symlinks, bytes, tombstones) |
+//! | `summary` | (group, level, encoded boundary key) | (sum of digests, count): the group's hash tree ([`summary`]) |
 //!
 //! **Keys** are stored with every `/` replaced by a NUL byte ([`enc`]); NUL never occurs in a
 //! name, so the mapping is one to one, and the byte order of encoded keys is the order of a
@@ -33,7 +34,8 @@
 //! everything again (items that came from us included).
 //!
 //! Invariants: every entry in `items` has exactly one `by_seq4` row at its current seq, and a
-//! `tombs` row too when it is a tombstone; `stats` always equals the sum over `items`; a commit
+//! `tombs` row too when it is a tombstone; `stats` always equals the sum over `items`, and so
+//! does `summary` (every transaction that changes `items` brings it up to date); a commit
 //! is one transaction, so a crash leaves either the old or the new state; `chunks4` rows are
 //! hints: readers verify the hash.
 //!
@@ -49,9 +51,12 @@
 //!
 //! **Compatibility.** [`Store::open`] migrates an index of schema 4 (the previous release) or 3
 //! (the one before) in place, each step in one transaction (`migrate`); a schema newer than
-//! this binary is refused with [`StoreError::Schema`] and nothing is touched.
+//! this binary is refused with [`StoreError::Schema`] and nothing is touched. `meta["summary"]`
+//! names the format of the `summary` table ([`summary::FORMAT`]); an index whose table is of
+//! another format (or has none) gets it rebuilt from `items` when it is opened.
 
 mod migrate;
+pub mod summary;
 
 use crate::item::{Entry, Hash, Item, Kind, QuickStat};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -612,6 +617,26 @@ impl Store {
             tx.open_table(ASIDE).map_err(|e| st.err(e))?;
             tx.open_table(STATS).map_err(|e| st.err(e))?;
         }
+        let built = {
+            let meta = tx.open_table(META).map_err(|e| st.err(e))?;
+            meta.get("summary")
+                .map_err(|e| st.err(e))?
+                .map(|v| v.value())
+        };
+        if built != Some(summary::FORMAT) {
+            let t0 = std::time::Instant::now();
+            let n = summary::rebuild(&tx, path)?;
+            let mut meta = tx.open_table(META).map_err(|e| st.err(e))?;
+            meta.insert("summary", summary::FORMAT)
+                .map_err(|e| st.err(e))?;
+            if n > 0 {
+                tracing::info!(
+                    "index {}: built the summary of {n} items in {:?}",
+                    path.display(),
+                    t0.elapsed()
+                );
+            }
+        }
         tx.commit().map_err(|e| st.err(e))?;
         st.index_id = id;
         st.opened_seq = st.max_seq()?;
@@ -906,6 +931,7 @@ impl Store {
         let seq;
         let bulk = changes.len() >= DEFER_MIN;
         let mut ops = ChunkOps::new();
+        let mut sums = summary::Ops::default();
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -983,6 +1009,7 @@ impl Store {
                         off += c.len as u64;
                     }
                 }
+                sums.note_items(&key, old.as_ref().map(|o| &o.item), Some(&ch.entry.item));
                 let bytes = encode_entry(&self.path, &ch.entry)?;
                 items
                     .insert((group, key.as_slice()), bytes.as_slice())
@@ -998,7 +1025,8 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             seq = next;
         }
-        self.write_extras(&tx, group, extras, &mut ops)?;
+        self.write_extras(&tx, group, extras, &mut ops, &mut sums)?;
+        summary::apply(&tx, &self.path, group, sums)?;
         let staged = self.stage_chunks(&tx, ops, !bulk)?;
         tx.commit().map_err(|e| self.err(e))?;
         staged.done();
@@ -1011,6 +1039,7 @@ impl Store {
         group: &str,
         x: Extras,
         ops: &mut ChunkOps,
+        sums: &mut summary::Ops,
     ) -> Result<(), StoreError> {
         if !x.forget.is_empty() {
             let mut items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -1035,6 +1064,7 @@ impl Store {
                 bs.remove((group, old.seq)).map_err(|e| self.err(e))?;
                 tombs.remove((group, old.seq)).map_err(|e| self.err(e))?;
                 stats.add(&old, -1);
+                sums.note_items(&ek, Some(&old.item), None);
                 if let Some(m) = old.item.meta() {
                     for c in &m.chunks {
                         if self.points_here(&chunks, ops, &c.hash, group, &ek)? {
@@ -1091,7 +1121,9 @@ impl Store {
         }
         let tx = self.begin_write()?;
         let mut ops = ChunkOps::new();
-        self.write_extras(&tx, group, extras, &mut ops)?;
+        let mut sums = summary::Ops::default();
+        self.write_extras(&tx, group, extras, &mut ops, &mut sums)?;
+        summary::apply(&tx, &self.path, group, sums)?;
         let staged = self.stage_chunks(&tx, ops, true)?;
         tx.commit().map_err(|e| self.err(e))?;
         staged.done();
@@ -1526,6 +1558,7 @@ impl Store {
             }
             let mut stats_t = tx.open_table(STATS).map_err(|e| self.err(e))?;
             stats_t.remove(group).map_err(|e| self.err(e))?;
+            summary::clear(&tx, &self.path, group)?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(format!("inc:{group}").as_str(), random_u64())
                 .map_err(|e| self.err(e))?;
@@ -1533,6 +1566,36 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))?;
         staged.done();
         Ok(n)
+    }
+
+    /// The root of `group`'s summary: the sum of the digests of every counted item, and how
+    /// many there are ([`summary`]).
+    pub fn summary_root(&self, group: &str) -> Result<summary::Sum, StoreError> {
+        let tx = self.begin_read()?;
+        let (rows, _) = summary::rows(&tx, &self.path, group, summary::TOP, &[], None, 1)?;
+        Ok(rows.first().map(|r| r.sum).unwrap_or_default())
+    }
+
+    /// The rows of `group`'s summary at `level` whose range starts in [`lo`, `hi`) (encoded
+    /// keys; `hi` `None`: to the end), at most `max`; level 0: one row per counted item (its
+    /// key and digest). Also whether more were left out.
+    pub fn summary_rows(
+        &self,
+        group: &str,
+        level: u8,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        max: usize,
+    ) -> Result<(Vec<summary::Row>, bool), StoreError> {
+        let tx = self.begin_read()?;
+        summary::rows(&tx, &self.path, group, level, lo, hi, max)
+    }
+
+    /// Recompute `group`'s summary from its items and compare: the first row that differs
+    /// (level, encoded key, stored, computed), or `None` when the table is right.
+    pub fn summary_check(&self, group: &str) -> Result<Option<summary::Mismatch>, StoreError> {
+        let tx = self.begin_read()?;
+        summary::check(&tx, &self.path, group)
     }
 
     /// Groups that have entries in this index.

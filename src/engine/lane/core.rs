@@ -114,6 +114,8 @@ pub struct Setup {
     pub dry_run: bool,
     /// A replica's first scan adopts what is there without versions.
     pub adopt: bool,
+    /// This node only receives in this group.
+    pub replica: bool,
     /// Losing versions are kept as backups (files with `backup_generations > 0`), or where the
     /// domain keeps them (accounts: the `-` files): the text `conflicts` shows, `None`: not kept.
     pub kept_as: Option<String>,
@@ -137,6 +139,14 @@ pub enum Event {
         source: Source,
         items: Vec<WireItem>,
         through: u64,
+    },
+    /// Items a comparison of index summaries with a peer found different (`engine::verify`,
+    /// SPEC §5.14): that peer's entries (checked by the comparison), from (the peer, its
+    /// incarnation of the group). They are decided, applied and committed like a batch of
+    /// that peer, but with no position: nothing is acknowledged for them.
+    Found {
+        from: (String, u64),
+        items: Vec<WireItem>,
     },
     /// Time passed: timers due at or before `now` fire.
     Tick,
@@ -307,9 +317,11 @@ pub type Audited = (&'static str, Item, Option<String>, Option<String>);
 #[derive(Debug)]
 struct Job {
     id: BatchId,
-    /// `None`: set-aside items retried (no peer position).
+    /// `None`: set-aside items retried, or items a comparison found (no peer position).
     source: Option<Source>,
     through: u64,
+    /// Items a comparison found ([`Event::Found`]), not set-aside retries.
+    compared: bool,
 }
 
 #[derive(Debug)]
@@ -469,6 +481,7 @@ impl Core {
                 items,
                 through,
             } => self.remote(source, items, through, now, &mut out),
+            Event::Found { from, items } => self.found(from, items, now),
             Event::Tick => self.tick(now, &mut out),
             Event::Scanned(r) => self.scanned(r, now, &mut out),
             Event::AsideLoaded(items) => self.aside_loaded(items, now),
@@ -576,6 +589,35 @@ impl Core {
                 id,
                 source: Some(source),
                 through,
+                compared: false,
+            },
+            items: items
+                .into_iter()
+                .map(|wire| Incoming {
+                    wire,
+                    from: from.clone(),
+                    attempts: 0,
+                })
+                .collect(),
+        });
+    }
+
+    /// Items a comparison found: queued like a batch without a source, so they are observed,
+    /// planned, applied and committed by the one pipeline, and never acknowledged (no peer
+    /// position goes with them). Not while stopped or in a dry run (nothing is settled then;
+    /// the next comparison finds them again).
+    fn found(&mut self, from: (String, u64), items: Vec<WireItem>, now: Instant) {
+        if self.stopped.is_some() || self.setup.dry_run || items.is_empty() {
+            return;
+        }
+        self.behind_since.get_or_insert(now);
+        let id = self.take_id();
+        self.queue.push_back(Queued {
+            job: Job {
+                id,
+                source: None,
+                through: 0,
+                compared: true,
             },
             items: items
                 .into_iter()
@@ -714,6 +756,7 @@ impl Core {
         &'a self,
         kept_as: &'a dyn Fn(&[u8]) -> Option<String>,
         now_unix: i64,
+        compared: bool,
     ) -> PlanCtx<'a> {
         PlanCtx {
             policy: crate::engine::decide::Policy {
@@ -724,6 +767,8 @@ impl Core {
             roots: &self.setup.roots,
             kept_as,
             now: now_unix,
+            replica: self.setup.replica,
+            compared,
         }
     }
 
@@ -764,7 +809,7 @@ impl Core {
         let kept = self.setup.kept_as.clone();
         let kept_as = move |_: &[u8]| kept.clone();
         if self.setup.dry_run {
-            let pc = self.plan_ctx(&kept_as, now.unix);
+            let pc = self.plan_ctx(&kept_as, now.unix, f.job.compared);
             let lines = items
                 .iter()
                 .zip(&observed)
@@ -778,7 +823,8 @@ impl Core {
             return;
         }
         let planner = self.planner.clone();
-        let mut plan = planner.plan(&self.plan_ctx(&kept_as, now.unix), items, observed);
+        let pc = self.plan_ctx(&kept_as, now.unix, f.job.compared);
+        let mut plan = planner.plan(&pc, items, observed);
         if !plan.audit.is_empty() {
             out.push(Effect::Audit(audit_lines(std::mem::take(&mut plan.audit))));
         }
@@ -907,7 +953,7 @@ impl Core {
         };
         out.push(Effect::Publish(saved.head));
         self.aside = saved.aside;
-        if f.job.source.is_none() {
+        if f.job.source.is_none() && !f.job.compared {
             self.aside_loading = false;
         }
         let Some(source) = f.job.source else {
@@ -932,6 +978,7 @@ impl Core {
                     id,
                     source: Some(source),
                     through: f.job.through,
+                    compared: false,
                 },
                 "an item's outcome is unknown",
                 now,
@@ -943,6 +990,11 @@ impl Core {
     /// A batch could not be saved: nothing of it is acknowledged; its link is closed after a
     /// growing delay so that its peer sends it again.
     fn failed(&mut self, job: &Job, why: &str, now: Instant, out: &mut Vec<Effect>) {
+        if job.compared {
+            // nothing to acknowledge and no link to close: the next comparison finds them
+            tracing::warn!(group = %self.setup.group, "settling differences a comparison found: {why}");
+            return;
+        }
         let Some(source) = &job.source else {
             // set-aside retries: tried again on the timer
             self.aside_loading = false;
@@ -990,6 +1042,7 @@ impl Core {
                 id,
                 source: None,
                 through: 0,
+                compared: false,
             },
             items,
         });
@@ -1240,6 +1293,7 @@ mod tests {
             roots: vec!["/srv/www".into()],
             dry_run,
             adopt: false,
+            replica: false,
             kept_as: None,
             timing: Timing {
                 aside_every: Duration::from_secs(2),
@@ -1453,6 +1507,105 @@ mod tests {
             "the position travels with the applied items"
         );
         assert_eq!(acks(&log), vec![("a".to_string(), 42)]);
+        assert!(core.idle());
+    }
+
+    fn found(items: Vec<WireItem>) -> Event {
+        Event::Found {
+            from: ("a".into(), 7),
+            items,
+        }
+    }
+
+    #[test]
+    fn items_a_comparison_found_go_through_the_pipeline_and_are_never_acknowledged() {
+        let clock = Clock(Instant::now());
+        let mut core = core(false, clock.0);
+        let log = drive(
+            &mut core,
+            found(vec![item("/srv/www/x", "a", 5)]),
+            &clock,
+            Fate::Fine,
+        );
+        // observed (no check: the comparison checked them), applied, committed
+        assert!(!log.iter().any(|e| matches!(e, Effect::Check { .. })));
+        assert!(log.iter().any(|e| matches!(e, Effect::Observe { .. })));
+        let Some(Effect::Apply { steps, prefer, .. }) =
+            log.iter().find(|e| matches!(e, Effect::Apply { .. }))
+        else {
+            panic!("no apply: {log:?}")
+        };
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].from, ("a".to_string(), 7));
+        assert_eq!(*prefer, None, "content comes from the step's peer");
+        let commit = commit_in(&log).expect("a commit");
+        assert_eq!(
+            commit.extras.position, None,
+            "no peer position goes with them"
+        );
+        assert_eq!(commit.applied, vec![b"/srv/www/x".to_vec()]);
+        assert!(acks(&log).is_empty(), "{log:?}");
+        assert!(log.iter().any(|e| matches!(e, Effect::Publish(_))));
+        assert!(core.idle());
+        // a failure is only logged: no link to close, nothing set aside as a retry batch
+        let log = drive(
+            &mut core,
+            found(vec![item("/srv/www/y", "a", 6)]),
+            &clock,
+            Fate::CommitFails,
+        );
+        assert!(acks(&log).is_empty());
+        assert!(
+            !log.iter()
+                .any(|e| matches!(e, Effect::Resend { .. } | Effect::Warn(_)))
+        );
+        assert!(core.idle());
+        // between a peer's batches they keep their order and acknowledge nothing of their own
+        let _ = core.on(
+            remote("a", 1, 10, vec![item("/srv/www/p", "a", 7)]),
+            clock.now(),
+        );
+        let _ = core.on(found(vec![item("/srv/www/q", "a", 8)]), clock.now());
+        let _ = core.on(
+            remote("a", 1, 20, vec![item("/srv/www/r", "a", 9)]),
+            clock.now(),
+        );
+        let log = drive(&mut core, Event::Tick, &clock, Fate::Fine);
+        assert_eq!(
+            acks(&log),
+            vec![("a".to_string(), 10), ("a".to_string(), 20)]
+        );
+        let commits = log
+            .iter()
+            .filter(|e| matches!(e, Effect::Commit { .. }))
+            .count();
+        assert_eq!(commits, 3, "{log:?}");
+    }
+
+    #[test]
+    fn nothing_a_comparison_found_is_settled_in_a_dry_run_or_while_stopped() {
+        let clock = Clock(Instant::now());
+        let mut dry = core(true, clock.0);
+        let log = drive(
+            &mut dry,
+            found(vec![item("/srv/www/x", "a", 5)]),
+            &clock,
+            Fate::Fine,
+        );
+        assert!(log.is_empty(), "{log:?}");
+        let mut core = core(false, clock.0);
+        let stopped = ScanReport {
+            stopped: Some("gone".into()),
+            ..Default::default()
+        };
+        let _ = core.on(Event::Scanned(stopped), clock.now());
+        let log = drive(
+            &mut core,
+            found(vec![item("/srv/www/x", "a", 5)]),
+            &clock,
+            Fate::Fine,
+        );
+        assert!(log.is_empty(), "{log:?}");
         assert!(core.idle());
     }
 

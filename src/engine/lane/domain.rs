@@ -53,6 +53,11 @@ pub trait Domain: Send + Sync + 'static {
     /// File owners given by name may resolve now (blocking).
     fn owners_changed(&self) {}
 
+    /// `verify --deep --repair`: the content on disk of `keys` differs from the index although
+    /// their stat did not change; forget what lets a scan trust the stored content (blocking),
+    /// so the next scan of them reads and hashes them again.
+    fn forget_content(&self, _keys: &[Vec<u8>]) {}
+
     /// Scan for local changes and commit them (blocking). `targets` are (path, recursive);
     /// `whole`: every path of the group.
     fn scan(&self, req: &ScanRequest) -> ScanReport;

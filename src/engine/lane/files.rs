@@ -248,6 +248,31 @@ impl FilesDomain {
         })
     }
 
+    /// The index forgets the inode of these files (index only, not announced), so a scan
+    /// reads and hashes them again instead of reusing the stored hash (`verify --deep
+    /// --repair`). What the scan then finds is a local change (a new version) on a full
+    /// member, drift on a replica.
+    fn forget_inodes(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut changes = Vec::new();
+        for k in keys {
+            if let Some(mut e) = self.ctx.store.get(self.g.name(), k)?
+                && e.item.kind() == Some(Kind::File)
+            {
+                e.ino = 0;
+                changes.push(Change {
+                    entry: e,
+                    announce: false,
+                });
+            }
+        }
+        if !changes.is_empty() {
+            self.ctx
+                .store
+                .commit(self.g.name(), changes, crate::store::Extras::default())?;
+        }
+        Ok(())
+    }
+
     /// Local changes on a replica: reported, audited, kept as a backup, and (with `on_drift =
     /// "revert"`) put back on the next tick.
     fn record_drift(&self, drift: Drift) {
@@ -493,6 +518,12 @@ impl Domain for FilesDomain {
 
     fn owners_changed(&self) {
         local::owners_changed(&self.ctx, &self.g);
+    }
+
+    fn forget_content(&self, keys: &[Vec<u8>]) {
+        if let Err(e) = self.forget_inodes(keys) {
+            tracing::warn!(group = %self.g.name(), "forgetting inodes to read files again: {e}");
+        }
     }
 
     fn scan(&self, req: &ScanRequest) -> ScanReport {

@@ -69,6 +69,17 @@ pub enum LaneMsg {
     },
     /// The account files changed: file owners that did not resolve may now.
     OwnersChanged,
+    /// What a comparison with a peer found (`engine::verify`): `items`, that peer's entries
+    /// for keys that differ (checked), from (the peer, its incarnation), go to the core as
+    /// [`Event::Found`]: decided, applied and committed like a batch of that peer, with no
+    /// position and no `Ack`; `rehash`, keys whose content on disk differs from the index,
+    /// are scanned again without trusting the stored content hash. `reply` once handled.
+    Found {
+        from: (String, u64),
+        items: Vec<WireItem>,
+        rehash: Vec<Vec<u8>>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What a lane tells the rest of the node.
@@ -172,6 +183,20 @@ impl LaneHandle {
 
     pub fn owners_changed(&self) {
         let _ = self.tx.send(LaneMsg::OwnersChanged);
+    }
+
+    /// Hand over what a comparison found ([`LaneMsg::Found`]) and wait until it was handled.
+    pub async fn found(&self, from: (String, u64), items: Vec<WireItem>, rehash: Vec<Vec<u8>>) {
+        let (reply, rx) = oneshot::channel();
+        let m = LaneMsg::Found {
+            from,
+            items,
+            rehash,
+            reply,
+        };
+        if self.tx.send(m).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The group's head (our highest seq), to wake pumps.
@@ -374,6 +399,7 @@ fn setup(ctx: &Ctx, g: &GroupRt) -> Setup {
         roots: g.cfg.paths.clone(),
         dry_run: ctx.opts.dry_run,
         adopt,
+        replica: g.replica,
         kept_as,
         timing: Timing {
             aside_every: Duration::from_secs(if accounts { 5 } else { 2 }),
@@ -496,7 +522,40 @@ impl<D: Domain> LaneTask<D> {
                 let dom = self.dom.clone();
                 let _ = tokio::task::spawn_blocking(move || dom.owners_changed()).await;
             }
+            LaneMsg::Found {
+                from,
+                items,
+                rehash,
+                reply,
+            } => self.found(from, items, rehash, reply, work).await,
         }
+    }
+
+    /// What a comparison found: the peer's items go to the core as one batch without a
+    /// source (so no `Ack`); the keys to look at again lose their trusted content identity
+    /// and are scanned. `reply` resolves once the batch is handled (a marker).
+    async fn found(
+        &mut self,
+        from: (String, u64),
+        items: Vec<WireItem>,
+        rehash: Vec<Vec<u8>>,
+        reply: oneshot::Sender<()>,
+        work: &mut VecDeque<Effect>,
+    ) {
+        self.feed(Event::Found { from, items }, work);
+        if !rehash.is_empty() && !self.ctx.opts.dry_run && self.core.stopped().is_none() {
+            let (dom, k2) = (self.dom.clone(), rehash.clone());
+            let _ = tokio::task::spawn_blocking(move || dom.forget_content(&k2)).await;
+            let paths = rehash.into_iter().map(|k| (k, false)).collect();
+            self.feed(
+                Event::Local {
+                    paths,
+                    deletes: false,
+                },
+                work,
+            );
+        }
+        self.markers.push((self.core.next_batch_id(), reply));
     }
 
     /// Local reports queued right behind `paths` with the same kind, merged (order with

@@ -101,6 +101,11 @@ pub struct PlanCtx<'a> {
     pub kept_as: &'a dyn Fn(&[u8]) -> Option<String>,
     /// Seconds since the epoch, for conflict records.
     pub now: i64,
+    /// This node only receives in this group (it never makes a version).
+    pub replica: bool,
+    /// The items are what a comparison of index summaries found (`engine::verify`), not a
+    /// peer's batch.
+    pub compared: bool,
 }
 
 fn resolved_info(c: &Conflict, kept: Option<String>, now: i64) -> ConflictInfo {
@@ -145,6 +150,10 @@ fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, out: &mut Plan) {
         } else {
             out.aside_remove.push(key);
         }
+        return;
+    }
+    if let Some(c) = adopt_vector(pc, &wire.item, obs.local.as_ref()) {
+        out.keeps.push(c);
         return;
     }
     let local = obs.local;
@@ -202,11 +211,37 @@ fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, out: &mut Plan) {
     }
 }
 
+/// On a replica, for an item a comparison found: a member's item with the same body as ours
+/// but another vector, where ours names this replica (an older release versioned a group path
+/// directory on replicas too, and that counter stayed in its vector, which no member has),
+/// takes the member's vector in the index (not announced: a replica sends nothing).
+fn adopt_vector(pc: &PlanCtx, remote: &Item, local: Option<&Entry>) -> Option<Change> {
+    let l = local?;
+    let adopt = pc.replica
+        && pc.compared
+        && l.item.version.get(pc.policy.me) > 0
+        && l.item.version != remote.version
+        && l.item.same_body(remote, pc.policy.compare_owner);
+    if !adopt {
+        return None;
+    }
+    let mut e = l.clone();
+    e.item.version = remote.version.clone();
+    e.item.origin = remote.origin.clone();
+    e.item.beat = remote.beat.clone();
+    Some(Change {
+        entry: e,
+        announce: false,
+    })
+}
+
 /// Two group path directories that nobody versioned yet and that differ: the policy picked
 /// one, the same on every node; it gets a version here so that a node joining later with its
-/// own fresh directory gives way to it.
+/// own fresh directory gives way to it (not on a replica, which never makes a version: its
+/// counter would stay in its vector, which no member has).
 fn version_fresh_root(pc: &PlanCtx, remote: &Item, local: Option<&Entry>, d: &mut Decision) {
-    if remote.version.is_empty()
+    if !pc.replica
+        && remote.version.is_empty()
         && local.is_some_and(|l| l.item.version.is_empty())
         && pc.roots.iter().any(|r| r.as_bytes() == remote.key)
         && let Decision::Take { item, .. } | Decision::Keep { item, .. } = d
@@ -285,5 +320,100 @@ pub fn dry_word(pc: &PlanCtx, local: Option<&Item>, remote: &Item) -> Option<&'s
         | Decision::Unresolved { .. } => Some("conflict"),
         Decision::Take { .. } => Some("receive"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::{Body, Kind, Meta, Owner, VersionVector};
+
+    fn dir(key: &str, version: &[(&str, u64)], mode: u32) -> Item {
+        let mut v = VersionVector::default();
+        for (n, c) in version {
+            v.0.insert(n.to_string(), *c);
+        }
+        Item {
+            key: key.as_bytes().to_vec(),
+            version: v,
+            origin: version
+                .first()
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default(),
+            body: Some(Body::Fs(Meta {
+                kind: Kind::Dir,
+                mode,
+                mtime_s: 1,
+                mtime_ns: 0,
+                size: 0,
+                owner: Owner::default(),
+                hash: [0; 32],
+                target: None,
+                chunks: vec![],
+                xattrs: vec![],
+            })),
+            beat: vec![],
+        }
+    }
+
+    fn plan_for(replica: bool, compared: bool, local: Item, remote: Item) -> Plan {
+        let kept_as = |_: &[u8]| None;
+        let pc = PlanCtx {
+            policy: Policy {
+                conflict: &crate::config::ConflictPolicy::Newest,
+                compare_owner: true,
+                me: "r",
+            },
+            roots: &[],
+            kept_as: &kept_as,
+            now: 0,
+            replica,
+            compared,
+        };
+        let inc = Incoming {
+            wire: WireItem {
+                item: remote,
+                inline: None,
+            },
+            from: ("a".into(), 1),
+            attempts: 0,
+        };
+        let obs = Observed {
+            local: Some(Entry::new(local)),
+            ..Default::default()
+        };
+        plan(&pc, vec![inc], vec![obs])
+    }
+
+    #[test]
+    fn a_replica_takes_a_members_vector_for_the_same_body_when_a_comparison_meets_it() {
+        // an older release versioned the directory on the replica: its counter stays forever
+        let local = dir("/srv/www", &[("r", 3)], 0o755);
+        let remote = dir("/srv/www", &[("a", 2)], 0o755);
+        let p = plan_for(true, true, local.clone(), remote.clone());
+        assert!(p.steps.is_empty());
+        assert_eq!(p.keeps.len(), 1);
+        assert_eq!(p.keeps[0].entry.item.version, remote.version);
+        assert_eq!(p.keeps[0].entry.item.origin, "a");
+        assert!(!p.keeps[0].announce, "a replica announces nothing");
+        // not for a peer's batch, not on a full member, not for another body
+        for (replica, compared, mode) in [
+            (true, false, 0o755),
+            (false, true, 0o755),
+            (true, true, 0o700),
+        ] {
+            let p = plan_for(
+                replica,
+                compared,
+                local.clone(),
+                dir("/srv/www", &[("a", 2)], mode),
+            );
+            assert!(
+                p.keeps
+                    .iter()
+                    .all(|k| k.entry.item.version != remote.version || k.announce),
+                "{replica} {compared} {mode:o}: {p:?}"
+            );
+        }
     }
 }
