@@ -404,6 +404,16 @@ impl AccountsDomain {
         Ok(())
     }
 
+    /// Is `key`'s entry in our index a deletion?
+    fn deleted_here(&self, key: &[u8]) -> bool {
+        self.ctx
+            .store
+            .get(self.g.name(), key)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.item.is_deleted())
+    }
+
     /// Write the taken accounts once, under the shadow-utils locks (blocking).
     fn apply_blocking(&self, steps: &[Step]) -> Vec<Outcome> {
         let db = AccountDb::new(&self.ctx.root);
@@ -472,6 +482,15 @@ impl AccountsDomain {
                 Outcome::Done(Box::new(Entry::new(s.item.clone())))
             }
             AccOutcome::Partial { waiting } => {
+                // a user the cluster deleted (its tombstone is in our index) is not waited
+                // for: its deletion took it out of every group on every node
+                let waiting: Vec<&String> = waiting
+                    .iter()
+                    .filter(|w| !self.deleted_here(&AccountId::User((*w).clone()).key()))
+                    .collect();
+                if waiting.is_empty() {
+                    return Outcome::Done(Box::new(Entry::new(s.item.clone())));
+                }
                 let why = format!(
                     "{}: waiting for {} to exist here",
                     describe(&s.item),
