@@ -59,6 +59,32 @@ impl Owner {
     }
 }
 
+/// A regular file of `size` bytes, one chunk, whose content hash is `[byte; 32]` (tests).
+#[cfg(test)]
+pub(crate) fn test_file(key: &[u8], version: VersionVector, byte: u8, size: u64) -> Item {
+    Item {
+        key: key.to_vec(),
+        version,
+        origin: "a".into(),
+        beat: vec![],
+        body: Some(Body::Fs(Meta {
+            kind: Kind::File,
+            mode: 0o644,
+            mtime_s: 1,
+            mtime_ns: 2,
+            size,
+            owner: Owner::default(),
+            hash: [byte; 32],
+            target: None,
+            chunks: vec![ChunkRef {
+                hash: [byte; 32],
+                len: size as u32,
+            }],
+            xattrs: vec![],
+        })),
+    }
+}
+
 /// Metadata and content identity of a live filesystem entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {

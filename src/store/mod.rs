@@ -1614,30 +1614,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{Body, ChunkRef, Meta, Owner, VersionVector};
+    use crate::item::{Body, VersionVector};
 
     fn entry(path: &[u8], hash: u8) -> Entry {
-        Entry::new(Item {
-            key: path.into(),
-            version: VersionVector::default(),
-            origin: "a".into(),
-            beat: vec![],
-            body: Some(Body::Fs(Meta {
-                kind: Kind::File,
-                mode: 0o644,
-                mtime_s: 1,
-                mtime_ns: 2,
-                size: 5,
-                owner: Owner::default(),
-                hash: [hash; 32],
-                target: None,
-                chunks: vec![ChunkRef {
-                    hash: [hash; 32],
-                    len: 5,
-                }],
-                xattrs: vec![],
-            })),
-        })
+        Entry::new(crate::item::test_file(
+            path,
+            VersionVector::default(),
+            hash,
+            5,
+        ))
     }
 
     fn ch(e: Entry) -> Change {

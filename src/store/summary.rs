@@ -732,7 +732,7 @@ pub(crate) fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{ChunkRef, Entry, Kind, Meta, Owner, VersionVector};
+    use crate::item::{Entry, VersionVector};
     use crate::store::{Change, Extras, Store};
     use proptest::prelude::*;
 
@@ -746,27 +746,7 @@ mod tests {
         if v > 0 {
             version.bump("a", v);
         }
-        Entry::new(Item {
-            key: key(i),
-            version,
-            origin: "a".into(),
-            beat: vec![],
-            body: Some(Body::Fs(Meta {
-                kind: Kind::File,
-                mode: 0o644,
-                mtime_s: 1,
-                mtime_ns: 2,
-                size: 1,
-                owner: Owner::default(),
-                hash: [c; 32],
-                target: None,
-                chunks: vec![ChunkRef {
-                    hash: [c; 32],
-                    len: 1,
-                }],
-                xattrs: vec![],
-            })),
-        })
+        Entry::new(crate::item::test_file(&key(i), version, c, 1))
     }
 
     fn tomb(i: u32, v: u64) -> Entry {

@@ -572,33 +572,17 @@ impl Far for IndexFar<'_> {
 mod tests {
     use super::super::{MAX_DIFFS, state};
     use super::*;
-    use crate::item::{Body, ChunkRef, Entry, Item, Kind, Meta, Owner, VersionVector};
+    use crate::item::{Body, Entry, VersionVector};
     use crate::store::{Change, Extras, enc};
 
     fn file(path: &str, v: u64, c: u8) -> Entry {
         let mut version = VersionVector::default();
         version.bump("a", v);
-        Entry::new(Item {
-            key: path.as_bytes().to_vec(),
-            version,
-            origin: "a".into(),
-            beat: vec![],
-            body: Some(Body::Fs(Meta {
-                kind: Kind::File,
-                mode: 0o644,
-                mtime_s: 1,
-                mtime_ns: 0,
-                size: 1,
-                owner: Owner::default(),
-                hash: [c; 32],
-                target: None,
-                chunks: vec![ChunkRef {
-                    hash: [c; 32],
-                    len: 1,
-                }],
-                xattrs: vec![],
-            })),
-        })
+        let mut item = crate::item::test_file(path.as_bytes(), version, c, 1);
+        if let Some(Body::Fs(m)) = &mut item.body {
+            m.mtime_ns = 0;
+        }
+        Entry::new(item)
     }
 
     fn fill(ix: &Store, n: u32, except: &[u32], changed: &[u32]) {
