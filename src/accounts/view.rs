@@ -20,8 +20,6 @@ use super::validate::{InvalidRecord, check_name, validate_group, validate_user};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-mod patch;
-
 /// A managed account that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadProblem {
@@ -69,7 +67,7 @@ impl fmt::Display for ReadProblem {
 }
 
 /// What one `passwd` entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct UserLine {
     pub line: usize,
     pub uid: u32,
@@ -78,7 +76,7 @@ pub struct UserLine {
 }
 
 /// What one `group` entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct GroupLine {
     pub line: usize,
     pub gid: u32,
@@ -117,9 +115,6 @@ pub struct View {
     /// The canonical blocks of passwd, shadow, group, gshadow (in [`DbFile::ALL`] order), when
     /// every file is in canonical layout; `None` otherwise.
     pub blocks: Option<[Option<Block>; 4]>,
-    /// No name has two lines in any file, no id two accounts, no line is malformed: the view
-    /// can be patched ([`View::patched`]).
-    patchable: bool,
 }
 
 impl View {
@@ -138,9 +133,7 @@ impl View {
             dup_groups: HashMap::new(),
             malformed: Vec::new(),
             blocks: None,
-            patchable: true,
         };
-        let mut shared_ids = false;
         let mut pw_malformed = Vec::new();
         for (i, l) in files.passwd.lines().iter().enumerate() {
             let Some(name) = db::entry_name(l) else {
@@ -163,7 +156,6 @@ impl View {
                             managed,
                         },
                     );
-                    shared_ids |= v.uids.contains_key(&pw.uid);
                     v.uids.entry(pw.uid).or_insert_with(|| name.to_vec());
                 }
                 None => pw_malformed.push((i, name, l)),
@@ -196,7 +188,6 @@ impl View {
                             managed,
                         },
                     );
-                    shared_ids |= v.gids.contains_key(&gr.gid);
                     v.gids.entry(gr.gid).or_insert_with(|| name.to_vec());
                 }
                 None => gr_malformed.push((i, name, l)),
@@ -208,21 +199,13 @@ impl View {
                 v.malformed.push((DbFile::Group, i, name.to_vec()));
             }
         }
-        let mut dup_lines = false;
         if let Some(t) = &files.shadow {
-            (v.shadow, dup_lines) = first_lines(t);
+            v.shadow = first_lines(t);
         }
         if let Some(t) = &files.gshadow {
-            let (m, dup) = first_lines(t);
-            v.gshadow = m;
-            dup_lines |= dup;
+            v.gshadow = first_lines(t);
         }
         v.blocks = v.find_blocks();
-        v.patchable = !shared_ids
-            && !dup_lines
-            && v.dup_users.is_empty()
-            && v.dup_groups.is_empty()
-            && v.malformed.is_empty();
         v
     }
 
@@ -472,20 +455,16 @@ impl View {
     }
 }
 
-/// The first line of each name, and whether some name has several.
-fn first_lines(t: &Table) -> (HashMap<Vec<u8>, usize>, bool) {
+fn first_lines(t: &Table) -> HashMap<Vec<u8>, usize> {
     let mut m: HashMap<Vec<u8>, usize> = HashMap::with_capacity(t.lines().len());
-    let mut dup = false;
     for (i, l) in t.lines().iter().enumerate() {
-        if let Some(n) = db::entry_name(l) {
-            if m.contains_key(n) {
-                dup = true;
-            } else {
-                m.insert(n.to_vec(), i);
-            }
+        if let Some(n) = db::entry_name(l)
+            && !m.contains_key(n)
+        {
+            m.insert(n.to_vec(), i);
         }
     }
-    (m, dup)
+    m
 }
 
 /// The block of `lines` (line numbers of the managed entries in canonical order; `None` items
