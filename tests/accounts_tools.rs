@@ -284,6 +284,7 @@ impl Side {
             .iter()
             .map(|i| self.ix.0.get(&i.key).cloned())
             .collect();
+        let locals: Vec<Option<&Item>> = locals.iter().map(Option::as_ref).collect();
         let mut take = Vec::new();
         for d in plan(items, &locals, &ConflictPolicy::Newest) {
             match d {

@@ -26,6 +26,7 @@ use super::model::{Account, AccountId, Group, Members, Secret, User, shown, show
 use super::report::HomeRequest;
 use super::view::{Block, View};
 use crate::item::{Body, Item};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -1128,7 +1129,7 @@ pub fn plan_files(files: &AccountFiles, policy: &Policy, items: &[Item], today: 
 pub fn plan_in(
     view: &View,
     policy: &Policy,
-    items: &[Item],
+    items: &[impl Borrow<Item>],
     today: i64,
     carried: &HashMap<u32, Vec<Vec<u8>>>,
 ) -> FilePlan {
@@ -1157,10 +1158,10 @@ pub fn plan_in(
         }
     };
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| rank(&items[i]));
+    order.sort_by_key(|&i| rank(items[i].borrow()));
     let mut outcomes = vec![Outcome::Applied; items.len()];
     for i in order {
-        let it = &items[i];
+        let it: &Item = items[i].borrow();
         let out = match (AccountId::from_key(&it.key), &it.body) {
             (Some(AccountId::User(n)), None) => p.delete_user(&n),
             (Some(AccountId::Group(n)), None) => p.delete_group(&n),

@@ -126,6 +126,23 @@ impl Table {
         self.final_newline
     }
 
+    /// Write the bytes of [`Table::to_bytes`] to `w` without making them first (a file of
+    /// 15 MiB is not copied once more before it is written).
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+        for (i, l) in self.lines.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b"\n")?;
+            }
+            w.write_all(l)?;
+        }
+        if self.final_newline && !self.lines.is_empty() {
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = self.lines.join(&b'\n');
         if self.final_newline && !self.lines.is_empty() {
@@ -435,6 +452,16 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(text)
             );
+        }
+    }
+
+    #[test]
+    fn written_bytes_are_the_bytes() {
+        for text in [&b""[..], b"\n", b"a", b"a\nb", b"a\nb\n", b"\n\nx\n"] {
+            let t = Table::parse(text);
+            let mut out = Vec::new();
+            t.write_to(&mut out).expect("write to a Vec");
+            assert_eq!(out, t.to_bytes());
         }
     }
 

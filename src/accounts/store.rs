@@ -463,7 +463,7 @@ fn temp_name() -> String {
 fn write_temp(
     dir: &OwnedFd,
     etc: &Path,
-    bytes: &[u8],
+    content: &Table,
     like: &Original,
     keep_times: bool,
 ) -> Result<String, AccountsError> {
@@ -476,14 +476,19 @@ fn write_temp(
         Mode::from_raw_mode(0o600),
     )
     .map_err(|e| io("create", &path, e))?;
-    let r = fill_temp(fd, bytes, like, keep_times).map_err(|e| io("write", &path, e));
+    let r = fill_temp(fd, content, like, keep_times).map_err(|e| io("write", &path, e));
     if r.is_err() {
         let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
     }
     r.map(|()| name)
 }
 
-fn fill_temp(fd: OwnedFd, bytes: &[u8], like: &Original, keep_times: bool) -> std::io::Result<()> {
+fn fill_temp(
+    fd: OwnedFd,
+    content: &Table,
+    like: &Original,
+    keep_times: bool,
+) -> std::io::Result<()> {
     match rustix::fs::fchown(
         &fd,
         Some(rustix::fs::Uid::from_raw_unchecked(like.uid)),
@@ -498,7 +503,7 @@ fn fill_temp(fd: OwnedFd, bytes: &[u8], like: &Original, keep_times: bool) -> st
         let _ = rustix::fs::fsetxattr(&fd, SELINUX, label, rustix::fs::XattrFlags::empty());
     }
     let mut file = File::from(fd);
-    file.write_all(bytes)?;
+    content.write_to(&mut file)?;
     if keep_times {
         let t = Timestamps {
             last_access: like.atime,
@@ -559,10 +564,10 @@ fn stage(
     entries: &mut Vec<Entry>,
 ) -> Result<(), AccountsError> {
     for &f in changed {
-        let (Some(orig), Some(new)) = (loaded.originals.get(&f), files.bytes(f)) else {
+        let (Some(orig), Some(new)) = (loaded.originals.get(&f), files.table(f)) else {
             continue;
         };
-        let new = write_temp(dir, etc, &new, orig, false)?;
+        let new = write_temp(dir, etc, new, orig, false)?;
         entries.push(Entry {
             file: f,
             new,
@@ -579,11 +584,11 @@ fn backup(dir: &OwnedFd, etc: &Path, read: &FileSet, e: &mut Entry) -> Result<()
     match rustix::fs::linkat(dir, e.file.name(), dir, e.backup.as_str(), AtFlags::empty()) {
         Ok(()) => Ok(()),
         Err(Errno::PERM | Errno::XDEV | Errno::NOTSUP | Errno::MLINK) => {
-            let (Some(orig), Some(bytes)) = (read.originals.get(&e.file), read.files.bytes(e.file))
+            let (Some(orig), Some(table)) = (read.originals.get(&e.file), read.files.table(e.file))
             else {
                 return Ok(());
             };
-            e.backup = write_temp(dir, etc, &bytes, orig, true)?;
+            e.backup = write_temp(dir, etc, table, orig, true)?;
             Ok(())
         }
         Err(err) => Err(io("link", &etc.join(&e.backup), err)),

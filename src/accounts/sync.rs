@@ -45,6 +45,7 @@ use super::validate::validate_account;
 use super::view::View;
 use crate::config::ConflictPolicy;
 use crate::item::{Body, Item, VersionVector};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -589,7 +590,7 @@ impl Accounts {
     pub fn apply(
         &mut self,
         db: &AccountDb,
-        items: &[Item],
+        items: &[impl Borrow<Item>],
         today: i64,
     ) -> Result<Applied, AccountsError> {
         let stale = Applied {
@@ -625,7 +626,7 @@ impl Accounts {
         };
         for (it, o) in items.iter().zip(&plan.outcomes) {
             if *o == Outcome::Applied
-                && let Some(id) = AccountId::from_key(&it.key)
+                && let Some(id) = AccountId::from_key(&it.borrow().key)
             {
                 self.left.remove(&id);
             }
@@ -801,12 +802,17 @@ pub fn validate_item(item: &Item, check: &Check<'_>) -> Result<(), String> {
 }
 
 /// (c) Decide each peer item against the index's entry for its key (pure; `local[i]` is the
-/// entry for `items[i]`).
-pub fn plan(items: &[Item], local: &[Option<Item>], policy: &ConflictPolicy) -> Vec<Decision> {
+/// entry for `items[i]`). Borrowed: a member set of a thousand members is not copied to be
+/// looked at.
+pub fn plan<'a>(
+    items: impl IntoIterator<Item = &'a Item>,
+    local: &[Option<&'a Item>],
+    policy: &ConflictPolicy,
+) -> Vec<Decision> {
     items
-        .iter()
-        .zip(local.iter().chain(std::iter::repeat(&None)))
-        .map(|(r, l)| merge::decide(l.as_ref(), r, policy))
+        .into_iter()
+        .zip(local.iter().copied().chain(std::iter::repeat(None)))
+        .map(|(r, l)| merge::decide(l, r, policy))
         .collect()
 }
 

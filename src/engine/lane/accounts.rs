@@ -417,7 +417,7 @@ impl AccountsDomain {
     /// Write the taken accounts once, under the shadow-utils locks (blocking).
     fn apply_blocking(&self, steps: &[Step]) -> Vec<Outcome> {
         let db = AccountDb::new(&self.ctx.root);
-        let items: Vec<Item> = steps.iter().map(|s| s.item.clone()).collect();
+        let items: Vec<&Item> = steps.iter().map(|s| &s.item).collect();
         let r = lock(&self.acc).apply(&db, &items, crate::accounts::store::today());
         let r = match r {
             Ok(r) => r,
@@ -603,12 +603,15 @@ pub struct AccountsPlanner;
 
 impl Planner for AccountsPlanner {
     fn plan(&self, pc: &PlanCtx, items: Vec<Incoming>, observed: Vec<Observed>) -> Plan {
-        let locals: Vec<Option<Item>> = observed
+        let locals: Vec<Option<&Item>> = observed
             .iter()
-            .map(|o| o.local.as_ref().map(|e| e.item.clone()))
+            .map(|o| o.local.as_ref().map(|e| &e.item))
             .collect();
-        let peer_items: Vec<Item> = items.iter().map(|i| i.wire.item.clone()).collect();
-        let decisions = plan(&peer_items, &locals, pc.policy.conflict);
+        let decisions = plan(
+            items.iter().map(|i| &i.wire.item),
+            &locals,
+            pc.policy.conflict,
+        );
         let mut out = Plan::default();
         for ((inc, obs), d) in items.into_iter().zip(observed).zip(decisions) {
             plan_one(pc, inc, obs, d, &mut out);
