@@ -108,8 +108,39 @@ pub fn name_of(line: &str) -> &str {
 }
 
 /// Run a shadow-utils tool with `flag root` (`-P`, `-R`, `-Q`); panics with its output when it
-/// fails.
+/// fails. shadow-utils takes `passwd.lock`/`group.lock` without waiting ("cannot lock ...; try
+/// again later"), and the daemon holds them for the few milliseconds of a read or write of the
+/// files: a tool that meets that window is run again, as a script would, for at most 30 s.
 pub fn tool(root: &Path, prog: &str, flag: &str, args: &[&str], stdin: Option<&str>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = run_tool(root, prog, flag, args, stdin);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success()
+            && err.contains("try again later")
+            && std::time::Instant::now() < deadline
+        {
+            eprintln!("{prog}: the files were locked, running it again: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{prog} {flag} {} {args:?} failed: {}{err}",
+            root.display(),
+            String::from_utf8_lossy(&out.stdout),
+        );
+        return;
+    }
+}
+
+fn run_tool(
+    root: &Path,
+    prog: &str,
+    flag: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
     let mut c = Command::new(prog);
     c.arg(flag).arg(root).args(args);
     c.stdin(if stdin.is_some() {
@@ -122,14 +153,7 @@ pub fn tool(root: &Path, prog: &str, flag: &str, args: &[&str], stdin: Option<&s
     if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
         w.write_all(text.as_bytes()).unwrap();
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {flag} {} {args:?} failed: {}{}",
-        root.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    child.wait_with_output().unwrap()
 }
 
 /// `pwck -r -q -R root` and `grpck -r -q -R root`: empty output and status 0, or the problems.
