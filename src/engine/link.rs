@@ -103,7 +103,7 @@ pub(crate) async fn refuse(wire: Wire, reason: &str) {
     writer.shutdown().await;
 }
 
-fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
+pub(crate) fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
     LinkError::Violation {
         peer: peer.to_string(),
         msg: msg.into(),
@@ -920,7 +920,7 @@ fn spawn_reader(
 }
 
 /// Is `g` shared with the peer (else a violation), and exchanged (settings agree)?
-fn check_group(link: &Link, g: &str) -> Result<bool, LinkError> {
+pub(crate) fn check_group(link: &Link, g: &str) -> Result<bool, LinkError> {
     match link.groups.get(g) {
         None => Err(violation(
             &link.peer,
@@ -1619,11 +1619,12 @@ fn build_batch(
                 continue;
             }
         }
-        if encoded + estimate(&e.item) > MAX_BATCH_BYTES && !items.is_empty() {
+        let est = estimate(&e.item);
+        if encoded + est > MAX_BATCH_BYTES && !items.is_empty() {
             cut = true;
             break;
         }
-        encoded += estimate(&e.item);
+        encoded += est;
         let mut inline = None;
         if let Some(m) = e.item.meta()
             && m.kind == crate::item::Kind::File

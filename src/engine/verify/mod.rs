@@ -54,7 +54,7 @@ pub use walk::{Far, IndexFar, LinkFar, RowsAnswer, Walked, rows_answer, walk};
 
 use crate::engine::apply;
 use crate::engine::group::GroupRt;
-use crate::engine::link::LinkError;
+use crate::engine::link::{LinkError, check_group, violation};
 use crate::engine::node::{Ctx, Engine};
 use crate::engine::peer::{Link, lock};
 use crate::item::{Body, Item, Kind, name};
@@ -570,13 +570,6 @@ pub async fn background(e: Engine, link: Arc<Link>) {
     }
 }
 
-fn violation(peer: &str, msg: impl Into<String>) -> LinkError {
-    LinkError::Violation {
-        peer: peer.to_string(),
-        msg: msg.into(),
-    }
-}
-
 /// A peer's `Compare` or `Differ` (from `link::dispatch`).
 pub async fn serve(
     e: &Engine,
@@ -611,16 +604,11 @@ async fn serve_compare(
     else {
         return Ok(());
     };
-    let Some(lg) = link.groups.get(&group) else {
-        return Err(violation(
-            peer,
-            format!("named group {group:?}, which it does not share with us"),
-        ));
-    };
+    let exchanged = check_group(link, &group)?;
     if level > TOP || lo.len() > MAX_BOUND || hi.as_ref().is_some_and(|h| h.len() > MAX_BOUND) {
         return Err(violation(peer, "a summary request out of bounds"));
     }
-    if lg.paused.is_some() {
+    if !exchanged {
         let _ = link
             .send(Msg::Rows {
                 req,
@@ -698,12 +686,7 @@ async fn serve_differ(
     else {
         return Ok(());
     };
-    let Some(lg) = link.groups.get(&group) else {
-        return Err(violation(
-            peer,
-            format!("named group {group:?}, which it does not share with us"),
-        ));
-    };
+    let exchanged = check_group(link, &group)?;
     if keys.len() > MAX_DIFFER_KEYS
         || items.len() > keys.len()
         || keys.iter().any(|k| k.len() > name::MAX_PATH)
@@ -717,7 +700,7 @@ async fn serve_differ(
     let Some(g) = ctx.group(&group).cloned() else {
         return Err(violation(peer, "a group this node does not run"));
     };
-    if lg.paused.is_some() {
+    if !exchanged {
         let _ = link
             .send(Msg::DifferItems {
                 req,
