@@ -22,6 +22,8 @@ Default binary: target/release/clustersync, else target/debug/clustersync. Every
 deadline (BENCH_TIMEOUT, default 300 s). Each run has its own tmpfs under $BENCH_TMPDIR (default
 /tmp; BENCH_FS=disk for a plain directory). Results are printed and appended as one JSON line to
 $BENCH_LOG_DIR/accounts.jsonl (default /tmp/bench-logs).
+BENCH_PERF=FILE records the daemons with `perf record` during the single changes (or the bulk:
+BENCH_PERF_PHASE=bulk; call graphs BENCH_PERF_CG=fp or dwarf,16384).
 """
 import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -194,11 +196,30 @@ class Cluster:
         return out
 
 
+def profile(c, phase):
+    """`perf record` of the daemons during `phase` when BENCH_PERF=FILE and BENCH_PERF_PHASE
+    (default single) is that phase; BENCH_PERF_CG: the call-graph mode (fp, dwarf)."""
+    if not os.environ.get("BENCH_PERF") or os.environ.get("BENCH_PERF_PHASE", "single") != phase:
+        return None
+    pids = ",".join(str(c.procs[n].pid) for n in c.names)
+    cg = os.environ.get("BENCH_PERF_CG", "fp")
+    p = subprocess.Popen(["perf", "record", "-q", "--call-graph", cg, "-o", os.environ["BENCH_PERF"], "-p", pids], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return p
+
+
+def unprofile(p):
+    if p:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+
+
 def singles(c, count, first_uid):
     """`useradd -P` on a, `count` times: seconds until each reaches b and c, and CPU per change."""
     times = []
     writes = []
     cpu0 = {n: cpu_of(c.procs[n].pid) for n in c.names}
+    perf = profile(c, "single")
     for k in range(count):
         name = f"s{k:03d}x{first_uid}"
         uid = str(first_uid + k)
@@ -222,6 +243,7 @@ def singles(c, count, first_uid):
         writes.append(max(0, there_at - wrote) / 1e9)
         time.sleep(0.3)
     wait("in sync after the single changes", c.in_sync, step=0.2)
+    unprofile(perf)
     cpu = {n: (cpu_of(c.procs[n].pid) - cpu0[n]) / count for n in c.names}
     return times, writes, cpu
 
@@ -240,6 +262,7 @@ def run(binary, n_users, n_groups, n_members, single_count):
         out["start_s"] = round(time.monotonic() - t0, 2)
         # bulk: n_users more, n_members more per group
         big = files_of(2 * n_users, n_groups, 2 * n_members)
+        perf = profile(c, "bulk")
         cpu0 = {n: cpu_of(c.procs[n].pid) for n in c.names}
         t0 = time.monotonic()
         write_files(c.root("a"), big, lock=True)
@@ -254,6 +277,7 @@ def run(binary, n_users, n_groups, n_members, single_count):
         wait("in sync after the bulk", c.in_sync, step=0.2)
         out["bulk_in_sync_s"] = round(time.monotonic() - t0, 3)
         out["bulk_cpu_s"] = {n: round(cpu_of(c.procs[n].pid) - cpu0[n], 2) for n in c.names}
+        unprofile(perf)
         out["echo"] = {n: sum(1 for r in c.audit(n) if r.get("group") == "@accounts" and r.get("kind") == "local-change") for n in ("b", "c")}
         with open(os.path.join(c.root("a"), "etc", "group")) as f:
             ga = f.read()

@@ -26,8 +26,10 @@ use super::model::{Account, AccountId, Group, Members, Secret, User, shown, show
 use super::report::HomeRequest;
 use super::view::{Block, View};
 use crate::item::{Body, Item};
+use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// What became of one item.
@@ -999,9 +1001,13 @@ fn patched(
         return t.clone();
     };
     new.sort_by(|a, b| a.0.cmp(&b.0));
-    let line =
-        |i: usize| -> Vec<u8> { edits.get(&i).cloned().unwrap_or_else(|| lines[i].to_vec()) };
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(lines.len() + new.len());
+    let line = |i: usize| -> Bytes {
+        match edits.get(&i) {
+            Some(e) => Bytes::from(e.clone()),
+            None => lines[i].clone(),
+        }
+    };
+    let mut out: Vec<Bytes> = Vec::with_capacity(lines.len() + new.len());
     out.extend((0..block.start).filter(|i| !gone.contains(i)).map(line));
     let kept: Vec<usize> = (block.start..block.end)
         .filter(|i| !gone.contains(i))
@@ -1014,7 +1020,7 @@ fn patched(
                 (id, n.as_slice()) < k
             });
         out.extend(kept[at..upto].iter().map(|&i| line(i)));
-        out.push(l);
+        out.push(Bytes::from(l));
         at = upto;
     }
     out.extend(kept[at..].iter().map(|&i| line(i)));
@@ -1034,7 +1040,7 @@ fn layout(
     block: Vec<Vec<u8>>,
     edit: impl Fn(&[u8]) -> Vec<u8>,
 ) -> Table {
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(t.lines().len() + block.len());
+    let mut out: Vec<Bytes> = Vec::with_capacity(t.lines().len() + block.len());
     let mut anchor = None;
     for (i, l) in t.lines().iter().enumerate() {
         if let Some(n) = db::entry_name(l)
@@ -1045,10 +1051,10 @@ fn layout(
         if anchor.is_none() && is_nis(l) {
             anchor = Some(out.len());
         }
-        out.push(edit(l));
+        out.push(Bytes::from(edit(l)));
     }
     let at = anchor.unwrap_or(out.len());
-    out.splice(at..at, block);
+    out.splice(at..at, block.into_iter().map(Bytes::from));
     Table::from_lines(out, t)
 }
 

@@ -9,6 +9,7 @@
 //! newline added to a last line that had none).
 
 use super::model::Aging;
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 
@@ -62,10 +63,12 @@ impl fmt::Display for DbFile {
     }
 }
 
-/// One file as lines (without their `\n`).
+/// One file as lines (without their `\n`). A line is a [`Bytes`]: the lines of a file read
+/// are slices of the one buffer read (no allocation per line), and a table patched from
+/// another shares the lines it keeps with it (a patch copies no line it does not change).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Table {
-    lines: Vec<Vec<u8>>,
+    lines: Vec<Bytes>,
     /// Whether the last line ended with `\n` (true for an empty file).
     final_newline: bool,
 }
@@ -79,20 +82,26 @@ impl fmt::Debug for Table {
 
 impl Table {
     pub fn parse(bytes: &[u8]) -> Table {
+        Table::parse_owned(bytes.to_vec())
+    }
+
+    /// [`Table::parse`] of a buffer the table keeps (its lines are slices of it).
+    pub fn parse_owned(bytes: Vec<u8>) -> Table {
+        let bytes = Bytes::from(bytes);
         if bytes.is_empty() {
             return Table {
                 lines: Vec::new(),
                 final_newline: true,
             };
         }
-        let mut lines: Vec<Vec<u8>> =
-            Vec::with_capacity(memchr::memchr_iter(b'\n', bytes).count() + 1);
+        let mut lines: Vec<Bytes> =
+            Vec::with_capacity(memchr::memchr_iter(b'\n', &bytes).count() + 1);
         let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', bytes) {
-            lines.push(bytes[start..end].to_vec());
+        for end in memchr::memchr_iter(b'\n', &bytes) {
+            lines.push(bytes.slice(start..end));
             start = end + 1;
         }
-        lines.push(bytes[start..].to_vec());
+        lines.push(bytes.slice(start..));
         let final_newline = bytes.ends_with(b"\n");
         if final_newline {
             lines.pop();
@@ -105,7 +114,7 @@ impl Table {
 
     /// A table of `lines` replacing `like`: it keeps `like`'s missing final newline only when
     /// the lines are the same.
-    pub fn from_lines(lines: Vec<Vec<u8>>, like: &Table) -> Table {
+    pub fn from_lines(lines: Vec<Bytes>, like: &Table) -> Table {
         let final_newline = like.final_newline || lines != like.lines;
         Table {
             lines,
@@ -114,7 +123,7 @@ impl Table {
     }
 
     /// A table of these lines, ending with a newline.
-    pub fn of_lines(lines: Vec<Vec<u8>>) -> Table {
+    pub fn of_lines(lines: Vec<Bytes>) -> Table {
         Table {
             lines,
             final_newline: true,
@@ -144,14 +153,19 @@ impl Table {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.lines.join(&b'\n');
+        let mut out = self
+            .lines
+            .iter()
+            .map(|l| &l[..])
+            .collect::<Vec<_>>()
+            .join(&b'\n');
         if self.final_newline && !self.lines.is_empty() {
             out.push(b'\n');
         }
         out
     }
 
-    pub fn lines(&self) -> &[Vec<u8>] {
+    pub fn lines(&self) -> &[Bytes] {
         &self.lines
     }
 
@@ -164,13 +178,13 @@ impl Table {
         if self.lines[i] == line {
             return false;
         }
-        self.lines[i] = line;
+        self.lines[i] = Bytes::from(line);
         true
     }
 
     /// Append a line (the file then ends with a newline).
     pub fn push(&mut self, line: Vec<u8>) {
-        self.lines.push(line);
+        self.lines.push(Bytes::from(line));
         self.final_newline = true;
     }
 

@@ -243,7 +243,7 @@ impl AccountDb {
             }
             if let Some((o, bytes)) = read_original(&dir, &path, f)? {
                 originals.insert(f, o);
-                tables.insert(f, Arc::new(Table::parse(&bytes)));
+                tables.insert(f, Arc::new(Table::parse_owned(bytes)));
             }
         }
         let empty = || Arc::new(Table::parse(b""));
@@ -378,13 +378,13 @@ fn load(dir: &OwnedFd, etc: &Path) -> Result<FileSet, AccountsError> {
             contents.insert(f, bytes);
         }
     }
-    let bytes = |f| contents.get(&f).map(Vec::as_slice);
-    let files = AccountFiles::parse(
-        bytes(DbFile::Passwd).unwrap_or_default(),
-        bytes(DbFile::Group).unwrap_or_default(),
-        bytes(DbFile::Shadow),
-        bytes(DbFile::Gshadow),
-    );
+    let mut table = |f| contents.remove(&f).map(|b| Arc::new(Table::parse_owned(b)));
+    let files = AccountFiles {
+        passwd: table(DbFile::Passwd).unwrap_or_else(|| Arc::new(Table::parse(b""))),
+        group: table(DbFile::Group).unwrap_or_else(|| Arc::new(Table::parse(b""))),
+        shadow: table(DbFile::Shadow),
+        gshadow: table(DbFile::Gshadow),
+    };
     Ok(FileSet {
         files,
         originals,
@@ -420,7 +420,8 @@ fn read_original(
         });
     }
     let selinux = get_label(&fd);
-    let mut bytes = Vec::new();
+    // the size is known (checked above): one allocation, no doubling
+    let mut bytes = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0) + 1);
     File::from(fd)
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -45,8 +45,9 @@ use super::validate::validate_account;
 use super::view::View;
 use crate::config::ConflictPolicy;
 use crate::item::{Body, Item, VersionVector};
+use foldhash::{HashMap, HashMapExt};
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

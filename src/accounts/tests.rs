@@ -375,7 +375,7 @@ fn a_renamed_group_keeps_the_local_members() {
     fn plan(
         f: &AccountFiles,
         items: &[Item],
-        carried: &std::collections::HashMap<u32, Vec<Vec<u8>>>,
+        carried: &foldhash::HashMap<u32, Vec<Vec<u8>>>,
     ) -> super::apply::FilePlan {
         super::apply::plan_in(
             &super::View::new(f, &policy()),
@@ -386,7 +386,7 @@ fn a_renamed_group_keeps_the_local_members() {
         )
     }
     for add_first in [false, true] {
-        let mut carried = std::collections::HashMap::new();
+        let mut carried = foldhash::HashMap::default();
         let mut cur = f.clone();
         if add_first {
             let p = plan(&cur, &add, &carried);

@@ -1519,6 +1519,30 @@ enum Skip {
     NotSendable(String),
 }
 
+/// Is a version (that came `from`, made by `origin`) held back from `link`'s peer
+/// (incarnation `to_inc`) because the peer has it or gets it from its maker?
+fn held(
+    link: &Link,
+    group: &str,
+    from: Option<&(String, u64)>,
+    origin: &str,
+    deleted: bool,
+    to_inc: u64,
+) -> bool {
+    if from.is_some_and(|(p, inc)| *p == link.peer && *inc == to_inc) {
+        // it came from that peer as it is: do not echo it back
+        return true;
+    }
+    // a version we got from the node that made it, and the peer is linked with that node: it
+    // gets it from there (`engine::relay`). Deletions are always relayed: they are small, and
+    // a tombstone collected here must not depend on another node
+    link.version >= 5
+        && !deleted
+        && from.is_some_and(|(p, inc)| {
+            p == origin && lock(&link.relay).group(group).leave_out(p, *inc)
+        })
+}
+
 /// Is `e` left out of a batch for `link`'s peer (incarnation `to_inc`), and why?
 fn skip(
     link: &Link,
@@ -1546,22 +1570,14 @@ fn skip(
         // keeps its unversioned root to itself there, as a replica keeps its files
         return Some(Skip::Own);
     }
-    if e.from
-        .as_ref()
-        .is_some_and(|(p, inc)| p == to && *inc == to_inc)
-    {
-        // it came from that peer as it is: do not echo it back
-        return Some(Skip::Held);
-    }
-    if version >= 5
-        && !e.item.is_deleted()
-        && let Some((p, inc)) = &e.from
-        && *p == e.item.origin
-        && lock(&link.relay).group(group).leave_out(p, *inc)
-    {
-        // a version we got from the node that made it, and the peer is linked with that
-        // node: it gets it from there (`engine::relay`). Deletions are always relayed: they
-        // are small, and a tombstone collected here must not depend on another node
+    if held(
+        link,
+        group,
+        e.from.as_ref(),
+        &e.item.origin,
+        e.item.is_deleted(),
+        to_inc,
+    ) {
         return Some(Skip::Held);
     }
     if version < 4
@@ -1586,8 +1602,21 @@ fn build_batch(
 ) -> Result<Batch, crate::store::StoreError> {
     let snapshot = ctx.store.max_seq()?;
     let head = ctx.store.group_head(group)?;
-    let entries = ctx.store.since(group, pos, MAX_BATCH_ITEMS)?;
-    let full = entries.len() >= MAX_BATCH_ITEMS;
+    let rt = ctx.group(group);
+    let accounts = rt.is_some_and(|g| g.is_accounts());
+    // read no more than a batch can carry (items are cut at MAX_BATCH_BYTES below anyway),
+    // and leave out without decoding what `skip` would leave out as held by the peer
+    let leave = |_key: &[u8], h: &crate::store::Head| -> bool {
+        if (accounts && link.version < 5) || (h.unversioned && !accounts) || link.version < 4 {
+            return false; // decided by `skip` on the decoded entry
+        }
+        held(link, group, h.from.as_ref(), &h.origin, h.deleted, to_inc)
+    };
+    let since = ctx
+        .store
+        .since_within(group, pos, MAX_BATCH_ITEMS, MAX_BATCH_BYTES, &leave)?;
+    let entries = since.entries;
+    let full = since.over || entries.len() + since.left.len() >= MAX_BATCH_ITEMS;
     let mut items = Vec::with_capacity(entries.len());
     let mut inline_bytes = 0usize;
     let mut cut = false;
@@ -1596,12 +1625,12 @@ fn build_batch(
     let mut not_sendable = 0u64;
     let mut why_not = None;
     let (mut left_out, mut other_skips) = (0usize, 0usize);
-    let rt = ctx.group(group);
+    // the first entry that did not fit: entries left out after it are not passed over either
+    let mut cut_at = None;
     let dirs = crate::fs::safefs::DirCache::default();
     let is_root = |key: &[u8]| {
         rt.is_some_and(|g| !g.replica && g.cfg.paths.iter().any(|p| p.as_bytes() == key))
     };
-    let accounts = rt.is_some_and(|g| g.is_accounts());
     for e in entries {
         match skip(link, group, &e, to_inc, accounts, is_root(&e.item.key)) {
             None => {}
@@ -1622,6 +1651,7 @@ fn build_batch(
         let est = estimate(&e.item);
         if encoded + est > MAX_BATCH_BYTES && !items.is_empty() {
             cut = true;
+            cut_at = Some(e.seq);
             break;
         }
         encoded += est;
@@ -1636,6 +1666,7 @@ fn build_batch(
         {
             if inline_bytes + m.size as usize > MAX_BATCH_INLINE && !items.is_empty() {
                 cut = true;
+                cut_at = Some(e.seq);
                 break;
             }
             inline = ctx.read_inline(group, &e.item.key, m.size, &m.hash, &dirs);
@@ -1646,6 +1677,10 @@ fn build_batch(
             item: e.item,
             inline,
         });
+    }
+    for &seq in since.left.iter().filter(|&&s| cut_at.is_none_or(|c| s < c)) {
+        left_out += 1;
+        last_seq = last_seq.max(seq);
     }
     let more = full || cut;
     let through = if more {

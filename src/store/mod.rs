@@ -346,6 +346,54 @@ pub struct Store {
     opened_seq: u64,
     /// Chunk rows of bulk commits, not in `chunks4` yet.
     pending: std::sync::Mutex<Pending>,
+    /// What a sender needs to leave an entry out of a batch, for recent commits (see
+    /// [`Head`]).
+    heads: std::sync::Mutex<Heads>,
+}
+
+/// What a batch needs to leave an entry out without decoding it (a member set of a thousand
+/// members costs thousands of allocations to decode): kept in memory for the last
+/// [`Heads::MAX`] sequence numbers committed, checked against the key stored at that number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub from: Option<(String, u64)>,
+    pub origin: String,
+    pub deleted: bool,
+    /// The item has no version (adopted).
+    pub unversioned: bool,
+}
+
+#[derive(Debug, Default)]
+struct Heads {
+    by_seq: std::collections::HashMap<u64, (Vec<u8>, Head)>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Heads {
+    const MAX: usize = 100_000;
+
+    fn insert(&mut self, seq: u64, key: Vec<u8>, head: Head) {
+        if self.by_seq.insert(seq, (key, head)).is_none() {
+            self.order.push_back(seq);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_seq.remove(&old);
+            }
+        }
+    }
+}
+
+/// What [`Store::since_within`] read.
+#[derive(Debug, Default)]
+pub struct Since {
+    /// The entries decoded, in sequence order.
+    pub entries: Vec<Entry>,
+    /// The sequence numbers of the entries left out by the caller's test on their [`Head`],
+    /// not decoded (in order).
+    pub left: Vec<u64>,
+    /// Stopped on the bytes with entries left.
+    pub over: bool,
 }
 
 impl Drop for Store {
@@ -443,6 +491,16 @@ pub fn decode_quick(path: &Path, key: &[u8], bytes: &[u8]) -> Result<QuickStat, 
     postcard::take_from_bytes::<QuickStat>(bytes)
         .map(|(q, _)| q)
         .map_err(|e| corrupt(path, key, e))
+}
+
+/// The [`Head`] of an entry.
+fn head_of(e: &Entry) -> Head {
+    Head {
+        from: e.from.clone(),
+        origin: e.item.origin.clone(),
+        deleted: e.item.is_deleted(),
+        unversioned: e.item.version.is_empty(),
+    }
 }
 
 /// Encode an entry as the `items` table stores it.
@@ -585,6 +643,7 @@ impl Store {
             index_id: 0,
             opened_seq: 0,
             pending: Default::default(),
+            heads: Default::default(),
         };
         let tx = st.begin_write()?;
         let id;
@@ -839,21 +898,56 @@ impl Store {
 
     /// Entries of `group` with a sequence number above `after`, in sequence order.
     pub fn since(&self, group: &str, after: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .since_within(group, after, max, usize::MAX, &|_, _| false)?
+            .entries)
+    }
+
+    /// [`Store::since`] that also stops once the entries read hold `max_bytes` as stored
+    /// (at least one entry is read): a batch of large items (account member sets of a
+    /// thousand members) decodes only what it can send, not `max` entries each time. An entry
+    /// whose [`Head`] is known (a recent commit) and for which `leave(key, head)` holds is
+    /// counted in [`Since::left`] without being read or decoded.
+    pub fn since_within(
+        &self,
+        group: &str,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+        leave: &dyn Fn(&[u8], &Head) -> bool,
+    ) -> Result<Since, StoreError> {
         let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
         let items = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
+        let mut out = Since::default();
+        let mut bytes = 0usize;
         for item in bs
             .range((group, after.saturating_add(1))..=(group, u64::MAX))
             .map_err(|e| self.err(e))?
         {
-            let (_, k) = item.map_err(|e| self.err(e))?;
-            let k = k.value();
-            if let Some(v) = items.get((group, k)).map_err(|e| self.err(e))? {
-                out.push(decode_entry(&self.path, &dec(k), v.value())?);
-            }
-            if out.len() >= max {
+            if out.entries.len() + out.left.len() >= max {
                 break;
+            }
+            if bytes >= max_bytes {
+                out.over = true;
+                break;
+            }
+            let (s, k) = item.map_err(|e| self.err(e))?;
+            let (seq, k) = (s.value().1, k.value());
+            let left = {
+                let h = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+                h.by_seq
+                    .get(&seq)
+                    .is_some_and(|(key, head)| key.as_slice() == k && leave(&dec(k), head))
+            };
+            if left {
+                out.left.push(seq);
+                continue;
+            }
+            if let Some(v) = items.get((group, k)).map_err(|e| self.err(e))? {
+                let v = v.value();
+                bytes = bytes.saturating_add(v.len());
+                out.entries.push(decode_entry(&self.path, &dec(k), v)?);
             }
         }
         Ok(out)
@@ -930,6 +1024,7 @@ impl Store {
         let tx = self.begin_write()?;
         let seq;
         let bulk = changes.len() >= DEFER_MIN;
+        let mut heads = Vec::new();
         let mut ops = ChunkOps::new();
         let mut sums = summary::Ops::default();
         {
@@ -970,6 +1065,7 @@ impl Store {
                     ch.entry.seq = next;
                     bs.insert((group, next), key.as_slice())
                         .map_err(|e| self.err(e))?;
+                    heads.push((next, key.clone(), head_of(&ch.entry)));
                     if ch.entry.item.is_deleted() {
                         tombs
                             .insert((group, next), key.as_slice())
@@ -1030,6 +1126,10 @@ impl Store {
         let staged = self.stage_chunks(&tx, ops, !bulk)?;
         tx.commit().map_err(|e| self.err(e))?;
         staged.done();
+        let mut h = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        for (seq, key, head) in heads {
+            h.insert(seq, key, head);
+        }
         Ok(seq)
     }
 
