@@ -471,11 +471,15 @@ impl Accounts {
         let reorder: BTreeSet<String> = if cold {
             view.groups
                 .keys()
+                .filter(|g| !view.members_canonical(g))
                 .filter_map(|g| std::str::from_utf8(g).ok().map(String::from))
                 .collect()
         } else {
+            // a group whose lists are in canonical order already needs nothing (a bulk write in
+            // canonical order is not built a second time)
             member_groups
                 .iter()
+                .filter(|g| !view.members_canonical(g))
                 .filter_map(|g| std::str::from_utf8(g).ok().map(String::from))
                 .collect()
         };

@@ -1207,3 +1207,45 @@ mod properties {
         }
     }
 }
+
+/// `View::members_canonical` holds exactly when building the group's member lists in
+/// canonical order changes nothing (detect skips the build for such groups).
+#[test]
+fn members_canonical_agrees_with_the_canonical_build() {
+    let p = policy();
+    let passwd = format!(
+        "{PASSWD}alice:x:2001:2001::/home/alice:/bin/sh\nbob:x:2002:2002::/home/bob:/bin/sh\n"
+    );
+    let shadow = format!("{SHADOW}alice:!:19000:0:99999:7:::\nbob:!:19000:0:99999:7:::\n");
+    let cases = [
+        ("www-data,carol,alice,bob", "www-data,carol,alice,bob"),
+        ("alice,bob", "alice,bob"),
+        ("", ""),
+        ("carol", "carol"),
+        ("bob,alice", "bob,alice"),
+        ("alice,carol", "alice,carol"),
+        ("alice,alice", "alice,alice"),
+        ("carol,carol,alice", "carol,carol,alice"),
+        ("alice,bob", "bob,alice"),
+        ("alice,bob", ""),
+        ("carol,alice", "alice"),
+    ];
+    let mut seen = [0usize; 2];
+    for (gr, sg) in cases {
+        let group = format!("{GROUP}web:x:2100:{gr}\n");
+        let gshadow = format!("{GSHADOW}web:!::{sg}\n");
+        let f = files(&passwd, &group, &shadow, &gshadow);
+        // the rest of the files in canonical layout first
+        let f = canonical(&f, &p, &Default::default());
+        let v = super::view::View::new(&f, &p);
+        let web: std::collections::BTreeSet<String> = ["web".to_string()].into();
+        let unchanged = canonical(&f, &p, &web) == f;
+        assert_eq!(
+            v.members_canonical(b"web"),
+            unchanged,
+            "group {gr:?}, gshadow {sg:?}"
+        );
+        seen[usize::from(unchanged)] += 1;
+    }
+    assert_eq!(seen, [7, 4], "cases out of order and in order");
+}
