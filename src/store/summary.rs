@@ -45,7 +45,7 @@
 use super::{ITEMS, StoreError, dec, decode_entry};
 use crate::item::{Body, Item};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -223,6 +223,10 @@ struct Applier<'a, 't> {
     path: &'a Path,
     /// Per level (index 1 to `TOP`).
     cur: Vec<Option<Current>>,
+    /// The digest after this transaction of every key it changed (from [`Ops`]): a split sums
+    /// the items of a range, mostly written by this very transaction in a bulk commit, and
+    /// takes theirs from here instead of decoding them again.
+    known: HashMap<Vec<u8>, Option<u128>>,
 }
 
 impl Applier<'_, '_> {
@@ -373,8 +377,11 @@ impl Applier<'_, '_> {
                 if g != self.group || hi.is_some_and(|h| ek >= h) {
                     break;
                 }
-                let e = decode_entry(self.path, &dec(ek), v.value())?;
-                if let Some(d) = digest(ek, &e.item) {
+                let d = match self.known.get(ek) {
+                    Some(d) => *d,
+                    None => digest(ek, &decode_entry(self.path, &dec(ek), v.value())?.item),
+                };
+                if let Some(d) = d {
                     s.add(d, 1);
                 }
             }
@@ -488,6 +495,7 @@ pub(crate) fn apply(
         group,
         path,
         cur: (0..=TOP).map(|_| None).collect(),
+        known: ops.0.iter().map(|(k, (_, n))| (k.clone(), *n)).collect(),
     };
     // descending: a split reads the level below over keys at or above its own, all done
     for (ek, (old, new)) in ops.0.into_iter().rev() {
