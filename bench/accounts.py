@@ -15,6 +15,7 @@ groups of 1,000 members). Printed:
   lock      how long the passwd locks were held per write (daemon logs; target <= 50 ms)
   cpu       CPU seconds of each daemon per single change, at this size and at a database a
             tenth of it (the cost of a change should grow with the change, not the database)
+  rss       each daemon's resident memory at the end and its peak, MiB
 
 Usage (root; shadow-utils installed):
     bench/accounts.py [--bin PATH] [--users 5000] [--groups 1000] [--members 500]
@@ -196,6 +197,13 @@ class Cluster:
         return out
 
 
+def rss_of(pid):
+    """Resident and peak resident MiB of a process (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(l.split(":", 1) for l in f if ":" in l)
+    return [round(int(st[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")]
+
+
 def profile(c, phase):
     """`perf record` of the daemons during `phase` when BENCH_PERF=FILE and BENCH_PERF_PHASE
     (default single) is that phase; BENCH_PERF_CG: the call-graph mode (fp, dwarf)."""
@@ -299,6 +307,7 @@ def run(binary, n_users, n_groups, n_members, single_count):
                 v = float(m.group(1))
                 held.append(v / 1000 if m.group(2) == "µs" else v * 1000 if m.group(2) == "s" else v)
         out["lock_ms"] = {"writes": len(held), "median": round(statistics.median(held), 2) if held else None, "max": round(max(held), 2) if held else None}
+        out["rss_mib"] = {n: rss_of(c.procs[n].pid) for n in c.names}
         t = time.monotonic()
         c.stop()
         out["stop_s"] = round(time.monotonic() - t, 2)
