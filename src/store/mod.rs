@@ -1732,6 +1732,58 @@ mod tests {
         }
     }
 
+    /// `since_within` stops on its byte budget (after at least one entry) and leaves out,
+    /// undecoded, what the caller's test on the in-memory head says, only for the key stored
+    /// at that seq; a store opened again knows no heads and decodes everything.
+    #[test]
+    fn since_within_stops_on_bytes_and_leaves_out_by_head() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.redb");
+        let mut from_b = entry(b"/r/b", 2);
+        from_b.from = Some(("b".into(), 7));
+        {
+            let ix = Store::open(&p).unwrap();
+            ix.commit(
+                "g",
+                vec![ch(entry(b"/r/a", 1)), ch(from_b), ch(entry(b"/r/c", 3))],
+                Extras::default(),
+            )
+            .unwrap();
+            let all = ix
+                .since_within("g", 0, 10, usize::MAX, &|_, _| false)
+                .unwrap();
+            assert_eq!((all.entries.len(), all.left.len(), all.over), (3, 0, false));
+            let one = ix.since_within("g", 0, 10, 1, &|_, _| false).unwrap();
+            assert_eq!(
+                (one.entries.len(), one.over),
+                (1, true),
+                "one entry, then over"
+            );
+            let held = |k: &[u8], h: &Head| {
+                assert_eq!(k, b"/r/b", "only b came from b");
+                h.from.as_ref().is_some_and(|(p, _)| p == "b")
+            };
+            let got = ix
+                .since_within("g", 0, 10, usize::MAX, &|k, h| {
+                    h.from.is_some() && held(k, h)
+                })
+                .unwrap();
+            let keys: Vec<&[u8]> = got.entries.iter().map(|e| e.item.key.as_slice()).collect();
+            assert_eq!(keys, vec![b"/r/a".as_slice(), b"/r/c".as_slice()]);
+            assert_eq!(got.left.len(), 1);
+            assert!(got.entries[0].seq < got.left[0] && got.left[0] < got.entries[1].seq);
+        }
+        let ix = Store::open(&p).unwrap();
+        let got = ix
+            .since_within("g", 0, 10, usize::MAX, &|_, _| true)
+            .unwrap();
+        assert_eq!(
+            (got.entries.len(), got.left.len()),
+            (3, 0),
+            "no heads after a restart"
+        );
+    }
+
     #[test]
     fn key_order_is_walk_order() {
         let mut keys: Vec<Vec<u8>> = [&b"/r/a-c"[..], b"/r/a", b"/r/a/b", b"/r/a/b/c", b"/r/b"]
