@@ -17,13 +17,13 @@ use super::db::{self, AccountFiles, DbFile, Table};
 use super::managed::Policy;
 use super::model::{AccountId, Aging, Group, Secret, User, shown_bytes};
 use super::validate::{InvalidRecord, check_name, validate_group, validate_user};
+use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 
 /// The view's maps: keys are names and ids read from the local files (not from peers), hashed
 /// with a fast seeded hash; a view of 10,000 users and 11,000 groups is built in a few ms.
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use bytes::Bytes;
-use std::fmt;
 
 /// A managed account that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]

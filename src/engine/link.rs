@@ -1606,7 +1606,7 @@ fn build_batch(
     let accounts = rt.is_some_and(|g| g.is_accounts());
     // read no more than a batch can carry (items are cut at MAX_BATCH_BYTES below anyway),
     // and leave out without decoding what `skip` would leave out as held by the peer
-    let leave = |_key: &[u8], h: &crate::store::Head| -> bool {
+    let leave = |h: &crate::store::Head| -> bool {
         if (accounts && link.version < 5) || (h.unversioned && !accounts) || link.version < 4 {
             return false; // decided by `skip` on the decoded entry
         }

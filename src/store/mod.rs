@@ -899,14 +899,14 @@ impl Store {
     /// Entries of `group` with a sequence number above `after`, in sequence order.
     pub fn since(&self, group: &str, after: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
         Ok(self
-            .since_within(group, after, max, usize::MAX, &|_, _| false)?
+            .since_within(group, after, max, usize::MAX, &|_| false)?
             .entries)
     }
 
     /// [`Store::since`] that also stops once the entries read hold `max_bytes` as stored
     /// (at least one entry is read): a batch of large items (account member sets of a
     /// thousand members) decodes only what it can send, not `max` entries each time. An entry
-    /// whose [`Head`] is known (a recent commit) and for which `leave(key, head)` holds is
+    /// whose [`Head`] is known (a recent commit) and for which `leave(head)` holds is
     /// counted in [`Since::left`] without being read or decoded.
     pub fn since_within(
         &self,
@@ -914,7 +914,7 @@ impl Store {
         after: u64,
         max: usize,
         max_bytes: usize,
-        leave: &dyn Fn(&[u8], &Head) -> bool,
+        leave: &dyn Fn(&Head) -> bool,
     ) -> Result<Since, StoreError> {
         let tx = self.begin_read()?;
         let bs = tx.open_table(BY_SEQ).map_err(|e| self.err(e))?;
@@ -938,7 +938,7 @@ impl Store {
                 let h = self.heads.lock().unwrap_or_else(|p| p.into_inner());
                 h.by_seq
                     .get(&seq)
-                    .is_some_and(|(key, head)| key.as_slice() == k && leave(&dec(k), head))
+                    .is_some_and(|(key, head)| key.as_slice() == k && leave(head))
             };
             if left {
                 out.left.push(seq);
@@ -1749,34 +1749,23 @@ mod tests {
                 Extras::default(),
             )
             .unwrap();
-            let all = ix
-                .since_within("g", 0, 10, usize::MAX, &|_, _| false)
-                .unwrap();
+            let all = ix.since_within("g", 0, 10, usize::MAX, &|_| false).unwrap();
             assert_eq!((all.entries.len(), all.left.len(), all.over), (3, 0, false));
-            let one = ix.since_within("g", 0, 10, 1, &|_, _| false).unwrap();
+            let one = ix.since_within("g", 0, 10, 1, &|_| false).unwrap();
             assert_eq!(
                 (one.entries.len(), one.over),
                 (1, true),
                 "one entry, then over"
             );
-            let held = |k: &[u8], h: &Head| {
-                assert_eq!(k, b"/r/b", "only b came from b");
-                h.from.as_ref().is_some_and(|(p, _)| p == "b")
-            };
-            let got = ix
-                .since_within("g", 0, 10, usize::MAX, &|k, h| {
-                    h.from.is_some() && held(k, h)
-                })
-                .unwrap();
+            let held = |h: &Head| h.from.as_ref().is_some_and(|(p, _)| p == "b");
+            let got = ix.since_within("g", 0, 10, usize::MAX, &held).unwrap();
             let keys: Vec<&[u8]> = got.entries.iter().map(|e| e.item.key.as_slice()).collect();
             assert_eq!(keys, vec![b"/r/a".as_slice(), b"/r/c".as_slice()]);
             assert_eq!(got.left.len(), 1);
             assert!(got.entries[0].seq < got.left[0] && got.left[0] < got.entries[1].seq);
         }
         let ix = Store::open(&p).unwrap();
-        let got = ix
-            .since_within("g", 0, 10, usize::MAX, &|_, _| true)
-            .unwrap();
+        let got = ix.since_within("g", 0, 10, usize::MAX, &|_| true).unwrap();
         assert_eq!(
             (got.entries.len(), got.left.len()),
             (3, 0),

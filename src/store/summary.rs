@@ -45,7 +45,7 @@
 use super::{ITEMS, StoreError, dec, decode_entry};
 use crate::item::{Body, Item};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -223,10 +223,10 @@ struct Applier<'a, 't> {
     path: &'a Path,
     /// Per level (index 1 to `TOP`).
     cur: Vec<Option<Current>>,
-    /// The digest after this transaction of every key it changed (from [`Ops`]): a split sums
-    /// the items of a range, mostly written by this very transaction in a bulk commit, and
-    /// takes theirs from here instead of decoding them again.
-    known: HashMap<Vec<u8>, Option<u128>>,
+    /// Every key this transaction changed, with its digest before and after (the [`Ops`]): a
+    /// split sums the items of a range, mostly written by this very transaction in a bulk
+    /// commit, and takes theirs from here instead of decoding them again.
+    known: &'a BTreeMap<Vec<u8>, (Option<u128>, Option<u128>)>,
 }
 
 impl Applier<'_, '_> {
@@ -378,7 +378,7 @@ impl Applier<'_, '_> {
                     break;
                 }
                 let d = match self.known.get(ek) {
-                    Some(d) => *d,
+                    Some((_, d)) => *d,
                     None => digest(ek, &decode_entry(self.path, &dec(ek), v.value())?.item),
                 };
                 if let Some(d) = d {
@@ -495,11 +495,11 @@ pub(crate) fn apply(
         group,
         path,
         cur: (0..=TOP).map(|_| None).collect(),
-        known: ops.0.iter().map(|(k, (_, n))| (k.clone(), *n)).collect(),
+        known: &ops.0,
     };
     // descending: a split reads the level below over keys at or above its own, all done
-    for (ek, (old, new)) in ops.0.into_iter().rev() {
-        a.one(&ek, old, new)?;
+    for (ek, (old, new)) in ops.0.iter().rev() {
+        a.one(ek, *old, *new)?;
     }
     a.flush()
 }
