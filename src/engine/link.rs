@@ -39,6 +39,21 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 pub const IDLE: Duration = Duration::from_secs(14);
 /// Keep-alive interval.
 pub const KEEPALIVE: Duration = Duration::from_secs(4);
+
+/// How long a link may pass no packet before it is dead: [`IDLE`]. The test knob
+/// `CLUSTERSYNC_TEST_IDLE_SECS` lengthens it, so that a test can hold a link stalled (alive,
+/// passing nothing) for as long as its steps take on a loaded machine; it never goes below
+/// two keep-alives.
+fn idle() -> Duration {
+    static IDLE_SET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *IDLE_SET.get_or_init(|| {
+        std::env::var("CLUSTERSYNC_TEST_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .map_or(IDLE, |d| d.max(2 * KEEPALIVE))
+    })
+}
 /// Chunk requests served at once per link.
 const MAX_SERVING: usize = 4;
 /// Chunk bytes in one `Chunks` answer at most.
@@ -897,7 +912,7 @@ fn spawn_reader(
     let task = tokio::spawn(async move {
         let peer = link.peer.clone();
         loop {
-            let r = match reader.recv_frame(IDLE).await {
+            let r = match reader.recv_frame(idle()).await {
                 Err(e) => Err(LinkError::Transport(e)),
                 Ok(frame) => {
                     link.bytes_in
@@ -1533,9 +1548,20 @@ fn held(
         // it came from that peer as it is: do not echo it back
         return true;
     }
-    // a version we got from the node that made it, and the peer is linked with that node: it
-    // gets it from there (`engine::relay`). Deletions are always relayed: they are small, and
-    // a tombstone collected here must not depend on another node
+    from_its_maker(link, group, from, origin, deleted)
+}
+
+/// Does `link`'s peer get a version (that came `from`, made by `origin`) from its maker rather
+/// than from us? A version we got from the node that made it, and the peer is linked with that
+/// node: it gets it from there (`engine::relay`). Deletions are always relayed: they are
+/// small, and a tombstone collected here must not depend on another node.
+pub(crate) fn from_its_maker(
+    link: &Link,
+    group: &str,
+    from: Option<&(String, u64)>,
+    origin: &str,
+    deleted: bool,
+) -> bool {
     link.version >= 5
         && !deleted
         && from.is_some_and(|(p, inc)| {

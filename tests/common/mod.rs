@@ -158,6 +158,12 @@ impl Proxy {
         self.rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
+    /// Pass nothing from now on, on connections open or new, until [`Proxy::throttle`] sets
+    /// a rate again: the links stay open and fall silent (a stall, not a cut).
+    pub fn hold(&self) {
+        self.rate.store(HOLD, Ordering::Relaxed);
+    }
+
     /// Drop every connection and refuse new ones.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
@@ -178,13 +184,16 @@ impl Drop for Proxy {
     }
 }
 
+/// A rate that passes nothing at all ([`Proxy::hold`]).
+const HOLD: u64 = u64::MAX;
+
 fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>, count: Arc<AtomicU64>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let r = rate.load(Ordering::Relaxed);
             // throttled: small reads (about 20 a second), each followed by its share of time
-            let want = if r == 0 {
+            let want = if r == 0 || r == HOLD {
                 buf.len()
             } else {
                 ((r / 20) as usize).clamp(512, buf.len())
@@ -192,18 +201,42 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>, count: Arc
             match from.read(&mut buf[..want]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
+                    if !forward(&mut to, &buf[..n], &rate, &count) {
                         break;
-                    }
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    if r > 0 {
-                        std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
                     }
                 }
             }
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// Write `data` at the rate in force, a twentieth of a second's worth at a time, reading the
+/// rate again before each piece: bytes read before a throttle or a hold are held back by it,
+/// and lifting it lets the rest go within a second. False when `to` is gone.
+fn forward(to: &mut TcpStream, data: &[u8], rate: &AtomicU64, count: &AtomicU64) -> bool {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let r = rate.load(Ordering::Relaxed);
+        if r == HOLD {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let n = if r == 0 {
+            rest.len()
+        } else {
+            ((r / 20) as usize).clamp(1, rest.len())
+        };
+        if to.write_all(&rest[..n]).is_err() {
+            return false;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if r > 0 {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+        }
+        rest = &rest[n..];
+    }
+    true
 }
 
 pub struct Node {

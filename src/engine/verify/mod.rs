@@ -21,7 +21,10 @@
 //! pump has sent and had acknowledged everything, we applied everything the peer announced,
 //! the lane has no work queued), and only if neither head moved during the walk; otherwise
 //! the comparison is tried again later, so changes in flight are never reported as
-//! differences. In the background, the node whose name sorts first starts one per shared group
+//! differences. That includes a version one side left out for the other because the other
+//! gets it from its maker (`engine::relay`): the entries of the differing keys are exchanged
+//! first without settling, and a key whose difference is such a version ([`in_flight`])
+//! makes the comparison wait too. In the background, the node whose name sorts first starts one per shared group
 //! on connect and every `verify_every`, and again [`RECHECK`] after settling differences;
 //! [`run`] is `clustersync verify`.
 //!
@@ -425,6 +428,64 @@ async fn exchange(
     Ok((found, take))
 }
 
+/// The keys of `found` whose difference is a version on its way between this node and the
+/// link's peer through a third node, its maker: one side holds a version (not a deletion) of a
+/// member other than the two, the other side does not have it (nor anything newer), and the
+/// side without it is linked with that member, which sends its own versions to every node it
+/// is linked with (so the side holding it left it out, `engine::relay`). That member's own
+/// comparison with the side without it still finds it if it never arrives.
+fn in_flight(
+    e: &Engine,
+    link: &Link,
+    group: &str,
+    found: &[Found],
+) -> Result<BTreeSet<Vec<u8>>, StoreError> {
+    use crate::item::version::Causality;
+    let ctx = &e.ctx;
+    let me = ctx.name.as_str();
+    let peer = link.peer.as_str();
+    let lacks = |has: &Item, other: Option<&Item>| {
+        has.body.is_some()
+            && has.origin != me
+            && has.origin != peer
+            && other.is_none_or(|o| {
+                matches!(
+                    has.version.compare(&o.version),
+                    Causality::Newer | Causality::Concurrent
+                )
+            })
+    };
+    let snap = ctx.store.snapshot()?;
+    let mut out = BTreeSet::new();
+    for f in found {
+        // ours, left out for the peer because it gets it from its maker
+        if let Some(h) = f.here.as_ref().filter(|h| lacks(h, f.there.as_ref()))
+            && let Some(entry) = snap.get(group, &f.key)?
+            && entry.item.version == h.version
+            && crate::engine::link::from_its_maker(
+                link,
+                group,
+                entry.from.as_ref(),
+                &h.origin,
+                false,
+            )
+        {
+            out.insert(f.key.clone());
+            continue;
+        }
+        // the peer's, left out for us because we are linked with its maker
+        if let Some(t) = f.there.as_ref().filter(|t| lacks(t, f.here.as_ref()))
+            && ctx
+                .links
+                .get(&t.origin)
+                .is_some_and(|l| l.active(group) && l.version >= 5)
+        {
+            out.insert(f.key.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Compare `group` with the link's peer; with `settle`, hand every difference to both lanes.
 /// `background`: differences already reported otherwise (set aside, unresolved conflicts)
 /// are left out.
@@ -465,7 +526,24 @@ pub async fn compare(
         let known = known_differences(ctx, group);
         keys.retain(|k| !known.contains(k));
     }
-    let (found, take) = exchange(ctx, &far, &g, &peer, &keys, settle).await?;
+    // what each side holds first, without settling: a version on its way from its maker to
+    // one of the two is not a difference (the other left it out, `engine::relay`)
+    let (seen, _) = exchange(ctx, &far, &g, &peer, &keys, false).await?;
+    let flying = in_flight(e, link, group, &seen)?;
+    if !flying.is_empty() {
+        tracing::debug!(
+            group,
+            "{} of {} differing paths are on their way from their makers; comparing with {peer} later",
+            flying.len(),
+            keys.len()
+        );
+        return Err(VerifyError::Busy);
+    }
+    let (found, take) = if settle {
+        exchange(ctx, &far, &g, &peer, &keys, true).await?
+    } else {
+        (seen, Vec::new())
+    };
     let by = if background {
         "found by comparing index summaries"
     } else if settle {
