@@ -429,6 +429,48 @@ fn tombstones_are_collected_once_every_member_confirmed_them_and_kept_while_one_
     });
 }
 
+/// A node that received another's deletions (echoes of the deleter's own, which it never
+/// sends back) and collected their tombstones does not, when it restarts, take the deleter for
+/// a node restored from an older copy: its tombstones are collected only once the deleter saved
+/// a position past them, so the deleter resumes where it was and is not sent the whole index.
+#[test]
+fn collected_echoes_of_deletions_do_not_make_a_restart_resend_everything() {
+    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
+    c.set_env_all("CLUSTERSYNC_TEST_GC_SECS", "1");
+    write(&c.path("a", "keep"), "x");
+    for i in 0..5 {
+        write(&c.path("a", &format!("f{i}")), format!("{i}"));
+    }
+    c.start_all();
+    c.wait_converged("start");
+    for i in 0..5 {
+        std::fs::remove_file(c.path("a", &format!("f{i}"))).unwrap();
+    }
+    c.wait_converged("deletes everywhere");
+    wait_until("tombstones collected on every node", WAIT, || {
+        ["a", "b", "c"].iter().all(|n| tombstones(&c, n) == Some(0))
+    });
+    for n in ["b", "c"] {
+        c.stop(n);
+        c.start(n);
+    }
+    c.wait_connected();
+    c.wait_converged("restarted");
+    wait_until("all in sync", WAIT, || c.all_in_sync());
+    for n in ["a", "b", "c"] {
+        let resent: Vec<String> = c
+            .audit(n)
+            .into_iter()
+            .filter(|l| l["kind"] == "resend-all")
+            .map(|l| l.to_string())
+            .collect();
+        assert!(
+            resent.is_empty(),
+            "{n} sent a peer everything again: {resent:?}"
+        );
+    }
+}
+
 /// Issue 7 item 10: a node started over (`reset`, twice) does not add keys to version vectors:
 /// the vector of a file changed after each reset names at most the nodes that changed it (read
 /// from the `version` field of every node's audit log).

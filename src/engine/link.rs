@@ -1140,7 +1140,7 @@ fn on_ack(ctx: &Ctx, link: &Link, group: String, through: u64) -> Result<(), Lin
             // nothing in flight: what we skipped counts as acknowledged too
             e.acked = e.acked.max(e.scanned);
         }
-        e.acked
+        durable(e)
     };
     if durable_acks(link) {
         let _ = ctx.store.set_acked(&link.peer, &group, acked);
@@ -1415,6 +1415,9 @@ async fn send_batch(ctx: &Ctx, link: &Link, group: &str, b: Batch, st: &mut Pump
     }
     // nothing to send, but the peer should learn it is caught up: move its `through`; when
     // all that was read are versions it has or gets elsewhere, later (`LAZY_THROUGH`)
+    if b.tell {
+        st.tell = true;
+    }
     let announce_empty = b.items.is_empty() && {
         let e = link.pump(group);
         let quiet = (b.lazy || st.lazy.is_some()) && !st.tell && st.head_told <= e.last_sent;
@@ -1488,6 +1491,15 @@ async fn send_batch(ctx: &Ctx, link: &Link, group: &str, b: Batch, st: &mut Pump
     true
 }
 
+/// What of a pump's acknowledged position is kept for collecting tombstones: no more than
+/// the peer was told (`last_sent`) and so saved. What was left out past it (echoes, relays it
+/// gets elsewhere) counts as acknowledged for `status`, but a position the peer never saved
+/// would, once tombstones up to it were collected, make its next link look like a state dir
+/// restored from an older copy (`resume_point`: the whole index sent again).
+fn durable(e: &crate::engine::peer::PumpProgress) -> u64 {
+    e.acked.min(e.last_sent)
+}
+
 /// Our index was read up to `through`: with nothing in flight, the peer has all of it.
 fn caught_up(ctx: &Ctx, link: &Link, group: &str, through: u64) {
     let caught_up = {
@@ -1496,7 +1508,7 @@ fn caught_up(ctx: &Ctx, link: &Link, group: &str, through: u64) {
         e.scanned = through;
         if e.unacked.is_empty() && e.acked < through {
             e.acked = through;
-            Some(through)
+            Some(durable(e))
         } else {
             None
         }
@@ -1522,6 +1534,8 @@ struct Batch {
     /// Versions were read and every one left out as held by the peer or due from elsewhere
     /// (echoes, deferred relays): the peer need not hear of the new position at once.
     lazy: bool,
+    /// A deletion was left out: the peer hears of the new position at once all the same.
+    tell: bool,
 }
 
 /// Why an entry of our index is not sent to a peer.
@@ -1632,11 +1646,18 @@ fn build_batch(
     let accounts = rt.is_some_and(|g| g.is_accounts());
     // read no more than a batch can carry (items are cut at MAX_BATCH_BYTES below anyway),
     // and leave out without decoding what `skip` would leave out as held by the peer
+    // a deletion left out (an echo of the peer's own) is told at once, not lazily: until the
+    // peer saved a position past it, its tombstone is not collected here (`durable`)
+    let held_deletion = std::cell::Cell::new(false);
     let leave = |h: &crate::store::Head| -> bool {
         if (accounts && link.version < 5) || (h.unversioned && !accounts) || link.version < 4 {
             return false; // decided by `skip` on the decoded entry
         }
-        held(link, group, h.from.as_ref(), &h.origin, h.deleted, to_inc)
+        let left = held(link, group, h.from.as_ref(), &h.origin, h.deleted, to_inc);
+        if left && h.deleted {
+            held_deletion.set(true);
+        }
+        left
     };
     let since = ctx
         .store
@@ -1663,7 +1684,12 @@ fn build_batch(
             Some(why) => {
                 match why {
                     Skip::Own => other_skips += 1,
-                    Skip::Held => left_out += 1,
+                    Skip::Held => {
+                        left_out += 1;
+                        if e.item.is_deleted() {
+                            held_deletion.set(true);
+                        }
+                    }
                     Skip::NotSendable(w) => {
                         not_sendable += 1;
                         other_skips += 1;
@@ -1728,6 +1754,7 @@ fn build_batch(
         not_sendable,
         why_not,
         lazy: left_out > 0 && other_skips == 0,
+        tell: held_deletion.get(),
     })
 }
 
