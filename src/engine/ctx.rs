@@ -179,6 +179,15 @@ impl Ctx {
             .collect()
     }
 
+    /// How far `peer` acknowledged our items of `group`: the saved acknowledgement (what it
+    /// was told and saved, kept for collecting tombstones) or, linked, what its live link
+    /// acknowledged (versions left out for it count there before it is told of them).
+    pub fn acked_by(&self, peer: &str, group: &str) -> u64 {
+        let saved = self.store.acked(peer, group).unwrap_or(0);
+        let live = self.links.get(peer).map_or(0, |l| l.pump(group).acked);
+        saved.max(live)
+    }
+
     /// Every peer of this node.
     pub fn all_peers(&self) -> BTreeSet<String> {
         self.groups

@@ -240,7 +240,7 @@ impl Engine {
                     behind += self
                         .ctx
                         .store
-                        .count_since(g.name(), self.ctx.store.acked(&p, g.name()).unwrap_or(0))
+                        .count_since(g.name(), self.ctx.acked_by(&p, g.name()))
                         .unwrap_or(0);
                 }
             }

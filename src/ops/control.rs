@@ -496,7 +496,7 @@ fn pending_lines(ctx: &Ctx, groups: &[String]) -> Vec<(String, String)> {
                 }
             }
             for p in &g.peers {
-                let acked = ctx.store.acked(p, g.name()).unwrap_or(0);
+                let acked = ctx.acked_by(p, g.name());
                 for e in ctx.store.since(g.name(), acked, 10_000).unwrap_or_default() {
                     dry_note(&mut d, "send", &e.item.key, p);
                 }
