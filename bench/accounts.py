@@ -14,7 +14,10 @@ groups of 1,000 members). Printed:
             write of a's files to the peers' write of theirs (`single_write_ms`, file mtimes)
   lock      how long the passwd locks were held per write (daemon logs; target <= 50 ms)
   cpu       CPU seconds of each daemon per single change, at this size and at a database a
-            tenth of it (the cost of a change should grow with the change, not the database)
+            tenth of it (the cost of a change should grow with the change, not the database);
+            next to it `floor_cpu_ms`: the CPU of reading the four files whole and of writing
+            them whole on the same filesystem (what the origin and each receiver cannot avoid
+            while the tools replace the files whole)
   rss       each daemon's resident memory at the end and its peak, MiB
 
 Usage (root; shadow-utils installed):
@@ -256,6 +259,32 @@ def singles(c, count, first_uid):
     return times, writes, cpu
 
 
+def floor_ms(root, rounds=20):
+    """CPU ms to read the four files of `root` whole, and to write them whole (each to a temp
+    file renamed into place), medians of `rounds`: what any program that keeps these files must
+    spend per change at this size (the tool rewrote them whole; the origin reads them, each
+    receiver writes them). Measured on the same filesystem as the daemons' files."""
+    etc = os.path.join(root, "etc")
+    names = ("passwd", "shadow", "group", "gshadow")
+    reads, writes = [], []
+    for _ in range(rounds):
+        t = time.process_time()
+        data = {}
+        for n in names:
+            with open(os.path.join(etc, n), "rb") as f:
+                data[n] = f.read()
+        reads.append(time.process_time() - t)
+        t = time.process_time()
+        for n in names:
+            tmp = os.path.join(etc, f".{n}.floor")
+            with open(tmp, "wb") as f:
+                f.write(data[n])
+            os.unlink(tmp)
+        writes.append(time.process_time() - t)
+    mib = sum(len(d) for d in data.values()) / 2**20
+    return {"mib": round(mib, 1), "read": round(statistics.median(reads) * 1000, 1), "write": round(statistics.median(writes) * 1000, 1)}
+
+
 def run(binary, n_users, n_groups, n_members, single_count):
     tmp = tempfile.mkdtemp(prefix="bench-accounts.", dir=os.environ.get("BENCH_TMPDIR", "/tmp"))
     mounted = False
@@ -301,6 +330,7 @@ def run(binary, n_users, n_groups, n_members, single_count):
         out["single_ms"] = {"median": round(statistics.median(times) * 1000, 1), "max": round(max(times) * 1000, 1)}
         out["single_write_ms"] = {"median": round(statistics.median(writes) * 1000, 1), "max": round(max(writes) * 1000, 1)}
         out["single_cpu_ms"] = {n: round(v * 1000, 1) for n, v in cpu.items()}
+        out["floor_cpu_ms"] = floor_ms(c.root("c"))
         held = []
         for n in c.names:
             for m in re.finditer(r"locks held ([0-9.]+)(ms|µs|s)\b", c.log(n)):

@@ -522,14 +522,16 @@ pub async fn compare(
     if ctx.store.group_head(group)? != head0 || !quiet(e, link, group) {
         return Err(VerifyError::Busy);
     }
+    let known = known_differences(ctx, group);
     if background {
-        let known = known_differences(ctx, group);
         keys.retain(|k| !known.contains(k));
     }
     // what each side holds first, without settling: a version on its way from its maker to
-    // one of the two is not a difference (the other left it out, `engine::relay`)
+    // one of the two is not a difference (the other left it out, `engine::relay`); one that
+    // arrived and was set aside, or is an unresolved conflict, is
     let (seen, _) = exchange(ctx, &far, &g, &peer, &keys, false).await?;
-    let flying = in_flight(e, link, group, &seen)?;
+    let mut flying = in_flight(e, link, group, &seen)?;
+    flying.retain(|k| !known.contains(k));
     if !flying.is_empty() {
         tracing::debug!(
             group,
