@@ -170,8 +170,8 @@ impl Accounts {
     /// The files were written as `set` (the canonical layout a detect asked for): the index
     /// agrees with them as it did with the files read.
     pub fn written(&mut self, set: FileSet) {
+        self.view = Some(self.view_for(&set.files));
         self.files = Some(set.files.clone());
-        self.view = None;
         self.last = Some(set);
     }
 
@@ -192,15 +192,24 @@ impl Accounts {
 
     /// The view of the files the index agrees with.
     fn view(&mut self) -> Option<Arc<View>> {
-        let files = self.files.as_ref()?;
+        let files = self.files.clone()?;
         match &self.view {
-            Some(v) if v.files.same_tables(files) => Some(v.clone()),
+            Some(v) if v.files.same_tables(&files) => Some(v.clone()),
             _ => {
-                let v = Arc::new(View::new(files, &self.policy));
+                let v = self.view_for(&files);
                 self.view = Some(v.clone());
                 Some(v)
             }
         }
+    }
+
+    /// The view of `files`: the kept view patched with the lines that changed when nothing
+    /// else holds it (see [`View::patched`]), else built anew. The kept view is taken.
+    fn view_for(&mut self, files: &AccountFiles) -> Arc<View> {
+        Arc::new(match self.view.take().map(Arc::try_unwrap) {
+            Some(Ok(v)) => v.patched(files, &self.policy),
+            _ => View::new(files, &self.policy),
+        })
     }
 
     /// What `status` shows: read problems and accounts that left the managed set.
@@ -239,8 +248,6 @@ impl Accounts {
                 ..Detected::default()
             });
         }
-        let old_view = self.view();
-        let view = Arc::new(View::new(new, &policy));
         let made = if adopt {
             0
         } else {
@@ -250,7 +257,28 @@ impl Accounts {
         let ix = |e: String| AccountsError::Index(e);
         // what to look at: every account when cold, else the entries whose lines changed
         let cold = self.files.is_none();
-        let (users, groups, mut member_groups): (Names, Names, Names) = match &self.files {
+        let changed = self.files.as_ref().map(|old| changed_accounts(old, new));
+        // what the view of the old files says of the users whose lines changed (that view is
+        // then patched into the view of the new files): managed, a user, a group of that name;
+        // a user whose lines did not change is what it was
+        let old_facts: Option<HashMap<Vec<u8>, (bool, bool, bool)>> = match (self.view(), &changed)
+        {
+            (Some(v), Some((u, _))) => Some(
+                u.iter()
+                    .map(|n| {
+                        let facts = (
+                            v.is_managed_user(n),
+                            v.users.contains_key(n.as_slice()),
+                            v.groups.contains_key(n.as_slice()),
+                        );
+                        (n.clone(), facts)
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let view = self.view_for(new);
+        let (users, groups, mut member_groups): (Names, Names, Names) = match changed {
             None => {
                 let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
                 let mut g: BTreeSet<Vec<u8>> = view.groups.keys().map(|n| n.to_vec()).collect();
@@ -267,26 +295,18 @@ impl Accounts {
                 }
                 (u, g.clone(), g)
             }
-            Some(old) => {
-                let u = changed_names(&old.passwd, &new.passwd)
-                    .into_iter()
-                    .chain(changed_opt(old.shadow.as_ref(), new.shadow.as_ref()))
-                    .collect();
-                let g: BTreeSet<Vec<u8>> = changed_names(&old.group, &new.group)
-                    .into_iter()
-                    .chain(changed_opt(old.gshadow.as_ref(), new.gshadow.as_ref()))
-                    .collect();
-                (u, g.clone(), g)
-            }
+            Some((u, g)) => (u, g.clone(), g),
         };
         // a user whose managed-ness changed: its memberships changed without its groups' lines
-        if let Some(old_view) = &old_view {
+        if let Some(facts) = &old_facts {
             let flipped: BTreeSet<&[u8]> = users
                 .iter()
                 .filter(|n| {
-                    old_view.is_managed_user(n) != view.is_managed_user(n)
-                        && old_view.users.contains_key(n.as_slice())
-                        && view.users.contains_key(n.as_slice())
+                    facts.get(n.as_slice()).is_some_and(|&(managed, user, _)| {
+                        managed != view.is_managed_user(n)
+                            && user
+                            && view.users.contains_key(n.as_slice())
+                    })
                 })
                 .map(Vec::as_slice)
                 .collect();
@@ -303,7 +323,7 @@ impl Accounts {
             // a user private group follows its user
             for u in &users {
                 if view.groups.contains_key(u.as_slice())
-                    || old_view.groups.contains_key(u.as_slice())
+                    || facts.get(u.as_slice()).is_some_and(|f| f.2)
                 {
                     member_groups.insert(u.clone());
                 }
@@ -422,10 +442,12 @@ impl Accounts {
             .map(|p| p.to_string())
             .collect();
         // member sets
-        let was_user = |m: &str| {
-            old_view
-                .as_ref()
-                .is_some_and(|v| v.is_managed_user(m.as_bytes()))
+        // (a user whose lines did not change was what it is now)
+        let was_user = |m: &str| match &old_facts {
+            Some(f) => f
+                .get(m.as_bytes())
+                .map_or_else(|| view.is_managed_user(m.as_bytes()), |x| x.0),
+            None => false,
         };
         for n in &member_groups {
             let Ok(name) = std::str::from_utf8(n) else {
@@ -649,8 +671,10 @@ impl Accounts {
             })
             .collect();
         if !files.is_empty() {
+            // the kept view is patched to the files written
+            drop(view);
+            self.view = Some(self.view_for(&plan.files));
             self.files = Some(plan.files);
-            self.view = None;
         }
         let mut homes = Vec::new();
         if self.policy.create_home && !plan.homes.is_empty() {
@@ -735,6 +759,20 @@ fn changed_names(old: &db::Table, new: &db::Table) -> BTreeSet<Vec<u8>> {
         .filter_map(|l| db::entry_name(l))
         .map(<[u8]>::to_vec)
         .collect()
+}
+
+/// The users and the groups whose lines changed between `old` and `new` (see
+/// [`changed_names`]).
+fn changed_accounts(old: &AccountFiles, new: &AccountFiles) -> (Names, Names) {
+    let u = changed_opt(Some(&old.passwd), Some(&new.passwd))
+        .into_iter()
+        .chain(changed_opt(old.shadow.as_ref(), new.shadow.as_ref()))
+        .collect();
+    let g = changed_opt(Some(&old.group), Some(&new.group))
+        .into_iter()
+        .chain(changed_opt(old.gshadow.as_ref(), new.gshadow.as_ref()))
+        .collect();
+    (u, g)
 }
 
 fn changed_opt(old: Option<&Arc<db::Table>>, new: Option<&Arc<db::Table>>) -> BTreeSet<Vec<u8>> {

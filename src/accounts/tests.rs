@@ -1165,7 +1165,8 @@ mod properties {
                 &format!("{GSHADOW}{gs}"),
             );
             let all: std::collections::BTreeSet<String> = (0..6).map(|k| format!("g{k}")).chain((0..12).map(|k| format!("u{k}"))).chain(["sudo".to_string()]).collect();
-            let f = canonical(&f, &policy(), &all);
+            let raw = f;
+            let f = canonical(&raw, &policy(), &all);
             let mut its = Vec::new();
             for (kind, k, x, members) in &items {
                 let v = vv(&[("a", 1)]);
@@ -1192,6 +1193,15 @@ mod properties {
             let b = super::super::apply::plan_in(&full_view, &policy(), &its, 20000, &Default::default());
             prop_assert_eq!(&a.outcomes, &b.outcomes);
             prop_assert_eq!(text(&a.files), text(&b.files));
+            // the view kept between calls, patched with the lines that changed, is the view
+            // built anew: after the apply, after a tool's edit back, from files not in
+            // canonical layout to the canonical ones
+            let new = |f: &AccountFiles| super::super::View::new(f, &policy());
+            prop_assert!(new(&f).is_patchable());
+            for (from, to) in [(&f, &a.files), (&a.files, &f), (&raw, &f), (&f, &raw)] {
+                let patched = new(from).patched(to, &policy());
+                prop_assert!(patched.same_as(&new(to)));
+            }
         }
 
         /// Whatever the bytes, decoding and validating never panics, and a valid item can be

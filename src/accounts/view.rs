@@ -25,6 +25,8 @@ use std::fmt;
 /// with a fast seeded hash; a view of 10,000 users and 11,000 groups is built in a few ms.
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+mod patch;
+
 /// A managed account that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadProblem {
@@ -72,7 +74,7 @@ impl fmt::Display for ReadProblem {
 }
 
 /// What one `passwd` entry is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserLine {
     pub line: usize,
     pub uid: u32,
@@ -81,7 +83,7 @@ pub struct UserLine {
 }
 
 /// What one `group` entry is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupLine {
     pub line: usize,
     pub gid: u32,
@@ -120,6 +122,9 @@ pub struct View {
     /// The canonical blocks of passwd, shadow, group, gshadow (in [`DbFile::ALL`] order), when
     /// every file is in canonical layout; `None` otherwise.
     pub blocks: Option<[Option<Block>; 4]>,
+    /// No name has two lines in any file, no id two accounts, no line is malformed: the view
+    /// can be patched ([`View::patched`]).
+    patchable: bool,
 }
 
 impl View {
@@ -138,7 +143,9 @@ impl View {
             dup_groups: Map::default(),
             malformed: Vec::new(),
             blocks: None,
+            patchable: true,
         };
+        let mut shared_ids = false;
         let mut pw_malformed = Vec::new();
         for (i, l) in files.passwd.lines().iter().enumerate() {
             let Some(name) = db::entry_name(l) else {
@@ -153,6 +160,7 @@ impl View {
                     }
                     let managed =
                         std::str::from_utf8(&name).is_ok_and(|n| policy.set.user(n, pw.uid));
+                    shared_ids |= v.uids.contains_key(&pw.uid);
                     v.uids.entry(pw.uid).or_insert_with(|| name.clone());
                     v.users.insert(
                         name,
@@ -187,6 +195,7 @@ impl View {
                     let owner = v.users.get(&name).map(|u| (u.uid, u.gid));
                     let managed = std::str::from_utf8(&name)
                         .is_ok_and(|n| policy.set.group(n, gr.gid, owner));
+                    shared_ids |= v.gids.contains_key(&gr.gid);
                     v.gids.entry(gr.gid).or_insert_with(|| name.clone());
                     v.groups.insert(
                         name,
@@ -206,13 +215,21 @@ impl View {
                 v.malformed.push((DbFile::Group, i, name.to_vec()));
             }
         }
+        let mut dup_lines = false;
         if let Some(t) = &files.shadow {
-            v.shadow = first_lines(t);
+            (v.shadow, dup_lines) = first_lines(t);
         }
         if let Some(t) = &files.gshadow {
-            v.gshadow = first_lines(t);
+            let (m, dup) = first_lines(t);
+            v.gshadow = m;
+            dup_lines |= dup;
         }
         v.blocks = v.find_blocks();
+        v.patchable = !shared_ids
+            && !dup_lines
+            && v.dup_users.is_empty()
+            && v.dup_groups.is_empty()
+            && v.malformed.is_empty();
         v
     }
 
@@ -493,15 +510,22 @@ impl View {
     }
 }
 
-fn first_lines(t: &Table) -> Map<Bytes, usize> {
+/// The first line of each name, and whether some name has several.
+fn first_lines(t: &Table) -> (Map<Bytes, usize>, bool) {
     let mut m: Map<Bytes, usize> =
         Map::with_capacity_and_hasher(t.lines().len(), Default::default());
+    let mut dup = false;
     for (i, l) in t.lines().iter().enumerate() {
         if let Some(n) = db::entry_name(l) {
-            m.entry(l.slice_ref(n)).or_insert(i);
+            match m.entry(l.slice_ref(n)) {
+                std::collections::hash_map::Entry::Occupied(_) => dup = true,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+            }
         }
     }
-    m
+    (m, dup)
 }
 
 /// The block of `lines` (line numbers of the managed entries in canonical order; `None` items

@@ -635,15 +635,20 @@ fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, d: Decision, out: &mut P
     };
     match d {
         Decision::Ignore => {
-            // a member set committed but only partly applied (set aside): apply it again
+            // a member set committed but only partly applied (set aside, loaded with its
+            // attempts): apply it again
             let same = obs.local.as_ref().is_some_and(|l| {
                 l.item.version == inc.wire.item.version && l.item.body == inc.wire.item.body
             });
             if inc.attempts > 0 && same {
                 out.steps.push(step(inc.wire.item.clone(), true, obs.local));
-            } else {
+            } else if inc.attempts > 0 {
+                // the set-aside copy is older than what the index has: no longer needed
                 out.aside_remove.push(key);
             }
+            // a copy from a link (another peer relaying it, a resend) leaves what is set aside
+            // as it is: the set-aside record may be this very version, committed but only
+            // partly applied, which must still be applied in full
         }
         Decision::Take { item, conflict } => {
             if let Some(c) = conflict {
@@ -858,5 +863,92 @@ impl Domain for AccountsDomain {
 
     fn poll(&self) -> bool {
         files_stamp(&self.ctx.root) != *lock(&self.stamp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::model::{Dot, Member, Members};
+    use crate::item::VersionVector;
+
+    fn members(version: &[(&str, u64)], names: &[&str]) -> Item {
+        let mut v = VersionVector::default();
+        for (n, c) in version {
+            v.0.insert(n.to_string(), *c);
+        }
+        Item {
+            key: AccountId::Members("sudo".into()).key(),
+            version: v,
+            origin: "a".into(),
+            body: Some(Body::Account(Account::Members(Members {
+                group: "sudo".into(),
+                members: names
+                    .iter()
+                    .map(|n| Member {
+                        user: n.to_string(),
+                        dots: vec![Dot {
+                            node: "a".into(),
+                            counter: 1,
+                        }],
+                    })
+                    .collect(),
+            }))),
+            beat: vec![],
+        }
+    }
+
+    fn plan_with(local: &Item, incoming: &Item, attempts: u32) -> Plan {
+        let kept_as = |_: &[u8]| None;
+        let pc = PlanCtx {
+            policy: crate::engine::decide::Policy {
+                conflict: &crate::config::ConflictPolicy::Newest,
+                compare_owner: true,
+                me: "c",
+            },
+            roots: &[],
+            kept_as: &kept_as,
+            now: 0,
+            replica: false,
+            compared: false,
+        };
+        let inc = Incoming {
+            wire: WireItem {
+                item: incoming.clone(),
+                inline: None,
+            },
+            from: ("b".into(), 1),
+            attempts,
+        };
+        let obs = Observed {
+            local: Some(Entry::new(local.clone())),
+            ..Default::default()
+        };
+        AccountsPlanner.plan(&pc, vec![inc], vec![obs])
+    }
+
+    /// A member set committed but only partly applied is set aside with the very version the
+    /// index has. Another copy of that version (the third node relaying it) must not take it
+    /// off the set-aside list: the retry must still apply the rest (the full suite met it as a
+    /// membership never written on one node while its index said it was).
+    #[test]
+    fn a_relayed_copy_never_drops_a_partly_applied_member_set() {
+        let v = members(&[("a", 2), ("c", 1)], &["amy", "bob"]);
+        let p = plan_with(&v, &v, 0);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert!(p.aside_remove.is_empty(), "{p:?}");
+        // the retry of the set-aside record applies it again
+        let p = plan_with(&v, &v, 1);
+        assert_eq!(p.steps.len(), 1, "{p:?}");
+        assert!(p.steps[0].again);
+        assert!(p.aside_remove.is_empty(), "{p:?}");
+        // an older set-aside record than the index's goes
+        let old = members(&[("a", 1)], &["amy"]);
+        let p = plan_with(&v, &old, 1);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert_eq!(p.aside_remove, vec![v.key.clone()]);
+        // an older copy from a link leaves the set-aside list alone
+        let p = plan_with(&v, &old, 0);
+        assert!(p.steps.is_empty() && p.aside_remove.is_empty(), "{p:?}");
     }
 }

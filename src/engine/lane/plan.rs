@@ -173,7 +173,10 @@ fn plan_one(pc: &PlanCtx, inc: Incoming, obs: Observed, out: &mut Plan) {
         out.conflicts.push((key.clone(), Some(c)));
     }
     match d {
-        Decision::Ignore => out.aside_remove.push(key),
+        // the set-aside copy of an item the index has (or has newer) is no longer needed; a copy
+        // from a link leaves what is set aside as it is (it may be newer than this copy)
+        Decision::Ignore if attempts > 0 => out.aside_remove.push(key),
+        Decision::Ignore => {}
         Decision::Take { item, conflict } => {
             if let Some(c) = &conflict {
                 note_conflict(pc, &key, c, &item, out);
@@ -357,6 +360,11 @@ mod tests {
     }
 
     fn plan_for(replica: bool, compared: bool, local: Item, remote: Item) -> Plan {
+        plan_tried(replica, compared, local, remote, 0)
+    }
+
+    /// `attempts`: 0 for a peer's batch, more for a set-aside item loaded for a retry.
+    fn plan_tried(replica: bool, compared: bool, local: Item, remote: Item, attempts: u32) -> Plan {
         let kept_as = |_: &[u8]| None;
         let pc = PlanCtx {
             policy: Policy {
@@ -376,7 +384,7 @@ mod tests {
                 inline: None,
             },
             from: ("a".into(), 1),
-            attempts: 0,
+            attempts,
         };
         let obs = Observed {
             local: Some(Entry::new(local)),
@@ -415,5 +423,19 @@ mod tests {
                 "{replica} {compared} {mode:o}: {p:?}"
             );
         }
+    }
+
+    /// An item older than the index's (or the same) is ignored; only its own set-aside copy,
+    /// loaded for a retry, is taken off the set-aside list: a copy from a link may be older
+    /// than what is set aside for that path.
+    #[test]
+    fn an_ignored_copy_from_a_link_leaves_the_set_aside_list_alone() {
+        let local = dir("/srv/www/d", &[("a", 3)], 0o755);
+        let old = dir("/srv/www/d", &[("a", 2)], 0o755);
+        let p = plan_tried(false, false, local.clone(), old.clone(), 0);
+        assert!(p.steps.is_empty() && p.aside_remove.is_empty(), "{p:?}");
+        let p = plan_tried(false, false, local, old, 1);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert_eq!(p.aside_remove, vec![b"/srv/www/d".to_vec()]);
     }
 }
