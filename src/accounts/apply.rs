@@ -492,7 +492,7 @@ impl<'v> Plan<'v> {
     /// The new files: the blocks of the files patched where they are in canonical layout
     /// (see [`Plan::patch`]), else built anew.
     fn assemble(&self) -> AccountFiles {
-        match self.view.blocks {
+        match self.view.blocks() {
             Some(blocks) => self.patch(&blocks),
             None => self.assemble_full(),
         }

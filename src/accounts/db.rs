@@ -80,6 +80,52 @@ impl fmt::Debug for Table {
     }
 }
 
+/// The lines that differ between two versions of a table: `old[first..old_end]` became
+/// `new[first..new_end]`; the lines before `first` and from the ends on are the same lines in
+/// the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub first: usize,
+    pub old_end: usize,
+    pub new_end: usize,
+}
+
+impl Window {
+    /// The window of `old` → `new`. Lines shared by both tables (a patched table keeps the
+    /// lines it did not change) compare by pointer, others by bytes.
+    pub fn of(old: &Table, new: &Table) -> Window {
+        let same =
+            |(x, y): &(&Bytes, &Bytes)| (x.as_ptr() == y.as_ptr() && x.len() == y.len()) || x == y;
+        let (a, b) = (old.lines(), new.lines());
+        let pre = a.iter().zip(b).take_while(same).count();
+        let room = a.len().min(b.len()) - pre;
+        let suf = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take(room)
+            .take_while(same)
+            .count();
+        Window {
+            first: pre,
+            old_end: a.len() - suf,
+            new_end: b.len() - suf,
+        }
+    }
+
+    /// Whether the lines after the window moved.
+    pub fn moves(&self) -> bool {
+        self.old_end != self.new_end
+    }
+
+    /// A line number of the old table after the window moves with the lines after it.
+    pub fn shift(&self, line: &mut usize) {
+        if *line >= self.old_end {
+            *line = *line - self.old_end + self.new_end;
+        }
+    }
+}
+
 impl Table {
     pub fn parse(bytes: &[u8]) -> Table {
         Table::parse_owned(bytes.to_vec())

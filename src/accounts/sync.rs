@@ -743,19 +743,10 @@ pub fn keep_local(local: &Item, remote: &Item, body: Account, me: &str, now_ms: 
 /// or removed, a duplicate that appeared or went), and only those. Lines before and after
 /// that range are the same lines at the same places, so they are compared, not parsed.
 fn changed_names(old: &db::Table, new: &db::Table) -> BTreeSet<Vec<u8>> {
-    let (a, b) = (old.lines(), new.lines());
-    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let room = a.len().min(b.len()) - pre;
-    let suf = a
+    let w = db::Window::of(old, new);
+    old.lines()[w.first..w.old_end]
         .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take(room)
-        .take_while(|(x, y)| x == y)
-        .count();
-    a[pre..a.len() - suf]
-        .iter()
-        .chain(&b[pre..b.len() - suf])
+        .chain(&new.lines()[w.first..w.new_end])
         .filter_map(|l| db::entry_name(l))
         .map(<[u8]>::to_vec)
         .collect()

@@ -1186,9 +1186,8 @@ mod properties {
                 });
             }
             let patched_view = super::super::View::new(&f, &policy());
-            prop_assert!(patched_view.blocks.is_some());
-            let mut full_view = super::super::View::new(&f, &policy());
-            full_view.blocks = None;
+            prop_assert!(patched_view.blocks().is_some());
+            let full_view = super::super::View::new(&f, &policy()).without_blocks();
             let a = super::super::apply::plan_in(&patched_view, &policy(), &its, 20000, &Default::default());
             let b = super::super::apply::plan_in(&full_view, &policy(), &its, 20000, &Default::default());
             prop_assert_eq!(&a.outcomes, &b.outcomes);

@@ -1,12 +1,14 @@
 //! The four files of one root, indexed by name: which accounts are managed, their records,
 //! the managed members of every group, and the lines that could not be read (pure; no I/O).
 //!
-//! A [`View`] is built once per read or apply in one pass over the lines (no record is made
-//! for an account nobody asks about): name → line maps of the four tables, the uid/gid and
-//! primary gid of every user, and which users and groups are managed
-//! ([`ManagedSet`](super::ManagedSet)). Records are made on demand ([`View::user`],
-//! [`View::group`], [`View::members_of`]), so a caller that looks only at what changed pays
-//! only for that.
+//! A [`View`] is built in one pass over the lines (no record is made for an account nobody
+//! asks about): name → line maps of the four tables, the uid/gid and primary gid of every
+//! user, and which users and groups are managed ([`ManagedSet`](super::ManagedSet)). The
+//! daemon keeps it between changes and patches it with the lines that changed
+//! ([`View::patched`], `view/patch.rs`; the same view as one built anew, asserted in debug
+//! builds). Records are made on demand ([`View::user`], [`View::group`],
+//! [`View::members_of`]), and the canonical blocks when an apply first asks
+//! ([`View::blocks`]), so a caller that looks only at what changed pays only for that.
 //!
 //! A managed account whose lines cannot be turned into a valid record (a malformed line, a
 //! duplicate name, text that is not UTF-8, a field [`validate`](super::validate) refuses) is
@@ -121,7 +123,10 @@ pub struct View {
     pub malformed: Vec<(DbFile, usize, Vec<u8>)>,
     /// The canonical blocks of passwd, shadow, group, gshadow (in [`DbFile::ALL`] order), when
     /// every file is in canonical layout; `None` otherwise.
-    pub blocks: Option<[Option<Block>; 4]>,
+    /// Found when first asked for ([`View::blocks`]): only an apply needs them.
+    blocks: std::sync::OnceLock<Option<[Option<Block>; 4]>>,
+    /// Made by [`View::patched`]: its blocks are found in one pass, without sorting.
+    patched: bool,
     /// No name has two lines in any file, no id two accounts, no line is malformed: the view
     /// can be patched ([`View::patched`]).
     patchable: bool,
@@ -142,7 +147,8 @@ impl View {
             dup_users: Map::default(),
             dup_groups: Map::default(),
             malformed: Vec::new(),
-            blocks: None,
+            blocks: std::sync::OnceLock::new(),
+            patched: false,
             patchable: true,
         };
         let mut shared_ids = false;
@@ -224,13 +230,33 @@ impl View {
             v.gshadow = m;
             dup_lines |= dup;
         }
-        v.blocks = v.find_blocks();
         v.patchable = !shared_ids
             && !dup_lines
             && v.dup_users.is_empty()
             && v.dup_groups.is_empty()
             && v.malformed.is_empty();
         v
+    }
+
+    /// The canonical blocks of passwd, shadow, group, gshadow (in [`DbFile::ALL`] order), when
+    /// every file is in canonical layout; `None` otherwise (an apply then builds the files
+    /// anew). Found once, when first asked for.
+    pub fn blocks(&self) -> Option<[Option<Block>; 4]> {
+        *self.blocks.get_or_init(|| {
+            if self.patched {
+                self.blocks_in_one_pass()
+            } else {
+                self.find_blocks()
+            }
+        })
+    }
+
+    /// The same view, saying its files are not in canonical layout (tests: an apply that
+    /// builds the files anew).
+    #[cfg(test)]
+    pub fn without_blocks(mut self) -> View {
+        self.blocks = std::sync::OnceLock::from(None);
+        self
     }
 
     /// The canonical blocks, if every file is in canonical layout with no duplicate or

@@ -18,56 +18,14 @@
 //! several of [`View::new`]).
 
 use super::{Block, GroupLine, Map, UserLine, View, maybe_managed};
-use crate::accounts::db::{self, AccountFiles, Table};
+use crate::accounts::db::{self, AccountFiles, Table, Window};
 use crate::accounts::managed::Policy;
 use bytes::Bytes;
 use std::sync::Arc;
 
-/// The window of lines that differ between two versions of a table.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    /// The first line that differs (the same number in both).
-    first: usize,
-    /// The end of the differing lines in the old and in the new table; the lines from there on
-    /// are the same in both.
-    old_end: usize,
-    new_end: usize,
-}
-
-impl Window {
-    fn of(old: &Table, new: &Table) -> Window {
-        let (a, b) = (old.lines(), new.lines());
-        let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-        let room = a.len().min(b.len()) - pre;
-        let suf = a
-            .iter()
-            .rev()
-            .zip(b.iter().rev())
-            .take(room)
-            .take_while(|(x, y)| x == y)
-            .count();
-        Window {
-            first: pre,
-            old_end: a.len() - suf,
-            new_end: b.len() - suf,
-        }
-    }
-
-    /// The window of a table that changed (`None`: the very same table).
-    fn changed(old: &Arc<Table>, new: &Arc<Table>) -> Option<Window> {
-        (!Arc::ptr_eq(old, new)).then(|| Window::of(old, new))
-    }
-
-    fn moves(&self) -> bool {
-        self.old_end != self.new_end
-    }
-
-    /// A line number after the window moves with the lines after it.
-    fn shift(&self, line: &mut usize) {
-        if *line >= self.old_end {
-            *line = *line - self.old_end + self.new_end;
-        }
-    }
+/// The window of a table that changed (`None`: the very same table).
+fn changed(old: &Arc<Table>, new: &Arc<Table>) -> Option<Window> {
+    (!Arc::ptr_eq(old, new)).then(|| Window::of(old, new))
 }
 
 impl View {
@@ -93,10 +51,10 @@ impl View {
     /// Patch in place; `None`: the files need a view built anew (`self` is then garbage).
     fn patch(&mut self, files: &AccountFiles, policy: &Policy) -> Option<()> {
         let mut changed_names: Vec<Bytes> = Vec::new();
-        if let Some(w) = Window::changed(&self.files.passwd, &files.passwd) {
+        if let Some(w) = changed(&self.files.passwd, &files.passwd) {
             self.patch_users(&files.passwd, w, policy, &mut changed_names)?;
         }
-        if let Some(w) = Window::changed(&self.files.group, &files.group) {
+        if let Some(w) = changed(&self.files.group, &files.group) {
             self.patch_groups(&files.group, w, policy, &mut changed_names)?;
         }
         // a group is managed by its own gid and the ids of the user of its name
@@ -108,7 +66,7 @@ impl View {
         }
         match (&self.files.shadow, &files.shadow) {
             (Some(a), Some(b)) => {
-                if let Some(w) = Window::changed(a, b) {
+                if let Some(w) = changed(a, b) {
                     patch_first_lines(&mut self.shadow, a, b, w)?;
                 }
             }
@@ -117,7 +75,7 @@ impl View {
         }
         match (&self.files.gshadow, &files.gshadow) {
             (Some(a), Some(b)) => {
-                if let Some(w) = Window::changed(a, b) {
+                if let Some(w) = changed(a, b) {
                     patch_first_lines(&mut self.gshadow, a, b, w)?;
                 }
             }
@@ -125,7 +83,8 @@ impl View {
             _ => return None,
         }
         self.files = files.clone();
-        self.blocks = self.blocks_in_one_pass();
+        self.blocks = std::sync::OnceLock::new();
+        self.patched = true;
         Some(())
     }
 
@@ -244,7 +203,7 @@ impl View {
     /// `passwd` and `group` are checked line by line; `shadow` and `gshadow` by walking their
     /// lines next to the block of the file they follow (a name looked up only where they
     /// differ).
-    fn blocks_in_one_pass(&self) -> Option<[Option<Block>; 4]> {
+    pub(super) fn blocks_in_one_pass(&self) -> Option<[Option<Block>; 4]> {
         let users = self.users.values().filter(|u| u.managed).count();
         let groups = self.groups.values().filter(|g| g.managed).count();
         let user_key = |n: &[u8], i: usize| {
@@ -284,7 +243,7 @@ impl View {
             && self.dup_users == other.dup_users
             && self.dup_groups == other.dup_groups
             && self.malformed == other.malformed
-            && self.blocks == other.blocks
+            && self.blocks() == other.blocks()
             && self.patchable == other.patchable
     }
 }
