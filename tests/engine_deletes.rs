@@ -368,26 +368,34 @@ fn tombstones(c: &Cluster, n: &str) -> Option<u64> {
         .and_then(|s| s["groups"][0]["tombstones"].as_u64())
 }
 
-/// Issue 7 item 10: tombstones are collected once every member confirmed them
-/// (`groups[].tombstones` goes to 0 on every node), but not while a member is down: a stopped
-/// member keeps them on the others until it is back and has them.
-#[test]
-fn tombstones_are_collected_once_every_member_confirmed_them_and_kept_while_one_is_down() {
+/// Three nodes (tombstones collected every second) with `keep` and `files` files `fN` made on
+/// a, the first `deleted` of them deleted there, converged, and their tombstones collected on
+/// every node.
+fn deleted_and_collected(files: usize, deleted: usize) -> Cluster {
     let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
     c.set_env_all("CLUSTERSYNC_TEST_GC_SECS", "1");
     write(&c.path("a", "keep"), "x");
-    for i in 0..8 {
+    for i in 0..files {
         write(&c.path("a", &format!("f{i}")), format!("{i}"));
     }
     c.start_all();
     c.wait_converged("start");
-    for i in 0..5 {
+    for i in 0..deleted {
         std::fs::remove_file(c.path("a", &format!("f{i}"))).unwrap();
     }
     c.wait_converged("deletes everywhere");
     wait_until("tombstones collected on every node", WAIT, || {
         ["a", "b", "c"].iter().all(|n| tombstones(&c, n) == Some(0))
     });
+    c
+}
+
+/// Issue 7 item 10: tombstones are collected once every member confirmed them
+/// (`groups[].tombstones` goes to 0 on every node), but not while a member is down: a stopped
+/// member keeps them on the others until it is back and has them.
+#[test]
+fn tombstones_are_collected_once_every_member_confirmed_them_and_kept_while_one_is_down() {
+    let mut c = deleted_and_collected(8, 5);
 
     c.stop("c");
     for i in 5..8 {
@@ -435,21 +443,7 @@ fn tombstones_are_collected_once_every_member_confirmed_them_and_kept_while_one_
 /// a position past them, so the deleter resumes where it was and is not sent the whole index.
 #[test]
 fn collected_echoes_of_deletions_do_not_make_a_restart_resend_everything() {
-    let mut c = Cluster::new(&["a", "b", "c"], Opts::default());
-    c.set_env_all("CLUSTERSYNC_TEST_GC_SECS", "1");
-    write(&c.path("a", "keep"), "x");
-    for i in 0..5 {
-        write(&c.path("a", &format!("f{i}")), format!("{i}"));
-    }
-    c.start_all();
-    c.wait_converged("start");
-    for i in 0..5 {
-        std::fs::remove_file(c.path("a", &format!("f{i}"))).unwrap();
-    }
-    c.wait_converged("deletes everywhere");
-    wait_until("tombstones collected on every node", WAIT, || {
-        ["a", "b", "c"].iter().all(|n| tombstones(&c, n) == Some(0))
-    });
+    let mut c = deleted_and_collected(5, 5);
     for n in ["b", "c"] {
         c.stop(n);
         c.start(n);

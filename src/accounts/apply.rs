@@ -1048,7 +1048,7 @@ fn layout(
         {
             continue;
         }
-        if anchor.is_none() && is_nis(l) {
+        if anchor.is_none() && db::is_nis(l) {
             anchor = Some(out.len());
         }
         out.push(Bytes::from(edit(l)));
@@ -1056,11 +1056,6 @@ fn layout(
     let at = anchor.unwrap_or(out.len());
     out.splice(at..at, block.into_iter().map(Bytes::from));
     Table::from_lines(out, t)
-}
-
-/// A NIS compat line (`+`, `+@netgroup`, `-user`).
-fn is_nis(l: &[u8]) -> bool {
-    matches!(l.first(), Some(b'+' | b'-'))
 }
 
 /// The passwd line of `rec`; the password field keeps the old one when hashes are not synced.

@@ -80,6 +80,20 @@ impl fmt::Debug for Table {
     }
 }
 
+/// A window computed between two shared tables, kept so that it is not computed again (a
+/// detect finds what changed, then the view is patched with the same windows).
+#[derive(Debug, Clone)]
+pub struct Compared {
+    pub old: Arc<Table>,
+    pub new: Arc<Table>,
+    pub window: Window,
+}
+
+/// A NIS compat line (`+`, `+@netgroup`, `-user`).
+pub fn is_nis(l: &[u8]) -> bool {
+    matches!(l.first(), Some(b'+' | b'-'))
+}
+
 /// The lines that differ between two versions of a table: `old[first..old_end]` became
 /// `new[first..new_end]`; the lines before `first` and from the ends on are the same lines in
 /// the same order.
@@ -111,6 +125,20 @@ impl Window {
             old_end: a.len() - suf,
             new_end: b.len() - suf,
         }
+    }
+
+    /// The window of two shared tables, taken from `known` when it was computed for these
+    /// very tables; `None` when they are the same table.
+    pub fn between(old: &Arc<Table>, new: &Arc<Table>, known: &[Compared]) -> Option<Window> {
+        if Arc::ptr_eq(old, new) {
+            return None;
+        }
+        Some(
+            known
+                .iter()
+                .find(|c| Arc::ptr_eq(&c.old, old) && Arc::ptr_eq(&c.new, new))
+                .map_or_else(|| Window::of(old, new), |c| c.window),
+        )
     }
 
     /// Whether the lines after the window moved.
@@ -209,6 +237,15 @@ impl Table {
             out.push(b'\n');
         }
         out
+    }
+
+    /// The index of the first NIS compat line ([`is_nis`]), or the number of lines: where the
+    /// canonical block of managed lines ends.
+    pub fn nis_start(&self) -> usize {
+        self.lines
+            .iter()
+            .position(|l| is_nis(l))
+            .unwrap_or(self.lines.len())
     }
 
     pub fn lines(&self) -> &[Bytes] {

@@ -170,7 +170,7 @@ impl Accounts {
     /// The files were written as `set` (the canonical layout a detect asked for): the index
     /// agrees with them as it did with the files read.
     pub fn written(&mut self, set: FileSet) {
-        self.view = Some(self.view_for(&set.files));
+        self.view = Some(self.view_for(&set.files, &[]));
         self.files = Some(set.files.clone());
         self.last = Some(set);
     }
@@ -196,7 +196,7 @@ impl Accounts {
         match &self.view {
             Some(v) if v.files.same_tables(&files) => Some(v.clone()),
             _ => {
-                let v = self.view_for(&files);
+                let v = self.view_for(&files, &[]);
                 self.view = Some(v.clone());
                 Some(v)
             }
@@ -204,10 +204,11 @@ impl Accounts {
     }
 
     /// The view of `files`: the kept view patched with the lines that changed when nothing
-    /// else holds it (see [`View::patched`]), else built anew. The kept view is taken.
-    fn view_for(&mut self, files: &AccountFiles) -> Arc<View> {
+    /// else holds it (see [`View::patched`]; `known`: windows computed already), else built
+    /// anew. The kept view is taken.
+    fn view_for(&mut self, files: &AccountFiles, known: &[db::Compared]) -> Arc<View> {
         Arc::new(match self.view.take().map(Arc::try_unwrap) {
-            Some(Ok(v)) => v.patched(files, &self.policy),
+            Some(Ok(v)) => v.patched(files, &self.policy, known),
             _ => View::new(files, &self.policy),
         })
     }
@@ -263,7 +264,7 @@ impl Accounts {
         // a user whose lines did not change is what it was
         let old_facts: Option<HashMap<Vec<u8>, (bool, bool, bool)>> = match (self.view(), &changed)
         {
-            (Some(v), Some((u, _))) => Some(
+            (Some(v), Some((u, _, _))) => Some(
                 u.iter()
                     .map(|n| {
                         let facts = (
@@ -277,7 +278,8 @@ impl Accounts {
             ),
             _ => None,
         };
-        let view = self.view_for(new);
+        let compared = changed.as_ref().map_or(&[][..], |c| &c.2[..]);
+        let view = self.view_for(new, compared);
         let (users, groups, mut member_groups): (Names, Names, Names) = match changed {
             None => {
                 let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
@@ -295,7 +297,7 @@ impl Accounts {
                 }
                 (u, g.clone(), g)
             }
-            Some((u, g)) => (u, g.clone(), g),
+            Some((u, g, _)) => (u, g.clone(), g),
         };
         // a user whose managed-ness changed: its memberships changed without its groups' lines
         if let Some(facts) = &old_facts {
@@ -673,7 +675,7 @@ impl Accounts {
         if !files.is_empty() {
             // the kept view is patched to the files written
             drop(view);
-            self.view = Some(self.view_for(&plan.files));
+            self.view = Some(self.view_for(&plan.files, &[]));
             self.files = Some(plan.files);
         }
         let mut homes = Vec::new();
@@ -738,42 +740,47 @@ pub fn keep_local(local: &Item, remote: &Item, body: Account, me: &str, now_ms: 
     }
 }
 
-/// The names of the entry lines between the first and the last line that differ between two
-/// tables (in either): every name whose record may have changed (its first line, a line added
-/// or removed, a duplicate that appeared or went), and only those. Lines before and after
-/// that range are the same lines at the same places, so they are compared, not parsed.
-fn changed_names(old: &db::Table, new: &db::Table) -> BTreeSet<Vec<u8>> {
-    let w = db::Window::of(old, new);
-    old.lines()[w.first..w.old_end]
-        .iter()
-        .chain(&new.lines()[w.first..w.new_end])
-        .filter_map(|l| db::entry_name(l))
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// The users and the groups whose lines changed between `old` and `new` (see
-/// [`changed_names`]).
-fn changed_accounts(old: &AccountFiles, new: &AccountFiles) -> (Names, Names) {
-    let u = changed_opt(Some(&old.passwd), Some(&new.passwd))
-        .into_iter()
-        .chain(changed_opt(old.shadow.as_ref(), new.shadow.as_ref()))
-        .collect();
-    let g = changed_opt(Some(&old.group), Some(&new.group))
-        .into_iter()
-        .chain(changed_opt(old.gshadow.as_ref(), new.gshadow.as_ref()))
-        .collect();
-    (u, g)
-}
-
-fn changed_opt(old: Option<&Arc<db::Table>>, new: Option<&Arc<db::Table>>) -> BTreeSet<Vec<u8>> {
-    match (old, new) {
-        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => BTreeSet::new(),
-        _ => {
-            let empty = db::Table::parse(b"");
-            changed_names(old.map_or(&empty, |t| t), new.map_or(&empty, |t| t))
-        }
-    }
+/// The users and the groups whose lines changed between `old` and `new`, and the windows
+/// compared (for the view's patch). In each file, the names of the entry lines between the
+/// first and the last line that differ (in either version): every name whose record may have
+/// changed (its first line, a line added or removed, a duplicate that appeared or went), and
+/// only those. Lines before and after that window are the same lines at the same places, so
+/// they are compared, not parsed.
+fn changed_accounts(old: &AccountFiles, new: &AccountFiles) -> (Names, Names, Vec<db::Compared>) {
+    let mut compared = Vec::new();
+    let mut names = |f: DbFile| -> Names {
+        let (a, b) = match (old.shared(f), new.shared(f)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => return Names::new(),
+            (None, None) => return Names::new(),
+            (Some(a), Some(b)) => (a.clone(), b.clone()),
+            // a file that appeared or went: every line of the one there
+            (a, b) => {
+                let empty = Arc::new(db::Table::parse(b""));
+                (
+                    a.cloned().unwrap_or_else(|| empty.clone()),
+                    b.cloned().unwrap_or(empty),
+                )
+            }
+        };
+        let w = db::Window::of(&a, &b);
+        let out = a.lines()[w.first..w.old_end]
+            .iter()
+            .chain(&b.lines()[w.first..w.new_end])
+            .filter_map(|l| db::entry_name(l))
+            .map(<[u8]>::to_vec)
+            .collect();
+        compared.push(db::Compared {
+            old: a,
+            new: b,
+            window: w,
+        });
+        out
+    };
+    let mut u = names(DbFile::Passwd);
+    u.extend(names(DbFile::Shadow));
+    let mut g = names(DbFile::Group);
+    g.extend(names(DbFile::Gshadow));
+    (u, g, compared)
 }
 
 /// The nodes of the accounts group and the policy a peer's item is checked against.

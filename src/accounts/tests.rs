@@ -1198,7 +1198,7 @@ mod properties {
             let new = |f: &AccountFiles| super::super::View::new(f, &policy());
             prop_assert!(new(&f).is_patchable());
             for (from, to) in [(&f, &a.files), (&a.files, &f), (&raw, &f), (&f, &raw)] {
-                let patched = new(from).patched(to, &policy());
+                let patched = new(from).patched(to, &policy(), &[]);
                 prop_assert!(patched.same_as(&new(to)));
             }
         }

@@ -558,11 +558,7 @@ fn first_lines(t: &Table) -> (Map<Bytes, usize>, bool) {
 /// were filtered out): `Some` when they are exactly the consecutive lines that end at the
 /// first NIS line (or the end of the file).
 fn block_of(t: &Table, lines: impl Iterator<Item = Option<usize>>) -> Option<Block> {
-    let anchor = t
-        .lines()
-        .iter()
-        .position(|l| matches!(l.first(), Some(b'+' | b'-')))
-        .unwrap_or(t.lines().len());
+    let anchor = t.nis_start();
     let mut n = 0usize;
     let mut first = None;
     for (k, i) in lines.enumerate() {

@@ -18,22 +18,17 @@
 //! several of [`View::new`]).
 
 use super::{Block, GroupLine, Map, UserLine, View, maybe_managed};
-use crate::accounts::db::{self, AccountFiles, Table, Window};
+use crate::accounts::db::{self, AccountFiles, Compared, Table, Window};
 use crate::accounts::managed::Policy;
 use bytes::Bytes;
-use std::sync::Arc;
-
-/// The window of a table that changed (`None`: the very same table).
-fn changed(old: &Arc<Table>, new: &Arc<Table>) -> Option<Window> {
-    (!Arc::ptr_eq(old, new)).then(|| Window::of(old, new))
-}
 
 impl View {
     /// The view of `files`, made from this view of other files (see the module
     /// documentation): the same as `View::new(files, policy)`, at the cost of the lines that
-    /// changed plus one pass over the lookups.
-    pub fn patched(mut self, files: &AccountFiles, policy: &Policy) -> View {
-        if !self.patchable || self.patch(files, policy).is_none() {
+    /// changed plus one pass over the lookups. `known`: windows already computed between
+    /// tables of this view's files and of `files` (a detect's), not computed again.
+    pub fn patched(mut self, files: &AccountFiles, policy: &Policy, known: &[Compared]) -> View {
+        if !self.patchable || self.patch(files, policy, known).is_none() {
             return View::new(files, policy);
         }
         debug_assert!(
@@ -49,13 +44,44 @@ impl View {
     }
 
     /// Patch in place; `None`: the files need a view built anew (`self` is then garbage).
-    fn patch(&mut self, files: &AccountFiles, policy: &Policy) -> Option<()> {
+    fn patch(&mut self, files: &AccountFiles, policy: &Policy, known: &[Compared]) -> Option<()> {
+        let changed = |a, b| Window::between(a, b, known);
         let mut changed_names: Vec<Bytes> = Vec::new();
         if let Some(w) = changed(&self.files.passwd, &files.passwd) {
-            self.patch_users(&files.passwd, w, policy, &mut changed_names)?;
+            let user = |n: &str, id| policy.set.user(n, id);
+            let read = |i, l: &[u8], name: &[u8]| match db::parse_pw(l) {
+                Some(pw) => Read::Entry(UserLine {
+                    line: i,
+                    uid: pw.uid,
+                    gid: pw.gid,
+                    managed: std::str::from_utf8(name).is_ok_and(|n| user(n, pw.uid)),
+                }),
+                None if maybe_managed(policy, l, name, &user) => Read::Rebuild,
+                None => Read::Skip,
+            };
+            let old = self.files.passwd.clone();
+            let (map, ids) = (&mut self.users, &mut self.uids);
+            patch_entries(map, ids, &old, &files.passwd, w, &mut changed_names, read)?;
         }
         if let Some(w) = changed(&self.files.group, &files.group) {
-            self.patch_groups(&files.group, w, policy, &mut changed_names)?;
+            // after the users: owners are up to date
+            let users = &self.users;
+            let read = |i, l: &[u8], name: &[u8]| {
+                let owner = users.get(name).map(|u| (u.uid, u.gid));
+                let group = |n: &str, id| policy.set.group(n, id, owner);
+                match db::parse_gr(l) {
+                    Some(gr) => Read::Entry(GroupLine {
+                        line: i,
+                        gid: gr.gid,
+                        managed: std::str::from_utf8(name).is_ok_and(|n| group(n, gr.gid)),
+                    }),
+                    None if maybe_managed(policy, l, name, &group) => Read::Rebuild,
+                    None => Read::Skip,
+                }
+            };
+            let old = self.files.group.clone();
+            let (map, ids) = (&mut self.groups, &mut self.gids);
+            patch_entries(map, ids, &old, &files.group, w, &mut changed_names, read)?;
         }
         // a group is managed by its own gid and the ids of the user of its name
         for n in &changed_names {
@@ -85,116 +111,6 @@ impl View {
         self.files = files.clone();
         self.blocks = std::sync::OnceLock::new();
         self.patched = true;
-        Some(())
-    }
-
-    /// The window of `passwd`: the users whose entry left or joined (their names pushed to
-    /// `names`). `None`: a line of the window needs the view built anew.
-    fn patch_users(
-        &mut self,
-        new: &Table,
-        w: Window,
-        policy: &Policy,
-        names: &mut Vec<Bytes>,
-    ) -> Option<()> {
-        let old = self.files.passwd.clone();
-        for i in w.first..w.old_end {
-            let Some(n) = db::entry_name(old.line(i)) else {
-                continue;
-            };
-            if self.users.get(n).is_some_and(|u| u.line == i)
-                && let Some((n, u)) = self.users.remove_entry(n)
-            {
-                self.uids.remove(&u.uid);
-                names.push(n);
-            }
-        }
-        if w.moves() {
-            self.users.values_mut().for_each(|u| w.shift(&mut u.line));
-        }
-        for i in w.first..w.new_end {
-            let l = &new.lines()[i];
-            let Some(name) = db::entry_name(l) else {
-                continue;
-            };
-            let Some(pw) = db::parse_pw(l) else {
-                if maybe_managed(policy, l, name, &|n, id| policy.set.user(n, id)) {
-                    return None;
-                }
-                continue;
-            };
-            if self.users.contains_key(name) || self.uids.contains_key(&pw.uid) {
-                return None;
-            }
-            let managed = std::str::from_utf8(name).is_ok_and(|n| policy.set.user(n, pw.uid));
-            let name = Bytes::copy_from_slice(name);
-            self.users.insert(
-                name.clone(),
-                UserLine {
-                    line: i,
-                    uid: pw.uid,
-                    gid: pw.gid,
-                    managed,
-                },
-            );
-            self.uids.insert(pw.uid, name.clone());
-            names.push(name);
-        }
-        Some(())
-    }
-
-    /// The window of `group`, like [`View::patch_users`] (after it: owners are up to date).
-    fn patch_groups(
-        &mut self,
-        new: &Table,
-        w: Window,
-        policy: &Policy,
-        names: &mut Vec<Bytes>,
-    ) -> Option<()> {
-        let old = self.files.group.clone();
-        for i in w.first..w.old_end {
-            let Some(n) = db::entry_name(old.line(i)) else {
-                continue;
-            };
-            if self.groups.get(n).is_some_and(|g| g.line == i)
-                && let Some((n, g)) = self.groups.remove_entry(n)
-            {
-                self.gids.remove(&g.gid);
-                names.push(n);
-            }
-        }
-        if w.moves() {
-            self.groups.values_mut().for_each(|g| w.shift(&mut g.line));
-        }
-        for i in w.first..w.new_end {
-            let l = &new.lines()[i];
-            let Some(name) = db::entry_name(l) else {
-                continue;
-            };
-            let owner = self.users.get(name).map(|u| (u.uid, u.gid));
-            let Some(gr) = db::parse_gr(l) else {
-                if maybe_managed(policy, l, name, &|n, id| policy.set.group(n, id, owner)) {
-                    return None;
-                }
-                continue;
-            };
-            if self.groups.contains_key(name) || self.gids.contains_key(&gr.gid) {
-                return None;
-            }
-            let managed =
-                std::str::from_utf8(name).is_ok_and(|n| policy.set.group(n, gr.gid, owner));
-            let name = Bytes::copy_from_slice(name);
-            self.groups.insert(
-                name.clone(),
-                GroupLine {
-                    line: i,
-                    gid: gr.gid,
-                    managed,
-                },
-            );
-            self.gids.insert(gr.gid, name.clone());
-            names.push(name);
-        }
         Some(())
     }
 
@@ -248,15 +164,94 @@ impl View {
     }
 }
 
+/// A lookup of a `passwd` or `group` entry.
+trait EntryLine: Copy {
+    fn line_mut(&mut self) -> &mut usize;
+    fn id(&self) -> u32;
+}
+
+impl EntryLine for UserLine {
+    fn line_mut(&mut self) -> &mut usize {
+        &mut self.line
+    }
+    fn id(&self) -> u32 {
+        self.uid
+    }
+}
+
+impl EntryLine for GroupLine {
+    fn line_mut(&mut self) -> &mut usize {
+        &mut self.line
+    }
+    fn id(&self) -> u32 {
+        self.gid
+    }
+}
+
+/// What a line of the new window is to the lookups.
+enum Read<E> {
+    Entry(E),
+    /// Not an entry to look up (a malformed line that cannot be a managed account's).
+    Skip,
+    /// A line only a view built anew can hold (one that may be a managed account's).
+    Rebuild,
+}
+
+/// Patch the lookups of `passwd` or `group` (`map`: name → entry, `ids`: id → its name) with
+/// window `w` of `old` → `new`: the entries whose line is in the old window leave, the later
+/// lines move, the lines of the new window join as `read(line number, line, name)` says. The
+/// names that left or joined are pushed to `names`. `None`: the view must be built anew (a
+/// name or id that would have two entries, or `Read::Rebuild`).
+fn patch_entries<E: EntryLine>(
+    map: &mut Map<Bytes, E>,
+    ids: &mut Map<u32, Bytes>,
+    old: &Table,
+    new: &Table,
+    w: Window,
+    names: &mut Vec<Bytes>,
+    read: impl Fn(usize, &[u8], &[u8]) -> Read<E>,
+) -> Option<()> {
+    for i in w.first..w.old_end {
+        let Some(n) = db::entry_name(old.line(i)) else {
+            continue;
+        };
+        if map.get_mut(n).is_some_and(|e| *e.line_mut() == i)
+            && let Some((n, e)) = map.remove_entry(n)
+        {
+            ids.remove(&e.id());
+            names.push(n);
+        }
+    }
+    if w.moves() {
+        map.values_mut().for_each(|e| w.shift(e.line_mut()));
+    }
+    for i in w.first..w.new_end {
+        let l = new.line(i);
+        let Some(name) = db::entry_name(l) else {
+            continue;
+        };
+        let e = match read(i, l, name) {
+            Read::Entry(e) => e,
+            Read::Skip => continue,
+            Read::Rebuild => return None,
+        };
+        if map.contains_key(name) || ids.contains_key(&e.id()) {
+            return None;
+        }
+        let name = Bytes::copy_from_slice(name);
+        map.insert(name.clone(), e);
+        ids.insert(e.id(), name.clone());
+        names.push(name);
+    }
+    Some(())
+}
+
 /// The block of `n` managed lines of `t`: the `n` lines before the first NIS line (or the
 /// end), each the line of a managed account (`key` of its name and line number: its id), in
 /// (id, name) order.
 fn block_in(t: &Table, n: usize, key: &dyn Fn(&[u8], usize) -> Option<u32>) -> Option<Block> {
     let lines = t.lines();
-    let end = lines
-        .iter()
-        .position(|l| matches!(l.first(), Some(b'+' | b'-')))
-        .unwrap_or(lines.len());
+    let end = t.nis_start();
     let start = end.checked_sub(n)?;
     let mut prev: Option<(u32, &[u8])> = None;
     for (i, l) in lines.iter().enumerate().take(end).skip(start) {
@@ -277,10 +272,7 @@ fn block_in(t: &Table, n: usize, key: &dyn Fn(&[u8], usize) -> Option<u32>) -> O
 /// name with two lines (patchable), so a line found in place is its name's first.
 fn follow_block(primary: &Table, b: Block, t: &Table, lines: &Map<Bytes, usize>) -> Option<Block> {
     let tl = t.lines();
-    let end = tl
-        .iter()
-        .position(|l| matches!(l.first(), Some(b'+' | b'-')))
-        .unwrap_or(tl.len());
+    let end = t.nis_start();
     let mut at = end;
     for i in (b.start..b.end).rev() {
         let name = db::entry_name(primary.line(i))?;
