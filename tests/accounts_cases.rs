@@ -793,3 +793,72 @@ fn files_are_byte_identical_in_canonical_order() {
     );
     wait_accounts_in_sync(&c, &ALL);
 }
+
+/// A user deleted on a node whose daemon is stopped, while another node adds it to a group and
+/// then (after the deletion is known) modifies it: the modify wins, and the user comes back
+/// everywhere *with* the membership the index has (chaos seed 109 found a node whose file
+/// lacked it while every `status` said in sync). Then the same name added again by `useradd`
+/// after a deletion that won starts with no groups, on every node.
+#[test]
+fn a_user_whose_deletion_lost_comes_back_with_its_memberships() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster(&ALL, Opts::default(), SECTION);
+    c.start_all();
+    let (a, b, cn) = (root(&c, "a"), root(&c, "b"), root(&c, "c"));
+    tool(&a, "groupadd", "-P", &["-g", "2101", "g1"], None);
+    tool(&a, "useradd", "-P", &["-u", "2004", "-U", "u4"], None);
+    wait_identical(&c, &ALL, "u4 and g1 everywhere", |p, g| {
+        p.contains("u4:x:2004:2004") && g.contains("g1:x:2101:\n")
+    });
+    c.stop("b");
+    tool(&b, "userdel", "-P", &["u4"], None);
+    tool(&a, "usermod", "-P", &["-aG", "g1", "u4"], None);
+    wait_until("u4 in g1 on c", WAIT, || {
+        line(&cn, "group", "g1").as_deref() == Some("g1:x:2101:u4")
+    });
+    // a notices nothing until b's deletion reached c; then a's modify is the newer change
+    pause(&c, "a");
+    c.start("b");
+    wait_until("b's deletion on c", WAIT, || {
+        line(&cn, "passwd", "u4").is_none()
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    tool(&a, "usermod", "-P", &["-s", "/bin/sh", "u4"], None);
+    resume(&c, "a");
+    wait_identical(&c, &ALL, "u4 back everywhere, in g1", |p, g| {
+        p.contains("u4:x:2004:2004::/home/u4:/bin/sh") && g.contains("g1:x:2101:u4\n")
+    });
+    wait_accounts_in_sync(&c, &ALL);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_identical(&c, &ALL, "and it stays", |_, g| {
+        g.contains("g1:x:2101:u4\n")
+    });
+
+    // b adds u4 to g2 while stopped; a deletes u4 later: u4 goes everywhere, and so does its
+    // membership of g1; the concurrent add to g2 survives in the index only (no file has it)
+    tool(&a, "groupadd", "-P", &["-g", "2102", "g2"], None);
+    wait_identical(&c, &ALL, "g2 everywhere", |_, g| g.contains("g2:x:2102:\n"));
+    c.stop("b");
+    tool(&b, "usermod", "-P", &["-aG", "g2", "u4"], None);
+    std::thread::sleep(Duration::from_millis(1100));
+    tool(&a, "userdel", "-P", &["u4"], None);
+    wait_until("u4 gone from c", WAIT, || {
+        line(&cn, "passwd", "u4").is_none()
+    });
+    c.start("b");
+    wait_identical(&c, &ALL, "u4 gone everywhere", |p, g| {
+        !p.contains("u4:") && g.contains("g1:x:2101:\n") && g.contains("g2:x:2102:\n")
+    });
+    // a new u4 (the name used again) starts with no groups on every node: the nodes that
+    // apply it do not hand it the old u4's membership of g2
+    tool(&cn, "useradd", "-P", &["-u", "2005", "-U", "u4"], None);
+    let no_groups = |p: &str, g: &str| {
+        p.contains("u4:x:2005:2005") && g.contains("g1:x:2101:\n") && g.contains("g2:x:2102:\n")
+    };
+    wait_identical(&c, &ALL, "the new u4 everywhere, in no group", no_groups);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_identical(&c, &ALL, "and it stays", no_groups);
+    wait_accounts_in_sync(&c, &ALL);
+}

@@ -64,6 +64,15 @@ pub trait IndexRead {
     fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String>;
     /// Every item of the accounts group (only when detect starts cold).
     fn all(&mut self) -> Result<Vec<Item>, String>;
+    /// Every member set (`members/…`) of the index, live or deleted (only when a user comes
+    /// back on top of its deletion).
+    fn member_sets(&mut self) -> Result<Vec<Item>, String> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|i| matches!(AccountId::from_key(&i.key), Some(AccountId::Members(_))))
+            .collect())
+    }
 }
 
 /// What [`Accounts::detect`] found.
@@ -351,6 +360,8 @@ impl Accounts {
         let mut user_sets = Vec::new();
         let mut member_sets = Vec::new();
         let mut deleted_groups: BTreeSet<String> = BTreeSet::new();
+        // users added on top of their deletion (a name used again)
+        let mut reborn: BTreeSet<String> = BTreeSet::new();
         // users
         for n in &users {
             let Ok(name) = std::str::from_utf8(n) else {
@@ -364,6 +375,9 @@ impl Accounts {
             match view.user(n, &policy) {
                 Some(Ok(rec)) => {
                     let old = index.get(&key).map_err(ix)?;
+                    if old.as_ref().is_some_and(Item::is_deleted) {
+                        reborn.insert(name.to_string());
+                    }
                     let same = old
                         .as_ref()
                         .and_then(account)
@@ -443,6 +457,19 @@ impl Accounts {
             .into_iter()
             .map(|p| p.to_string())
             .collect();
+        // a user added again after its deletion starts with the groups the files give it: a
+        // member set of the index that still names the old user (a concurrent add that
+        // survived the deletion; no file has it) is compared, so that membership is removed
+        // here and everywhere, never handed to the new user by the nodes that apply it
+        if !reborn.is_empty() {
+            for it in index.member_sets().map_err(ix)? {
+                if let Some(Account::Members(m)) = account(&it)
+                    && m.members.iter().any(|x| reborn.contains(&x.user))
+                {
+                    member_groups.insert(m.group.clone().into_bytes());
+                }
+            }
+        }
         // member sets
         // (a user whose lines did not change was what it is now)
         let was_user = |m: &str| match &old_facts {

@@ -102,6 +102,18 @@ impl IndexRead for StoreIndex<'_> {
             .map_err(|e| e.to_string())?;
         Ok(v)
     }
+
+    fn member_sets(&mut self) -> Result<Vec<Item>, String> {
+        member_sets(self.ctx, self.group)
+    }
+}
+
+/// Every member set (`members/…`) in the index of the accounts group.
+fn member_sets(ctx: &Ctx, group: &str) -> Result<Vec<Item>, String> {
+    ctx.store
+        .subtree(group, b"members")
+        .map(|v| v.into_iter().map(|e| e.item).collect())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the index holds no account item yet (the node joins accounts as new).
@@ -414,10 +426,49 @@ impl AccountsDomain {
             .is_some_and(|e| e.item.is_deleted())
     }
 
+    /// The member sets of the index that name a user these steps bring back on top of our
+    /// deletion (a deletion that lost a conflict), and that the steps do not carry
+    /// themselves. A member set that arrived while that user was deleted here was committed
+    /// without waiting for it (see [`Self::outcome`]), so the files lack the membership: it
+    /// is written again with the user.
+    fn memberships_of_reborn(&self, steps: &[Step]) -> Vec<Item> {
+        let reborn: BTreeSet<String> = steps
+            .iter()
+            .filter(|s| {
+                !s.item.is_deleted() && s.local.as_ref().is_some_and(|l| l.item.is_deleted())
+            })
+            .filter_map(|s| match id_of(&s.item.key) {
+                Some(AccountId::User(n)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        if reborn.is_empty() {
+            return Vec::new();
+        }
+        let carried: BTreeSet<&[u8]> = steps.iter().map(|s| s.item.key.as_slice()).collect();
+        let sets = match member_sets(&self.ctx, self.g.name()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(group = %self.g.name(), "reading the member sets: {e}");
+                return Vec::new();
+            }
+        };
+        sets.into_iter()
+            .filter(|i| !carried.contains(i.key.as_slice()))
+            .filter(|i| match &i.body {
+                Some(Body::Account(Account::Members(m))) => {
+                    m.members.iter().any(|x| reborn.contains(&x.user))
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
     /// Write the taken accounts once, under the shadow-utils locks (blocking).
     fn apply_blocking(&self, steps: &[Step]) -> Vec<Outcome> {
         let db = AccountDb::new(&self.ctx.root);
-        let items: Vec<&Item> = steps.iter().map(|s| &s.item).collect();
+        let again = self.memberships_of_reborn(steps);
+        let items: Vec<&Item> = steps.iter().map(|s| &s.item).chain(again.iter()).collect();
         let r = lock(&self.acc).apply(&db, &items, crate::accounts::store::today());
         let r = match r {
             Ok(r) => r,
@@ -458,6 +509,20 @@ impl AccountsDomain {
         let n = out.iter().filter(|o| matches!(o, Outcome::Done(_))).count();
         if quiet && n > 0 {
             tracing::info!(group = %self.g.name(), "{n} account items applied");
+        }
+        for (i, o) in again.iter().zip(r.outcomes.iter().skip(steps.len())) {
+            match o {
+                AccOutcome::Applied => tracing::info!(
+                    group = %self.g.name(),
+                    "{} applied again: a member is back",
+                    describe(i)
+                ),
+                o => tracing::warn!(
+                    group = %self.g.name(),
+                    "{} with a member that is back: {o:?}",
+                    describe(i)
+                ),
+            }
         }
         out
     }
