@@ -19,6 +19,9 @@ groups of 1,000 members). Printed:
             them whole on the same filesystem (what the origin and each receiver cannot avoid
             while the tools replace the files whole)
   rss       each daemon's resident memory at the end and its peak, MiB
+  check     `check_cpu_ms`: CPU per periodic check of the account files against the index
+            (the daemons restarted with verify_every = "1s": CPU over 10 idle seconds / 10),
+            and `checked_in_sync`: status still in sync after those checks
 
 Usage (root; shadow-utils installed):
     bench/accounts.py [--bin PATH] [--users 5000] [--groups 1000] [--members 500]
@@ -341,6 +344,21 @@ def run(binary, n_users, n_groups, n_members, single_count):
         t = time.monotonic()
         c.stop()
         out["stop_s"] = round(time.monotonic() - t, 2)
+        # the periodic check of the files against the index: the daemons again, checking every
+        # second; their CPU over 10 idle seconds, per check (the links' summary comparisons,
+        # also every second, are one small message each)
+        with open(c.cfg) as f:
+            text = f.read()
+        with open(c.cfg, "w") as f:
+            f.write('[cluster]\nverify_every = "1s"\n\n' + text)
+        c.start()
+        wait("the cluster in sync after the restart", c.in_sync, step=0.5)
+        time.sleep(2)
+        cpu0 = {n: cpu_of(c.procs[n].pid) for n in c.names}
+        time.sleep(10)
+        out["check_cpu_ms"] = {n: round((cpu_of(c.procs[n].pid) - cpu0[n]) * 100, 1) for n in c.names}
+        out["checked_in_sync"] = c.in_sync()
+        c.stop()
     finally:
         for p in c.procs.values():
             if p.poll() is None:

@@ -723,6 +723,35 @@ impl Accounts {
         })
     }
 
+    /// Whether `read` is the content the index agrees with (what the last detect or apply
+    /// left): nothing changed on disk since.
+    pub fn agrees(&self, read: &FileSet) -> bool {
+        self.files
+            .as_ref()
+            .is_some_and(|f| f.same_tables(&read.files) || *f == read.files)
+    }
+
+    /// (e) **check**: the accounts whose files (as `read`) and index differ, found by a
+    /// detect that compares every account, as a daemon starting now would, on an instance of
+    /// its own: nothing is committed and this instance's state is untouched. When `read` is
+    /// what the index agrees with ([`Accounts::agrees`]) and every apply was committed, the
+    /// answer is empty; anything else is a difference `status` must not hide.
+    pub fn differences(
+        &self,
+        read: &FileSet,
+        index: &mut dyn IndexRead,
+        now_ms: u64,
+    ) -> Result<Vec<AccountId>, AccountsError> {
+        let mut fresh = Accounts::new(self.policy.clone(), self.me.clone());
+        fresh.detected = true;
+        let det = fresh.detect(read, index, now_ms, false)?;
+        Ok(det
+            .changes
+            .iter()
+            .filter_map(|i| AccountId::from_key(&i.key))
+            .collect())
+    }
+
     /// The record of a group as the files have it now (for a group kept local, see
     /// [`Outcome::KeepLocal`]).
     pub fn local_group(&mut self, name: &str) -> Option<Group> {

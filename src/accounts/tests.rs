@@ -633,6 +633,61 @@ fn detect_reports_changes_once_and_leaving_the_set_is_no_delete() {
     );
 }
 
+/// The periodic check: files and index that agree give nothing (also with a member set that
+/// names a user deleted here); a membership the index has and the files lack (what chaos seed
+/// 109 left) is found; the daemon's own state is untouched by the check.
+#[test]
+fn the_check_finds_files_that_differ_from_the_index_and_nothing_else() {
+    let mut acc = Accounts::new(policy(), "n1");
+    let mut ix = Mem::default();
+    let mut f = base();
+    for (u, id) in [("fred", 2008), ("gina", 2009)] {
+        std::sync::Arc::make_mut(&mut f.passwd)
+            .push(format!("{u}:x:{id}:{id}::/home/{u}:/bin/sh").into_bytes());
+        std::sync::Arc::make_mut(&mut f.group).push(format!("{u}:x:{id}:").into_bytes());
+    }
+    let i = f.group.find("sudo")[0];
+    std::sync::Arc::make_mut(&mut f.group).set(i, b"sudo:x:27:fred,gina".to_vec());
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 1000, false)
+        .expect("detect");
+    commit(&mut ix, d.changes);
+    let check = |acc: &Accounts, f: &AccountFiles, ix: &mut Mem| -> Vec<String> {
+        acc.differences(&read_set(f), ix, 5000)
+            .expect("check")
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    };
+    assert_eq!(check(&acc, &f, &mut ix), Vec::<String>::new());
+    // gina deleted by a peer's change while the index's sudo still names her (a concurrent
+    // add that survived the deletion): the files cannot have her, and that is no difference
+    let mut g = f.clone();
+    std::sync::Arc::make_mut(&mut g.passwd).remove_where(|l| l.starts_with(b"gina:"));
+    std::sync::Arc::make_mut(&mut g.group).remove_where(|l| l.starts_with(b"gina:"));
+    let i = g.group.find("sudo")[0];
+    std::sync::Arc::make_mut(&mut g.group).set(i, b"sudo:x:27:fred".to_vec());
+    let mut ix2 = Mem(ix.0.clone());
+    for k in [&b"user/gina"[..], b"group/gina"] {
+        let mut t = ix2.0[k].clone();
+        t.body = None;
+        t.version.bump("n2", 9);
+        t.origin = "n2".into();
+        ix2.0.insert(k.to_vec(), t);
+    }
+    assert_eq!(check(&acc, &g, &mut ix2), Vec::<String>::new());
+    // fred missing from sudo in the files while the index has him: found
+    let mut h = f.clone();
+    let i = h.group.find("sudo")[0];
+    std::sync::Arc::make_mut(&mut h.group).set(i, b"sudo:x:27:gina".to_vec());
+    assert_eq!(check(&acc, &h, &mut ix), ["members of group \"sudo\""]);
+    // the daemon's own state is untouched: the files it knows still give no change
+    let d = acc
+        .detect(&read_set(&f), &mut ix, 6000, false)
+        .expect("detect");
+    assert!(d.changes.is_empty(), "{:?}", d.changes);
+}
+
 #[test]
 fn detect_adopts_unversioned_and_a_group_named_like_debian_allows() {
     let mut acc = Accounts::new(policy(), "n3");

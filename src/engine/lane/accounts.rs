@@ -376,6 +376,29 @@ pub struct AccountsDomain {
     stamp: Mutex<Vec<(u64, i64, i64, u64)>>,
     /// Called once accounts were applied: file owners given by name may resolve now.
     on_applied: Box<dyn Fn() + Send + Sync>,
+    /// The periodic check of the files against the index.
+    check: Mutex<DriftCheck>,
+}
+
+/// The periodic check (every `verify_every`) that the account files hold what the index
+/// says: an account found different at two checks in a row is named in `status` (not in
+/// sync) until a check finds it the same again. Two in a row, because an apply whose commit
+/// has not happened yet differs for a moment.
+struct DriftCheck {
+    next: std::time::Instant,
+    /// Keys found different at the last check.
+    suspects: BTreeSet<Vec<u8>>,
+    /// What `status` shows: the accounts found different twice in a row.
+    found: Vec<String>,
+    /// The problems of the last scan (what cannot be read, what left the managed set).
+    scanned: Vec<String>,
+}
+
+/// What `status` says of an account whose files and index differ.
+fn drift_note(id: &AccountId) -> String {
+    format!(
+        "{id}: the account files here differ from this node's index, which the other nodes have (found by the periodic check): make the files hold what you want with the tools (e.g. `gpasswd -a`/`-d`), or restart the daemon to send this node's files as they are"
+    )
 }
 
 impl AccountsDomain {
@@ -392,6 +415,7 @@ impl AccountsDomain {
             create_home: false,
         });
         let acc = Mutex::new(Accounts::new(policy, ctx.name.clone()));
+        let first_check = std::time::Instant::now() + g.cfg.verify_every.unwrap_or_default();
         AccountsDomain {
             ctx,
             g,
@@ -400,6 +424,12 @@ impl AccountsDomain {
             acc,
             stamp: Mutex::new(Vec::new()),
             on_applied,
+            check: Mutex::new(DriftCheck {
+                next: first_check,
+                suspects: BTreeSet::new(),
+                found: Vec::new(),
+                scanned: Vec::new(),
+            }),
         }
     }
 
@@ -408,12 +438,74 @@ impl AccountsDomain {
         *lock(&self.stamp) = files_stamp(&self.ctx.root);
         let (head, problems) = scan(&self.ctx, &self.g, &self.acc)?;
         super::publish_head(&self.head, head);
+        lock(&self.check).scanned = problems;
+        self.publish_notes();
+        Ok(())
+    }
+
+    /// `status`'s problems: the last scan's and the periodic check's.
+    fn publish_notes(&self) {
+        let all: Vec<String> = {
+            let c = lock(&self.check);
+            c.scanned.iter().chain(&c.found).cloned().collect()
+        };
         let mut p = lock(&self.state.notes);
-        for n in problems.iter().filter(|n| !p.contains(n)) {
+        for n in all.iter().filter(|n| !p.contains(n)) {
             tracing::warn!(group = %self.g.name(), "accounts: {n}");
         }
-        *p = problems;
-        Ok(())
+        *p = all;
+    }
+
+    /// The periodic check of the files against the index, when due (blocking). Returns
+    /// whether the files changed since the last scan (then they are scanned instead).
+    fn check_if_due(&self) -> bool {
+        let Some(every) = self.g.cfg.verify_every else {
+            return false;
+        };
+        {
+            let mut c = lock(&self.check);
+            let now = std::time::Instant::now();
+            if now < c.next {
+                return false;
+            }
+            c.next = now + every;
+        }
+        let db = AccountDb::new(&self.ctx.root);
+        let diff = {
+            let mut a = lock(&self.acc);
+            let read = match a.read(&db) {
+                Ok(r) => r,
+                // the scan this asks for reports why the files cannot be read
+                Err(_) => return true,
+            };
+            if !a.agrees(&read) {
+                return true;
+            }
+            let mut index = StoreIndex {
+                ctx: &self.ctx,
+                group: self.g.name(),
+            };
+            a.differences(&read, &mut index, crate::item::version::clock_ms())
+        };
+        {
+            let mut c = lock(&self.check);
+            match diff {
+                Ok(ids) => {
+                    let keys: BTreeSet<Vec<u8>> = ids.iter().map(AccountId::key).collect();
+                    c.found = ids
+                        .iter()
+                        .filter(|i| c.suspects.contains(&i.key()))
+                        .map(drift_note)
+                        .collect();
+                    c.suspects = keys;
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.g.name(), "checking the account files against the index: {e}");
+                }
+            }
+        }
+        self.publish_notes();
+        false
     }
 
     /// Is `key`'s entry in our index a deletion?
@@ -927,7 +1019,7 @@ impl Domain for AccountsDomain {
     }
 
     fn poll(&self) -> bool {
-        files_stamp(&self.ctx.root) != *lock(&self.stamp)
+        files_stamp(&self.ctx.root) != *lock(&self.stamp) || self.check_if_due()
     }
 }
 
