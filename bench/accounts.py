@@ -30,7 +30,7 @@ deadline (BENCH_TIMEOUT, default 300 s). Each run has its own tmpfs under $BENCH
 /tmp; BENCH_FS=disk for a plain directory). Results are printed and appended as one JSON line to
 $BENCH_LOG_DIR/accounts.jsonl (default /tmp/bench-logs).
 BENCH_PERF=FILE records the daemons with `perf record` during the single changes (or the bulk:
-BENCH_PERF_PHASE=bulk; call graphs BENCH_PERF_CG=fp or dwarf,16384).
+BENCH_PERF_PHASE=bulk, the periodic checks: BENCH_PERF_PHASE=check; call graphs BENCH_PERF_CG=fp or dwarf,16384).
 """
 import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -354,8 +354,10 @@ def run(binary, n_users, n_groups, n_members, single_count):
         c.start()
         wait("the cluster in sync after the restart", c.in_sync, step=0.5)
         time.sleep(2)
+        perf = profile(c, "check")
         cpu0 = {n: cpu_of(c.procs[n].pid) for n in c.names}
         time.sleep(10)
+        unprofile(perf)
         out["check_cpu_ms"] = {n: round((cpu_of(c.procs[n].pid) - cpu0[n]) * 100, 1) for n in c.names}
         out["checked_in_sync"] = c.in_sync()
         c.stop()

@@ -217,8 +217,8 @@ impl IndexRead for Mem {
     fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String> {
         Ok(self.0.get(key).cloned())
     }
-    fn all(&mut self) -> Result<Vec<Item>, String> {
-        Ok(self.0.values().cloned().collect())
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, String> {
+        Ok(self.0.keys().cloned().collect())
     }
 }
 

@@ -62,16 +62,20 @@ type Names = BTreeSet<Vec<u8>>;
 pub trait IndexRead {
     /// The index's item for `key` (live or tombstone), if any.
     fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String>;
-    /// Every item of the accounts group (only when detect starts cold).
-    fn all(&mut self) -> Result<Vec<Item>, String>;
+    /// Every key of the accounts group, live or deleted (only when detect starts cold).
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, String>;
     /// Every member set (`members/…`) of the index, live or deleted (only when a user comes
     /// back on top of its deletion).
     fn member_sets(&mut self) -> Result<Vec<Item>, String> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|i| matches!(AccountId::from_key(&i.key), Some(AccountId::Members(_))))
-            .collect())
+        let mut out = Vec::new();
+        for k in self.keys()? {
+            if matches!(AccountId::from_key(&k), Some(AccountId::Members(_)))
+                && let Some(i) = self.get(&k)?
+            {
+                out.push(i);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -128,6 +132,8 @@ pub struct Accounts {
     malformed: Vec<String>,
     /// A detect ran (a node joins as new only at its first detect).
     detected: bool,
+    /// A checker ([`Accounts::checker`]): detect works out no canonical layout.
+    check_only: bool,
 }
 
 fn key_name(id: &AccountId) -> String {
@@ -163,6 +169,7 @@ impl Accounts {
             problems: BTreeMap::new(),
             malformed: Vec::new(),
             detected: false,
+            check_only: false,
         }
     }
 
@@ -216,6 +223,9 @@ impl Accounts {
     /// else holds it (see [`View::patched`]; `known`: windows computed already), else built
     /// anew. The kept view is taken.
     fn view_for(&mut self, files: &AccountFiles, known: &[db::Compared]) -> Arc<View> {
+        if let Some(v) = self.view.take_if(|v| v.files.same_tables(files)) {
+            return v;
+        }
         Arc::new(match self.view.take().map(Arc::try_unwrap) {
             Some(Ok(v)) => v.patched(files, &self.policy, known),
             _ => View::new(files, &self.policy),
@@ -293,8 +303,8 @@ impl Accounts {
             None => {
                 let mut u: BTreeSet<Vec<u8>> = view.users.keys().map(|n| n.to_vec()).collect();
                 let mut g: BTreeSet<Vec<u8>> = view.groups.keys().map(|n| n.to_vec()).collect();
-                for it in index.all().map_err(ix)? {
-                    match AccountId::from_key(&it.key) {
+                for k in index.keys().map_err(ix)? {
+                    match AccountId::from_key(&k) {
                         Some(AccountId::User(n)) => {
                             u.insert(n.into_bytes());
                         }
@@ -535,7 +545,7 @@ impl Accounts {
                 .collect()
         };
         // only when a tool wrote lines since (what this node wrote itself is canonical already)
-        if cold || !users.is_empty() || !member_groups.is_empty() {
+        if !self.check_only && (cold || !users.is_empty() || !member_groups.is_empty()) {
             let canonical = apply::canonical_in(&view, &policy, &reorder);
             if canonical != *new {
                 out.canonical = Some(canonical);
@@ -731,20 +741,29 @@ impl Accounts {
             .is_some_and(|f| f.same_tables(&read.files) || *f == read.files)
     }
 
-    /// (e) **check**: the accounts whose files (as `read`) and index differ, found by a
-    /// detect that compares every account, as a daemon starting now would, on an instance of
-    /// its own: nothing is committed and this instance's state is untouched. When `read` is
-    /// what the index agrees with ([`Accounts::agrees`]) and every apply was committed, the
-    /// answer is empty; anything else is a difference `status` must not hide.
+    /// An instance of its own for [`Accounts::differences`], sharing this one's view of the
+    /// files the index agrees with (so the check builds none), taken under the caller's lock;
+    /// the check itself then runs without it.
+    pub fn checker(&mut self) -> Accounts {
+        let mut fresh = Accounts::new(self.policy.clone(), self.me.clone());
+        fresh.detected = true;
+        fresh.check_only = true;
+        fresh.view = self.view();
+        fresh
+    }
+
+    /// (e) **check** (on a [`Accounts::checker`]): the accounts whose files (as `read`) and
+    /// index differ, found by a detect that compares every account, as a daemon starting
+    /// now would: nothing is committed and the daemon's own instance is untouched. When
+    /// `read` is what the index agrees with ([`Accounts::agrees`]) and every apply was
+    /// committed, the answer is empty; anything else is a difference `status` must not hide.
     pub fn differences(
-        &self,
+        mut self,
         read: &FileSet,
         index: &mut dyn IndexRead,
         now_ms: u64,
     ) -> Result<Vec<AccountId>, AccountsError> {
-        let mut fresh = Accounts::new(self.policy.clone(), self.me.clone());
-        fresh.detected = true;
-        let det = fresh.detect(read, index, now_ms, false)?;
+        let det = self.detect(read, index, now_ms, false)?;
         Ok(det
             .changes
             .iter()

@@ -553,8 +553,8 @@ impl IndexRead for Mem {
     fn get(&mut self, key: &[u8]) -> Result<Option<Item>, String> {
         Ok(self.0.get(key).cloned())
     }
-    fn all(&mut self) -> Result<Vec<Item>, String> {
-        Ok(self.0.values().cloned().collect())
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, String> {
+        Ok(self.0.keys().cloned().collect())
     }
 }
 
@@ -652,14 +652,15 @@ fn the_check_finds_files_that_differ_from_the_index_and_nothing_else() {
         .detect(&read_set(&f), &mut ix, 1000, false)
         .expect("detect");
     commit(&mut ix, d.changes);
-    let check = |acc: &Accounts, f: &AccountFiles, ix: &mut Mem| -> Vec<String> {
-        acc.differences(&read_set(f), ix, 5000)
+    let check = |acc: &mut Accounts, f: &AccountFiles, ix: &mut Mem| -> Vec<String> {
+        acc.checker()
+            .differences(&read_set(f), ix, 5000)
             .expect("check")
             .iter()
             .map(|i| i.to_string())
             .collect()
     };
-    assert_eq!(check(&acc, &f, &mut ix), Vec::<String>::new());
+    assert_eq!(check(&mut acc, &f, &mut ix), Vec::<String>::new());
     // gina deleted by a peer's change while the index's sudo still names her (a concurrent
     // add that survived the deletion): the files cannot have her, and that is no difference
     let mut g = f.clone();
@@ -675,12 +676,12 @@ fn the_check_finds_files_that_differ_from_the_index_and_nothing_else() {
         t.origin = "n2".into();
         ix2.0.insert(k.to_vec(), t);
     }
-    assert_eq!(check(&acc, &g, &mut ix2), Vec::<String>::new());
+    assert_eq!(check(&mut acc, &g, &mut ix2), Vec::<String>::new());
     // fred missing from sudo in the files while the index has him: found
     let mut h = f.clone();
     let i = h.group.find("sudo")[0];
     std::sync::Arc::make_mut(&mut h.group).set(i, b"sudo:x:27:gina".to_vec());
-    assert_eq!(check(&acc, &h, &mut ix), ["members of group \"sudo\""]);
+    assert_eq!(check(&mut acc, &h, &mut ix), ["members of group \"sudo\""]);
     // the daemon's own state is untouched: the files it knows still give no change
     let d = acc
         .detect(&read_set(&f), &mut ix, 6000, false)

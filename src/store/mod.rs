@@ -875,6 +875,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every key of a group (live or tombstone), in key order, without decoding an entry.
+    pub fn keys(&self, group: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.begin_read()?;
+        let t = tx.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let lo: &[u8] = &[];
+        let mut out = Vec::new();
+        for item in t.range((group, lo)..).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            if k.value().0 != group {
+                break;
+            }
+            out.push(dec(k.value().1));
+        }
+        Ok(out)
+    }
+
     /// Visit every entry of a group.
     pub fn for_each(
         &self,

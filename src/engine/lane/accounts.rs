@@ -91,16 +91,8 @@ impl IndexRead for StoreIndex<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn all(&mut self) -> Result<Vec<Item>, String> {
-        let mut v = Vec::new();
-        self.ctx
-            .store
-            .for_each(self.group, |e| {
-                v.push(e.item.clone());
-                true
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(v)
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, String> {
+        self.ctx.store.keys(self.group).map_err(|e| e.to_string())
     }
 
     fn member_sets(&mut self) -> Result<Vec<Item>, String> {
@@ -377,7 +369,7 @@ pub struct AccountsDomain {
     /// Called once accounts were applied: file owners given by name may resolve now.
     on_applied: Box<dyn Fn() + Send + Sync>,
     /// The periodic check of the files against the index.
-    check: Mutex<DriftCheck>,
+    check: Arc<Mutex<DriftCheck>>,
 }
 
 /// The periodic check (every `verify_every`) that the account files hold what the index
@@ -392,6 +384,49 @@ struct DriftCheck {
     found: Vec<String>,
     /// The problems of the last scan (what cannot be read, what left the managed set).
     scanned: Vec<String>,
+    /// A check is running (on a thread of its own, so the lane goes on meanwhile).
+    running: bool,
+}
+
+/// `status`'s problems: the last scan's and the periodic check's; a new one is logged.
+fn publish_notes(check: &Mutex<DriftCheck>, state: &LaneState, group: &str) {
+    let all: Vec<String> = {
+        let c = lock(check);
+        c.scanned.iter().chain(&c.found).cloned().collect()
+    };
+    let mut p = lock(&state.notes);
+    for n in all.iter().filter(|n| !p.contains(n)) {
+        tracing::warn!(group, "accounts: {n}");
+    }
+    *p = all;
+}
+
+/// The check itself (see [`DriftCheck`]), on the files `read` that the index agreed with.
+fn run_check(
+    ctx: &Ctx,
+    group: &str,
+    checker: Accounts,
+    read: &crate::accounts::FileSet,
+    check: &Mutex<DriftCheck>,
+) {
+    let mut index = StoreIndex { ctx, group };
+    let diff = checker.differences(read, &mut index, crate::item::version::clock_ms());
+    let mut c = lock(check);
+    c.running = false;
+    match diff {
+        Ok(ids) => {
+            let keys: BTreeSet<Vec<u8>> = ids.iter().map(AccountId::key).collect();
+            c.found = ids
+                .iter()
+                .filter(|i| c.suspects.contains(&i.key()))
+                .map(drift_note)
+                .collect();
+            c.suspects = keys;
+        }
+        Err(e) => {
+            tracing::warn!(group, "checking the account files against the index: {e}");
+        }
+    }
 }
 
 /// What `status` says of an account whose files and index differ.
@@ -424,12 +459,13 @@ impl AccountsDomain {
             acc,
             stamp: Mutex::new(Vec::new()),
             on_applied,
-            check: Mutex::new(DriftCheck {
+            check: Arc::new(Mutex::new(DriftCheck {
                 next: first_check,
                 suspects: BTreeSet::new(),
                 found: Vec::new(),
                 scanned: Vec::new(),
-            }),
+                running: false,
+            })),
         }
     }
 
@@ -439,25 +475,13 @@ impl AccountsDomain {
         let (head, problems) = scan(&self.ctx, &self.g, &self.acc)?;
         super::publish_head(&self.head, head);
         lock(&self.check).scanned = problems;
-        self.publish_notes();
+        publish_notes(&self.check, &self.state, self.g.name());
         Ok(())
     }
 
-    /// `status`'s problems: the last scan's and the periodic check's.
-    fn publish_notes(&self) {
-        let all: Vec<String> = {
-            let c = lock(&self.check);
-            c.scanned.iter().chain(&c.found).cloned().collect()
-        };
-        let mut p = lock(&self.state.notes);
-        for n in all.iter().filter(|n| !p.contains(n)) {
-            tracing::warn!(group = %self.g.name(), "accounts: {n}");
-        }
-        *p = all;
-    }
-
-    /// The periodic check of the files against the index, when due (blocking). Returns
-    /// whether the files changed since the last scan (then they are scanned instead).
+    /// Start the periodic check of the files against the index when it is due, on a thread
+    /// of its own (blocking only to read the files). Returns whether the files changed since
+    /// the last scan (then they are scanned instead).
     fn check_if_due(&self) -> bool {
         let Some(every) = self.g.cfg.verify_every else {
             return false;
@@ -465,13 +489,13 @@ impl AccountsDomain {
         {
             let mut c = lock(&self.check);
             let now = std::time::Instant::now();
-            if now < c.next {
+            if c.running || now < c.next {
                 return false;
             }
             c.next = now + every;
         }
         let db = AccountDb::new(&self.ctx.root);
-        let diff = {
+        let (checker, read) = {
             let mut a = lock(&self.acc);
             let read = match a.read(&db) {
                 Ok(r) => r,
@@ -481,30 +505,28 @@ impl AccountsDomain {
             if !a.agrees(&read) {
                 return true;
             }
-            let mut index = StoreIndex {
-                ctx: &self.ctx,
-                group: self.g.name(),
-            };
-            a.differences(&read, &mut index, crate::item::version::clock_ms())
+            (a.checker(), read)
         };
-        {
-            let mut c = lock(&self.check);
-            match diff {
-                Ok(ids) => {
-                    let keys: BTreeSet<Vec<u8>> = ids.iter().map(AccountId::key).collect();
-                    c.found = ids
-                        .iter()
-                        .filter(|i| c.suspects.contains(&i.key()))
-                        .map(drift_note)
-                        .collect();
-                    c.suspects = keys;
-                }
-                Err(e) => {
-                    tracing::warn!(group = %self.g.name(), "checking the account files against the index: {e}");
-                }
-            }
+        lock(&self.check).running = true;
+        // without the lock, and the lane goes on: an apply meanwhile may make one check see a
+        // difference for a moment, which is why a difference counts only when the next check
+        // finds it again
+        let (ctx, g, state, check) = (
+            self.ctx.clone(),
+            self.g.clone(),
+            self.state.clone(),
+            self.check.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("accounts-check".into())
+            .spawn(move || {
+                run_check(&ctx, g.name(), checker, &read, &check);
+                publish_notes(&check, &state, g.name());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(group = %self.g.name(), "cannot start the check of the account files: {e}");
+            lock(&self.check).running = false;
         }
-        self.publish_notes();
         false
     }
 
