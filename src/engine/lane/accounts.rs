@@ -520,7 +520,13 @@ impl AccountsDomain {
         let spawned = std::thread::Builder::new()
             .name("accounts-check".into())
             .spawn(move || {
-                run_check(&ctx, g.name(), checker, &read, &check);
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_check(&ctx, g.name(), checker, &read, &check);
+                }));
+                if ran.is_err() {
+                    tracing::error!(group = %g.name(), "the check of the account files failed (internal error); it runs again next time");
+                    lock(&check).running = false;
+                }
                 publish_notes(&check, &state, g.name());
             });
         if let Err(e) = spawned {
