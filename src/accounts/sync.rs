@@ -254,13 +254,7 @@ impl Accounts {
     ) -> Result<Detected, AccountsError> {
         let policy = self.policy.clone();
         let new = &read.files;
-        if !adopt
-            && self.detected
-            && self
-                .files
-                .as_ref()
-                .is_some_and(|f| f.same_tables(new) || f == new)
-        {
+        if !adopt && self.detected && self.agrees(read) {
             // nothing changed since what the index agrees with
             self.files = Some(new.clone());
             return Ok(Detected {
@@ -667,7 +661,7 @@ impl Accounts {
             homes: Vec::new(),
         };
         let read = self.read(db)?;
-        if self.files.as_ref() != Some(&read.files) {
+        if !self.agrees(&read) {
             return Ok(stale);
         }
         // the very tables read, so the next read's comparison is by pointer

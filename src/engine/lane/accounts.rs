@@ -95,17 +95,14 @@ impl IndexRead for StoreIndex<'_> {
         self.ctx.store.keys(self.group).map_err(|e| e.to_string())
     }
 
+    /// The keys `members/…` are one range of the index: read only that.
     fn member_sets(&mut self) -> Result<Vec<Item>, String> {
-        member_sets(self.ctx, self.group)
+        self.ctx
+            .store
+            .subtree(self.group, b"members")
+            .map(|v| v.into_iter().map(|e| e.item).collect())
+            .map_err(|e| e.to_string())
     }
-}
-
-/// Every member set (`members/…`) in the index of the accounts group.
-fn member_sets(ctx: &Ctx, group: &str) -> Result<Vec<Item>, String> {
-    ctx.store
-        .subtree(group, b"members")
-        .map(|v| v.into_iter().map(|e| e.item).collect())
-        .map_err(|e| e.to_string())
 }
 
 /// Whether the index holds no account item yet (the node joins accounts as new).
@@ -566,7 +563,11 @@ impl AccountsDomain {
             return Vec::new();
         }
         let carried: BTreeSet<&[u8]> = steps.iter().map(|s| s.item.key.as_slice()).collect();
-        let sets = match member_sets(&self.ctx, self.g.name()) {
+        let mut index = StoreIndex {
+            ctx: &self.ctx,
+            group: self.g.name(),
+        };
+        let sets = match index.member_sets() {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(group = %self.g.name(), "reading the member sets: {e}");
